@@ -5,6 +5,7 @@
 //!   of, the URI SAN of its certificate.
 
 pub mod identity;
+pub mod sd_notify;
 pub mod transport;
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
