@@ -1,1 +1,171 @@
+//! The drover coordinator: enrols agents, holds their sessions and the host
+//! registry, and serves the operator's control API, all over mutual TLS.
+//!
+//! `main.rs` only parses arguments, loads the config and binds; tests call
+//! [`run`] with their own listeners and shutdown token.
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod pki;
+pub mod registry;
+pub mod selector;
+pub mod service;
+pub mod store;
+pub mod tls;
+pub mod tokens;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use drover_proto::v1::agent_service_server::AgentServiceServer;
+use drover_proto::v1::control_service_server::ControlServiceServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Authorizer;
+use crate::config::CoordinatorConfig;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::service::Ctx;
+use crate::tls::RevocationList;
+use crate::tokens::Tokens;
+
+/// File name of the embedded store inside the data dir.
+pub const STORE_FILE: &str = "drover.redb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("open store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("load registry: {0}")]
+    Registry(#[from] registry::RegistryError),
+    #[error("load CA: {0}")]
+    Pki(#[from] pki::PkiError),
+    #[error("{path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("HTTP server: {0}")]
+    Http(std::io::Error),
+}
+
+/// The two bound sockets.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(grpc: SocketAddr, http: SocketAddr) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            grpc: TcpListener::bind(grpc).await?,
+            http: TcpListener::bind(http).await?,
+        })
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, RunError> {
+    std::fs::read(path).map_err(|source| RunError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Runs the coordinator until `shutdown` fires, then stops accepting, ends
+/// agent sessions and flushes the store.
+pub async fn run(
+    config: CoordinatorConfig,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| RunError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let store: Arc<dyn store::Store> =
+        Arc::new(store::RedbStore::open(&config.data_dir.join(STORE_FILE))?);
+    let metrics = Arc::new(Metrics::new());
+    let revoked = Arc::new(RevocationList::default());
+    let registry = Arc::new(
+        Registry::load(
+            store.clone(),
+            metrics.clone(),
+            revoked.clone(),
+            config.agents.lost_timeout,
+        )
+        .await?,
+    );
+    let ca = pki::Ca::load_files(&config.tls.ca_cert, &config.tls.ca_key)?;
+    let tls_config = tls::server_config(
+        ca.cert_pem().as_bytes(),
+        &read(&config.tls.cert)?,
+        &read(&config.tls.key)?,
+        revoked.clone(),
+    )?;
+
+    let ctx = Arc::new(Ctx {
+        name: config.name.clone(),
+        registry: registry.clone(),
+        tokens: Tokens::new(store.clone()),
+        ca,
+        authz: Authorizer {
+            metrics: metrics.clone(),
+            revoked,
+        },
+        metrics: metrics.clone(),
+        cert_lifetime: config.agents.cert_lifetime,
+        max_token_ttl: config.agents.max_token_ttl,
+        shutdown: shutdown.clone(),
+    });
+
+    let background = tokio::spawn(registry.clone().run_background(shutdown.clone()));
+    let http = tokio::spawn(http::serve(
+        listeners.http,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+
+    let max = config.agents.max_message_bytes;
+    let agent_svc = AgentServiceServer::new(service::agent::AgentSvc { ctx: ctx.clone() })
+        .max_decoding_message_size(max);
+    let control_svc = ControlServiceServer::new(service::control::ControlSvc { ctx: ctx.clone() })
+        .max_decoding_message_size(max);
+    let incoming = tls::incoming(
+        listeners.grpc,
+        Arc::new(tls_config),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let grpc_shutdown = shutdown.clone();
+    let registry_for_close = registry.clone();
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .add_service(agent_svc)
+        .add_service(control_svc)
+        .serve_with_incoming_shutdown(incoming, async move {
+            grpc_shutdown.cancelled().await;
+            registry_for_close.close_sessions();
+        })
+        .await?;
+
+    let _ = background.await;
+    if let Ok(Err(e)) = http.await {
+        return Err(RunError::Http(e));
+    }
+    tracing::info!("coordinator stopped");
+    Ok(())
+}

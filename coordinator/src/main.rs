@@ -1,1 +1,108 @@
-fn main() {}
+//! `drover-coordinator`: parse arguments, load and validate the config, bind,
+//! then hand over to [`drover_coordinator::run`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use drover_coordinator::config::CoordinatorConfig;
+use drover_coordinator::{Listeners, run};
+use tokio_util::sync::CancellationToken;
+
+/// The drover coordinator: enrols agents, holds their mTLS sessions and the
+/// host registry, and serves the operator's control API.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML).
+    #[arg(
+        long,
+        short,
+        env = "DROVER_COORDINATOR_CONFIG",
+        default_value = "/etc/drover/coordinator.toml"
+    )]
+    config: PathBuf,
+    /// Once serving, write the bound addresses here as JSON
+    /// (`{"grpc": ..., "http": ..., "pid": ...}`); useful with port 0.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match CoordinatorConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config, args.ready_file)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: CoordinatorConfig, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(config.listen.grpc, config.listen.http)
+        .await
+        .with_context(|| {
+            format!(
+                "bind listen addresses grpc={} http={}",
+                config.listen.grpc, config.listen.http
+            )
+        })?;
+    let grpc = listeners.grpc.local_addr().context("read gRPC address")?;
+    let http = listeners.http.local_addr().context("read HTTP address")?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    let server = tokio::spawn(run(config, listeners, shutdown.clone()));
+    tracing::info!(%grpc, %http, "listening");
+    if let Some(path) = ready_file {
+        let body = serde_json::json!({"grpc": grpc.to_string(), "http": http.to_string(), "pid": std::process::id()});
+        drover_coordinator::pki::write_atomic(&path, body.to_string().as_bytes(), false)
+            .context("write ready file")?;
+    }
+    if let Err(e) = drover_proto::sd_notify::notify("READY=1") {
+        tracing::warn!(error = %e, "sd_notify READY failed");
+    }
+    let result = server.await.context("coordinator task")?;
+    let _ = drover_proto::sd_notify::notify("STOPPING=1");
+    result.context("run coordinator")
+}
+
+/// First SIGTERM/SIGINT: graceful stop. Second: exit at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("shutting down (send the signal again to exit at once)");
+    shutdown.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    std::process::exit(130);
+}

@@ -1,0 +1,266 @@
+//! Coordinator configuration: TOML file, validated completely before anything
+//! starts, so a bad config never leaves a half-started coordinator.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A config problem, always naming the file and, where there is one, the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {detail}")]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub detail: String,
+}
+
+impl ConfigError {
+    fn field(path: &Path, field: &str, expected: impl std::fmt::Display) -> Self {
+        ConfigError {
+            path: path.to_path_buf(),
+            detail: format!("field `{field}`: {expected}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Name used in logs and in the Welcome message; defaults to the hostname.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Where the embedded store (`drover.redb`) lives.
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub listen: ListenConfig,
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub agents: AgentsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// mutual-TLS gRPC, for agents and the CLI.
+    #[serde(default = "default_grpc")]
+    pub grpc: SocketAddr,
+    /// Plain HTTP side port: `/healthz`, `/metrics`.
+    #[serde(default = "default_http")]
+    pub http: SocketAddr,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            grpc: default_grpc(),
+            http: default_http(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca_cert: PathBuf,
+    /// Signs agent certificates at enrolment and renewal.
+    pub ca_key: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// A connected agent with no report for this long is marked lost.
+    #[serde(default = "default_lost_timeout", with = "humantime_serde")]
+    pub lost_timeout: Duration,
+    /// Lifetime of agent certificates; agents renew at two thirds of it.
+    #[serde(default = "default_cert_lifetime", with = "humantime_serde")]
+    pub cert_lifetime: Duration,
+    /// Longest join-token lifetime an operator may ask for.
+    #[serde(default = "default_max_token_ttl", with = "humantime_serde")]
+    pub max_token_ttl: Duration,
+    /// Largest message an agent may send; bigger ones end its session.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        AgentsConfig {
+            lost_timeout: default_lost_timeout(),
+            cert_lifetime: default_cert_lifetime(),
+            max_token_ttl: default_max_token_ttl(),
+            max_message_bytes: default_max_message_bytes(),
+        }
+    }
+}
+
+fn default_name() -> String {
+    hostname().unwrap_or_else(|| "coordinator".to_string())
+}
+fn default_grpc() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7443))
+}
+fn default_http() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7080))
+}
+fn default_lost_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_cert_lifetime() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_max_token_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_max_message_bytes() -> usize {
+    1024 * 1024
+}
+
+/// The machine's host name, if it is usable as a drover name.
+pub fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim().to_string();
+    drover_proto::identity::valid_name(&name).then_some(name)
+}
+
+impl CoordinatorConfig {
+    /// Reads, parses and validates the file. Relative paths inside it are
+    /// taken relative to the file's directory.
+    pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_path_buf(),
+            detail: format!("cannot read: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<CoordinatorConfig, ConfigError> {
+        let mut config: CoordinatorConfig = toml::from_str(text).map_err(|e| ConfigError {
+            path: path.to_path_buf(),
+            detail: e.to_string().trim_end().to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut config.data_dir,
+            &mut config.tls.ca_cert,
+            &mut config.tls.ca_key,
+            &mut config.tls.cert,
+            &mut config.tls.key,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        if !drover_proto::identity::valid_name(&self.name) {
+            return Err(ConfigError::field(
+                path,
+                "name",
+                format!(
+                    "`{}` is not a valid name: 1-63 characters from a-z, A-Z, 0-9, `-`, `_`, `.`",
+                    self.name
+                ),
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::field(path, "data_dir", "must not be empty"));
+        }
+        let a = &self.agents;
+        if a.lost_timeout < Duration::from_millis(500) {
+            return Err(ConfigError::field(
+                path,
+                "agents.lost_timeout",
+                "must be at least 500ms",
+            ));
+        }
+        if a.cert_lifetime < Duration::from_secs(3) {
+            return Err(ConfigError::field(
+                path,
+                "agents.cert_lifetime",
+                "must be at least 3s",
+            ));
+        }
+        if a.max_token_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::field(
+                path,
+                "agents.max_token_ttl",
+                "must be at least 1s",
+            ));
+        }
+        if !(16 * 1024..=64 * 1024 * 1024).contains(&a.max_message_bytes) {
+            return Err(ConfigError::field(
+                path,
+                "agents.max_message_bytes",
+                "expected a number of bytes from 16384 to 67108864",
+            ));
+        }
+        for (field, file) in [
+            ("tls.ca_cert", &self.tls.ca_cert),
+            ("tls.ca_key", &self.tls.ca_key),
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+        ] {
+            if let Err(e) = std::fs::metadata(file) {
+                return Err(ConfigError::field(
+                    path,
+                    field,
+                    format!("cannot read {}: {e}", file.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<CoordinatorConfig, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        for f in ["ca.pem", "ca.key", "c.pem", "c.key"] {
+            std::fs::write(dir.path().join(f), "x").map_err(|e| e.to_string())?;
+        }
+        let path = dir.path().join("coordinator.toml");
+        CoordinatorConfig::parse(&path, text).map_err(|e| e.to_string())
+    }
+
+    const TLS: &str =
+        "[tls]\nca_cert = \"ca.pem\"\nca_key = \"ca.key\"\ncert = \"c.pem\"\nkey = \"c.key\"\n";
+
+    #[test]
+    fn minimal_config_gets_safe_defaults() {
+        let c = parse(&format!("data_dir = \"d\"\n{TLS}")).expect("valid");
+        assert_eq!(c.agents.lost_timeout, Duration::from_secs(15));
+        assert_eq!(c.listen.http.ip().to_string(), "127.0.0.1");
+        assert!(c.data_dir.is_absolute());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse(TLS).expect_err("missing data_dir");
+        assert!(e.contains("data_dir"), "{e}");
+        let e = parse(&format!("data_dir = \"d\"\nport = 1\n{TLS}")).expect_err("unknown");
+        assert!(e.contains("port"), "{e}");
+        let e = parse(&format!(
+            "data_dir = \"d\"\n{TLS}[agents]\nlost_timeout = \"soon\"\n"
+        ))
+        .expect_err("bad duration");
+        assert!(e.contains("lost_timeout"), "{e}");
+        let e = parse(&format!(
+            "data_dir = \"d\"\n[listen]\ngrpc = \"localhost\"\n{TLS}"
+        ))
+        .expect_err("bad addr");
+        assert!(e.contains("grpc"), "{e}");
+        let e = parse("data_dir = \"d\"\n[tls]\nca_cert = \"nope.pem\"\nca_key = \"ca.key\"\ncert = \"c.pem\"\nkey = \"c.key\"\n")
+            .expect_err("missing file");
+        assert!(e.contains("tls.ca_cert") && e.contains("nope.pem"), "{e}");
+    }
+}

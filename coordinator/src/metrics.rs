@@ -1,0 +1,189 @@
+//! Prometheus metrics, served in text exposition format on the side HTTP port.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Why the coordinator refused a peer or a request. Kept as an enum so the
+/// label values stay a closed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// TLS handshake failed: unknown CA, expired, revoked, garbage.
+    TlsHandshake,
+    /// A call that needs a client certificate came without one.
+    NoCertificate,
+    /// A certificate whose role may not make this call.
+    WrongRole,
+    /// A revoked certificate on an established connection.
+    Revoked,
+    /// An agent speaking for a host other than its own.
+    HostMismatch,
+    /// A join token that is unknown, used or expired.
+    Token,
+    /// A message over the size limit.
+    Oversized,
+    /// Malformed request (bad CSR, missing Hello...).
+    BadRequest,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::TlsHandshake => "tls_handshake",
+            Refusal::NoCertificate => "no_certificate",
+            Refusal::WrongRole => "wrong_role",
+            Refusal::Revoked => "revoked",
+            Refusal::HostMismatch => "host_mismatch",
+            Refusal::Token => "token",
+            Refusal::Oversized => "oversized",
+            Refusal::BadRequest => "bad_request",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub agents_connected: Gauge,
+    pub agents_lost: Gauge,
+    pub reports_received: Counter,
+    pub session_errors: Counter,
+    enrollments: Family<ResultLabel, Counter>,
+    refusals: Family<ReasonLabel, Counter>,
+    pub renewals: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("drover");
+        let agents_connected = Gauge::default();
+        let agents_lost = Gauge::default();
+        let reports_received = Counter::default();
+        let session_errors = Counter::default();
+        let enrollments = Family::<ResultLabel, Counter>::default();
+        let refusals = Family::<ReasonLabel, Counter>::default();
+        let renewals = Counter::default();
+        registry.register(
+            "agents_connected",
+            "Agents with a live session",
+            agents_connected.clone(),
+        );
+        registry.register(
+            "agents_lost",
+            "Known agents without a live session or recent report",
+            agents_lost.clone(),
+        );
+        registry.register(
+            "reports_received",
+            "Health reports received from agents",
+            reports_received.clone(),
+        );
+        registry.register(
+            "session_errors",
+            "Agent sessions that ended with an error",
+            session_errors.clone(),
+        );
+        registry.register(
+            "enrollments",
+            "Enrolment attempts by result",
+            enrollments.clone(),
+        );
+        registry.register(
+            "refusals",
+            "Peers or requests refused, by reason",
+            refusals.clone(),
+        );
+        registry.register(
+            "cert_renewals",
+            "Agent certificates renewed",
+            renewals.clone(),
+        );
+        // Pre-create the label sets so a scrape shows zeros, not gaps.
+        for r in ["ok", "refused"] {
+            enrollments
+                .get_or_create(&ResultLabel { result: r.into() })
+                .get();
+        }
+        Metrics {
+            registry,
+            agents_connected,
+            agents_lost,
+            reports_received,
+            session_errors,
+            enrollments,
+            refusals,
+            renewals,
+        }
+    }
+
+    pub fn refused(&self, why: Refusal) {
+        self.refusals
+            .get_or_create(&ReasonLabel {
+                reason: why.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    pub fn enrollment(&self, ok: bool) {
+        let result = if ok { "ok" } else { "refused" };
+        self.enrollments
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_counters_by_name() {
+        let m = Metrics::new();
+        m.refused(Refusal::HostMismatch);
+        m.reports_received.inc();
+        let text = m.encode();
+        assert!(
+            text.contains("drover_refusals_total{reason=\"host_mismatch\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("drover_reports_received_total 1"), "{text}");
+        assert!(
+            text.contains("drover_enrollments_total{result=\"ok\"} 0"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,30 @@
+//! gRPC services. Both share one [`Ctx`]; handlers stay thin and leave the
+//! state to the registry, tokens and CA.
+
+pub mod agent;
+pub mod control;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Authorizer;
+use crate::metrics::Metrics;
+use crate::pki::Ca;
+use crate::registry::Registry;
+use crate::tokens::Tokens;
+
+/// What every handler needs.
+#[derive(Debug)]
+pub struct Ctx {
+    pub name: String,
+    pub registry: Arc<Registry>,
+    pub tokens: Tokens,
+    pub ca: Ca,
+    pub authz: Authorizer,
+    pub metrics: Arc<Metrics>,
+    pub cert_lifetime: Duration,
+    pub max_token_ttl: Duration,
+    pub shutdown: CancellationToken,
+}
