@@ -66,9 +66,15 @@ impl Authorizer {
         if !allowed.contains(&cert.identity.role) {
             self.metrics.refused(Refusal::WrongRole);
             tracing::warn!(peer = ?addr, identity = %cert.identity, "refused: role may not make this call");
-            let wanted: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+            let wanted: Vec<String> = allowed
+                .iter()
+                .map(|r| match r {
+                    Role::Agent | Role::Operator => format!("an {r}"),
+                    Role::Viewer | Role::Coordinator => format!("a {r}"),
+                })
+                .collect();
             return Err(tonic::Status::permission_denied(format!(
-                "{} may not make this call; it needs a {} certificate",
+                "{} may not make this call; it needs {} certificate",
                 cert.identity,
                 wanted.join(" or ")
             )));

@@ -1,0 +1,210 @@
+//! The command line as clap sees it. Each command group's arguments live
+//! next to its code in `commands/<group>.rs`; this file only assembles them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::commands::{agents, ca, cert, token};
+
+const ABOUT: &str = "drover: rolling deployments for fleets of hosts.\n\n\
+This CLI creates the drover CA and certificates, enrols hosts (join tokens) \
+and shows the fleet as the coordinator sees it.";
+
+const AFTER_HELP: &str = "\
+Connection settings for commands that talk to the coordinator come from, in order: \
+flags (--addr, --ca, --cert, --key), the environment (DROVER_ADDR, DROVER_CA, DROVER_CERT, \
+DROVER_KEY), then the file $DROVER_CONFIG or ~/.config/drover/cli.toml with keys \
+addr, ca, cert, key (relative paths are relative to the file).
+
+Example ~/.config/drover/cli.toml:
+  addr = \"coord1.example.net:7443\"
+  ca   = \"ca.pem\"
+  cert = \"alice.pem\"
+  key  = \"alice.key\"
+
+Exit codes: 0 ok, 1 failure (refused, not found, unreachable), 2 usage error.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "drover",
+    version,
+    about = "drover: rolling deployments for fleets of hosts",
+    long_about = ABOUT,
+    after_long_help = AFTER_HELP,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub conn: ConnFlags,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How to reach the coordinator. Global, so they may follow the subcommand.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Connection (commands that talk to the coordinator)")]
+pub struct ConnFlags {
+    /// Coordinator gRPC address, HOST:PORT [env: DROVER_ADDR] [config: addr]
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    pub addr: Option<String>,
+    /// The drover CA certificate (ca.pem from `drover ca init`) [env: DROVER_CA] [config: ca]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ca: Option<PathBuf>,
+    /// Your operator or viewer certificate (from `drover cert issue`) [env: DROVER_CERT] [config: cert]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub cert: Option<PathBuf>,
+    /// The private key of --cert [env: DROVER_KEY] [config: key]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the drover certificate authority (local, no coordinator needed)
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// Issue certificates for coordinators, operators and viewers (local)
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
+    /// Create join tokens that let new hosts enrol their agent
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// List hosts with status, resources and instances; --watch follows changes
+    #[command(long_about = agents::AGENTS_LONG_ABOUT)]
+    Agents(agents::AgentsArgs),
+    /// Show one host in detail, or revoke it
+    #[command(subcommand)]
+    Agent(agents::AgentCommand),
+}
+
+/// clap value parser for durations such as `90s`, `1h`, `8760h`, `30d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{e}; expected a duration like 90s, 15m, 1h or 30d"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn help(path: &[&str]) -> String {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut sub = &mut cmd;
+        for name in path {
+            sub = sub
+                .find_subcommand_mut(name)
+                .unwrap_or_else(|| panic!("no subcommand {name}"));
+        }
+        sub.render_long_help().to_string()
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn top_level_help_lists_every_command() {
+        let h = help(&[]);
+        for (cmd, words) in [
+            ("ca", "certificate authority"),
+            ("cert", "Issue certificates"),
+            ("token", "join tokens"),
+            ("agents", "List hosts"),
+            ("agent", "Show one host"),
+        ] {
+            let line = h
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("{cmd} ")))
+                .unwrap_or_else(|| panic!("no line for {cmd} in\n{h}"));
+            assert!(line.contains(words), "{line}");
+        }
+        assert!(h.contains("DROVER_CONFIG"), "{h}");
+        assert!(h.contains("Exit codes"), "{h}");
+    }
+
+    #[test]
+    fn each_command_documents_its_flags() {
+        let cases: &[(&[&str], &[&str])] = &[
+            (
+                &["ca", "init"],
+                &["--dir", "--name", "ca.pem", "fingerprint"],
+            ),
+            (
+                &["cert", "issue"],
+                &[
+                    "--ca-dir",
+                    "--role",
+                    "--name",
+                    "--san",
+                    "--out",
+                    "--lifetime",
+                    "8760h",
+                    "0600",
+                    "drover token create",
+                ],
+            ),
+            (
+                &["token", "create"],
+                &["--ttl", "--label", "--output", "drover-agent enroll", "1h"],
+            ),
+            (
+                &["agents"],
+                &[
+                    "--selector",
+                    "-l",
+                    "--output",
+                    "wide",
+                    "json",
+                    "--watch",
+                    "zone in (a,b)",
+                ],
+            ),
+            (&["agent", "show"], &["HOST", "--output", "json"]),
+            (
+                &["agent", "revoke"],
+                &["HOST", "re-enrol", "drover token create"],
+            ),
+        ];
+        for (path, words) in cases {
+            let h = help(path);
+            for w in *words {
+                assert!(
+                    h.contains(w),
+                    "`drover {}` --help lacks {w:?}:\n{h}",
+                    path.join(" ")
+                );
+            }
+            for flag in ["--addr", "--ca", "--cert", "--key"] {
+                assert!(
+                    h.contains(flag),
+                    "`drover {}` --help lacks {flag}",
+                    path.join(" ")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(
+            parse_duration("8760h"),
+            Ok(Duration::from_secs(8760 * 3600))
+        );
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("0s").is_err());
+        assert!(
+            parse_duration("soon")
+                .expect_err("bad")
+                .contains("like 90s")
+        );
+    }
+}

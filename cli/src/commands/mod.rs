@@ -1,0 +1,39 @@
+//! One module per command group. Each defines its clap arguments and a
+//! `run` that returns `anyhow::Result`; [`run`] dispatches.
+
+pub mod agents;
+pub mod ca;
+pub mod cert;
+pub mod token;
+
+use crate::cli::{Cli, Command, ConnFlags};
+use crate::config::{self, Env};
+use crate::conn::{self, Session};
+
+/// What every command may need besides its own arguments.
+pub struct Ctx {
+    pub conn: ConnFlags,
+    pub env: Env,
+}
+
+impl Ctx {
+    /// Resolves connection settings and dials the coordinator.
+    pub async fn session(&self) -> anyhow::Result<Session> {
+        let settings = config::resolve(&self.conn, &self.env)?;
+        conn::open(&settings).await
+    }
+}
+
+pub async fn run(cli: Cli, env: Env) -> anyhow::Result<()> {
+    let ctx = Ctx {
+        conn: cli.conn,
+        env,
+    };
+    match cli.command {
+        Command::Ca(cmd) => ca::run(cmd),
+        Command::Cert(cmd) => cert::run(cmd),
+        Command::Token(cmd) => token::run(&ctx, cmd).await,
+        Command::Agents(args) => agents::list(&ctx, args).await,
+        Command::Agent(cmd) => agents::run(&ctx, cmd).await,
+    }
+}

@@ -1,0 +1,633 @@
+//! Runs the real `drover` binary: local CA commands in temp dirs, and the
+//! remote commands against an in-process fake ControlService over real
+//! mutual TLS, so flags, config files, TLS and error messages are exercised
+//! the way an operator meets them. End-to-end tests against the real
+//! coordinator live in the `drover-tests` crate.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::Duration;
+
+use drover_coordinator::pki::{self, Ca};
+use drover_proto::identity::{Identity, Role};
+use drover_proto::transport;
+use drover_proto::v1::control_service_server::{ControlService, ControlServiceServer};
+use drover_proto::v1::{
+    CreateTokenRequest, CreateTokenResponse, GetHostRequest, HealthState, Host, HostEvent,
+    HostMetrics, HostStatus, InstanceStatus, ListHostsRequest, ListHostsResponse, Release,
+    RevokeHostRequest, RevokeHostResponse, RuntimeState, WatchHostsRequest, host_event,
+};
+use futures::StreamExt as _;
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+
+const CONNECTION_VARS: [&str; 5] = [
+    "DROVER_ADDR",
+    "DROVER_CA",
+    "DROVER_CERT",
+    "DROVER_KEY",
+    "DROVER_CONFIG",
+];
+
+/// A CA with a coordinator, an operator and a viewer certificate.
+struct Pki {
+    dir: TempDir,
+    ca: Ca,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::init(&dir.path().join("ca"), "test").expect("ca init");
+        let pki = Pki { dir, ca };
+        pki.issue(Role::Coordinator, "c1", Duration::from_secs(3600));
+        pki.issue(Role::Operator, "alice", Duration::from_secs(3600));
+        pki.issue(Role::Viewer, "vic", Duration::from_secs(3600));
+        pki
+    }
+
+    fn issue(&self, role: Role, name: &str, lifetime: Duration) {
+        let id = Identity::new(role, name).expect("identity");
+        let issued = self
+            .ca
+            .issue(&id, &["127.0.0.1".into()], lifetime)
+            .expect("issue");
+        pki::write_new(
+            &self.path(&format!("{name}.pem")),
+            issued.cert_pem.as_bytes(),
+            false,
+        )
+        .expect("write cert");
+        pki::write_new(
+            &self.path(&format!("{name}.key")),
+            issued.key_pem.as_bytes(),
+            true,
+        )
+        .expect("write key");
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn ca_pem(&self) -> PathBuf {
+        self.dir.path().join("ca").join("ca.pem")
+    }
+
+    fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.path(name)).expect("read")
+    }
+}
+
+fn host(id: &str, status: HostStatus) -> Host {
+    Host {
+        host_id: id.into(),
+        status: status as i32,
+        labels: [("env".to_string(), "prod".to_string())]
+            .into_iter()
+            .collect(),
+        agent_version: "0.1.0".into(),
+        last_seen_ms: 1,
+        metrics: Some(HostMetrics {
+            cpu_percent: 7.5,
+            mem_total_bytes: 4 << 30,
+            mem_used_bytes: 1 << 30,
+            cpu_count: 2,
+            ..HostMetrics::default()
+        }),
+        instances: vec![InstanceStatus {
+            id: format!("web@{id}"),
+            name: "web".into(),
+            service: "web".into(),
+            runtime: "process".into(),
+            state: RuntimeState::Running as i32,
+            health: HealthState::Healthy as i32,
+            release: Some(Release {
+                version: "v1".into(),
+                digest: String::new(),
+            }),
+            ..InstanceStatus::default()
+        }],
+        cert_serial: "4a".into(),
+        ..Host::default()
+    }
+}
+
+/// Serves two hosts (h1 connected, h2 lost) and refuses writes from viewers.
+struct Fake;
+
+fn caller_role<T>(req: &Request<T>) -> Result<Role, Status> {
+    let certs = req
+        .peer_certs()
+        .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+    let cert = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+    let peer = transport::parse_cert(cert).map_err(|e| Status::unauthenticated(e.to_string()))?;
+    Ok(peer.identity.role)
+}
+
+type EventStream = Pin<Box<dyn futures::Stream<Item = Result<HostEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ControlService for Fake {
+    async fn list_hosts(
+        &self,
+        req: Request<ListHostsRequest>,
+    ) -> Result<Response<ListHostsResponse>, Status> {
+        if req.get_ref().selector == "zone=nowhere" {
+            return Err(Status::invalid_argument("unknown zone `nowhere`"));
+        }
+        Ok(Response::new(ListHostsResponse {
+            // Out of order on purpose: the CLI sorts.
+            hosts: vec![
+                host("h2", HostStatus::Lost),
+                host("h1", HostStatus::Connected),
+            ],
+        }))
+    }
+
+    async fn get_host(&self, req: Request<GetHostRequest>) -> Result<Response<Host>, Status> {
+        match req.get_ref().host_id.as_str() {
+            "h1" => Ok(Response::new(host("h1", HostStatus::Connected))),
+            other => Err(Status::not_found(format!("no host `{other}`"))),
+        }
+    }
+
+    type WatchHostsStream = EventStream;
+
+    async fn watch_hosts(
+        &self,
+        _req: Request<WatchHostsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let event = |kind: host_event::Kind, host: Option<Host>| {
+            Ok(HostEvent {
+                kind: kind as i32,
+                host,
+            })
+        };
+        let events = vec![
+            event(
+                host_event::Kind::Snapshot,
+                Some(host("h2", HostStatus::Lost)),
+            ),
+            event(
+                host_event::Kind::Snapshot,
+                Some(host("h1", HostStatus::Connected)),
+            ),
+            event(host_event::Kind::Synced, None),
+            event(
+                host_event::Kind::Updated,
+                Some(host("h2", HostStatus::Connected)),
+            ),
+        ];
+        let stream = futures::stream::iter(events).chain(futures::stream::pending());
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        if caller_role(&req)? != Role::Operator {
+            return Err(Status::permission_denied(
+                "only operators may create tokens",
+            ));
+        }
+        let env = req.get_ref().labels.get("env").cloned().unwrap_or_default();
+        Ok(Response::new(CreateTokenResponse {
+            token: format!("tok-{env}-{}", req.get_ref().ttl_secs),
+            expires_at_ms: 1_790_000_000_000,
+            ca_fingerprint: "ab".repeat(32),
+        }))
+    }
+
+    async fn revoke_host(
+        &self,
+        req: Request<RevokeHostRequest>,
+    ) -> Result<Response<RevokeHostResponse>, Status> {
+        if caller_role(&req)? != Role::Operator {
+            return Err(Status::permission_denied("viewers may not revoke hosts"));
+        }
+        Ok(Response::new(RevokeHostResponse {
+            revoked_serials: vec!["4a".into(), "4b".into()],
+        }))
+    }
+}
+
+async fn serve(pki: &Pki) -> SocketAddr {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let tls = ServerTlsConfig::new()
+        .identity(TlsIdentity::from_pem(
+            pki.read("c1.pem"),
+            pki.read("c1.key"),
+        ))
+        .client_ca_root(Certificate::from_pem(
+            std::fs::read(pki.ca_pem()).expect("ca"),
+        ));
+    let server = Server::builder()
+        .tls_config(tls)
+        .expect("tls config")
+        .add_service(ControlServiceServer::new(Fake))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    tokio::spawn(server);
+    addr
+}
+
+/// `drover` with a clean environment: no DROVER_* variables and a HOME
+/// without a config file unless the test writes one.
+fn drover(home: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_drover"));
+    for var in CONNECTION_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.env("HOME", home).kill_on_drop(true);
+    cmd
+}
+
+fn as_operator(cmd: &mut tokio::process::Command, pki: &Pki, addr: SocketAddr) {
+    cmd.arg("--addr")
+        .arg(addr.to_string())
+        .arg("--ca")
+        .arg(pki.ca_pem())
+        .arg("--cert")
+        .arg(pki.path("alice.pem"))
+        .arg("--key")
+        .arg(pki.path("alice.key"));
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+async fn run(mut cmd: tokio::process::Command) -> Run {
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("drover finished in time")
+        .expect("run drover");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn ca_and_cert_commands_work_locally() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = drover(dir.path());
+    cmd.args(["ca", "init", "--dir"]).arg(dir.path().join("ca"));
+    let r = run(cmd).await;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let ca = Ca::load(&dir.path().join("ca")).expect("load ca");
+    assert!(
+        r.stdout
+            .contains(&format!("fingerprint: sha256:{}\n", ca.fingerprint())),
+        "{}",
+        r.stdout
+    );
+
+    let issue = |role: &str, name: &str| {
+        let mut cmd = drover(dir.path());
+        cmd.args(["cert", "issue", "--role", role, "--name", name, "--ca-dir"])
+            .arg(dir.path().join("ca"))
+            .arg("--out")
+            .arg(dir.path().join("out"));
+        cmd
+    };
+    let r = run(issue("operator", "alice")).await;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let pem = std::fs::read(dir.path().join("out/alice.pem")).expect("pem");
+    let der = transport::certs_from_pem("c", &pem).expect("parse pem");
+    let peer = transport::parse_cert(&der[0]).expect("parse cert");
+    assert_eq!(peer.identity.to_string(), "operator/alice");
+    let lifetime = peer
+        .not_after
+        .duration_since(peer.not_before)
+        .expect("positive");
+    assert!(lifetime >= Duration::from_secs(8760 * 3600), "{lifetime:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("out/alice.key"))
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let r = run(issue("operator", "alice")).await;
+    assert_eq!(r.code, Some(1));
+    assert!(r.stderr.contains("already exists"), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read(dir.path().join("out/alice.pem")).expect("pem"),
+        pem,
+        "existing certificate untouched"
+    );
+
+    let r = run(issue("agent", "h1")).await;
+    assert_eq!(r.code, Some(2));
+    assert!(r.stderr.contains("drover token create"), "{}", r.stderr);
+}
+
+#[tokio::test]
+async fn agents_lists_sorted_hosts_as_table_and_json() {
+    let pki = Pki::new();
+    let addr = serve(&pki).await;
+
+    let mut cmd = drover(pki.dir.path());
+    as_operator(&mut cmd, &pki, addr);
+    cmd.arg("agents");
+    let r = run(cmd).await;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", r.stdout);
+    assert!(lines[0].starts_with("HOST "), "{}", r.stdout);
+    assert!(lines[1].starts_with("h1 ") && lines[1].contains("connected"));
+    assert!(lines[2].starts_with("h2 ") && lines[2].contains("lost"));
+    assert!(lines[1].contains("1.0GiB/4.0GiB") && lines[1].contains("1/1 healthy"));
+
+    let mut cmd = drover(pki.dir.path());
+    as_operator(&mut cmd, &pki, addr);
+    cmd.args(["agents", "-o", "json"]);
+    let r = run(cmd).await;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(v[0]["host_id"], "h1");
+    assert_eq!(v[1]["status"], "lost");
+    assert_eq!(v[0]["instances"][0]["health"], "healthy");
+    assert_eq!(v[0]["last_seen"], "1970-01-01T00:00:00Z");
+}
+
+#[tokio::test]
+async fn settings_come_from_the_config_file_and_environment() {
+    let pki = Pki::new();
+    let addr = serve(&pki).await;
+    let home = tempfile::tempdir().expect("home");
+    let cfg_dir = home.path().join(".config/drover");
+    std::fs::create_dir_all(&cfg_dir).expect("mkdir");
+    for f in ["alice.pem", "alice.key"] {
+        std::fs::copy(pki.path(f), cfg_dir.join(f)).expect("copy");
+    }
+    std::fs::copy(pki.ca_pem(), cfg_dir.join("ca.pem")).expect("copy ca");
+    // The file points at a dead address; the environment overrides it.
+    std::fs::write(
+        cfg_dir.join("cli.toml"),
+        "addr = \"127.0.0.1:1\"\nca = \"ca.pem\"\ncert = \"alice.pem\"\nkey = \"alice.key\"\n",
+    )
+    .expect("write config");
+    let mut cmd = drover(home.path());
+    cmd.env("DROVER_ADDR", addr.to_string()).arg("agents");
+    let r = run(cmd).await;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stdout.contains("h1"));
+
+    std::fs::write(cfg_dir.join("cli.toml"), "addr = \"x:1\"\nserver = \"y\"\n").expect("write");
+    let mut cmd = drover(home.path());
+    cmd.arg("agents");
+    let r = run(cmd).await;
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("cli.toml: line 2"), "{}", r.stderr);
+    assert!(r.stderr.contains("server"), "{}", r.stderr);
+}
+
+#[tokio::test]
+async fn show_revoke_and_token_talk_to_the_coordinator() {
+    let pki = Pki::new();
+    let addr = serve(&pki).await;
+    let home = pki.dir.path();
+
+    let mut cmd = drover(home);
+    as_operator(&mut cmd, &pki, addr);
+    cmd.args(["agent", "show", "h1"]);
+    let r = run(cmd).await;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stdout.contains("web@h1"), "{}", r.stdout);
+
+    let mut cmd = drover(home);
+    as_operator(&mut cmd, &pki, addr);
+    cmd.args(["agent", "show", "h9"]);
+    let r = run(cmd).await;
+    assert_eq!(r.code, Some(1));
+    assert_eq!(r.stderr.trim(), "error: no host `h9`");
+
+    let mut cmd = drover(home);
+    as_operator(&mut cmd, &pki, addr);
+    cmd.args(["agent", "revoke", "h1"]);
+    let r = run(cmd).await;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stdout.contains("refused certificate serials: 4a, 4b"),
+        "{}",
+        r.stdout
+    );
+
+    let mut cmd = drover(home);
+    cmd.arg("--addr")
+        .arg(addr.to_string())
+        .env("DROVER_CA", pki.ca_pem())
+        .env("DROVER_CERT", pki.path("vic.pem"))
+        .env("DROVER_KEY", pki.path("vic.key"))
+        .args(["agent", "revoke", "h1"]);
+    let r = run(cmd).await;
+    assert_eq!(r.code, Some(1));
+    assert!(
+        r.stderr
+            .contains("coordinator refused: viewers may not revoke hosts"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("viewer certificates can only read"),
+        "{}",
+        r.stderr
+    );
+
+    let mut cmd = drover(home);
+    as_operator(&mut cmd, &pki, addr);
+    cmd.args(["token", "create", "--ttl", "30m", "--label", "env=prod"]);
+    let r = run(cmd).await;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let fp = format!("sha256:{}", "ab".repeat(32));
+    assert!(
+        r.stdout.contains(&format!(
+            "drover-agent enroll --coordinator {addr} --token tok-prod-1800 --ca-fingerprint {fp}"
+        )),
+        "{}",
+        r.stdout
+    );
+
+    let mut cmd = drover(home);
+    as_operator(&mut cmd, &pki, addr);
+    cmd.args(["token", "create", "-o", "json"]);
+    let r = run(cmd).await;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(
+        v,
+        serde_json::json!({"token": "tok--3600", "ca_fingerprint": fp, "expires_at": "2026-09-21T14:13:20Z"})
+    );
+
+    let mut cmd = drover(home);
+    as_operator(&mut cmd, &pki, addr);
+    cmd.args(["agents", "-l", "zone=nowhere"]);
+    let r = run(cmd).await;
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("unknown zone `nowhere`"), "{}", r.stderr);
+}
+
+#[tokio::test]
+async fn watch_prints_events_and_exits_0_on_ctrl_c() {
+    let pki = Pki::new();
+    let addr = serve(&pki).await;
+    let mut cmd = drover(pki.dir.path());
+    as_operator(&mut cmd, &pki, addr);
+    cmd.args(["agents", "--watch", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut events = Vec::new();
+    while events.len() < 4 {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("event in time")
+            .expect("read")
+            .expect("a line before EOF");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json line");
+        events.push(v);
+    }
+    assert_eq!(events[0]["event"], "snapshot");
+    assert_eq!(events[0]["host"]["host_id"], "h2");
+    assert_eq!(events[2]["event"], "synced");
+    assert_eq!(events[3]["event"], "updated");
+    assert_eq!(events[3]["host"]["status"], "connected");
+
+    let pid = child.id().expect("pid");
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exit in time")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn local_problems_are_explained() {
+    let pki = Pki::new();
+    let addr = serve(&pki).await;
+    let home = pki.dir.path();
+
+    // Nothing listening.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_addr = dead.local_addr().expect("addr");
+    drop(dead);
+    let mut cmd = drover(home);
+    as_operator(&mut cmd, &pki, dead_addr);
+    cmd.arg("agents");
+    let r = run(cmd).await;
+    assert_eq!(r.code, Some(1));
+    assert!(
+        r.stderr
+            .starts_with(&format!("error: cannot reach coordinator at {dead_addr}: ")),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("is drover-coordinator running and is --addr right?")
+    );
+
+    // Expired certificate: refused locally, before dialling.
+    pki.issue(Role::Operator, "brief", Duration::from_secs(1));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut cmd = drover(home);
+    cmd.arg("--addr")
+        .arg(addr.to_string())
+        .arg("--ca")
+        .arg(pki.ca_pem())
+        .arg("--cert")
+        .arg(pki.path("brief.pem"))
+        .arg("--key")
+        .arg(pki.path("brief.key"))
+        .arg("agents");
+    let r = run(cmd).await;
+    assert_eq!(r.code, Some(1));
+    assert!(
+        r.stderr.contains(&format!(
+            "certificate {} expired on ",
+            pki.path("brief.pem").display()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("issue a new one with `drover cert issue`")
+    );
+
+    // A certificate from another CA: the coordinator refuses it.
+    let other = Pki::new();
+    let mut cmd = drover(home);
+    cmd.arg("--addr")
+        .arg(addr.to_string())
+        .arg("--ca")
+        .arg(pki.ca_pem())
+        .arg("--cert")
+        .arg(other.path("alice.pem"))
+        .arg("--key")
+        .arg(other.path("alice.key"))
+        .arg("agents");
+    let r = run(cmd).await;
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("certificate"), "{}", r.stderr);
+
+    // Trusting the wrong CA: the coordinator's certificate is rejected.
+    let mut cmd = drover(home);
+    cmd.arg("--addr")
+        .arg(addr.to_string())
+        .arg("--ca")
+        .arg(other.ca_pem())
+        .arg("--cert")
+        .arg(pki.path("alice.pem"))
+        .arg("--key")
+        .arg(pki.path("alice.key"))
+        .arg("agents");
+    let r = run(cmd).await;
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("check that --ca is the drover CA"),
+        "{}",
+        r.stderr
+    );
+
+    // Bad local input exits 2 before any connection.
+    let mut cmd = drover(home);
+    as_operator(&mut cmd, &pki, addr);
+    cmd.args(["agents", "-l", "zone in (a"]);
+    assert_eq!(run(cmd).await.code, Some(2));
+    let mut cmd = drover(home);
+    as_operator(&mut cmd, &pki, addr);
+    cmd.args(["token", "create", "--label", "env"]);
+    assert_eq!(run(cmd).await.code, Some(2));
+    let mut cmd = drover(home);
+    cmd.arg("agents");
+    let r = run(cmd).await;
+    assert_eq!(r.code, Some(2));
+    assert!(
+        r.stderr.contains("missing connection settings"),
+        "{}",
+        r.stderr
+    );
+}
