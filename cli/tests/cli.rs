@@ -216,6 +216,20 @@ impl ControlService for Fake {
             revoked_serials: vec!["4a".into(), "4b".into()],
         }))
     }
+
+    async fn push_artifact(
+        &self,
+        _req: Request<tonic::Streaming<drover_proto::v1::PushArtifactRequest>>,
+    ) -> Result<Response<drover_proto::v1::Artifact>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn list_artifacts(
+        &self,
+        _req: Request<drover_proto::v1::ListArtifactsRequest>,
+    ) -> Result<Response<drover_proto::v1::ListArtifactsResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
 }
 
 async fn serve(pki: &Pki) -> SocketAddr {

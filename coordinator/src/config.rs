@@ -37,6 +37,28 @@ pub struct CoordinatorConfig {
     pub tls: TlsConfig,
     #[serde(default)]
     pub agents: AgentsConfig,
+    #[serde(default)]
+    pub artifacts: ArtifactsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactsConfig {
+    /// Largest artifact an operator may push.
+    #[serde(default = "default_max_artifact")]
+    pub max_size_bytes: u64,
+}
+
+impl Default for ArtifactsConfig {
+    fn default() -> Self {
+        ArtifactsConfig {
+            max_size_bytes: default_max_artifact(),
+        }
+    }
+}
+
+fn default_max_artifact() -> u64 {
+    4 * 1024 * 1024 * 1024
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -9,7 +9,8 @@ use drover_proto::v1::agent_message::Msg as AgentMsg;
 use drover_proto::v1::agent_service_server::AgentService;
 use drover_proto::v1::coordinator_message::Msg as CoordMsg;
 use drover_proto::v1::{
-    AgentMessage, CoordinatorMessage, EnrollRequest, EnrollResponse, RenewResponse, Welcome,
+    AgentMessage, ArtifactChunk, CoordinatorMessage, EnrollRequest, EnrollResponse,
+    FetchArtifactRequest, RenewResponse, Welcome,
 };
 use futures::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -209,6 +210,50 @@ impl AgentService for AgentSvc {
         Ok(Response::new(
             Box::pin(ReceiverStream::new(rx)) as SessionStream
         ))
+    }
+
+    type FetchArtifactStream = Pin<Box<dyn Stream<Item = Result<ArtifactChunk, Status>> + Send>>;
+
+    async fn fetch_artifact(
+        &self,
+        request: Request<FetchArtifactRequest>,
+    ) -> Result<Response<Self::FetchArtifactStream>, Status> {
+        let caller = self.ctx.authz.require(&request, &[Role::Agent])?;
+        let req = request.into_inner();
+        let (mut file, size) = self.ctx.artifacts.open_at(&req.digest, req.offset).await?;
+        tracing::debug!(host = %caller.cert.identity.name, digest = %req.digest, offset = req.offset, "artifact fetch");
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let shutdown = self.ctx.shutdown.clone();
+        tokio::spawn(async move {
+            let mut offset = req.offset;
+            let mut buf = vec![0u8; super::control::CHUNK_BYTES];
+            loop {
+                let n = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    n = crate::artifacts::read_chunk(&mut file, &mut buf) => n,
+                };
+                let n = match n {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::internal(format!("read artifact: {e}"))))
+                            .await;
+                        return;
+                    }
+                };
+                let chunk = ArtifactChunk {
+                    offset,
+                    data: buf[..n].to_vec(),
+                    size_bytes: size,
+                };
+                offset += n as u64;
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_proto::v1::control_service_server::ControlService;
+use drover_proto::v1::push_artifact_request::Msg as PushMsg;
 use drover_proto::v1::{
-    CreateTokenRequest, CreateTokenResponse, GetHostRequest, Host, HostEvent, ListHostsRequest,
-    ListHostsResponse, RevokeHostRequest, RevokeHostResponse, WatchHostsRequest, host_event,
+    Artifact, CreateTokenRequest, CreateTokenResponse, GetHostRequest, Host, HostEvent,
+    ListArtifactsRequest, ListArtifactsResponse, ListHostsRequest, ListHostsResponse,
+    PushArtifactRequest, RevokeHostRequest, RevokeHostResponse, WatchHostsRequest, host_event,
 };
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
@@ -169,7 +171,56 @@ impl ControlService for ControlSvc {
         tracing::warn!(by = %caller.cert.identity, host = %host_id, serials = revoked_serials.len(), "host revoked");
         Ok(Response::new(RevokeHostResponse { revoked_serials }))
     }
+
+    async fn push_artifact(
+        &self,
+        request: Request<tonic::Streaming<PushArtifactRequest>>,
+    ) -> Result<Response<Artifact>, Status> {
+        let caller = self.ctx.authz.require(&request, WRITERS)?;
+        let mut inbound = request.into_inner();
+        let header = match inbound.message().await? {
+            Some(PushArtifactRequest {
+                msg: Some(PushMsg::Header(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of an upload must be its header",
+                ));
+            }
+        };
+        let artifacts = &self.ctx.artifacts;
+        let mut upload = artifacts.begin().await?;
+        while let Some(msg) = inbound.message().await? {
+            match msg.msg {
+                Some(PushMsg::Chunk(bytes)) => upload.write(&bytes).await?,
+                _ => return Err(Status::invalid_argument("only one header per upload")),
+            }
+        }
+        let artifact = artifacts
+            .finish(
+                upload,
+                &header.service,
+                &header.version,
+                &header.expected_digest,
+                &caller.cert.identity.to_string(),
+            )
+            .await?;
+        tracing::info!(by = %caller.cert.identity, service = %artifact.service, version = %artifact.version, digest = %artifact.digest, size = artifact.size_bytes, "artifact pushed");
+        Ok(Response::new(artifact))
+    }
+
+    async fn list_artifacts(
+        &self,
+        request: Request<ListArtifactsRequest>,
+    ) -> Result<Response<ListArtifactsResponse>, Status> {
+        self.ctx.authz.require(&request, READERS)?;
+        let artifacts = self.ctx.artifacts.list(&request.get_ref().service).await?;
+        Ok(Response::new(ListArtifactsResponse { artifacts }))
+    }
 }
+
+/// Bytes per gRPC message when streaming artifacts.
+pub const CHUNK_BYTES: usize = 256 * 1024;
 
 /// A response stream fed by a task; the task stops when the client goes away.
 fn async_stream<F, Fut>(f: F) -> WatchStream

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::artifacts::Artifacts;
 use crate::auth::Authorizer;
 use crate::metrics::Metrics;
 use crate::pki::Ca;
@@ -21,6 +22,7 @@ pub struct Ctx {
     pub name: String,
     pub registry: Arc<Registry>,
     pub tokens: Tokens,
+    pub artifacts: Artifacts,
     pub ca: Ca,
     pub authz: Authorizer,
     pub metrics: Arc<Metrics>,
