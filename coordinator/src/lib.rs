@@ -4,6 +4,7 @@
 //! `main.rs` only parses arguments, loads the config and binds; tests call
 //! [`run`] with their own listeners and shutdown token.
 
+pub mod artifacts;
 pub mod auth;
 pub mod config;
 pub mod http;
@@ -53,6 +54,8 @@ pub enum RunError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("artifact store: {0}")]
+    Artifacts(#[from] artifacts::ArtifactError),
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
     #[error("gRPC server: {0}")]
@@ -120,6 +123,11 @@ pub async fn run(
         name: config.name.clone(),
         registry: registry.clone(),
         tokens: Tokens::new(store.clone()),
+        artifacts: artifacts::Artifacts::open(
+            &config.data_dir,
+            store.clone(),
+            config.artifacts.max_size_bytes,
+        )?,
         ca,
         authz: Authorizer {
             metrics: metrics.clone(),
