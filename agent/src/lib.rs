@@ -1,1 +1,203 @@
+//! drover-agent: runs on every host, supervises the host's instances,
+//! checks their health and reports to a coordinator over one mutual-TLS
+//! gRPC stream.
+//!
+//! [`run`] is the agent; [`enroll::enroll`] is the one-time enrolment. The
+//! binary only parses arguments and calls these; tests call them too.
 
+pub mod backoff;
+pub mod config;
+pub mod enroll;
+pub mod fsutil;
+pub mod health;
+pub mod host_metrics;
+pub mod runtime;
+pub mod session;
+pub mod supervisor;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use drover_proto::identity::Identity;
+use drover_proto::transport::ConnectOptions;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::supervisor::{StatusBoard, Supervisor};
+use crate::tls::TlsFiles;
+
+/// The version sent in Hello.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How long shutdown waits for the session to close its stream.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(
+        "not enrolled: run drover-agent enroll --coordinator ADDR --token TOKEN --ca-fingerprint SHA256 ({} is missing)",
+        missing.display()
+    )]
+    NotEnrolled { missing: PathBuf },
+    #[error(
+        "{}: the certificate is for {found}, but host_id in {} is `{host_id}`; fix host_id or enrol again with --force",
+        cert.display(), config.display()
+    )]
+    HostMismatch {
+        cert: PathBuf,
+        config: PathBuf,
+        found: String,
+        host_id: String,
+    },
+    #[error("load TLS files: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Fs(#[from] fsutil::FsError),
+    #[error("start instance {name}: {source}")]
+    Instance {
+        name: String,
+        source: runtime::RuntimeError,
+    },
+}
+
+impl AgentError {
+    /// 2 when the operator has to fix the setup (not enrolled, wrong host
+    /// id), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AgentError::NotEnrolled { .. } | AgentError::HostMismatch { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled: starts or adopts every
+/// instance, then keeps a session to a coordinator. On shutdown the
+/// instances keep running; a restarted agent adopts them.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let tls_files = TlsFiles::new(&config.data_dir);
+    if let Some(missing) = tls_files.missing() {
+        return Err(AgentError::NotEnrolled {
+            missing: missing.to_path_buf(),
+        });
+    }
+    let loaded = tls_files.load()?;
+    let expected = Identity::agent(&config.host_id).ok();
+    if expected.as_ref() != Some(&loaded.cert.identity) {
+        return Err(AgentError::HostMismatch {
+            cert: tls_files.cert.clone(),
+            config: config.path.clone(),
+            found: loaded.cert.identity.to_string(),
+            host_id: config.host_id.clone(),
+        });
+    }
+    fsutil::create_dir(&config.data_dir.join("instances"), 0o755)?;
+
+    let board = StatusBoard::new(
+        config
+            .instances
+            .iter()
+            .map(|i| supervisor::initial_status(i, &config.host_id))
+            .collect(),
+    );
+    let mut supervisors = Vec::with_capacity(config.instances.len());
+    for (index, inst) in config.instances.iter().enumerate() {
+        let sup = Supervisor::start(
+            inst,
+            &config.host_id,
+            &config.data_dir,
+            board.clone(),
+            index,
+            &shutdown,
+        )
+        .await
+        .map_err(|source| AgentError::Instance {
+            name: inst.name.clone(),
+            source,
+        })?;
+        supervisors.push(sup);
+    }
+
+    let metrics = match host_metrics::HostMetricsCollector::new() {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!("{e}; reports will carry no host metrics");
+            None
+        }
+    };
+    // Token labels are the baseline; the config file has the last word.
+    let mut labels: HashMap<String, String> = enroll::enrolled_labels(&config.data_dir)
+        .into_iter()
+        .collect();
+    labels.extend(config.labels.clone());
+    let session_cfg = session::SessionConfig {
+        host_id: config.host_id.clone(),
+        agent_version: AGENT_VERSION.to_string(),
+        coordinators: config.coordinators.clone(),
+        report_interval: config.report_interval,
+        labels,
+        tls: tls_files,
+        connect: ConnectOptions::default(),
+    };
+    let session_stop = shutdown.child_token();
+    let session = tokio::spawn(session::run(
+        session_cfg,
+        board.subscribe(),
+        metrics,
+        session_stop.clone(),
+    ));
+
+    tracing::info!(
+        host_id = %config.host_id,
+        instances = supervisors.len(),
+        coordinators = %config.coordinators.join(","),
+        "agent running"
+    );
+    notify("READY=1");
+
+    shutdown.cancelled().await;
+    notify("STOPPING=1");
+    tracing::info!("shutting down; instances keep running");
+    session_stop.cancel();
+    for sup in supervisors {
+        sup.detach().await;
+    }
+    if tokio::time::timeout(SHUTDOWN_GRACE, session).await.is_err() {
+        tracing::warn!("session did not close within {SHUTDOWN_GRACE:?}");
+    }
+    drop(board);
+    Ok(())
+}
+
+fn notify(state: &str) {
+    if let Err(e) = drover_proto::sd_notify::notify(state) {
+        tracing::warn!("sd_notify {state}: {e}");
+    }
+}
+
+/// Cancels `token` on the first SIGTERM or SIGINT; exits the process at
+/// once on the second. Call from inside the runtime.
+pub fn cancel_on_signals(token: CancellationToken) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            if std::mem::take(&mut first) {
+                tracing::info!("{name} received; shutting down (again to exit at once)");
+                token.cancel();
+            } else {
+                tracing::warn!("{name} received again; exiting now");
+                std::process::exit(130);
+            }
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,522 @@
+//! The agent's one long-lived stream to a coordinator
+//! (`AgentService.Session`): connect, Hello, Welcome, then HealthReports
+//! periodically and on change, certificate renewal, and reconnecting with
+//! backoff across the configured coordinators.
+//!
+//! The TLS files are read at every connect, so a renewed (or re-enrolled)
+//! certificate is used without restarting the agent.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use drover_proto::transport::{self, ConnectOptions, TransportError};
+use drover_proto::v1::agent_service_client::AgentServiceClient;
+use drover_proto::v1::{
+    AgentMessage, CoordinatorMessage, HealthReport, Hello, HostMetrics, InstanceStatus,
+    RenewRequest, RenewResponse, agent_message, coordinator_message,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::{Backoff, FailureLog};
+use crate::host_metrics::HostMetricsCollector;
+use crate::tls::{self, LoadedTls, NewKey, TlsError, TlsFiles};
+
+/// First reconnect delay, doubling (with jitter) to [`BACKOFF_CAP`].
+pub const BACKOFF_START: Duration = Duration::from_millis(500);
+pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// A session that lasted longer than this resets the backoff.
+pub const STABLE_SESSION: Duration = Duration::from_secs(30);
+/// Minimum spacing of change-triggered reports: bursts coalesce into one.
+pub const COALESCE: Duration = Duration::from_millis(100);
+/// How long to wait for the Welcome after opening the stream.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for a RenewResponse before asking again.
+const RENEW_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Host metrics younger than this are reused for change-triggered reports.
+const METRICS_MAX_AGE: Duration = Duration::from_secs(1);
+/// Outbound messages buffered before reports are skipped.
+const OUTBOUND_QUEUE: usize = 16;
+
+/// Everything the session loop needs to know.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub host_id: String,
+    pub agent_version: String,
+    pub coordinators: Vec<String>,
+    pub report_interval: Duration,
+    pub labels: HashMap<String, String>,
+    pub tls: TlsFiles,
+    pub connect: ConnectOptions,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("load TLS files: {0}")]
+    Tls(#[from] TlsError),
+    #[error(
+        "the agent certificate expired at {}; re-enrol with `drover-agent enroll --force ...`",
+        humantime::format_rfc3339_seconds(*.0)
+    )]
+    Expired(SystemTime),
+    #[error("{}", transport::error_chain(.0))]
+    Connect(#[from] TransportError),
+    #[error("timed out connecting")]
+    ConnectTimeout,
+    #[error("open session: {}", status_text(.0))]
+    Open(tonic::Status),
+    #[error("session ended: {}", status_text(.0))]
+    Stream(tonic::Status),
+    #[error("the coordinator closed the session")]
+    Closed,
+    #[error(
+        "no Welcome from the coordinator within {}",
+        humantime::format_duration(WELCOME_TIMEOUT)
+    )]
+    NoWelcome,
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl SessionError {
+    fn status(&self) -> Option<&tonic::Status> {
+        match self {
+            SessionError::Open(s) | SessionError::Stream(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The coordinator refused this agent (revoked, or host id mismatch).
+    pub fn is_permission_denied(&self) -> bool {
+        self.status()
+            .is_some_and(|s| s.code() == tonic::Code::PermissionDenied)
+    }
+}
+
+fn status_text(s: &tonic::Status) -> String {
+    let mut text = format!("{:?}", s.code());
+    if !s.message().is_empty() {
+        text.push_str(": ");
+        text.push_str(s.message());
+    }
+    // The transport error behind the status often repeats the message;
+    // add only what is new.
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
+}
+
+/// How one session attempt ended.
+enum Outcome {
+    /// Renewed the certificate: reconnect at once with it.
+    Renewed,
+    /// Failed before the Welcome, or ended after it.
+    Ended {
+        established: bool,
+        lasted: Duration,
+        error: SessionError,
+    },
+}
+
+/// Runs sessions until `shutdown`, reconnecting as needed.
+pub async fn run(
+    cfg: SessionConfig,
+    statuses: watch::Receiver<Vec<InstanceStatus>>,
+    metrics: Option<HostMetricsCollector>,
+    shutdown: CancellationToken,
+) {
+    let mut s = Session {
+        cfg,
+        statuses,
+        metrics,
+        last_metrics: None,
+        failures: FailureLog::default(),
+    };
+    let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_CAP);
+    let mut next = 0usize;
+    loop {
+        let n = s.cfg.coordinators.len().max(1);
+        let addr = s
+            .cfg
+            .coordinators
+            .get(next % n)
+            .cloned()
+            .unwrap_or_default();
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            outcome = s.once(&addr) => outcome,
+        };
+        let delay = match outcome {
+            Outcome::Renewed => continue,
+            Outcome::Ended {
+                established,
+                lasted,
+                error,
+            } => {
+                if established && lasted >= STABLE_SESSION {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                s.log_failure(&addr, established, &error, delay);
+                next = next.wrapping_add(1);
+                delay
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+struct Session {
+    cfg: SessionConfig,
+    statuses: watch::Receiver<Vec<InstanceStatus>>,
+    metrics: Option<HostMetricsCollector>,
+    last_metrics: Option<(Instant, HostMetrics)>,
+    failures: FailureLog,
+}
+
+/// A renewal in flight: the new key waits here for its certificate.
+struct PendingRenewal {
+    key: NewKey,
+}
+
+impl Session {
+    fn log_failure(
+        &mut self,
+        addr: &str,
+        established: bool,
+        error: &SessionError,
+        delay: Duration,
+    ) {
+        let text = error.to_string();
+        if established && !error.is_permission_denied() {
+            // A session that was up and ended is news every time.
+            let aborted = error
+                .status()
+                .is_some_and(|s| s.code() == tonic::Code::Aborted);
+            if aborted {
+                tracing::warn!(coordinator = %addr, "session replaced by a newer one for this host: {text}");
+            } else {
+                tracing::warn!(coordinator = %addr, "session lost: {text}; reconnecting");
+            }
+            self.failures.reset();
+            return;
+        }
+        let Some(count) = self.failures.record(addr, &text) else {
+            return;
+        };
+        let retry = humantime::format_duration(Duration::from_millis(
+            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+        ));
+        if error.is_permission_denied() {
+            tracing::error!(
+                coordinator = %addr,
+                attempts = count,
+                "the coordinator refused this agent (certificate revoked, or host id does not match the certificate): {text}; retrying in {retry}"
+            );
+        } else if matches!(error, SessionError::Expired(_)) {
+            tracing::error!(coordinator = %addr, attempts = count, "{text}");
+        } else {
+            tracing::warn!(coordinator = %addr, attempts = count, "cannot reach coordinator: {text}; retrying in {retry}");
+        }
+    }
+
+    fn snapshot(&mut self) -> Vec<InstanceStatus> {
+        self.statuses.borrow_and_update().clone()
+    }
+
+    fn host_metrics(&mut self) -> Option<HostMetrics> {
+        if let Some((at, m)) = &self.last_metrics
+            && at.elapsed() < METRICS_MAX_AGE
+        {
+            return Some(m.clone());
+        }
+        let m = self.metrics.as_mut()?.collect();
+        self.last_metrics = Some((Instant::now(), m.clone()));
+        Some(m)
+    }
+
+    fn report(&mut self) -> AgentMessage {
+        AgentMessage {
+            msg: Some(agent_message::Msg::Health(HealthReport {
+                sent_at_ms: unix_ms(SystemTime::now()),
+                host: self.host_metrics(),
+                instances: self.snapshot(),
+            })),
+        }
+    }
+
+    fn hello(&mut self) -> AgentMessage {
+        AgentMessage {
+            msg: Some(agent_message::Msg::Hello(Hello {
+                host_id: self.cfg.host_id.clone(),
+                agent_version: self.cfg.agent_version.clone(),
+                labels: self.cfg.labels.clone(),
+                instances: self.snapshot(),
+                report_interval_ms: u32::try_from(self.cfg.report_interval.as_millis())
+                    .unwrap_or(u32::MAX),
+            })),
+        }
+    }
+
+    /// One connection: returns when it fails, ends, or must be redone with
+    /// a renewed certificate.
+    async fn once(&mut self, addr: &str) -> Outcome {
+        let started = Instant::now();
+        let mut established = false;
+        let result = self.connect_and_serve(addr, &mut established).await;
+        match result {
+            Ok(()) => Outcome::Renewed,
+            Err(error) => Outcome::Ended {
+                established,
+                lasted: started.elapsed(),
+                error,
+            },
+        }
+    }
+
+    async fn connect_and_serve(
+        &mut self,
+        addr: &str,
+        established: &mut bool,
+    ) -> Result<(), SessionError> {
+        let LoadedTls { client: tls, cert } = self.cfg.tls.load()?;
+        if cert.not_after <= SystemTime::now() {
+            return Err(SessionError::Expired(cert.not_after));
+        }
+        // connect() has its own connect timeout; this bounds the TLS
+        // handshake too.
+        let budget = self.cfg.connect.connect_timeout * 2;
+        let channel =
+            tokio::time::timeout(budget, transport::connect(addr, &tls, &self.cfg.connect))
+                .await
+                .map_err(|_| SessionError::ConnectTimeout)??;
+        let mut client = AgentServiceClient::new(channel);
+
+        let (tx, rx) = mpsc::channel::<AgentMessage>(OUTBOUND_QUEUE);
+        let hello = self.hello();
+        tx.try_send(hello)
+            .map_err(|_| SessionError::Protocol("outbound queue unavailable".into()))?;
+        let response =
+            tokio::time::timeout(WELCOME_TIMEOUT, client.session(ReceiverStream::new(rx)))
+                .await
+                .map_err(|_| SessionError::NoWelcome)?
+                .map_err(SessionError::Open)?;
+        let mut inbound = response.into_inner();
+        let first = tokio::time::timeout(WELCOME_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| SessionError::NoWelcome)?
+            .map_err(SessionError::Stream)?;
+        let welcome = match first {
+            Some(CoordinatorMessage {
+                msg: Some(coordinator_message::Msg::Welcome(w)),
+            }) => w,
+            Some(other) => {
+                return Err(SessionError::Protocol(format!(
+                    "expected Welcome, got {other:?}"
+                )));
+            }
+            None => return Err(SessionError::Closed),
+        };
+        *established = true;
+        if self.failures.count() > 0 {
+            tracing::info!(
+                coordinator = %addr,
+                name = %welcome.coordinator_name,
+                failed_attempts = self.failures.count(),
+                "connected to coordinator"
+            );
+        } else {
+            tracing::info!(coordinator = %addr, name = %welcome.coordinator_name, "connected to coordinator");
+        }
+        self.failures.reset();
+
+        let report_interval = self.cfg.report_interval;
+        let mut ticker = tokio::time::interval(report_interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // The first tick fires at once: the coordinator gets host metrics
+        // right after the Welcome.
+        let mut last_report = Instant::now();
+        let mut renew_deadline = instant_at(tls::renew_at(&cert));
+        let mut pending: Option<PendingRenewal> = None;
+
+        loop {
+            tokio::select! {
+                msg = inbound.message() => {
+                    let msg = msg.map_err(SessionError::Stream)?.ok_or(SessionError::Closed)?;
+                    match msg.msg {
+                        Some(coordinator_message::Msg::Renew(resp)) => {
+                            match self.on_renew_response(resp, pending.take(), &cert) {
+                                Ok(true) => return Ok(()),
+                                Ok(false) => {}
+                                Err(retry) => renew_deadline = Instant::now() + retry,
+                            }
+                        }
+                        Some(coordinator_message::Msg::Command(cmd)) => {
+                            // Instance commands arrive with the rollout
+                            // engine; until then they are acknowledged by
+                            // silence.
+                            tracing::debug!(command = %cmd.id, "ignoring command: not supported by this agent version");
+                        }
+                        Some(coordinator_message::Msg::Welcome(_)) | None => {}
+                    }
+                }
+                _ = ticker.tick() => {
+                    self.send_report(&tx);
+                    last_report = Instant::now();
+                }
+                changed = self.statuses.changed() => {
+                    if changed.is_err() {
+                        // The agent is shutting down.
+                        return Err(SessionError::Closed);
+                    }
+                    tokio::time::sleep_until(last_report + COALESCE).await;
+                    self.send_report(&tx);
+                    last_report = Instant::now();
+                    ticker.reset();
+                }
+                _ = tokio::time::sleep_until(renew_deadline) => {
+                    let due = tls::renew_at(&cert);
+                    if pending.is_none() && SystemTime::now() < due {
+                        // Woke early (long waits are capped): not due yet.
+                        renew_deadline = instant_at(due);
+                        continue;
+                    }
+                    renew_deadline = Instant::now() + RENEW_ANSWER_TIMEOUT.min(retry_delay(&cert));
+                    match tls::make_csr(&self.cfg.host_id) {
+                        Ok(key) => {
+                            let msg = AgentMessage {
+                                msg: Some(agent_message::Msg::Renew(RenewRequest { csr_pem: key.csr_pem.clone() })),
+                            };
+                            if tx.try_send(msg).is_ok() {
+                                tracing::info!(
+                                    not_after = %humantime::format_rfc3339_seconds(cert.not_after),
+                                    "renewing the agent certificate"
+                                );
+                                pending = Some(PendingRenewal { key });
+                            }
+                        }
+                        Err(e) => tracing::error!("renew certificate: {e}"),
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_report(&mut self, tx: &mpsc::Sender<AgentMessage>) {
+        let report = self.report();
+        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(report) {
+            // The connection is not draining; the next report will carry
+            // fresher data anyway.
+            tracing::debug!("outbound queue full; skipping a report");
+        }
+    }
+
+    /// Ok(true): new certificate installed, reconnect. Ok(false): nothing
+    /// to do. Err(delay): renewal failed, try again after `delay`.
+    fn on_renew_response(
+        &self,
+        resp: RenewResponse,
+        pending: Option<PendingRenewal>,
+        cert: &transport::PeerCert,
+    ) -> Result<bool, Duration> {
+        let Some(PendingRenewal { key }) = pending else {
+            tracing::warn!("ignoring a RenewResponse nobody asked for");
+            return Ok(false);
+        };
+        let retry = retry_delay(cert);
+        if !resp.error.is_empty() {
+            tracing::warn!(
+                "the coordinator refused to renew the certificate: {}; retrying in {}",
+                resp.error,
+                humantime::format_duration(retry)
+            );
+            return Err(retry);
+        }
+        let issued = match tls::check_issued(&resp.cert_pem, &self.cfg.host_id, &key) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("renewed certificate refused: {e}");
+                return Err(retry);
+            }
+        };
+        if let Err(e) = self.cfg.tls.install(&key.key_pem, &resp.cert_pem, None) {
+            tracing::error!("install renewed certificate: {e}");
+            return Err(retry);
+        }
+        tracing::info!(
+            serial = %issued.serial,
+            not_after = %humantime::format_rfc3339_seconds(issued.not_after),
+            "renewed the agent certificate; reconnecting with it"
+        );
+        Ok(true)
+    }
+}
+
+/// How long to wait before asking again after a failed renewal: a tenth of
+/// the time left, between 1 s and 60 s.
+fn retry_delay(cert: &transport::PeerCert) -> Duration {
+    let left = cert
+        .not_after
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    (left / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// Longest single timer wait for a wall-clock deadline: the wall clock
+/// can be stepped, and tokio's timer wheel has a range of about two years.
+const MAX_TIMER_WAIT: Duration = Duration::from_secs(3600);
+
+/// The monotonic instant for a wall-clock time (now if past), capped at
+/// [`MAX_TIMER_WAIT`] ahead: callers re-check the wall clock on waking.
+fn instant_at(t: SystemTime) -> Instant {
+    let wait = t
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    Instant::now() + wait.min(MAX_TIMER_WAIT)
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_proto::identity::Identity;
+
+    #[test]
+    fn renewal_retry_is_a_tenth_of_the_time_left_clamped() {
+        let now = SystemTime::now();
+        let cert = |left: u64| transport::PeerCert {
+            identity: Identity::agent("h1").expect("id"),
+            serial: "01".into(),
+            not_before: now - Duration::from_secs(10),
+            not_after: now + Duration::from_secs(left),
+        };
+        assert_eq!(retry_delay(&cert(0)), Duration::from_secs(1));
+        assert!(retry_delay(&cert(100)) <= Duration::from_secs(10));
+        assert_eq!(retry_delay(&cert(100_000)), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn permission_denied_is_recognised() {
+        let e = SessionError::Stream(tonic::Status::permission_denied("revoked"));
+        assert!(e.is_permission_denied());
+        assert_eq!(e.to_string(), "session ended: PermissionDenied: revoked");
+        assert!(!SessionError::Closed.is_permission_denied());
+    }
+}

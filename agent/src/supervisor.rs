@@ -1,0 +1,281 @@
+//! One task per instance: combines what the runtime observes (running,
+//! crashed, ...) with the health check's verdict into the
+//! [`InstanceStatus`] the agent reports, and publishes it on the
+//! [`StatusBoard`] that the session reads.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use drover_proto::v1::{HealthState, InstanceStatus, Release, RuntimeState};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::InstanceConfig;
+use crate::health::{HealthCheck, HealthTracker};
+use crate::runtime::{self, RuntimeError, RuntimeHandle, RuntimeStatus};
+
+/// The latest status of every instance, one slot per configured instance.
+/// Watchers are woken only by changes that matter to the coordinator
+/// (state, health, pid, restarts, drain, release), not by every check's
+/// latency or counters; those ride along in the next report.
+#[derive(Debug, Clone)]
+pub struct StatusBoard {
+    tx: Arc<watch::Sender<Vec<InstanceStatus>>>,
+}
+
+impl StatusBoard {
+    pub fn new(initial: Vec<InstanceStatus>) -> StatusBoard {
+        StatusBoard {
+            tx: Arc::new(watch::Sender::new(initial)),
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Vec<InstanceStatus>> {
+        self.tx.subscribe()
+    }
+
+    pub fn snapshot(&self) -> Vec<InstanceStatus> {
+        self.tx.borrow().clone()
+    }
+
+    pub fn get(&self, index: usize) -> Option<InstanceStatus> {
+        self.tx.borrow().get(index).cloned()
+    }
+
+    fn set(&self, index: usize, new: InstanceStatus) {
+        self.tx.send_if_modified(|all| {
+            let Some(slot) = all.get_mut(index) else {
+                return false;
+            };
+            if *slot == new {
+                return false;
+            }
+            let significant = !same_outline(slot, &new);
+            *slot = new;
+            significant
+        });
+    }
+}
+
+fn same_outline(a: &InstanceStatus, b: &InstanceStatus) -> bool {
+    a.state == b.state
+        && a.health == b.health
+        && a.pid == b.pid
+        && a.restarts == b.restarts
+        && a.drained == b.drained
+        && a.release == b.release
+}
+
+/// The status an instance has before its runtime has said anything.
+pub fn initial_status(cfg: &InstanceConfig, host_id: &str) -> InstanceStatus {
+    InstanceStatus {
+        id: cfg.id(host_id),
+        name: cfg.name.clone(),
+        service: cfg.service.clone(),
+        runtime: cfg.runtime.kind().to_string(),
+        state: RuntimeState::Unspecified as i32,
+        restarts: 0,
+        pid: 0,
+        health: if cfg.health.is_some() {
+            HealthState::Unknown
+        } else {
+            HealthState::None
+        } as i32,
+        last_check_latency_ms: 0,
+        consecutive_successes: 0,
+        consecutive_failures: 0,
+        last_check_error: String::new(),
+        release: Some(Release::default()),
+        drained: false,
+    }
+}
+
+/// A running instance supervisor. Dropping it stops the supervision, not
+/// the instance.
+#[derive(Debug)]
+pub struct Supervisor {
+    name: String,
+    runtime: RuntimeHandle,
+    board: StatusBoard,
+    index: usize,
+    cancel: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Supervisor {
+    /// Starts (or adopts) the instance and its health checks. Publishes
+    /// into `board[index]`.
+    pub async fn start(
+        cfg: &InstanceConfig,
+        host_id: &str,
+        data_dir: &Path,
+        board: StatusBoard,
+        index: usize,
+        shutdown: &CancellationToken,
+    ) -> Result<Supervisor, RuntimeError> {
+        let cancel = shutdown.child_token();
+        let runtime = runtime::spawn(cfg, data_dir, cancel.clone()).await?;
+        let mut task = InstanceTask {
+            status: initial_status(cfg, host_id),
+            check: cfg.health.as_ref().map(HealthCheck::new),
+            tracker: cfg
+                .health
+                .as_ref()
+                .map(|h| HealthTracker::new(h.rise, h.fall)),
+            board: board.clone(),
+            index,
+        };
+        task.publish(runtime.status());
+        let interval = cfg.health.as_ref().map(|h| h.interval);
+        let handle = tokio::spawn(task.run(runtime.subscribe(), interval, cancel.clone()));
+        Ok(Supervisor {
+            name: cfg.name.clone(),
+            runtime,
+            board,
+            index,
+            cancel,
+            task: Some(handle),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn status(&self) -> Option<InstanceStatus> {
+        self.board.get(self.index)
+    }
+
+    pub fn runtime(&self) -> &RuntimeHandle {
+        &self.runtime
+    }
+
+    /// Stops the instance (stop signal, then SIGKILL after stop_timeout).
+    pub async fn stop(&self) -> Result<(), RuntimeError> {
+        self.runtime.stop().await
+    }
+
+    /// Starts the instance again after a stop.
+    pub async fn start_instance(&self) -> Result<(), RuntimeError> {
+        self.runtime.start().await
+    }
+
+    /// Ends supervision (the instance keeps running) and waits for the
+    /// task to finish.
+    pub async fn detach(mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+struct InstanceTask {
+    status: InstanceStatus,
+    check: Option<HealthCheck>,
+    tracker: Option<HealthTracker>,
+    board: StatusBoard,
+    index: usize,
+}
+
+impl InstanceTask {
+    async fn run(
+        mut self,
+        mut runtime: watch::Receiver<RuntimeStatus>,
+        interval: Option<std::time::Duration>,
+        cancel: CancellationToken,
+    ) {
+        // The first check comes one interval in: a process that was just
+        // started gets that long to come up before it is judged.
+        let mut ticker = interval.map(|every| {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            t
+        });
+        // Whatever happened between start and now counts: publish it
+        // before waiting for the next change.
+        let first = *runtime.borrow_and_update();
+        self.publish(first);
+        let mut was_running = first.is_running();
+        loop {
+            let running = runtime.borrow().is_running();
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                changed = runtime.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let rt = *runtime.borrow_and_update();
+                    if rt.is_running() && !was_running {
+                        // Give a freshly started process one interval to
+                        // come up before the first check.
+                        if let Some(t) = ticker.as_mut() {
+                            t.reset();
+                        }
+                    }
+                    was_running = rt.is_running();
+                    self.publish(rt);
+                }
+                _ = async {
+                    match ticker.as_mut() {
+                        Some(t) => { t.tick().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                }, if running => {
+                    let Some(check) = self.check.as_ref() else { continue };
+                    let outcome = tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        outcome = check.run() => outcome,
+                    };
+                    // The process may have stopped while the check ran; its
+                    // result then says nothing about the new run.
+                    if !runtime.borrow().is_running() {
+                        continue;
+                    }
+                    if let Some(tracker) = self.tracker.as_mut() {
+                        tracker.record(&outcome.0, outcome.1);
+                    }
+                    let rt = *runtime.borrow();
+                    self.publish(rt);
+                }
+            }
+        }
+    }
+
+    fn publish(&mut self, rt: RuntimeStatus) {
+        let s = &mut self.status;
+        s.state = rt.state as i32;
+        s.pid = rt.pid;
+        s.restarts = rt.restarts;
+        if let Some(tracker) = self.tracker.as_mut() {
+            if !rt.is_running() {
+                tracker.reset();
+            }
+            s.health = match (rt.state, tracker.state) {
+                (RuntimeState::Running, h) => h,
+                // A stopped or crashed instance serves nothing.
+                (RuntimeState::Stopped | RuntimeState::Crashed | RuntimeState::Stopping, _) => {
+                    HealthState::Unhealthy
+                }
+                _ => HealthState::Unknown,
+            } as i32;
+            s.consecutive_successes = tracker.consecutive_successes;
+            s.consecutive_failures = tracker.consecutive_failures;
+            s.last_check_latency_ms = tracker.last_latency_ms;
+            s.last_check_error = if rt.is_running() {
+                tracker.last_error.clone()
+            } else {
+                "instance is not running".to_string()
+            };
+        }
+        self.board.set(self.index, self.status.clone());
+    }
+}
