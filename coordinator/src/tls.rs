@@ -189,7 +189,11 @@ pub fn incoming(
                         let _ = tx.send(Ok(stream)).await;
                     }
                     Err(reason) => {
-                        metrics.refused(Refusal::TlsHandshake);
+                        metrics.refused(if reason.contains("revoked") {
+                            Refusal::Revoked
+                        } else {
+                            Refusal::TlsHandshake
+                        });
                         tracing::warn!(peer = %addr, %reason, "TLS handshake refused");
                     }
                 }

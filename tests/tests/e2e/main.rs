@@ -1,0 +1,28 @@
+//! End-to-end tests: the real drover binaries on loopback, each test with
+//! its own temp dir, ports and processes (run in parallel by nextest).
+//!
+//! Build the binaries first: `cargo build --workspace --bins`.
+
+mod bad_config;
+mod certs;
+mod demo;
+mod fleet;
+mod grpc;
+mod hostile;
+mod lifecycle;
+mod restart;
+mod sample;
+
+use std::collections::BTreeSet;
+
+use drover_tests::HostView;
+
+/// Host ids of a listing, sorted.
+pub fn ids(hosts: &[HostView]) -> BTreeSet<String> {
+    hosts.iter().map(|h| h.host_id.clone()).collect()
+}
+
+/// A sorted set from string literals.
+pub fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
