@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::commands::{agents, ca, cert, token};
+use crate::commands::{agents, artifact, ca, cert, token};
 
 const ABOUT: &str = "drover: rolling deployments for fleets of hosts.\n\n\
 This CLI creates the drover CA and certificates, enrols hosts (join tokens) \
@@ -77,6 +77,9 @@ pub enum Command {
     /// Show one host in detail, or revoke it
     #[command(subcommand)]
     Agent(agents::AgentCommand),
+    /// Push and list release artifacts (content-addressed by sha256)
+    #[command(subcommand)]
+    Artifact(artifact::ArtifactCommand),
 }
 
 /// clap value parser for durations such as `90s`, `1h`, `8760h`, `30d`.

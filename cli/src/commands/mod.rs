@@ -2,6 +2,7 @@
 //! `run` that returns `anyhow::Result`; [`run`] dispatches.
 
 pub mod agents;
+pub mod artifact;
 pub mod ca;
 pub mod cert;
 pub mod token;
@@ -35,5 +36,6 @@ pub async fn run(cli: Cli, env: Env) -> anyhow::Result<()> {
         Command::Token(cmd) => token::run(&ctx, cmd).await,
         Command::Agents(args) => agents::list(&ctx, args).await,
         Command::Agent(cmd) => agents::run(&ctx, cmd).await,
+        Command::Artifact(cmd) => artifact::run(&ctx, cmd).await,
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
+mod artifacts;
 mod bad_config;
 mod certs;
 mod demo;
