@@ -11,6 +11,7 @@ pub mod http;
 pub mod metrics;
 pub mod pki;
 pub mod registry;
+pub mod rollout;
 pub mod selector;
 pub mod service;
 pub mod store;

@@ -1,0 +1,263 @@
+//! One instance's chain of commands: sending each step, applying its
+//! result, failing it on an error or a timeout, and the failure budget.
+
+use super::engine::{Cx, Engine, list};
+use super::model::{CommandId, CommandKind, CommandOutcome, Direction, Fault, Output, Step};
+use super::state::{InFlight, Mode, Then};
+
+fn next_step(step: Step) -> Option<Step> {
+    match step {
+        Step::Draining => Some(Step::Stopping),
+        Step::Stopping => Some(Step::Deploying),
+        Step::Deploying => Some(Step::Starting),
+        Step::Starting => Some(Step::Verifying),
+        Step::Verifying => Some(Step::Undraining),
+        _ => None,
+    }
+}
+
+impl Engine {
+    pub(super) fn on_result(&mut self, cx: &mut Cx, id: &CommandId, outcome: CommandOutcome) {
+        let Some(idx) = self
+            .st
+            .instances
+            .iter()
+            .position(|i| i.inflight.as_ref().is_some_and(|f| &f.id == id))
+        else {
+            return;
+        };
+        let Some(flight) = self.st.instances[idx].inflight.take() else {
+            return;
+        };
+        cx.dirty = true;
+        self.progress(cx);
+        let step = self.st.instances[idx].step;
+        match outcome {
+            CommandOutcome::Ok => self.step_ok(cx, idx, step, &flight.kind),
+            CommandOutcome::Failed(message) => {
+                self.fail(cx, idx, Fault::Failed { step, message });
+            }
+            CommandOutcome::TimedOut => {
+                let fault = self.timeout_fault(idx, step, &flight);
+                self.fail(cx, idx, fault);
+            }
+        }
+    }
+
+    /// Turns commands past their deadline into failures.
+    pub(super) fn expire(&mut self, cx: &mut Cx) {
+        for idx in 0..self.st.instances.len() {
+            let i = &self.st.instances[idx];
+            let Some(flight) = i.inflight.as_ref().filter(|f| f.deadline <= cx.now) else {
+                continue;
+            };
+            let fault = self.timeout_fault(idx, i.step, flight);
+            self.st.instances[idx].inflight = None;
+            cx.dirty = true;
+            self.progress(cx);
+            self.fail(cx, idx, fault);
+        }
+    }
+
+    pub(super) fn timeout_fault(&self, idx: usize, step: Step, flight: &InFlight) -> Fault {
+        if self.st.instances[idx].observed.reachable {
+            Fault::TimedOut {
+                step,
+                after: u64::try_from(flight.timeout.as_millis()).unwrap_or(u64::MAX),
+            }
+        } else {
+            Fault::Unreachable { step }
+        }
+    }
+
+    pub(super) fn start_chain(&mut self, cx: &mut Cx, idx: usize, direction: Direction) {
+        let batch = self.st.batch + 1;
+        let seq = self.st.next_seq;
+        let i = &mut self.st.instances[idx];
+        i.direction = direction;
+        i.attempt += 1;
+        if direction == Direction::Forward {
+            i.seq = Some(seq);
+            i.batch = Some(batch);
+            self.st.next_seq += 1;
+        }
+        cx.dirty = true;
+        self.progress(cx);
+        self.send_step(cx, idx, Step::Draining);
+    }
+
+    fn command_for(&self, idx: usize, step: Step) -> Option<CommandKind> {
+        let i = &self.st.instances[idx];
+        Some(match step {
+            Step::Draining => CommandKind::Drain,
+            Step::Stopping => CommandKind::Stop,
+            Step::Deploying => CommandKind::Deploy {
+                release: match i.direction {
+                    Direction::Forward => self.st.spec.target.clone(),
+                    Direction::Back => i.previous.clone()?,
+                },
+            },
+            Step::Starting => CommandKind::Start,
+            Step::Verifying => CommandKind::Verify {
+                min_healthy_time: self.st.spec.min_healthy_time,
+                healthy_deadline: self.st.spec.healthy_deadline,
+            },
+            Step::Undraining => CommandKind::Undrain,
+            _ => return None,
+        })
+    }
+
+    fn send_step(&mut self, cx: &mut Cx, idx: usize, step: Step) {
+        let Some(kind) = self.command_for(idx, step) else {
+            return;
+        };
+        let timeout = match kind {
+            CommandKind::Verify { .. } => self.st.spec.longest_command(),
+            _ => self.st.spec.step_timeout,
+        };
+        let i = &mut self.st.instances[idx];
+        let id = CommandId::new(&self.st.id, &i.id, step, i.attempt);
+        i.step = step;
+        i.inflight = Some(InFlight {
+            id: id.clone(),
+            kind: kind.clone(),
+            timeout,
+            sent_at: cx.now,
+            deadline: cx.now.plus(timeout),
+        });
+        let (instance, host, direction, batch) = (
+            i.id.clone(),
+            i.host.clone(),
+            i.direction,
+            i.batch.unwrap_or(0),
+        );
+        cx.dirty = true;
+        let what = match &kind {
+            CommandKind::Deploy { release } => format!("deploying {release}"),
+            _ => step.as_str().to_string(),
+        };
+        let msg = match (direction, step) {
+            (Direction::Back, _) => format!("rollback: {what}"),
+            (Direction::Forward, Step::Draining) => format!("batch {batch}: {what}"),
+            (Direction::Forward, _) => what,
+        };
+        self.event(cx, Some(idx), Some(step), msg);
+        cx.out.push(Output::Send {
+            id,
+            instance,
+            host,
+            kind,
+            timeout,
+        });
+    }
+
+    /// Sends the in-flight command of `idx` again, same id.
+    pub(super) fn resend(&self, cx: &mut Cx, idx: usize) {
+        let i = &self.st.instances[idx];
+        if let Some(f) = &i.inflight {
+            cx.out.push(Output::Send {
+                id: f.id.clone(),
+                instance: i.id.clone(),
+                host: i.host.clone(),
+                kind: f.kind.clone(),
+                timeout: f.timeout,
+            });
+        }
+    }
+
+    fn step_ok(&mut self, cx: &mut Cx, idx: usize, step: Step, kind: &CommandKind) {
+        let i = &mut self.st.instances[idx];
+        // What a successful step is known to have done, until Health says otherwise.
+        match kind {
+            CommandKind::Drain => i.observed.in_service = false,
+            CommandKind::Stop => i.observed.healthy = false,
+            CommandKind::Deploy { release } => i.observed.release = Some(release.clone()),
+            CommandKind::Start => {}
+            CommandKind::Verify { .. } => i.observed.healthy = true,
+            CommandKind::Undrain => i.observed.in_service = true,
+        }
+        if let Some(next) = next_step(step) {
+            self.send_step(cx, idx, next);
+            return;
+        }
+        let (end, msg) = match i.direction {
+            Direction::Forward => (Step::Done, "done".to_string()),
+            Direction::Back => {
+                let to = i
+                    .previous
+                    .as_ref()
+                    .map_or_else(|| "its previous release".to_string(), |r| r.to_string());
+                (Step::RolledBack, format!("rolled back to {to}"))
+            }
+        };
+        i.step = end;
+        self.event(cx, Some(idx), Some(end), msg);
+    }
+
+    /// The instance stays out of service; only a rollback brings it back.
+    pub(super) fn fail(&mut self, cx: &mut Cx, idx: usize, fault: Fault) {
+        let i = &mut self.st.instances[idx];
+        i.inflight = None;
+        i.step = Step::Failed;
+        let msg = match i.direction {
+            Direction::Forward => {
+                let m = format!("failed: {fault}");
+                i.fault = Some(fault);
+                m
+            }
+            Direction::Back => {
+                let m = format!("rollback failed: {fault}");
+                i.rollback_fault = Some(fault);
+                m
+            }
+        };
+        let forward = i.direction == Direction::Forward;
+        cx.dirty = true;
+        self.event(cx, Some(idx), Some(Step::Failed), msg);
+        if forward {
+            self.check_budget(cx);
+        }
+    }
+
+    pub(super) fn check_budget(&mut self, cx: &mut Cx) {
+        if self.st.mode != Mode::Forward {
+            return;
+        }
+        let lim = &self.st.limits;
+        let (failed, unreachable) = (self.st.failed_count(), self.st.unreachable_count());
+        let reason = if failed > lim.max_failures {
+            let who: Vec<String> = (self.st.instances.iter())
+                .filter_map(|i| {
+                    i.fault
+                        .as_ref()
+                        .filter(|f| !f.is_unreachable())
+                        .map(|f| (i, f))
+                })
+                .map(|(i, f)| format!("{}: {f}", i.id))
+                .collect();
+            format!(
+                "failure budget exceeded: {failed} failed, max_failures {} ({})",
+                lim.max_failures,
+                list(&who)
+            )
+        } else if unreachable > lim.max_unreachable {
+            let who: Vec<String> = (self.st.instances.iter())
+                .filter(|i| i.unreachable())
+                .map(|i| i.id.clone())
+                .collect();
+            format!(
+                "unreachable budget exceeded: {unreachable} on lost hosts, max_unreachable {} ({})",
+                lim.max_unreachable,
+                list(&who)
+            )
+        } else {
+            return;
+        };
+        let then = if self.st.spec.auto_rollback {
+            Then::Rollback
+        } else {
+            Then::Fail
+        };
+        self.stop(cx, reason, then);
+    }
+}

@@ -1,0 +1,604 @@
+//! The rollout engine: a sans-IO state machine in the manner of quinn-proto.
+//!
+//! The runtime feeds [`Input`]s with the current time and performs the
+//! [`Output`]s in order. The engine has no clock, no randomness and no
+//! unordered maps, so the same inputs give byte-identical outputs; that is what
+//! lets the simulator replay a failing seed.
+//!
+//! This file holds the entry points and input handling; `chain.rs` runs one
+//! instance's commands, `modes.rs` the rollout as a whole.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::amount::Amount;
+use super::model::{
+    Direction, Input, InstanceInfo, Millis, OperatorAction, Outcome, Output, RolloutEvent, Step,
+};
+use super::spec::{LostHostPolicy, Release, RolloutSpec, SpecError};
+use super::state::{
+    InstanceState, Limits, Mode, Observed, RestoreKind, RolloutState, SkipReason, Then, count,
+};
+
+/// Why a rollout is refused before it starts. All terminal: the spec or the
+/// fleet has to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("rollout id {0:?}: expected a non-empty id without '/'")]
+    BadId(String),
+    #[error("no instances of service {service} match selector {selector:?}")]
+    NoInstances { service: String, selector: String },
+    #[error("instance {0:?}: expected a non-empty id and host")]
+    BadInstance(String),
+    #[error("instance {0} is listed twice")]
+    DuplicateInstance(String),
+    #[error(
+        "min_healthy {min_healthy} asks for a floor of {floor} but only {total} instances match"
+    )]
+    FloorAboveTotal {
+        min_healthy: Amount,
+        floor: u32,
+        total: u32,
+    },
+    #[error("floor {floor} of {total} but only {capacity} healthy and in service")]
+    FloorUnreachable {
+        floor: u32,
+        total: u32,
+        capacity: u32,
+    },
+    #[error(
+        "floor {floor} of {total} leaves no instance that may be taken down, \
+         and {pending} need updating; lower min_healthy"
+    )]
+    NoRoom {
+        floor: u32,
+        total: u32,
+        pending: u32,
+    },
+    #[error("{unreachable} instance(s) on lost hosts ({hosts}) exceed max_unreachable {max}")]
+    TooManyUnreachable {
+        unreachable: u32,
+        max: u32,
+        hosts: String,
+    },
+}
+
+/// The outputs of one call, with the Persist flag kept apart until the end so
+/// that it can go first.
+pub(super) struct Cx {
+    pub(super) now: Millis,
+    pub(super) out: Vec<Output>,
+    pub(super) dirty: bool,
+    pub(super) finished: bool,
+}
+
+impl Cx {
+    fn new(now: Millis) -> Cx {
+        Cx {
+            now,
+            out: Vec::new(),
+            dirty: false,
+            finished: false,
+        }
+    }
+
+    fn into_outputs(mut self) -> Vec<Output> {
+        if self.dirty {
+            self.out.insert(0, Output::Persist);
+        }
+        self.out
+    }
+}
+
+/// One pass of [`Engine::drive`]: whether the mode changed (drive again) and
+/// why the rollout waits, if it does.
+pub(super) struct Pass {
+    pub(super) again: bool,
+    pub(super) wait: Option<String>,
+}
+
+pub(super) fn show(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// Lists up to five items, then a count of the rest.
+pub(super) fn list(items: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut s = items
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > SHOWN {
+        s.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    s
+}
+
+/// Sorted by id; with `spread_by`, label values take turns so that batches
+/// mix zones instead of emptying one.
+fn plan_order(mut infos: Vec<InstanceInfo>, spread_label: Option<&str>) -> Vec<InstanceInfo> {
+    infos.sort_by(|a, b| a.id.cmp(&b.id));
+    let Some(label) = spread_label else {
+        return infos;
+    };
+    let mut groups: BTreeMap<String, VecDeque<InstanceInfo>> = BTreeMap::new();
+    for i in infos {
+        let v = i.labels.get(label).cloned().unwrap_or_default();
+        groups.entry(v).or_default().push_back(i);
+    }
+    let mut out = Vec::new();
+    while groups.values().any(|g| !g.is_empty()) {
+        for g in groups.values_mut() {
+            if let Some(i) = g.pop_front() {
+                out.push(i);
+            }
+        }
+    }
+    out
+}
+
+/// A running rollout. See the module docs of [`rollout`](super) for the rules.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub(super) st: RolloutState,
+    pub(super) index: BTreeMap<String, usize>,
+}
+
+impl Engine {
+    /// Starts a rollout over `instances`: the instances of `spec.service`
+    /// matched by `spec.selector` (the caller matches; the engine takes the
+    /// list as the target set). Refuses a rollout that could never proceed.
+    pub fn start(
+        id: &str,
+        spec: RolloutSpec,
+        instances: Vec<InstanceInfo>,
+        now: Millis,
+    ) -> Result<(Engine, Vec<Output>), PlanError> {
+        spec.validate()?;
+        if id.trim().is_empty() || id.contains('/') {
+            return Err(PlanError::BadId(id.to_string()));
+        }
+        if instances.is_empty() {
+            return Err(PlanError::NoInstances {
+                service: spec.service.clone(),
+                selector: spec.selector.clone(),
+            });
+        }
+        let mut seen = BTreeSet::new();
+        for i in &instances {
+            if i.id.trim().is_empty() || i.host.trim().is_empty() {
+                return Err(PlanError::BadInstance(i.id.clone()));
+            }
+            if !seen.insert(i.id.as_str()) {
+                return Err(PlanError::DuplicateInstance(i.id.clone()));
+            }
+        }
+        let ordered = plan_order(instances, spec.spread_by.as_ref().map(|s| s.label.as_str()));
+        let total = count(ordered.iter());
+        let limits = Limits {
+            total,
+            floor: spec.min_healthy.resolve_up(total),
+            max_failures: spec.max_failures.resolve_down(total),
+            max_unreachable: spec.max_unreachable.resolve_down(total),
+            max_unavailable: spec
+                .max_unavailable
+                .map_or(u32::MAX, |a| a.resolve_down(total).max(1)),
+            batch_sizes: spec
+                .batches
+                .iter()
+                .map(|b| b.resolve_down(total).max(1))
+                .collect(),
+        };
+        let states: Vec<InstanceState> = ordered
+            .into_iter()
+            .map(|i| {
+                let skipped = if i.release.as_ref() == Some(&spec.target) {
+                    Some(SkipReason::OnTarget)
+                } else if !i.reachable && spec.lost_hosts == LostHostPolicy::Skip {
+                    Some(SkipReason::Unreachable)
+                } else {
+                    None
+                };
+                InstanceState {
+                    id: i.id,
+                    host: i.host,
+                    labels: i.labels,
+                    previous: i.release.clone(),
+                    observed: Observed {
+                        release: i.release,
+                        healthy: i.healthy,
+                        in_service: i.in_service,
+                        reachable: i.reachable,
+                        stale: false,
+                    },
+                    step: if skipped.is_some() {
+                        Step::Skipped
+                    } else {
+                        Step::Pending
+                    },
+                    direction: Direction::Forward,
+                    skipped,
+                    batch: None,
+                    seq: None,
+                    attempt: 0,
+                    inflight: None,
+                    fault: None,
+                    rollback_fault: None,
+                    left: None,
+                }
+            })
+            .collect();
+        let mut st = RolloutState {
+            id: id.to_string(),
+            spec,
+            limits,
+            instances: states,
+            mode: Mode::Forward,
+            paused: false,
+            batch: 0,
+            batch_started: 0,
+            next_seq: 0,
+            started_at: now,
+            last_progress: now,
+            now,
+            lowest_capacity: 0,
+            wait_reason: None,
+            finished_at: None,
+        };
+        let capacity = st.capacity();
+        st.lowest_capacity = capacity;
+        check_startable(&st, capacity)?;
+
+        let mut eng = Engine::from_state(st);
+        let mut cx = Cx::new(now);
+        cx.dirty = true;
+        let s = &eng.st;
+        let pending = count(s.instances.iter().filter(|i| i.step == Step::Pending));
+        let msg = format!(
+            "rollout started: {} to {}, {pending} of {} instances to update, floor {}",
+            s.spec.service, s.spec.target, s.limits.total, s.limits.floor
+        );
+        eng.event(&mut cx, None, None, msg);
+        for idx in 0..eng.st.instances.len() {
+            let i = &eng.st.instances[idx];
+            let why = match i.skipped {
+                Some(SkipReason::OnTarget) => "skipped: already on the target release",
+                Some(SkipReason::Unreachable) => "skipped: host lost (counted as unreachable)",
+                None => continue,
+            };
+            eng.event(&mut cx, Some(idx), Some(Step::Skipped), why.to_string());
+        }
+        eng.settle(&mut cx);
+        Ok((eng, cx.into_outputs()))
+    }
+
+    /// Resumes from a persisted state after a coordinator crash. In-flight
+    /// commands are sent again with the same ids (the agent's journal answers
+    /// those it already ran) and get a fresh timeout. Nothing new starts until
+    /// every reachable instance has reported its health again, and the
+    /// progress deadline restarts from `now`.
+    pub fn restore(state: RolloutState, now: Millis) -> (Engine, Vec<Output>) {
+        let mut eng = Engine::from_state(state);
+        if eng.st.is_finished() {
+            return (eng, Vec::new());
+        }
+        let now = now.max(eng.st.now);
+        eng.st.now = now;
+        eng.st.last_progress = now;
+        eng.st.wait_reason = None;
+        let mut cx = Cx::new(now);
+        cx.dirty = true;
+        for i in &mut eng.st.instances {
+            if i.observed.reachable {
+                i.observed.stale = true;
+            }
+            if let Some(f) = &mut i.inflight {
+                f.deadline = now.plus(f.timeout);
+            }
+        }
+        let n = eng.st.inflight();
+        eng.event(
+            &mut cx,
+            None,
+            None,
+            format!(
+                "resumed after a coordinator restart; asking again for {n} in-flight command(s)"
+            ),
+        );
+        for idx in 0..eng.st.instances.len() {
+            eng.resend(&mut cx, idx);
+        }
+        eng.settle(&mut cx);
+        (eng, cx.into_outputs())
+    }
+
+    fn from_state(st: RolloutState) -> Engine {
+        let index = st
+            .instances
+            .iter()
+            .enumerate()
+            .map(|(n, i)| (i.id.clone(), n))
+            .collect();
+        Engine { st, index }
+    }
+
+    pub fn state(&self) -> &RolloutState {
+        &self.st
+    }
+
+    pub fn id(&self) -> &str {
+        &self.st.id
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.st.is_finished()
+    }
+
+    pub fn outcome(&self) -> Option<&Outcome> {
+        self.st.outcome()
+    }
+
+    /// The earliest time at which a [`Input::Tick`] could change anything (a
+    /// command timeout or the progress deadline), so the runtime can sleep
+    /// until then instead of polling. `None` once finished.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        let progress = match self.st.mode {
+            Mode::Forward | Mode::Restoring { .. } => {
+                Some(self.st.last_progress.plus(self.st.spec.progress_deadline))
+            }
+            Mode::Stopping { .. } | Mode::Finished(_) => None,
+        };
+        if self.st.is_finished() {
+            return None;
+        }
+        self.st
+            .instances
+            .iter()
+            .filter_map(|i| i.inflight.as_ref().map(|f| f.deadline))
+            .chain(progress)
+            .min()
+    }
+
+    /// Feeds one input. Outputs that follow a `Persist` must wait until the
+    /// state has been stored. A finished rollout ignores everything.
+    pub fn handle(&mut self, now: Millis, input: Input) -> Vec<Output> {
+        if self.st.is_finished() {
+            return Vec::new();
+        }
+        let now = now.max(self.st.now);
+        self.st.now = now;
+        let mut cx = Cx::new(now);
+        match input {
+            Input::Tick => {}
+            Input::Health {
+                instance,
+                healthy,
+                in_service,
+                release,
+            } => self.on_health(&mut cx, &instance, healthy, in_service, release),
+            Input::CommandResult { id, outcome } => self.on_result(&mut cx, &id, outcome),
+            Input::HostLost { host } => self.on_host_lost(&mut cx, &host),
+            Input::HostBack { host } => self.on_host_back(&mut cx, &host),
+            Input::Operator(action) => self.on_operator(&mut cx, action),
+        }
+        self.expire(&mut cx);
+        self.settle(&mut cx);
+        cx.into_outputs()
+    }
+
+    // ---- inputs ----
+
+    fn on_health(
+        &mut self,
+        cx: &mut Cx,
+        instance: &str,
+        healthy: bool,
+        in_service: bool,
+        release: Option<Release>,
+    ) {
+        let Some(&idx) = self.index.get(instance) else {
+            return;
+        };
+        let i = &mut self.st.instances[idx];
+        let before = i.available();
+        i.observed.healthy = healthy;
+        i.observed.in_service = in_service;
+        i.observed.release = release;
+        i.observed.stale = false;
+        let after = i.available();
+        if before != after {
+            let msg = if after {
+                "available again".to_string()
+            } else if !healthy {
+                "unavailable on its own: unhealthy".to_string()
+            } else {
+                "unavailable on its own: out of service".to_string()
+            };
+            self.event(cx, Some(idx), None, msg);
+        }
+    }
+
+    fn on_host_lost(&mut self, cx: &mut Cx, host: &str) {
+        let mut lost = 0;
+        for i in self.st.instances.iter_mut().filter(|i| i.host == host) {
+            if i.observed.reachable {
+                i.observed.reachable = false;
+                lost += 1;
+            }
+        }
+        if lost == 0 {
+            return;
+        }
+        cx.dirty = true;
+        self.event(
+            cx,
+            None,
+            None,
+            format!("host {host} lost ({lost} instance(s))"),
+        );
+        if self.st.spec.lost_hosts == LostHostPolicy::Skip && self.st.mode == Mode::Forward {
+            for idx in 0..self.st.instances.len() {
+                let i = &mut self.st.instances[idx];
+                if i.host == host && i.step == Step::Pending {
+                    i.step = Step::Skipped;
+                    i.skipped = Some(SkipReason::Unreachable);
+                    let msg = "skipped: host lost (counted as unreachable)".to_string();
+                    self.event(cx, Some(idx), Some(Step::Skipped), msg);
+                }
+            }
+            self.check_budget(cx);
+        }
+    }
+
+    fn on_host_back(&mut self, cx: &mut Cx, host: &str) {
+        let mut back = 0;
+        for i in self.st.instances.iter_mut().filter(|i| i.host == host) {
+            if !i.observed.reachable {
+                i.observed.reachable = true;
+                i.observed.stale = true;
+                back += 1;
+            }
+        }
+        if back > 0 {
+            cx.dirty = true;
+            self.event(
+                cx,
+                None,
+                None,
+                format!("host {host} back ({back} instance(s))"),
+            );
+        }
+        for idx in 0..self.st.instances.len() {
+            if self.st.instances[idx].host == host {
+                self.resend(cx, idx);
+            }
+        }
+    }
+
+    fn on_operator(&mut self, cx: &mut Cx, action: OperatorAction) {
+        match action {
+            OperatorAction::Pause => {
+                let pausable = matches!(self.st.mode, Mode::Forward | Mode::Restoring { .. });
+                if pausable && !self.st.paused {
+                    self.st.paused = true;
+                    cx.dirty = true;
+                    self.event(cx, None, None, "paused by operator".to_string());
+                }
+            }
+            OperatorAction::Resume => {
+                if self.st.paused {
+                    self.st.paused = false;
+                    cx.dirty = true;
+                    self.progress(cx);
+                    self.event(cx, None, None, "resumed by operator".to_string());
+                }
+            }
+            OperatorAction::Abort => self.redirect(cx, "aborted by operator", Then::Abort),
+            OperatorAction::Rollback => {
+                self.redirect(cx, "rollback requested by operator", Then::Rollback);
+            }
+        }
+    }
+
+    /// Operator abort or rollback: stop going forward, or turn a stop or a
+    /// restore already under way toward what the operator asked for.
+    fn redirect(&mut self, cx: &mut Cx, reason: &str, then: Then) {
+        let kind = match then {
+            Then::Abort => RestoreKind::Abort,
+            Then::Rollback | Then::Fail => RestoreKind::Rollback,
+        };
+        let changed = match &mut self.st.mode {
+            Mode::Forward => {
+                self.stop(cx, reason.to_string(), then);
+                return;
+            }
+            Mode::Stopping { reason: r, then: t } if *t != then => {
+                *r = reason.to_string();
+                *t = then;
+                true
+            }
+            Mode::Restoring { reason: r, kind: k } if *k != kind => {
+                *r = reason.to_string();
+                *k = kind;
+                true
+            }
+            _ => false,
+        };
+        if changed || self.st.paused {
+            self.st.paused = false;
+            cx.dirty = true;
+            self.event(cx, None, None, reason.to_string());
+        }
+    }
+
+    // ---- events ----
+
+    pub(super) fn event(
+        &mut self,
+        cx: &mut Cx,
+        idx: Option<usize>,
+        step: Option<Step>,
+        message: String,
+    ) {
+        let capacity = self.st.capacity();
+        if capacity < self.st.lowest_capacity {
+            self.st.lowest_capacity = capacity;
+            cx.dirty = true;
+        }
+        cx.out.push(Output::Event(RolloutEvent {
+            at: cx.now,
+            instance: idx.map(|n| self.st.instances[n].id.clone()),
+            step,
+            capacity,
+            floor: self.st.limits.floor,
+            message,
+        }));
+    }
+}
+
+/// Refuses a rollout that is already under its floor, could never take an
+/// instance down, or already has more lost instances than allowed.
+fn check_startable(st: &RolloutState, capacity: u32) -> Result<(), PlanError> {
+    let lim = &st.limits;
+    let pending = count(st.instances.iter().filter(|i| i.step == Step::Pending));
+    if pending == 0 {
+        return Ok(());
+    }
+    let unreachable = st.unreachable_count();
+    if unreachable > lim.max_unreachable {
+        let hosts: BTreeSet<&str> = (st.instances.iter())
+            .filter(|i| i.unreachable())
+            .map(|i| i.host.as_str())
+            .collect();
+        return Err(PlanError::TooManyUnreachable {
+            unreachable,
+            max: lim.max_unreachable,
+            hosts: hosts.into_iter().collect::<Vec<_>>().join(", "),
+        });
+    }
+    if lim.floor > lim.total {
+        return Err(PlanError::FloorAboveTotal {
+            min_healthy: st.spec.min_healthy,
+            floor: lim.floor,
+            total: lim.total,
+        });
+    }
+    if capacity < lim.floor {
+        return Err(PlanError::FloorUnreachable {
+            floor: lim.floor,
+            total: lim.total,
+            capacity,
+        });
+    }
+    if lim.floor == lim.total {
+        return Err(PlanError::NoRoom {
+            floor: lim.floor,
+            total: lim.total,
+            pending,
+        });
+    }
+    Ok(())
+}

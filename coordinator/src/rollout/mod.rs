@@ -1,0 +1,77 @@
+//! Rolling updates: a sans-IO engine that moves a set of instances to a
+//! target release batch by batch without pushing serving capacity under the
+//! operator's floor.
+//!
+//! The runtime (coordinator service, simulator, tests) owns all I/O: it calls
+//! [`Engine::handle`] with the current time and an [`Input`], and performs the
+//! returned [`Output`]s in order. Same inputs, same outputs, byte for byte.
+//!
+//! # Rules
+//!
+//! - Each instance walks Pending -> Draining -> Stopping -> Deploying ->
+//!   Starting -> Verifying -> Undraining -> Done, one command in flight at a
+//!   time. A failed or timed-out command leaves it Failed and out of service;
+//!   only a rollback or an abort brings it back. Instances already on the
+//!   target are Skipped. Rollback walks the same steps toward the instance's
+//!   release at start and ends RolledBack.
+//! - capacity = target instances healthy, in service, reachable and not held
+//!   by drover (mid-chain or failed). An instance is only taken down if
+//!   capacity stays at or above the floor, the chains in flight stay within
+//!   `max_unavailable`, and its spread-label value keeps at most K
+//!   unavailable. An instance already unavailable costs nothing.
+//! - Percentages resolve against every target instance: `min_healthy` rounds
+//!   up, batches, `max_unavailable`, `max_failures` and `max_unreachable`
+//!   round down (batches and `max_unavailable` at least 1).
+//! - Batches come from the list (the last repeats). A batch starts what the
+//!   limits allow and the rest as room frees up; the next batch starts once
+//!   every instance of the current one has finished.
+//! - Lost hosts: under `skip` their pending instances are skipped and counted
+//!   against `max_unreachable`; under `wait` they wait. A command that times
+//!   out while its host is lost counts as unreachable, not failed.
+//! - The rollout fails when nothing progressed (a chain started, a command
+//!   answered or timed out, a rollback started, a resume, a restore) for
+//!   `progress_deadline`, including while paused. Command timeouts are shorter
+//!   than that deadline, so nothing waits forever as long as ticks come.
+//! - Too many failures or lost instances stop the rollout: in-flight chains
+//!   finish, then it fails, or with `auto_rollback` returns every touched
+//!   instance to its previous release, latest first, under the same limits.
+//!   Abort finishes in-flight chains and returns only failed instances.
+//!   Failures within the budget let the rollout go on, but it ends Failed.
+
+//! # What the runtime must do
+//!
+//! - Persist [`Engine::state`] on every [`Output::Persist`] (always first in
+//!   its batch) before performing the outputs after it; store the batch's
+//!   events in the same write.
+//! - Deliver each `Send` to the instance's agent with its id and timeout; the
+//!   agent journals results by id and answers a repeated id from the journal.
+//! - Feed `Health` for every target instance on every report, `HostLost` /
+//!   `HostBack` from the registry (and `HostBack` on every reconnect), and
+//!   `Tick` at least every second or at [`Engine::next_deadline`].
+//! - After a crash, [`Engine::restore`] from the last persisted state and feed
+//!   fresh `Health` for every instance: nothing new starts until they report.
+
+mod amount;
+mod chain;
+mod engine;
+mod model;
+mod modes;
+mod plan;
+mod room;
+mod spec;
+mod state;
+mod status;
+
+#[cfg(test)]
+mod tests;
+
+pub use amount::{Amount, AmountError, parse_batches};
+pub use engine::{Engine, PlanError};
+pub use model::{
+    CommandId, CommandKind, CommandOutcome, Direction, Fault, Input, InstanceInfo, Millis,
+    OperatorAction, Outcome, Output, RolloutEvent, Step,
+};
+pub use plan::{Plan, PlannedBatch, PlannedSkip};
+pub use spec::{LostHostPolicy, Release, RolloutSpec, SpecError, Spread};
+pub use state::RolloutState;
+pub use status::{Counts, InstanceStatus, Phase, Status};

@@ -1,0 +1,325 @@
+//! The engine's vocabulary: time, steps, commands, and its inputs and outputs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::spec::Release;
+
+/// Milliseconds on the caller's clock. The engine never reads a clock; only
+/// differences matter, so any monotonic origin works.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    pub fn plus(self, d: Duration) -> Millis {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Millis(self.0.saturating_add(ms))
+    }
+
+    pub fn since(self, earlier: Millis) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms", self.0)
+    }
+}
+
+/// One target instance as the registry sees it when the rollout starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    /// `web@h1`.
+    pub id: String,
+    pub host: String,
+    pub labels: BTreeMap<String, String>,
+    /// What it runs now; `None` for an instance never deployed.
+    pub release: Option<Release>,
+    pub healthy: bool,
+    pub in_service: bool,
+    /// Whether its agent is connected.
+    pub reachable: bool,
+}
+
+/// Where an instance is in its chain. Rollback walks the same steps toward
+/// the instance's previous release and ends in `RolledBack`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Pending,
+    Draining,
+    Stopping,
+    Deploying,
+    Starting,
+    Verifying,
+    Undraining,
+    Done,
+    Failed,
+    Skipped,
+    RolledBack,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Pending => "pending",
+            Step::Draining => "draining",
+            Step::Stopping => "stopping",
+            Step::Deploying => "deploying",
+            Step::Starting => "starting",
+            Step::Verifying => "verifying",
+            Step::Undraining => "undraining",
+            Step::Done => "done",
+            Step::Failed => "failed",
+            Step::Skipped => "skipped",
+            Step::RolledBack => "rolled back",
+        }
+    }
+
+    /// Steps during which a command is in flight and drover holds the instance down.
+    pub fn in_chain(self) -> bool {
+        matches!(
+            self,
+            Step::Draining
+                | Step::Stopping
+                | Step::Deploying
+                | Step::Starting
+                | Step::Verifying
+                | Step::Undraining
+        )
+    }
+
+    /// The command verb of a chain step, used in command ids.
+    pub fn verb(self) -> &'static str {
+        match self {
+            Step::Draining => "drain",
+            Step::Stopping => "stop",
+            Step::Deploying => "deploy",
+            Step::Starting => "start",
+            Step::Verifying => "verify",
+            Step::Undraining => "undrain",
+            other => other.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which way an instance's chain goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    #[default]
+    Forward,
+    Back,
+}
+
+/// Why an instance failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// The agent reported the step failed.
+    Failed { step: Step, message: String },
+    /// No result within the step's timeout.
+    TimedOut { step: Step, after: u64 },
+    /// The step timed out while the host was lost; counted against
+    /// `max_unreachable`, not `max_failures`.
+    Unreachable { step: Step },
+}
+
+impl Fault {
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Fault::Unreachable { .. })
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Failed { step, message } => write!(f, "{} failed: {message}", step.verb()),
+            Fault::TimedOut { step, after } => write!(
+                f,
+                "{} timed out after {}",
+                step.verb(),
+                humantime::format_duration(Duration::from_millis(*after))
+            ),
+            Fault::Unreachable { step } => write!(f, "host lost during {}", step.verb()),
+        }
+    }
+}
+
+/// What an agent is asked to do to one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandKind {
+    Drain,
+    Stop,
+    /// Fetch if needed, unpack, switch `current`.
+    Deploy {
+        release: Release,
+    },
+    Start,
+    /// Ok once the health check passed continuously for `min_healthy_time`,
+    /// counted from the first passing check, within `healthy_deadline`.
+    Verify {
+        #[serde(with = "humantime_serde")]
+        min_healthy_time: Duration,
+        #[serde(with = "humantime_serde")]
+        healthy_deadline: Duration,
+    },
+    Undrain,
+}
+
+/// `<rollout-id>/<instance>/<verb>/<attempt>`: the same for every send of the
+/// same step, so a re-send after a crash or reconnect is answered from the
+/// agent's journal instead of running again. Attempt 1 is the update,
+/// attempt 2 the rollback.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CommandId(pub String);
+
+impl CommandId {
+    pub fn new(rollout: &str, instance: &str, step: Step, attempt: u32) -> CommandId {
+        CommandId(format!("{rollout}/{instance}/{}/{attempt}", step.verb()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for CommandId {
+    fn from(s: String) -> CommandId {
+        CommandId(s)
+    }
+}
+
+impl fmt::Display for CommandId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The agent's final answer to a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandOutcome {
+    Ok,
+    Failed(String),
+    /// The agent gave up on it (a hung hook killed at the command's timeout).
+    TimedOut,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperatorAction {
+    /// Finish in-flight instances, start nothing new.
+    Pause,
+    Resume,
+    /// Finish in-flight instances, return failed ones to their previous
+    /// release, leave updated ones updated.
+    Abort,
+    /// Finish in-flight instances, then return every touched instance to its
+    /// previous release.
+    Rollback,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Input {
+    /// Time passed; deadlines and timeouts are checked on every input, a
+    /// tick just carries no news.
+    Tick,
+    /// The latest observed state of one instance.
+    Health {
+        instance: String,
+        healthy: bool,
+        in_service: bool,
+        release: Option<Release>,
+    },
+    CommandResult {
+        id: CommandId,
+        outcome: CommandOutcome,
+    },
+    HostLost {
+        host: String,
+    },
+    /// The host's agent (re)connected; in-flight commands on it are re-sent.
+    HostBack {
+        host: String,
+    },
+    Operator(OperatorAction),
+}
+
+/// One line of the rollout's history, with the numbers a capacity timeline needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutEvent {
+    pub at: Millis,
+    pub instance: Option<String>,
+    pub step: Option<Step>,
+    pub capacity: u32,
+    pub floor: u32,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum Outcome {
+    Succeeded,
+    Failed { reason: String },
+    RolledBack { reason: String },
+    Aborted { reason: String },
+}
+
+impl Outcome {
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Succeeded)
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Succeeded => f.write_str("succeeded"),
+            Outcome::Failed { reason } => write!(f, "failed: {reason}"),
+            Outcome::RolledBack { reason } => write!(f, "rolled back: {reason}"),
+            Outcome::Aborted { reason } => write!(f, "aborted: {reason}"),
+        }
+    }
+}
+
+/// What the runtime must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Output {
+    /// Durably save [`Engine::state`](super::Engine::state) before acting on
+    /// anything after it. Always first in its batch.
+    Persist,
+    Send {
+        id: CommandId,
+        instance: String,
+        host: String,
+        kind: CommandKind,
+        #[serde(with = "humantime_serde")]
+        timeout: Duration,
+    },
+    /// Append to the rollout's event log (in the same write as the Persist
+    /// of the batch, if there is one).
+    Event(RolloutEvent),
+    /// Why the rollout is waiting; `None` once it no longer is. Emitted only
+    /// on change.
+    WaitReason(Option<String>),
+    /// The rollout reached its terminal state; nothing follows.
+    Finished(Outcome),
+}

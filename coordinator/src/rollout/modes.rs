@@ -1,0 +1,360 @@
+//! The rollout's modes: going forward batch by batch, stopping, restoring
+//! previous releases, and finishing.
+
+use std::collections::BTreeSet;
+
+use super::engine::{Cx, Engine, Pass, list, show};
+use super::model::{Direction, Millis, Outcome, Output, Step};
+use super::room::{Block, Room};
+use super::spec::LostHostPolicy;
+use super::state::{Mode, RestoreKind, Then, count};
+
+impl Engine {
+    pub(super) fn stop(&mut self, cx: &mut Cx, reason: String, then: Then) {
+        self.st.paused = false;
+        cx.dirty = true;
+        self.event(cx, None, None, format!("stopping: {reason}"));
+        self.st.mode = Mode::Stopping { reason, then };
+    }
+
+    pub(super) fn finish(&mut self, cx: &mut Cx, outcome: Outcome) {
+        cx.dirty = true;
+        cx.finished = true;
+        self.st.paused = false;
+        self.st.finished_at = Some(cx.now);
+        self.event(cx, None, None, format!("rollout {outcome}"));
+        self.st.mode = Mode::Finished(outcome);
+    }
+
+    pub(super) fn progress(&mut self, cx: &Cx) {
+        self.st.last_progress = cx.now;
+    }
+
+    fn deadline_passed(&self, now: Millis) -> bool {
+        now >= self.st.last_progress.plus(self.st.spec.progress_deadline)
+    }
+
+    /// Runs the mode machine until it rests, then reports the wait reason and
+    /// the end, if reached.
+    pub(super) fn settle(&mut self, cx: &mut Cx) {
+        let mut wait = None;
+        // Each pass that asks for another changes the mode, and modes only go
+        // Forward -> Stopping -> Restoring -> Finished (or Restoring -> Finished),
+        // so a handful of passes always suffices.
+        for _ in 0..8 {
+            let pass = match self.st.mode {
+                Mode::Forward => self.drive_forward(cx),
+                Mode::Stopping { .. } => self.drive_stopping(cx),
+                Mode::Restoring { .. } => self.drive_restoring(cx),
+                Mode::Finished(_) => Pass {
+                    again: false,
+                    wait: None,
+                },
+            };
+            wait = pass.wait;
+            if !pass.again {
+                break;
+            }
+        }
+        if wait != self.st.wait_reason {
+            self.st.wait_reason.clone_from(&wait);
+            cx.out.push(Output::WaitReason(wait));
+        }
+        let capacity = self.st.capacity();
+        if capacity < self.st.lowest_capacity {
+            self.st.lowest_capacity = capacity;
+            cx.dirty = true;
+        }
+        if cx.finished
+            && let Mode::Finished(outcome) = &self.st.mode
+        {
+            cx.out.push(Output::Finished(outcome.clone()));
+        }
+    }
+
+    /// Number of reachable instances not reported since a restore or reconnect.
+    fn stale(&self) -> u32 {
+        count((self.st.instances.iter()).filter(|i| i.observed.reachable && i.observed.stale))
+    }
+
+    fn gate(&self) -> Option<String> {
+        if self.st.paused {
+            return Some("paused by operator".to_string());
+        }
+        match self.stale() {
+            0 => None,
+            n => Some(format!("waiting for health reports from {n} instance(s)")),
+        }
+    }
+
+    fn drive_forward(&mut self, cx: &mut Cx) -> Pass {
+        let pending = self.st.instances.iter().any(|i| i.step == Step::Pending);
+        if !pending && self.st.inflight() == 0 {
+            let failed: Vec<String> = (self.st.instances.iter())
+                .filter(|i| i.step == Step::Failed)
+                .map(|i| match &i.fault {
+                    Some(f) => format!("{}: {f}", i.id),
+                    None => i.id.clone(),
+                })
+                .collect();
+            let outcome = if failed.is_empty() {
+                Outcome::Succeeded
+            } else {
+                Outcome::Failed {
+                    reason: format!(
+                        "{} instance(s) failed within the failure budget: {}",
+                        failed.len(),
+                        list(&failed)
+                    ),
+                }
+            };
+            self.finish(cx, outcome);
+            return Pass {
+                again: true,
+                wait: None,
+            };
+        }
+        let wait = match self.gate() {
+            Some(w) => Some(w),
+            None => self.fill_batch(cx),
+        };
+        if self.deadline_passed(cx.now) {
+            let why = wait.as_deref().unwrap_or("instances still in progress");
+            let reason = format!(
+                "no progress for {}: {why}",
+                show(self.st.spec.progress_deadline)
+            );
+            self.stop(cx, reason, Then::Fail);
+            return Pass { again: true, wait };
+        }
+        Pass { again: false, wait }
+    }
+
+    /// Starts what the current batch and the limits allow; returns why the
+    /// rest of the batch waits.
+    fn fill_batch(&mut self, cx: &mut Cx) -> Option<String> {
+        if self.st.batch_started >= self.st.limits.batch_size(self.st.batch) {
+            if self.st.inflight() > 0 {
+                return None;
+            }
+            self.st.batch += 1;
+            self.st.batch_started = 0;
+            cx.dirty = true;
+        }
+        let quota = self.st.limits.batch_size(self.st.batch);
+        let mut room = Room::measure(&self.st);
+        let mut block: Option<Block> = None;
+        let mut lost = BTreeSet::new();
+        for idx in 0..self.st.instances.len() {
+            if self.st.batch_started >= quota {
+                break;
+            }
+            let i = &self.st.instances[idx];
+            if i.step != Step::Pending {
+                continue;
+            }
+            if !i.observed.reachable {
+                lost.insert(i.host.clone());
+                continue;
+            }
+            match room.admit(&self.st, i) {
+                Ok(()) => {
+                    room.take(&self.st, i);
+                    if self.st.batch_started == 0 {
+                        let msg = format!("batch {} started (up to {quota})", self.st.batch + 1);
+                        self.event(cx, None, None, msg);
+                    }
+                    self.st.batch_started += 1;
+                    self.start_chain(cx, idx, Direction::Forward);
+                }
+                Err(b) => {
+                    let all = matches!(b, Block::MaxUnavailable { .. });
+                    block.get_or_insert(b);
+                    if all {
+                        break;
+                    }
+                }
+            }
+        }
+        if self.st.batch_started >= quota {
+            None
+        } else if let Some(b) = block {
+            Some(b.describe())
+        } else if !lost.is_empty() {
+            let hosts: Vec<String> = lost.into_iter().collect();
+            Some(format!("waiting for lost hosts: {}", list(&hosts)))
+        } else {
+            None
+        }
+    }
+
+    fn drive_stopping(&mut self, cx: &mut Cx) -> Pass {
+        let Mode::Stopping { reason, then } = &self.st.mode else {
+            return Pass {
+                again: false,
+                wait: None,
+            };
+        };
+        let n = self.st.inflight();
+        if n > 0 {
+            return Pass {
+                again: false,
+                wait: Some(format!(
+                    "stopping: waiting for {n} instance(s) to finish their current steps"
+                )),
+            };
+        }
+        let (reason, then) = (reason.clone(), *then);
+        let kind = match then {
+            Then::Fail => {
+                self.finish(cx, Outcome::Failed { reason });
+                return Pass {
+                    again: true,
+                    wait: None,
+                };
+            }
+            Then::Rollback => RestoreKind::Rollback,
+            Then::Abort => RestoreKind::Abort,
+        };
+        cx.dirty = true;
+        self.progress(cx);
+        let msg = match kind {
+            RestoreKind::Rollback => format!("rolling back: {reason}"),
+            RestoreKind::Abort => {
+                format!("{reason}: returning failed instances to their previous release")
+            }
+        };
+        self.event(cx, None, None, msg);
+        self.st.mode = Mode::Restoring { reason, kind };
+        Pass {
+            again: true,
+            wait: None,
+        }
+    }
+
+    /// Instances a restore still has to start, latest update first.
+    fn restore_candidates(&self, kind: RestoreKind) -> Vec<usize> {
+        let mut c: Vec<usize> = (0..self.st.instances.len())
+            .filter(|&n| {
+                let i = &self.st.instances[n];
+                i.direction == Direction::Forward
+                    && i.left.is_none()
+                    && i.seq.is_some()
+                    && (i.step == Step::Failed
+                        || (i.step == Step::Done && kind == RestoreKind::Rollback))
+            })
+            .collect();
+        c.sort_by_key(|&n| std::cmp::Reverse(self.st.instances[n].seq));
+        c
+    }
+
+    fn leave(&mut self, cx: &mut Cx, idx: usize, why: String) {
+        cx.dirty = true;
+        self.st.instances[idx].left = Some(why.clone());
+        let step = self.st.instances[idx].step;
+        self.event(cx, Some(idx), Some(step), format!("left as it is: {why}"));
+    }
+
+    fn drive_restoring(&mut self, cx: &mut Cx) -> Pass {
+        let Mode::Restoring { reason, kind } = &self.st.mode else {
+            return Pass {
+                again: false,
+                wait: None,
+            };
+        };
+        let (reason, kind) = (reason.clone(), *kind);
+        let skip_lost = self.st.spec.lost_hosts == LostHostPolicy::Skip;
+        for idx in self.restore_candidates(kind) {
+            let i = &self.st.instances[idx];
+            if i.previous.is_none() {
+                self.leave(cx, idx, "no previous release to return to".to_string());
+            } else if skip_lost && !i.observed.reachable {
+                self.leave(cx, idx, format!("host {} lost", i.host));
+            }
+        }
+        let candidates = self.restore_candidates(kind);
+        if candidates.is_empty() && self.st.inflight() == 0 {
+            self.finish_restore(cx, reason, kind);
+            return Pass {
+                again: true,
+                wait: None,
+            };
+        }
+        let wait = match self.gate() {
+            Some(w) => Some(w),
+            None => self.fill_restore(cx, &candidates),
+        };
+        if self.deadline_passed(cx.now) {
+            // Give up on what could not start; in-flight chains still finish.
+            let why = format!(
+                "no progress for {}: {}",
+                show(self.st.spec.progress_deadline),
+                wait.as_deref().unwrap_or("instances still in progress")
+            );
+            let stuck = self.restore_candidates(kind);
+            for &idx in &stuck {
+                self.leave(cx, idx, why.clone());
+            }
+            return Pass {
+                again: !stuck.is_empty(),
+                wait,
+            };
+        }
+        Pass { again: false, wait }
+    }
+
+    fn fill_restore(&mut self, cx: &mut Cx, candidates: &[usize]) -> Option<String> {
+        let mut room = Room::measure(&self.st);
+        let mut block: Option<Block> = None;
+        let mut lost = BTreeSet::new();
+        for &idx in candidates {
+            let i = &self.st.instances[idx];
+            if !i.observed.reachable {
+                lost.insert(i.host.clone());
+                continue;
+            }
+            match room.admit(&self.st, i) {
+                Ok(()) => {
+                    room.take(&self.st, i);
+                    self.start_chain(cx, idx, Direction::Back);
+                }
+                Err(b) => {
+                    let all = matches!(b, Block::MaxUnavailable { .. });
+                    block.get_or_insert(b);
+                    if all {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(b) = block {
+            Some(b.describe())
+        } else if !lost.is_empty() {
+            let hosts: Vec<String> = lost.into_iter().collect();
+            Some(format!("waiting for lost hosts: {}", list(&hosts)))
+        } else {
+            None
+        }
+    }
+
+    fn finish_restore(&mut self, cx: &mut Cx, reason: String, kind: RestoreKind) {
+        let problems: Vec<String> = (self.st.instances.iter())
+            .filter_map(|i| match (&i.rollback_fault, &i.left) {
+                (Some(f), _) => Some(format!("{}: {f}", i.id)),
+                (None, Some(why)) => Some(format!("{}: {why}", i.id)),
+                (None, None) => None,
+            })
+            .collect();
+        let outcome = match (kind, problems.is_empty()) {
+            (RestoreKind::Rollback, true) => Outcome::RolledBack { reason },
+            (RestoreKind::Rollback, false) => Outcome::Failed {
+                reason: format!("{reason}; rollback incomplete: {}", list(&problems)),
+            },
+            (RestoreKind::Abort, true) => Outcome::Aborted { reason },
+            (RestoreKind::Abort, false) => Outcome::Aborted {
+                reason: format!("{reason}; not restored: {}", list(&problems)),
+            },
+        };
+        self.finish(cx, outcome);
+    }
+}

@@ -1,0 +1,122 @@
+//! How many more instances may go down right now: the floor, the cap on
+//! concurrent chains and the per-label spread limit, measured once per pass
+//! and updated as instances are taken so a pass stays linear in fleet size.
+
+use std::collections::BTreeMap;
+
+use super::state::{InstanceState, RolloutState};
+
+/// Why an instance could not be taken now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Block {
+    Floor {
+        capacity: u32,
+        floor: u32,
+    },
+    MaxUnavailable {
+        inflight: u32,
+        max: u32,
+    },
+    Spread {
+        label: String,
+        value: String,
+        down: u32,
+        max: u32,
+    },
+}
+
+impl Block {
+    pub fn describe(&self) -> String {
+        match self {
+            Block::Floor { capacity, floor } => {
+                format!("waiting: {capacity} healthy, floor {floor}")
+            }
+            Block::MaxUnavailable { inflight, max } => {
+                format!("waiting: {inflight} instances in progress, max_unavailable {max}")
+            }
+            Block::Spread {
+                label,
+                value,
+                down,
+                max,
+            } => format!("waiting: {label}={value} has {down} unavailable, spread limit {max}"),
+        }
+    }
+}
+
+pub(crate) struct Room {
+    capacity: u32,
+    inflight: u32,
+    /// Unavailable instances per value of the spread label (missing label = "").
+    zone_down: BTreeMap<String, u32>,
+}
+
+fn zone<'a>(st: &RolloutState, i: &'a InstanceState) -> Option<&'a str> {
+    st.spec
+        .spread_by
+        .as_ref()
+        .map(|s| i.labels.get(&s.label).map(String::as_str).unwrap_or(""))
+}
+
+impl Room {
+    pub fn measure(st: &RolloutState) -> Room {
+        let mut zone_down = BTreeMap::new();
+        if st.spec.spread_by.is_some() {
+            for i in &st.instances {
+                let down = zone_down
+                    .entry(zone(st, i).unwrap_or("").to_string())
+                    .or_insert(0);
+                if !i.available() {
+                    *down += 1;
+                }
+            }
+        }
+        Room {
+            capacity: st.capacity(),
+            inflight: st.inflight(),
+            zone_down,
+        }
+    }
+
+    /// Whether taking `i` down now keeps every limit. An instance that is
+    /// already unavailable costs no capacity and no spread.
+    pub fn admit(&self, st: &RolloutState, i: &InstanceState) -> Result<(), Block> {
+        let cost = u32::from(i.available());
+        let floor = st.limits.floor;
+        if self.inflight.saturating_add(1) > st.limits.max_unavailable {
+            return Err(Block::MaxUnavailable {
+                inflight: self.inflight,
+                max: st.limits.max_unavailable,
+            });
+        }
+        if cost == 1 && self.capacity < floor.saturating_add(1) {
+            return Err(Block::Floor {
+                capacity: self.capacity,
+                floor,
+            });
+        }
+        if let (Some(spread), Some(value), 1) = (&st.spec.spread_by, zone(st, i), cost) {
+            let down = self.zone_down.get(value).copied().unwrap_or(0);
+            if down.saturating_add(1) > spread.max_unavailable {
+                return Err(Block::Spread {
+                    label: spread.label.clone(),
+                    value: value.to_string(),
+                    down,
+                    max: spread.max_unavailable,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that `i` is being taken down. Call before its step changes.
+    pub fn take(&mut self, st: &RolloutState, i: &InstanceState) {
+        self.inflight = self.inflight.saturating_add(1);
+        if i.available() {
+            self.capacity = self.capacity.saturating_sub(1);
+            if let Some(value) = zone(st, i) {
+                *self.zone_down.entry(value.to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+}

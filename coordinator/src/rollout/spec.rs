@@ -1,0 +1,358 @@
+//! What the operator asks for: the rollout spec, read from flags or a TOML
+//! file, and its validation.
+//!
+//! Percentages resolve against the number of target instances (every instance
+//! the service and selector matched at start, including those already on the
+//! target release), so a spec means the same thing however far a re-run got.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use super::amount::{Amount, batches_serde};
+use crate::selector::Selector;
+
+/// A service version: version string plus the artifact's sha256.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    pub version: String,
+    /// sha256 of the artifact, 64 lowercase hex digits.
+    pub digest: String,
+}
+
+impl Release {
+    pub fn new(version: impl Into<String>, digest: impl Into<String>) -> Release {
+        Release {
+            version: version.into(),
+            digest: digest.into(),
+        }
+    }
+}
+
+impl fmt::Display for Release {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let short = self.digest.get(..12).unwrap_or(&self.digest);
+        write!(f, "{} ({short})", self.version)
+    }
+}
+
+/// At most `max_unavailable` instances sharing a value of `label` may be
+/// unavailable at once, whether drover took them down or they fell over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Spread {
+    pub label: String,
+    pub max_unavailable: u32,
+}
+
+impl FromStr for Spread {
+    type Err = SpecError;
+
+    /// `zone` (one unavailable per zone) or `zone:2`.
+    fn from_str(s: &str) -> Result<Spread, SpecError> {
+        let (label, k) = match s.split_once(':') {
+            None => (s, 1),
+            Some((label, k)) => {
+                let k = k.trim().parse::<u32>().map_err(|_| {
+                    SpecError::invalid("spread_by", "LABEL or LABEL:K with K a whole number", s)
+                })?;
+                (label, k)
+            }
+        };
+        Ok(Spread {
+            label: label.trim().to_string(),
+            max_unavailable: k,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpreadTable {
+    label: String,
+    #[serde(default = "one")]
+    max_unavailable: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl<'de> Deserialize<'de> for Spread {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Spread, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Spread;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"LABEL\", \"LABEL:K\" or { label = \"zone\", max_unavailable = K }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Spread, E> {
+                v.parse().map_err(E::custom)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Spread, A::Error> {
+                let t = SpreadTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(Spread {
+                    label: t.label,
+                    max_unavailable: t.max_unavailable,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// What to do with instances whose host is lost (agent not reporting).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LostHostPolicy {
+    /// Leave them as they are and count them against `max_unreachable`.
+    Skip,
+    /// Wait for the host to come back, up to `progress_deadline`.
+    #[default]
+    Wait,
+}
+
+impl FromStr for LostHostPolicy {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<LostHostPolicy, SpecError> {
+        match s {
+            "skip" => Ok(LostHostPolicy::Skip),
+            "wait" => Ok(LostHostPolicy::Wait),
+            _ => Err(SpecError::invalid("lost_hosts", "\"skip\" or \"wait\"", s)),
+        }
+    }
+}
+
+/// A rollout as the operator wrote it. Missing fields take the defaults of
+/// [`RolloutSpec::default`], which are conservative: one instance at a time,
+/// an 80% floor, no failures allowed, no automatic rollback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolloutSpec {
+    pub service: String,
+    /// Kubernetes-style label selector; empty matches every instance of the service.
+    pub selector: String,
+    pub target: Release,
+    /// Batch sizes; the last one repeats.
+    #[serde(with = "batches_serde")]
+    pub batches: Vec<Amount>,
+    /// How many instances drover works on at once (its own chains in flight),
+    /// on top of the floor. Rounds down, at least 1.
+    pub max_unavailable: Option<Amount>,
+    /// The floor capacity is never pushed under by drover. Rounds up.
+    pub min_healthy: Amount,
+    #[serde(with = "humantime_serde")]
+    pub min_healthy_time: Duration,
+    #[serde(with = "humantime_serde")]
+    pub healthy_deadline: Duration,
+    /// The rollout fails when nothing progressed for this long.
+    #[serde(with = "humantime_serde")]
+    pub progress_deadline: Duration,
+    /// Failed instances tolerated before the rollout stops. Rounds down.
+    pub max_failures: Amount,
+    /// Instances on lost hosts tolerated (counted apart from failures). Rounds down.
+    pub max_unreachable: Amount,
+    pub auto_rollback: bool,
+    pub spread_by: Option<Spread>,
+    pub lost_hosts: LostHostPolicy,
+    /// Timeout of every command; Verify gets `healthy_deadline` on top.
+    #[serde(with = "humantime_serde")]
+    pub step_timeout: Duration,
+}
+
+impl Default for RolloutSpec {
+    fn default() -> RolloutSpec {
+        RolloutSpec {
+            service: String::new(),
+            selector: String::new(),
+            target: Release::default(),
+            batches: vec![Amount::Count(1)],
+            max_unavailable: None,
+            min_healthy: Amount::Percent(80),
+            min_healthy_time: Duration::from_secs(10),
+            healthy_deadline: Duration::from_secs(5 * 60),
+            progress_deadline: Duration::from_secs(10 * 60),
+            max_failures: Amount::Count(0),
+            max_unreachable: Amount::Count(0),
+            auto_rollback: false,
+            spread_by: None,
+            lost_hosts: LostHostPolicy::Wait,
+            step_timeout: Duration::from_secs(2 * 60),
+        }
+    }
+}
+
+/// A spec that cannot be read or does not make sense. Terminal: the operator
+/// has to change the spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("rollout spec: {0}")]
+    Parse(String),
+    #[error("{field}: expected {expected}, got {got}")]
+    Invalid {
+        field: String,
+        expected: String,
+        got: String,
+    },
+}
+
+impl SpecError {
+    pub fn invalid(field: &str, expected: &str, got: impl fmt::Display) -> SpecError {
+        SpecError::Invalid {
+            field: field.to_string(),
+            expected: expected.to_string(),
+            got: got.to_string(),
+        }
+    }
+
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            SpecError::Parse(_) => None,
+            SpecError::Invalid { field, .. } => Some(field),
+        }
+    }
+}
+
+fn show(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+fn check_percent(field: &str, a: Amount) -> Result<(), SpecError> {
+    match a {
+        Amount::Percent(p) if p > 100 => Err(SpecError::invalid(
+            field,
+            "a percentage from 0% to 100%",
+            format!("\"{a}\""),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_positive(field: &str, a: Amount) -> Result<(), SpecError> {
+    if a.is_zero() {
+        return Err(SpecError::invalid(
+            field,
+            "at least 1 instance or 1%",
+            format!("\"{a}\""),
+        ));
+    }
+    check_percent(field, a)
+}
+
+impl RolloutSpec {
+    /// Reads a spec from TOML and validates it.
+    pub fn from_toml(text: &str) -> Result<RolloutSpec, SpecError> {
+        let spec: RolloutSpec =
+            toml::from_str(text).map_err(|e| SpecError::Parse(e.to_string().trim().to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// The longest a single command may be in flight.
+    pub fn longest_command(&self) -> Duration {
+        self.healthy_deadline.saturating_add(self.step_timeout)
+    }
+
+    /// Checks every field; the error names the field and what was expected.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.service.trim().is_empty() {
+            return Err(SpecError::invalid("service", "a service name", "nothing"));
+        }
+        if let Err(e) = self.selector.parse::<Selector>() {
+            return Err(SpecError::invalid(
+                "selector",
+                "a label selector like env=prod,zone in (a,b),!canary",
+                e,
+            ));
+        }
+        if self.target.version.trim().is_empty() {
+            return Err(SpecError::invalid("target.version", "a version", "nothing"));
+        }
+        let d = &self.target.digest;
+        if d.len() != 64
+            || !d
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(SpecError::invalid(
+                "target.digest",
+                "a sha256 digest of 64 lowercase hex digits",
+                format!("{d:?}"),
+            ));
+        }
+        if self.batches.is_empty() {
+            return Err(SpecError::invalid(
+                "batches",
+                "a list of batch sizes like \"1,25%,100%\"",
+                "an empty list",
+            ));
+        }
+        for (i, b) in self.batches.iter().enumerate() {
+            check_positive(&format!("batches[{i}]"), *b)?;
+        }
+        if let Some(m) = self.max_unavailable {
+            check_positive("max_unavailable", m)?;
+        }
+        check_percent("min_healthy", self.min_healthy)?;
+        check_percent("max_failures", self.max_failures)?;
+        check_percent("max_unreachable", self.max_unreachable)?;
+        if self.step_timeout.is_zero() {
+            return Err(SpecError::invalid(
+                "step_timeout",
+                "a positive duration",
+                "0s",
+            ));
+        }
+        if self.healthy_deadline.is_zero() {
+            return Err(SpecError::invalid(
+                "healthy_deadline",
+                "a positive duration",
+                "0s",
+            ));
+        }
+        if self.min_healthy_time > self.healthy_deadline {
+            return Err(SpecError::invalid(
+                "min_healthy_time",
+                &format!(
+                    "at most healthy_deadline ({}), or no instance could pass",
+                    show(self.healthy_deadline)
+                ),
+                show(self.min_healthy_time),
+            ));
+        }
+        if self.progress_deadline <= self.longest_command() {
+            return Err(SpecError::invalid(
+                "progress_deadline",
+                &format!(
+                    "more than healthy_deadline + step_timeout ({}), the longest a single step may take",
+                    show(self.longest_command())
+                ),
+                show(self.progress_deadline),
+            ));
+        }
+        if let Some(s) = &self.spread_by {
+            if s.label.trim().is_empty() {
+                return Err(SpecError::invalid(
+                    "spread_by.label",
+                    "a label key like zone",
+                    "nothing",
+                ));
+            }
+            if s.max_unavailable == 0 {
+                return Err(SpecError::invalid(
+                    "spread_by.max_unavailable",
+                    "at least 1, or nothing could ever be taken down",
+                    0,
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,211 @@
+//! The engine's durable state: everything needed to resume after a crash.
+//! Serialised as a whole on every [`Output::Persist`](super::Output::Persist);
+//! its shape is private so the runtime can only store and restore it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::model::{CommandId, CommandKind, Direction, Fault, Millis, Outcome, Step};
+use super::spec::{Release, RolloutSpec};
+
+/// The spec's amounts resolved once, against the instances matched at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Limits {
+    pub total: u32,
+    pub floor: u32,
+    pub max_failures: u32,
+    pub max_unreachable: u32,
+    /// Chains in flight at once; `u32::MAX` when the spec sets no cap.
+    pub max_unavailable: u32,
+    pub batch_sizes: Vec<u32>,
+}
+
+impl Limits {
+    pub fn batch_size(&self, index: u32) -> u32 {
+        let i = usize::try_from(index).unwrap_or(usize::MAX);
+        self.batch_sizes
+            .get(i)
+            .or(self.batch_sizes.last())
+            .copied()
+            .unwrap_or(1)
+            .max(1)
+    }
+}
+
+/// What drover last learned about an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Observed {
+    pub release: Option<Release>,
+    pub healthy: bool,
+    pub in_service: bool,
+    pub reachable: bool,
+    /// Not reported since a restore or since its host came back: nothing new
+    /// starts until every reachable instance has reported.
+    pub stale: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum SkipReason {
+    OnTarget,
+    Unreachable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct InFlight {
+    pub id: CommandId,
+    pub kind: CommandKind,
+    pub timeout: Duration,
+    pub sent_at: Millis,
+    pub deadline: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct InstanceState {
+    pub id: String,
+    pub host: String,
+    pub labels: BTreeMap<String, String>,
+    /// The release at start: where a rollback returns to.
+    pub previous: Option<Release>,
+    pub observed: Observed,
+    pub step: Step,
+    pub direction: Direction,
+    pub skipped: Option<SkipReason>,
+    /// 1-based batch the update started in.
+    pub batch: Option<u32>,
+    /// Order in which updates started; rollback goes in reverse.
+    pub seq: Option<u64>,
+    /// Chain number in command ids: 1 update, 2 rollback.
+    pub attempt: u32,
+    pub inflight: Option<InFlight>,
+    /// Why the update failed.
+    pub fault: Option<Fault>,
+    /// Why the rollback failed.
+    pub rollback_fault: Option<Fault>,
+    /// Why a rollback or abort left the instance as it was.
+    pub left: Option<String>,
+}
+
+impl InstanceState {
+    /// Drover has it out of service: mid-chain, or failed (and left drained).
+    pub fn held(&self) -> bool {
+        self.step.in_chain() || self.step == Step::Failed
+    }
+
+    /// Counts toward capacity: healthy, in service, reachable, not held.
+    pub fn available(&self) -> bool {
+        let o = &self.observed;
+        !self.held() && o.reachable && o.healthy && o.in_service
+    }
+
+    pub fn failed_forward(&self) -> bool {
+        self.fault.as_ref().is_some_and(|f| !f.is_unreachable())
+    }
+
+    pub fn unreachable(&self) -> bool {
+        self.skipped == Some(SkipReason::Unreachable)
+            || self.fault.as_ref().is_some_and(Fault::is_unreachable)
+    }
+}
+
+/// What happens once the in-flight chains of a stopping rollout finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Then {
+    Fail,
+    Rollback,
+    Abort,
+}
+
+/// Rollback returns every touched instance; abort only the failed ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RestoreKind {
+    Rollback,
+    Abort,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Mode {
+    Forward,
+    /// Nothing new starts; in-flight chains finish, then `then`.
+    Stopping {
+        reason: String,
+        then: Then,
+    },
+    /// Chains toward previous releases, under the same capacity rule.
+    Restoring {
+        reason: String,
+        kind: RestoreKind,
+    },
+    Finished(Outcome),
+}
+
+/// Everything the engine knows. Store it on every `Persist`; hand it to
+/// [`Engine::restore`](super::Engine::restore) after a crash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutState {
+    pub(crate) id: String,
+    pub(crate) spec: RolloutSpec,
+    pub(crate) limits: Limits,
+    /// In plan order.
+    pub(crate) instances: Vec<InstanceState>,
+    pub(crate) mode: Mode,
+    pub(crate) paused: bool,
+    /// 0-based index of the current batch.
+    pub(crate) batch: u32,
+    /// Instances started in the current batch.
+    pub(crate) batch_started: u32,
+    pub(crate) next_seq: u64,
+    pub(crate) started_at: Millis,
+    pub(crate) last_progress: Millis,
+    /// Latest time seen; time never goes backwards inside the engine.
+    pub(crate) now: Millis,
+    pub(crate) lowest_capacity: u32,
+    pub(crate) wait_reason: Option<String>,
+    pub(crate) finished_at: Option<Millis>,
+}
+
+impl RolloutState {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn spec(&self) -> &RolloutSpec {
+        &self.spec
+    }
+
+    pub fn is_finished(&self) -> bool {
+        matches!(self.mode, Mode::Finished(_))
+    }
+
+    pub fn outcome(&self) -> Option<&Outcome> {
+        match &self.mode {
+            Mode::Finished(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn capacity(&self) -> u32 {
+        count(self.instances.iter().filter(|i| i.available()))
+    }
+
+    pub(crate) fn inflight(&self) -> u32 {
+        count(self.instances.iter().filter(|i| i.inflight.is_some()))
+    }
+
+    pub(crate) fn failed_count(&self) -> u32 {
+        count(self.instances.iter().filter(|i| i.failed_forward()))
+    }
+
+    pub(crate) fn unreachable_count(&self) -> u32 {
+        count(self.instances.iter().filter(|i| i.unreachable()))
+    }
+}
+
+pub(crate) fn count<T>(it: impl Iterator<Item = T>) -> u32 {
+    u32::try_from(it.count()).unwrap_or(u32::MAX)
+}

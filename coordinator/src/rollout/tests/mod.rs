@@ -1,0 +1,6 @@
+//! Engine tests without sockets: a fake fleet answers the engine's commands.
+
+mod fleet;
+mod scenarios;
+mod seeded;
+mod spec;
