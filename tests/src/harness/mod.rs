@@ -106,6 +106,21 @@ pub fn wait_until_with<P: Poll>(
 /// A port that was free a moment ago on 127.0.0.1. For processes that need a
 /// fixed port (sample instances, a coordinator restarted on the same port).
 pub fn free_port() -> u16 {
+    // Pick below the kernel's ephemeral range (32768 and up): a port taken
+    // from port 0 is released before its user binds it, and in that window
+    // any outgoing connection on the machine may be given it. Below the
+    // range only another explicit bind can collide, and random picks across
+    // 12,000 ports make that rare even with many tests in parallel.
+    use std::hash::{BuildHasher, Hasher};
+    for attempt in 0u64..200 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(attempt);
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 for a free port");
     listener
         .local_addr()
