@@ -15,6 +15,16 @@ use drover_proto::identity::valid_name;
 use drover_proto::transport;
 use serde::Deserialize;
 
+mod health;
+mod steps;
+
+pub use health::parse_http_url;
+
+pub use steps::{
+    CURRENT_PLACEHOLDER, DeployConfig, DrainConfig, ExecDrain, HaproxyAddr, HaproxyDrain,
+    HooksConfig, expand_current,
+};
+
 /// Where `drover-agent` looks when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/drover/agent.toml";
 
@@ -65,6 +75,10 @@ pub struct InstanceConfig {
     pub runtime: RuntimeConfig,
     /// `None`: no health check, health is reported as NONE.
     pub health: Option<HealthConfig>,
+    /// `None`: the instance cannot be deployed to.
+    pub deploy: Option<DeployConfig>,
+    pub drain: DrainConfig,
+    pub hooks: HooksConfig,
 }
 
 impl InstanceConfig {
@@ -98,6 +112,40 @@ pub struct ProcessConfig {
     pub working_dir: Option<PathBuf>,
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
+    /// What `{current}` in command, args, env and working_dir stands for:
+    /// `<deploy_dir>/current`. `None` without a deploy_dir (and then the
+    /// placeholder is refused).
+    pub current: Option<PathBuf>,
+}
+
+impl ProcessConfig {
+    /// The command line with `{current}` replaced by `current`, which the
+    /// runtime resolves at start time (see `runtime::process`).
+    pub fn expanded(&self, current: &Path) -> ProcessConfig {
+        let x = |s: &str| expand_current(s, current);
+        ProcessConfig {
+            command: PathBuf::from(x(&self.command.to_string_lossy())),
+            args: self.args.iter().map(|a| x(a)).collect(),
+            env: self.env.iter().map(|(k, v)| (k.clone(), x(v))).collect(),
+            working_dir: self
+                .working_dir
+                .as_ref()
+                .map(|d| PathBuf::from(x(&d.to_string_lossy()))),
+            ..self.clone()
+        }
+    }
+
+    /// Whether any part of the command line uses `{current}`.
+    pub fn uses_current(&self) -> bool {
+        let has = |s: &str| s.contains(CURRENT_PLACEHOLDER);
+        has(&self.command.to_string_lossy())
+            || self.args.iter().any(|a| has(a))
+            || self.env.values().any(|v| has(v))
+            || self
+                .working_dir
+                .as_ref()
+                .is_some_and(|d| has(&d.to_string_lossy()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -237,32 +285,13 @@ struct RawInstance {
     stop_timeout: Option<Duration>,
     unit: Option<String>,
     user: Option<bool>,
-    health: Option<RawHealth>,
-}
-
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-enum RawCheckType {
-    Http,
-    Tcp,
-    Exec,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHealth {
-    #[serde(rename = "type")]
-    kind: RawCheckType,
-    url: Option<String>,
-    expect_status: Option<u16>,
-    address: Option<String>,
-    command: Option<Vec<String>>,
-    #[serde(default, with = "humantime_serde::option")]
-    interval: Option<Duration>,
-    #[serde(default, with = "humantime_serde::option")]
-    timeout: Option<Duration>,
-    rise: Option<u32>,
-    fall: Option<u32>,
+    health: Option<health::RawHealth>,
+    deploy_dir: Option<PathBuf>,
+    keep_releases: Option<usize>,
+    max_unpacked_bytes: Option<u64>,
+    max_entries: Option<u64>,
+    drain: Option<steps::RawDrain>,
+    hooks: Option<steps::RawHooks>,
 }
 
 /// Builds [`ConfigError::Invalid`] for one file and one block.
@@ -397,6 +426,7 @@ impl Config {
         }
 
         let mut seen = HashSet::new();
+        let mut deploy_dirs = HashSet::new();
         let mut instances = Vec::with_capacity(raw.instances.len());
         for (i, inst) in raw.instances.into_iter().enumerate() {
             let label = match &inst.name {
@@ -414,6 +444,17 @@ impl Config {
                     format!(
                         "duplicate instance name `{}`: expected names to be unique",
                         inst.name
+                    ),
+                ));
+            }
+            if let Some(d) = &inst.deploy
+                && !deploy_dirs.insert(d.dir.clone())
+            {
+                return Err(c.err(
+                    "deploy_dir",
+                    format!(
+                        "`{}` is used by another instance: expected one deploy_dir per instance",
+                        d.dir.display()
                     ),
                 ));
             }
@@ -460,6 +501,16 @@ fn validate_instance(raw: RawInstance, c: &Checker<'_>) -> Result<InstanceConfig
         }
         Some(s) => s,
     };
+    let deploy = steps::validate_deploy(
+        steps::RawDeploy {
+            dir: raw.deploy_dir,
+            keep_releases: raw.keep_releases,
+            max_unpacked_bytes: raw.max_unpacked_bytes,
+            max_entries: raw.max_entries,
+        },
+        c,
+    )?;
+    let current = deploy.as_ref().map(DeployConfig::current_link);
     let runtime = match raw.runtime.unwrap_or(RawRuntime::Process) {
         RawRuntime::Process => {
             for (field, set) in [("unit", raw.unit.is_some()), ("user", raw.user.is_some())] {
@@ -483,7 +534,31 @@ fn validate_instance(raw: RawInstance, c: &Checker<'_>) -> Result<InstanceConfig
                     ));
                 }
             }
-            if let Some(dir) = &raw.working_dir
+            let placeholder = |field: &str, value: &str| {
+                if value.contains(CURRENT_PLACEHOLDER) && current.is_none() {
+                    Err(c.err(
+                        field,
+                        format!("uses {CURRENT_PLACEHOLDER}, which needs deploy_dir to be set"),
+                    ))
+                } else {
+                    Ok(())
+                }
+            };
+            placeholder("command", &command.to_string_lossy())?;
+            for (i, a) in raw.args.iter().flatten().enumerate() {
+                placeholder(&format!("args[{i}]"), a)?;
+            }
+            for (k, v) in &env {
+                placeholder(&format!("env.{k}"), v)?;
+            }
+            if let Some(dir) = &raw.working_dir {
+                placeholder("working_dir", &dir.to_string_lossy())?;
+            }
+            let expanded_dir = raw.working_dir.as_ref().map(|d| match &current {
+                Some(cur) => PathBuf::from(expand_current(&d.to_string_lossy(), cur)),
+                None => d.clone(),
+            });
+            if let Some(dir) = &expanded_dir
                 && !dir.is_absolute()
             {
                 return Err(c.err(
@@ -508,6 +583,7 @@ fn validate_instance(raw: RawInstance, c: &Checker<'_>) -> Result<InstanceConfig
                 working_dir: raw.working_dir,
                 stop_signal,
                 stop_timeout: c.positive("stop_timeout", raw.stop_timeout, DEFAULT_STOP_TIMEOUT)?,
+                current: current.clone(),
             })
         }
         RawRuntime::Systemd => {
@@ -547,146 +623,20 @@ fn validate_instance(raw: RawInstance, c: &Checker<'_>) -> Result<InstanceConfig
             })
         }
     };
-    let health = raw.health.map(|h| validate_health(h, c)).transpose()?;
+    let health = raw
+        .health
+        .map(|h| health::validate_health(h, c))
+        .transpose()?;
+    let drain = steps::validate_drain(raw.drain, c)?;
+    let hooks = steps::validate_hooks(raw.hooks, c)?;
     Ok(InstanceConfig {
         name,
         service,
         runtime,
         health,
-    })
-}
-
-fn validate_health(raw: RawHealth, c: &Checker<'_>) -> Result<HealthConfig, ConfigError> {
-    let not_for = |field: &str, set: bool| {
-        if set {
-            Err(c.err(
-                &format!("health.{field}"),
-                format!("not used by a health check of type {:?}", raw.kind).to_lowercase(),
-            ))
-        } else {
-            Ok(())
-        }
-    };
-    let check = match raw.kind {
-        RawCheckType::Http => {
-            not_for("address", raw.address.is_some())?;
-            not_for("command", raw.command.is_some())?;
-            let url = raw.url.as_deref().ok_or_else(|| {
-                c.err(
-                    "health.url",
-                    "required when type = \"http\", e.g. \"http://127.0.0.1:8080/healthz\"",
-                )
-            })?;
-            let expect_status = raw.expect_status.unwrap_or(200);
-            if !(100..=599).contains(&expect_status) {
-                return Err(c.err(
-                    "health.expect_status",
-                    "expected an HTTP status code from 100 to 599",
-                ));
-            }
-            let target =
-                parse_http_url(url, expect_status).map_err(|why| c.err("health.url", why))?;
-            CheckConfig::Http(target)
-        }
-        RawCheckType::Tcp => {
-            not_for("url", raw.url.is_some())?;
-            not_for("expect_status", raw.expect_status.is_some())?;
-            not_for("command", raw.command.is_some())?;
-            let addr = raw.address.as_deref().ok_or_else(|| {
-                c.err(
-                    "health.address",
-                    "required when type = \"tcp\", e.g. \"127.0.0.1:8080\"",
-                )
-            })?;
-            let (host, port) = transport::parse_addr(addr)
-                .map_err(|e| c.err("health.address", format!("expected HOST:PORT: {e}")))?;
-            CheckConfig::Tcp { host, port }
-        }
-        RawCheckType::Exec => {
-            not_for("url", raw.url.is_some())?;
-            not_for("expect_status", raw.expect_status.is_some())?;
-            not_for("address", raw.address.is_some())?;
-            let command = raw.command.unwrap_or_default();
-            if command.first().is_none_or(|p| p.is_empty()) {
-                return Err(c.err(
-                    "health.command",
-                    "required when type = \"exec\": expected [\"/path/to/check\", \"arg\", ...]",
-                ));
-            }
-            CheckConfig::Exec { command }
-        }
-    };
-    let rise = raw.rise.unwrap_or(DEFAULT_RISE);
-    if rise < 1 {
-        return Err(c.err("health.rise", "expected a count of at least 1"));
-    }
-    let fall = raw.fall.unwrap_or(DEFAULT_FALL);
-    if fall < 1 {
-        return Err(c.err("health.fall", "expected a count of at least 1"));
-    }
-    Ok(HealthConfig {
-        check,
-        interval: c.positive("health.interval", raw.interval, DEFAULT_CHECK_INTERVAL)?,
-        timeout: c.positive("health.timeout", raw.timeout, DEFAULT_CHECK_TIMEOUT)?,
-        rise,
-        fall,
-    })
-}
-
-/// Parses `http://host[:port][/path]`; only plain HTTP is supported.
-pub fn parse_http_url(url: &str, expect_status: u16) -> Result<HttpTarget, String> {
-    let usage = "expected http://HOST:PORT/PATH";
-    let Some(rest) = url.strip_prefix("http://") else {
-        if url.starts_with("https://") {
-            return Err(format!(
-                "{usage} (https is not supported by the built-in check; use type = \"exec\")"
-            ));
-        }
-        return Err(format!("{usage}, got `{url}`"));
-    };
-    let rest = rest.split('#').next().unwrap_or_default();
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    if authority.contains('@') {
-        return Err(format!("{usage}: credentials in the URL are not supported"));
-    }
-    if path.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
-        return Err(format!(
-            "{usage}: the path must not contain spaces or control characters"
-        ));
-    }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("{usage}: unclosed `[`"))?;
-        match after.strip_prefix(':') {
-            Some(p) => (host, Some(p)),
-            None if after.is_empty() => (host, None),
-            None => return Err(format!("{usage}, got `{url}`")),
-        }
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("{usage}: empty host"));
-    }
-    let port = match port {
-        None => 80,
-        Some(p) => match p.parse::<u16>() {
-            Ok(p) if p > 0 => p,
-            _ => return Err(format!("{usage}: port must be a number from 1 to 65535")),
-        },
-    };
-    Ok(HttpTarget {
-        host: host.to_string(),
-        port,
-        path: path.to_string(),
-        expect_status,
+        deploy,
+        drain,
+        hooks,
     })
 }
 

@@ -6,25 +6,36 @@
 //! binary only parses arguments and calls these; tests call them too.
 
 pub mod backoff;
+pub mod commands;
 pub mod config;
+pub mod deploy;
+pub mod drain;
 pub mod enroll;
 pub mod fsutil;
 pub mod health;
+pub mod hooks;
 pub mod host_metrics;
+pub mod journal;
 pub mod runtime;
 pub mod session;
+pub mod state;
 pub mod supervisor;
 pub mod tls;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use drover_proto::identity::Identity;
 use drover_proto::transport::ConnectOptions;
 use tokio_util::sync::CancellationToken;
 
+use crate::commands::Executor;
 use crate::config::Config;
+use crate::deploy::fetch::GrpcSource;
+use crate::journal::Journal;
 use crate::supervisor::{StatusBoard, Supervisor};
 use crate::tls::TlsFiles;
 
@@ -94,6 +105,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         });
     }
     fsutil::create_dir(&config.data_dir.join("instances"), 0o755)?;
+    // What an agent killed mid-deploy left behind goes before anything
+    // starts: `current` always leads to a complete release.
+    for inst in &config.instances {
+        if let Some(d) = &inst.deploy {
+            for path in deploy::clean_leftovers(d) {
+                tracing::info!(instance = %inst.name, path = %path.display(), "removed an unfinished deploy's leftover");
+            }
+        }
+    }
+    let journal = Journal::open(&config.data_dir)?;
 
     let board = StatusBoard::new(
         config
@@ -132,6 +153,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         .into_iter()
         .collect();
     labels.extend(config.labels.clone());
+    let source = GrpcSource::new(
+        tls_files.clone(),
+        config.coordinators.clone(),
+        ConnectOptions::default(),
+    );
+    let executor = Executor::new(
+        &config.host_id,
+        &config.data_dir,
+        config
+            .instances
+            .iter()
+            .cloned()
+            .zip(supervisors.iter().map(Supervisor::handle))
+            .collect(),
+        journal,
+        Arc::new(source),
+        shutdown.child_token(),
+    );
     let session_cfg = session::SessionConfig {
         host_id: config.host_id.clone(),
         agent_version: AGENT_VERSION.to_string(),
@@ -146,6 +185,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         session_cfg,
         board.subscribe(),
         metrics,
+        executor,
         session_stop.clone(),
     ));
 

@@ -21,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{Backoff, FailureLog};
+use crate::commands::Executor;
 use crate::host_metrics::HostMetricsCollector;
 use crate::tls::{self, LoadedTls, NewKey, TlsError, TlsFiles};
 
@@ -132,12 +133,14 @@ pub async fn run(
     cfg: SessionConfig,
     statuses: watch::Receiver<Vec<InstanceStatus>>,
     metrics: Option<HostMetricsCollector>,
+    commands: Executor,
     shutdown: CancellationToken,
 ) {
     let mut s = Session {
         cfg,
         statuses,
         metrics,
+        commands,
         last_metrics: None,
         failures: FailureLog::default(),
     };
@@ -182,6 +185,7 @@ struct Session {
     cfg: SessionConfig,
     statuses: watch::Receiver<Vec<InstanceStatus>>,
     metrics: Option<HostMetricsCollector>,
+    commands: Executor,
     last_metrics: Option<(Instant, HostMetrics)>,
     failures: FailureLog,
 }
@@ -341,6 +345,10 @@ impl Session {
             tracing::info!(coordinator = %addr, name = %welcome.coordinator_name, "connected to coordinator");
         }
         self.failures.reset();
+        // Acceptances and progress were for the session that is gone;
+        // results still waiting go out first.
+        self.commands.outbox().drop_transient();
+        self.flush_updates(&tx).await?;
 
         let report_interval = self.cfg.report_interval;
         let mut ticker = tokio::time::interval(report_interval);
@@ -364,13 +372,14 @@ impl Session {
                             }
                         }
                         Some(coordinator_message::Msg::Command(cmd)) => {
-                            // Instance commands arrive with the rollout
-                            // engine; until then they are acknowledged by
-                            // silence.
-                            tracing::debug!(command = %cmd.id, "ignoring command: not supported by this agent version");
+                            tracing::debug!(command = %cmd.id, instance = %cmd.instance, "command received");
+                            self.commands.submit(cmd);
                         }
                         Some(coordinator_message::Msg::Welcome(_)) | None => {}
                     }
+                }
+                _ = self.commands.outbox().notified() => {
+                    self.flush_updates(&tx).await?;
                 }
                 _ = ticker.tick() => {
                     self.send_report(&tx);
@@ -412,6 +421,25 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Sends every queued command update; waits for room, since unlike
+    /// reports these must not be skipped.
+    async fn flush_updates(&self, tx: &mpsc::Sender<AgentMessage>) -> Result<(), SessionError> {
+        let outbox = self.commands.outbox();
+        while let Some(update) = outbox.pop() {
+            let permit = match tx.reserve().await {
+                Ok(p) => p,
+                Err(_) => {
+                    outbox.unpop(update);
+                    return Err(SessionError::Closed);
+                }
+            };
+            permit.send(AgentMessage {
+                msg: Some(agent_message::Msg::CommandUpdate(update)),
+            });
+        }
+        Ok(())
     }
 
     fn send_report(&mut self, tx: &mpsc::Sender<AgentMessage>) {

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::InstanceConfig;
 use crate::health::{HealthCheck, HealthTracker};
 use crate::runtime::{self, RuntimeError, RuntimeHandle, RuntimeStatus};
+use crate::state::StateFile;
 
 /// The latest status of every instance, one slot per configured instance.
 /// Watchers are woken only by changes that matter to the coordinator
@@ -92,14 +93,59 @@ pub fn initial_status(cfg: &InstanceConfig, host_id: &str) -> InstanceStatus {
     }
 }
 
+/// What commands set about an instance, as opposed to what the runtime
+/// and the health check observe.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Meta {
+    pub drained: bool,
+    pub release: Release,
+}
+
+/// What command execution needs of a supervised instance; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct InstanceHandle {
+    runtime: RuntimeHandle,
+    meta: Arc<watch::Sender<Meta>>,
+    board: StatusBoard,
+    index: usize,
+}
+
+impl InstanceHandle {
+    pub fn runtime(&self) -> &RuntimeHandle {
+        &self.runtime
+    }
+
+    pub fn status(&self) -> Option<InstanceStatus> {
+        self.board.get(self.index)
+    }
+
+    pub fn meta(&self) -> Meta {
+        self.meta.borrow().clone()
+    }
+
+    pub fn set_drained(&self, drained: bool) {
+        self.meta.send_if_modified(|m| {
+            let changed = m.drained != drained;
+            m.drained = drained;
+            changed
+        });
+    }
+
+    pub fn set_release(&self, release: Release) {
+        self.meta.send_if_modified(|m| {
+            let changed = m.release != release;
+            m.release = release;
+            changed
+        });
+    }
+}
+
 /// A running instance supervisor. Dropping it stops the supervision, not
 /// the instance.
 #[derive(Debug)]
 pub struct Supervisor {
     name: String,
-    runtime: RuntimeHandle,
-    board: StatusBoard,
-    index: usize,
+    handle: InstanceHandle,
     cancel: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
@@ -112,7 +158,9 @@ impl Drop for Supervisor {
 
 impl Supervisor {
     /// Starts (or adopts) the instance and its health checks. Publishes
-    /// into `board[index]`.
+    /// into `board[index]`. An instance that a stop command left stopped
+    /// (see [`crate::state`]) stays stopped; the drained flag and the
+    /// release in `<deploy_dir>/current` are reported from the start.
     pub async fn start(
         cfg: &InstanceConfig,
         host_id: &str,
@@ -122,9 +170,22 @@ impl Supervisor {
         shutdown: &CancellationToken,
     ) -> Result<Supervisor, RuntimeError> {
         let cancel = shutdown.child_token();
-        let runtime = runtime::spawn(cfg, data_dir, cancel.clone()).await?;
+        let saved = StateFile::new(&crate::config::instance_dir(data_dir, &cfg.name)).load();
+        let meta = Meta {
+            drained: saved.drained,
+            release: cfg
+                .deploy
+                .as_ref()
+                .and_then(|d| crate::deploy::current_release(d).ok().flatten())
+                .unwrap_or_default(),
+        };
+        let runtime = runtime::spawn(cfg, data_dir, saved.desired, cancel.clone()).await?;
+        let meta = Arc::new(watch::Sender::new(meta));
+        let mut status = initial_status(cfg, host_id);
+        status.drained = meta.borrow().drained;
+        status.release = Some(meta.borrow().release.clone());
         let mut task = InstanceTask {
-            status: initial_status(cfg, host_id),
+            status,
             check: cfg.health.as_ref().map(HealthCheck::new),
             tracker: cfg
                 .health
@@ -135,14 +196,22 @@ impl Supervisor {
         };
         task.publish(runtime.status());
         let interval = cfg.health.as_ref().map(|h| h.interval);
-        let handle = tokio::spawn(task.run(runtime.subscribe(), interval, cancel.clone()));
+        let join = tokio::spawn(task.run(
+            runtime.subscribe(),
+            meta.subscribe(),
+            interval,
+            cancel.clone(),
+        ));
         Ok(Supervisor {
             name: cfg.name.clone(),
-            runtime,
-            board,
-            index,
+            handle: InstanceHandle {
+                runtime,
+                meta,
+                board,
+                index,
+            },
             cancel,
-            task: Some(handle),
+            task: Some(join),
         })
     }
 
@@ -151,21 +220,26 @@ impl Supervisor {
     }
 
     pub fn status(&self) -> Option<InstanceStatus> {
-        self.board.get(self.index)
+        self.handle.status()
     }
 
     pub fn runtime(&self) -> &RuntimeHandle {
-        &self.runtime
+        &self.handle.runtime
+    }
+
+    /// The handle command execution works through.
+    pub fn handle(&self) -> InstanceHandle {
+        self.handle.clone()
     }
 
     /// Stops the instance (stop signal, then SIGKILL after stop_timeout).
     pub async fn stop(&self) -> Result<(), RuntimeError> {
-        self.runtime.stop().await
+        self.handle.runtime.stop().await
     }
 
     /// Starts the instance again after a stop.
     pub async fn start_instance(&self) -> Result<(), RuntimeError> {
-        self.runtime.start().await
+        self.handle.runtime.start().await
     }
 
     /// Ends supervision (the instance keeps running) and waits for the
@@ -190,6 +264,7 @@ impl InstanceTask {
     async fn run(
         mut self,
         mut runtime: watch::Receiver<RuntimeStatus>,
+        mut meta: watch::Receiver<Meta>,
         interval: Option<std::time::Duration>,
         cancel: CancellationToken,
     ) {
@@ -209,6 +284,16 @@ impl InstanceTask {
             let running = runtime.borrow().is_running();
             tokio::select! {
                 _ = cancel.cancelled() => break,
+                changed = meta.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let m = meta.borrow_and_update().clone();
+                    self.status.drained = m.drained;
+                    self.status.release = Some(m.release);
+                    let rt = *runtime.borrow();
+                    self.publish(rt);
+                }
                 changed = runtime.changed() => {
                     if changed.is_err() {
                         break;

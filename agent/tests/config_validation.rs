@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use drover_agent::config::{
-    CheckConfig, Config, ConfigError, HttpTarget, RuntimeConfig, Signal, SystemdConfig,
-    parse_http_url,
+    CheckConfig, Config, ConfigError, DrainConfig, HaproxyAddr, HooksConfig, HttpTarget,
+    RuntimeConfig, Signal, SystemdConfig, parse_http_url,
 };
 
 const PATH: &str = "/etc/drover/agent.toml";
@@ -239,4 +239,208 @@ fn parses_http_urls() {
     );
     assert!(parse_http_url("http://u:p@h/", 200).is_err());
     assert!(parse_http_url("ftp://h/", 200).is_err());
+}
+
+#[test]
+fn parses_deploy_drain_and_hooks() {
+    let text = format!(
+        r#"{BASE}
+[[instance]]
+name = "web"
+command = "{{current}}/bin/web"
+args = ["--version-file", "{{current}}/VERSION"]
+env = {{ ROOT = "{{current}}" }}
+working_dir = "{{current}}"
+deploy_dir = "/srv/web"
+keep_releases = 3
+max_unpacked_bytes = 1000000
+max_entries = 500
+[instance.drain]
+type = "haproxy"
+sockets = ["/run/haproxy/admin.sock", "127.0.0.1:9999"]
+backend = "web"
+server = "h1-web"
+timeout = "45s"
+[instance.hooks]
+before_stop = ["/bin/true"]
+after_deploy = ["/usr/local/bin/warm", "--fast"]
+validate = ["/bin/true"]
+timeout = "10s"
+[[instance]]
+name = "api"
+command = "/bin/api"
+[instance.drain]
+type = "exec"
+drain = ["/bin/lb", "out"]
+undrain = ["/bin/lb", "in"]
+"#
+    );
+    let c = parse(&text).expect("valid");
+    let web = &c.instances[0];
+    let d = web.deploy.as_ref().expect("deploy");
+    assert_eq!(
+        (
+            d.dir.as_path(),
+            d.keep_releases,
+            d.max_unpacked_bytes,
+            d.max_entries
+        ),
+        (Path::new("/srv/web"), 3, 1_000_000, 500)
+    );
+    assert_eq!(d.current_link(), Path::new("/srv/web/current"));
+    let DrainConfig::Haproxy(h) = &web.drain else {
+        panic!("haproxy drain expected");
+    };
+    assert_eq!(
+        h.sockets,
+        vec![
+            HaproxyAddr::Unix("/run/haproxy/admin.sock".into()),
+            HaproxyAddr::Tcp {
+                host: "127.0.0.1".into(),
+                port: 9999
+            }
+        ]
+    );
+    assert_eq!((h.backend.as_str(), h.server.as_str()), ("web", "h1-web"));
+    assert_eq!(h.timeout, Duration::from_secs(45));
+    assert_eq!(web.hooks.timeout, Duration::from_secs(10));
+    assert_eq!(
+        web.hooks.after_deploy,
+        Some(vec![
+            "/usr/local/bin/warm".to_string(),
+            "--fast".to_string()
+        ])
+    );
+    let RuntimeConfig::Process(p) = &web.runtime else {
+        panic!("process runtime expected");
+    };
+    assert!(p.uses_current());
+    let x = p.expanded(Path::new("/srv/web/releases/v2-abc"));
+    assert_eq!(x.command, Path::new("/srv/web/releases/v2-abc/bin/web"));
+    assert_eq!(x.args[1], "/srv/web/releases/v2-abc/VERSION");
+    assert_eq!(
+        x.env.get("ROOT").map(String::as_str),
+        Some("/srv/web/releases/v2-abc")
+    );
+    assert_eq!(
+        x.working_dir.as_deref(),
+        Some(Path::new("/srv/web/releases/v2-abc"))
+    );
+    let api = &c.instances[1];
+    assert!(api.deploy.is_none());
+    assert!(matches!(&api.drain, DrainConfig::Exec(e) if e.undrain == ["/bin/lb", "in"]));
+    assert_eq!(api.hooks, HooksConfig::default());
+}
+
+#[test]
+fn refuses_bad_deploy_drain_and_hook_fields() {
+    let inst = |body: &str| {
+        err(&format!(
+            "{BASE}[[instance]]\nname = \"web\"\ncommand = \"/x\"\n{body}\n"
+        ))
+    };
+    let cases = [
+        (
+            "deploy_dir = \"srv/web\"",
+            "field `deploy_dir`: expected an absolute path",
+        ),
+        (
+            "keep_releases = 3",
+            "field `keep_releases`: only used together with deploy_dir",
+        ),
+        (
+            "deploy_dir = \"/srv/web\"\nkeep_releases = 0",
+            "field `keep_releases`",
+        ),
+        (
+            "deploy_dir = \"/srv/web\"\nmax_unpacked_bytes = 0",
+            "field `max_unpacked_bytes`",
+        ),
+        (
+            "deploy_dir = \"/srv/web\"\nmax_entries = 0",
+            "field `max_entries`",
+        ),
+        (
+            "args = [\"{current}/x\"]",
+            "field `args[0]`: uses {current}, which needs deploy_dir",
+        ),
+        (
+            "working_dir = \"{current}\"",
+            "field `working_dir`: uses {current}",
+        ),
+        (
+            "[instance.drain]\ntype = \"haproxy\"\nbackend = \"web\"\nserver = \"s\"",
+            "field `drain.sockets`: required",
+        ),
+        (
+            "[instance.drain]\ntype = \"haproxy\"\nsockets = [\"nope\"]\nbackend = \"web\"\nserver = \"s\"",
+            "field `drain.sockets[0]`",
+        ),
+        (
+            "[instance.drain]\ntype = \"haproxy\"\nsockets = [\"/s\", \"/s\"]\nbackend = \"web\"\nserver = \"s\"",
+            "field `drain.sockets[1]`: `/s` is listed twice",
+        ),
+        (
+            "[instance.drain]\ntype = \"haproxy\"\nsockets = [\"/s\"]\nserver = \"s\"",
+            "field `drain.backend`: required",
+        ),
+        (
+            "[instance.drain]\ntype = \"haproxy\"\nsockets = [\"/s\"]\nbackend = \"web\\nshow info\"\nserver = \"s\"",
+            "field `drain.backend`: invalid name",
+        ),
+        (
+            "[instance.drain]\ntype = \"haproxy\"\nsockets = [\"/s\"]\nbackend = \"web\"\nserver = \"s;x\"",
+            "field `drain.server`: invalid name",
+        ),
+        (
+            "[instance.drain]\ntype = \"haproxy\"\nsockets = [\"/s\"]\nbackend = \"web\"\nserver = \"s\"\ndrain = [\"/x\"]",
+            "field `drain.drain`: not used by a drain of type haproxy",
+        ),
+        (
+            "[instance.drain]\ntype = \"exec\"\ndrain = [\"/bin/out\"]",
+            "field `drain.undrain`: expected a command",
+        ),
+        (
+            "[instance.drain]\ntype = \"exec\"\ndrain = [\"out\"]\nundrain = [\"/bin/in\"]",
+            "field `drain.drain`: expected an absolute program path",
+        ),
+        (
+            "[instance.drain]\ntype = \"none\"\nbackend = \"web\"",
+            "field `drain.backend`: not used by a drain of type none",
+        ),
+        (
+            "[instance.drain]\ntype = \"haproxy\"\nsockets = [\"/s\"]\nbackend = \"w\"\nserver = \"s\"\ntimeout = \"0s\"",
+            "field `drain.timeout`",
+        ),
+        (
+            "[instance.hooks]\nbefore_stop = []",
+            "field `hooks.before_stop`: expected a command",
+        ),
+        (
+            "[instance.hooks]\nvalidate = [\"check.sh\"]",
+            "field `hooks.validate`: expected an absolute program path",
+        ),
+        (
+            "[instance.hooks]\ntimeout = \"0s\"",
+            "field `hooks.timeout`",
+        ),
+    ];
+    for (body, want) in cases {
+        let e = inst(body);
+        assert!(
+            e.contains("instance[0] (web): ") && e.contains(want),
+            "{body}\n=> {e}"
+        );
+    }
+    let e = inst("[instance.hooks]\nafter_deploy_typo = [\"/x\"]");
+    assert!(e.contains("after_deploy_typo"), "{e}");
+    let e = inst("[instance.drain]\ntype = \"f5\"");
+    assert!(e.contains("f5"), "{e}");
+    let dup = err(&format!(
+        "{BASE}[[instance]]\nname = \"a\"\ncommand = \"/x\"\ndeploy_dir = \"/srv/a\"\n[[instance]]\nname = \"b\"\ncommand = \"/x\"\ndeploy_dir = \"/srv/a\"\n"
+    ));
+    assert!(
+        dup.contains("instance[1] (b): field `deploy_dir`: `/srv/a` is used by another instance"),
+        "{dup}"
+    );
 }

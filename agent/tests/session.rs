@@ -1,6 +1,8 @@
 //! The agent against a fake coordinator over real mutual TLS: enrolment,
 //! Hello/Welcome, reports, certificate renewal, refusal and failover.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::pin::Pin;
@@ -10,15 +12,11 @@ use std::time::{Duration, Instant, SystemTime};
 use drover_agent::config::{Config, Signal};
 use drover_agent::enroll::{self, EnrollError, EnrollOptions};
 use drover_agent::runtime::process;
-use drover_agent::tls::{self, TlsFiles};
+use drover_agent::tls::TlsFiles;
 use drover_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
 use drover_proto::v1::{
     AgentMessage, CoordinatorMessage, EnrollRequest, EnrollResponse, HealthReport, Hello,
     RenewResponse, Welcome, agent_message, coordinator_message,
-};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -28,96 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 const DEADLINE: Duration = Duration::from_secs(15);
 
-struct Ca {
-    pem: String,
-    der: Vec<u8>,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = params.self_signed(&key).expect("self-sign");
-        let pem = cert.pem();
-        let der = cert.der().to_vec();
-        Ca {
-            issuer: Issuer::new(params, key),
-            pem,
-            der,
-        }
-    }
-
-    fn fingerprint(&self) -> String {
-        drover_proto::transport::fingerprint(&self.der)
-    }
-
-    fn leaf(
-        &self,
-        uri: &str,
-        server: bool,
-        not_before: SystemTime,
-        not_after: SystemTime,
-    ) -> CertificateParams {
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, uri);
-        params
-            .subject_alt_names
-            .push(SanType::URI(uri.to_string().try_into().expect("uri")));
-        if server {
-            params
-                .subject_alt_names
-                .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
-        }
-        params.extended_key_usages = if server {
-            vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ]
-        } else {
-            vec![ExtendedKeyUsagePurpose::ClientAuth]
-        };
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.not_before = not_before.into();
-        params.not_after = not_after.into();
-        params
-    }
-
-    /// (chain PEM with the CA, key PEM) for the coordinator.
-    fn coordinator(&self) -> (String, String) {
-        let key = KeyPair::generate().expect("key");
-        let now = SystemTime::now();
-        let params = self.leaf(
-            "drover://coordinator/c1",
-            true,
-            now - Duration::from_secs(60),
-            now + Duration::from_secs(3600),
-        );
-        let cert = params.signed_by(&key, &self.issuer).expect("sign");
-        (format!("{}{}", cert.pem(), self.pem), key.serialize_pem())
-    }
-
-    fn sign_csr(&self, csr_pem: &str, host: &str, lifetime: Duration) -> String {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem).expect("csr");
-        let now = SystemTime::now();
-        let params = self.leaf(
-            &format!("drover://agent/{host}"),
-            false,
-            now - Duration::from_millis(500),
-            now + lifetime,
-        );
-        params
-            .signed_by(&csr.public_key, &self.issuer)
-            .expect("sign")
-            .pem()
-    }
-}
+use common::Ca;
 
 #[derive(Debug)]
 enum Event {
@@ -323,16 +232,7 @@ fn config(data_dir: &Path, coordinators: &[&str], extra: &str) -> Config {
     Config::parse(&text, Path::new("agent.toml")).expect("config")
 }
 
-/// Writes an enrolment straight to disk, with a certificate of `lifetime`.
-fn enrol_directly(ca: &Ca, data_dir: &Path, host: &str, lifetime: Duration) -> TlsFiles {
-    let key = tls::make_csr(host).expect("csr");
-    let cert = ca.sign_csr(&key.csr_pem, host, lifetime);
-    let files = TlsFiles::new(data_dir);
-    files
-        .install(&key.key_pem, &cert, Some(&ca.pem))
-        .expect("install");
-    files
-}
+use common::enrol_directly;
 
 struct KillOnDrop(std::path::PathBuf);
 

@@ -65,7 +65,11 @@ impl RuntimeStatus {
 }
 
 /// What the agent wants the instance to be; kept apart from what it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A stop command makes it `Stopped` (persisted, see `crate::state`), so
+/// neither the crash-restart logic nor an agent restart brings the
+/// instance back before a start command does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Desired {
     Running,
     Stopped,
@@ -124,10 +128,12 @@ impl RuntimeHandle {
 }
 
 /// Starts the runtime task for one instance. For the process runtime the
-/// instance has been started or adopted when this returns.
+/// instance has been started (when `desired` is running) or adopted when
+/// this returns.
 pub async fn spawn(
     instance: &InstanceConfig,
     data_dir: &Path,
+    desired: Desired,
     shutdown: CancellationToken,
 ) -> Result<RuntimeHandle, RuntimeError> {
     match &instance.runtime {
@@ -136,6 +142,7 @@ pub async fn spawn(
                 &instance.name,
                 cfg.clone(),
                 crate::config::instance_dir(data_dir, &instance.name),
+                desired,
                 shutdown,
             )
             .await
@@ -145,7 +152,13 @@ pub async fn spawn(
                 .health
                 .as_ref()
                 .map_or(systemd::DEFAULT_POLL, |h| h.interval);
-            Ok(systemd::spawn(&instance.name, cfg.clone(), poll, shutdown))
+            Ok(systemd::spawn(
+                &instance.name,
+                cfg.clone(),
+                poll,
+                desired,
+                shutdown,
+            ))
         }
     }
 }

@@ -55,6 +55,7 @@ pub async fn spawn(
     name: &str,
     cfg: ProcessConfig,
     dir: PathBuf,
+    desired: Desired,
     shutdown: CancellationToken,
 ) -> Result<RuntimeHandle, RuntimeError> {
     fsutil::create_dir(&dir, 0o755).map_err(|e| match e {
@@ -70,7 +71,7 @@ pub async fn spawn(
         name: name.to_string(),
         cfg,
         dir,
-        desired: Desired::Running,
+        desired,
         status: RuntimeStatus {
             state: RuntimeState::Starting,
             pid: 0,
@@ -85,6 +86,10 @@ pub async fn spawn(
         Some(proc) => {
             tracing::info!(instance = %sup.name, pid = proc.pid, "adopted running instance");
             sup.set_running(proc);
+        }
+        None if desired == Desired::Stopped => {
+            tracing::info!(instance = %sup.name, "instance was stopped by a command; leaving it stopped");
+            sup.set_status(RuntimeState::Stopped, 0);
         }
         None => sup.start_or_schedule(),
     }
@@ -294,7 +299,6 @@ impl ProcessSupervisor {
     }
 
     fn start(&mut self) -> Result<(), RuntimeError> {
-        let command_text = self.cfg.command.display().to_string();
         let log_path = self.dir.join(OUTPUT_FILE);
         let io = |source| RuntimeError::Io {
             path: log_path.clone(),
@@ -308,9 +312,14 @@ impl ProcessSupervisor {
             .map_err(io)?;
         let log_err = log.try_clone().map_err(io)?;
 
-        let mut cmd = tokio::process::Command::new(&self.cfg.command);
-        cmd.args(&self.cfg.args)
-            .envs(&self.cfg.env)
+        let cfg = match &self.cfg.current {
+            Some(current) if self.cfg.uses_current() => self.cfg.expanded(&resolve_link(current)),
+            _ => self.cfg.clone(),
+        };
+        let command_text = cfg.command.display().to_string();
+        let mut cmd = tokio::process::Command::new(&cfg.command);
+        cmd.args(&cfg.args)
+            .envs(&cfg.env)
             // Not the instance's business, and it must not talk to systemd
             // on the agent's behalf.
             .env_remove("NOTIFY_SOCKET")
@@ -318,7 +327,7 @@ impl ProcessSupervisor {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
             .kill_on_drop(false);
-        if let Some(dir) = &self.cfg.working_dir {
+        if let Some(dir) = &cfg.working_dir {
             cmd.current_dir(dir);
         }
         new_session_on_exec(&mut cmd);
@@ -444,6 +453,17 @@ impl ProcessSupervisor {
         tracing::info!(instance = %self.name, pid, "instance stopped: {how}");
         self.set_status(RuntimeState::Stopped, 0);
         Ok(())
+    }
+}
+
+/// Where the `current` symlink points now, so a started process is pinned
+/// to the release that was current when it started even if `current` is
+/// switched under it; the link itself when it cannot be read.
+pub fn resolve_link(link: &Path) -> PathBuf {
+    match fs::read_link(link) {
+        Ok(target) if target.is_absolute() => target,
+        Ok(target) => link.parent().map_or(target.clone(), |p| p.join(&target)),
+        Err(_) => link.to_path_buf(),
     }
 }
 

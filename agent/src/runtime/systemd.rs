@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::{Request, RuntimeError, RuntimeHandle, RuntimeStatus, publish};
+use super::{Desired, Request, RuntimeError, RuntimeHandle, RuntimeStatus, publish};
 use crate::config::SystemdConfig;
 
 /// Poll interval when the instance has no health check to borrow one from.
@@ -25,6 +25,7 @@ pub fn spawn(
     name: &str,
     cfg: SystemdConfig,
     poll: Duration,
+    desired: Desired,
     shutdown: CancellationToken,
 ) -> RuntimeHandle {
     let (status_tx, status_rx) = watch::channel(RuntimeStatus::UNKNOWN);
@@ -35,7 +36,7 @@ pub fn spawn(
         status_tx,
         last_error: None,
     };
-    tokio::spawn(unit.run(req_rx, poll, shutdown));
+    tokio::spawn(unit.run(req_rx, poll, desired, shutdown));
     RuntimeHandle::new(status_rx, req_tx)
 }
 
@@ -52,11 +53,14 @@ impl UnitRuntime {
         mut self,
         mut requests: mpsc::Receiver<Request>,
         poll: Duration,
+        desired: Desired,
         shutdown: CancellationToken,
     ) {
-        // Instances are meant to run unless a command stops them; `start`
+        // Instances are meant to run unless a command stopped them; `start`
         // on an active unit is a no-op.
-        if let Err(e) = self.systemctl(&["start"]).await {
+        if desired == Desired::Running
+            && let Err(e) = self.systemctl(&["start"]).await
+        {
             tracing::error!(instance = %self.name, "{e}");
         }
         let mut ticker = tokio::time::interval(poll);

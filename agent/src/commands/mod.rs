@@ -1,0 +1,399 @@
+//! Instance commands from the coordinator (drain, stop, deploy, start,
+//! verify, undrain): dispatch, one command per instance at a time,
+//! timeouts, and the journal that makes every id run at most once.
+//!
+//! For each `Command` the agent answers with `CommandUpdate`s:
+//! ACCEPTED, PROGRESS (deploy bytes), then exactly one of SUCCEEDED,
+//! FAILED (the message says why) or TIMED_OUT. An id already journaled
+//! gets its recorded result again without running anything; an id still
+//! running is attached to (ACCEPTED again, the result follows). A
+//! different id for an instance that is busy is FAILED "busy with <id>"
+//! and not journaled, so it may be sent again later.
+
+mod outbox;
+mod steps;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use drover_proto::v1::command::Kind;
+use drover_proto::v1::command_update::Phase as WirePhase;
+use drover_proto::v1::{Command, CommandUpdate, Release};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::InstanceConfig;
+use crate::deploy::fetch::{ArtifactSource, Cache};
+use crate::journal::{Journal, JournalError, Outcome, Phase};
+use crate::state::StateFile;
+use crate::supervisor::InstanceHandle;
+
+pub use outbox::Outbox;
+
+/// Used when a command carries no timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+/// What an unfinished command that may not be redone is answered with
+/// after an agent restart.
+pub const RESTARTED: &str = "agent restarted during the step";
+
+/// The journal's name for a command kind.
+pub fn kind_name(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::Drain(_) => "drain",
+        Kind::Stop(_) => "stop",
+        Kind::Deploy(_) => "deploy",
+        Kind::Start(_) => "start",
+        Kind::Verify(_) => "verify",
+        Kind::Undrain(_) => "undrain",
+    }
+}
+
+/// The journal stage a deploy enters before its after_deploy hook: from
+/// there on it is not redone after an agent restart.
+pub const STAGE_AFTER_DEPLOY: &str = "after_deploy";
+
+/// One configured instance, as command execution sees it.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub cfg: InstanceConfig,
+    pub handle: InstanceHandle,
+    pub state: StateFile,
+}
+
+/// Executes commands; cheap to clone.
+#[derive(Clone)]
+pub struct Executor {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    host_id: String,
+    instances: HashMap<String, Instance>,
+    journal: Journal,
+    cache: Cache,
+    source: Arc<dyn ArtifactSource>,
+    outbox: Outbox,
+    /// instance name -> id of the command running on it.
+    running: Mutex<HashMap<String, String>>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("host_id", &self.shared.host_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn update(id: &str, phase: WirePhase, message: impl Into<String>) -> CommandUpdate {
+    CommandUpdate {
+        command_id: id.to_string(),
+        phase: phase as i32,
+        message: message.into(),
+        bytes_done: 0,
+        bytes_total: 0,
+        release: None,
+    }
+}
+
+fn outcome_update(id: &str, o: &Outcome) -> CommandUpdate {
+    let phase = match o.phase {
+        Phase::Succeeded => WirePhase::Succeeded,
+        Phase::Failed => WirePhase::Failed,
+        Phase::TimedOut => WirePhase::TimedOut,
+    };
+    CommandUpdate {
+        release: Some(Release {
+            version: o.release_version.clone(),
+            digest: o.release_digest.clone(),
+        }),
+        ..update(id, phase, o.message.clone())
+    }
+}
+
+/// Frees the instance when the command's task ends, however it ends.
+struct RunningGuard {
+    shared: Arc<Shared>,
+    instance: String,
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        let mut running = self
+            .shared
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        running.remove(&self.instance);
+    }
+}
+
+impl Executor {
+    /// `instances` pairs each configured instance with its supervisor's
+    /// handle. Settles what an earlier run of the agent left unfinished in
+    /// the journal (see [`Executor::recover`]).
+    pub fn new(
+        host_id: &str,
+        data_dir: &Path,
+        instances: Vec<(InstanceConfig, InstanceHandle)>,
+        journal: Journal,
+        source: Arc<dyn ArtifactSource>,
+        shutdown: CancellationToken,
+    ) -> Executor {
+        let instances = instances
+            .into_iter()
+            .map(|(cfg, handle)| {
+                let state = StateFile::new(&crate::config::instance_dir(data_dir, &cfg.name));
+                (cfg.name.clone(), Instance { cfg, handle, state })
+            })
+            .collect();
+        let exec = Executor {
+            shared: Arc::new(Shared {
+                host_id: host_id.to_string(),
+                instances,
+                journal,
+                cache: Cache::new(data_dir),
+                source,
+                outbox: Outbox::default(),
+                running: Mutex::new(HashMap::new()),
+                shutdown,
+            }),
+        };
+        exec.recover();
+        exec
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.shared.outbox
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.shared.journal
+    }
+
+    /// Commands started by an earlier run of the agent that never
+    /// finished: steps that are safe to redo (drain, undrain, stop, start,
+    /// verify; a deploy before its after_deploy hook, which finds the
+    /// release directory complete or resumes the download) are forgotten,
+    /// so they run again when the coordinator asks again; anything else is
+    /// recorded as FAILED "agent restarted during the step".
+    fn recover(&self) {
+        for r in self.shared.journal.unfinished() {
+            let redo = match r.kind.as_str() {
+                "drain" | "undrain" | "stop" | "start" | "verify" => true,
+                "deploy" => !r.stages.iter().any(|s| s == STAGE_AFTER_DEPLOY),
+                _ => false,
+            };
+            if redo {
+                tracing::info!(command = %r.id, kind = %r.kind, "unfinished before the agent restarted; it runs again if the coordinator asks");
+                if let Err(e) = self.shared.journal.forget_unfinished(&r.id) {
+                    tracing::error!(command = %r.id, "journal: {e}");
+                }
+                continue;
+            }
+            let message = match r.stages.last() {
+                Some(stage) => format!("{RESTARTED} (in {stage}; it may have run partly)"),
+                None => RESTARTED.to_string(),
+            };
+            tracing::warn!(command = %r.id, kind = %r.kind, "{message}");
+            let release = self
+                .shared
+                .instances
+                .get(&r.instance)
+                .map(|i| i.handle.meta().release)
+                .unwrap_or_default();
+            let outcome = Outcome {
+                phase: Phase::Failed,
+                message,
+                release_version: release.version,
+                release_digest: release.digest,
+            };
+            if let Err(e) = self.shared.journal.finish(&r.id, outcome) {
+                tracing::error!(command = %r.id, "journal: {e}");
+            }
+        }
+    }
+
+    /// Takes one command from the coordinator. Never blocks: the work runs
+    /// on its own task and every answer goes through the outbox.
+    pub fn submit(&self, cmd: Command) {
+        let shared = &self.shared;
+        let id = cmd.id.clone();
+        let refuse = |why: String| {
+            tracing::warn!(command = %id, "refused: {why}");
+            shared.outbox.push(update(&id, WirePhase::Failed, why));
+        };
+        if id.is_empty() {
+            return refuse("command without an id".into());
+        }
+        let Some(kind) = cmd.kind.clone() else {
+            return refuse("command without a step (unknown to this agent version?)".into());
+        };
+        let name = match cmd.instance.split_once('@') {
+            Some((name, host)) if host == shared.host_id => name,
+            Some((_, host)) => {
+                return refuse(format!(
+                    "instance {} is on host {host}, not on {}",
+                    cmd.instance, shared.host_id
+                ));
+            }
+            None => cmd.instance.as_str(),
+        };
+        let Some(instance) = shared.instances.get(name).cloned() else {
+            return refuse(format!(
+                "no instance named `{}` on host {}",
+                cmd.instance, shared.host_id
+            ));
+        };
+        let guard = {
+            let mut running = shared.running.lock().unwrap_or_else(|e| e.into_inner());
+            if running.values().any(|r| *r == id) {
+                drop(running);
+                tracing::info!(command = %id, "already running; attaching");
+                shared
+                    .outbox
+                    .push(update(&id, WirePhase::Accepted, "already running"));
+                return;
+            }
+            if let Some(record) = shared.journal.get(&id) {
+                drop(running);
+                match record.outcome {
+                    Some(o) => {
+                        tracing::info!(command = %id, "already done; resending the recorded outcome");
+                        shared.outbox.push(outcome_update(&id, &o));
+                    }
+                    // Started by this process and not running: cannot
+                    // happen, short of a journal error mid-step.
+                    None => shared.outbox.push(update(
+                        &id,
+                        WirePhase::Failed,
+                        "started earlier without a recorded outcome",
+                    )),
+                }
+                return;
+            }
+            if let Some(other) = running.get(name) {
+                let why = format!("busy with {other}");
+                drop(running);
+                return refuse(why);
+            }
+            running.insert(name.to_string(), id.clone());
+            RunningGuard {
+                shared: shared.clone(),
+                instance: name.to_string(),
+            }
+        };
+        let timeout = match cmd.timeout_ms {
+            0 => DEFAULT_TIMEOUT,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        let exec = self.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            exec.run(id, instance, kind, timeout).await;
+        });
+    }
+
+    async fn run(&self, id: String, instance: Instance, kind: Kind, timeout: Duration) {
+        let shared = &self.shared;
+        let kname = kind_name(&kind);
+        let journal = shared.journal.clone();
+        let (jid, jinst) = (id.clone(), instance.cfg.name.clone());
+        let started = tokio::task::spawn_blocking(move || journal.start(&jid, &jinst, kname)).await;
+        match started {
+            Ok(Ok(())) => {}
+            Ok(Err(JournalError::Duplicate(_))) => {
+                // Raced with another submit of the same id that already
+                // finished; answer from the journal.
+                if let Some(o) = shared.journal.get(&id).and_then(|r| r.outcome) {
+                    shared.outbox.push(outcome_update(&id, &o));
+                }
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(command = %id, "journal: {e}");
+                shared.outbox.push(update(
+                    &id,
+                    WirePhase::Failed,
+                    format!("cannot journal the command, so it was not run: {e}"),
+                ));
+                return;
+            }
+            Err(e) => {
+                shared
+                    .outbox
+                    .push(update(&id, WirePhase::Failed, format!("journal: {e}")));
+                return;
+            }
+        }
+        tracing::info!(command = %id, instance = %instance.cfg.name, step = kname, timeout = %humantime::format_duration(timeout), "running command");
+        shared.outbox.push(update(
+            &id,
+            WirePhase::Accepted,
+            format!("{kname} accepted"),
+        ));
+        let ctx = steps::StepContext {
+            id: &id,
+            instance: &instance,
+            host_id: &shared.host_id,
+            journal: &shared.journal,
+            cache: &shared.cache,
+            source: shared.source.as_ref(),
+            outbox: &shared.outbox,
+            all_instances: &shared.instances,
+        };
+        let result = tokio::select! {
+            _ = shared.shutdown.cancelled() => {
+                // No outcome is recorded: the next agent settles it.
+                tracing::warn!(command = %id, "agent shutting down; command interrupted");
+                return;
+            }
+            r = tokio::time::timeout(timeout, steps::run(&ctx, &kind)) => r,
+        };
+        let (phase, message) = match result {
+            Ok(Ok(msg)) => (Phase::Succeeded, msg),
+            Ok(Err(msg)) => (Phase::Failed, msg),
+            Err(_) => (
+                Phase::TimedOut,
+                format!(
+                    "{kname} timed out after {}; stopped it (hooks killed)",
+                    humantime::format_duration(timeout)
+                ),
+            ),
+        };
+        let release = instance.handle.meta().release;
+        let outcome = Outcome {
+            phase,
+            message,
+            release_version: release.version,
+            release_digest: release.digest,
+        };
+        match phase {
+            Phase::Succeeded => tracing::info!(command = %id, "succeeded: {}", outcome.message),
+            _ => tracing::warn!(command = %id, ?phase, "{}", outcome.message),
+        }
+        let journal = shared.journal.clone();
+        let (jid, o) = (id.clone(), outcome.clone());
+        match tokio::task::spawn_blocking(move || journal.finish(&jid, o)).await {
+            Ok(Ok(())) => shared.outbox.push(outcome_update(&id, &outcome)),
+            // Not recorded, so not reported as done either: a resend would
+            // find no outcome and fail, and so does this answer.
+            Ok(Err(e)) => {
+                tracing::error!(command = %id, "journal: {e}");
+                shared.outbox.push(update(
+                    &id,
+                    WirePhase::Failed,
+                    format!("the step ended ({phase:?}: {}) but its outcome could not be journaled: {e}", outcome.message),
+                ));
+            }
+            Err(e) => tracing::error!(command = %id, "journal: {e}"),
+        }
+    }
+
+    /// The data directory's cache, for tests.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.shared.cache.dir().to_path_buf()
+    }
+}

@@ -1,0 +1,247 @@
+//! What each step does on the host.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use drover_proto::v1::command::Kind;
+use drover_proto::v1::command_update::Phase as WirePhase;
+use drover_proto::v1::{CommandUpdate, DeployCommand, VerifyCommand};
+
+use super::{Instance, Outbox, STAGE_AFTER_DEPLOY, update};
+use crate::deploy::fetch::{ArtifactSource, Cache};
+use crate::deploy::{self, Progress};
+use crate::drain;
+use crate::hooks;
+use crate::journal::Journal;
+use crate::runtime::Desired;
+use crate::runtime::process::resolve_link;
+use crate::verify::{self, VerifySpec};
+
+/// Spacing of deploy progress updates.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+pub(super) struct StepContext<'a> {
+    pub id: &'a str,
+    pub instance: &'a Instance,
+    pub host_id: &'a str,
+    pub journal: &'a Journal,
+    pub cache: &'a Cache,
+    pub source: &'a dyn ArtifactSource,
+    pub outbox: &'a Outbox,
+    pub all_instances: &'a HashMap<String, Instance>,
+}
+
+/// Runs one step. Ok: what was done; Err: why it failed.
+pub(super) async fn run(ctx: &StepContext<'_>, kind: &Kind) -> Result<String, String> {
+    match kind {
+        Kind::Drain(_) => drain(ctx).await,
+        Kind::Undrain(_) => undrain(ctx).await,
+        Kind::Stop(_) => stop(ctx).await,
+        Kind::Start(_) => start(ctx).await,
+        Kind::Verify(v) => verify(ctx, v).await,
+        Kind::Deploy(d) => deploy(ctx, d).await,
+    }
+}
+
+/// Environment for hooks and exec drains.
+fn hook_env(ctx: &StepContext<'_>) -> Vec<(&'static str, String)> {
+    let cfg = &ctx.instance.cfg;
+    let release = ctx.instance.handle.meta().release;
+    let release_dir = cfg
+        .deploy
+        .as_ref()
+        .filter(|d| std::fs::symlink_metadata(d.current_link()).is_ok())
+        .map(|d| {
+            resolve_link(&d.current_link())
+                .to_string_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default();
+    vec![
+        ("DROVER_INSTANCE", cfg.name.clone()),
+        ("DROVER_INSTANCE_ID", cfg.id(ctx.host_id)),
+        ("DROVER_SERVICE", cfg.service.clone()),
+        ("DROVER_RELEASE_VERSION", release.version),
+        ("DROVER_RELEASE_DIR", release_dir),
+        ("DROVER_COMMAND_ID", ctx.id.to_string()),
+    ]
+}
+
+fn set_drained(ctx: &StepContext<'_>, drained: bool) -> Result<(), String> {
+    ctx.instance
+        .state
+        .update(|s| s.drained = drained)
+        .map_err(|e| format!("record the drained state: {e}"))?;
+    ctx.instance.handle.set_drained(drained);
+    Ok(())
+}
+
+fn set_desired(ctx: &StepContext<'_>, desired: Desired) -> Result<(), String> {
+    ctx.instance
+        .state
+        .update(|s| s.desired = desired)
+        .map(drop)
+        .map_err(|e| format!("record the desired state: {e}"))
+}
+
+async fn drain(ctx: &StepContext<'_>) -> Result<String, String> {
+    // Counted as out of service from before the load balancer hears of
+    // it: over-reporting a drain is safe, under-reporting is not.
+    set_drained(ctx, true)?;
+    match drain::drain(&ctx.instance.cfg.drain, &hook_env(ctx)).await {
+        Ok(msg) => Ok(msg),
+        Err((e, maybe_drained)) => {
+            if !maybe_drained {
+                set_drained(ctx, false)?;
+            }
+            Err(e.to_string())
+        }
+    }
+}
+
+async fn undrain(ctx: &StepContext<'_>) -> Result<String, String> {
+    let msg = drain::undrain(&ctx.instance.cfg.drain, &hook_env(ctx))
+        .await
+        .map_err(|e| e.to_string())?;
+    set_drained(ctx, false)?;
+    Ok(msg)
+}
+
+async fn stop(ctx: &StepContext<'_>) -> Result<String, String> {
+    let hooks = &ctx.instance.cfg.hooks;
+    if let Some(argv) = &hooks.before_stop {
+        hooks::run(argv, &hook_env(ctx), hooks.timeout)
+            .await
+            .map_err(|e| format!("before_stop hook failed: {e}"))?;
+    }
+    // Recorded first: from now on neither the crash-restart logic nor an
+    // agent restart brings the instance back until a start command.
+    set_desired(ctx, Desired::Stopped)?;
+    ctx.instance
+        .handle
+        .runtime()
+        .stop()
+        .await
+        .map_err(|e| format!("stop: {e}"))?;
+    Ok(if hooks.before_stop.is_some() {
+        "before_stop hook passed; stopped".to_string()
+    } else {
+        "stopped".to_string()
+    })
+}
+
+async fn start(ctx: &StepContext<'_>) -> Result<String, String> {
+    set_desired(ctx, Desired::Running)?;
+    let runtime = ctx.instance.handle.runtime();
+    runtime.start().await.map_err(|e| format!("start: {e}"))?;
+    let mut status = runtime.subscribe();
+    loop {
+        let now = *status.borrow_and_update();
+        if now.is_running() {
+            return Ok(match now.pid {
+                0 => "running".to_string(),
+                pid => format!("running (pid {pid})"),
+            });
+        }
+        status
+            .changed()
+            .await
+            .map_err(|_| "the instance's runtime task has ended".to_string())?;
+    }
+}
+
+async fn verify(ctx: &StepContext<'_>, v: &VerifyCommand) -> Result<String, String> {
+    let spec = VerifySpec {
+        min_healthy_time: Duration::from_millis(u64::from(v.min_healthy_time_ms)),
+        healthy_deadline: Duration::from_millis(u64::from(v.healthy_deadline_ms)),
+    };
+    let cfg = &ctx.instance.cfg;
+    let msg = verify::healthy_for(cfg.health.as_ref(), ctx.instance.handle.runtime(), spec).await?;
+    match &cfg.hooks.validate {
+        None => Ok(msg),
+        Some(argv) => {
+            hooks::run(argv, &hook_env(ctx), cfg.hooks.timeout)
+                .await
+                .map_err(|e| format!("{msg}, but the validate hook failed: {e}"))?;
+            Ok(format!("{msg}; validate hook passed"))
+        }
+    }
+}
+
+async fn deploy(ctx: &StepContext<'_>, d: &DeployCommand) -> Result<String, String> {
+    let cfg = &ctx.instance.cfg;
+    let Some(dcfg) = &cfg.deploy else {
+        return Err(format!(
+            "instance {} has no deploy_dir in the agent config",
+            cfg.name
+        ));
+    };
+    let Some(release) = &d.release else {
+        return Err("deploy command without a release".to_string());
+    };
+    let last = Mutex::new(None::<Instant>);
+    let progress = |p: Progress| {
+        let u = match p {
+            Progress::Fetching(f) => {
+                let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+                let done = f.total > 0 && f.done >= f.total;
+                if !done && last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+                    return;
+                }
+                *last = Some(Instant::now());
+                CommandUpdate {
+                    bytes_done: f.done,
+                    bytes_total: f.total,
+                    ..update(ctx.id, WirePhase::Progress, "fetching artifact")
+                }
+            }
+            Progress::Unpacking => update(ctx.id, WirePhase::Progress, "unpacking"),
+            Progress::Switching => update(ctx.id, WirePhase::Progress, "switching current"),
+        };
+        ctx.outbox.push(u);
+    };
+    let deployed = deploy::deploy(dcfg, release, ctx.cache, ctx.source, &progress)
+        .await
+        .map_err(|e| e.to_string())?;
+    match deploy::current_release(dcfg) {
+        Ok(Some(r)) => ctx.instance.handle.set_release(r),
+        Ok(None) => {}
+        Err(e) => tracing::error!(instance = %cfg.name, "read the current release: {e}"),
+    }
+    let how = if deployed.reused {
+        "release directory already unpacked"
+    } else if deployed.fetched {
+        "downloaded"
+    } else {
+        "from the agent's cache"
+    };
+    let mut msg = format!("deployed {} ({how})", release.version);
+    if let Some(argv) = &cfg.hooks.after_deploy {
+        ctx.journal
+            .stage(ctx.id, STAGE_AFTER_DEPLOY)
+            .map_err(|e| format!("journal: {e}"))?;
+        hooks::run(argv, &hook_env(ctx), cfg.hooks.timeout)
+            .await
+            .map_err(|e| format!("{msg}, but the after_deploy hook failed: {e}"))?;
+        msg.push_str("; after_deploy hook passed");
+    }
+    let keep_cfg = dcfg.clone();
+    let previous = deployed.previous.clone();
+    let removed =
+        tokio::task::spawn_blocking(move || deploy::prune(&keep_cfg, previous.as_deref()))
+            .await
+            .unwrap_or_default();
+    if !removed.is_empty() {
+        msg.push_str(&format!("; removed old releases {}", removed.join(", ")));
+    }
+    let mut keep: HashSet<String> = ctx
+        .all_instances
+        .values()
+        .filter_map(|i| i.cfg.deploy.as_ref())
+        .flat_map(deploy::kept_digests)
+        .collect();
+    keep.insert(release.digest.clone());
+    ctx.cache.prune(&keep);
+    Ok(msg)
+}
