@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod pki;
 pub mod registry;
 pub mod rollout;
+pub mod runner;
 pub mod selector;
 pub mod service;
 pub mod store;
@@ -55,6 +56,8 @@ pub enum RunError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("load rollouts: {0}")]
+    Rollouts(#[from] runner::RunnerError),
     #[error("artifact store: {0}")]
     Artifacts(#[from] artifacts::ArtifactError),
     #[error("TLS: {0}")]
@@ -112,6 +115,13 @@ pub async fn run(
         )
         .await?,
     );
+    let rollouts = runner::Rollouts::load(
+        store.clone(),
+        registry.clone(),
+        config.agents.lost_timeout,
+        shutdown.clone(),
+    )
+    .await?;
     let ca = pki::Ca::load_files(&config.tls.ca_cert, &config.tls.ca_key)?;
     let tls_config = tls::server_config(
         ca.cert_pem().as_bytes(),
@@ -123,6 +133,7 @@ pub async fn run(
     let ctx = Arc::new(Ctx {
         name: config.name.clone(),
         registry: registry.clone(),
+        rollouts,
         tokens: Tokens::new(store.clone()),
         artifacts: artifacts::Artifacts::open(
             &config.data_dir,

@@ -101,6 +101,10 @@ impl Engine {
             };
             outputs = eng.handle(Millis(now), input);
         }
+        // A wave is opened after each group in case another follows.
+        for b in &mut plan.batches {
+            b.waves.retain(|w| !w.is_empty());
+        }
         Ok(plan)
     }
 }

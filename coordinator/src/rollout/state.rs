@@ -189,6 +189,16 @@ impl RolloutState {
         }
     }
 
+    /// Each target host once, with whether the engine last saw it reachable.
+    pub fn hosts(&self) -> std::collections::BTreeMap<&str, bool> {
+        let mut hosts = std::collections::BTreeMap::new();
+        for i in &self.instances {
+            let r = hosts.entry(i.host.as_str()).or_insert(true);
+            *r &= i.observed.reachable;
+        }
+        hosts
+    }
+
     pub(crate) fn capacity(&self) -> u32 {
         count(self.instances.iter().filter(|i| i.available()))
     }

@@ -152,6 +152,7 @@ impl AgentService for AgentSvc {
             ctx.registry
                 .connect(&caller.cert, caller.addr, hello, tx.clone());
         tracing::info!(host = %host_id, peer = ?caller.addr, session = session_id, "agent connected");
+        ctx.rollouts.host_connected(&host_id);
 
         let cert_expires = caller
             .cert
@@ -190,7 +191,9 @@ impl AgentService for AgentSvc {
                         AgentMsg::Hello(_) => {
                             tracing::debug!(host = %host_id, "ignoring a second Hello");
                         }
-                        AgentMsg::CommandUpdate(_) => {}
+                        AgentMsg::CommandUpdate(update) => {
+                            ctx.rollouts.command_update(&host_id, update)
+                        }
                     },
                     Ok(Some(AgentMessage { msg: None })) => {}
                     Ok(None) => break "agent closed the session".to_string(),

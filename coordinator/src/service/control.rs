@@ -9,16 +9,20 @@ use std::time::Duration;
 use drover_proto::v1::control_service_server::ControlService;
 use drover_proto::v1::push_artifact_request::Msg as PushMsg;
 use drover_proto::v1::{
-    Artifact, CreateTokenRequest, CreateTokenResponse, GetHostRequest, Host, HostEvent,
-    ListArtifactsRequest, ListArtifactsResponse, ListHostsRequest, ListHostsResponse,
-    PushArtifactRequest, RevokeHostRequest, RevokeHostResponse, WatchHostsRequest, host_event,
+    Artifact, CreateTokenRequest, CreateTokenResponse, GetHostRequest, GetRolloutRequest, Host,
+    HostEvent, ListArtifactsRequest, ListArtifactsResponse, ListHostsRequest, ListHostsResponse,
+    ListRolloutsRequest, ListRolloutsResponse, PushArtifactRequest, RevokeHostRequest,
+    RevokeHostResponse, Rollout, RolloutActionRequest, RolloutUpdate, StartRolloutRequest,
+    StartRolloutResponse, WatchHostsRequest, WatchRolloutRequest, host_event,
+    rollout_action_request,
 };
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
-use super::Ctx;
+use super::{Ctx, rollouts};
 use crate::auth::{READERS, WRITERS};
+use crate::rollout::OperatorAction;
 use crate::selector::Selector;
 
 /// Join tokens last an hour unless the operator asks otherwise.
@@ -216,6 +220,145 @@ impl ControlService for ControlSvc {
         self.ctx.authz.require(&request, READERS)?;
         let artifacts = self.ctx.artifacts.list(&request.get_ref().service).await?;
         Ok(Response::new(ListArtifactsResponse { artifacts }))
+    }
+
+    async fn start_rollout(
+        &self,
+        request: Request<StartRolloutRequest>,
+    ) -> Result<Response<StartRolloutResponse>, Status> {
+        let dry_run = request.get_ref().dry_run;
+        let caller = if dry_run {
+            self.ctx.authz.require(&request, READERS)?
+        } else {
+            self.ctx.authz.require(&request, WRITERS)?
+        };
+        let spec = rollouts::resolve_spec(&self.ctx, &request.get_ref().spec_toml).await?;
+        if dry_run {
+            let plan = rollouts::plan(&self.ctx, &spec)?;
+            return Ok(Response::new(StartRolloutResponse {
+                rollout: None,
+                plan: Some(plan),
+            }));
+        }
+        let snap = self
+            .ctx
+            .rollouts
+            .start(spec, caller.cert.identity.to_string())
+            .await
+            .inspect_err(
+                |e| tracing::info!(by = %caller.cert.identity, error = %e, "rollout refused"),
+            )?;
+        tracing::info!(by = %caller.cert.identity, rollout = %snap.status.id, service = %snap.status.service, target = %snap.status.target, "rollout started");
+        Ok(Response::new(StartRolloutResponse {
+            rollout: Some(rollouts::to_proto(&snap, &[], true)),
+            plan: None,
+        }))
+    }
+
+    async fn get_rollout(
+        &self,
+        request: Request<GetRolloutRequest>,
+    ) -> Result<Response<Rollout>, Status> {
+        self.ctx.authz.require(&request, READERS)?;
+        let req = request.into_inner();
+        let snap = self.ctx.rollouts.get(&req.id)?;
+        let events = if req.include_events {
+            self.ctx.rollouts.events(&req.id, 0)?
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(rollouts::to_proto(&snap, &events, true)))
+    }
+
+    async fn list_rollouts(
+        &self,
+        request: Request<ListRolloutsRequest>,
+    ) -> Result<Response<ListRolloutsResponse>, Status> {
+        self.ctx.authz.require(&request, READERS)?;
+        let req = request.into_inner();
+        let limit = if req.limit == 0 {
+            20
+        } else {
+            req.limit as usize
+        };
+        let rollouts = self
+            .ctx
+            .rollouts
+            .list(&req.service, limit)
+            .iter()
+            .map(|s| rollouts::to_proto(s, &[], false))
+            .collect();
+        Ok(Response::new(ListRolloutsResponse { rollouts }))
+    }
+
+    type WatchRolloutStream = Pin<Box<dyn Stream<Item = Result<RolloutUpdate, Status>> + Send>>;
+
+    async fn watch_rollout(
+        &self,
+        request: Request<WatchRolloutRequest>,
+    ) -> Result<Response<Self::WatchRolloutStream>, Status> {
+        self.ctx.authz.require(&request, READERS)?;
+        let id = request.into_inner().id;
+        let mut rx = self.ctx.rollouts.subscribe(&id)?;
+        let ctx = self.ctx.clone();
+        let (tx, out) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut sent = 0usize;
+            loop {
+                let snap = rx.borrow_and_update().clone();
+                let events = ctx.rollouts.events(&id, sent).unwrap_or_default();
+                sent += events.len();
+                let update = RolloutUpdate {
+                    rollout: Some(rollouts::to_proto(&snap, &[], true)),
+                    events: events.iter().map(rollouts::event_to_proto).collect(),
+                };
+                if tx.send(Ok(update)).await.is_err() {
+                    return;
+                }
+                if snap.status.phase.is_terminal() {
+                    return;
+                }
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("coordinator shutting down"))).await;
+                        return;
+                    }
+                    _ = tx.closed() => return,
+                    changed = rx.changed() => if changed.is_err() {
+                        // The rollout task ended without a terminal phase:
+                        // the coordinator is stopping.
+                        let _ = tx.send(Err(Status::unavailable("the rollout's runner stopped; the coordinator is shutting down"))).await;
+                        return;
+                    },
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
+    }
+
+    async fn act_on_rollout(
+        &self,
+        request: Request<RolloutActionRequest>,
+    ) -> Result<Response<Rollout>, Status> {
+        let caller = self.ctx.authz.require(&request, WRITERS)?;
+        let req = request.into_inner();
+        use rollout_action_request::Action;
+        let action = match Action::try_from(req.action).unwrap_or(Action::Unspecified) {
+            Action::Pause => OperatorAction::Pause,
+            Action::Resume => OperatorAction::Resume,
+            Action::Abort => OperatorAction::Abort,
+            Action::Rollback => OperatorAction::Rollback,
+            Action::Unspecified => {
+                return Err(Status::invalid_argument(
+                    "action: expected pause, resume, abort or rollback",
+                ));
+            }
+        };
+        let snap = self.ctx.rollouts.act(&req.id, action).await?;
+        tracing::info!(by = %caller.cert.identity, rollout = %req.id, action = crate::runner::action_name(action), phase = %crate::runner::phase_name(snap.status.phase), "rollout action");
+        Ok(Response::new(rollouts::to_proto(&snap, &[], true)))
     }
 }
 

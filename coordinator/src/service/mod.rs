@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod control;
+pub mod rollouts;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use crate::auth::Authorizer;
 use crate::metrics::Metrics;
 use crate::pki::Ca;
 use crate::registry::Registry;
+use crate::runner::Rollouts;
 use crate::tokens::Tokens;
 
 /// What every handler needs.
@@ -21,6 +23,7 @@ use crate::tokens::Tokens;
 pub struct Ctx {
     pub name: String,
     pub registry: Arc<Registry>,
+    pub rollouts: Arc<Rollouts>,
     pub tokens: Tokens,
     pub artifacts: Artifacts,
     pub ca: Ca,

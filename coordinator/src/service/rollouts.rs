@@ -1,0 +1,186 @@
+//! The rollout half of `ControlService`: spec resolution and the
+//! conversions between the engine's types and the wire.
+
+use drover_proto::v1 as pb;
+use tonic::Status;
+
+use crate::rollout::{Engine, Plan, PlanError, Release, RolloutEvent, RolloutSpec};
+use crate::runner::{Snapshot, phase_name, target_instances};
+
+use super::Ctx;
+
+/// Reads the spec the CLI sent and fills in the artifact's digest.
+pub async fn resolve_spec(ctx: &Ctx, spec_toml: &str) -> Result<RolloutSpec, Status> {
+    let mut spec: RolloutSpec = toml::from_str(spec_toml)
+        .map_err(|e| Status::invalid_argument(format!("rollout spec: {}", e.to_string().trim())))?;
+    if spec.service.trim().is_empty() {
+        return Err(Status::invalid_argument(
+            "service: expected a service name, got nothing",
+        ));
+    }
+    if spec.target.version.trim().is_empty() {
+        return Err(Status::invalid_argument(
+            "target.version: expected a version, got nothing",
+        ));
+    }
+    let artifact = ctx
+        .artifacts
+        .get(&spec.service, &spec.target.version)
+        .await?
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "no artifact for service {} version {}; push one with `drover artifact push FILE --service {} --version {}`",
+                spec.service, spec.target.version, spec.service, spec.target.version
+            ))
+        })?;
+    if spec.target.digest.is_empty() {
+        spec.target.digest = artifact.digest;
+    } else if spec.target.digest != artifact.digest {
+        return Err(Status::invalid_argument(format!(
+            "target.digest: expected {} (the artifact pushed as {} {}), got {}",
+            artifact.digest, spec.service, spec.target.version, spec.target.digest
+        )));
+    }
+    spec.validate()
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(spec)
+}
+
+pub fn plan(ctx: &Ctx, spec: &RolloutSpec) -> Result<pb::RolloutPlan, Status> {
+    let instances = target_instances(&ctx.registry, spec);
+    let plan = Engine::plan(spec, instances).map_err(|e| match e {
+        PlanError::Spec(_) | PlanError::BadId(_) => Status::invalid_argument(e.to_string()),
+        _ => Status::failed_precondition(e.to_string()),
+    })?;
+    Ok(plan_to_proto(plan, spec.to_toml()))
+}
+
+fn release(r: &Release) -> pb::Release {
+    pb::Release {
+        version: r.version.clone(),
+        digest: r.digest.clone(),
+    }
+}
+
+fn ms(m: crate::rollout::Millis) -> i64 {
+    i64::try_from(m.0).unwrap_or(i64::MAX)
+}
+
+fn snake<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+pub fn event_to_proto(e: &RolloutEvent) -> pb::RolloutEvent {
+    pb::RolloutEvent {
+        at_ms: ms(e.at),
+        instance: e.instance.clone().unwrap_or_default(),
+        step: e.step.as_ref().map(snake).unwrap_or_default(),
+        capacity: e.capacity,
+        floor: e.floor,
+        message: e.message.clone(),
+    }
+}
+
+pub fn to_proto(s: &Snapshot, events: &[RolloutEvent], with_instances: bool) -> pb::Rollout {
+    let st = &s.status;
+    let reason = st
+        .reason
+        .clone()
+        .or_else(|| {
+            st.outcome.as_ref().and_then(|o| match o {
+                crate::rollout::Outcome::Succeeded => None,
+                crate::rollout::Outcome::Failed { reason }
+                | crate::rollout::Outcome::RolledBack { reason }
+                | crate::rollout::Outcome::Aborted { reason } => Some(reason.clone()),
+            })
+        })
+        .unwrap_or_default();
+    pb::Rollout {
+        id: st.id.clone(),
+        service: st.service.clone(),
+        selector: s.selector.clone(),
+        target: Some(release(&st.target)),
+        phase: phase_name(st.phase),
+        reason,
+        batch: st.batch,
+        counts: Some(pb::RolloutCounts {
+            total: st.counts.total,
+            pending: st.counts.pending,
+            in_progress: st.counts.in_progress,
+            done: st.counts.done,
+            failed: st.counts.failed,
+            skipped: st.counts.skipped,
+            unreachable: st.counts.unreachable,
+            rolled_back: st.counts.rolled_back,
+        }),
+        capacity: st.capacity,
+        floor: st.floor,
+        lowest_capacity: st.lowest_capacity,
+        wait_reason: st.wait_reason.clone().unwrap_or_default(),
+        started_at_ms: ms(st.started_at),
+        finished_at_ms: st.finished_at.map(ms).unwrap_or(0),
+        instances: if with_instances {
+            st.instances
+                .iter()
+                .map(|i| pb::RolloutInstance {
+                    id: i.id.clone(),
+                    host: i.host.clone(),
+                    step: snake(&i.step),
+                    direction: snake(&i.direction),
+                    batch: i.batch.unwrap_or(0),
+                    release: i.release.as_ref().map(release),
+                    previous: i.previous.as_ref().map(release),
+                    available: i.available,
+                    reachable: i.reachable,
+                    error: i.error.clone().unwrap_or_default(),
+                    note: i.note.clone().unwrap_or_default(),
+                    progress: s.progress.get(&i.id).cloned().unwrap_or_default(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+        events: events.iter().map(event_to_proto).collect(),
+        spec_toml: s.spec_toml.clone(),
+        started_by: s.started_by.clone(),
+    }
+}
+
+pub fn plan_to_proto(p: Plan, spec_toml: String) -> pb::RolloutPlan {
+    pb::RolloutPlan {
+        service: p.service,
+        target: Some(release(&p.target)),
+        total: p.total,
+        floor: p.floor,
+        capacity: p.capacity,
+        skipped: p
+            .skipped
+            .into_iter()
+            .map(|s| pb::PlannedSkip {
+                instance: s.instance,
+                reason: s.reason,
+            })
+            .collect(),
+        batches: p
+            .batches
+            .into_iter()
+            .map(|b| pb::PlannedBatch {
+                number: b.number,
+                instances: b.instances,
+                waves: b
+                    .waves
+                    .into_iter()
+                    .map(|w| pb::PlannedWave { instances: w })
+                    .collect(),
+                max_down: b.max_down,
+                lowest_capacity: b.lowest_capacity,
+            })
+            .collect(),
+        lowest_capacity: p.lowest_capacity,
+        stalls: p.stalls.unwrap_or_default(),
+        spec_toml,
+    }
+}
