@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::commands::{agents, artifact, ca, cert, token};
+use crate::commands::{agents, artifact, ca, cert, rollout, token};
 
 const ABOUT: &str = "drover: rolling deployments for fleets of hosts.\n\n\
-This CLI creates the drover CA and certificates, enrols hosts (join tokens) \
-and shows the fleet as the coordinator sees it.";
+This CLI creates the drover CA and certificates, enrols hosts (join tokens), \
+shows the fleet as the coordinator sees it, pushes release artifacts, and runs \
+rollouts: rolling updates of a service, batch by batch, that never take serving \
+capacity below a floor (`drover rollout start`), with pause, abort and rollback.";
 
 const AFTER_HELP: &str = "\
 Connection settings for commands that talk to the coordinator come from, in order: \
@@ -80,6 +82,9 @@ pub enum Command {
     /// Push and list release artifacts (content-addressed by sha256)
     #[command(subcommand)]
     Artifact(artifact::ArtifactCommand),
+    /// Roll a service out to a new version; follow, pause, abort or roll back rollouts
+    #[command(subcommand, long_about = rollout::ROLLOUT_LONG_ABOUT)]
+    Rollout(rollout::RolloutCommand),
 }
 
 /// clap value parser for durations such as `90s`, `1h`, `8760h`, `30d`.

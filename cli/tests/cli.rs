@@ -230,6 +230,47 @@ impl ControlService for Fake {
     ) -> Result<Response<drover_proto::v1::ListArtifactsResponse>, Status> {
         Err(Status::unimplemented("not faked"))
     }
+
+    // Rollouts are covered end to end against the real coordinator
+    // (tests/tests/e2e/rollout*.rs); this fake only serves the host views.
+    async fn start_rollout(
+        &self,
+        _req: Request<drover_proto::v1::StartRolloutRequest>,
+    ) -> Result<Response<drover_proto::v1::StartRolloutResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn get_rollout(
+        &self,
+        _req: Request<drover_proto::v1::GetRolloutRequest>,
+    ) -> Result<Response<drover_proto::v1::Rollout>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn list_rollouts(
+        &self,
+        _req: Request<drover_proto::v1::ListRolloutsRequest>,
+    ) -> Result<Response<drover_proto::v1::ListRolloutsResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    type WatchRolloutStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<drover_proto::v1::RolloutUpdate, Status>> + Send>,
+    >;
+
+    async fn watch_rollout(
+        &self,
+        _req: Request<drover_proto::v1::WatchRolloutRequest>,
+    ) -> Result<Response<Self::WatchRolloutStream>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn act_on_rollout(
+        &self,
+        _req: Request<drover_proto::v1::RolloutActionRequest>,
+    ) -> Result<Response<drover_proto::v1::Rollout>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
 }
 
 async fn serve(pki: &Pki) -> SocketAddr {

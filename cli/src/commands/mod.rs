@@ -5,6 +5,7 @@ pub mod agents;
 pub mod artifact;
 pub mod ca;
 pub mod cert;
+pub mod rollout;
 pub mod token;
 
 use crate::cli::{Cli, Command, ConnFlags};
@@ -37,5 +38,6 @@ pub async fn run(cli: Cli, env: Env) -> anyhow::Result<()> {
         Command::Agents(args) => agents::list(&ctx, args).await,
         Command::Agent(cmd) => agents::run(&ctx, cmd).await,
         Command::Artifact(cmd) => artifact::run(&ctx, cmd).await,
+        Command::Rollout(cmd) => rollout::run(&ctx, cmd).await,
     }
 }

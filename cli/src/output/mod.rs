@@ -1,10 +1,12 @@
 //! Turning wire values into what an operator reads: output formats, times,
-//! byte sizes and aligned tables. Host views live in [`host`] and [`host_json`].
+//! byte sizes and aligned tables. Host views live in [`host`] and [`host_json`],
+//! rollout views in [`rollout`].
 
 #[cfg(test)]
 mod fixtures;
 pub mod host;
 pub mod host_json;
+pub mod rollout;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,0 +1,505 @@
+//! `drover rollout start|watch|status|list|pause|resume|abort|rollback`:
+//! rolling a service out to a new version and steering it while it runs.
+//! The coordinator's engine does the work; this module builds the request,
+//! explains refusals and shows progress.
+
+mod spec;
+mod watch;
+
+use anyhow::anyhow;
+use clap::{Args, Subcommand};
+use drover_proto::v1::rollout_action_request::Action;
+use drover_proto::v1::{
+    GetRolloutRequest, ListRolloutsRequest, RolloutActionRequest, StartRolloutRequest,
+};
+use tonic::{Code, Status};
+
+use crate::commands::Ctx;
+use crate::error::usage;
+use crate::output::rollout::{
+    PlanJson, RolloutFormat, RolloutJson, plan_text, rollout_detail, rollouts_table, to_json,
+};
+use crate::output::{now_ms, print};
+
+pub use spec::SpecFlags;
+
+/// `drover rollout --help`.
+pub const ROLLOUT_LONG_ABOUT: &str = "\
+Roll a service out to a new version, batch by batch, without taking serving capacity \
+below a floor; then follow, pause, resume, abort or roll it back.
+
+Each instance is drained, stopped, given the new release, started, verified healthy and \
+put back in service. An instance is only taken down while the healthy instances stay at \
+or above the floor (--min-healthy). Failures beyond --max-failures stop the rollout; \
+with --auto-rollback every updated instance then returns to its previous release.
+
+Examples:
+  drover artifact push web-v2.tar.gz --service web --version v2
+  drover rollout start --service web --version v2 --batch 1,25%,100% --min-healthy 80%
+  drover rollout start -f rollout.toml --dry-run
+  drover rollout list --service web
+  drover rollout status web-7 --events
+  drover rollout rollback web-7";
+
+const START_AFTER_HELP: &str = "\
+Spec file (-f), the same fields as the flags; flags given override the file:
+  service = \"web\"
+  version = \"v2\"              # shorthand for target.version
+  selector = \"env=prod\"
+  batches = \"1,25%,100%\"      # or [1, \"25%\", \"100%\"]; the last one repeats
+  min_healthy = \"80%\"         # or a count: 8
+  max_unavailable = 2
+  min_healthy_time = \"10s\"
+  healthy_deadline = \"5m\"
+  progress_deadline = \"10m\"
+  step_timeout = \"2m\"
+  max_failures = 0
+  max_unreachable = 0
+  auto_rollback = true
+  spread_by = \"zone:1\"        # or { label = \"zone\", max_unavailable = 1 }
+  lost_hosts = \"wait\"         # or \"skip\"
+  [target]                    # instead of `version`; digest is optional and
+  version = \"v2\"              # taken from the artifact store when left out
+  digest = \"<sha256>\"
+
+Examples:
+  drover rollout start --service web --version v2
+  drover rollout start --service web --version v2 -l zone=a --batch 1,50% --min-healthy 8
+  drover rollout start -f rollout.toml --max-failures 1 --dry-run
+  drover rollout start -f rollout.toml --detach -o json
+
+Exit codes: 0 the rollout succeeded (or the dry run's plan finishes, or --detach); \
+1 it failed, was rolled back or aborted, or the coordinator refused it (no instances \
+match, the floor is unreachable, no such artifact, another rollout of the service is \
+running); 2 the spec or a flag is malformed.";
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Start a rollout (or plan one with --dry-run) and follow it to the end
+    ///
+    /// Builds the spec from -f FILE and/or flags, checks it, and asks the
+    /// coordinator to start it. Then follows it like `drover rollout watch`
+    /// and exits 0 only if it succeeded; --detach returns at once with its id.
+    /// --dry-run prints the plan instead: instances, floor, skipped
+    /// instances, each batch and its waves, and the lowest forecast capacity.
+    #[command(after_long_help = START_AFTER_HELP, disable_version_flag = true)]
+    Start(Box<StartArgs>),
+    /// Follow a rollout until it finishes; exit 0 only if it succeeded
+    ///
+    /// On a terminal, shows an overall bar, the current batch, each instance
+    /// in flight with its step, and capacity against the floor with the
+    /// reason for any wait. Into a pipe or log, prints one line per event
+    /// (times in UTC):
+    ///   HH:MM:SS  INSTANCE  STEP  capacity C/floor F  MESSAGE
+    /// Ends with a summary: what was updated, failed, skipped and rolled
+    /// back, and the lowest capacity reached. Ctrl-C stops watching, not the
+    /// rollout. With -o json, prints only the final rollout object.
+    ///
+    /// Example:
+    ///   drover rollout watch web-7
+    #[command(verbatim_doc_comment)]
+    Watch(IdArgs),
+    /// Show a rollout: phase, progress, capacity and every instance
+    ///
+    /// Shows the phase and why, the current batch, capacity with its floor
+    /// and lowest point, what it waits for, and per instance its host, step,
+    /// release (now and before) and any note or error. --events adds the
+    /// event log. Exits 1 when the rollout failed, was rolled back or aborted.
+    ///
+    /// Example:
+    ///   drover rollout status web-7 --events
+    #[command(verbatim_doc_comment)]
+    Status(StatusArgs),
+    /// List rollouts, newest first
+    ///
+    /// Columns: ID, SERVICE, TARGET (version), PHASE, PROGRESS (updated/total),
+    /// STARTED, DURATION (so far, while running).
+    ///
+    /// Example:
+    ///   drover rollout list --service web --limit 5
+    #[command(verbatim_doc_comment)]
+    List(ListArgs),
+    /// Pause a rollout: in-flight instances finish, nothing new starts
+    ///
+    /// Example:
+    ///   drover rollout pause web-7
+    #[command(verbatim_doc_comment)]
+    Pause(IdArgs),
+    /// Resume a paused rollout
+    ///
+    /// Example:
+    ///   drover rollout resume web-7
+    #[command(verbatim_doc_comment)]
+    Resume(IdArgs),
+    /// Abort: in-flight instances finish, failed ones return to their previous release
+    ///
+    /// Instances already updated stay updated. The rollout ends `aborted`.
+    ///
+    /// Example:
+    ///   drover rollout abort web-7
+    #[command(verbatim_doc_comment)]
+    Abort(IdArgs),
+    /// Roll back: in-flight instances finish, then every updated one returns
+    ///
+    /// Every instance the rollout touched goes back to the release it ran
+    /// when the rollout started, latest first, under the same floor and
+    /// limits. The rollout ends `rolled_back`.
+    ///
+    /// Example:
+    ///   drover rollout rollback web-7
+    #[command(verbatim_doc_comment)]
+    Rollback(IdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub spec: SpecFlags,
+    /// Print the plan only; nothing is started
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Return once the rollout has started instead of following it
+    #[arg(long)]
+    pub detach: bool,
+    /// Output format: table (readable text) or json (plan, or the rollout
+    /// object at the end)
+    #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
+    pub output: RolloutFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// Rollout id, as printed by `drover rollout start` and `drover rollout list`
+    #[arg(value_name = "ID", value_parser = parse_id)]
+    pub id: String,
+    /// Output format: table (readable text) or json (the rollout object)
+    #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
+    pub output: RolloutFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub rollout: IdArgs,
+    /// Also show the event log
+    #[arg(long)]
+    pub events: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this service's rollouts
+    #[arg(long, value_name = "NAME")]
+    pub service: Option<String>,
+    /// At most this many, newest first [default: 20]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
+    /// Output format: table or json (an array of rollout objects)
+    #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
+    pub output: RolloutFormat,
+}
+
+fn parse_id(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() || t.chars().any(char::is_whitespace) {
+        return Err("expected a rollout id as printed by `drover rollout list`".into());
+    }
+    Ok(t.to_string())
+}
+
+pub async fn run(ctx: &Ctx, cmd: RolloutCommand) -> anyhow::Result<()> {
+    match cmd {
+        RolloutCommand::Start(args) => start(ctx, *args).await,
+        RolloutCommand::Watch(args) => {
+            let mut session = ctx.session().await?;
+            watch::follow(&mut session, &args.id, args.output).await
+        }
+        RolloutCommand::Status(args) => status(ctx, args).await,
+        RolloutCommand::List(args) => list(ctx, args).await,
+        RolloutCommand::Pause(args) => act(ctx, args, Action::Pause).await,
+        RolloutCommand::Resume(args) => act(ctx, args, Action::Resume).await,
+        RolloutCommand::Abort(args) => act(ctx, args, Action::Abort).await,
+        RolloutCommand::Rollback(args) => act(ctx, args, Action::Rollback).await,
+    }
+}
+
+/// A refused start: a bad spec exits 2 as `rollout spec: ...`; the rest
+/// (no instances, floor unreachable, no artifact, already running) exit 1
+/// with the coordinator's words.
+fn start_error(status: Status, rpc_error: impl FnOnce(Status) -> anyhow::Error) -> anyhow::Error {
+    if status.code() == Code::InvalidArgument {
+        let msg = status.message();
+        let msg = msg.strip_prefix("rollout spec: ").unwrap_or(msg);
+        return usage(format!("rollout spec: {msg}"));
+    }
+    rpc_error(status)
+}
+
+async fn start(ctx: &Ctx, args: StartArgs) -> anyhow::Result<()> {
+    let spec_toml = spec::build(&args.spec)?;
+    let mut session = ctx.session().await?;
+    let req = StartRolloutRequest {
+        spec_toml,
+        dry_run: args.dry_run,
+    };
+    let resp = match session.client.start_rollout(req).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return Err(start_error(status, |s| session.rpc_error(s))),
+    };
+    let json = args.output == RolloutFormat::Json;
+    if args.dry_run {
+        let plan = resp
+            .plan
+            .ok_or_else(|| anyhow!("coordinator at {} sent no plan", session.addr))?;
+        if json {
+            print(&to_json(&PlanJson::from(&plan))?)?;
+        } else {
+            print(&plan_text(&plan))?;
+        }
+        if !plan.stalls.is_empty() {
+            return Err(anyhow!(
+                "this rollout would never finish as the fleet is now: {}",
+                plan.stalls
+            ));
+        }
+        return Ok(());
+    }
+    let rollout = resp
+        .rollout
+        .ok_or_else(|| anyhow!("coordinator at {} sent no rollout", session.addr))?;
+    let version = rollout.target.as_ref().map(|t| t.version.as_str());
+    let started = format!(
+        "rollout {} started: {} to {}\n",
+        rollout.id,
+        rollout.service,
+        version.unwrap_or("?")
+    );
+    if json {
+        eprint!("{started}");
+    } else {
+        print(&started)?;
+    }
+    if args.detach {
+        return if json {
+            print(&to_json(&RolloutJson::from(&rollout))?)
+        } else {
+            print(&format!("{}\n", rollout.id))
+        };
+    }
+    watch::follow(&mut session, &rollout.id, args.output).await
+}
+
+async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<()> {
+    let mut session = ctx.session().await?;
+    let req = GetRolloutRequest {
+        id: args.rollout.id.clone(),
+        include_events: args.events,
+    };
+    let r = match session.client.get_rollout(req).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return Err(session.rpc_error(status)),
+    };
+    match args.rollout.output {
+        RolloutFormat::Json => print(&to_json(&RolloutJson::from(&r))?)?,
+        RolloutFormat::Table => print(&rollout_detail(&r, now_ms()))?,
+    }
+    match r.phase.as_str() {
+        "failed" | "rolled_back" | "aborted" => watch::outcome(&r, &session.addr),
+        _ => Ok(()),
+    }
+}
+
+async fn list(ctx: &Ctx, args: ListArgs) -> anyhow::Result<()> {
+    let mut session = ctx.session().await?;
+    let req = ListRolloutsRequest {
+        service: args.service.clone().unwrap_or_default(),
+        limit: args.limit.unwrap_or(0),
+    };
+    let rollouts = match session.client.list_rollouts(req).await {
+        Ok(r) => r.into_inner().rollouts,
+        Err(status) => return Err(session.rpc_error(status)),
+    };
+    match args.output {
+        RolloutFormat::Json => {
+            let v: Vec<RolloutJson> = rollouts.iter().map(RolloutJson::from).collect();
+            print(&to_json(&v)?)
+        }
+        RolloutFormat::Table if rollouts.is_empty() => {
+            match &args.service {
+                Some(s) => eprintln!("no rollouts of {s} yet"),
+                None => eprintln!(
+                    "no rollouts yet: start one with `drover rollout start --service NAME --version V`"
+                ),
+            }
+            Ok(())
+        }
+        RolloutFormat::Table => print(&rollouts_table(&rollouts, now_ms())),
+    }
+}
+
+async fn act(ctx: &Ctx, args: IdArgs, action: Action) -> anyhow::Result<()> {
+    let mut session = ctx.session().await?;
+    let req = RolloutActionRequest {
+        id: args.id.clone(),
+        action: action as i32,
+    };
+    let r = match session.client.act_on_rollout(req).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return Err(session.rpc_error(status)),
+    };
+    match args.output {
+        RolloutFormat::Json => print(&to_json(&RolloutJson::from(&r))?),
+        RolloutFormat::Table => print(&format!("rollout {}: {}\n", r.id, r.phase)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use crate::error::{EXIT_FAILURE, EXIT_USAGE, exit_code};
+    use clap::{CommandFactory, Parser};
+    use drover_proto::identity::{Identity, Role};
+
+    fn help(path: &[&str]) -> String {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut sub = &mut cmd;
+        for name in path {
+            sub = sub
+                .find_subcommand_mut(name)
+                .unwrap_or_else(|| panic!("no subcommand {name}"));
+        }
+        sub.render_long_help().to_string()
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("drover").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn every_subcommand_explains_itself_with_an_example() {
+        let top = help(&[]);
+        assert!(top.contains("rollout"), "{top}");
+        let rollout = help(&["rollout"]);
+        assert!(
+            rollout.contains("drover rollout start --service web"),
+            "{rollout}"
+        );
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "start",
+                &[
+                    "--service",
+                    "--version",
+                    "--selector",
+                    "--batch",
+                    "--min-healthy",
+                    "--max-unavailable",
+                    "--min-healthy-time",
+                    "--healthy-deadline",
+                    "--progress-deadline",
+                    "--step-timeout",
+                    "--max-failures",
+                    "--max-unreachable",
+                    "--auto-rollback",
+                    "--spread-by",
+                    "--lost-hosts",
+                    "--file",
+                    "--dry-run",
+                    "--detach",
+                    "--output",
+                    "version = \"v2\"",
+                    "Example",
+                ],
+            ),
+            (
+                "watch",
+                &["ID", "capacity C/floor F", "Example", "--output"],
+            ),
+            ("status", &["ID", "--events", "Example"]),
+            ("list", &["--service", "--limit", "Example"]),
+            ("pause", &["ID", "Example"]),
+            ("resume", &["ID", "Example"]),
+            ("abort", &["ID", "Example"]),
+            ("rollback", &["ID", "Example"]),
+        ];
+        for (sub, words) in cases {
+            let h = help(&["rollout", sub]);
+            for w in *words {
+                assert!(
+                    h.contains(w),
+                    "`drover rollout {sub} --help` lacks {w:?}:\n{h}"
+                );
+            }
+            assert!(h.contains("--addr"), "{h}");
+        }
+    }
+
+    #[test]
+    fn start_needs_service_and_version_without_a_file() {
+        let err = parse(&["rollout", "start", "--service", "web"]).expect_err("no version");
+        assert_eq!(err.exit_code(), EXIT_USAGE);
+        assert!(err.to_string().contains("--version"), "{err}");
+        assert!(parse(&["rollout", "start", "-f", "r.toml"]).is_ok());
+        assert!(parse(&["rollout", "start", "--service", "web", "--version", "v2"]).is_ok());
+    }
+
+    #[test]
+    fn bad_flag_values_name_the_flag_and_exit_2() {
+        for (flag, value) in [
+            ("--batch", "0"),
+            ("--min-healthy", "120%"),
+            ("--max-unavailable", "0"),
+            ("--max-failures", "lots"),
+            ("--healthy-deadline", "0s"),
+            ("--spread-by", "zone:0"),
+            ("--lost-hosts", "maybe"),
+        ] {
+            let err = parse(&[
+                "rollout",
+                "start",
+                "--service",
+                "web",
+                "--version",
+                "v2",
+                flag,
+                value,
+            ])
+            .expect_err("bad value");
+            assert_eq!(err.exit_code(), EXIT_USAGE, "{flag}");
+            assert!(err.to_string().contains(flag), "{flag}: {err}");
+        }
+    }
+
+    #[test]
+    fn refused_starts_keep_the_coordinators_words() {
+        let id = Identity::new(Role::Operator, "alice").expect("id");
+        let refuse = |status: Status| {
+            start_error(status, |s| crate::conn::rpc_error("c:1", &id, "a.pem", s))
+        };
+        let err = refuse(Status::invalid_argument(
+            "rollout spec: batches[0]: expected at least 1 instance or 1%, got \"0\"",
+        ));
+        assert_eq!(exit_code(&err), EXIT_USAGE);
+        assert_eq!(
+            err.to_string(),
+            "rollout spec: batches[0]: expected at least 1 instance or 1%, got \"0\""
+        );
+        let err = refuse(Status::invalid_argument("min_healthy: expected 0% to 100%"));
+        assert_eq!(
+            err.to_string(),
+            "rollout spec: min_healthy: expected 0% to 100%"
+        );
+        for status in [
+            Status::failed_precondition("no instances of web match env=prod"),
+            Status::not_found("no artifact web v9"),
+            Status::already_exists("rollout 6 of web is running"),
+        ] {
+            let msg = status.message().to_string();
+            let err = refuse(status);
+            assert_eq!(err.to_string(), msg);
+            assert_eq!(exit_code(&err), EXIT_FAILURE);
+        }
+    }
+}

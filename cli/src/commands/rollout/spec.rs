@@ -1,0 +1,602 @@
+//! The spec `drover rollout start` sends: the `-f` file read as a TOML table,
+//! each flag given overriding its key, checked here with the coordinator's
+//! own [`RolloutSpec`] rules so a typo exits 2 before anything is sent, then
+//! written back as TOML. The coordinator checks it again and resolves the
+//! artifact digest when the spec leaves it empty.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use drover_coordinator::rollout::{Amount, RolloutSpec, SpecError, Spread, parse_batches};
+use toml::{Table, Value};
+
+use crate::cli::parse_duration;
+use crate::error::usage;
+use crate::labels::parse_selector;
+
+/// The spec's fields as flags. Every one is optional with `-f`; without it
+/// `--service` and `--version` are required and the rest take the
+/// coordinator's defaults.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SpecFlags {
+    /// Read the spec from this TOML file; flags given as well override its keys
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Service to update, e.g. web [spec: service]
+    #[arg(long, value_name = "NAME", required_unless_present = "file", value_parser = parse_name)]
+    pub service: Option<String>,
+    /// Version to deploy, as pushed with `drover artifact push` [spec: target.version]
+    #[arg(long, value_name = "VERSION", required_unless_present = "file", value_parser = parse_name)]
+    pub version: Option<String>,
+    /// Only instances on hosts whose labels match, e.g. `env=prod,zone in (a,b)`
+    /// [spec: selector]
+    #[arg(short = 'l', long, value_name = "SELECTOR", value_parser = parse_selector)]
+    pub selector: Option<String>,
+    /// Batch sizes, counts or percentages of the instances; the last one repeats
+    /// [default: 1] [spec: batches]
+    #[arg(long, value_name = "SIZES", value_parser = parse_batch_flag)]
+    pub batch: Option<Batches>,
+    /// Capacity drover never pushes below: a count or a percentage of the
+    /// instances, rounded up [default: 80%] [spec: min_healthy]
+    #[arg(long, value_name = "N|P%", value_parser = parse_min_healthy)]
+    pub min_healthy: Option<Amount>,
+    /// Most instances drover works on at once, on top of the floor
+    /// [spec: max_unavailable]
+    #[arg(long, value_name = "N|P%", value_parser = parse_positive_amount)]
+    pub max_unavailable: Option<Amount>,
+    /// How long a new instance must stay healthy to pass [default: 10s]
+    /// [spec: min_healthy_time]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_or_zero)]
+    pub min_healthy_time: Option<Duration>,
+    /// How long a new instance may take to become healthy [default: 5m]
+    /// [spec: healthy_deadline]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub healthy_deadline: Option<Duration>,
+    /// The rollout fails when nothing progressed for this long [default: 10m]
+    /// [spec: progress_deadline]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub progress_deadline: Option<Duration>,
+    /// Timeout of each step (drain, stop, deploy, start, undrain) [default: 2m]
+    /// [spec: step_timeout]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub step_timeout: Option<Duration>,
+    /// Failed instances tolerated before the rollout stops [default: 0]
+    /// [spec: max_failures]
+    #[arg(long, value_name = "N|P%", value_parser = parse_budget)]
+    pub max_failures: Option<Amount>,
+    /// Instances on lost hosts tolerated before the rollout stops [default: 0]
+    /// [spec: max_unreachable]
+    #[arg(long, value_name = "N|P%", value_parser = parse_budget)]
+    pub max_unreachable: Option<Amount>,
+    /// When the rollout stops on failures, return every updated instance to
+    /// its previous release [spec: auto_rollback]
+    #[arg(long)]
+    pub auto_rollback: bool,
+    /// At most K instances (default 1) per value of this host label unavailable
+    /// at once, e.g. `zone` or `zone:2` [spec: spread_by]
+    #[arg(long, value_name = "LABEL[:K]", value_parser = parse_spread)]
+    pub spread_by: Option<Spread>,
+    /// Instances whose host is lost: `skip` them (counted against
+    /// --max-unreachable) or `wait` for the host [default: wait] [spec: lost_hosts]
+    #[arg(long, value_name = "POLICY", value_parser = ["skip", "wait"])]
+    pub lost_hosts: Option<String>,
+}
+
+/// `--batch`, parsed: a newtype so clap takes it as one value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batches(pub Vec<Amount>);
+
+/// Spec keys and the flags that set them, for error hints.
+const FLAG_OF: &[(&str, &str)] = &[
+    ("service", "--service"),
+    ("selector", "--selector"),
+    ("target.version", "--version"),
+    ("batches", "--batch"),
+    ("max_unavailable", "--max-unavailable"),
+    ("min_healthy", "--min-healthy"),
+    ("min_healthy_time", "--min-healthy-time"),
+    ("healthy_deadline", "--healthy-deadline"),
+    ("progress_deadline", "--progress-deadline"),
+    ("max_failures", "--max-failures"),
+    ("max_unreachable", "--max-unreachable"),
+    ("spread_by", "--spread-by"),
+    ("lost_hosts", "--lost-hosts"),
+    ("step_timeout", "--step-timeout"),
+];
+
+/// A digest that passes the local check when the spec leaves it for the
+/// coordinator to resolve; never sent.
+const PLACEHOLDER_DIGEST: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+fn parse_name(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(t.to_string())
+}
+
+fn amount(s: &str) -> Result<Amount, String> {
+    s.parse::<Amount>().map_err(|e| e.to_string())
+}
+
+fn at_most_100(a: Amount) -> Result<Amount, String> {
+    match a {
+        Amount::Percent(p) if p > 100 => {
+            Err(format!("expected a percentage from 0% to 100%, got {p}%"))
+        }
+        a => Ok(a),
+    }
+}
+
+fn positive(a: Amount) -> Result<Amount, String> {
+    if a.is_zero() {
+        return Err(format!("expected at least 1 instance or 1%, got {a}"));
+    }
+    at_most_100(a)
+}
+
+fn parse_batch_flag(s: &str) -> Result<Batches, String> {
+    let list = parse_batches(s)
+        .map_err(|e| format!("{e}; expected batch sizes like 1,25%,100% (the last one repeats)"))?;
+    for a in &list {
+        positive(*a)
+            .map_err(|e| format!("each batch size {}", e.replacen("expected", "must be", 1)))?;
+    }
+    Ok(Batches(list))
+}
+
+fn parse_min_healthy(s: &str) -> Result<Amount, String> {
+    amount(s).and_then(at_most_100)
+}
+
+fn parse_budget(s: &str) -> Result<Amount, String> {
+    amount(s).and_then(at_most_100)
+}
+
+fn parse_positive_amount(s: &str) -> Result<Amount, String> {
+    amount(s).and_then(positive)
+}
+
+fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e}; expected a duration like 0s, 10s or 1m"))
+}
+
+fn parse_spread(s: &str) -> Result<Spread, String> {
+    let spread: Spread = s.parse().map_err(|e: SpecError| match e {
+        SpecError::Invalid { expected, .. } => format!("expected {expected}"),
+        e => e.to_string(),
+    })?;
+    if spread.label.is_empty() {
+        return Err("expected a label key like zone, or zone:2".into());
+    }
+    if spread.max_unavailable == 0 {
+        return Err("K must be at least 1, or nothing could ever be taken down".into());
+    }
+    Ok(spread)
+}
+
+fn amount_value(a: Amount) -> Value {
+    match a {
+        Amount::Count(n) => Value::Integer(i64::from(n)),
+        Amount::Percent(_) => Value::String(a.to_string()),
+    }
+}
+
+fn duration_value(d: Duration) -> Value {
+    Value::String(humantime::format_duration(d).to_string())
+}
+
+/// Reads `-f`: a TOML table, or a usage error naming the file and line.
+fn read_file(path: &Path) -> anyhow::Result<Table> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| usage(format!("read rollout spec {}: {e}", path.display())))?;
+    parse_file(path, &text)
+}
+
+fn parse_file(path: &Path, text: &str) -> anyhow::Result<Table> {
+    text.parse::<Table>().map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let msg = e.message().trim().to_string();
+        match line {
+            Some(line) => usage(format!("{}: line {line}: {msg}", path.display())),
+            None => usage(format!("{}: {msg}", path.display())),
+        }
+    })
+}
+
+/// The `target` table, created if missing.
+fn target_mut<'t>(t: &'t mut Table, origin: &str) -> anyhow::Result<&'t mut Table> {
+    t.entry("target")
+        .or_insert_with(|| Value::Table(Table::new()))
+        .as_table_mut()
+        .ok_or_else(|| {
+            usage(format!(
+                "rollout spec{origin}: target: expected a table like {{ version = \"v2\" }}"
+            ))
+        })
+}
+
+/// Moves the top-level `version = "v2"` shorthand into `target.version`.
+fn lift_version(t: &mut Table, origin: &str) -> anyhow::Result<()> {
+    let Some(v) = t.remove("version") else {
+        return Ok(());
+    };
+    let Value::String(version) = v else {
+        return Err(usage(format!(
+            "rollout spec{origin}: version: expected a string like \"v2\", got {v}"
+        )));
+    };
+    let target = target_mut(t, origin)?;
+    match target.get("version") {
+        Some(Value::String(other)) if *other != version => Err(usage(format!(
+            "rollout spec{origin}: version = \"{version}\" and target.version = \"{other}\" \
+             disagree; set one of them"
+        ))),
+        _ => {
+            target.insert("version".into(), Value::String(version));
+            Ok(())
+        }
+    }
+}
+
+/// Overrides the table's keys with the flags given.
+fn apply(t: &mut Table, f: &SpecFlags, origin: &str) -> anyhow::Result<()> {
+    let mut set = |k: &str, v: Value| {
+        t.insert(k.to_string(), v);
+    };
+    if let Some(s) = &f.service {
+        set("service", Value::String(s.clone()));
+    }
+    if let Some(s) = &f.selector {
+        set("selector", Value::String(s.clone()));
+    }
+    if let Some(Batches(b)) = &f.batch {
+        let list = b.iter().map(|a| Value::String(a.to_string())).collect();
+        set("batches", Value::Array(list));
+    }
+    for (key, a) in [
+        ("min_healthy", f.min_healthy),
+        ("max_unavailable", f.max_unavailable),
+        ("max_failures", f.max_failures),
+        ("max_unreachable", f.max_unreachable),
+    ] {
+        if let Some(a) = a {
+            set(key, amount_value(a));
+        }
+    }
+    for (key, d) in [
+        ("min_healthy_time", f.min_healthy_time),
+        ("healthy_deadline", f.healthy_deadline),
+        ("progress_deadline", f.progress_deadline),
+        ("step_timeout", f.step_timeout),
+    ] {
+        if let Some(d) = d {
+            set(key, duration_value(d));
+        }
+    }
+    if f.auto_rollback {
+        set("auto_rollback", Value::Boolean(true));
+    }
+    if let Some(s) = &f.spread_by {
+        let mut spread = Table::new();
+        spread.insert("label".into(), Value::String(s.label.clone()));
+        spread.insert(
+            "max_unavailable".into(),
+            Value::Integer(i64::from(s.max_unavailable)),
+        );
+        set("spread_by", Value::Table(spread));
+    }
+    if let Some(p) = &f.lost_hosts {
+        set("lost_hosts", Value::String(p.clone()));
+    }
+    if let Some(v) = &f.version {
+        target_mut(t, origin)?.insert("version".into(), Value::String(v.clone()));
+    }
+    // An empty digest asks the coordinator to take it from the artifact store.
+    if let Some(target) = t.get_mut("target").and_then(Value::as_table_mut) {
+        target
+            .entry("digest")
+            .or_insert_with(|| Value::String(String::new()));
+    }
+    Ok(())
+}
+
+/// Whether the flag setting `field` (`batches[2]`, `spread_by.label`) was
+/// given, and its name.
+fn flag_for(field: &str, f: &SpecFlags) -> Option<(&'static str, bool)> {
+    let key = field.split(['[', '.']).next().unwrap_or(field);
+    let key = if field.starts_with("target.") {
+        field
+    } else {
+        key
+    };
+    let (_, flag) = FLAG_OF.iter().find(|(k, _)| *k == key)?;
+    let given = match key {
+        "service" => f.service.is_some(),
+        "selector" => f.selector.is_some(),
+        "target.version" => f.version.is_some(),
+        "batches" => f.batch.is_some(),
+        "max_unavailable" => f.max_unavailable.is_some(),
+        "min_healthy" => f.min_healthy.is_some(),
+        "min_healthy_time" => f.min_healthy_time.is_some(),
+        "healthy_deadline" => f.healthy_deadline.is_some(),
+        "progress_deadline" => f.progress_deadline.is_some(),
+        "max_failures" => f.max_failures.is_some(),
+        "max_unreachable" => f.max_unreachable.is_some(),
+        "spread_by" => f.spread_by.is_some(),
+        "lost_hosts" => f.lost_hosts.is_some(),
+        "step_timeout" => f.step_timeout.is_some(),
+        _ => false,
+    };
+    Some((flag, given))
+}
+
+/// Checks the spec as the coordinator will, so mistakes exit 2 locally.
+fn check(t: &Table, f: &SpecFlags, origin: &str) -> anyhow::Result<()> {
+    let mut t = t.clone();
+    if let Some(target) = t.get_mut("target").and_then(Value::as_table_mut)
+        && target.get("digest").and_then(Value::as_str) == Some("")
+    {
+        target.insert("digest".into(), Value::String(PLACEHOLDER_DIGEST.into()));
+    }
+    let spec: RolloutSpec = Value::Table(t).try_into().map_err(|e: toml::de::Error| {
+        usage(format!("rollout spec{origin}: {}", e.message().trim()))
+    })?;
+    spec.validate().map_err(|e| {
+        let hint = match e.field().and_then(|field| flag_for(field, f)) {
+            Some((flag, true)) => format!(" (set by {flag})"),
+            Some((flag, false)) => format!(" (change it with {flag})"),
+            None => String::new(),
+        };
+        usage(format!("rollout spec: {e}{hint}"))
+    })
+}
+
+/// The spec to send, as TOML.
+pub fn build(f: &SpecFlags) -> anyhow::Result<String> {
+    let (mut table, origin) = match &f.file {
+        Some(path) => (read_file(path)?, format!(" {}", path.display())),
+        None => (Table::new(), String::new()),
+    };
+    lift_version(&mut table, &origin)?;
+    apply(&mut table, f, &origin)?;
+    check(&table, f, &origin)?;
+    toml::to_string(&table).context("write the rollout spec as TOML")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{EXIT_USAGE, exit_code};
+    use drover_coordinator::rollout::LostHostPolicy;
+
+    fn flags(service: &str, version: &str) -> SpecFlags {
+        SpecFlags {
+            service: Some(service.into()),
+            version: Some(version.into()),
+            ..SpecFlags::default()
+        }
+    }
+
+    /// What the coordinator will read, digest filled in as it would.
+    fn spec_of(toml_text: &str) -> RolloutSpec {
+        let filled = toml_text.replace(
+            "digest = \"\"",
+            &format!("digest = \"{PLACEHOLDER_DIGEST}\""),
+        );
+        RolloutSpec::from_toml(&filled).expect("valid spec")
+    }
+
+    fn usage_msg(r: anyhow::Result<String>) -> String {
+        let err = r.expect_err("should fail");
+        assert_eq!(exit_code(&err), EXIT_USAGE, "{err:#}");
+        format!("{err:#}")
+    }
+
+    #[test]
+    fn flags_alone_make_a_spec_with_defaults_left_to_the_coordinator() {
+        let text = build(&flags("web", "v2")).expect("build");
+        let t: Table = text.parse().expect("toml");
+        assert_eq!(t.len(), 2, "{text}");
+        assert_eq!(t["service"].as_str(), Some("web"));
+        assert_eq!(t["target"]["version"].as_str(), Some("v2"));
+        assert_eq!(t["target"]["digest"].as_str(), Some(""));
+        let spec = spec_of(&text);
+        assert_eq!(spec.batches, vec![Amount::Count(1)]);
+        assert_eq!(spec.min_healthy, Amount::Percent(80));
+
+        let f = SpecFlags {
+            selector: Some("env=prod".into()),
+            batch: Some(parse_batch_flag("1,25%,100%").expect("batch")),
+            min_healthy: Some(Amount::Count(8)),
+            max_unavailable: Some(Amount::Percent(20)),
+            min_healthy_time: Some(Duration::from_secs(0)),
+            healthy_deadline: Some(Duration::from_secs(60)),
+            progress_deadline: Some(Duration::from_secs(600)),
+            step_timeout: Some(Duration::from_secs(90)),
+            max_failures: Some(Amount::Percent(10)),
+            max_unreachable: Some(Amount::Count(1)),
+            auto_rollback: true,
+            spread_by: Some(parse_spread("zone:2").expect("spread")),
+            lost_hosts: Some("skip".into()),
+            ..flags("web", "v2")
+        };
+        let spec = spec_of(&build(&f).expect("build"));
+        assert_eq!(spec.selector, "env=prod");
+        assert_eq!(
+            spec.batches,
+            vec![Amount::Count(1), Amount::Percent(25), Amount::Percent(100)]
+        );
+        assert_eq!(spec.min_healthy, Amount::Count(8));
+        assert_eq!(spec.max_unavailable, Some(Amount::Percent(20)));
+        assert_eq!(spec.min_healthy_time, Duration::ZERO);
+        assert_eq!(spec.healthy_deadline, Duration::from_secs(60));
+        assert_eq!(spec.step_timeout, Duration::from_secs(90));
+        assert_eq!(spec.max_failures, Amount::Percent(10));
+        assert_eq!(spec.max_unreachable, Amount::Count(1));
+        assert!(spec.auto_rollback);
+        assert_eq!(
+            spec.spread_by,
+            Some(Spread {
+                label: "zone".into(),
+                max_unavailable: 2
+            })
+        );
+        assert_eq!(spec.lost_hosts, LostHostPolicy::Skip);
+    }
+
+    fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+        let p = dir.path().join("rollout.toml");
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let digest = "cd".repeat(32);
+        let path = write(
+            &dir,
+            &format!(
+                "service = \"web\"\nselector = \"env=prod\"\nbatches = \"1,50%\"\n\
+                 min_healthy = \"90%\"\nspread_by = \"zone\"\n\
+                 [target]\nversion = \"v2\"\ndigest = \"{digest}\"\n"
+            ),
+        );
+        let f = SpecFlags {
+            file: Some(path.clone()),
+            min_healthy: Some(Amount::Count(2)),
+            ..SpecFlags::default()
+        };
+        let spec = spec_of(&build(&f).expect("build"));
+        assert_eq!(spec.service, "web");
+        assert_eq!(spec.selector, "env=prod");
+        assert_eq!(spec.batches, vec![Amount::Count(1), Amount::Percent(50)]);
+        assert_eq!(spec.min_healthy, Amount::Count(2));
+        assert_eq!(spec.target.digest, digest);
+        assert_eq!(spec.spread_by.map(|s| s.label), Some("zone".into()));
+
+        // A new --version replaces the version; the file's digest stays for
+        // the coordinator to check against it.
+        let f = SpecFlags {
+            file: Some(path),
+            version: Some("v3".into()),
+            service: Some("api".into()),
+            ..SpecFlags::default()
+        };
+        let t: Table = build(&f).expect("build").parse().expect("toml");
+        assert_eq!(t["service"].as_str(), Some("api"));
+        assert_eq!(t["target"]["version"].as_str(), Some("v3"));
+        assert_eq!(t["target"]["digest"].as_str(), Some(digest.as_str()));
+    }
+
+    #[test]
+    fn version_shorthand_moves_into_target() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = SpecFlags {
+            file: Some(write(&dir, "service = \"web\"\nversion = \"v2\"\n")),
+            ..SpecFlags::default()
+        };
+        let text = build(&f).expect("build");
+        let t: Table = text.parse().expect("toml");
+        assert!(t.get("version").is_none(), "{text}");
+        assert_eq!(t["target"]["version"].as_str(), Some("v2"));
+        assert_eq!(t["target"]["digest"].as_str(), Some(""));
+
+        let f = SpecFlags {
+            file: Some(write(
+                &dir,
+                "service = \"web\"\nversion = \"v2\"\ntarget = { version = \"v3\" }\n",
+            )),
+            ..SpecFlags::default()
+        };
+        let msg = usage_msg(build(&f));
+        assert!(msg.contains("disagree"), "{msg}");
+        // The flag wins over both.
+        let f = SpecFlags {
+            version: Some("v4".into()),
+            ..f
+        };
+        assert!(build(&f).is_err(), "the file itself is contradictory");
+    }
+
+    #[test]
+    fn file_mistakes_name_the_file_and_field() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = |text: &str| SpecFlags {
+            file: Some(write(&dir, text)),
+            ..SpecFlags::default()
+        };
+        let msg = usage_msg(build(&f("service = \"web\"\nversion = \n")));
+        assert!(msg.contains("rollout.toml: line 2"), "{msg}");
+        let msg = usage_msg(build(&f(
+            "service = \"web\"\nversion = \"v2\"\nbatch = 3\n",
+        )));
+        assert!(msg.contains("rollout.toml"), "{msg}");
+        assert!(msg.contains("unknown field `batch`"), "{msg}");
+        let msg = usage_msg(build(&f("version = \"v2\"\n")));
+        assert!(
+            msg.contains(
+                "service: expected a service name, got nothing (change it with --service)"
+            ),
+            "{msg}"
+        );
+        let missing = SpecFlags {
+            file: Some(dir.path().join("nope.toml")),
+            ..SpecFlags::default()
+        };
+        let msg = usage_msg(build(&missing));
+        assert!(msg.contains("read rollout spec"), "{msg}");
+        assert!(msg.contains("nope.toml"), "{msg}");
+    }
+
+    #[test]
+    fn flag_values_are_checked_locally() {
+        let err = parse_batch_flag("0").expect_err("zero batch");
+        assert!(err.contains("at least 1"), "{err}");
+        assert!(parse_batch_flag("1,0%").is_err());
+        assert!(parse_batch_flag("1,,2").is_err());
+        assert!(parse_batch_flag("150%").is_err());
+        let err = parse_min_healthy("120%").expect_err("over 100");
+        assert!(err.contains("0% to 100%"), "{err}");
+        assert_eq!(parse_min_healthy("8"), Ok(Amount::Count(8)));
+        assert_eq!(parse_min_healthy("0%"), Ok(Amount::Percent(0)));
+        assert!(parse_min_healthy("eight").is_err());
+        assert!(parse_positive_amount("0").is_err());
+        assert_eq!(parse_budget("0"), Ok(Amount::Count(0)));
+        assert!(parse_spread("zone:0").is_err());
+        assert!(parse_spread(":2").is_err());
+        assert!(parse_spread("zone:x").is_err());
+        assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration_or_zero("soon").is_err());
+    }
+
+    #[test]
+    fn cross_field_mistakes_name_the_flags() {
+        let f = SpecFlags {
+            min_healthy_time: Some(Duration::from_secs(600)),
+            ..flags("web", "v2")
+        };
+        let msg = usage_msg(build(&f));
+        assert!(
+            msg.starts_with("rollout spec: min_healthy_time: expected at most healthy_deadline"),
+            "{msg}"
+        );
+        assert!(msg.ends_with("(set by --min-healthy-time)"), "{msg}");
+        let f = SpecFlags {
+            step_timeout: Some(Duration::from_secs(600)),
+            ..flags("web", "v2")
+        };
+        let msg = usage_msg(build(&f));
+        assert!(msg.contains("progress_deadline"), "{msg}");
+        assert!(
+            msg.ends_with("(change it with --progress-deadline)"),
+            "{msg}"
+        );
+    }
+}
