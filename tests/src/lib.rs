@@ -12,6 +12,12 @@ pub use harness::cli::{Cli, HostView, InstanceView, TokenView};
 pub use harness::coordinator::{Coordinator, CoordinatorSpec, ReadyFile};
 pub use harness::fleet::WAIT;
 pub use harness::fleet::{Fleet, FleetBuilder};
+pub use harness::haproxy::{Haproxy, ServerStat, ServerState};
+pub use harness::load::{CapacityReport, CapacitySampler, Load, LoadReport, LoadSpec};
 pub use harness::pki::{CertPair, Pki};
 pub use harness::process::{CmdOutput, Proc, run_cmd};
-pub use harness::{bin_path, free_port, http_get, metrics_sum, tail, wait_until, wait_until_with};
+pub use harness::release::{Hostile, sample_release};
+pub use harness::rollout::{RolloutEventView, RolloutInstanceView, RolloutView, WebFleet};
+pub use harness::{
+    bin_path, free_port, holds_for, http_get, metrics_sum, tail, wait_until, wait_until_with,
+};

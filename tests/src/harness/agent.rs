@@ -30,6 +30,10 @@ pub struct InstanceSpec {
     pub fall: u32,
     /// Extra lines inside the `[[instance]]` block (before its health table).
     pub extra_toml: String,
+    /// The binary the instance's process ends up running when `command` is
+    /// a wrapper that execs it (a release's `run` script); how the harness
+    /// recognises its pids to kill them. `None`: `command` itself.
+    pub exe: Option<PathBuf>,
 }
 
 impl InstanceSpec {
@@ -57,6 +61,7 @@ impl InstanceSpec {
             rise: 1,
             fall: 2,
             extra_toml: String::new(),
+            exe: None,
         }
     }
 
@@ -422,9 +427,8 @@ impl Agent {
             .instances
             .iter()
             .map(|i| {
-                i.command
-                    .canonicalize()
-                    .unwrap_or_else(|_| i.command.clone())
+                let exe = i.exe.as_ref().unwrap_or(&i.command);
+                exe.canonicalize().unwrap_or_else(|_| exe.clone())
             })
             .collect();
         let mut signalled = Vec::new();
@@ -437,6 +441,27 @@ impl Agent {
             }
         }
         signalled
+    }
+
+    /// Command ids in `<data_dir>/journal/executions.log`: one line per
+    /// actual run of a step, so an id listed twice ran twice.
+    pub fn executions(&self) -> Vec<String> {
+        std::fs::read_to_string(self.data_dir.join("journal").join("executions.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("executed ").map(str::to_string))
+            .collect()
+    }
+
+    /// Ids `<data_dir>/journal/journal.jsonl` records as finished.
+    pub fn journal_finished(&self) -> BTreeSet<String> {
+        std::fs::read_to_string(self.data_dir.join("journal").join("journal.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] == "finished")
+            .filter_map(|v| v["id"].as_str().map(str::to_string))
+            .collect()
     }
 
     /// Name, state and log tail for failure messages, plus instance logs.

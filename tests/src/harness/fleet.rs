@@ -299,6 +299,59 @@ impl Fleet {
         })
     }
 
+    /// `drover artifact push FILE --service S --version V -o json` as the
+    /// operator; returns the digest. Panics with diagnostics on failure.
+    #[track_caller]
+    pub fn push_artifact(&self, file: &Path, service: &str, version: &str) -> String {
+        let path = file.to_string_lossy();
+        let out = self.cli(&[
+            "artifact",
+            "push",
+            &path,
+            "--service",
+            service,
+            "--version",
+            version,
+            "-o",
+            "json",
+        ]);
+        if !out.success() {
+            panic!("push of {path} failed:\n{out}\n{}", self.diagnostics());
+        }
+        let pushed: serde_json::Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("cannot parse the push's JSON: {e}\n{out}"));
+        match pushed["digest"].as_str() {
+            Some(d) if d.len() == 64 => d.to_string(),
+            _ => panic!("no digest in the push's JSON:\n{out}"),
+        }
+    }
+
+    /// Where the coordinator stores the artifact with `digest`.
+    pub fn artifact_file(&self, digest: &str) -> PathBuf {
+        self.coordinator
+            .data_dir
+            .join("artifacts")
+            .join("sha256")
+            .join(digest)
+    }
+
+    /// Replaces the stored bytes of artifact `digest` behind the
+    /// coordinator's back (disk corruption, tampering): agents fetching it
+    /// get bytes that do not hash to the digest.
+    #[track_caller]
+    pub fn corrupt_artifact(&self, digest: &str, bytes: &[u8]) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.artifact_file(digest);
+        assert!(
+            path.is_file(),
+            "no stored artifact at {}\n{}",
+            path.display(),
+            self.diagnostics()
+        );
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644));
+        std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
     /// Sum of `drover_refusals_total`, panicking with diagnostics if the
     /// metrics endpoint fails.
     #[track_caller]

@@ -5,8 +5,12 @@ pub mod agent;
 pub mod cli;
 pub mod coordinator;
 pub mod fleet;
+pub mod haproxy;
+pub mod load;
 pub mod pki;
 pub mod process;
+pub mod release;
+pub mod rollout;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -98,6 +102,31 @@ pub fn wait_until_with<P: Poll>(
                 timeout.as_secs_f64(),
                 diagnostics()
             );
+        }
+        pause(POLL);
+    }
+}
+
+/// Checks `f` every 25 ms for `duration` and panics with `what` and
+/// `diagnostics()` the first time it is false: for what must stay true
+/// (a paused rollout starts nothing) rather than what must become true.
+pub fn holds_for(
+    duration: Duration,
+    what: &str,
+    mut f: impl FnMut() -> bool,
+    diagnostics: impl FnOnce() -> String,
+) {
+    let start = Instant::now();
+    loop {
+        if !f() {
+            panic!(
+                "stopped holding after {:.1}s: {what}\n{}",
+                start.elapsed().as_secs_f64(),
+                diagnostics()
+            );
+        }
+        if start.elapsed() >= duration {
+            return;
         }
         pause(POLL);
     }

@@ -12,6 +12,12 @@ mod grpc;
 mod hostile;
 mod lifecycle;
 mod restart;
+mod rollout;
+mod rollout_control;
+mod rollout_crash;
+mod rollout_deadline;
+mod rollout_harness;
+mod rollout_hostile;
 mod sample;
 
 use std::collections::BTreeSet;

@@ -1,0 +1,545 @@
+//! A fleet ready for rolling updates: agents whose one `web` instance runs
+//! the deployed release (`{current}/run`, see [`release`](super::release)),
+//! a real HAProxy in front of them that drover drains through, and the
+//! `drover rollout` commands with the JSON they print.
+//!
+//! Instances start with no release at all; [`WebFleet::deploy_initial`]
+//! brings every one to a first version with a rollout that may take them
+//! all at once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::agent::{AgentSpec, InstanceSpec};
+use super::coordinator::CoordinatorSpec;
+use super::fleet::{Fleet, WAIT};
+use super::haproxy::{Haproxy, Server};
+use super::process::{CmdOutput, run_cmd};
+use super::release::{sample_release, write_artifact};
+use super::{bin_path, free_port, http_get};
+
+mod view;
+
+pub use view::{
+    CountsView, PlanView, PlannedBatchView, ReleaseView, RolloutEventView, RolloutInstanceView,
+    RolloutView,
+};
+
+/// The service, HAProxy backend and instance name of a [`WebFleet`].
+pub const SERVICE: &str = "web";
+/// Longest a blocking `drover rollout` command may take.
+pub const ROLLOUT_CMD_TIMEOUT: Duration = Duration::from_secs(50);
+/// Spec settings that keep a rollout short; added to `rollout start`
+/// unless the caller passes the flag itself.
+pub const FAST: &[(&str, &str)] = &[
+    ("--min-healthy-time", "500ms"),
+    ("--healthy-deadline", "10s"),
+    ("--step-timeout", "10s"),
+    ("--progress-deadline", "30s"),
+];
+/// Largest release the agents unpack: releases are a script and a
+/// VERSION file, and a decompression bomb goes well over it.
+pub const MAX_UNPACKED_BYTES: u64 = 1024 * 1024;
+
+/// Builds a [`WebFleet`].
+pub struct WebFleetBuilder {
+    hosts: Vec<(String, Vec<(String, String)>)>,
+    coordinator: CoordinatorSpec,
+    report_interval: String,
+    drain_timeout: String,
+    max_unpacked_bytes: u64,
+}
+
+impl Default for WebFleetBuilder {
+    fn default() -> Self {
+        WebFleetBuilder {
+            hosts: Vec::new(),
+            coordinator: CoordinatorSpec::default(),
+            report_interval: "200ms".to_string(),
+            drain_timeout: "5s".to_string(),
+            max_unpacked_bytes: MAX_UNPACKED_BYTES,
+        }
+    }
+}
+
+impl WebFleetBuilder {
+    /// Hosts h1..hn.
+    pub fn hosts(mut self, n: usize) -> Self {
+        for i in 1..=n {
+            self.hosts.push((format!("h{i}"), Vec::new()));
+        }
+        self
+    }
+
+    /// One host with labels (`zone=a`).
+    pub fn host(mut self, id: &str, labels: &[(&str, &str)]) -> Self {
+        let labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.hosts.push((id.to_string(), labels));
+        self
+    }
+
+    pub fn coordinator(mut self, f: impl FnOnce(&mut CoordinatorSpec)) -> Self {
+        f(&mut self.coordinator);
+        self
+    }
+
+    /// Fixed (free) coordinator ports, so a restarted coordinator comes
+    /// back where the agents and the CLI look for it.
+    pub fn fixed_ports(self) -> Self {
+        self.coordinator(|c| {
+            c.grpc_port = free_port();
+            c.http_port = free_port();
+        })
+    }
+
+    /// The agents' `max_unpacked_bytes` (default [`MAX_UNPACKED_BYTES`]).
+    pub fn max_unpacked_bytes(mut self, n: u64) -> Self {
+        self.max_unpacked_bytes = n;
+        self
+    }
+
+    /// Creates the dirs, starts HAProxy, the coordinator and every agent,
+    /// and waits until all agents are connected (their instances have no
+    /// release yet, so none is healthy).
+    pub fn start(self) -> WebFleet {
+        let tmp = tempfile::Builder::new()
+            .prefix("drover-rollout-")
+            .tempdir()
+            .expect("create temp dir");
+        let root = tmp.path().to_path_buf();
+        let haproxy_dir = root.join("haproxy");
+        let socket = haproxy_dir.join("haproxy.sock");
+        let mut ports: BTreeMap<String, u16> = BTreeMap::new();
+        let mut specs = Vec::new();
+        for (host, labels) in &self.hosts {
+            let port = loop {
+                let p = free_port();
+                if !ports.values().any(|q| *q == p) {
+                    break p;
+                }
+            };
+            ports.insert(host.clone(), port);
+            let mut spec = AgentSpec::new(host).report_interval(&self.report_interval);
+            spec.labels = labels.clone();
+            spec.instances = vec![web_instance(
+                host,
+                port,
+                &deploy_dir(&root, host),
+                &socket,
+                &self.drain_timeout,
+                self.max_unpacked_bytes,
+            )];
+            specs.push(spec);
+        }
+        let servers: Vec<Server> = ports.iter().map(|(h, p)| Server::new(h, *p)).collect();
+        let haproxy = Haproxy::start(&haproxy_dir, SERVICE, &servers);
+        assert_eq!(haproxy.socket(), socket, "HAProxy's socket moved");
+        let coordinator = self.coordinator;
+        let mut builder = Fleet::builder()
+            .dir(&root.join("fleet"))
+            .coordinator(|c| *c = coordinator)
+            .no_wait();
+        for spec in specs {
+            builder = builder.agent(spec);
+        }
+        let fleet = builder.start();
+        let ids: Vec<&str> = ports.keys().map(String::as_str).collect();
+        fleet.wait_connected(&ids);
+        WebFleet {
+            fleet,
+            haproxy,
+            ports,
+            root,
+            _tmp: tmp,
+        }
+    }
+}
+
+/// `<root>/deploy/<host>/web`.
+fn deploy_dir(root: &Path, host: &str) -> PathBuf {
+    root.join("deploy").join(host).join(SERVICE)
+}
+
+/// The `web` instance of `host`: the deployed release's `run` on `port`,
+/// checked on /healthz, drained through the HAProxy at `socket` (server
+/// name = host id).
+pub fn web_instance(
+    host: &str,
+    port: u16,
+    deploy_dir: &Path,
+    socket: &Path,
+    drain_timeout: &str,
+    max_unpacked_bytes: u64,
+) -> InstanceSpec {
+    let mut i = InstanceSpec::sample(SERVICE, port, "unused");
+    i.command = PathBuf::from("{current}/run");
+    i.args = vec![
+        "--port".to_string(),
+        port.to_string(),
+        "--version-file".to_string(),
+        "{current}/VERSION".to_string(),
+    ];
+    i.exe = Some(bin_path("drover-sample"));
+    let q = |s: &str| toml::Value::String(s.to_string()).to_string();
+    i.extra_toml = format!(
+        "deploy_dir = {dir}\n\
+         keep_releases = 3\n\
+         max_unpacked_bytes = {max_unpacked_bytes}\n\
+         [instance.drain]\n\
+         type = \"haproxy\"\n\
+         sockets = [{socket}]\n\
+         backend = {backend}\n\
+         server = {server}\n\
+         timeout = {timeout}",
+        dir = q(&deploy_dir.display().to_string()),
+        socket = q(&socket.display().to_string()),
+        backend = q(SERVICE),
+        server = q(host),
+        timeout = q(drain_timeout),
+    );
+    i
+}
+
+/// A fleet of `web` instances behind HAProxy. Dropping it kills every
+/// process (agents and instances, coordinator, HAProxy) and removes the dir.
+pub struct WebFleet {
+    pub fleet: Fleet,
+    pub haproxy: Haproxy,
+    /// Host id -> the port its instance listens on.
+    pub ports: BTreeMap<String, u16>,
+    pub root: PathBuf,
+    // Last: removed once the processes are gone.
+    _tmp: TempDir,
+}
+
+impl WebFleet {
+    pub fn builder() -> WebFleetBuilder {
+        WebFleetBuilder::default()
+    }
+
+    /// Host ids, sorted.
+    pub fn hosts(&self) -> Vec<String> {
+        self.ports.keys().cloned().collect()
+    }
+
+    pub fn deploy_dir(&self, host: &str) -> PathBuf {
+        deploy_dir(&self.root, host)
+    }
+
+    /// Where `<deploy_dir>/current` points, as written.
+    pub fn current_link(&self, host: &str) -> Option<PathBuf> {
+        std::fs::read_link(self.deploy_dir(host).join("current")).ok()
+    }
+
+    /// Names in `<deploy_dir>/releases`, sorted.
+    pub fn releases_on_disk(&self, host: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.deploy_dir(host).join("releases"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    pub fn artifacts_dir(&self) -> PathBuf {
+        self.root.join("artifacts")
+    }
+
+    /// Builds a drover-sample release `version` whose instances get `flags`
+    /// (e.g. `--fail-health`), pushes it for `web`, returns its digest.
+    #[track_caller]
+    pub fn push_release(&self, version: &str, flags: &[&str]) -> String {
+        self.push_bytes(version, &sample_release(version, flags))
+    }
+
+    /// Pushes `bytes` as `web` version `version`; returns the digest.
+    #[track_caller]
+    pub fn push_bytes(&self, version: &str, bytes: &[u8]) -> String {
+        let file = write_artifact(
+            &self.artifacts_dir(),
+            &format!("web-{version}.tar.gz"),
+            bytes,
+        );
+        self.fleet.push_artifact(&file, SERVICE, version)
+    }
+
+    /// `drover rollout ARGS` as the operator, killed after `timeout`.
+    pub fn rollout_cmd(&self, args: &[&str], timeout: Duration) -> CmdOutput {
+        let mut all = vec!["rollout"];
+        all.extend_from_slice(args);
+        run_cmd(self.fleet.operator().command(&all), timeout)
+    }
+
+    /// `drover rollout ARGS`, killed after [`ROLLOUT_CMD_TIMEOUT`].
+    pub fn rollout(&self, args: &[&str]) -> CmdOutput {
+        self.rollout_cmd(args, ROLLOUT_CMD_TIMEOUT)
+    }
+
+    /// `start --service web --version V EXTRA`, plus [`FAST`] settings
+    /// the caller did not set.
+    pub fn start_args(version: &str, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = ["start", "--service", SERVICE, "--version", version]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        for (flag, value) in FAST {
+            let set = extra
+                .iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+            if !set {
+                args.push(flag.to_string());
+                args.push(value.to_string());
+            }
+        }
+        args
+    }
+
+    /// `drover rollout start` that waits for the end; the output unchecked.
+    pub fn start_rollout(&self, version: &str, extra: &[&str]) -> CmdOutput {
+        let args = WebFleet::start_args(version, extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.rollout(&args)
+    }
+
+    /// `drover rollout start ... --detach -o json`; panics unless it
+    /// started.
+    #[track_caller]
+    pub fn start_detached(&self, version: &str, extra: &[&str]) -> RolloutView {
+        let mut extra = extra.to_vec();
+        extra.extend(["--detach", "-o", "json"]);
+        let out = self.start_rollout(version, &extra);
+        if !out.success() {
+            panic!(
+                "detached rollout start failed:\n{out}\n{}",
+                self.diagnostics()
+            );
+        }
+        parse_json(&out).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `drover rollout status ID --events -o json`, parsed. It exits 1 for
+    /// a rollout that failed, was rolled back or aborted, and still prints
+    /// the rollout.
+    pub fn try_status(&self, id: &str) -> Result<RolloutView, String> {
+        let out = self.rollout_cmd(
+            &["status", id, "--events", "-o", "json"],
+            Duration::from_secs(20),
+        );
+        let view: RolloutView = match out.code {
+            Some(0 | 1) => parse_json(&out)?,
+            _ => return Err(out.to_string()),
+        };
+        let ended_badly = matches!(view.phase.as_str(), "failed" | "rolled_back" | "aborted");
+        if out.code == Some(u8::from(ended_badly).into()) {
+            Ok(view)
+        } else {
+            Err(format!(
+                "`drover rollout status` must exit 1 exactly when the rollout failed, was rolled back or aborted (phase {}):\n{out}",
+                view.phase
+            ))
+        }
+    }
+
+    #[track_caller]
+    pub fn status(&self, id: &str) -> RolloutView {
+        self.try_status(id)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.diagnostics()))
+    }
+
+    /// `drover rollout ACTION ID -o json` (pause, resume, abort, rollback);
+    /// the rollout after the action. Panics unless it exits 0.
+    #[track_caller]
+    pub fn act(&self, action: &str, id: &str) -> RolloutView {
+        let out = self.rollout(&[action, id, "-o", "json"]);
+        if !out.success() {
+            panic!(
+                "rollout {action} failed:\n{out}\n{}",
+                self.diagnostics_for(id)
+            );
+        }
+        parse_json(&out).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `drover rollout start ... --dry-run -o json`: the output, and the
+    /// plan when it parsed.
+    pub fn dry_run(&self, version: &str, extra: &[&str]) -> (CmdOutput, Option<PlanView>) {
+        let mut extra = extra.to_vec();
+        extra.extend(["--dry-run", "-o", "json"]);
+        let out = self.start_rollout(version, &extra);
+        let plan = serde_json::from_str(&out.stdout).ok();
+        (out, plan)
+    }
+
+    /// `drover rollout list -o json` (newest first; without instances and
+    /// events).
+    pub fn try_list(&self) -> Result<Vec<RolloutView>, String> {
+        let out = self.rollout_cmd(&["list", "-o", "json"], Duration::from_secs(20));
+        if !out.success() {
+            return Err(out.to_string());
+        }
+        let value: serde_json::Value = serde_json::from_str(&out.stdout)
+            .map_err(|e| format!("cannot parse `drover rollout list -o json`: {e}\n{out}"))?;
+        let list = match value {
+            serde_json::Value::Object(mut o) => o
+                .remove("rollouts")
+                .unwrap_or(serde_json::Value::Array(Vec::new())),
+            v => v,
+        };
+        serde_json::from_value(list)
+            .map_err(|e| format!("cannot read `drover rollout list -o json`: {e}\n{out}"))
+    }
+
+    /// The newest rollout of `web`, in full.
+    #[track_caller]
+    pub fn latest(&self) -> RolloutView {
+        let list = self
+            .try_list()
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.diagnostics()));
+        let newest = list
+            .iter()
+            .filter(|r| r.service.is_empty() || r.service == SERVICE)
+            .max_by_key(|r| r.started_at_ms)
+            .unwrap_or_else(|| panic!("no rollout listed: {list:?}\n{}", self.diagnostics()));
+        self.status(&newest.id)
+    }
+
+    /// Waits until rollout `id` satisfies `pred`; returns it.
+    #[track_caller]
+    pub fn wait_rollout(
+        &self,
+        id: &str,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&RolloutView) -> bool,
+    ) -> RolloutView {
+        super::wait_until_with(
+            timeout,
+            &format!("rollout {id} {what}"),
+            || self.try_status(id).ok().filter(|r| pred(r)),
+            || self.diagnostics_for(id),
+        )
+    }
+
+    /// Waits until rollout `id` reaches a terminal phase.
+    #[track_caller]
+    pub fn wait_finished(&self, id: &str, timeout: Duration) -> RolloutView {
+        self.wait_rollout(id, "finishes", timeout, RolloutView::is_terminal)
+    }
+
+    /// Pushes a drover-sample release `version` and brings every instance
+    /// to it at once (`--min-healthy 0 --batch 100%`); waits until HAProxy
+    /// has every server up and every instance answers with `version`.
+    #[track_caller]
+    pub fn deploy_initial(&self, version: &str) -> String {
+        let digest = self.push_release(version, &[]);
+        let out = self.start_rollout(version, &["--min-healthy", "0", "--batch", "100%"]);
+        if !out.success() {
+            panic!(
+                "initial deploy of {version} failed:\n{out}\n{}",
+                self.diagnostics()
+            );
+        }
+        self.wait_all_serving(version);
+        digest
+    }
+
+    /// Waits until HAProxy has every server up and in service and every
+    /// instance answers `GET /` with `version`.
+    #[track_caller]
+    pub fn wait_all_serving(&self, version: &str) {
+        let n = self.ports.len() as u32;
+        self.haproxy.wait_serving(n, WAIT);
+        self.fleet
+            .wait(WAIT, &format!("every instance serves {version}"), || {
+                self.served_versions()
+                    .values()
+                    .all(|v| v.as_deref() == Ok(version))
+            });
+    }
+
+    /// What the instance of `host` answers on `GET /` (asked directly, not
+    /// through HAProxy).
+    pub fn instance_version(&self, host: &str) -> Result<String, String> {
+        let port = self
+            .ports
+            .get(host)
+            .ok_or_else(|| format!("no host {host}"))?;
+        let addr = format!("127.0.0.1:{port}");
+        match http_get(&addr, "/") {
+            Ok((200, body)) => body
+                .trim()
+                .strip_prefix("drover-sample ")
+                .map(str::to_string)
+                .ok_or_else(|| format!("{host}: unexpected body {body:?}")),
+            Ok((code, body)) => Err(format!("{host}: HTTP {code}: {body:?}")),
+            Err(e) => Err(format!("{host} ({addr}): {e}")),
+        }
+    }
+
+    /// Host -> version served (or why none).
+    pub fn served_versions(&self) -> BTreeMap<String, Result<String, String>> {
+        self.ports
+            .keys()
+            .map(|h| (h.clone(), self.instance_version(h)))
+            .collect()
+    }
+
+    /// Sends `n` requests through HAProxy (one at a time); counts the
+    /// versions answered, and failures under `failed`.
+    pub fn versions_through_haproxy(&self, n: usize) -> BTreeMap<String, u64> {
+        let addr = self.haproxy.frontend_addr();
+        let mut seen = BTreeMap::new();
+        for _ in 0..n {
+            let key = match http_get(&addr, "/") {
+                Ok((200, body)) => body
+                    .trim()
+                    .strip_prefix("drover-sample ")
+                    .unwrap_or("unknown")
+                    .to_string(),
+                Ok((code, _)) => format!("failed: HTTP {code}"),
+                Err(e) => format!("failed: {e}"),
+            };
+            *seen.entry(key).or_default() += 1;
+        }
+        seen
+    }
+
+    /// Fleet, HAProxy and rollout list, for failure messages.
+    pub fn diagnostics(&self) -> String {
+        let mut out = self.fleet.diagnostics();
+        out.push_str(&self.haproxy.describe());
+        out.push_str(&format!(
+            "--- served versions: {:?}\n",
+            self.served_versions()
+        ));
+        let list = self.rollout_cmd(&["list", "-o", "json"], Duration::from_secs(10));
+        out.push_str(&format!("--- drover rollout list:\n{list}\n"));
+        out
+    }
+
+    /// [`WebFleet::diagnostics`] plus the rollout's full status.
+    pub fn diagnostics_for(&self, id: &str) -> String {
+        let mut out = self.diagnostics();
+        let status = self.rollout_cmd(
+            &["status", id, "--events", "-o", "json"],
+            Duration::from_secs(10),
+        );
+        out.push_str(&format!("--- drover rollout status {id}:\n{status}\n"));
+        out
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(out: &CmdOutput) -> Result<T, String> {
+    serde_json::from_str(&out.stdout)
+        .map_err(|e| format!("cannot parse the JSON of `{}`: {e}\n{out}", out.cmdline))
+}
