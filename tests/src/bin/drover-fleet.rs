@@ -1,18 +1,23 @@
 //! `drover-fleet`: a local drover fleet on loopback, for the README's demo.
 //!
-//! `drover-fleet up` creates a CA, starts a coordinator and N agents (separate
-//! processes, each supervising a drover-sample instance), waits until all are
-//! connected and healthy, shows `drover agents`, then stops everything
-//! (`--keep`: keeps it running until Ctrl-C and prints the settings to use
-//! the CLI against it). The demo runs as phases so later ones (a rolling
-//! update behind HAProxy) slot in after `show`.
+//! `drover-fleet up` creates a CA, starts a coordinator, HAProxy and N agents
+//! (separate processes, each supervising a `web` instance behind HAProxy),
+//! pushes releases v1 and v2, deploys v1, then rolls v2 across the fleet
+//! under steady load through HAProxy, watched live, and ends with requests
+//! served and failed and the lowest capacity against the floor. It exits
+//! non-zero unless the update succeeded with no failed request. `--keep`
+//! leaves the fleet running until Ctrl-C and prints the settings to use the
+//! CLI against it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use drover_tests::{AgentSpec, Fleet, HostView};
+use std::process::Stdio;
+
+use drover_tests::harness::rollout::SERVICE;
+use drover_tests::{CapacitySampler, Load, LoadSpec, WebFleet};
 
 /// Marks a dir as made by drover-fleet, so a later run may wipe it.
 const MARKER: &str = ".drover-fleet";
@@ -38,8 +43,8 @@ enum Cmd {
 
 #[derive(Debug, Clone, clap::Args)]
 struct UpOpts {
-    /// Number of agents (hosts).
-    #[arg(long, default_value_t = 3)]
+    /// Number of agents (hosts), at least 2.
+    #[arg(long, default_value_t = 4)]
     agents: usize,
     /// Put the fleet's files here instead of a temp dir (kept afterwards;
     /// wiped at the start if a previous drover-fleet made it).
@@ -78,77 +83,198 @@ fn prepare_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// h1..hN across zones a, b, c.
-fn agent_specs(n: usize) -> Vec<AgentSpec> {
-    (1..=n)
-        .map(|i| {
-            let zone = ["a", "b", "c"][(i - 1) % 3];
-            AgentSpec::new(&format!("h{i}"))
-                .label("env", "demo")
-                .label("zone", zone)
-                .label("role", "web")
-                .report_interval("1s")
-        })
-        .collect()
-}
-
-/// Phase 1: CA, coordinator, agents enrolled by join token.
-fn start_fleet(opts: &UpOpts) -> Result<Fleet> {
-    if opts.agents == 0 {
-        bail!("--agents must be at least 1");
+/// Phase 1: CA, coordinator, HAProxy and agents h1..hN (zones a, b, c),
+/// each supervising a `web` instance that runs whatever release is
+/// deployed, behind HAProxy.
+fn start_fleet(opts: &UpOpts) -> Result<WebFleet> {
+    if opts.agents < 2 {
+        bail!(
+            "--agents must be at least 2: with a single instance, updating it takes the only server out of HAProxy"
+        );
     }
     let started = Instant::now();
-    let mut builder = Fleet::builder();
+    let mut builder = WebFleet::builder();
     if let Some(dir) = &opts.dir {
         prepare_dir(dir)?;
         builder = builder.dir(dir);
     }
-    step("creating a CA, coordinator/operator/viewer certificates; starting the coordinator");
-    let mut fleet = builder.start();
+    for i in 1..=opts.agents {
+        let zone = ["a", "b", "c"][(i - 1) % 3];
+        builder = builder.host(&format!("h{i}"), &[("env", "demo"), ("zone", zone)]);
+    }
+    step(&format!(
+        "starting a CA, a coordinator, HAProxy and {} agents (h1..h{}), each supervising a `web` instance behind HAProxy",
+        opts.agents, opts.agents
+    ));
+    let web = builder.start();
     println!(
         "    coordinator: grpc {} (mTLS), http http://{}/metrics",
-        fleet.coordinator.grpc_addr(),
-        fleet.coordinator.http_addr()
+        web.fleet.coordinator.grpc_addr(),
+        web.fleet.coordinator.http_addr()
     );
-    println!("    files in {}", fleet.dir.display());
-    for spec in agent_specs(opts.agents) {
-        let id = spec.host_id.clone();
-        let port = spec.sample_port();
-        fleet.add_agent(spec);
-        match port {
-            Some(port) => println!(
-                "    enrolled {id} with a join token; it supervises drover-sample on http://127.0.0.1:{port}/"
-            ),
-            None => println!("    enrolled {id} with a join token"),
-        }
-    }
-    step("waiting until every agent is connected and its instance healthy");
-    let ids: Vec<String> = fleet
-        .agents
-        .iter()
-        .map(|a| a.host_id().to_string())
-        .collect();
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    fleet.wait_healthy(&ids);
     println!(
-        "    {} agents connected and healthy after {:.1}s",
-        ids.len(),
+        "    HAProxy: http://{}/ in front of {}",
+        web.haproxy.frontend_addr(),
+        web.ports
+            .iter()
+            .map(|(h, p)| format!("{h}=127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("    files in {}", web.root.display());
+    println!(
+        "    {} agents enrolled with join tokens and connected after {:.1}s",
+        opts.agents,
         started.elapsed().as_secs_f64()
     );
-    Ok(fleet)
+    Ok(web)
 }
 
-/// Phase 2: what the operator sees.
-fn show(fleet: &Fleet) -> Result<Vec<HostView>> {
-    for args in [&["agents"][..], &["agents", "-o", "wide"][..]] {
-        step(&format!("drover {}", args.join(" ")));
-        let out = fleet.cli(args);
-        if !out.success() {
-            bail!("`drover {}` failed:\n{out}", args.join(" "));
-        }
-        print!("{}", out.stdout);
+fn cli(web: &WebFleet, args: &[&str]) -> Result<String> {
+    let out = web.fleet.cli(args);
+    if !out.success() {
+        bail!("`drover {}` failed:\n{out}", args.join(" "));
     }
-    Ok(fleet.agents_json())
+    Ok(out.stdout)
+}
+
+/// Runs `drover ARGS` on the terminal, so its live output shows.
+fn cli_live(web: &WebFleet, args: &[&str]) -> Result<bool> {
+    println!("$ drover {}", args.join(" "));
+    let status = web
+        .fleet
+        .operator()
+        .command(args)
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("run drover {}", args.join(" ")))?;
+    Ok(status.success())
+}
+
+/// The floor for the demo's update: 75% of the instances, or all but one on
+/// a fleet too small for that to leave room.
+fn floor(n: usize) -> String {
+    if n >= 4 {
+        "75%".to_string()
+    } else {
+        (n - 1).to_string()
+    }
+}
+
+/// Phase 2: releases v1 and v2 pushed, v1 deployed everywhere, the fleet
+/// shown; then a rolling update to v2 under steady load through HAProxy.
+fn rolling_update(web: &WebFleet, opts: &UpOpts) -> Result<()> {
+    step("pushing releases v1 and v2 of service web (drover artifact push)");
+    for v in ["v1", "v2"] {
+        let digest = web.push_release(v, &[]);
+        println!("    web {v}: sha256 {}", &digest[..16]);
+    }
+    step("deploying v1 to every instance (first deploy: --min-healthy 0 --batch 100%)");
+    let out = web.start_rollout("v1", &["--min-healthy", "0", "--batch", "100%"]);
+    if !out.success() {
+        bail!("the first deploy of v1 failed:\n{out}");
+    }
+    web.wait_all_serving("v1");
+    step("drover agents -o wide");
+    print!("{}", cli(web, &["agents", "-o", "wide"])?);
+
+    let addr = web.haproxy.frontend_addr();
+    step(&format!(
+        "steady load through HAProxy (http://{addr}/): 3 clients, about 300 requests/s, bounded"
+    ));
+    let load = Load::start(
+        &addr,
+        LoadSpec {
+            max_duration: Duration::from_secs(120),
+            max_requests: 40_000,
+            ..LoadSpec::default()
+        },
+    );
+    let sampler = CapacitySampler::start(
+        web.haproxy.socket(),
+        SERVICE,
+        Duration::from_millis(50),
+        2_400,
+    );
+    let floor = floor(opts.agents);
+    step(&format!(
+        "rolling update v1 -> v2, batches 1,25%,100%, floor {floor}, watched live"
+    ));
+    let started = Instant::now();
+    let args = [
+        "rollout",
+        "start",
+        "--service",
+        SERVICE,
+        "--version",
+        "v2",
+        "--batch",
+        "1,25%,100%",
+        "--min-healthy",
+        &floor,
+        "--min-healthy-time",
+        "1s",
+        "--healthy-deadline",
+        "30s",
+        "--step-timeout",
+        "30s",
+        "--progress-deadline",
+        "2m",
+    ];
+    let succeeded = cli_live(web, &args)?;
+    let took = started.elapsed();
+    let capacity = sampler.stop();
+    let report = load.stop();
+    let rollout = web.latest();
+
+    step("summary");
+    println!(
+        "    rollout {}: {} in {:.1}s, {} of {} instances updated",
+        rollout.id,
+        rollout.phase,
+        took.as_secs_f64(),
+        rollout.counts.done,
+        rollout.counts.total
+    );
+    println!(
+        "    requests through HAProxy: {} served, {} failed",
+        report.ok, report.failed
+    );
+    for f in report.failures.iter().take(5) {
+        println!("      {f}");
+    }
+    println!(
+        "    answers by version: {}",
+        report
+            .versions
+            .iter()
+            .map(|(v, n)| format!("{v} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "    lowest capacity: {} in service by HAProxy's count, {} by drover's; floor {} of {}",
+        capacity
+            .min_capacity()
+            .map_or_else(|| "?".to_string(), |c| c.to_string()),
+        rollout.lowest_capacity,
+        rollout.floor,
+        rollout.counts.total
+    );
+    if !succeeded || rollout.phase != "succeeded" {
+        bail!(
+            "the rolling update did not succeed: {}",
+            rollout.reason_text()
+        );
+    }
+    if report.failed > 0 {
+        bail!("{} requests failed during the update", report.failed);
+    }
+    if capacity.min_capacity().is_some_and(|c| c < rollout.floor) {
+        bail!("HAProxy saw capacity under the floor:\n{capacity}");
+    }
+    println!("    every instance on v2; no request failed; capacity never under the floor");
+    Ok(())
 }
 
 fn wait_for_ctrl_c() -> Result<()> {
@@ -167,32 +293,30 @@ fn wait_for_ctrl_c() -> Result<()> {
 }
 
 fn up(opts: &UpOpts) -> Result<()> {
-    let mut fleet = start_fleet(opts)?;
-    let hosts = show(&fleet)?;
-    let healthy = hosts.iter().filter(|h| h.healthy()).count();
-    if healthy < opts.agents {
-        bail!("only {healthy} of {} hosts are healthy", opts.agents);
-    }
-    if opts.keep {
+    let mut web = start_fleet(opts)?;
+    let result = rolling_update(&web, opts);
+    if result.is_ok() && opts.keep {
         step("fleet running; use the CLI against it with:");
-        println!("{}", fleet.operator().exports());
+        println!("{}", web.fleet.operator().exports());
         println!(
-            "    e.g. `target/debug/drover agents -o wide`, `target/debug/drover agents --watch`"
+            "    e.g. `target/debug/drover agents -o wide`, `target/debug/drover rollout list`, \
+             `target/debug/drover rollout status {}`",
+            web.latest().id
         );
         println!(
-            "    logs: {}/coordinator/coordinator.log, {}/agents/*/agent.log",
-            fleet.dir.display(),
-            fleet.dir.display()
+            "    logs: {}/fleet/coordinator/coordinator.log, {}/fleet/agents/*/agent.log",
+            web.root.display(),
+            web.root.display()
         );
         println!("    press Ctrl-C to stop");
         wait_for_ctrl_c()?;
     }
-    step("stopping agents, instances and coordinator");
-    fleet.shutdown(Duration::from_secs(5));
+    step("stopping agents, instances, coordinator and HAProxy");
+    web.fleet.shutdown(Duration::from_secs(5));
     if opts.dir.is_none() {
-        println!("    removed {}", fleet.dir.display());
+        println!("    removed {}", web.root.display());
     }
-    Ok(())
+    result
 }
 
 fn main() -> Result<()> {

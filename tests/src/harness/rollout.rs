@@ -51,6 +51,7 @@ pub struct WebFleetBuilder {
     report_interval: String,
     drain_timeout: String,
     max_unpacked_bytes: u64,
+    dir: Option<PathBuf>,
 }
 
 impl Default for WebFleetBuilder {
@@ -61,6 +62,7 @@ impl Default for WebFleetBuilder {
             report_interval: "200ms".to_string(),
             drain_timeout: "5s".to_string(),
             max_unpacked_bytes: MAX_UNPACKED_BYTES,
+            dir: None,
         }
     }
 }
@@ -104,15 +106,28 @@ impl WebFleetBuilder {
         self
     }
 
+    /// Keep the fleet's files in `dir` (which must exist) instead of a temp
+    /// dir removed on drop.
+    pub fn dir(mut self, dir: &Path) -> Self {
+        self.dir = Some(dir.to_path_buf());
+        self
+    }
+
     /// Creates the dirs, starts HAProxy, the coordinator and every agent,
     /// and waits until all agents are connected (their instances have no
     /// release yet, so none is healthy).
     pub fn start(self) -> WebFleet {
-        let tmp = tempfile::Builder::new()
-            .prefix("drover-rollout-")
-            .tempdir()
-            .expect("create temp dir");
-        let root = tmp.path().to_path_buf();
+        let (tmp, root) = match &self.dir {
+            Some(dir) => (None, dir.clone()),
+            None => {
+                let tmp = tempfile::Builder::new()
+                    .prefix("drover-rollout-")
+                    .tempdir()
+                    .expect("create temp dir");
+                let root = tmp.path().to_path_buf();
+                (Some(tmp), root)
+            }
+        };
         let haproxy_dir = root.join("haproxy");
         let socket = haproxy_dir.join("haproxy.sock");
         let mut ports: BTreeMap<String, u16> = BTreeMap::new();
@@ -214,8 +229,9 @@ pub struct WebFleet {
     /// Host id -> the port its instance listens on.
     pub ports: BTreeMap<String, u16>,
     pub root: PathBuf,
-    // Last: removed once the processes are gone.
-    _tmp: TempDir,
+    // Last: removed once the processes are gone (kept when the caller
+    // chose the dir).
+    _tmp: Option<TempDir>,
 }
 
 impl WebFleet {

@@ -1,5 +1,5 @@
-//! The README's demo command: `drover-fleet up` starts a local fleet, shows
-//! it and cleans up.
+//! The README's demo command: `drover-fleet up` starts a local fleet behind
+//! HAProxy, rolls v2 across it under load, reports, and cleans up.
 
 use std::process::Command;
 use std::time::Duration;
@@ -7,7 +7,7 @@ use std::time::Duration;
 use drover_tests::{bin_path, run_cmd};
 
 #[test]
-fn fleet_demo_starts_shows_and_stops() {
+fn fleet_demo_rolls_v2_under_load_and_stops() {
     let dir = tempfile::tempdir().expect("temp dir");
     let fleet_dir = dir.path().join("fleet");
     let mut cmd = Command::new(bin_path("drover-fleet"));
@@ -21,6 +21,11 @@ fn fleet_demo_starts_shows_and_stops() {
         "connected",
         "web@h1",
         "healthy",
+        "release v1",
+        "rollout web-2 succeeded",
+        "3 of 3 instances updated",
+        " served, 0 failed",
+        "every instance on v2; no request failed; capacity never under the floor",
     ] {
         assert!(
             out.stdout.contains(want),
@@ -28,10 +33,23 @@ fn fleet_demo_starts_shows_and_stops() {
         );
     }
     // The files stay in --dir; a second run may reuse it.
-    assert!(fleet_dir.join("pki").join("ca").join("ca.pem").is_file());
+    assert!(
+        fleet_dir
+            .join("fleet")
+            .join("pki")
+            .join("ca")
+            .join("ca.pem")
+            .is_file()
+    );
     let mut again = Command::new(bin_path("drover-fleet"));
-    again.args(["up", "--agents", "1", "--dir"]).arg(&fleet_dir);
+    again.args(["up", "--agents", "2", "--dir"]).arg(&fleet_dir);
     run_cmd(again, Duration::from_secs(120)).expect_success();
+
+    // One instance cannot be updated without dropping requests: refused.
+    let mut one = Command::new(bin_path("drover-fleet"));
+    one.args(["up", "--agents", "1"]);
+    let out = run_cmd(one, Duration::from_secs(60)).expect_failure();
+    assert!(out.stderr.contains("--agents must be at least 2"), "{out}");
 
     // A dir it did not make is left alone.
     let foreign = dir.path().join("foreign");
