@@ -97,22 +97,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// The long help of `drover PATH...`, for tests of the help text.
+#[cfg(test)]
+pub(crate) fn help(path: &[&str]) -> String {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut sub = &mut cmd;
+    for name in path {
+        sub = sub
+            .find_subcommand_mut(name)
+            .unwrap_or_else(|| panic!("no subcommand {name}"));
+    }
+    sub.render_long_help().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
-
-    fn help(path: &[&str]) -> String {
-        let mut cmd = Cli::command();
-        cmd.build();
-        let mut sub = &mut cmd;
-        for name in path {
-            sub = sub
-                .find_subcommand_mut(name)
-                .unwrap_or_else(|| panic!("no subcommand {name}"));
-        }
-        sub.render_long_help().to_string()
-    }
 
     #[test]
     fn clap_definition_is_consistent() {

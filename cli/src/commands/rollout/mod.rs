@@ -356,22 +356,10 @@ async fn act(ctx: &Ctx, args: IdArgs, action: Action) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Cli;
+    use crate::cli::{Cli, help};
     use crate::error::{EXIT_FAILURE, EXIT_USAGE, exit_code};
-    use clap::{CommandFactory, Parser};
+    use clap::Parser;
     use drover_proto::identity::{Identity, Role};
-
-    fn help(path: &[&str]) -> String {
-        let mut cmd = Cli::command();
-        cmd.build();
-        let mut sub = &mut cmd;
-        for name in path {
-            sub = sub
-                .find_subcommand_mut(name)
-                .unwrap_or_else(|| panic!("no subcommand {name}"));
-        }
-        sub.render_long_help().to_string()
-    }
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("drover").chain(args.iter().copied()))
