@@ -1,6 +1,8 @@
 //! One instance's chain of commands: sending each step, applying its
 //! result, failing it on an error or a timeout, and the failure budget.
 
+#[cfg(any(test, feature = "sim"))]
+use super::bugs::{self, Bug};
 use super::engine::{Cx, Engine, list};
 use super::model::{CommandId, CommandKind, CommandOutcome, Direction, Fault, Output, Step};
 use super::state::{InFlight, Mode, Then};
@@ -107,7 +109,7 @@ impl Engine {
         })
     }
 
-    fn send_step(&mut self, cx: &mut Cx, idx: usize, step: Step) {
+    pub(super) fn send_step(&mut self, cx: &mut Cx, idx: usize, step: Step) {
         let Some(kind) = self.command_for(idx, step) else {
             return;
         };
@@ -151,18 +153,27 @@ impl Engine {
         });
     }
 
-    /// Sends the in-flight command of `idx` again, same id.
+    /// Sends the in-flight command of `idx` again, same id; not one already
+    /// past its deadline, which this very call turns into a timeout (the
+    /// agent would run a step nobody waits for).
     pub(super) fn resend(&self, cx: &mut Cx, idx: usize) {
         let i = &self.st.instances[idx];
-        if let Some(f) = &i.inflight {
-            cx.out.push(Output::Send {
-                id: f.id.clone(),
-                instance: i.id.clone(),
-                host: i.host.clone(),
-                kind: f.kind.clone(),
-                timeout: f.timeout,
-            });
+        let Some(f) = &i.inflight else {
+            return;
+        };
+        let due = f.deadline <= cx.now;
+        #[cfg(any(test, feature = "sim"))]
+        let due = due && !bugs::on(Bug::ResendPastDeadline);
+        if due {
+            return;
         }
+        cx.out.push(Output::Send {
+            id: f.id.clone(),
+            instance: i.id.clone(),
+            host: i.host.clone(),
+            kind: f.kind.clone(),
+            timeout: f.timeout,
+        });
     }
 
     fn step_ok(&mut self, cx: &mut Cx, idx: usize, step: Step, kind: &CommandKind) {
@@ -194,7 +205,7 @@ impl Engine {
         self.event(cx, Some(idx), Some(end), msg);
     }
 
-    /// The instance stays out of service; only a rollback brings it back.
+    /// Only a rollback or an abort brings the instance back.
     pub(super) fn fail(&mut self, cx: &mut Cx, idx: usize, fault: Fault) {
         let i = &mut self.st.instances[idx];
         i.inflight = None;

@@ -11,6 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::amount::Amount;
+#[cfg(any(test, feature = "sim"))]
+use super::bugs::{self, Bug};
 use super::model::{
     Direction, Input, InstanceInfo, Millis, OperatorAction, Outcome, Output, RolloutEvent, Step,
 };
@@ -84,7 +86,12 @@ impl Cx {
     }
 
     fn into_outputs(mut self) -> Vec<Output> {
-        if self.dirty {
+        let persist = self.dirty;
+        #[cfg(any(test, feature = "sim"))]
+        let persist = persist
+            && !(bugs::on(Bug::NoPersistBeforeSend)
+                && self.out.iter().any(|o| matches!(o, Output::Send { .. })));
+        if persist {
             self.out.insert(0, Output::Persist);
         }
         self.out
@@ -284,6 +291,10 @@ impl Engine {
         let mut eng = Engine::from_state(state);
         if eng.st.is_finished() {
             return (eng, Vec::new());
+        }
+        #[cfg(any(test, feature = "sim"))]
+        if bugs::on(Bug::RestoreForgetsInFlight) {
+            eng.forget_in_flight();
         }
         let now = now.max(eng.st.now);
         eng.st.now = now;
@@ -494,6 +505,10 @@ impl Engine {
                     cx.dirty = true;
                     self.progress(cx);
                     self.event(cx, None, None, "resumed by operator".to_string());
+                    #[cfg(any(test, feature = "sim"))]
+                    if bugs::on(Bug::DuplicateSendOnResume) {
+                        self.reissue_in_flight(cx);
+                    }
                 }
             }
             OperatorAction::Abort => self.redirect(cx, "aborted by operator", Then::Abort),
@@ -556,6 +571,34 @@ impl Engine {
             floor: self.st.limits.floor,
             message,
         }));
+    }
+}
+
+/// The broken variants' own moves; see [`bugs`](super::bugs).
+#[cfg(any(test, feature = "sim"))]
+impl Engine {
+    /// [`Bug::DuplicateSendOnResume`]: every in-flight step again, new id.
+    fn reissue_in_flight(&mut self, cx: &mut Cx) {
+        for idx in 0..self.st.instances.len() {
+            let i = &mut self.st.instances[idx];
+            if i.inflight.is_some() {
+                i.attempt += 1;
+                let step = i.step;
+                self.send_step(cx, idx, step);
+            }
+        }
+    }
+
+    /// [`Bug::RestoreForgetsInFlight`]: forward chains start over.
+    fn forget_in_flight(&mut self) {
+        for i in &mut self.st.instances {
+            if i.direction == Direction::Forward && i.inflight.take().is_some() {
+                i.step = Step::Pending;
+                i.attempt = i.attempt.saturating_sub(1);
+                i.seq = None;
+                i.batch = None;
+            }
+        }
     }
 }
 

@@ -10,15 +10,19 @@
 //!
 //! - Each instance walks Pending -> Draining -> Stopping -> Deploying ->
 //!   Starting -> Verifying -> Undraining -> Done, one command in flight at a
-//!   time. A failed or timed-out command leaves it Failed and out of service;
-//!   only a rollback or an abort brings it back. Instances already on the
-//!   target are Skipped. Rollback walks the same steps toward the instance's
-//!   release at start and ends RolledBack.
+//!   time. A failed or timed-out command leaves it Failed; only a rollback
+//!   or an abort brings it back. Instances already on the target are
+//!   Skipped. Rollback walks the same steps toward the instance's release at
+//!   start and ends RolledBack.
 //! - capacity = target instances healthy, in service, reachable and not held
-//!   by drover (mid-chain or failed). An instance is only taken down if
-//!   capacity stays at or above the floor, the chains in flight stay within
+//!   by drover (mid-chain or failed). An instance is only taken down if the
+//!   others still hold the floor, the chains in flight stay within
 //!   `max_unavailable`, and its spread-label value keeps at most K
-//!   unavailable. An instance already unavailable costs nothing.
+//!   unavailable. An instance known to be unavailable costs nothing; a
+//!   failed one only when drover knows it drained it (it failed after its
+//!   drain and before its undrain). One that failed at the drain or the
+//!   undrain may be serving whatever its reports say (a timed-out drain may
+//!   still run, a timed-out undrain may have worked), so it costs capacity.
 //! - Percentages resolve against every target instance: `min_healthy` rounds
 //!   up, batches, `max_unavailable`, `max_failures` and `max_unreachable`
 //!   round down (batches and `max_unavailable` at least 1).
@@ -35,7 +39,10 @@
 //! - Too many failures or lost instances stop the rollout: in-flight chains
 //!   finish, then it fails, or with `auto_rollback` returns every touched
 //!   instance to its previous release, latest first, under the same limits.
-//!   Abort finishes in-flight chains and returns only failed instances.
+//!   Abort finishes in-flight chains and returns only failed instances; if
+//!   one of them cannot be returned while its host is there, the rollout
+//!   ends Failed rather than Aborted (Aborted promises every instance on its
+//!   old or new release and in service, unless its host is lost).
 //!   Failures within the budget let the rollout go on, but it ends Failed.
 
 //! # What the runtime must do
@@ -52,12 +59,16 @@
 //!   fresh `Health` for every instance: nothing new starts until they report.
 
 mod amount;
+#[cfg(any(test, feature = "sim"))]
+pub mod bugs;
 mod chain;
 mod engine;
 mod model;
 mod modes;
 mod plan;
 mod room;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 mod spec;
 mod state;
 mod status;

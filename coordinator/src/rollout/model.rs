@@ -142,6 +142,15 @@ impl Fault {
     pub fn is_unreachable(&self) -> bool {
         matches!(self, Fault::Unreachable { .. })
     }
+
+    /// The step that failed.
+    pub fn step(&self) -> Step {
+        match self {
+            Fault::Failed { step, .. }
+            | Fault::TimedOut { step, .. }
+            | Fault::Unreachable { step } => *step,
+        }
+    }
 }
 
 impl fmt::Display for Fault {

@@ -3,8 +3,10 @@
 
 use std::collections::BTreeSet;
 
+#[cfg(any(test, feature = "sim"))]
+use super::bugs::{self, Bug};
 use super::engine::{Cx, Engine, Pass, list, show};
-use super::model::{Direction, Millis, Outcome, Output, Step};
+use super::model::{Direction, Fault, Millis, Outcome, Output, Step};
 use super::room::{Block, Room};
 use super::spec::LostHostPolicy;
 use super::state::{Mode, RestoreKind, Then, count};
@@ -31,7 +33,14 @@ impl Engine {
     }
 
     fn deadline_passed(&self, now: Millis) -> bool {
-        now >= self.st.last_progress.plus(self.st.spec.progress_deadline)
+        let due = self.st.last_progress.plus(self.st.spec.progress_deadline);
+        #[cfg(any(test, feature = "sim"))]
+        let due = if bugs::on(Bug::PausedNeverTimesOut) && self.st.paused {
+            Millis(u64::MAX)
+        } else {
+            due
+        };
+        now >= due
     }
 
     /// Runs the mode machine until it rests, then reports the wait reason and
@@ -97,6 +106,12 @@ impl Engine {
                     None => i.id.clone(),
                 })
                 .collect();
+            #[cfg(any(test, feature = "sim"))]
+            let failed = if bugs::on(Bug::FailuresCountAsSuccess) {
+                Vec::new()
+            } else {
+                failed
+            };
             let outcome = if failed.is_empty() {
                 Outcome::Succeeded
             } else {
@@ -337,22 +352,36 @@ impl Engine {
         }
     }
 
+    /// An abort promises every instance on its old or new release and in
+    /// service, except those whose host is lost; one it could not return on
+    /// a host that is there makes the rollout Failed, not Aborted.
     fn finish_restore(&mut self, cx: &mut Cx, reason: String, kind: RestoreKind) {
-        let problems: Vec<String> = (self.st.instances.iter())
-            .filter_map(|i| match (&i.rollback_fault, &i.left) {
-                (Some(f), _) => Some(format!("{}: {f}", i.id)),
-                (None, Some(why)) => Some(format!("{}: {why}", i.id)),
-                (None, None) => None,
-            })
-            .collect();
+        let mut problems = Vec::new();
+        let mut stranded = false;
+        for i in &self.st.instances {
+            let what = match (&i.rollback_fault, &i.left) {
+                (Some(f), _) => format!("{}: {f}", i.id),
+                (None, Some(why)) => format!("{}: {why}", i.id),
+                (None, None) => continue,
+            };
+            let lost = !i.observed.reachable
+                || i.rollback_fault.as_ref().is_some_and(Fault::is_unreachable);
+            stranded |= !lost;
+            problems.push(what);
+        }
+        #[cfg(any(test, feature = "sim"))]
+        let stranded = stranded && !bugs::on(Bug::AbortedWhileStranded);
         let outcome = match (kind, problems.is_empty()) {
             (RestoreKind::Rollback, true) => Outcome::RolledBack { reason },
             (RestoreKind::Rollback, false) => Outcome::Failed {
                 reason: format!("{reason}; rollback incomplete: {}", list(&problems)),
             },
             (RestoreKind::Abort, true) => Outcome::Aborted { reason },
+            (RestoreKind::Abort, false) if stranded => Outcome::Failed {
+                reason: format!("{reason}; abort incomplete: {}", list(&problems)),
+            },
             (RestoreKind::Abort, false) => Outcome::Aborted {
-                reason: format!("{reason}; not restored: {}", list(&problems)),
+                reason: format!("{reason}; not restored, host lost: {}", list(&problems)),
             },
         };
         self.finish(cx, outcome);

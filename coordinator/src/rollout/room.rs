@@ -4,6 +4,10 @@
 
 use std::collections::BTreeMap;
 
+#[cfg(any(test, feature = "sim"))]
+use super::bugs::{self, Bug};
+#[cfg(any(test, feature = "sim"))]
+use super::state::Mode;
 use super::state::{InstanceState, RolloutState};
 
 /// Why an instance could not be taken now.
@@ -78,26 +82,46 @@ impl Room {
         }
     }
 
-    /// Whether taking `i` down now keeps every limit. An instance that is
-    /// already unavailable costs no capacity and no spread.
+    /// Whether taking `i` down now keeps every limit. An instance known to
+    /// be down costs no capacity and no spread. One that may be serving
+    /// (counted, or failed with its drain state unknown) is taken only if
+    /// the others alone still hold the floor and its zone stays within the
+    /// spread limit with it down.
     pub fn admit(&self, st: &RolloutState, i: &InstanceState) -> Result<(), Block> {
-        let cost = u32::from(i.available());
-        let floor = st.limits.floor;
         if self.inflight.saturating_add(1) > st.limits.max_unavailable {
             return Err(Block::MaxUnavailable {
                 inflight: self.inflight,
                 max: st.limits.max_unavailable,
             });
         }
-        if cost == 1 && self.capacity < floor.saturating_add(1) {
+        if !i.maybe_available() {
+            return Ok(());
+        }
+        let counted = u32::from(i.available());
+        let floor = st.limits.floor;
+        let others = self.capacity.saturating_sub(counted);
+        let needed = floor;
+        #[cfg(any(test, feature = "sim"))]
+        let needed = if bugs::on(Bug::CapacityOffByOne) {
+            floor.saturating_sub(1)
+        } else if bugs::on(Bug::RollbackIgnoresFloor) && matches!(st.mode, Mode::Restoring { .. }) {
+            0
+        } else {
+            needed
+        };
+        if others < needed {
             return Err(Block::Floor {
                 capacity: self.capacity,
                 floor,
             });
         }
-        if let (Some(spread), Some(value), 1) = (&st.spec.spread_by, zone(st, i), cost) {
+        let spread_by = st.spec.spread_by.as_ref();
+        #[cfg(any(test, feature = "sim"))]
+        let spread_by = spread_by.filter(|_| !bugs::on(Bug::SpreadIgnored));
+        if let (Some(spread), Some(value)) = (spread_by, zone(st, i)) {
             let down = self.zone_down.get(value).copied().unwrap_or(0);
-            if down.saturating_add(1) > spread.max_unavailable {
+            let others_down = down.saturating_sub(1 - counted);
+            if others_down.saturating_add(1) > spread.max_unavailable {
                 return Err(Block::Spread {
                     label: spread.label.clone(),
                     value: value.to_string(),

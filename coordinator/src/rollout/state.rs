@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(any(test, feature = "sim"))]
+use super::bugs::{self, Bug};
 use super::model::{CommandId, CommandKind, Direction, Fault, Millis, Outcome, Step};
 use super::spec::{Release, RolloutSpec};
 
@@ -89,7 +91,10 @@ pub(crate) struct InstanceState {
 }
 
 impl InstanceState {
-    /// Drover has it out of service: mid-chain, or failed (and left drained).
+    /// Drover holds it out of the count: mid-chain, or failed. A failed
+    /// step leaves no trustworthy picture: a timed-out drain may still run,
+    /// an undrain that timed out may have worked, and a health report may
+    /// predate either.
     pub fn held(&self) -> bool {
         self.step.in_chain() || self.step == Step::Failed
     }
@@ -98,6 +103,31 @@ impl InstanceState {
     pub fn available(&self) -> bool {
         let o = &self.observed;
         !self.held() && o.reachable && o.healthy && o.in_service
+    }
+
+    /// Taking it down may cost capacity. A failed instance costs nothing
+    /// only when drover knows it drained it: its chain's drain succeeded
+    /// and no undrain followed (it failed at stop, deploy, start or verify).
+    pub fn maybe_available(&self) -> bool {
+        #[cfg(any(test, feature = "sim"))]
+        if bugs::on(Bug::FailedTakenForFree) {
+            return self.available();
+        }
+        let o = &self.observed;
+        if self.step != Step::Failed {
+            return self.available();
+        }
+        let fault = match self.direction {
+            Direction::Forward => &self.fault,
+            Direction::Back => &self.rollback_fault,
+        };
+        let drained = fault.as_ref().is_some_and(|f| {
+            matches!(
+                f.step(),
+                Step::Stopping | Step::Deploying | Step::Starting | Step::Verifying
+            )
+        });
+        o.reachable && o.healthy && !drained
     }
 
     pub fn failed_forward(&self) -> bool {

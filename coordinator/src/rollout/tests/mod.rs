@@ -1,6 +1,7 @@
 //! Engine tests without sockets: a fake fleet answers the engine's commands.
 
 mod fleet;
+mod found;
 mod scenarios;
 mod seeded;
 mod spec;

@@ -1,0 +1,116 @@
+//! Deliberately broken engine variants, for proving that the simulator's
+//! invariant checker can fail (see [`sim`](super::sim)).
+//!
+//! This module and every line that consults it exist only in test builds and
+//! builds with the `sim` feature: each decision point reads
+//! `#[cfg(any(test, feature = "sim"))] let x = if bugs::on(..) { .. } else { x };`,
+//! so a release build of the coordinator contains none of it. The switch is
+//! per thread, so tests running side by side do not see each other's bug.
+
+use std::cell::Cell;
+use std::fmt;
+
+/// One way to break the engine, each at the exact decision it corrupts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Bug {
+    /// The floor check lets capacity drop one under the floor.
+    CapacityOffByOne,
+    /// Advancing a chain (a result in, the next step out) forgets to ask
+    /// for a Persist, so the Send goes out before the state is stored.
+    NoPersistBeforeSend,
+    /// Rollback and abort take instances down without looking at the floor.
+    RollbackIgnoresFloor,
+    /// `spread_by` is never consulted.
+    SpreadIgnored,
+    /// Resume asks again for every in-flight step under a new command id.
+    DuplicateSendOnResume,
+    /// A restored engine puts instances that were mid-chain back to Pending
+    /// and forgets their in-flight commands.
+    RestoreForgetsInFlight,
+    /// The progress deadline does not run while paused.
+    PausedNeverTimesOut,
+    /// Failures within the budget still end the rollout Succeeded.
+    FailuresCountAsSuccess,
+    // Engine bugs the simulator found, fixed, and kept here as they were so
+    // that their seeds stay regression tests that provably reach the bug.
+    /// An abort that could not return a failed instance on a live host still
+    /// ended Aborted (which promises everyone on old or new, in service).
+    AbortedWhileStranded,
+    /// A failed instance always cost nothing to take down, though its drain
+    /// may have failed or its undrain worked after timing out: a rollback
+    /// took a serving instance down under the floor.
+    FailedTakenForFree,
+    /// A reconnect re-sent a command already past its deadline, which the
+    /// same call then timed out: the agent ran a step nobody waited for.
+    ResendPastDeadline,
+}
+
+impl Bug {
+    /// The deliberately broken variants: the checker must catch each within
+    /// a fixed number of seeds.
+    pub const DELIBERATE: [Bug; 8] = [
+        Bug::CapacityOffByOne,
+        Bug::NoPersistBeforeSend,
+        Bug::RollbackIgnoresFloor,
+        Bug::SpreadIgnored,
+        Bug::DuplicateSendOnResume,
+        Bug::RestoreForgetsInFlight,
+        Bug::PausedNeverTimesOut,
+        Bug::FailuresCountAsSuccess,
+    ];
+
+    /// Engine bugs the simulator found (fixed; see each variant).
+    pub const FOUND: [Bug; 3] = [
+        Bug::AbortedWhileStranded,
+        Bug::FailedTakenForFree,
+        Bug::ResendPastDeadline,
+    ];
+
+    pub const ALL: [Bug; 11] = [
+        Bug::CapacityOffByOne,
+        Bug::NoPersistBeforeSend,
+        Bug::RollbackIgnoresFloor,
+        Bug::SpreadIgnored,
+        Bug::DuplicateSendOnResume,
+        Bug::RestoreForgetsInFlight,
+        Bug::PausedNeverTimesOut,
+        Bug::FailuresCountAsSuccess,
+        Bug::AbortedWhileStranded,
+        Bug::FailedTakenForFree,
+        Bug::ResendPastDeadline,
+    ];
+}
+
+impl fmt::Display for Bug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+thread_local! {
+    static ACTIVE: Cell<Option<Bug>> = const { Cell::new(None) };
+}
+
+/// Whether `bug` is switched on for this thread.
+pub fn on(bug: Bug) -> bool {
+    ACTIVE.with(|a| a.get() == Some(bug))
+}
+
+/// Switches `bug` on for this thread until the guard drops.
+#[must_use = "the bug is switched off again when the guard drops"]
+pub fn inject(bug: Option<Bug>) -> Injected {
+    let before = ACTIVE.with(|a| a.replace(bug));
+    Injected { before }
+}
+
+/// Restores the previous setting on drop, even when the run panics.
+#[derive(Debug)]
+pub struct Injected {
+    before: Option<Bug>,
+}
+
+impl Drop for Injected {
+    fn drop(&mut self) {
+        ACTIVE.with(|a| a.set(self.before));
+    }
+}

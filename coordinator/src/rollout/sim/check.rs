@@ -1,0 +1,716 @@
+//! The invariant checker. It never asks the engine what it thinks: it keeps
+//! its own account of what the engine was told (inputs delivered) and what
+//! it decided (commands sent), and judges each decision against that.
+//!
+//! - Facts: healthy / in service / reachable per instance, from delivered
+//!   `Health`, `HostLost` / `HostBack` and what a successful step is known
+//!   to do. After a failed or timed-out step the fact it would have changed
+//!   is unknown until the next health report.
+//! - Chains: per instance, the command in flight (if any) and how the last
+//!   one ended, kept twice: `tentative` (what the running engine has done)
+//!   and `committed` (what the last completed store write holds). A crash
+//!   throws `tentative` away; a restore must match `committed`.
+//!
+//! Capacity here is what the issue calls it: instances healthy and in
+//! service (and reachable, and not in one of drover's chains), as far as
+//! the engine had been told. An instance drover failed earlier counts once
+//! its health reports show it serving again (the engine is stricter: it
+//! never counts a failed instance). Taking down an instance that may be
+//! serving (including one whose state a failed step left unknown) must
+//! leave the others at or above the floor.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use super::scenario::Scenario;
+use crate::rollout::state::RolloutState;
+use crate::rollout::{
+    CommandKind, CommandOutcome, Direction, Input, LostHostPolicy, Output, Release, Step,
+};
+
+/// One broken promise, numbered as in the issue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub invariant: u8,
+    pub what: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self.invariant {
+            1 => "capacity",
+            2 => "one command per instance",
+            3 => "spread",
+            4 => "termination",
+            5 => "end state",
+            6 => "crash safety",
+            _ => "simulator",
+        };
+        write!(f, "invariant {} ({name}): {}", self.invariant, self.what)
+    }
+}
+
+fn broke(invariant: u8, what: String) -> Result<(), Violation> {
+    Err(Violation { invariant, what })
+}
+
+pub const VERBS: [&str; 6] = ["drain", "stop", "deploy", "start", "verify", "undrain"];
+const DRAIN: usize = 0;
+pub(super) const UNDRAIN: usize = 5;
+
+fn step_of(verb: usize) -> Step {
+    [
+        Step::Draining,
+        Step::Stopping,
+        Step::Deploying,
+        Step::Starting,
+        Step::Verifying,
+        Step::Undraining,
+    ][verb]
+}
+
+fn kind_verb(kind: &CommandKind) -> usize {
+    match kind {
+        CommandKind::Drain => 0,
+        CommandKind::Stop => 1,
+        CommandKind::Deploy { .. } => 2,
+        CommandKind::Start => 3,
+        CommandKind::Verify { .. } => 4,
+        CommandKind::Undrain => 5,
+    }
+}
+
+/// `<rollout>/<instance>/<verb>/<attempt>`.
+pub fn parse_id(id: &str) -> Option<(&str, &str, usize, u32)> {
+    let mut parts = id.split('/');
+    let (rollout, instance, verb, attempt) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let verb = VERBS.iter().position(|v| *v == verb)?;
+    Some((rollout, instance, verb, attempt.parse().ok()?))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tri {
+    Yes,
+    No,
+    Unknown,
+}
+
+impl From<bool> for Tri {
+    fn from(b: bool) -> Tri {
+        if b { Tri::Yes } else { Tri::No }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Facts {
+    healthy: Tri,
+    in_service: Tri,
+    reachable: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Last {
+    Nothing,
+    Ok(usize),
+    Failed(usize),
+}
+
+/// Where one instance's chains are, as seen from outside the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pos {
+    Idle {
+        attempt: u32,
+        last: Last,
+    },
+    Busy {
+        attempt: u32,
+        verb: usize,
+        deadline: u64,
+        timeout: u64,
+    },
+}
+
+impl Pos {
+    fn busy(self) -> bool {
+        matches!(self, Pos::Busy { .. })
+    }
+}
+
+pub struct Checker {
+    rollout: String,
+    pub(super) target: Release,
+    floor: u32,
+    max_unavailable: u32,
+    spread: Option<u32>,
+    pub(super) lost_skip: bool,
+    progress_deadline: u64,
+    names: Vec<String>,
+    pub(super) index: BTreeMap<String, usize>,
+    host: Vec<String>,
+    /// Spread-label value per instance ("" when missing).
+    zone: Vec<String>,
+    pub(super) initial: Vec<Option<Release>>,
+    facts: Vec<Facts>,
+    pub(super) ever_lost: Vec<bool>,
+    pub(super) tentative: Vec<Pos>,
+    committed: Vec<Pos>,
+    /// Instances with a command decided since the last write.
+    uncommitted: BTreeSet<usize>,
+    /// Commands a `HostBack` must ask for again in the same call: they may
+    /// have been lost with the host's old session.
+    resend_due: Vec<String>,
+    pub last_activity: u64,
+    /// Progress events seen, for the hard bound on a rollout's length.
+    pub activities: u64,
+}
+
+fn resolve_up(a: crate::rollout::Amount, total: u32) -> u32 {
+    match a {
+        crate::rollout::Amount::Count(n) => n,
+        crate::rollout::Amount::Percent(p) => {
+            u32::try_from((u64::from(p) * u64::from(total)).div_ceil(100)).unwrap_or(u32::MAX)
+        }
+    }
+}
+
+fn resolve_down(a: crate::rollout::Amount, total: u32) -> u32 {
+    match a {
+        crate::rollout::Amount::Count(n) => n,
+        crate::rollout::Amount::Percent(p) => {
+            u32::try_from(u64::from(p) * u64::from(total) / 100).unwrap_or(u32::MAX)
+        }
+    }
+}
+
+impl Checker {
+    pub fn new(sc: &Scenario, rollout: &str, now: u64) -> Checker {
+        let total = u32::try_from(sc.fleet.len()).unwrap_or(u32::MAX);
+        let spec = &sc.spec;
+        let label = spec.spread_by.as_ref().map(|s| s.label.clone());
+        let n = sc.fleet.len();
+        Checker {
+            rollout: rollout.to_string(),
+            target: spec.target.clone(),
+            floor: resolve_up(spec.min_healthy, total),
+            max_unavailable: spec
+                .max_unavailable
+                .map_or(u32::MAX, |a| resolve_down(a, total).max(1)),
+            spread: spec.spread_by.as_ref().map(|s| s.max_unavailable),
+            lost_skip: spec.lost_hosts == LostHostPolicy::Skip,
+            progress_deadline: u64::try_from(spec.progress_deadline.as_millis())
+                .unwrap_or(u64::MAX),
+            names: sc.fleet.iter().map(|m| m.info.id.clone()).collect(),
+            index: (sc.fleet.iter().enumerate())
+                .map(|(k, m)| (m.info.id.clone(), k))
+                .collect(),
+            host: sc.fleet.iter().map(|m| m.info.host.clone()).collect(),
+            zone: (sc.fleet.iter())
+                .map(|m| match &label {
+                    Some(l) => m.info.labels.get(l).cloned().unwrap_or_default(),
+                    None => String::new(),
+                })
+                .collect(),
+            initial: sc.fleet.iter().map(|m| m.info.release.clone()).collect(),
+            facts: (sc.fleet.iter())
+                .map(|m| Facts {
+                    healthy: m.info.healthy.into(),
+                    in_service: m.info.in_service.into(),
+                    reachable: m.info.reachable,
+                })
+                .collect(),
+            ever_lost: sc.fleet.iter().map(|m| !m.info.reachable).collect(),
+            tentative: vec![
+                Pos::Idle {
+                    attempt: 0,
+                    last: Last::Nothing
+                };
+                n
+            ],
+            committed: vec![
+                Pos::Idle {
+                    attempt: 0,
+                    last: Last::Nothing
+                };
+                n
+            ],
+            uncommitted: BTreeSet::new(),
+            resend_due: Vec::new(),
+            last_activity: now,
+            activities: 0,
+        }
+    }
+
+    pub fn floor(&self) -> u32 {
+        self.floor
+    }
+
+    fn activity(&mut self, now: u64) {
+        self.last_activity = self.last_activity.max(now);
+        self.activities += 1;
+    }
+
+    fn available(&self, k: usize) -> bool {
+        let f = &self.facts[k];
+        f.reachable
+            && f.healthy == Tri::Yes
+            && f.in_service == Tri::Yes
+            && !self.tentative[k].busy()
+    }
+
+    /// Might be serving, as far as the engine had been told: taking it down
+    /// may cost capacity.
+    fn maybe_available(&self, k: usize) -> bool {
+        let f = &self.facts[k];
+        f.reachable && f.healthy != Tri::No && f.in_service != Tri::No && !self.tentative[k].busy()
+    }
+
+    /// Capacity as far as the engine had been told.
+    pub fn capacity(&self) -> u32 {
+        let n = (0..self.facts.len()).filter(|&k| self.available(k)).count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    fn zone_down(&self, zone: &str) -> u32 {
+        let n = (0..self.facts.len())
+            .filter(|&k| self.zone[k] == zone && !self.available(k))
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    fn in_flight(&self) -> u32 {
+        let n = self.tentative.iter().filter(|p| p.busy()).count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// An input the engine is about to handle: learn the facts it carries.
+    pub fn input(&mut self, now: u64, input: &Input) {
+        match input {
+            Input::Tick => {}
+            Input::Health {
+                instance,
+                healthy,
+                in_service,
+                ..
+            } => {
+                if let Some(&k) = self.index.get(instance) {
+                    self.facts[k].healthy = (*healthy).into();
+                    self.facts[k].in_service = (*in_service).into();
+                }
+            }
+            Input::CommandResult { id, outcome } => self.result(now, id.as_str(), outcome),
+            Input::HostBack { host } => {
+                self.expire(now);
+                for k in 0..self.host.len() {
+                    if &self.host[k] != host {
+                        continue;
+                    }
+                    self.facts[k].reachable = true;
+                    if let Pos::Busy { attempt, verb, .. } = self.tentative[k] {
+                        let id = format!(
+                            "{}/{}/{}/{attempt}",
+                            self.rollout, self.names[k], VERBS[verb]
+                        );
+                        self.resend_due.push(id);
+                    }
+                }
+            }
+            Input::HostLost { host } => {
+                for k in 0..self.host.len() {
+                    if &self.host[k] == host {
+                        self.facts[k].reachable = false;
+                        self.ever_lost[k] = true;
+                    }
+                }
+                // Under lost_hosts = skip this may stop the rollout.
+                self.activity(now);
+            }
+            Input::Operator(a) => {
+                if !matches!(a, crate::rollout::OperatorAction::Pause) {
+                    self.activity(now);
+                }
+            }
+        }
+        self.expire(now);
+    }
+
+    fn result(&mut self, now: u64, id: &str, outcome: &CommandOutcome) {
+        let Some((_, instance, verb, attempt)) = parse_id(id) else {
+            return;
+        };
+        let Some(&k) = self.index.get(instance) else {
+            return;
+        };
+        match self.tentative[k] {
+            Pos::Busy {
+                attempt: a,
+                verb: v,
+                ..
+            } if (v, a) == (verb, attempt) => {}
+            _ => return,
+        }
+        let f = &mut self.facts[k];
+        let last = match outcome {
+            CommandOutcome::Ok => {
+                match verb {
+                    0 => f.in_service = Tri::No,
+                    1 => f.healthy = Tri::No,
+                    4 => f.healthy = Tri::Yes,
+                    5 => f.in_service = Tri::Yes,
+                    _ => {}
+                }
+                Last::Ok(verb)
+            }
+            CommandOutcome::Failed(_) | CommandOutcome::TimedOut => {
+                Self::unsure(f, verb);
+                Last::Failed(verb)
+            }
+        };
+        self.tentative[k] = Pos::Idle { attempt, last };
+        self.activity(now);
+    }
+
+    /// What a step that may or may not have run leaves unknown.
+    fn unsure(f: &mut Facts, verb: usize) {
+        match verb {
+            0 | 5 => f.in_service = Tri::Unknown,
+            1 | 3 | 4 => f.healthy = Tri::Unknown,
+            _ => {}
+        }
+    }
+
+    /// Commands past their deadline failed, as the engine will decide.
+    fn expire(&mut self, now: u64) {
+        for k in 0..self.tentative.len() {
+            if let Pos::Busy {
+                attempt,
+                verb,
+                deadline,
+                ..
+            } = self.tentative[k]
+                && deadline <= now
+            {
+                Self::unsure(&mut self.facts[k], verb);
+                self.tentative[k] = Pos::Idle {
+                    attempt,
+                    last: Last::Failed(verb),
+                };
+                self.activity(now);
+            }
+        }
+    }
+
+    /// The outputs of one `handle` (or `start` / `restore`): judge every
+    /// command decided in it.
+    pub fn outputs(&mut self, now: u64, outs: &[Output]) -> Result<(), Violation> {
+        for id in std::mem::take(&mut self.resend_due) {
+            let asked = outs
+                .iter()
+                .any(|o| matches!(o, Output::Send { id: sent, .. } if sent.as_str() == id));
+            if !asked {
+                return broke(
+                    4,
+                    format!("{id} was in flight when its host came back but was not asked again"),
+                );
+            }
+        }
+        for (n, o) in outs.iter().enumerate() {
+            match o {
+                Output::Persist if n != 0 => {
+                    return broke(6, format!("Persist is output #{n} of its call, not first"));
+                }
+                Output::Send {
+                    id,
+                    instance,
+                    host,
+                    kind,
+                    timeout,
+                } => {
+                    let timeout = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+                    self.send(now, id.as_str(), instance, host, kind, timeout)?;
+                }
+                _ => {}
+            }
+        }
+        // A chain whose step succeeded must have its next step in flight.
+        for k in 0..self.tentative.len() {
+            if let Pos::Idle {
+                last: Last::Ok(v), ..
+            } = self.tentative[k]
+                && v != UNDRAIN
+            {
+                return broke(
+                    2,
+                    format!(
+                        "{}: {} succeeded but {} was not sent",
+                        self.names[k],
+                        VERBS[v],
+                        VERBS[v + 1]
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn send(
+        &mut self,
+        now: u64,
+        id: &str,
+        instance: &str,
+        host: &str,
+        kind: &CommandKind,
+        timeout: u64,
+    ) -> Result<(), Violation> {
+        let Some((rollout, inst, verb, attempt)) = parse_id(id) else {
+            return broke(
+                2,
+                format!("command id {id:?} is not rollout/instance/verb/attempt"),
+            );
+        };
+        let Some(&k) = self.index.get(inst) else {
+            return broke(2, format!("{id}: no such instance"));
+        };
+        if rollout != self.rollout || inst != instance || host != self.host[k] {
+            return broke(
+                2,
+                format!("{id} sent for {instance} on {host}: id, instance and host disagree"),
+            );
+        }
+        if kind_verb(kind) != verb {
+            return broke(2, format!("{id} carries a {kind:?} command"));
+        }
+        if let CommandKind::Deploy { release } = kind {
+            let want = if attempt == 1 {
+                Some(&self.target)
+            } else {
+                self.initial[k].as_ref()
+            };
+            if want != Some(release) {
+                return broke(
+                    5,
+                    format!("{id} deploys {release}, expected {want:?} for attempt {attempt}"),
+                );
+            }
+        }
+        match self.tentative[k] {
+            Pos::Busy {
+                attempt: a,
+                verb: v,
+                ..
+            } if (v, a) == (verb, attempt) => return Ok(()), // asked again
+            Pos::Busy {
+                attempt: a,
+                verb: v,
+                ..
+            } => {
+                return broke(
+                    2,
+                    format!(
+                        "{id} sent while {}/{}/{a} is still in flight on {inst}",
+                        self.names[k], VERBS[v]
+                    ),
+                );
+            }
+            Pos::Idle { attempt: a, last } => {
+                let expected = match last {
+                    Last::Nothing => Some((DRAIN, 1)),
+                    Last::Ok(v) if v < UNDRAIN => Some((v + 1, a)),
+                    Last::Ok(_) | Last::Failed(_) if a == 1 => Some((DRAIN, 2)),
+                    _ => None,
+                };
+                if expected != Some((verb, attempt)) {
+                    let twice = attempt < a
+                        || (attempt == a
+                            && match last {
+                                Last::Ok(v) | Last::Failed(v) => verb <= v,
+                                Last::Nothing => false,
+                            });
+                    let again = matches!(last, Last::Failed(v) if (v, a) == (verb, attempt));
+                    let what = if again {
+                        format!("{id} sent again after it had failed or timed out")
+                    } else if twice {
+                        format!("{id}: a step that already ran is decided again")
+                    } else {
+                        format!("{id}: out of order after {last:?} of attempt {a}")
+                    };
+                    return broke(if twice && !again { 6 } else { 2 }, what);
+                }
+            }
+        }
+        let costs = verb == DRAIN && self.maybe_available(k);
+        let before = if costs { self.capacity() } else { 0 };
+        self.tentative[k] = Pos::Busy {
+            attempt,
+            verb,
+            deadline: now.saturating_add(timeout),
+            timeout,
+        };
+        self.uncommitted.insert(k);
+        self.activity(now);
+        if verb != DRAIN {
+            return Ok(());
+        }
+        let inflight = self.in_flight();
+        if inflight > self.max_unavailable {
+            return broke(
+                1,
+                format!(
+                    "{id}: {inflight} chains in flight, max_unavailable {}",
+                    self.max_unavailable
+                ),
+            );
+        }
+        if !costs {
+            return Ok(());
+        }
+        let capacity = self.capacity();
+        if capacity < self.floor {
+            return broke(
+                1,
+                format!(
+                    "{id} takes {inst} down: capacity {before} -> {capacity}, floor {}",
+                    self.floor
+                ),
+            );
+        }
+        if let Some(max) = self.spread {
+            let down = self.zone_down(&self.zone[k]);
+            if down > max {
+                return broke(
+                    3,
+                    format!(
+                        "{id} leaves {down} unavailable in zone {:?}, spread limit {max}",
+                        self.zone[k]
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The runtime is about to send `id`: its decision must be stored.
+    pub fn sending(&self, id: &str) -> Result<(), Violation> {
+        let Some((_, inst, ..)) = parse_id(id) else {
+            return Ok(());
+        };
+        match self.index.get(inst) {
+            Some(k) if self.uncommitted.contains(k) => broke(
+                6,
+                format!("{id} sent before the state deciding it was stored"),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// The store write of a pass completed.
+    pub fn written(&mut self) {
+        self.committed.clone_from(&self.tentative);
+        self.uncommitted.clear();
+    }
+
+    /// The coordinator died: whatever it did since the last write is gone.
+    pub fn crashed(&mut self) {
+        self.tentative.clone_from(&self.committed);
+        self.uncommitted.clear();
+    }
+
+    /// A restored engine must hold exactly the progress that was stored, and
+    /// ask again for every command that was in flight.
+    pub fn restored(
+        &mut self,
+        now: u64,
+        state: &RolloutState,
+        outs: &[Output],
+    ) -> Result<(), Violation> {
+        self.activity(now);
+        let resent: BTreeSet<&str> = (outs.iter())
+            .filter_map(|o| match o {
+                Output::Send { id, .. } => Some(id.as_str()),
+                _ => None,
+            })
+            .collect();
+        for i in &state.instances {
+            let Some(&k) = self.index.get(&i.id) else {
+                return broke(6, format!("restored state has unknown instance {}", i.id));
+            };
+            let inflight = i.inflight.as_ref().and_then(|f| parse_id(f.id.as_str()));
+            let ok = match self.committed[k] {
+                Pos::Busy { attempt, verb, .. } => {
+                    let dir = if attempt == 1 {
+                        Direction::Forward
+                    } else {
+                        Direction::Back
+                    };
+                    inflight.is_some_and(|(_, _, v, a)| (v, a) == (verb, attempt))
+                        && i.step == step_of(verb)
+                        && i.direction == dir
+                }
+                Pos::Idle { attempt, last } => {
+                    inflight.is_none()
+                        && match (attempt, last) {
+                            (0, Last::Nothing) => matches!(i.step, Step::Pending | Step::Skipped),
+                            (1, Last::Ok(UNDRAIN)) => i.step == Step::Done,
+                            (2, Last::Ok(UNDRAIN)) => i.step == Step::RolledBack,
+                            (_, Last::Failed(_)) => i.step == Step::Failed,
+                            _ => false,
+                        }
+                }
+            };
+            if !ok {
+                return broke(
+                    6,
+                    format!(
+                        "{} restored as {:?} {:?} in flight {:?}, but the store write before the crash held {:?}",
+                        i.id,
+                        i.step,
+                        i.direction,
+                        i.inflight.as_ref().map(|f| f.id.as_str()),
+                        self.committed[k]
+                    ),
+                );
+            }
+            if let Pos::Busy {
+                attempt,
+                verb,
+                timeout,
+                ..
+            } = self.committed[k]
+            {
+                let id = format!("{}/{}/{}/{attempt}", self.rollout, i.id, VERBS[verb]);
+                if !state.is_finished() && !resent.contains(id.as_str()) {
+                    return broke(
+                        6,
+                        format!("{id} was in flight but not asked again on restore"),
+                    );
+                }
+                self.committed[k] = Pos::Busy {
+                    attempt,
+                    verb,
+                    deadline: now.saturating_add(timeout),
+                    timeout,
+                };
+            }
+        }
+        self.tentative.clone_from(&self.committed);
+        self.outputs(now, outs)
+    }
+
+    /// Nothing waits forever: some progress at least every progress_deadline.
+    pub fn idle(&self, now: u64, slack: u64) -> Result<(), Violation> {
+        let idle = now.saturating_sub(self.last_activity);
+        if idle > self.progress_deadline.saturating_add(slack) {
+            return broke(
+                4,
+                format!(
+                    "nothing happened for {idle}ms, progress_deadline {}ms",
+                    self.progress_deadline
+                ),
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,120 @@
+//! Invariant 5, the end state: what each outcome promises, checked against
+//! the world's truth (what the simulated agents really run) and, for
+//! consistency, against what the engine was seen to do.
+
+use super::check::{Checker, Last, Pos, UNDRAIN, Violation};
+use crate::rollout::state::{RolloutState, SkipReason};
+use crate::rollout::{Fault, Outcome, Release, Step};
+
+/// The world's truth about one instance at the end, from the simulated agents.
+#[derive(Debug, Clone)]
+pub struct Truth {
+    pub release: Option<Release>,
+    pub in_service: bool,
+    pub running: bool,
+    pub host_up: bool,
+}
+
+fn broke(what: String) -> Result<(), Violation> {
+    Err(Violation { invariant: 5, what })
+}
+
+impl Checker {
+    /// The promises of each outcome, against the engine's final state (for
+    /// consistency with what it was seen to do) and the world's truth.
+    pub fn finished(
+        &self,
+        outcome: &Outcome,
+        state: &RolloutState,
+        truth: &[Truth],
+    ) -> Result<(), Violation> {
+        for i in &state.instances {
+            let Some(&k) = self.index.get(&i.id) else {
+                return broke(format!("unknown instance {}", i.id));
+            };
+            let t = &truth[k];
+            let pos = self.tentative[k];
+            let consistent = match (pos, i.step) {
+                (Pos::Busy { .. }, _) => false,
+                (Pos::Idle { attempt: 0, .. }, Step::Pending | Step::Skipped) => true,
+                (
+                    Pos::Idle {
+                        attempt: 1,
+                        last: Last::Ok(UNDRAIN),
+                    },
+                    Step::Done,
+                ) => true,
+                (
+                    Pos::Idle {
+                        attempt: 2,
+                        last: Last::Ok(UNDRAIN),
+                    },
+                    Step::RolledBack,
+                ) => true,
+                (
+                    Pos::Idle {
+                        last: Last::Failed(_),
+                        ..
+                    },
+                    Step::Failed,
+                ) => true,
+                _ => false,
+            };
+            if !consistent {
+                return broke(format!(
+                    "{} ended {:?} but its commands ended {pos:?}",
+                    i.id, i.step
+                ));
+            }
+            let serving_on =
+                |r: Option<&Release>| t.release.as_ref() == r && t.in_service && t.running;
+            let step_ok = match i.step {
+                Step::Done => serving_on(Some(&self.target)),
+                Step::RolledBack => serving_on(self.initial[k].as_ref()),
+                _ => true,
+            };
+            if !step_ok {
+                return broke(format!("{} is {:?} but the agent has {t:?}", i.id, i.step));
+            }
+            match outcome {
+                Outcome::Succeeded => {
+                    let skip_ok = match i.skipped {
+                        Some(SkipReason::OnTarget) => {
+                            self.initial[k].as_ref() == Some(&self.target)
+                        }
+                        Some(SkipReason::Unreachable) => self.lost_skip && self.ever_lost[k],
+                        None => false,
+                    };
+                    if i.step == Step::Skipped && !skip_ok {
+                        return broke(format!("{} skipped without a reason", i.id));
+                    }
+                    if i.step != Step::Skipped && i.step != Step::Done {
+                        return broke(format!("succeeded with {} {:?}", i.id, i.step));
+                    }
+                }
+                Outcome::RolledBack { .. } => {
+                    if matches!(pos, Pos::Idle { attempt: 1.., .. }) && i.step != Step::RolledBack {
+                        return broke(format!("rolled back but touched {} is {:?}", i.id, i.step));
+                    }
+                }
+                Outcome::Aborted { .. } => {
+                    // Left because its host was lost, or its host is away now.
+                    let lost = !t.host_up
+                        || i.left.as_deref().is_some_and(|w| w.contains("lost"))
+                        || i.rollback_fault.as_ref().is_some_and(Fault::is_unreachable);
+                    let on_old_or_new = t.release.as_ref() == self.initial[k].as_ref()
+                        || t.release.as_ref() == Some(&self.target);
+                    let kept = on_old_or_new && t.in_service && t.running;
+                    if !(lost || kept) {
+                        return broke(format!(
+                            "aborted but {} ({:?}) is not on old or new and in service: {t:?}",
+                            i.id, i.step
+                        ));
+                    }
+                }
+                Outcome::Failed { .. } => {}
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,302 @@
+//! The simulator's tests: a sweep of seeds split into shards (so the test
+//! runner spreads them over the cores), the replay entry point, the teeth
+//! (each broken engine variant is caught), determinism, the redb store,
+//! and seeds that once found engine bugs.
+//!
+//! Environment: `SIM_SEEDS` (seeds of the sweep or the hunt, default 4,000),
+//! `SIM_SEED_START` (first seed, default 1), `SIM_SEED` for `replay`,
+//! `SIM_BUG` (a [`Bug`] variant's name) for `replay` and `hunt`,
+//! `SIM_TRACE_LINES` (trace lines a failure shows, default 400).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::{Failure, Options, StoreKind, check, run};
+use crate::rollout::bugs::Bug;
+
+const DEFAULT_SEEDS: u64 = 4_000;
+const SHARDS: u64 = 8;
+
+fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    match v.trim().parse() {
+        Ok(n) => Some(n),
+        Err(_) => panic!("{name}={v:?}: expected a number"),
+    }
+}
+
+fn report(f: &Failure, bug: Option<Bug>) -> String {
+    format!("{f}\n\nreplay: {}\n\n{}\n", f.replay_command(bug), f.trace)
+}
+
+/// Seeds `start..start+count` whose offset is `shard` modulo [`SHARDS`].
+fn sweep_shard(shard: u64) {
+    let count = env_u64("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
+    let start = env_u64("SIM_SEED_START").unwrap_or(1);
+    let clock = Instant::now();
+    let mut ends: BTreeMap<&str, u64> = BTreeMap::new();
+    let (mut crashes, mut commands, mut ran) = (0u64, 0u64, 0u64);
+    let mut slowest = (0.0f64, 0u64);
+    for offset in (shard..count).step_by(usize::try_from(SHARDS).unwrap_or(1)) {
+        let seed = start + offset;
+        let one = Instant::now();
+        let result = check(seed, None);
+        let took = one.elapsed().as_secs_f64();
+        if took > slowest.0 {
+            slowest = (took, seed);
+        }
+        match result {
+            Ok(s) => {
+                *ends.entry(s.end).or_insert(0) += 1;
+                crashes += u64::from(s.crashes);
+                commands += s.commands;
+                ran += 1;
+            }
+            Err(f) => panic!("{}", report(&f, None)),
+        }
+    }
+    let secs = clock.elapsed().as_secs_f64();
+    eprintln!(
+        "shard {shard}: {ran} seeds in {secs:.1}s ({:.0}/s, slowest seed {} {:.2}s), {commands} commands, {crashes} coordinator crashes, ends {ends:?}",
+        ran as f64 / secs.max(1e-9),
+        slowest.1,
+        slowest.0
+    );
+}
+
+macro_rules! shards {
+    ($($name:ident = $n:expr),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                sweep_shard($n);
+            }
+        )*
+    };
+}
+
+shards!(
+    sweep_0 = 0,
+    sweep_1 = 1,
+    sweep_2 = 2,
+    sweep_3 = 3,
+    sweep_4 = 4,
+    sweep_5 = 5,
+    sweep_6 = 6,
+    sweep_7 = 7,
+);
+
+/// `SIM_SEED=N [SIM_BUG=Variant] cargo test ... rollout::sim::tests::replay
+/// -- --exact --nocapture`: runs one seed with its full trace.
+#[test]
+fn replay() {
+    let Some(seed) = env_u64("SIM_SEED") else {
+        return;
+    };
+    let bug = env_bug();
+    let opts = Options {
+        bug,
+        trace: true,
+        trace_lines: env_u64("SIM_TRACE_LINES")
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(400),
+        ..Options::default()
+    };
+    match super::run_traced(seed, &opts) {
+        (Ok(s), trace) => eprintln!("{trace}\n\nseed {seed}: {s:?}"),
+        (Err(f), _) => panic!("{}", report(&f, bug)),
+    }
+}
+
+fn env_bug() -> Option<Bug> {
+    std::env::var("SIM_BUG").ok().map(|name| {
+        *Bug::ALL
+            .iter()
+            .find(|b| b.to_string() == name)
+            .unwrap_or_else(|| panic!("SIM_BUG={name}: expected one of {:?}", Bug::ALL))
+    })
+}
+
+/// `SIM_BUG=Variant SIM_SEEDS=N cargo test ... rollout::sim::tests::hunt
+/// -- --exact --nocapture`: the first seeds that catch a broken variant.
+#[test]
+fn hunt() {
+    let Some(bug) = env_bug() else {
+        return;
+    };
+    let count = env_u64("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
+    let start = env_u64("SIM_SEED_START").unwrap_or(1);
+    let caught: Vec<String> = (start..start + count)
+        .filter_map(|seed| {
+            let opts = Options {
+                bug: Some(bug),
+                ..Options::default()
+            };
+            run(seed, &opts).err().map(|f| f.to_string())
+        })
+        .take(5)
+        .collect();
+    eprintln!("{bug}: {caught:#?}");
+}
+
+/// Same seed, same run: the full traces of two runs are identical, and
+/// tracing does not change the run.
+#[test]
+fn a_seed_replays_byte_for_byte() {
+    for seed in [1, 2, 3, 17, 99, 1000] {
+        let opts = Options::default();
+        let a = super::trace_of(seed, &opts);
+        let b = super::trace_of(seed, &opts);
+        assert!(a.lines().count() > 10, "seed {seed}: trace too short");
+        assert_eq!(a, b, "seed {seed} ran differently twice");
+        let untraced = run(seed, &opts).map_err(|f| f.to_string());
+        let traced = super::run_traced(
+            seed,
+            &Options {
+                trace: true,
+                ..opts
+            },
+        )
+        .0
+        .map_err(|f| f.to_string());
+        assert_eq!(untraced, traced, "seed {seed}: tracing changed the run");
+    }
+}
+
+/// Seeds that crash the coordinator run exactly the same through the real
+/// redb store (JSON on every write, the database closed and reopened at
+/// every crash) as through the in-memory store.
+#[test]
+fn redb_store_runs_the_same() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut compared = Vec::new();
+    for seed in 1..=2_000u64 {
+        if compared.len() == 8 {
+            break;
+        }
+        if super::Scenario::generate(seed).fleet.len() > 16 {
+            continue;
+        }
+        let mem = match run(seed, &Options::default()) {
+            Ok(s) if s.crashes > 0 => s,
+            Ok(_) => continue,
+            Err(f) => panic!("{}", report(&f, None)),
+        };
+        let path = dir.path().join(format!("seed-{seed}.redb"));
+        let opts = Options {
+            store: StoreKind::Redb(path),
+            ..Options::default()
+        };
+        match run(seed, &opts) {
+            Ok(redb) => assert_eq!(mem, redb, "seed {seed}"),
+            Err(f) => panic!("{}", report(&f, None)),
+        }
+        compared.push(seed);
+    }
+    assert_eq!(compared.len(), 8, "too few seeds crash the coordinator");
+    eprintln!("same through redb: seeds {compared:?}");
+}
+
+/// Seeds a deliberately broken variant gets before the checker must have
+/// caught it.
+const TEETH_LIMIT: u64 = 1_000;
+
+fn first_caught(bug: Bug, limit: u64) -> (u64, Failure) {
+    let opts = Options {
+        bug: Some(bug),
+        ..Options::default()
+    };
+    for seed in 1..=limit {
+        if let Err(f) = run(seed, &opts) {
+            return (seed, f);
+        }
+    }
+    panic!("{bug} survived {limit} seeds: the checker has no teeth for it");
+}
+
+macro_rules! teeth {
+    ($($name:ident = $bug:ident),* $(,)?) => {
+        $(
+            /// The checker catches this broken engine variant within
+            /// [`TEETH_LIMIT`] seeds.
+            #[test]
+            fn $name() {
+                let (seed, f) = first_caught(Bug::$bug, TEETH_LIMIT);
+                eprintln!("{}: caught by seed {seed}: {}", Bug::$bug, f.violation);
+            }
+        )*
+        /// Every deliberately broken variant has its test above.
+        #[test]
+        fn every_deliberate_variant_has_a_teeth_test() {
+            let tested = [$(Bug::$bug),*];
+            assert_eq!(tested.as_slice(), Bug::DELIBERATE.as_slice());
+        }
+    };
+}
+
+teeth!(
+    catches_capacity_off_by_one = CapacityOffByOne,
+    catches_no_persist_before_send = NoPersistBeforeSend,
+    catches_rollback_ignoring_the_floor = RollbackIgnoresFloor,
+    catches_spread_ignored = SpreadIgnored,
+    catches_duplicate_send_on_resume = DuplicateSendOnResume,
+    catches_restore_forgetting_in_flight = RestoreForgetsInFlight,
+    catches_paused_never_timing_out = PausedNeverTimesOut,
+    catches_failures_counted_as_success = FailuresCountAsSuccess,
+);
+
+/// An engine bug the simulator found: `seed` reaches it (the bug, switched
+/// back on, is caught there) and the fixed engine keeps every promise on it.
+fn stays_fixed(bug: Bug, seed: u64, invariant: u8) {
+    let broken = run(
+        seed,
+        &Options {
+            bug: Some(bug),
+            ..Options::default()
+        },
+    );
+    match broken {
+        Err(f) => assert_eq!(
+            f.violation.invariant, invariant,
+            "seed {seed} with {bug}: {f}"
+        ),
+        Ok(s) => panic!(
+            "seed {seed} no longer reaches {bug} ({s:?}); the scenario generator changed: \
+             find a new seed with SIM_BUG={bug} SIM_SEEDS=20000 cargo test -p drover-coordinator \
+             --release --lib rollout::sim::tests::hunt -- --exact --nocapture"
+        ),
+    }
+    if let Err(f) = check(seed, None) {
+        panic!("{}", report(&f, None));
+    }
+}
+
+/// Seed 175: during an operator abort the rollback of a failed instance
+/// fails its verify on a host that is there; the rollout ended Aborted ("not
+/// restored") with the instance drained, breaking invariant 5 (Aborted
+/// promises every instance on old or new and in service unless its host is
+/// lost). Now such an abort ends Failed ("abort incomplete").
+#[test]
+fn regression_seed_175_abort_that_strands_an_instance_is_not_aborted() {
+    stays_fixed(Bug::AbortedWhileStranded, 175, 5);
+}
+
+/// Seed 24: a failed instance always cost nothing to take down, so a
+/// rollback drained one that its reports showed healthy and in service
+/// (its failed step had been a drain that did not happen, or an undrain
+/// that worked after timing out) with capacity already under the floor
+/// (invariant 1). Now a failed instance is free to take only when drover
+/// knows it drained it (it failed between its drain and its undrain).
+#[test]
+fn regression_seed_24_failed_instances_are_not_free_to_take() {
+    stays_fixed(Bug::FailedTakenForFree, 24, 1);
+}
+
+/// Seed 5530: a host came back after its in-flight command's deadline had
+/// passed but before the tick that would time it out; the engine re-sent
+/// the command and timed it out in the same call, so the agent ran a step
+/// nobody waited for (invariant 2).
+#[test]
+fn regression_seed_5530_no_resend_past_the_deadline() {
+    stays_fixed(Bug::ResendPastDeadline, 5530, 2);
+}
