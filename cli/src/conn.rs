@@ -13,6 +13,11 @@ use drover_proto::transport::{
     self, ClientTls, ConnectOptions, PeerCert, TransportError, error_chain,
 };
 use drover_proto::v1::control_service_client::ControlServiceClient;
+
+/// Largest answer the CLI accepts. tonic's default of 4 MiB is less than
+/// `drover agents -o json` needs for a fleet of 10,000 hosts (about 5 MB);
+/// this leaves room for fleets ten times that size.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -116,7 +121,7 @@ pub async fn open(settings: &ConnSettings) -> anyhow::Result<Session> {
         addr,
         identity: peer.identity,
         cert_path: cert_path.display().to_string(),
-        client: ControlServiceClient::new(channel),
+        client: ControlServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES),
     })
 }
 
