@@ -221,6 +221,18 @@ impl HealthTracker {
         self.state != before
     }
 
+    /// Takes a passed verify step as proof: the instance is Healthy now,
+    /// as if `rise` checks in a row had passed. Verify ran the same check
+    /// until it passed (for min_healthy_time), so reporting the instance
+    /// as not yet known for up to `rise` more intervals would only hold
+    /// back the rollout that just verified it.
+    pub fn verified(&mut self) {
+        self.consecutive_successes = self.consecutive_successes.max(self.rise);
+        self.consecutive_failures = 0;
+        self.last_error.clear();
+        self.state = HealthState::Healthy;
+    }
+
     /// Forgets all results, e.g. when the instance stopped: a restarted
     /// instance has to prove itself again.
     pub fn reset(&mut self) {
@@ -238,6 +250,21 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_passed_verify_counts_as_risen() {
+        let mut t = HealthTracker::new(3, 2);
+        t.record(&Err("refused".into()), ms(1));
+        assert_eq!(t.state, HealthState::Unknown);
+        t.verified();
+        assert_eq!(t.state, HealthState::Healthy);
+        assert_eq!(t.consecutive_successes, 3);
+        assert!(t.last_error.is_empty());
+        // Failures count from there as usual.
+        assert!(!t.record(&Err("refused".into()), ms(1)));
+        assert!(t.record(&Err("refused".into()), ms(1)));
+        assert_eq!(t.state, HealthState::Unhealthy);
     }
 
     #[test]

@@ -358,6 +358,8 @@ impl Session {
         let mut last_report = Instant::now();
         let mut renew_deadline = instant_at(tls::renew_at(&cert));
         let mut pending: Option<PendingRenewal> = None;
+        // A change-triggered report waiting out COALESCE.
+        let mut report_due: Option<Instant> = None;
 
         loop {
             tokio::select! {
@@ -379,18 +381,34 @@ impl Session {
                     }
                 }
                 _ = self.commands.outbox().notified() => {
+                    // What the commands changed is reported before their
+                    // results, so the coordinator never gets a result
+                    // ahead of the state it produced.
+                    if report_due.is_some() || self.statuses.has_changed().unwrap_or(false) {
+                        report_due = None;
+                        self.send_report(&tx);
+                        last_report = Instant::now();
+                        ticker.reset();
+                    }
                     self.flush_updates(&tx).await?;
                 }
                 _ = ticker.tick() => {
                     self.send_report(&tx);
                     last_report = Instant::now();
+                    report_due = None;
                 }
                 changed = self.statuses.changed() => {
                     if changed.is_err() {
                         // The agent is shutting down.
                         return Err(SessionError::Closed);
                     }
-                    tokio::time::sleep_until(last_report + COALESCE).await;
+                    // Waits in its own branch, not here: commands and
+                    // their results keep flowing while a burst of
+                    // changes coalesces into one report.
+                    report_due.get_or_insert(last_report + COALESCE);
+                }
+                _ = tokio::time::sleep_until(report_due.unwrap_or(last_report + report_interval)), if report_due.is_some() => {
+                    report_due = None;
                     self.send_report(&tx);
                     last_report = Instant::now();
                     ticker.reset();

@@ -99,6 +99,8 @@ pub fn initial_status(cfg: &InstanceConfig, host_id: &str) -> InstanceStatus {
 pub struct Meta {
     pub drained: bool,
     pub release: Release,
+    /// The pid a verify step last found healthy (0: none).
+    pub verified_pid: u32,
 }
 
 /// What command execution needs of a supervised instance; cheap to clone.
@@ -127,6 +129,17 @@ impl InstanceHandle {
         self.meta.send_if_modified(|m| {
             let changed = m.drained != drained;
             m.drained = drained;
+            changed
+        });
+    }
+
+    /// A verify step found process `pid` healthy: its health is reported
+    /// as Healthy from now on, without waiting for the supervisor's own
+    /// checks to rise (they go on, and a failure counts as usual).
+    pub fn set_verified(&self, pid: u32) {
+        self.meta.send_if_modified(|m| {
+            let changed = m.verified_pid != pid;
+            m.verified_pid = pid;
             changed
         });
     }
@@ -178,6 +191,7 @@ impl Supervisor {
                 .as_ref()
                 .and_then(|d| crate::deploy::current_release(d).ok().flatten())
                 .unwrap_or_default(),
+            verified_pid: 0,
         };
         let runtime = runtime::spawn(cfg, data_dir, saved.desired, cancel.clone()).await?;
         let meta = Arc::new(watch::Sender::new(meta));
@@ -292,6 +306,11 @@ impl InstanceTask {
                     self.status.drained = m.drained;
                     self.status.release = Some(m.release);
                     let rt = *runtime.borrow();
+                    if m.verified_pid != 0 && rt.is_running() && rt.pid == m.verified_pid
+                        && let Some(tracker) = self.tracker.as_mut()
+                    {
+                        tracker.verified();
+                    }
                     self.publish(rt);
                 }
                 changed = runtime.changed() => {

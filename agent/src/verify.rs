@@ -5,8 +5,8 @@
 //! the count again. Without a health check, the instance must stay running
 //! (same pid) that long. Then the validate hook, if configured, must pass.
 //!
-//! The checks run here at the check's configured interval, apart from the
-//! supervisor's rise/fall bookkeeping: verify needs the exact moment of
+//! The checks run here at the check's configured interval (sooner until
+//! the first one passes), apart from the supervisor's rise/fall bookkeeping: verify needs the exact moment of
 //! the first pass and of every failure.
 
 use std::time::Duration;
@@ -19,6 +19,13 @@ use crate::runtime::RuntimeHandle;
 
 /// How often the runtime is looked at when there is no health check.
 const RUNNING_POLL: Duration = Duration::from_millis(100);
+/// Until a check passes, the next one comes this soon, then twice as late
+/// each time up to the check's interval. A process that was just started
+/// usually serves within milliseconds; waiting a whole interval (2 s by
+/// default) after a first check that came too early would hold every
+/// batch of a rollout that long. Once checks pass, they run at the
+/// interval.
+const FIRST_PASS_POLL: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VerifySpec {
@@ -41,6 +48,7 @@ pub async fn healthy_for(
     let mut streak: Option<(Instant, u32)> = None;
     let mut last_error = String::from("no check has run yet");
     let mut checks = 0u32;
+    let mut quick = FIRST_PASS_POLL.min(interval);
     loop {
         let now = Instant::now();
         let rt = runtime.status();
@@ -117,13 +125,18 @@ pub async fn healthy_for(
                 ),
             });
         }
-        // Next check: one interval on, but no later than the moment the
-        // streak would be long enough, nor past the deadline.
-        let mut next = now + interval;
-        if let Some((since, _)) = streak {
-            next = next.min(since + spec.min_healthy_time);
-        }
-        let next = next.min(end).max(checked_at);
+        // Next check: one interval on (sooner while none has passed), but
+        // no later than the moment the streak would be long enough, nor
+        // past the deadline.
+        let mut next = match streak {
+            Some((since, _)) => (now + interval).min(since + spec.min_healthy_time),
+            None => {
+                let wait = quick;
+                quick = (quick * 2).min(interval);
+                now + wait
+            }
+        };
+        next = next.min(end).max(checked_at);
         tokio::time::sleep_until(next).await;
     }
 }

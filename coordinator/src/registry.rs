@@ -29,6 +29,8 @@ const HOSTMETA: &str = "hostmeta/";
 const SERIALS: &str = "serials/";
 /// How often health-only changes are written.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+/// Hosts encoded per hold of the lock when flushing.
+const FLUSH_CHUNK: usize = 256;
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -562,18 +564,32 @@ impl Registry {
             .and_then(|e| e.session.as_ref().map(|s| s.tx.clone()))
     }
 
-    /// Writes every changed host in one transaction.
+    /// Writes every changed host in one transaction. Hosts are encoded a
+    /// chunk at a time, taking the lock for each chunk and yielding in
+    /// between: encoding a whole large fleet at once held the lock (and so
+    /// every agent's report) for tens of milliseconds. A host that changes
+    /// meanwhile is written as it is by then, and again at the next flush.
     pub async fn flush(&self) -> Result<usize, RegistryError> {
-        let writes = {
+        let (dirty, dirty_meta) = {
             let mut st = self.lock();
             let dirty: Vec<String> = st.dirty.drain().collect();
             let dirty_meta: Vec<String> = st.dirty_meta.drain().collect();
-            let mut writes = Vec::with_capacity(dirty.len() + dirty_meta.len());
-            for id in dirty {
-                if let Some(e) = st.hosts.get(&id) {
+            (dirty, dirty_meta)
+        };
+        let mut writes = Vec::with_capacity(dirty.len() + dirty_meta.len());
+        for (n, chunk) in dirty.chunks(FLUSH_CHUNK).enumerate() {
+            if n > 0 {
+                tokio::task::yield_now().await;
+            }
+            let st = self.lock();
+            for id in chunk {
+                if let Some(e) = st.hosts.get(id) {
                     writes.push((format!("{HOSTS}{id}"), e.host.encode_to_vec()));
                 }
             }
+        }
+        {
+            let st = self.lock();
             for id in dirty_meta {
                 if let Some(e) = st.hosts.get(&id)
                     && let Ok(b) = serde_json::to_vec(&e.meta)
@@ -581,8 +597,7 @@ impl Registry {
                     writes.push((format!("{HOSTMETA}{id}"), b));
                 }
             }
-            writes
-        };
+        }
         let n = writes.len();
         if n > 0 {
             self.store.put_many(writes).await?;

@@ -213,9 +213,12 @@ pub fn target_instances(registry: &Registry, spec: &RolloutSpec) -> Vec<Instance
     out
 }
 
+/// What a report says of an instance, as the engine is told it.
+type Observed = (bool, bool, Option<Release>);
+
 /// (healthy, in service, release) of a reported instance. Without a health
 /// check, running counts as healthy.
-fn observe(inst: &pb::InstanceStatus) -> (bool, bool, Option<Release>) {
+fn observe(inst: &pb::InstanceStatus) -> Observed {
     let running = inst.state == RuntimeState::Running as i32;
     let healthy = running
         && match HealthState::try_from(inst.health).unwrap_or(HealthState::Unspecified) {
@@ -390,7 +393,9 @@ impl Rollouts {
             events,
             snap_tx,
             progress: BTreeMap::new(),
+            progress_changed: false,
             reachable,
+            told: HashMap::new(),
             hosts,
             lost_check_at: restored.then(|| now().plus(self.lost_timeout)),
         };
@@ -596,8 +601,20 @@ struct Task {
     events: Arc<Mutex<Vec<RolloutEvent>>>,
     snap_tx: watch::Sender<Arc<Snapshot>>,
     progress: BTreeMap<String, String>,
+    /// Progress changed since the last published snapshot. Published once
+    /// per pass of the loop rather than per message: building a snapshot
+    /// walks every instance, and every step's ACCEPTED is a progress message.
+    progress_changed: bool,
     /// Per host, whether the engine was last told it is reachable.
     reachable: HashMap<String, bool>,
+    /// Per host and instance, the health the engine was last told. A report
+    /// that says the same again is not fed to it: every input costs the
+    /// engine a pass over all instances, and every host reports every few
+    /// seconds. Forgotten for an instance when one of its commands ends (the
+    /// engine then assumes the step's effect until a report says
+    /// otherwise) and for a host when it is lost or back (the engine waits
+    /// for fresh reports), so those reports always get through.
+    told: HashMap<String, HashMap<String, Observed>>,
     hosts: BTreeSet<String>,
     /// After a restore: when hosts still away count as lost.
     lost_check_at: Option<Millis>,
@@ -675,6 +692,9 @@ impl Task {
                 }
                 return;
             }
+            if self.progress_changed {
+                self.publish(0);
+            }
             let snap = self.snap_tx.borrow().clone();
             for reply in acted {
                 let _ = reply.send(Ok(snap.clone()));
@@ -696,16 +716,22 @@ impl Task {
                     && let Some(instance) = id.as_str().split('/').nth(1)
                 {
                     self.progress.remove(instance);
+                    if let Some((_, host)) = instance.rsplit_once('@')
+                        && let Some(told) = self.told.get_mut(host)
+                    {
+                        told.remove(instance);
+                    }
                 }
                 if let Input::HostBack { host } = &i {
                     self.reachable.insert(host.clone(), true);
+                    self.told.remove(host);
                 }
                 inputs.push(i);
             }
             Msg::Action(a, reply) => replies.push((a, reply)),
             Msg::Progress { instance, text } => {
                 self.progress.insert(instance, text);
-                self.publish(0);
+                self.progress_changed = true;
             }
         }
     }
@@ -721,6 +747,7 @@ impl Task {
         let was = self.reachable.get(&host.host_id).copied().unwrap_or(true);
         if was && !up {
             self.reachable.insert(host.host_id.clone(), false);
+            self.told.remove(&host.host_id);
             inputs.push(Input::HostLost {
                 host: host.host_id.clone(),
             });
@@ -731,16 +758,23 @@ impl Task {
         }
         if !was {
             self.reachable.insert(host.host_id.clone(), true);
+            self.told.remove(&host.host_id);
             inputs.push(Input::HostBack {
                 host: host.host_id.clone(),
             });
         }
         let service = &self.engine.state().spec().service;
+        let told = self.told.entry(host.host_id.clone()).or_default();
         for inst in &host.instances {
             if &inst.service != service {
                 continue;
             }
-            let (healthy, in_service, release) = observe(inst);
+            let seen = observe(inst);
+            if told.get(&inst.id) == Some(&seen) {
+                continue;
+            }
+            told.insert(inst.id.clone(), seen.clone());
+            let (healthy, in_service, release) = seen;
             inputs.push(Input::Health {
                 instance: inst.id.clone(),
                 healthy,
@@ -750,6 +784,8 @@ impl Task {
         }
     }
 
+    /// Catches up after missed registry changes: the registry's current
+    /// view, compared with what the engine was told, is all that matters.
     fn resync_into(&mut self, inputs: &mut Vec<Input>) {
         let hosts: Vec<String> = self.hosts.iter().cloned().collect();
         for h in hosts {
@@ -784,6 +820,7 @@ impl Task {
                 .is_ok_and(|host| host.status == HostStatus::Connected as i32);
             if !up {
                 self.reachable.insert(h.clone(), false);
+                self.told.remove(h);
                 inputs.push(Input::HostLost { host: h.clone() });
             }
         }
@@ -900,7 +937,8 @@ impl Task {
         });
     }
 
-    fn publish(&self, events: usize) {
+    fn publish(&mut self, events: usize) {
+        self.progress_changed = false;
         let events = if events == 0 {
             self.snap_tx.borrow().events
         } else {

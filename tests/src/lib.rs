@@ -5,6 +5,8 @@
 //! Build the binaries first: `cargo build --workspace --bins`. The tests in
 //! `tests/e2e/` and the `drover-fleet` demo are its users.
 
+pub mod bench;
+pub mod fleetsim;
 pub mod harness;
 
 pub use harness::agent::{Agent, AgentSpec, InstanceSpec};

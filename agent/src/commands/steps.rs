@@ -157,16 +157,23 @@ async fn verify(ctx: &StepContext<'_>, v: &VerifyCommand) -> Result<String, Stri
         healthy_deadline: Duration::from_millis(u64::from(v.healthy_deadline_ms)),
     };
     let cfg = &ctx.instance.cfg;
-    let msg = verify::healthy_for(cfg.health.as_ref(), ctx.instance.handle.runtime(), spec).await?;
-    match &cfg.hooks.validate {
-        None => Ok(msg),
+    let runtime = ctx.instance.handle.runtime();
+    let msg = verify::healthy_for(cfg.health.as_ref(), runtime, spec).await?;
+    let msg = match &cfg.hooks.validate {
+        None => msg,
         Some(argv) => {
             hooks::run(argv, &hook_env(ctx), cfg.hooks.timeout)
                 .await
                 .map_err(|e| format!("{msg}, but the validate hook failed: {e}"))?;
-            Ok(format!("{msg}; validate hook passed"))
+            format!("{msg}; validate hook passed")
         }
+    };
+    // Reported healthy from here on, as the coordinator now counts it.
+    let now = runtime.status();
+    if now.is_running() && now.pid != 0 {
+        ctx.instance.handle.set_verified(now.pid);
     }
+    Ok(msg)
 }
 
 async fn deploy(ctx: &StepContext<'_>, d: &DeployCommand) -> Result<String, String> {

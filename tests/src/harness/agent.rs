@@ -134,6 +134,8 @@ pub struct AgentSpec {
     pub extra_top: String,
     /// Extra tables appended at the end.
     pub extra_toml: String,
+    /// The `drover-agent` binary to run; `None`: [`bin_path`]'s.
+    pub binary: Option<PathBuf>,
 }
 
 impl AgentSpec {
@@ -148,6 +150,7 @@ impl AgentSpec {
             coordinators: None,
             extra_top: String::new(),
             extra_toml: String::new(),
+            binary: None,
         }
     }
 
@@ -266,7 +269,12 @@ impl Agent {
     }
 
     fn command(&self) -> Command {
-        let mut cmd = Command::new(bin_path("drover-agent"));
+        let binary = self
+            .spec
+            .binary
+            .clone()
+            .unwrap_or_else(|| bin_path("drover-agent"));
+        let mut cmd = Command::new(binary);
         cmd.arg("--config").arg(&self.config_path);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");

@@ -49,6 +49,7 @@ pub struct WebFleetBuilder {
     hosts: Vec<(String, Vec<(String, String)>)>,
     coordinator: CoordinatorSpec,
     report_interval: String,
+    health_interval: Option<String>,
     drain_timeout: String,
     max_unpacked_bytes: u64,
     dir: Option<PathBuf>,
@@ -60,6 +61,7 @@ impl Default for WebFleetBuilder {
             hosts: Vec::new(),
             coordinator: CoordinatorSpec::default(),
             report_interval: "200ms".to_string(),
+            health_interval: None,
             drain_timeout: "5s".to_string(),
             max_unpacked_bytes: MAX_UNPACKED_BYTES,
             dir: None,
@@ -98,6 +100,19 @@ impl WebFleetBuilder {
             c.grpc_port = free_port();
             c.http_port = free_port();
         })
+    }
+
+    /// The agents' report interval (default 200 ms).
+    pub fn report_interval(mut self, interval: &str) -> Self {
+        self.report_interval = interval.to_string();
+        self
+    }
+
+    /// The `web` instances' health check interval (default: that of
+    /// [`InstanceSpec::sample`]).
+    pub fn health_interval(mut self, interval: &str) -> Self {
+        self.health_interval = Some(interval.to_string());
+        self
     }
 
     /// The agents' `max_unpacked_bytes` (default [`MAX_UNPACKED_BYTES`]).
@@ -142,14 +157,18 @@ impl WebFleetBuilder {
             ports.insert(host.clone(), port);
             let mut spec = AgentSpec::new(host).report_interval(&self.report_interval);
             spec.labels = labels.clone();
-            spec.instances = vec![web_instance(
+            let mut web = web_instance(
                 host,
                 port,
                 &deploy_dir(&root, host),
                 &socket,
                 &self.drain_timeout,
                 self.max_unpacked_bytes,
-            )];
+            );
+            if let Some(every) = &self.health_interval {
+                web.health_interval.clone_from(every);
+            }
+            spec.instances = vec![web];
             specs.push(spec);
         }
         let servers: Vec<Server> = ports.iter().map(|(h, p)| Server::new(h, *p)).collect();

@@ -5,9 +5,11 @@
 
 mod artifacts;
 mod bad_config;
+mod bench_smoke;
 mod certs;
 mod demo;
 mod fleet;
+mod fleetsim;
 mod grpc;
 mod hostile;
 mod lifecycle;
