@@ -31,6 +31,11 @@ const SERIALS: &str = "serials/";
 const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 /// Hosts encoded per hold of the lock when flushing.
 const FLUSH_CHUNK: usize = 256;
+/// Changes a `WatchHosts` stream or a rollout may fall behind by before it
+/// has to start over from a full read of the registry: about 1.6 s of
+/// reports from 10,000 hosts at one a second. Entries are only held while
+/// some subscriber has not seen them.
+const CHANGES_BUFFER: usize = 16_384;
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -198,7 +203,7 @@ impl Registry {
             .count();
         metrics.agents_lost.set(lost as i64);
         metrics.agents_connected.set(0);
-        let (events, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(CHANGES_BUFFER);
         Ok(Registry {
             state: Mutex::new(State {
                 hosts,
@@ -541,6 +546,12 @@ impl Registry {
             .get(host_id)
             .map(|e| e.host.clone())
             .ok_or_else(|| RegistryError::UnknownHost(host_id.to_string()))
+    }
+
+    /// Calls `f` with the host, under the lock and without cloning it;
+    /// `None` for an unknown host. `f` must not call back into the registry.
+    pub fn with_host<R>(&self, host_id: &str, f: impl FnOnce(&Host) -> R) -> Option<R> {
+        self.lock().hosts.get(host_id).map(|e| f(&e.host))
     }
 
     pub fn list(&self, selector: &Selector) -> Vec<Host> {

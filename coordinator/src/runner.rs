@@ -35,6 +35,10 @@ const EVENTS: &str = "rollout-events/";
 const TICK: Duration = Duration::from_secs(1);
 /// Inputs handled together before one write and the sends that follow it.
 const MAX_BATCH: usize = 512;
+/// Registry changes looked at in one pass at most. Most say nothing new
+/// (and become no input), so inputs alone would not bound a pass while
+/// thousands of hosts keep reporting.
+const MAX_CHANGES: usize = 4096;
 
 fn now() -> Millis {
     Millis(
@@ -645,6 +649,9 @@ impl Task {
                 .min(TICK);
             let mut inputs = Vec::new();
             let mut replies = Vec::new();
+            // At most one resync per pass: it reads the registry as it is
+            // now, which covers whatever was missed since.
+            let mut resynced = false;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wake) => inputs.push(Input::Tick),
@@ -654,7 +661,10 @@ impl Task {
                 },
                 change = changes.recv() => match change {
                     Ok(c) => self.on_change(&c.host, &mut inputs),
-                    Err(broadcast::error::RecvError::Lagged(_)) => self.resync_into(&mut inputs),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.resync_into(&mut inputs);
+                        resynced = true;
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
             }
@@ -665,10 +675,20 @@ impl Task {
                     Err(_) => break,
                 }
             }
-            while inputs.len() < MAX_BATCH {
+            let mut looked = 0;
+            while inputs.len() < MAX_BATCH && looked < MAX_CHANGES {
                 match changes.try_recv() {
-                    Ok(c) => self.on_change(&c.host, &mut inputs),
-                    Err(broadcast::error::TryRecvError::Lagged(_)) => self.resync_into(&mut inputs),
+                    Ok(c) => {
+                        looked += 1;
+                        self.on_change(&c.host, &mut inputs);
+                    }
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                        looked += 1;
+                        if !resynced {
+                            self.resync_into(&mut inputs);
+                            resynced = true;
+                        }
+                    }
                     Err(_) => break,
                 }
             }
@@ -786,12 +806,13 @@ impl Task {
 
     /// Catches up after missed registry changes: the registry's current
     /// view, compared with what the engine was told, is all that matters.
+    /// Each host is looked at in place, under the registry's lock, rather
+    /// than cloned: this runs when the rollout fell behind a busy fleet.
     fn resync_into(&mut self, inputs: &mut Vec<Input>) {
+        let registry = self.rollouts.registry.clone();
         let hosts: Vec<String> = self.hosts.iter().cloned().collect();
         for h in hosts {
-            if let Ok(host) = self.rollouts.registry.get(&h) {
-                self.on_change(&host, inputs);
-            }
+            registry.with_host(&h, |host| self.on_change(host, inputs));
         }
     }
 
