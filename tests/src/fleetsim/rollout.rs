@@ -178,6 +178,44 @@ async fn measure(env: &Env, prepared: Prepared, opts: &RolloutOptions) -> Result
     Ok(all)
 }
 
+/// Waits until `drover agents -o json` shows every instance running,
+/// healthy and in service (polled every 250 ms, bounded by `timeout`): the
+/// coordinator refuses a rollout whose floor it cannot see yet, and the
+/// simulated hosts report the end of the previous rollout a report later.
+async fn wait_all_serving(env: &Env, instances: usize, timeout: Duration) -> Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        let cli = env.cli();
+        let ready = tokio::task::spawn_blocking(move || {
+            let out = cli.run(&["agents", "-o", "json"]);
+            let Ok(hosts) = serde_json::from_str::<Vec<Value>>(&out.stdout) else {
+                return false;
+            };
+            let all: Vec<&Value> = (hosts.iter())
+                .filter_map(|h| h["instances"].as_array())
+                .flatten()
+                .collect();
+            all.len() >= instances
+                && all.iter().all(|i| {
+                    i["state"] == "running" && i["health"] == "healthy" && i["drained"] == false
+                })
+        })
+        .await
+        .unwrap_or(false);
+        if ready {
+            return Ok(());
+        }
+        if start.elapsed() >= timeout {
+            bail!(
+                "not every one of the {instances} simulated instances was serving after {:.0}s; see the coordinator log {}",
+                timeout.as_secs_f64(),
+                env.coordinator.log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn one_rollout(
     env: &Env,
     sim: &mut Sim,
@@ -185,6 +223,7 @@ async fn one_rollout(
     version: &str,
     delay: StepDelay,
 ) -> Result<Value> {
+    wait_all_serving(env, opts.instances, opts.common.connect_timeout).await?;
     let cli = env.cli();
     let mut args = vec![
         "rollout",
