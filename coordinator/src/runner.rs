@@ -23,12 +23,11 @@ use tokio_util::sync::CancellationToken;
 use crate::registry::{HostChange, Registry};
 use crate::rollout::{
     CommandKind, CommandOutcome, Engine, Input, InstanceInfo, Millis, OperatorAction, Output,
-    PlanError, Release, RolloutEvent, RolloutSpec, RolloutState, Status,
+    PlanError, Release, RolloutEvent, RolloutSpec, Status, StatusCache, persist,
 };
 use crate::selector::Selector;
 use crate::store::{Store, StoreError};
 
-const STATE: &str = "rollout-state/";
 const META: &str = "rollout-meta/";
 const EVENTS: &str = "rollout-events/";
 /// The engine wants a tick at least this often.
@@ -253,10 +252,11 @@ impl Rollouts {
             lost_timeout,
             shutdown,
         });
-        let states = store.scan_prefix(STATE).await?;
-        for (key, bytes) in states {
-            let state: RolloutState =
-                serde_json::from_slice(&bytes).map_err(|e| corrupt(&key, e))?;
+        let heads = store.scan_prefix(persist::STATE).await?;
+        for (key, head) in heads {
+            let id = key.strip_prefix(persist::STATE).unwrap_or(&key);
+            let records = store.scan_prefix(&persist::instances_prefix(id)).await?;
+            let state = persist::decode(&head, &records).map_err(|e| corrupt(&key, e))?;
             let id = state.id().to_string();
             let meta_key = format!("{META}{id}");
             let meta: Meta = match store.get(&meta_key).await? {
@@ -400,6 +400,7 @@ impl Rollouts {
             progress_changed: false,
             reachable,
             told: HashMap::new(),
+            status_cache: StatusCache::default(),
             hosts,
             lost_check_at: restored.then(|| now().plus(self.lost_timeout)),
         };
@@ -619,6 +620,8 @@ struct Task {
     /// otherwise) and for a host when it is lost or back (the engine waits
     /// for fresh reports), so those reports always get through.
     told: HashMap<String, HashMap<String, Observed>>,
+    /// The instances of the last published status, rebuilt where changed.
+    status_cache: StatusCache,
     hosts: BTreeSet<String>,
     /// After a restore: when hosts still away count as lost.
     lost_check_at: Option<Millis>,
@@ -697,10 +700,13 @@ impl Task {
                 self.lost_check_at = None;
                 self.mark_absent_hosts_lost(&mut inputs);
             }
-            let mut outputs = Vec::new();
-            for input in inputs {
-                outputs.extend(self.engine.handle(t, input));
-            }
+            // The whole pass in one call: one sweep of the fleet, however
+            // many inputs (see `Engine::handle_all`).
+            let mut outputs = if inputs.is_empty() {
+                Vec::new()
+            } else {
+                self.engine.handle_all(t, inputs)
+            };
             let mut acted = Vec::new();
             for (action, reply) in replies {
                 outputs.extend(self.engine.handle(t, Input::Operator(action)));
@@ -819,11 +825,7 @@ impl Task {
     async fn resync(&mut self) {
         let mut inputs = Vec::new();
         self.resync_into(&mut inputs);
-        let t = now();
-        let mut outputs = Vec::new();
-        for i in inputs {
-            outputs.extend(self.engine.handle(t, i));
-        }
+        let outputs = self.engine.handle_all(now(), inputs);
         self.perform(outputs).await;
     }
 
@@ -866,8 +868,9 @@ impl Task {
             let base = lock(&self.events).len();
             let mut writes = Vec::with_capacity(new_events.len() + 1);
             if persist {
-                match serde_json::to_vec(self.engine.state()) {
-                    Ok(b) => writes.push((format!("{STATE}{id}"), b)),
+                // The head and the instances changed since the last write.
+                match self.engine.persist_writes() {
+                    Ok(w) => writes.extend(w),
                     Err(e) => tracing::error!(rollout = %id, error = %e, "encoding rollout state"),
                 }
             }
@@ -966,7 +969,7 @@ impl Task {
             events
         };
         let snap = Snapshot {
-            status: self.engine.status(),
+            status: self.engine.status_from(&mut self.status_cache),
             progress: self.progress.clone(),
             events,
             started_by: self.meta.started_by.clone(),

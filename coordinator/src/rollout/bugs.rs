@@ -40,8 +40,11 @@ pub enum Bug {
     /// may have failed or its undrain worked after timing out: a rollback
     /// took a serving instance down under the floor.
     FailedTakenForFree,
-    /// A reconnect re-sent a command already past its deadline, which the
-    /// same call then timed out: the agent ran a step nobody waited for.
+    /// Inputs were handled before what was due timed out: a result as late
+    /// as its deadline was taken after the checker's clock had failed the
+    /// step, and a reconnect could re-send a command past its deadline,
+    /// which the same call then timed out (the agent ran a step nobody
+    /// waited for).
     ResendPastDeadline,
 }
 

@@ -20,15 +20,15 @@ fn next_step(step: Step) -> Option<Step> {
 
 impl Engine {
     pub(super) fn on_result(&mut self, cx: &mut Cx, id: &CommandId, outcome: CommandOutcome) {
-        let Some(idx) = self
-            .st
-            .instances
-            .iter()
-            .position(|i| i.inflight.as_ref().is_some_and(|f| &f.id == id))
-        else {
+        let Some(idx) = self.instance_of(id) else {
             return;
         };
-        let Some(flight) = self.st.instances[idx].inflight.take() else {
+        let current = self.st.instances[idx].inflight.as_ref();
+        if current.is_none_or(|f| &f.id != id) {
+            // An answer to a step already timed out, or to an older chain.
+            return;
+        }
+        let Some(flight) = self.edit(idx, |i| i.inflight.take()) else {
             return;
         };
         cx.dirty = true;
@@ -54,7 +54,7 @@ impl Engine {
                 continue;
             };
             let fault = self.timeout_fault(idx, i.step, flight);
-            self.st.instances[idx].inflight = None;
+            self.edit(idx, |i| i.inflight = None);
             cx.dirty = true;
             self.progress(cx);
             self.fail(cx, idx, fault);
@@ -75,12 +75,15 @@ impl Engine {
     pub(super) fn start_chain(&mut self, cx: &mut Cx, idx: usize, direction: Direction) {
         let batch = self.st.batch + 1;
         let seq = self.st.next_seq;
-        let i = &mut self.st.instances[idx];
-        i.direction = direction;
-        i.attempt += 1;
+        self.edit(idx, |i| {
+            i.direction = direction;
+            i.attempt += 1;
+            if direction == Direction::Forward {
+                i.seq = Some(seq);
+                i.batch = Some(batch);
+            }
+        });
         if direction == Direction::Forward {
-            i.seq = Some(seq);
-            i.batch = Some(batch);
             self.st.next_seq += 1;
         }
         cx.dirty = true;
@@ -117,16 +120,20 @@ impl Engine {
             CommandKind::Verify { .. } => self.st.spec.longest_command(),
             _ => self.st.spec.step_timeout,
         };
-        let i = &mut self.st.instances[idx];
-        let id = CommandId::new(&self.st.id, &i.id, step, i.attempt);
-        i.step = step;
-        i.inflight = Some(InFlight {
-            id: id.clone(),
-            kind: kind.clone(),
-            timeout,
-            sent_at: cx.now,
-            deadline: cx.now.plus(timeout),
+        let rollout = self.st.id.clone();
+        let id = self.edit(idx, |i| {
+            let id = CommandId::new(&rollout, &i.id, step, i.attempt);
+            i.step = step;
+            i.inflight = Some(InFlight {
+                id: id.clone(),
+                kind: kind.clone(),
+                timeout,
+                sent_at: cx.now,
+                deadline: cx.now.plus(timeout),
+            });
+            id
         });
+        let i = &self.st.instances[idx];
         let (instance, host, direction, batch) = (
             i.id.clone(),
             i.host.clone(),
@@ -153,12 +160,22 @@ impl Engine {
         });
     }
 
-    /// Sends the in-flight command of `idx` again, same id; not one already
-    /// past its deadline, which this very call turns into a timeout (the
-    /// agent would run a step nobody waits for).
-    pub(super) fn resend(&self, cx: &mut Cx, idx: usize) {
+    /// Sends again, same ids, the commands in `cx.resend` that are still in
+    /// flight, each once; not one already past its deadline, which this
+    /// very call turns into a timeout (the agent would run a step nobody
+    /// waits for).
+    pub(super) fn flush_resends(&self, cx: &mut Cx) {
+        let mut due = std::mem::take(&mut cx.resend);
+        due.sort_unstable_by_key(|(idx, _)| *idx);
+        due.dedup();
+        for (idx, id) in due {
+            self.resend(cx, idx, &id);
+        }
+    }
+
+    fn resend(&self, cx: &mut Cx, idx: usize, id: &CommandId) {
         let i = &self.st.instances[idx];
-        let Some(f) = &i.inflight else {
+        let Some(f) = i.inflight.as_ref().filter(|f| &f.id == id) else {
             return;
         };
         let due = f.deadline <= cx.now;
@@ -177,20 +194,20 @@ impl Engine {
     }
 
     fn step_ok(&mut self, cx: &mut Cx, idx: usize, step: Step, kind: &CommandKind) {
-        let i = &mut self.st.instances[idx];
         // What a successful step is known to have done, until Health says otherwise.
-        match kind {
+        self.edit(idx, |i| match kind {
             CommandKind::Drain => i.observed.in_service = false,
             CommandKind::Stop => i.observed.healthy = false,
             CommandKind::Deploy { release } => i.observed.release = Some(release.clone()),
             CommandKind::Start => {}
             CommandKind::Verify { .. } => i.observed.healthy = true,
             CommandKind::Undrain => i.observed.in_service = true,
-        }
+        });
         if let Some(next) = next_step(step) {
             self.send_step(cx, idx, next);
             return;
         }
+        let i = &self.st.instances[idx];
         let (end, msg) = match i.direction {
             Direction::Forward => (Step::Done, "done".to_string()),
             Direction::Back => {
@@ -201,28 +218,29 @@ impl Engine {
                 (Step::RolledBack, format!("rolled back to {to}"))
             }
         };
-        i.step = end;
+        self.edit(idx, |i| i.step = end);
         self.event(cx, Some(idx), Some(end), msg);
     }
 
     /// Only a rollback or an abort brings the instance back.
     pub(super) fn fail(&mut self, cx: &mut Cx, idx: usize, fault: Fault) {
-        let i = &mut self.st.instances[idx];
-        i.inflight = None;
-        i.step = Step::Failed;
-        let msg = match i.direction {
-            Direction::Forward => {
-                let m = format!("failed: {fault}");
-                i.fault = Some(fault);
-                m
-            }
-            Direction::Back => {
-                let m = format!("rollback failed: {fault}");
-                i.rollback_fault = Some(fault);
-                m
-            }
-        };
-        let forward = i.direction == Direction::Forward;
+        let (msg, forward) = self.edit(idx, |i| {
+            i.inflight = None;
+            i.step = Step::Failed;
+            let msg = match i.direction {
+                Direction::Forward => {
+                    let m = format!("failed: {fault}");
+                    i.fault = Some(fault);
+                    m
+                }
+                Direction::Back => {
+                    let m = format!("rollback failed: {fault}");
+                    i.rollback_fault = Some(fault);
+                    m
+                }
+            };
+            (msg, i.direction == Direction::Forward)
+        });
         cx.dirty = true;
         self.event(cx, Some(idx), Some(Step::Failed), msg);
         if forward {

@@ -73,6 +73,10 @@ pub(super) struct Cx {
     pub(super) out: Vec<Output>,
     pub(super) dirty: bool,
     pub(super) finished: bool,
+    /// Instances whose in-flight command is to be sent again, once every
+    /// input of the call is in: a result later in the same call may have
+    /// settled it already.
+    pub(super) resend: Vec<(usize, super::model::CommandId)>,
 }
 
 impl Cx {
@@ -82,6 +86,7 @@ impl Cx {
             out: Vec::new(),
             dirty: false,
             finished: false,
+            resend: Vec::new(),
         }
     }
 
@@ -148,10 +153,25 @@ fn plan_order(mut infos: Vec<InstanceInfo>, spread_label: Option<&str>) -> Vec<I
 }
 
 /// A running rollout. See the module docs of [`rollout`](super) for the rules.
+///
+/// Every change to an instance goes through [`Engine::edit`], which keeps
+/// the capacity count and a per-instance change counter up to date, so that
+/// handling an input costs the instances it touches rather than the fleet,
+/// and the runtime can store and show only what changed.
 #[derive(Debug, Clone)]
 pub struct Engine {
     pub(super) st: RolloutState,
-    pub(super) index: BTreeMap<String, usize>,
+    index: BTreeMap<String, usize>,
+    by_host: BTreeMap<String, Vec<usize>>,
+    /// Per instance, the value of `changes` at its last change.
+    changed_at: Vec<u64>,
+    /// Counts instance changes since this engine was built.
+    changes: u64,
+    /// `changes` when [`Engine::take_changed`] last ran.
+    taken: u64,
+    /// Instances counted in capacity: [`RolloutState::capacity`], kept as
+    /// instances change instead of counted on every event.
+    available: u32,
 }
 
 impl Engine {
@@ -319,9 +339,10 @@ impl Engine {
                 "resumed after a coordinator restart; asking again for {n} in-flight command(s)"
             ),
         );
-        for idx in 0..eng.st.instances.len() {
-            eng.resend(&mut cx, idx);
-        }
+        cx.resend = (eng.st.instances.iter().enumerate())
+            .filter_map(|(n, i)| Some((n, i.inflight.as_ref()?.id.clone())))
+            .collect();
+        eng.flush_resends(&mut cx);
         eng.settle(&mut cx);
         (eng, cx.into_outputs())
     }
@@ -333,7 +354,83 @@ impl Engine {
             .enumerate()
             .map(|(n, i)| (i.id.clone(), n))
             .collect();
-        Engine { st, index }
+        let mut by_host: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (n, i) in st.instances.iter().enumerate() {
+            by_host.entry(i.host.clone()).or_default().push(n);
+        }
+        let available = st.capacity();
+        // Everything counts as changed once: the first store write after a
+        // start or a restore holds every instance.
+        let changed_at = vec![1; st.instances.len()];
+        Engine {
+            st,
+            index,
+            by_host,
+            changed_at,
+            changes: 1,
+            taken: 0,
+            available,
+        }
+    }
+
+    /// Changes instance `idx` through `f`, keeping the capacity count and
+    /// the change counters. The only way instance state changes after start.
+    pub(super) fn edit<R>(&mut self, idx: usize, f: impl FnOnce(&mut InstanceState) -> R) -> R {
+        let i = &mut self.st.instances[idx];
+        let before = i.available();
+        let r = f(i);
+        let after = i.available();
+        if before != after {
+            if after {
+                self.available += 1;
+            } else {
+                self.available -= 1;
+            }
+        }
+        self.changes += 1;
+        self.changed_at[idx] = self.changes;
+        r
+    }
+
+    /// Serving capacity now: what [`RolloutState::capacity`] counts.
+    pub(super) fn capacity(&self) -> u32 {
+        #[cfg(any(test, feature = "sim"))]
+        assert_eq!(
+            self.available,
+            self.st.capacity(),
+            "capacity count drifted from the instances"
+        );
+        self.available
+    }
+
+    /// Indices of the instances changed since the last call (all of them on
+    /// the first), in plan order. The runtime stores these on a `Persist`;
+    /// the rest are as last stored.
+    pub fn take_changed(&mut self) -> Vec<usize> {
+        let since = self.taken;
+        self.taken = self.changes;
+        (self.changed_at.iter().enumerate())
+            .filter(|&(_, &at)| at > since)
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    /// The change counter of instance `idx`, for readers that keep their own
+    /// copy (the status cache) and refresh only what moved.
+    pub fn changed_at(&self, idx: usize) -> u64 {
+        self.changed_at[idx]
+    }
+
+    /// The instance an id from this rollout's commands names, if any.
+    pub(super) fn instance_of(&self, id: &super::model::CommandId) -> Option<usize> {
+        // `<rollout>/<instance>/<verb>/<attempt>`; the instance may hold '/'.
+        let rest = id
+            .as_str()
+            .strip_prefix(self.st.id.as_str())?
+            .strip_prefix('/')?;
+        let mut parts = rest.rsplitn(3, '/');
+        let (_attempt, _verb, instance) = (parts.next()?, parts.next()?, parts.next()?);
+        self.index.get(instance).copied()
     }
 
     pub fn state(&self) -> &RolloutState {
@@ -376,26 +473,53 @@ impl Engine {
     /// Feeds one input. Outputs that follow a `Persist` must wait until the
     /// state has been stored. A finished rollout ignores everything.
     pub fn handle(&mut self, now: Millis, input: Input) -> Vec<Output> {
+        self.handle_all(now, [input])
+    }
+
+    /// Feeds every input that arrived together, then looks at the rollout
+    /// as a whole once: one timeout sweep and one pass of the mode machine
+    /// for the lot, as if they had arrived at the same instant. This is what
+    /// keeps a pass linear in the fleet rather than in fleet times inputs.
+    /// Outputs as [`Engine::handle`]: one `Persist` first if anything needs
+    /// storing.
+    pub fn handle_all(
+        &mut self,
+        now: Millis,
+        inputs: impl IntoIterator<Item = Input>,
+    ) -> Vec<Output> {
         if self.st.is_finished() {
             return Vec::new();
         }
         let now = now.max(self.st.now);
         self.st.now = now;
         let mut cx = Cx::new(now);
-        match input {
-            Input::Tick => {}
-            Input::Health {
-                instance,
-                healthy,
-                in_service,
-                release,
-            } => self.on_health(&mut cx, &instance, healthy, in_service, release),
-            Input::CommandResult { id, outcome } => self.on_result(&mut cx, &id, outcome),
-            Input::HostLost { host } => self.on_host_lost(&mut cx, &host),
-            Input::HostBack { host } => self.on_host_back(&mut cx, &host),
-            Input::Operator(action) => self.on_operator(&mut cx, action),
+        // A deadline at or before `now` beats any input handled at `now`:
+        // a result that arrives as late as its timeout counts as too late,
+        // and a host that comes back is not asked for a step already given up.
+        #[cfg(any(test, feature = "sim"))]
+        let expire_first = !bugs::on(Bug::ResendPastDeadline);
+        #[cfg(not(any(test, feature = "sim")))]
+        let expire_first = true;
+        if expire_first {
+            self.expire(&mut cx);
+        }
+        for input in inputs {
+            match input {
+                Input::Tick => {}
+                Input::Health {
+                    instance,
+                    healthy,
+                    in_service,
+                    release,
+                } => self.on_health(&mut cx, &instance, healthy, in_service, release),
+                Input::CommandResult { id, outcome } => self.on_result(&mut cx, &id, outcome),
+                Input::HostLost { host } => self.on_host_lost(&mut cx, &host),
+                Input::HostBack { host } => self.on_host_back(&mut cx, &host),
+                Input::Operator(action) => self.on_operator(&mut cx, action),
+            }
         }
         self.expire(&mut cx);
+        self.flush_resends(&mut cx);
         self.settle(&mut cx);
         cx.into_outputs()
     }
@@ -413,13 +537,14 @@ impl Engine {
         let Some(&idx) = self.index.get(instance) else {
             return;
         };
-        let i = &mut self.st.instances[idx];
-        let before = i.available();
-        i.observed.healthy = healthy;
-        i.observed.in_service = in_service;
-        i.observed.release = release;
-        i.observed.stale = false;
-        let after = i.available();
+        let (before, after) = self.edit(idx, |i| {
+            let before = i.available();
+            i.observed.healthy = healthy;
+            i.observed.in_service = in_service;
+            i.observed.release = release;
+            i.observed.stale = false;
+            (before, i.available())
+        });
         if before != after {
             let msg = if after {
                 "available again".to_string()
@@ -432,11 +557,17 @@ impl Engine {
         }
     }
 
+    /// Instances on `host`, in plan order.
+    fn on_host(&self, host: &str) -> Vec<usize> {
+        self.by_host.get(host).cloned().unwrap_or_default()
+    }
+
     fn on_host_lost(&mut self, cx: &mut Cx, host: &str) {
+        let on_host = self.on_host(host);
         let mut lost = 0;
-        for i in self.st.instances.iter_mut().filter(|i| i.host == host) {
-            if i.observed.reachable {
-                i.observed.reachable = false;
+        for &idx in &on_host {
+            if self.st.instances[idx].observed.reachable {
+                self.edit(idx, |i| i.observed.reachable = false);
                 lost += 1;
             }
         }
@@ -451,11 +582,12 @@ impl Engine {
             format!("host {host} lost ({lost} instance(s))"),
         );
         if self.st.spec.lost_hosts == LostHostPolicy::Skip && self.st.mode == Mode::Forward {
-            for idx in 0..self.st.instances.len() {
-                let i = &mut self.st.instances[idx];
-                if i.host == host && i.step == Step::Pending {
-                    i.step = Step::Skipped;
-                    i.skipped = Some(SkipReason::Unreachable);
+            for idx in on_host {
+                if self.st.instances[idx].step == Step::Pending {
+                    self.edit(idx, |i| {
+                        i.step = Step::Skipped;
+                        i.skipped = Some(SkipReason::Unreachable);
+                    });
                     let msg = "skipped: host lost (counted as unreachable)".to_string();
                     self.event(cx, Some(idx), Some(Step::Skipped), msg);
                 }
@@ -465,11 +597,14 @@ impl Engine {
     }
 
     fn on_host_back(&mut self, cx: &mut Cx, host: &str) {
+        let on_host = self.on_host(host);
         let mut back = 0;
-        for i in self.st.instances.iter_mut().filter(|i| i.host == host) {
-            if !i.observed.reachable {
-                i.observed.reachable = true;
-                i.observed.stale = true;
+        for &idx in &on_host {
+            if !self.st.instances[idx].observed.reachable {
+                self.edit(idx, |i| {
+                    i.observed.reachable = true;
+                    i.observed.stale = true;
+                });
                 back += 1;
             }
         }
@@ -482,9 +617,9 @@ impl Engine {
                 format!("host {host} back ({back} instance(s))"),
             );
         }
-        for idx in 0..self.st.instances.len() {
-            if self.st.instances[idx].host == host {
-                self.resend(cx, idx);
+        for idx in on_host {
+            if let Some(f) = &self.st.instances[idx].inflight {
+                cx.resend.push((idx, f.id.clone()));
             }
         }
     }
@@ -558,7 +693,7 @@ impl Engine {
         step: Option<Step>,
         message: String,
     ) {
-        let capacity = self.st.capacity();
+        let capacity = self.capacity();
         if capacity < self.st.lowest_capacity {
             self.st.lowest_capacity = capacity;
             cx.dirty = true;
@@ -580,10 +715,11 @@ impl Engine {
     /// [`Bug::DuplicateSendOnResume`]: every in-flight step again, new id.
     fn reissue_in_flight(&mut self, cx: &mut Cx) {
         for idx in 0..self.st.instances.len() {
-            let i = &mut self.st.instances[idx];
-            if i.inflight.is_some() {
-                i.attempt += 1;
-                let step = i.step;
+            if self.st.instances[idx].inflight.is_some() {
+                let step = self.edit(idx, |i| {
+                    i.attempt += 1;
+                    i.step
+                });
                 self.send_step(cx, idx, step);
             }
         }
@@ -591,13 +727,15 @@ impl Engine {
 
     /// [`Bug::RestoreForgetsInFlight`]: forward chains start over.
     fn forget_in_flight(&mut self) {
-        for i in &mut self.st.instances {
-            if i.direction == Direction::Forward && i.inflight.take().is_some() {
-                i.step = Step::Pending;
-                i.attempt = i.attempt.saturating_sub(1);
-                i.seq = None;
-                i.batch = None;
-            }
+        for idx in 0..self.st.instances.len() {
+            self.edit(idx, |i| {
+                if i.direction == Direction::Forward && i.inflight.take().is_some() {
+                    i.step = Step::Pending;
+                    i.attempt = i.attempt.saturating_sub(1);
+                    i.seq = None;
+                    i.batch = None;
+                }
+            });
         }
     }
 }

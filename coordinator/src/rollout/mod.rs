@@ -3,8 +3,9 @@
 //! operator's floor.
 //!
 //! The runtime (coordinator service, simulator, tests) owns all I/O: it calls
-//! [`Engine::handle`] with the current time and an [`Input`], and performs the
-//! returned [`Output`]s in order. Same inputs, same outputs, byte for byte.
+//! [`Engine::handle_all`] with the current time and the [`Input`]s that
+//! arrived together, and performs the returned [`Output`]s in order. Same
+//! inputs, same outputs, byte for byte.
 //!
 //! # Rules
 //!
@@ -47,9 +48,9 @@
 
 //! # What the runtime must do
 //!
-//! - Persist [`Engine::state`] on every [`Output::Persist`] (always first in
-//!   its batch) before performing the outputs after it; store the batch's
-//!   events in the same write.
+//! - On every [`Output::Persist`] (always first in its batch) write
+//!   [`Engine::persist_writes`] (see [`persist`]) before performing the
+//!   outputs after it; store the batch's events in the same write.
 //! - Deliver each `Send` to the instance's agent with its id and timeout; the
 //!   agent journals results by id and answers a repeated id from the journal.
 //! - Feed `Health` for every target instance on every report, `HostLost` /
@@ -65,6 +66,7 @@ mod chain;
 mod engine;
 mod model;
 mod modes;
+pub mod persist;
 mod plan;
 mod room;
 #[cfg(any(test, feature = "sim"))]
@@ -85,4 +87,4 @@ pub use model::{
 pub use plan::{Plan, PlannedBatch, PlannedSkip};
 pub use spec::{LostHostPolicy, Release, RolloutSpec, SpecError, Spread};
 pub use state::RolloutState;
-pub use status::{Counts, InstanceStatus, Phase, Status};
+pub use status::{Counts, InstanceStatus, Phase, Status, StatusCache};

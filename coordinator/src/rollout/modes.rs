@@ -69,7 +69,7 @@ impl Engine {
             self.st.wait_reason.clone_from(&wait);
             cx.out.push(Output::WaitReason(wait));
         }
-        let capacity = self.st.capacity();
+        let capacity = self.capacity();
         if capacity < self.st.lowest_capacity {
             self.st.lowest_capacity = capacity;
             cx.dirty = true;
@@ -265,7 +265,7 @@ impl Engine {
 
     fn leave(&mut self, cx: &mut Cx, idx: usize, why: String) {
         cx.dirty = true;
-        self.st.instances[idx].left = Some(why.clone());
+        self.edit(idx, |i| i.left = Some(why.clone()));
         let step = self.st.instances[idx].step;
         self.event(cx, Some(idx), Some(step), format!("left as it is: {why}"));
     }

@@ -1,6 +1,7 @@
 //! The engine's durable state: everything needed to resume after a crash.
-//! Serialised as a whole on every [`Output::Persist`](super::Output::Persist);
-//! its shape is private so the runtime can only store and restore it.
+//! Stored on every [`Output::Persist`](super::Output::Persist) as laid out
+//! in [`persist`](super::persist); its shape is private so the runtime can
+//! only store and restore it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -227,6 +228,27 @@ impl RolloutState {
             *r &= i.observed.reachable;
         }
         hosts
+    }
+
+    /// Everything but the instances, which are stored one record each.
+    pub(crate) fn head(&self) -> RolloutState {
+        RolloutState {
+            id: self.id.clone(),
+            spec: self.spec.clone(),
+            limits: self.limits.clone(),
+            instances: Vec::new(),
+            mode: self.mode.clone(),
+            paused: self.paused,
+            batch: self.batch,
+            batch_started: self.batch_started,
+            next_seq: self.next_seq,
+            started_at: self.started_at,
+            last_progress: self.last_progress,
+            now: self.now,
+            lowest_capacity: self.lowest_capacity,
+            wait_reason: self.wait_reason.clone(),
+            finished_at: self.finished_at,
+        }
     }
 
     pub(crate) fn capacity(&self) -> u32 {

@@ -1,5 +1,7 @@
 //! A read-only view of a rollout for `drover rollout status|watch`.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::engine::Engine;
@@ -82,11 +84,60 @@ pub struct Status {
     pub wait_reason: Option<String>,
     pub started_at: Millis,
     pub finished_at: Option<Millis>,
-    pub instances: Vec<InstanceStatus>,
+    /// Shared with the snapshot before it where unchanged.
+    pub instances: Vec<Arc<InstanceStatus>>,
+}
+
+/// The instances of the last [`Engine::status_from`], to rebuild only those
+/// changed since: a runner publishes a status on every pass, and at 10,000
+/// instances rebuilding each would cost more than the pass itself.
+#[derive(Debug, Default)]
+pub struct StatusCache {
+    instances: Vec<Arc<InstanceStatus>>,
+    /// [`Engine::changed_at`] of each instance when it was built.
+    built_at: Vec<u64>,
 }
 
 impl Engine {
+    /// The status, every instance built afresh.
     pub fn status(&self) -> Status {
+        self.status_with(None)
+    }
+
+    /// The status, rebuilding only the instances changed since `cache` was
+    /// last used with this engine.
+    pub fn status_from(&self, cache: &mut StatusCache) -> Status {
+        self.status_with(Some(cache))
+    }
+
+    fn instance_status(&self, n: usize) -> InstanceStatus {
+        let i = &self.state().instances[n];
+        InstanceStatus {
+            id: i.id.clone(),
+            host: i.host.clone(),
+            step: i.step,
+            direction: i.direction,
+            batch: i.batch,
+            release: i.observed.release.clone(),
+            previous: i.previous.clone(),
+            available: i.available(),
+            reachable: i.observed.reachable,
+            error: (i.rollback_fault.as_ref())
+                .map(|f| format!("rollback {f}"))
+                .or_else(|| i.fault.as_ref().map(ToString::to_string)),
+            note: i.left.clone().or_else(|| {
+                i.skipped.map(|s| {
+                    match s {
+                        super::state::SkipReason::OnTarget => "already on the target release",
+                        super::state::SkipReason::Unreachable => "host lost",
+                    }
+                    .to_string()
+                })
+            }),
+        }
+    }
+
+    fn status_with(&self, cache: Option<&mut StatusCache>) -> Status {
         let st = self.state();
         let (phase, reason) = match &st.mode {
             Mode::Forward if st.paused => (Phase::Paused, None),
@@ -127,31 +178,31 @@ impl Engine {
             unreachable: st.unreachable_count(),
             rolled_back: by(Step::RolledBack),
         };
-        let instances = (st.instances.iter())
-            .map(|i| InstanceStatus {
-                id: i.id.clone(),
-                host: i.host.clone(),
-                step: i.step,
-                direction: i.direction,
-                batch: i.batch,
-                release: i.observed.release.clone(),
-                previous: i.previous.clone(),
-                available: i.available(),
-                reachable: i.observed.reachable,
-                error: (i.rollback_fault.as_ref())
-                    .map(|f| format!("rollback {f}"))
-                    .or_else(|| i.fault.as_ref().map(ToString::to_string)),
-                note: i.left.clone().or_else(|| {
-                    i.skipped.map(|s| {
-                        match s {
-                            super::state::SkipReason::OnTarget => "already on the target release",
-                            super::state::SkipReason::Unreachable => "host lost",
+        let instances = match cache {
+            None => (0..st.instances.len())
+                .map(|n| Arc::new(self.instance_status(n)))
+                .collect(),
+            Some(c) => {
+                if c.instances.len() != st.instances.len() {
+                    *c = StatusCache::default();
+                }
+                for n in 0..st.instances.len() {
+                    let at = self.changed_at(n);
+                    match c.built_at.get(n) {
+                        Some(&built) if built == at => {}
+                        Some(_) => {
+                            c.instances[n] = Arc::new(self.instance_status(n));
+                            c.built_at[n] = at;
                         }
-                        .to_string()
-                    })
-                }),
-            })
-            .collect();
+                        None => {
+                            c.instances.push(Arc::new(self.instance_status(n)));
+                            c.built_at.push(at);
+                        }
+                    }
+                }
+                c.instances.clone()
+            }
+        };
         Status {
             id: st.id.clone(),
             service: st.spec.service.clone(),
@@ -161,7 +212,7 @@ impl Engine {
             outcome: st.outcome().cloned(),
             batch: st.batch + 1,
             counts,
-            capacity: st.capacity(),
+            capacity: self.capacity(),
             floor: st.limits.floor,
             lowest_capacity: st.lowest_capacity,
             wait_reason: st.wait_reason.clone(),

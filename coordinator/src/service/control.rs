@@ -25,6 +25,9 @@ use crate::auth::{READERS, WRITERS};
 use crate::rollout::OperatorAction;
 use crate::selector::Selector;
 
+/// Shortest time between two WatchRollout updates, unless the rollout ends.
+const WATCH_GAP: Duration = Duration::from_millis(100);
+
 /// Join tokens last an hour unless the operator asks otherwise.
 const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
@@ -304,6 +307,7 @@ impl ControlService for ControlSvc {
         let (tx, out) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let mut sent = 0usize;
+            let mut last = tokio::time::Instant::now();
             loop {
                 let snap = rx.borrow_and_update().clone();
                 let events = ctx.rollouts.events(&id, sent).unwrap_or_default();
@@ -331,6 +335,22 @@ impl ControlService for ControlSvc {
                         return;
                     },
                 }
+                // Coalesce: every update carries every instance, and a big
+                // rollout changes many times a millisecond. The events in
+                // between are all delivered with the next update; the end
+                // goes out at once.
+                let gap = tokio::time::sleep_until(last + WATCH_GAP);
+                tokio::pin!(gap);
+                while !rx.borrow().status.phase.is_terminal() {
+                    tokio::select! {
+                        _ = &mut gap => break,
+                        _ = tx.closed() => return,
+                        changed = rx.changed() => if changed.is_err() {
+                            break;
+                        },
+                    }
+                }
+                last = tokio::time::Instant::now();
             }
         });
         Ok(Response::new(Box::pin(

@@ -288,6 +288,8 @@ impl Checker {
 
     /// An input the engine is about to handle: learn the facts it carries.
     pub fn input(&mut self, now: u64, input: &Input) {
+        // A deadline at or before `now` beats any input handled at `now`.
+        self.expire(now);
         match input {
             Input::Tick => {}
             Input::Health {
@@ -301,7 +303,11 @@ impl Checker {
                     self.facts[k].in_service = (*in_service).into();
                 }
             }
-            Input::CommandResult { id, outcome } => self.result(now, id.as_str(), outcome),
+            Input::CommandResult { id, outcome } => {
+                // Answered in the same call as a `HostBack`: nothing to ask again.
+                self.resend_due.retain(|due| due != id.as_str());
+                self.result(now, id.as_str(), outcome);
+            }
             Input::HostBack { host } => {
                 self.expire(now);
                 for k in 0..self.host.len() {

@@ -502,31 +502,31 @@ impl Sim {
             return Ok(());
         };
         c.processing = false;
+        if c.engine.is_finished() {
+            return Ok(());
+        }
+        // Everything queued goes in as one call, as the runner hands the
+        // engine a whole pass of inputs.
         let inputs = std::mem::take(&mut c.inbox);
-        let mut all = Vec::new();
-        for input in inputs {
-            let Some(c) = self.coord.as_mut() else {
-                break;
-            };
-            if c.engine.is_finished() {
-                break;
-            }
+        for input in &inputs {
             if self.trace.on && !matches!(input, Input::Tick) {
-                sim_trace!(self, "-> {}", show_input(&input));
+                sim_trace!(self, "-> {}", show_input(input));
             }
-            self.check.input(self.now, &input);
-            let outs = c.engine.handle(Millis(self.now), input);
-            if self.trace.on {
-                for o in &outs {
-                    if let Some(line) = show_output(o) {
-                        sim_trace!(self, "   {line}");
-                    }
+            self.check.input(self.now, input);
+        }
+        let Some(c) = self.coord.as_mut() else {
+            return Ok(());
+        };
+        let outs = c.engine.handle_all(Millis(self.now), inputs);
+        if self.trace.on {
+            for o in &outs {
+                if let Some(line) = show_output(o) {
+                    sim_trace!(self, "   {line}");
                 }
             }
-            self.check.outputs(self.now, &outs)?;
-            all.extend(outs);
         }
-        self.perform(all, true)
+        self.check.outputs(self.now, &outs)?;
+        self.perform(outs, true)
     }
 
     fn roll_crash(&mut self, per_mille: u32) -> bool {
@@ -541,8 +541,8 @@ impl Sim {
                 self.crash("before its store write");
                 return Ok(());
             }
-            if let Some(c) = &self.coord {
-                self.store.write(c.engine.state()).map_err(|e| Violation {
+            if let Some(c) = self.coord.as_mut() {
+                self.store.write(&mut c.engine).map_err(|e| Violation {
                     invariant: 0,
                     what: format!("store write failed: {e}"),
                 })?;

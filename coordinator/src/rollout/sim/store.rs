@@ -4,30 +4,29 @@
 
 use std::path::PathBuf;
 
-use crate::rollout::RolloutState;
+use crate::rollout::{Engine, RolloutState, persist};
 use crate::store::{MemoryStore, RedbStore, Store, StoreError};
 
-const KEY: &str = "rollout-state/r1";
+use super::runtime::ROLLOUT as ID;
 
 /// Which [`Store`] backs the simulation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreKind {
-    /// [`MemoryStore`]. Each write keeps a copy of the state; the copy is
-    /// written through the store as JSON (as the runtime writes it) when
-    /// the coordinator crashes, and the restore reads it back from there.
-    /// Serialising is a pure function of the state, so this is the same as
-    /// writing JSON every time, only cheaper, and every crash still
-    /// round-trips the state through serde and the `Store` trait.
+    /// [`MemoryStore`]: survives the simulated crash like a disk would.
     Memory,
-    /// [`RedbStore`] in the given file: JSON written through redb on every
-    /// write, and a crash closes and reopens the database.
+    /// [`RedbStore`] in the given file: a crash closes and reopens the
+    /// database.
     Redb(PathBuf),
 }
 
+/// Every write goes through the `Store` trait as the runner writes it (the
+/// head and the instances changed since the last write), and a restore
+/// reads it back as the runner does, so a change the engine forgot to mark
+/// shows up as a state that differs from the one written.
 pub struct SimStore {
     kind: StoreKind,
     memory: MemoryStore,
-    /// The state of the last completed write (memory mode).
+    /// The state of the last completed write, to compare the read-back with.
     last: Option<RolloutState>,
     redb: Option<(RedbStore, tokio::runtime::Runtime)>,
     pub writes: u64,
@@ -54,46 +53,43 @@ impl SimStore {
         })
     }
 
-    /// The runtime's write on a `Persist`: the whole state, as JSON.
-    pub fn write(&mut self, state: &RolloutState) -> Result<(), StoreError> {
+    /// The runtime's write on a `Persist`.
+    pub fn write(&mut self, engine: &mut Engine) -> Result<(), StoreError> {
         self.writes += 1;
+        let writes = engine
+            .persist_writes()
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        self.last = Some(engine.state().clone());
         match &self.redb {
-            None => {
-                self.last = Some(state.clone());
-                Ok(())
-            }
-            Some((db, rt)) => {
-                let bytes = serde_json::to_vec(state).map_err(|e| StoreError::Io(e.to_string()))?;
-                rt.block_on(db.put_many(vec![(KEY.to_string(), bytes)]))
-            }
+            None => futures::executor::block_on(self.memory.put_many(writes)),
+            Some((db, rt)) => rt.block_on(db.put_many(writes)),
         }
     }
 
     /// After a crash: what the store holds, read back as the runtime does.
     pub fn read_after_crash(&mut self) -> Result<Option<RolloutState>, StoreError> {
-        let bytes = match (&self.kind, self.redb.take()) {
+        let (head, records) = match (&self.kind, self.redb.take()) {
             (StoreKind::Redb(path), Some((db, rt))) => {
                 // The process died: the database is closed and opened again.
                 drop(db);
                 let db = RedbStore::open(path)?;
-                let bytes = rt.block_on(db.get(KEY))?;
+                let head = rt.block_on(db.get(&persist::head_key(ID)))?;
+                let records = rt.block_on(db.scan_prefix(&persist::instances_prefix(ID)))?;
                 self.redb = Some((db, rt));
-                bytes
+                (head, records)
             }
-            _ => {
-                if let Some(state) = &self.last {
-                    let bytes =
-                        serde_json::to_vec(state).map_err(|e| StoreError::Io(e.to_string()))?;
-                    futures::executor::block_on(self.memory.put(KEY, bytes))?;
-                }
-                futures::executor::block_on(self.memory.get(KEY))?
-            }
+            _ => futures::executor::block_on(async {
+                let head = self.memory.get(&persist::head_key(ID)).await?;
+                let records = (self.memory)
+                    .scan_prefix(&persist::instances_prefix(ID))
+                    .await?;
+                Ok::<_, StoreError>((head, records))
+            })?,
         };
-        let Some(bytes) = bytes else {
+        let Some(head) = head else {
             return Ok(None);
         };
-        let state: RolloutState = serde_json::from_slice(&bytes)
-            .map_err(|e| StoreError::Corrupted(format!("rollout state: {e}")))?;
+        let state = persist::decode(&head, &records).map_err(StoreError::Corrupted)?;
         if let Some(last) = &self.last
             && last != &state
         {

@@ -292,11 +292,15 @@ fn regression_seed_24_failed_instances_are_not_free_to_take() {
     stays_fixed(Bug::FailedTakenForFree, 24, 1);
 }
 
-/// Seed 5530: a host came back after its in-flight command's deadline had
-/// passed but before the tick that would time it out; the engine re-sent
-/// the command and timed it out in the same call, so the agent ran a step
-/// nobody waited for (invariant 2).
+/// Seed 5530 first: a host came back after its in-flight command's
+/// deadline had passed but before the tick that would time it out; the
+/// engine re-sent the command and timed it out in the same call, so the
+/// agent ran a step nobody waited for (invariant 2). The engine now times
+/// out what is due before it looks at any input of a call. Since inputs
+/// arrive in passes, seed 62 reaches the same broken order first: a drain's
+/// result arriving exactly at its deadline was taken after the step had
+/// timed out, and the next step went out (invariant 2).
 #[test]
-fn regression_seed_5530_no_resend_past_the_deadline() {
-    stays_fixed(Bug::ResendPastDeadline, 5530, 2);
+fn regression_seed_62_due_steps_time_out_before_inputs() {
+    stays_fixed(Bug::ResendPastDeadline, 62, 2);
 }

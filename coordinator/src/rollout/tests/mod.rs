@@ -2,6 +2,7 @@
 
 mod fleet;
 mod found;
+mod persist;
 mod scenarios;
 mod seeded;
 mod spec;

@@ -139,7 +139,7 @@ fn an_instance_down_on_its_own_shrinks_then_holds_the_next_batch() {
     assert!(f.run_until(HOUR, |f| f.status().counts.done >= 3));
     let done: Vec<String> = (f.status().instances.into_iter())
         .filter(|i| i.step == Step::Done)
-        .map(|i| i.id)
+        .map(|i| i.id.clone())
         .collect();
     // One updated instance crashes: once the chains in flight finish, room
     // for one at a time instead of two.
@@ -363,7 +363,7 @@ fn a_floor_that_never_recovers_fails_at_the_progress_deadline() {
     assert!(f.run_until(HOUR, |f| f.status().counts.done >= 3));
     let done: Vec<String> = (f.status().instances.into_iter())
         .filter(|i| i.step == Step::Done)
-        .map(|i| i.id)
+        .map(|i| i.id.clone())
         .take(3)
         .collect();
     for id in &done {
@@ -611,7 +611,12 @@ fn spread_keeps_at_most_k_down_per_zone() {
     }
     assert_eq!(f.max_held, 3, "one per zone at a time");
     // Plan order takes zones in turn.
-    let order: Vec<String> = f.status().instances.into_iter().map(|i| i.id).collect();
+    let order: Vec<String> = f
+        .status()
+        .instances
+        .into_iter()
+        .map(|i| i.id.clone())
+        .collect();
     assert_eq!(&order[..3], ["web@h01", "web@h02", "web@h03"]);
 }
 
