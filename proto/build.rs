@@ -13,6 +13,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Artifact bytes as `Bytes`: the coordinator sends the buffer it
+        // read into and the agent gets a slice of the decode buffer, with
+        // no copy into a fresh `Vec` per chunk on either side.
+        .bytes(".drover.v1.ArtifactChunk.data")
         .compile_fds(fds)?;
     Ok(())
 }

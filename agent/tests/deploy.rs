@@ -70,7 +70,7 @@ impl ArtifactSource for MemSource {
             let to = (at + 16 * 1024).min(end);
             chunks.push(Ok(ArtifactChunk {
                 offset: at,
-                data: bytes[at as usize..to as usize].to_vec(),
+                data: bytes[at as usize..to as usize].to_vec().into(),
                 size_bytes: size,
             }));
             at = to;
@@ -452,6 +452,30 @@ async fn a_stream_that_ends_early_is_resumed_from_the_partial_file() {
         std::fs::read(cfg.current_link().join("data")).expect("data"),
         big
     );
+}
+
+/// The checksum covers the bytes kept from an earlier attempt too (they
+/// are hashed from disk, the new ones as they arrive): wrong kept bytes
+/// cost one fresh download, not a bad release.
+#[tokio::test]
+async fn a_partial_file_with_wrong_bytes_is_downloaded_again_from_the_start() {
+    let s = setup();
+    let big: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    let v1 = s.source.add(gz(&tar(&[Entry::File("./data", &big)])));
+    std::fs::create_dir_all(s.cache.dir()).expect("cache dir");
+    std::fs::write(s.cache.partial_of(&v1), vec![0xA5u8; 40_000]).expect("partial");
+    let mut cfg = s.cfg.clone();
+    cfg.max_unpacked_bytes = 10 * 1024 * 1024;
+    deploy::deploy(&cfg, &release("v1", &v1), &s.cache, &s.source, &no_progress)
+        .await
+        .expect("deploy");
+    let opens = s.source.opens.lock().expect("lock").clone();
+    assert_eq!(opens, vec![(v1.clone(), 40_000), (v1.clone(), 0)]);
+    assert_eq!(
+        std::fs::read(cfg.current_link().join("data")).expect("data"),
+        big
+    );
+    assert!(!s.cache.partial_of(&v1).exists());
 }
 
 #[tokio::test]

@@ -6,14 +6,16 @@
 //! store and is made with compare-and-swap: a version, once bound, never
 //! silently changes its bytes.
 
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use drover_proto::identity::valid_name;
 use drover_proto::v1::Artifact;
+use prost::bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::registry::now_ms;
 use crate::store::{Store, StoreError};
@@ -283,34 +285,67 @@ impl Artifacts {
         Ok(out)
     }
 
-    /// Opens an artifact positioned at `offset`; returns it with its size.
+    /// Opens an artifact positioned at `offset`; returns a reader for it
+    /// and its size.
     pub async fn open_at(
         &self,
         digest: &str,
         offset: u64,
-    ) -> Result<(tokio::fs::File, u64), ArtifactError> {
+    ) -> Result<(ChunkReader, u64), ArtifactError> {
         let path = self.path_of(digest)?;
-        let mut file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
+        let at = path.clone();
+        let opened = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            let mut file = std::fs::File::open(&at)?;
+            let size = file.metadata()?.len();
+            if offset <= size {
+                file.seek(std::io::SeekFrom::Start(offset))?;
+            }
+            Ok((file, size))
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        let (file, size) = match opened {
+            Ok(opened) => opened,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(ArtifactError::NotFound(digest.to_string()));
             }
             Err(e) => return Err(io_err(&path)(e)),
         };
-        let size = file.metadata().await.map_err(io_err(&path))?.len();
         if offset > size {
             return Err(ArtifactError::Offset { offset, size });
         }
-        file.seek(std::io::SeekFrom::Start(offset))
-            .await
-            .map_err(io_err(&path))?;
-        Ok((file, size))
+        Ok((ChunkReader { file: Some(file) }, size))
     }
 }
 
-/// Reads up to `buf.len()` bytes; 0 means end of file.
-pub async fn read_chunk(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    file.read(buf).await
+/// Reads an artifact in chunks on the blocking pool, each straight into
+/// the buffer that goes on the wire: `tokio::fs::File` would read into its
+/// own buffer and copy from there, one more pass over every byte sent.
+#[derive(Debug)]
+pub struct ChunkReader {
+    /// Lent to the blocking task during a read; `None` after a panic there.
+    file: Option<std::fs::File>,
+}
+
+impl ChunkReader {
+    /// The next up to `max` bytes, fewer only at the end of the file;
+    /// empty at the end.
+    pub async fn next_chunk(&mut self, max: usize) -> std::io::Result<Bytes> {
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| std::io::Error::other("an earlier read failed"))?;
+        let (file, read) = tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::with_capacity(max);
+            let read = (&mut file).take(max as u64).read_to_end(&mut buf);
+            (file, read.map(|_| Bytes::from(buf)))
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        self.file = Some(file);
+        read
+    }
 }
 
 fn check_name(what: &'static str, value: &str) -> Result<(), ArtifactError> {
@@ -377,9 +412,9 @@ mod tests {
 
         let (mut f, size) = a.open_at(&first.digest, 6).await.expect("open");
         assert_eq!(size, 11);
-        let mut buf = [0u8; 32];
-        let n = read_chunk(&mut f, &mut buf).await.expect("read");
-        assert_eq!(&buf[..n], b"world");
+        assert_eq!(&f.next_chunk(3).await.expect("read")[..], b"wor");
+        assert_eq!(&f.next_chunk(32).await.expect("read")[..], b"ld");
+        assert!(f.next_chunk(32).await.expect("read").is_empty());
         assert!(a.open_at(&first.digest, 12).await.is_err());
         assert!(matches!(
             a.open_at(&"0".repeat(64), 0).await,

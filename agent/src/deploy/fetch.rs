@@ -8,7 +8,7 @@
 //! file is reused.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -18,8 +18,8 @@ use drover_proto::transport::{self, ConnectOptions};
 use drover_proto::v1::agent_service_client::AgentServiceClient;
 use drover_proto::v1::{ArtifactChunk, FetchArtifactRequest};
 use futures::{Stream, StreamExt};
+use prost::bytes::Bytes;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use crate::tls::TlsFiles;
 
@@ -261,8 +261,7 @@ impl Cache {
             }
             match ended {
                 // The stream ended cleanly: everything the coordinator has.
-                Ok(total) if total.is_none_or(|t| got >= t) => {
-                    let actual = sha256_file(&partial).await.map_err(|e| io("read", e))?;
+                Ok((total, actual)) if total.is_none_or(|t| got >= t) => {
                     if actual == digest {
                         let path = self.path_of(digest);
                         tokio::fs::rename(&partial, &path)
@@ -303,8 +302,12 @@ impl Cache {
     }
 
     /// One request from `offset`. Returns the partial file's length after
-    /// it, and how the stream ended: `Ok(total size if seen)` when it ended
-    /// cleanly, `Err` when it broke.
+    /// it, and how the stream ended: `Ok((total size if seen, sha256 of
+    /// the whole partial file))` when it ended cleanly, `Err` when it broke.
+    ///
+    /// The bytes are written and hashed on the blocking pool while the
+    /// next chunks arrive (at most [`WRITE_QUEUE`] chunks wait), so the
+    /// checksum needs no second pass over the file.
     async fn attempt(
         &self,
         digest: &str,
@@ -312,43 +315,38 @@ impl Cache {
         source: &dyn ArtifactSource,
         progress: &(dyn Fn(FetchProgress) + Send + Sync),
         partial: &Path,
-    ) -> Result<(u64, Result<Option<u64>, FetchError>), FetchError> {
-        let io = |what: &str, e: std::io::Error| {
-            FetchError::Io(format!("{what} {}: {e}", partial.display()))
-        };
+    ) -> Result<(u64, Result<(Option<u64>, String), FetchError>), FetchError> {
         let mut stream = source.open(digest, offset).await?;
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(partial)
-            .await
-            .map_err(|e| io("open", e))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let path = partial.to_path_buf();
+        let writer = tokio::task::spawn_blocking(move || write_partial(&path, offset, rx));
         let mut got = offset;
         let mut total = None;
-        let ended = loop {
+        // `Err` is terminal: the writer is stopped and the error returned.
+        let ended: Result<Result<Option<u64>, FetchError>, FetchError> = loop {
             match stream.next().await {
-                None => break Ok(total),
-                Some(Err(e)) if e.retryable() => break Err(e),
-                Some(Err(e)) => return Err(e),
+                None => break Ok(Ok(total)),
+                Some(Err(e)) if e.retryable() => break Ok(Err(e)),
+                Some(Err(e)) => break Err(e),
                 Some(Ok(chunk)) => {
                     if chunk.offset != got {
-                        break Err(FetchError::Unavailable(format!(
+                        break Ok(Err(FetchError::Unavailable(format!(
                             "chunk at offset {}, expected {got}",
                             chunk.offset
-                        )));
+                        ))));
                     }
                     let end = got + chunk.data.len() as u64;
                     if end > chunk.size_bytes {
-                        let _ = tokio::fs::remove_file(partial).await;
-                        return Err(FetchError::Protocol(format!(
+                        break Err(FetchError::Protocol(format!(
                             "the coordinator sent {end} bytes of an artifact it says has {}",
                             chunk.size_bytes
                         )));
                     }
                     total = Some(chunk.size_bytes);
-                    file.write_all(&chunk.data)
-                        .await
-                        .map_err(|e| io("write", e))?;
+                    if tx.send(chunk.data).await.is_err() {
+                        // The writer failed; its error is returned below.
+                        break Ok(Ok(total));
+                    }
                     got = end;
                     progress(FetchProgress {
                         done: got,
@@ -357,9 +355,24 @@ impl Cache {
                 }
             }
         };
-        file.flush().await.map_err(|e| io("write", e))?;
-        file.sync_data().await.map_err(|e| io("sync", e))?;
-        Ok((got, ended))
+        drop(tx);
+        let written = writer
+            .await
+            .map_err(|e| FetchError::Io(format!("write {}: {e}", partial.display())))
+            .and_then(|r| {
+                r.map_err(|(what, e)| FetchError::Io(format!("{what} {}: {e}", partial.display())))
+            });
+        let ended = match ended {
+            Ok(ended) => ended,
+            Err(e) => {
+                if matches!(e, FetchError::Protocol(_)) {
+                    let _ = tokio::fs::remove_file(partial).await;
+                }
+                return Err(e);
+            }
+        };
+        let sha = written?;
+        Ok((got, ended.map(|total| (total, sha))))
     }
 
     /// Removes cached artifacts not in `keep` (partial files stay, for
@@ -392,20 +405,54 @@ pub fn valid_digest(d: &str) -> bool {
 pub async fn sha256_file(path: &Path) -> std::io::Result<String> {
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let mut f = std::fs::File::open(&path)?;
         let mut h = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
+        hash_from(&mut h, std::fs::File::open(&path)?)?;
         Ok(hex::encode(h.finalize()))
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+/// Chunks received but not yet written, per fetch: with the HTTP/2
+/// stream window, what bounds an agent's memory during a download.
+const WRITE_QUEUE: usize = 4;
+
+/// Appends the received chunks to `path` (which holds `offset` bytes from
+/// earlier attempts) and syncs it. Returns the sha256 of the whole file,
+/// lowercase hex: the earlier bytes are read back and hashed first, the
+/// new ones as they are written. Errors say what failed.
+fn write_partial(
+    path: &Path,
+    offset: u64,
+    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+) -> Result<String, (&'static str, std::io::Error)> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| ("open", e))?;
+    let mut h = Sha256::new();
+    if offset > 0 {
+        let kept = std::fs::File::open(path).map_err(|e| ("read", e))?;
+        hash_from(&mut h, kept.take(offset)).map_err(|e| ("read", e))?;
+    }
+    while let Some(data) = rx.blocking_recv() {
+        file.write_all(&data).map_err(|e| ("write", e))?;
+        h.update(&data);
+    }
+    file.sync_data().map_err(|e| ("sync", e))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+fn hash_from(h: &mut Sha256, mut r: impl Read) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        h.update(&buf[..n]);
+    }
 }
 
 fn sync_dir(dir: &Path) {

@@ -237,7 +237,7 @@ impl AgentService for Fake {
                     }
                     end = end.min(cut);
                 }
-                let data = bytes[offset as usize..end as usize].to_vec();
+                let data = bytes[offset as usize..end as usize].to_vec().into();
                 let msg = ArtifactChunk {
                     offset,
                     data,

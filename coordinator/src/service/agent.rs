@@ -223,21 +223,22 @@ impl AgentService for AgentSvc {
     ) -> Result<Response<Self::FetchArtifactStream>, Status> {
         let caller = self.ctx.authz.require(&request, &[Role::Agent])?;
         let req = request.into_inner();
-        let (mut file, size) = self.ctx.artifacts.open_at(&req.digest, req.offset).await?;
+        let (mut reader, size) = self.ctx.artifacts.open_at(&req.digest, req.offset).await?;
         tracing::debug!(host = %caller.cert.identity.name, digest = %req.digest, offset = req.offset, "artifact fetch");
+        // At most this many chunks wait per fetch: a slow agent holds a
+        // bounded amount of the coordinator's memory.
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let shutdown = self.ctx.shutdown.clone();
         tokio::spawn(async move {
             let mut offset = req.offset;
-            let mut buf = vec![0u8; super::control::CHUNK_BYTES];
             loop {
-                let n = tokio::select! {
+                let data = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    n = crate::artifacts::read_chunk(&mut file, &mut buf) => n,
+                    data = reader.next_chunk(super::control::CHUNK_BYTES) => data,
                 };
-                let n = match n {
-                    Ok(0) => return,
-                    Ok(n) => n,
+                let data = match data {
+                    Ok(d) if d.is_empty() => return,
+                    Ok(d) => d,
                     Err(e) => {
                         let _ = tx
                             .send(Err(Status::internal(format!("read artifact: {e}"))))
@@ -245,12 +246,13 @@ impl AgentService for AgentSvc {
                         return;
                     }
                 };
+                let n = data.len() as u64;
                 let chunk = ArtifactChunk {
                     offset,
-                    data: buf[..n].to_vec(),
+                    data,
                     size_bytes: size,
                 };
-                offset += n as u64;
+                offset += n;
                 if tx.send(Ok(chunk)).await.is_err() {
                     return;
                 }
