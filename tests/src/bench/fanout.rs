@@ -4,17 +4,25 @@
 //! mTLS gRPC together. Measured: the aggregate throughput of the transfer
 //! (N x artifact size over the time from the first byte any agent wrote
 //! to the last byte of the last agent, watched in the agents' cache
-//! files), the agents' RSS before and during it, and the CPU the
-//! coordinator and the agents spent.
+//! files; the agents hash the bytes as they write them, so the window
+//! holds the checksum work too, but not the final fsync), the time until
+//! every agent has verified and renamed its copy, the agents' RSS before
+//! and during it, and the CPU the coordinator and the agents spent.
 //!
 //! The yardstick is a plain copy on the same loopback in the same run: N
 //! clients each reading the coordinator's stored artifact file from one
 //! server over its own TCP connection, read(2)/write(2) with 256 KiB
 //! buffers (the coordinator's chunk size), no TLS, the bytes discarded.
 //! It runs before and after drover's transfer; the faster run is the
-//! limit. A third run writes each copy to a file on the agents' disk (no
-//! fsync: drover's window also ends at the last byte written): what
-//! storing the bytes costs on this machine.
+//! limit (`loopback_mib_s`, `ratio`). A second yardstick writes each copy
+//! to a file on the agents' disk (no fsync: drover's window also ends at
+//! the last byte written), also before and after, the faster counting
+//! (`loopback_to_files_mib_s`, `ratio_to_files`): what storing the bytes
+//! costs on this machine, which drover cannot avoid.
+//!
+//! Every phase starts after a sync(1), so none pays for the writeback of
+//! an earlier phase's files (drover's transfer and unpacking leave
+//! gigabytes of dirty pages behind).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -82,8 +90,9 @@ pub fn run(opts: &FanoutOpts) -> Vec<Value> {
     let digest = fleet.push_artifact(&artifact, SERVICE, "v1");
     let stored = fleet.artifact_file(&digest);
 
-    note("plain loopback copy (before)");
+    note("plain loopback copy (before), then into files");
     let before = plain_copy(&stored, opts.agents, None);
+    let to_files_before = plain_copy(&stored, opts.agents, Some(&root));
 
     let agent_pids: Vec<u32> = fleet.agents.iter().filter_map(|a| a.pid()).collect();
     let rss_before: Vec<u64> = agent_pids
@@ -112,6 +121,7 @@ pub fn run(opts: &FanoutOpts) -> Vec<Value> {
         "rollout: {} agents fetch the artifact at once",
         opts.agents
     ));
+    settle();
     let load_start = load_avg();
     let started = Instant::now();
     let out = fleet.cli(&[
@@ -201,7 +211,7 @@ pub fn run(opts: &FanoutOpts) -> Vec<Value> {
 
     note("plain loopback copy (after), then into files");
     let after = plain_copy(&stored, opts.agents, None);
-    let to_files = plain_copy(&stored, opts.agents, Some(&root));
+    let to_files_after = plain_copy(&stored, opts.agents, Some(&root));
 
     let first = first_byte.unwrap_or_default();
     let last = all_bytes.unwrap_or(all_cached);
@@ -210,6 +220,7 @@ pub fn run(opts: &FanoutOpts) -> Vec<Value> {
     let drover_mib_s = total / MIB / window.as_secs_f64();
     let rate = |(bytes, took): (u64, Duration)| bytes as f64 / MIB / took.as_secs_f64();
     let limit = rate(before).max(rate(after));
+    let to_files = rate(to_files_before).max(rate(to_files_after));
     let growth = rss_max
         .iter()
         .zip(&rss_before)
@@ -225,8 +236,10 @@ pub fn run(opts: &FanoutOpts) -> Vec<Value> {
         "loopback_before_mib_s": round(rate(before), 1),
         "loopback_after_mib_s": round(rate(after), 1),
         "ratio": round(drover_mib_s / limit, 3),
-        "loopback_to_files_mib_s": round(rate(to_files), 1),
-        "ratio_to_files": round(drover_mib_s / rate(to_files), 3),
+        "loopback_to_files_mib_s": round(to_files, 1),
+        "loopback_to_files_before_mib_s": round(rate(to_files_before), 1),
+        "loopback_to_files_after_mib_s": round(rate(to_files_after), 1),
+        "ratio_to_files": round(drover_mib_s / to_files, 3),
         "first_byte_secs": secs(first),
         "transfer_secs": secs(window),
         "all_verified_secs": secs(all_cached),
@@ -319,10 +332,22 @@ fn write_release(path: &Path, payload: u64) {
     file.flush().expect("flush artifact");
 }
 
+/// Flushes every dirty page to disk, so the phase that follows does not
+/// share the machine with the writeback of the one before.
+fn settle() {
+    let synced = std::process::Command::new("sync").status();
+    assert!(
+        synced.as_ref().is_ok_and(|s| s.success()),
+        "sync(1) failed: {synced:?}"
+    );
+}
+
 /// `n` clients each read `file` from one server over loopback TCP at
 /// once, discarding the bytes, or writing each copy to a file in `sink`
-/// (removed afterwards; not synced). Returns the bytes received and the time it took.
+/// (removed afterwards; not synced). Starts with [`settle`]. Returns the
+/// bytes received and the time it took.
 fn plain_copy(file: &Path, n: usize, sink: Option<&Path>) -> (u64, Duration) {
+    settle();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
     let path = file.to_path_buf();
