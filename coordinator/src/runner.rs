@@ -956,9 +956,15 @@ impl Task {
         };
         // The session's queue is bounded; a slow agent must not stall the
         // rollout, and a lost message is re-asked on reconnect or times out.
-        tokio::spawn(async move {
-            let _ = tx.send(Ok(msg)).await;
-        });
+        // Most of the time there is room, and no task is needed.
+        match tx.try_send(Ok(msg)) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                tokio::spawn(async move {
+                    let _ = tx.send(msg).await;
+                });
+            }
+        }
     }
 
     fn publish(&mut self, events: usize) {

@@ -20,7 +20,8 @@ use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
-use super::{Ctx, rollouts};
+use super::Ctx;
+use super::rollouts::{self, Listed};
 use crate::auth::{READERS, WRITERS};
 use crate::rollout::OperatorAction;
 use crate::selector::Selector;
@@ -253,7 +254,7 @@ impl ControlService for ControlSvc {
             )?;
         tracing::info!(by = %caller.cert.identity, rollout = %snap.status.id, service = %snap.status.service, target = %snap.status.target, "rollout started");
         Ok(Response::new(StartRolloutResponse {
-            rollout: Some(rollouts::to_proto(&snap, &[], true)),
+            rollout: Some(rollouts::to_proto(&snap, &[], Listed::All)),
             plan: None,
         }))
     }
@@ -270,7 +271,11 @@ impl ControlService for ControlSvc {
         } else {
             Vec::new()
         };
-        Ok(Response::new(rollouts::to_proto(&snap, &events, true)))
+        Ok(Response::new(rollouts::to_proto(
+            &snap,
+            &events,
+            Listed::All,
+        )))
     }
 
     async fn list_rollouts(
@@ -289,7 +294,7 @@ impl ControlService for ControlSvc {
             .rollouts
             .list(&req.service, limit)
             .iter()
-            .map(|s| rollouts::to_proto(s, &[], false))
+            .map(|s| rollouts::to_proto(s, &[], Listed::None))
             .collect();
         Ok(Response::new(ListRolloutsResponse { rollouts }))
     }
@@ -312,8 +317,16 @@ impl ControlService for ControlSvc {
                 let snap = rx.borrow_and_update().clone();
                 let events = ctx.rollouts.events(&id, sent).unwrap_or_default();
                 sent += events.len();
+                // While it runs, only the instances mid-step: a live view
+                // needs no more, and at 10,000 instances every update would
+                // otherwise carry them all. The last update lists them all.
+                let listed = if snap.status.phase.is_terminal() {
+                    Listed::All
+                } else {
+                    Listed::InFlight
+                };
                 let update = RolloutUpdate {
-                    rollout: Some(rollouts::to_proto(&snap, &[], true)),
+                    rollout: Some(rollouts::to_proto(&snap, &[], listed)),
                     events: events.iter().map(rollouts::event_to_proto).collect(),
                 };
                 if tx.send(Ok(update)).await.is_err() {
@@ -378,7 +391,7 @@ impl ControlService for ControlSvc {
         };
         let snap = self.ctx.rollouts.act(&req.id, action).await?;
         tracing::info!(by = %caller.cert.identity, rollout = %req.id, action = crate::runner::action_name(action), phase = %crate::runner::phase_name(snap.status.phase), "rollout action");
-        Ok(Response::new(rollouts::to_proto(&snap, &[], true)))
+        Ok(Response::new(rollouts::to_proto(&snap, &[], Listed::All)))
     }
 }
 

@@ -84,7 +84,16 @@ pub fn event_to_proto(e: &RolloutEvent) -> pb::RolloutEvent {
     }
 }
 
-pub fn to_proto(s: &Snapshot, events: &[RolloutEvent], with_instances: bool) -> pb::Rollout {
+/// Which instances a [`to_proto`] answer lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listed {
+    None,
+    /// Those mid-step: what a live view shows while the rollout runs.
+    InFlight,
+    All,
+}
+
+pub fn to_proto(s: &Snapshot, events: &[RolloutEvent], listed: Listed) -> pb::Rollout {
     let st = &s.status;
     let reason = st
         .reason
@@ -122,9 +131,11 @@ pub fn to_proto(s: &Snapshot, events: &[RolloutEvent], with_instances: bool) -> 
         wait_reason: st.wait_reason.clone().unwrap_or_default(),
         started_at_ms: ms(st.started_at),
         finished_at_ms: st.finished_at.map(ms).unwrap_or(0),
-        instances: if with_instances {
-            st.instances
-                .iter()
+        instances: if listed == Listed::None {
+            Vec::new()
+        } else {
+            (st.instances.iter())
+                .filter(|i| listed == Listed::All || i.step.in_chain())
                 .map(|i| pb::RolloutInstance {
                     id: i.id.clone(),
                     host: i.host.clone(),
@@ -140,8 +151,6 @@ pub fn to_proto(s: &Snapshot, events: &[RolloutEvent], with_instances: bool) -> 
                     progress: s.progress.get(&i.id).cloned().unwrap_or_default(),
                 })
                 .collect()
-        } else {
-            Vec::new()
         },
         events: events.iter().map(event_to_proto).collect(),
         spec_toml: s.spec_toml.clone(),
@@ -182,5 +191,65 @@ pub fn plan_to_proto(p: Plan, spec_toml: String) -> pb::RolloutPlan {
         lowest_capacity: p.lowest_capacity,
         stalls: p.stalls.unwrap_or_default(),
         spec_toml,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::{Listed, to_proto};
+    use crate::rollout::{Amount, Engine, InstanceInfo, Millis, Release, RolloutSpec};
+    use crate::runner::Snapshot;
+
+    fn snapshot(n: usize) -> Snapshot {
+        let old = Release::new("v1", "1".repeat(64));
+        let infos = (1..=n)
+            .map(|k| InstanceInfo {
+                id: format!("web@h{k:02}"),
+                host: format!("h{k:02}"),
+                labels: BTreeMap::new(),
+                release: Some(old.clone()),
+                healthy: true,
+                in_service: true,
+                reachable: true,
+            })
+            .collect();
+        let spec = RolloutSpec {
+            service: "web".to_string(),
+            target: Release::new("v2", "2".repeat(64)),
+            batches: vec![Amount::Count(2)],
+            min_healthy: Amount::Percent(50),
+            ..RolloutSpec::default()
+        };
+        let (engine, _) = Engine::start("web-1", spec, infos, Millis(0)).expect("start");
+        Snapshot {
+            status: engine.status(),
+            progress: BTreeMap::new(),
+            events: 0,
+            started_by: String::new(),
+            spec_toml: String::new(),
+            selector: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_live_update_lists_the_instances_mid_step_and_the_full_answer_all() {
+        let snap = snapshot(10);
+        let ids = |listed| -> Vec<String> {
+            (to_proto(&snap, &[], listed).instances.into_iter())
+                .map(|i| i.id)
+                .collect()
+        };
+        assert_eq!(ids(Listed::InFlight), ["web@h01", "web@h02"]);
+        assert_eq!(ids(Listed::All).len(), 10);
+        assert!(ids(Listed::None).is_empty());
+        let counts = to_proto(&snap, &[], Listed::InFlight)
+            .counts
+            .expect("counts");
+        assert_eq!(
+            (counts.total, counts.in_progress, counts.pending),
+            (10, 2, 8)
+        );
     }
 }
