@@ -744,6 +744,14 @@ impl Engine {
 /// instance down, or already has more lost instances than allowed.
 fn check_startable(st: &RolloutState, capacity: u32) -> Result<(), PlanError> {
     let lim = &st.limits;
+    // A floor above the fleet is a wrong spec even when nothing needs updating.
+    if lim.floor > lim.total {
+        return Err(PlanError::FloorAboveTotal {
+            min_healthy: st.spec.min_healthy,
+            floor: lim.floor,
+            total: lim.total,
+        });
+    }
     let pending = count(st.instances.iter().filter(|i| i.step == Step::Pending));
     if pending == 0 {
         return Ok(());
@@ -758,13 +766,6 @@ fn check_startable(st: &RolloutState, capacity: u32) -> Result<(), PlanError> {
             unreachable,
             max: lim.max_unreachable,
             hosts: hosts.into_iter().collect::<Vec<_>>().join(", "),
-        });
-    }
-    if lim.floor > lim.total {
-        return Err(PlanError::FloorAboveTotal {
-            min_healthy: st.spec.min_healthy,
-            floor: lim.floor,
-            total: lim.total,
         });
     }
     if capacity < lim.floor {

@@ -284,6 +284,17 @@ fn impossible_floors_are_refused_with_numbers() {
         err.to_string(),
         "min_healthy 11 asks for a floor of 11 but only 10 instances match"
     );
+    // Even with nothing to update: the spec itself is wrong.
+    let mut done = instances(10);
+    for i in &mut done {
+        i.release = Some(v2());
+    }
+    let over = RolloutSpec {
+        min_healthy: Amount::Count(11),
+        ..spec()
+    };
+    let err = Engine::start("r1", over, done, Millis(0)).expect_err("refused");
+    assert!(matches!(err, PlanError::FloorAboveTotal { .. }), "{err}");
     let mut lost = instances(10);
     lost[0].reachable = false;
     let skip = RolloutSpec {
