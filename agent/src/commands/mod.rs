@@ -7,8 +7,12 @@
 //! FAILED (the message says why) or TIMED_OUT. An id already journaled
 //! gets its recorded result again without running anything; an id still
 //! running is attached to (ACCEPTED again, the result follows). A
-//! different id for an instance that is busy is FAILED "busy with <id>"
-//! and not journaled, so it may be sent again later.
+//! different id for an instance that is busy waits for the running command
+//! to end, then runs: the coordinator only sends one after it has timed the
+//! running one out, which the agent does a moment later (it counts from
+//! when the command arrived). If the running command is still there past
+//! its own timeout and [`BUSY_GRACE`], the waiting one is FAILED
+//! "busy with <id>" and not journaled, so it may be sent again later.
 
 mod outbox;
 mod steps;
@@ -33,6 +37,10 @@ pub use outbox::Outbox;
 
 /// Used when a command carries no timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long past its timeout a running command may take to end (its hook
+/// killed, its output collected) before a command waiting for the same
+/// instance gives up.
+pub const BUSY_GRACE: Duration = Duration::from_secs(5);
 /// What an unfinished command that may not be redone is answered with
 /// after an agent restart.
 pub const RESTARTED: &str = "agent restarted during the step";
@@ -74,9 +82,17 @@ struct Shared {
     cache: Cache,
     source: Arc<dyn ArtifactSource>,
     outbox: Outbox,
-    /// instance name -> id of the command running on it.
-    running: Mutex<HashMap<String, String>>,
+    /// instance name -> the command running on it.
+    running: Mutex<HashMap<String, Busy>>,
+    /// Woken whenever a command ends, for those waiting on its instance.
+    freed: tokio::sync::Notify,
     shutdown: CancellationToken,
+}
+
+struct Busy {
+    id: String,
+    /// When it will have ended at the latest: its timeout plus [`BUSY_GRACE`].
+    until: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for Executor {
@@ -127,6 +143,8 @@ impl Drop for RunningGuard {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         running.remove(&self.instance);
+        drop(running);
+        self.shared.freed.notify_waiters();
     }
 }
 
@@ -158,6 +176,7 @@ impl Executor {
                 source,
                 outbox: Outbox::default(),
                 running: Mutex::new(HashMap::new()),
+                freed: tokio::sync::Notify::new(),
                 shutdown,
             }),
         };
@@ -247,9 +266,13 @@ impl Executor {
                 cmd.instance, shared.host_id
             ));
         };
+        let timeout = match cmd.timeout_ms {
+            0 => DEFAULT_TIMEOUT,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
         let guard = {
             let mut running = shared.running.lock().unwrap_or_else(|e| e.into_inner());
-            if running.values().any(|r| *r == id) {
+            if running.values().any(|r| r.id == id) {
                 drop(running);
                 tracing::info!(command = %id, "already running; attaching");
                 shared
@@ -275,25 +298,63 @@ impl Executor {
                 return;
             }
             if let Some(other) = running.get(name) {
-                let why = format!("busy with {other}");
+                let (other, until) = (other.id.clone(), other.until);
                 drop(running);
-                return refuse(why);
+                if tokio::time::Instant::now() >= until {
+                    return refuse(format!("busy with {other}"));
+                }
+                tracing::info!(command = %id, "{name} is busy with {other}; waiting for it to end");
+                let exec = self.clone();
+                let name = name.to_string();
+                tokio::spawn(async move { exec.after(cmd, &name, until).await });
+                return;
             }
-            running.insert(name.to_string(), id.clone());
+            running.insert(
+                name.to_string(),
+                Busy {
+                    id: id.clone(),
+                    until: tokio::time::Instant::now() + timeout + BUSY_GRACE,
+                },
+            );
             RunningGuard {
                 shared: shared.clone(),
                 instance: name.to_string(),
             }
-        };
-        let timeout = match cmd.timeout_ms {
-            0 => DEFAULT_TIMEOUT,
-            ms => Duration::from_millis(u64::from(ms)),
         };
         let exec = self.clone();
         tokio::spawn(async move {
             let _guard = guard;
             exec.run(id, instance, kind, timeout).await;
         });
+    }
+
+    /// Submits `cmd` once instance `name` is free, or refuses it if the
+    /// command running there has not ended by `until`.
+    async fn after(&self, cmd: Command, name: &str, until: tokio::time::Instant) {
+        let shared = &self.shared;
+        loop {
+            let freed = shared.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let busy = {
+                let running = shared.running.lock().unwrap_or_else(|e| e.into_inner());
+                running.get(name).map(|b| b.id.clone())
+            };
+            let Some(other) = busy else {
+                // Free: every check again, as for a new arrival.
+                return self.submit(cmd);
+            };
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                _ = &mut freed => {}
+                _ = tokio::time::sleep_until(until) => {
+                    let why = format!("busy with {other}");
+                    tracing::warn!(command = %cmd.id, "refused: {why}");
+                    shared.outbox.push(update(&cmd.id, WirePhase::Failed, why));
+                    return;
+                }
+            }
+        }
     }
 
     async fn run(&self, id: String, instance: Instance, kind: Kind, timeout: Duration) {
