@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use drover_tests::fleetsim::{self, fleet, rollout};
+use drover_tests::fleetsim::{self, fleet, floor, rollout};
 
 /// Simulate a fleet of drover agents against a real drover-coordinator
 ///
@@ -49,6 +49,16 @@ enum Cmd {
     ///
     /// e.g. `drover-fleetsim rollout --instances 10000 --step-delay 0 --step-delay 100ms`
     Rollout(rollout::RolloutOptions),
+    /// The floor under scenario 2: enrols the hosts with a real
+    /// coordinator, stops it, and serves its address with a bare tonic +
+    /// rustls AgentService (same certificate, same mutual TLS) that drives
+    /// the rollout's message pattern itself: batches of --batch-percent,
+    /// each instance's 6 steps back to back, no store, no events. Same
+    /// figures as `rollout`, with the server's CPU (its own runtime in this
+    /// process) apart from the simulator's.
+    ///
+    /// e.g. `drover-fleetsim floor --instances 10000 --step-delay 0 --step-delay 100ms`
+    Floor(floor::FloorOptions),
     /// A quick check that everything works: `fleet` with 50 hosts for a
     /// few seconds, then `rollout` over 50 instances with steps taking 0
     /// and 20ms.
@@ -65,6 +75,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Fleet(opts) => fleet::run(&opts).map(drop),
         Cmd::Rollout(opts) => rollout::run(&opts).map(drop),
+        Cmd::Floor(opts) => floor::run(&opts).map(drop),
         Cmd::Smoke { dir } => fleetsim::smoke(dir.as_deref()).map(drop),
     };
     match result {

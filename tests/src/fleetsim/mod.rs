@@ -8,6 +8,9 @@
 //!   coordinator CPU and memory, and `drover agents -o json`.
 //! - [`rollout`]: scenario 2, rollout overhead: roll a service across the
 //!   simulated instances with steps answered instantly or after a delay.
+//! - [`floor`]: the floor under scenario 2: the same hosts and message
+//!   pattern driven by a bare tonic + rustls server with no drover logic,
+//!   for what the stack itself allows.
 //!
 //! Figures go to stdout as one JSON object per run, a readable summary to
 //! stderr. Coordinator, simulator and CLI share the machine; every figure
@@ -16,6 +19,7 @@
 pub mod conn;
 pub mod env;
 pub mod fleet;
+pub mod floor;
 pub mod host;
 pub mod probe;
 pub mod procfs;

@@ -87,3 +87,39 @@ fn fleetsim_smoke_runs_both_scenarios_with_sane_figures() {
     // to that minimum is at least 1.
     assert!(num(&figures[2], "ratio") >= 1.0, "{:#}", figures[2]);
 }
+
+#[test]
+fn fleetsim_floor_drives_every_step_through_the_bare_server() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cmd = Command::new(bin_path("drover-fleetsim"));
+    cmd.args(["floor", "--instances", "20", "--settle", "0s"])
+        .args(["--step-delay", "0", "--step-delay", "20ms", "--dir"])
+        .arg(dir.path().join("run"));
+    let out = run_cmd(cmd, Duration::from_secs(120));
+    assert!(out.success(), "{out}");
+    let figures: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(figures.len(), 2, "one run per step delay:\n{out}");
+    for (run, delay_ms) in figures.iter().zip([0.0, 20.0]) {
+        assert_eq!(run["scenario"], "floor", "{run:#}");
+        assert_eq!(num(run, "connected"), 20.0, "{run:#}");
+        assert_eq!(num(run, "done"), 20.0, "{run:#}");
+        assert_eq!(num(run, "failed"), 0.0, "{run:#}");
+        assert_eq!(num(run, "batches"), 10.0, "{run:#}");
+        assert_eq!(num(run, "step_delay_ms"), delay_ms, "{run:#}");
+        // Each of the 6 steps: one command, ACCEPTED and SUCCEEDED back.
+        assert_eq!(num(run, "commands_sent"), 120.0, "{run:#}");
+        assert_eq!(num(run, "command_updates_received"), 240.0, "{run:#}");
+        for kind in ["drain", "stop", "deploy", "start", "verify", "undrain"] {
+            assert_eq!(num(&run["commands_by_kind"], kind), 20.0, "{kind}: {run:#}");
+        }
+        assert!(num(run, "rollout_secs") > 0.0, "{run:#}");
+        assert!(num(run, "server_cpu_cores") >= 0.0, "{run:#}");
+        assert!(run["overhead_per_batch_ms"].is_number(), "{run:#}");
+    }
+    // 10 batches of 6 steps of 20 ms: at least 1.2 s.
+    assert!(num(&figures[1], "ratio") >= 1.0, "{:#}", figures[1]);
+}
