@@ -54,11 +54,14 @@ enum Cmd {
     /// rustls AgentService (same certificate, same mutual TLS) that drives
     /// the rollout's message pattern itself: batches of --batch-percent,
     /// each instance's 6 steps back to back, no store, no events. Same
-    /// figures as `rollout`, with the server's CPU (its own runtime in this
-    /// process) apart from the simulator's.
+    /// figures as `rollout`; the server is a process of its own, measured
+    /// as the coordinator is.
     ///
     /// e.g. `drover-fleetsim floor --instances 10000 --step-delay 0 --step-delay 100ms`
     Floor(floor::FloorOptions),
+    /// The bare server `floor` starts; takes run requests on stdin.
+    #[command(hide = true)]
+    FloorServer(floor::ServerOptions),
     /// A quick check that everything works: `fleet` with 50 hosts for a
     /// few seconds, then `rollout` over 50 instances with steps taking 0
     /// and 20ms.
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         Cmd::Fleet(opts) => fleet::run(&opts).map(drop),
         Cmd::Rollout(opts) => rollout::run(&opts).map(drop),
         Cmd::Floor(opts) => floor::run(&opts).map(drop),
+        Cmd::FloorServer(opts) => floor::serve(&opts),
         Cmd::Smoke { dir } => fleetsim::smoke(dir.as_deref()).map(drop),
     };
     match result {

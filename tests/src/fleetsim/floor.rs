@@ -2,28 +2,32 @@
 //! prost over one mutual-TLS session per host) allows for the rollout's
 //! message pattern, with none of drover's coordinator behind it.
 //!
-//! A bare `AgentService` server, started in this process on the address
-//! and with the certificate of the coordinator that enrolled the hosts,
-//! greets each session with a Welcome, stores each health report in a map
-//! and drives "rollouts" itself: batches of a percentage of the hosts,
-//! each instance walking drain, stop, deploy, start, verify, undrain, the
-//! next step sent as soon as the previous one's SUCCEEDED arrives, the
-//! next batch when the whole batch is done. No store, no events, no
-//! rollout engine: the same simulated hosts ([`super::host`]) do the same
-//! work as under `drover-fleetsim rollout`, so the difference between the
-//! two is what drover adds.
+//! A bare `AgentService` server, a process of its own (the hidden
+//! `drover-fleetsim floor-server`) started on the address and with the
+//! certificate of the coordinator that made the fleet's CA, greets each
+//! session with a Welcome, stores each health report in a map and drives
+//! "rollouts" itself: batches of a percentage of the hosts, each instance
+//! walking drain, stop, deploy, start, verify, undrain, the next step sent
+//! as soon as the previous one's SUCCEEDED arrives, the next batch when
+//! the whole batch is done. No store, no events, no rollout engine: the
+//! same simulated hosts ([`super::host`]) do the same work as under
+//! `drover-fleetsim rollout`, so the difference between the two is what
+//! drover adds.
 //!
-//! The server runs on its own tokio runtime (threads named
-//! [`SERVER_THREADS`]) so its CPU can be told apart from the simulator's,
-//! which shares the process.
+//! A process of its own, as the coordinator is: its CPU is measured
+//! apart, and each side has the open-file limit to itself (the simulator
+//! holds one socket per host, so does the server). The scenario talks to
+//! it over its stdin and stdout, one JSON line per request and reply.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use drover_proto::transport::{certs_from_pem, key_from_pem, provider};
 use drover_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
 use drover_proto::v1::command::Kind;
@@ -37,7 +41,9 @@ use drover_proto::v1::{
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use serde_json::{Map, Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::{Notify, mpsc};
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -45,8 +51,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::env::{Common, Env, Prepared, Sim, connected_json, runtime};
-use super::fleet::{fake_release, merge, print_targets};
-use super::host::HostSpec;
+use super::fleet::{fake_release, host_id, merge, print_targets};
 use super::procfs::{self, CpuWindow};
 use super::rollout::layout;
 use super::stats::{Samples, round3};
@@ -54,9 +59,6 @@ use super::{StepDelay, emit, machine, target};
 
 /// Steps per instance: drain, stop, deploy, start, verify, undrain.
 const STEPS: usize = 6;
-/// Name of the bare server's runtime threads (at most 15 bytes: the
-/// kernel's thread name).
-pub const SERVER_THREADS: &str = "floor-server";
 /// As the coordinator: how long a handshake and a Hello may take, and the
 /// session's outbound queue.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -92,6 +94,24 @@ pub struct FloorOptions {
     pub common: Common,
 }
 
+/// Flags of the hidden `drover-fleetsim floor-server`, which `floor`
+/// starts: where to listen, with which certificate, for which hosts.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerOptions {
+    #[arg(long)]
+    pub addr: SocketAddr,
+    /// The CA the hosts' certificates chain to.
+    #[arg(long)]
+    pub ca: PathBuf,
+    #[arg(long)]
+    pub cert: PathBuf,
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Hosts as `floor` names them (`host_id(1..=n, n)`).
+    #[arg(long)]
+    pub hosts: usize,
+}
+
 /// Runs the floor: enrol the hosts with a real coordinator, replace it
 /// with the bare server, one run per step delay. Returns the figures (also
 /// printed), one object per run.
@@ -100,26 +120,24 @@ pub fn run(opts: &FloorOptions) -> Result<Vec<Value>> {
     let hosts = specs.len();
     let mut env = Env::start(hosts, opts.interval, opts.common.dir.as_deref())?;
     eprintln!(
-        "fleetsim: coordinator pid {} on {} (for the certificates only); signing {hosts} agent certificates",
+        "fleetsim: coordinator pid {} on {} (for the CA and its certificate only); signing {hosts} agent certificates",
         env.pid(),
         env.coordinator.grpc_addr()
     );
     let prepared = Prepared::new(&env, specs)?;
-    let addr = env.grpc_addr()?;
-    let tls = server_tls(&env)?;
-    // The coordinator has done its part: it made the CA and its own
-    // certificate, which the bare server now presents on its address.
+    let server = ServerOptions {
+        addr: env.grpc_addr()?,
+        ca: env.pki.ca_cert(),
+        cert: env.coordinator.tls.cert.clone(),
+        key: env.coordinator.tls.key.clone(),
+        hosts,
+    };
+    // The coordinator has done its part; the bare server takes its address
+    // and presents its certificate.
     let clean = env.coordinator.terminate(Duration::from_secs(30));
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(procfs::cores())
-        .thread_name(SERVER_THREADS)
-        .enable_all()
-        .build()
-        .context("start the bare server's runtime")?;
     let rt = runtime()?;
-    let figures = rt.block_on(measure(server_rt.handle(), addr, tls, prepared, opts));
+    let figures = rt.block_on(measure(&server, prepared, opts));
     rt.shutdown_timeout(Duration::from_secs(5));
-    server_rt.shutdown_timeout(Duration::from_secs(5));
     let mut figures = figures?;
     for f in &mut figures {
         f["coordinator_stopped_cleanly"] = json!(clean);
@@ -133,11 +151,9 @@ pub fn run(opts: &FloorOptions) -> Result<Vec<Value>> {
 /// certificates verified against the CA. Unlike the coordinator it
 /// requires a client certificate (no enrolment here) and checks no
 /// revocation list: both only matter at the handshake, never per message.
-fn server_tls(env: &Env) -> Result<Arc<rustls::ServerConfig>> {
-    let read =
-        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
-    let ca_pem = read(&env.pki.ca_cert())?;
-    let cas = certs_from_pem("CA certificate", &ca_pem)?;
+fn server_tls(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> {
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+    let cas = certs_from_pem("CA certificate", &read(ca)?)?;
     let mut roots = RootCertStore::empty();
     for ca in &cas {
         roots
@@ -147,13 +163,13 @@ fn server_tls(env: &Env) -> Result<Arc<rustls::ServerConfig>> {
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
         .context("build the client certificate verifier")?;
-    let mut chain = certs_from_pem("coordinator certificate", &read(&env.coordinator.tls.cert)?)?;
+    let mut chain = certs_from_pem("coordinator certificate", &read(cert)?)?;
     for ca in cas {
         if !chain.contains(&ca) {
             chain.push(ca);
         }
     }
-    let key = key_from_pem("coordinator key", &read(&env.coordinator.tls.key)?)?;
+    let key = key_from_pem("coordinator key", &read(key)?)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -478,19 +494,37 @@ async fn drive(
     Ok(out)
 }
 
-async fn measure(
-    server: &tokio::runtime::Handle,
-    addr: SocketAddr,
-    tls: Arc<rustls::ServerConfig>,
-    prepared: Prepared,
-    opts: &FloorOptions,
-) -> Result<Vec<Value>> {
-    let hosts: Vec<String> = prepared
-        .specs
-        .iter()
-        .map(|h: &HostSpec| h.id.clone())
-        .collect();
-    let n = hosts.len();
+/// A request to the floor server: one rollout.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct RunRequest {
+    run: String,
+    version: String,
+    batch_size: usize,
+    timeout_ms: u64,
+}
+
+/// The floor server: `drover-fleetsim floor-server`. Prints
+/// `{"listening": ...}` once bound, then answers each [`RunRequest`] line
+/// on stdin with one line of figures; ends when stdin closes.
+pub fn serve(opts: &ServerOptions) -> Result<()> {
+    let tls = server_tls(&opts.ca, &opts.cert, &opts.key)?;
+    procfs::raise_nofile(opts.hosts as u64 + 8192);
+    // One worker per core, as the coordinator's runtime.
+    let rt = runtime()?;
+    rt.block_on(serve_on(opts, tls))
+}
+
+fn say(line: &Value) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .context("write to stdout")
+}
+
+async fn serve_on(opts: &ServerOptions, tls: Arc<rustls::ServerConfig>) -> Result<()> {
+    let hosts: Vec<String> = (1..=opts.hosts).map(|i| host_id(i, opts.hosts)).collect();
+    let listener = bind(opts.addr).await?;
     let (updates_tx, mut updates) = mpsc::unbounded_channel();
     let floor = Arc::new(Floor {
         index: hosts
@@ -499,7 +533,7 @@ async fn measure(
             .enumerate()
             .map(|(i, h)| (h, i))
             .collect(),
-        sessions: Mutex::new(vec![None; n]),
+        sessions: Mutex::new(vec![None; hosts.len()]),
         connected: AtomicUsize::new(0),
         changed: Notify::new(),
         reports: Mutex::new(HashMap::new()),
@@ -509,65 +543,198 @@ async fn measure(
         refused: AtomicU64::new(0),
         cancel: CancellationToken::new(),
     });
-    let (bound_tx, bound) = tokio::sync::oneshot::channel();
-    let served = {
-        let floor = floor.clone();
-        server.spawn(async move {
-            let listener = match bind(addr).await {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = bound_tx.send(Err(e));
-                    return Ok(());
+    let incoming = incoming(listener, tls, floor.clone());
+    // The coordinator's HTTP/2 settings.
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(AgentServiceServer::new(FloorSvc(floor.clone())))
+            .serve_with_incoming_shutdown(incoming, floor.cancel.clone().cancelled_owned()),
+    );
+    say(&json!({"listening": opts.addr.to_string()}))?;
+    // Requests from stdin, read on a thread of their own (this tokio has
+    // no async stdin); it ends when stdin closes.
+    let (line_tx, mut requests) = mpsc::channel::<String>(4);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if line_tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(line) = requests.recv().await {
+        let req: RunRequest = serde_json::from_str(&line).context("a run request")?;
+        let reports = floor.reports_received.load(Ordering::Relaxed);
+        let updates_before = floor.updates_received.load(Ordering::Relaxed);
+        let driven = drive(
+            &floor,
+            &hosts,
+            &mut updates,
+            &req.run,
+            &fake_release(&req.version),
+            req.batch_size.max(1),
+            Duration::from_millis(req.timeout_ms),
+        )
+        .await;
+        let reply = match driven {
+            Ok(mut d) => {
+                let mut batch_ms = Samples::default();
+                let mut gap_ms = Samples::default();
+                let mut prev_end: Option<Instant> = None;
+                for (start, end) in &d.batches {
+                    batch_ms.push(end.duration_since(*start).as_micros() as u64);
+                    if let Some(p) = prev_end {
+                        gap_ms.push(start.saturating_duration_since(p).as_micros() as u64);
+                    }
+                    prev_end = Some(*end);
                 }
-            };
-            let _ = bound_tx.send(Ok(()));
-            let incoming = incoming(listener, tls, floor.clone());
-            // The coordinator's HTTP/2 settings.
-            tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                .add_service(AgentServiceServer::new(FloorSvc(floor.clone())))
-                .serve_with_incoming_shutdown(incoming, floor.cancel.clone().cancelled_owned())
-                .await
-                .context("the bare server")
-        })
-    };
-    // Sim::launch connects the operator first: the server must listen.
-    bound.await.context("the bare server's task ended")??;
-    eprintln!("fleetsim: bare server on {addr}; connecting {n} hosts");
-    let result = runs(server, &floor, &hosts, &mut updates, prepared, opts).await;
-    floor.cancel.cancel();
-    match tokio::time::timeout(Duration::from_secs(30), served).await {
-        Ok(Ok(Err(e))) if result.is_ok() => return Err(e),
-        _ => {}
+                json!({
+                    "rollout_secs": d.secs,
+                    "done": d.done,
+                    "failed": d.failed,
+                    "batches": d.batches.len(),
+                    "batch_ms": batch_ms.summary(),
+                    "between_batches_ms": gap_ms.summary(),
+                    "server_turnaround_ms": d.turnaround.summary(),
+                    "commands_sent": d.commands_sent,
+                    "command_updates_received": floor.updates_received.load(Ordering::Relaxed) - updates_before,
+                    "reports_received": floor.reports_received.load(Ordering::Relaxed) - reports,
+                    "reports_stored": floor.reports.lock().map(|r| r.len()).unwrap_or(0),
+                    "server_sessions": floor.connected.load(Ordering::Relaxed),
+                    "handshakes_refused": floor.refused.load(Ordering::Relaxed),
+                })
+            }
+            Err(e) => json!({"error": format!("{e:#}")}),
+        };
+        say(&reply)?;
     }
-    result
+    floor.cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    Ok(())
 }
 
-async fn runs(
-    server: &tokio::runtime::Handle,
-    floor: &Arc<Floor>,
-    hosts: &[String],
-    updates: &mut mpsc::UnboundedReceiver<(usize, CommandUpdate)>,
+/// The floor server as the scenario sees it: a child process, killed on
+/// drop, spoken to in JSON lines.
+struct ServerProc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Lines<BufReader<ChildStdout>>,
+    pid: u32,
+}
+
+impl ServerProc {
+    /// Starts `drover-fleetsim floor-server` (this binary) and waits until
+    /// it listens.
+    async fn start(opts: &ServerOptions) -> Result<ServerProc> {
+        let exe = std::env::current_exe().context("find this binary")?;
+        let mut child = tokio::process::Command::new(exe)
+            .arg("floor-server")
+            .arg("--addr")
+            .arg(opts.addr.to_string())
+            .arg("--ca")
+            .arg(&opts.ca)
+            .arg("--cert")
+            .arg(&opts.cert)
+            .arg("--key")
+            .arg(&opts.key)
+            .arg("--hosts")
+            .arg(opts.hosts.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("start drover-fleetsim floor-server")?;
+        let pid = child.id().context("the floor server exited at once")?;
+        let stdin = child.stdin.take().context("floor server stdin")?;
+        let stdout = child.stdout.take().context("floor server stdout")?;
+        let mut server = ServerProc {
+            child,
+            stdin: Some(stdin),
+            lines: BufReader::new(stdout).lines(),
+            pid,
+        };
+        server.reply(Duration::from_secs(30)).await?;
+        Ok(server)
+    }
+
+    async fn reply(&mut self, timeout: Duration) -> Result<Value> {
+        let line = tokio::time::timeout(timeout, self.lines.next_line())
+            .await
+            .context("no answer from the floor server in time")?
+            .context("read from the floor server")?
+            .ok_or_else(|| anyhow!("the floor server exited (its error is above)"))?;
+        let v: Value = serde_json::from_str(&line).context("the floor server's answer")?;
+        if let Some(e) = v["error"].as_str() {
+            bail!("the floor server: {e}");
+        }
+        Ok(v)
+    }
+
+    async fn request(&mut self, req: &RunRequest, timeout: Duration) -> Result<Value> {
+        let mut line = serde_json::to_string(req).context("encode a run request")?;
+        line.push('\n');
+        let stdin = self.stdin.as_mut().context("floor server stdin closed")?;
+        stdin
+            .write_all(line.as_bytes())
+            .await
+            .context("write to the floor server")?;
+        stdin.flush().await.context("write to the floor server")?;
+        self.reply(timeout).await
+    }
+
+    /// Closes its stdin and waits (at most 30 s) for it to exit; whether
+    /// it exited cleanly.
+    async fn stop(mut self) -> bool {
+        self.stdin = None;
+        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+            Ok(Ok(status)) => status.success(),
+            _ => false,
+        }
+    }
+}
+
+async fn measure(
+    server_opts: &ServerOptions,
     prepared: Prepared,
     opts: &FloorOptions,
 ) -> Result<Vec<Value>> {
-    let n = hosts.len();
+    let n = prepared.specs.len();
+    let mut server = ServerProc::start(server_opts).await?;
+    eprintln!(
+        "fleetsim: bare floor server pid {} on {}; connecting {n} hosts",
+        server.pid, server_opts.addr
+    );
     let sim = Sim::launch(prepared, opts.interval, opts.common.connect_concurrency).await?;
+    let result = runs(&mut server, &sim, n, opts).await;
+    sim.shutdown().await;
+    let clean = server.stop().await;
+    let mut all = result?;
+    for f in &mut all {
+        f["server_stopped_cleanly"] = json!(clean);
+    }
+    Ok(all)
+}
+
+async fn runs(
+    server: &mut ServerProc,
+    sim: &Sim,
+    n: usize,
+    opts: &FloorOptions,
+) -> Result<Vec<Value>> {
     let connected = sim.wait_connected(opts.common.connect_timeout).await;
     eprintln!(
         "fleetsim: {} of {n} hosts connected in {:.2}s",
         connected.connected, connected.secs
     );
     if connected.connected < n {
-        sim.shutdown().await;
         bail!("only {} of {n} hosts connected", connected.connected);
     }
     tokio::time::sleep(opts.settle).await;
     let batch_size = (n * opts.batch_percent as usize).div_ceil(100).max(1);
-    let hosts: Arc<Vec<String>> = Arc::new(hosts.to_vec());
     let mut all = Vec::new();
-    let mut failure = None;
     for (k, delay) in opts.step_delays.iter().enumerate() {
         let version = format!("v{}", k + 2);
         sim.shared.set_step_delay(*delay);
@@ -576,44 +743,25 @@ async fn runs(
             "fleetsim: floor run to {version} over {n} instances, batches of {batch_size}, steps taking {delay}"
         );
         let lost_before = sim.shared.counters.sessions_lost.load(Ordering::Relaxed);
-        let reports_before = floor.reports_received.load(Ordering::Relaxed);
-        let updates_before = floor.updates_received.load(Ordering::Relaxed);
         let load_at_start = procfs::loadavg();
-        let cpu = CpuWindow::start(std::process::id());
-        let server_cpu = procfs::threads_cpu_secs(SERVER_THREADS);
-        // The driver runs on the server's runtime, as the coordinator's
-        // rollout runner runs in the coordinator.
-        let driven = {
-            let (floor, hosts) = (floor.clone(), hosts.clone());
-            let mut rx = std::mem::replace(updates, mpsc::unbounded_channel().1);
-            let release = fake_release(&version);
-            let run = format!("floor-{version}");
-            let timeout = opts.rollout_timeout;
-            server
-                .spawn(async move {
-                    let r =
-                        drive(&floor, &hosts, &mut rx, &run, &release, batch_size, timeout).await;
-                    (rx, r)
-                })
-                .await
-                .context("the floor driver panicked")?
+        let req = RunRequest {
+            run: format!("floor-{version}"),
+            version: version.clone(),
+            batch_size,
+            timeout_ms: u64::try_from(opts.rollout_timeout.as_millis()).unwrap_or(u64::MAX),
         };
-        *updates = driven.0;
+        let cpu = CpuWindow::start(server.pid);
+        let driven = server
+            .request(&req, opts.rollout_timeout + Duration::from_secs(30))
+            .await?;
         let used = cpu.finish();
-        let server_secs = procfs::threads_cpu_secs(SERVER_THREADS) - server_cpu;
-        let driven = match driven.1 {
-            Ok(d) => d,
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        };
         let mut steps = sim.shared.take_steps();
-        let batches = driven.batches.len() as f64;
+        let secs = driven["rollout_secs"].as_f64().unwrap_or(0.0);
+        let batches = driven["batches"].as_f64().unwrap_or(0.0);
         let theoretical = batches * STEPS as f64 * delay.mean().as_secs_f64();
-        let ratio = (theoretical > 0.0).then(|| driven.secs / theoretical);
+        let ratio = (theoretical > 0.0).then(|| secs / theoretical);
         let overhead_per_batch_ms =
-            (batches > 0.0).then(|| (driven.secs - theoretical) / batches * 1000.0);
+            (batches > 0.0).then(|| (secs - theoretical) / batches * 1000.0);
         let mut targets = Map::new();
         if n == 10_000 && *delay == StepDelay::Zero {
             let (k, v) = target("overhead_per_batch_ms", overhead_per_batch_ms, 50.0);
@@ -623,23 +771,10 @@ async fn runs(
             let (k, v) = target("ratio", ratio, 1.05);
             targets.insert(k, v);
         }
-        let mut batch_ms = Samples::default();
-        let mut gap_ms = Samples::default();
-        let mut prev_end: Option<Instant> = None;
-        for (start, end) in &driven.batches {
-            batch_ms.push(end.duration_since(*start).as_micros() as u64);
-            if let Some(p) = prev_end {
-                gap_ms.push(start.saturating_duration_since(p).as_micros() as u64);
-            }
-            prev_end = Some(*end);
-        }
         let by_kind: BTreeMap<&str, u64> = steps.by_kind.iter().map(|(k, v)| (*k, *v)).collect();
-        let server_cores = server_secs / used.secs;
-        let process_cores = used.process_cores;
-        let mut driver_turnaround = driven.turnaround;
         let figures = json!({
             "scenario": "floor",
-            "server": format!("bare tonic + rustls AgentService, in the simulator's process on its own runtime ({} threads)", procfs::cores()),
+            "server": "bare tonic + rustls AgentService (drover-fleetsim floor-server): Welcome, reports into a map, the rollout's commands; no store, no events, no engine",
             "instances": n,
             "hosts": n,
             "per_host": 1,
@@ -649,52 +784,38 @@ async fn runs(
             "batch": format!("{}%", opts.batch_percent),
             "batch_size": batch_size,
             "run": version,
-            "done": driven.done,
-            "failed": driven.failed,
             "total": n,
-            "batches": driven.batches.len(),
-            "rollout_secs": round3(driven.secs),
+            "rollout_secs": round3(secs),
             "theoretical_min_secs": round3(theoretical),
             "ratio": ratio.map(round3),
             "overhead_per_batch_ms": overhead_per_batch_ms.map(round3),
-            "batch_ms": batch_ms.summary(),
-            "between_batches_ms": gap_ms.summary(),
             "step_turnaround_ms": steps.turnaround.summary(),
-            "server_turnaround_ms": driver_turnaround.summary(),
-            "commands_sent": driven.commands_sent,
             "commands_by_kind": by_kind,
-            "command_updates_received": floor.updates_received.load(Ordering::Relaxed) - updates_before,
-            "reports_received": floor.reports_received.load(Ordering::Relaxed) - reports_before,
-            "reports_stored": floor.reports.lock().map(|r| r.len()).unwrap_or(0),
             "sessions_lost": sim.shared.counters.sessions_lost.load(Ordering::Relaxed) - lost_before,
-            "handshakes_refused": floor.refused.load(Ordering::Relaxed),
-            "server_cpu_secs": round3(server_secs),
-            "server_cpu_cores": round3(server_cores),
-            "simulator_cpu_cores": round3((process_cores - server_cores).max(0.0)),
-            "process_rss_mib": procfs::status_mib(std::process::id(), "VmRSS").map(round3),
+            "server_cpu_secs": round3(used.process_cpu_secs),
+            "server_cpu_cores": round3(used.process_cores),
+            "server_rss_mib": procfs::status_mib(server.pid, "VmRSS").map(round3),
+            "simulator_cpu_cores": round3(used.simulator_cores),
+            "simulator_rss_mib": procfs::status_mib(std::process::id(), "VmRSS").map(round3),
             "machine_busy_cores": round3(used.machine_busy_cores),
-            "other_processes_cores": round3((used.machine_busy_cores - process_cores).max(0.0)),
+            "other_processes_cores": round3(used.others()),
             "loadavg_at_start": load_at_start,
             "loadavg_at_end": procfs::loadavg(),
             "machine": machine(),
             "targets": targets,
         });
-        let mut figures = merge(figures, connected_json(&connected));
-        figures["machine"]["shared"] =
-            json!("bare server and simulator run in one process on this one machine");
+        let mut figures = merge(merge(figures, driven), connected_json(&connected));
+        figures["rollout_secs"] = json!(round3(secs));
+        figures["machine"]["shared"] = json!("floor server and simulator run on this one machine");
         summary(&figures);
         all.push(figures);
     }
-    sim.shutdown().await;
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(all),
-    }
+    Ok(all)
 }
 
 fn summary(f: &Value) {
     eprintln!(
-        "\n== rollout floor (bare tonic + rustls server, no drover logic): {} instances on {} hosts, steps {}, batches {} of {} ({} each) (server + simulator in one process on one {}-core machine)",
+        "\n== rollout floor (bare tonic + rustls server, no drover logic): {} instances on {} hosts, steps {}, batches {} of {} ({} each) (floor server and simulator on one {}-core machine)",
         f["instances"],
         f["hosts"],
         f["step_delay"],
@@ -728,9 +849,10 @@ fn summary(f: &Value) {
         f["step_turnaround_ms"]["p50"], f["step_turnaround_ms"]["p99"]
     );
     eprintln!(
-        "   CPU               server {} cores ({} s), simulator {} cores, other processes {} cores; machine busy {} cores; load {} -> {}",
+        "   CPU               server {} cores ({} s, RSS {} MiB), simulator {} cores, other processes {} cores; machine busy {} cores; load {} -> {}",
         f["server_cpu_cores"],
         f["server_cpu_secs"],
+        f["server_rss_mib"],
         f["simulator_cpu_cores"],
         f["other_processes_cores"],
         f["machine_busy_cores"],

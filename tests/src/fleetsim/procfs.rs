@@ -12,32 +12,6 @@ fn clock_ticks() -> f64 {
     if t > 0 { t as f64 } else { 100.0 }
 }
 
-/// CPU seconds (user + system) used so far by this process's live threads
-/// whose name starts with `prefix` (tokio names a runtime's threads): how
-/// one runtime's share of the process is told apart. Threads that already
-/// exited are not counted.
-pub fn threads_cpu_secs(prefix: &str) -> f64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
-    };
-    let ticks: f64 = tasks
-        .flatten()
-        .filter_map(|task| {
-            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-            let (head, rest) = stat.rsplit_once(')')?;
-            let name = head.split_once('(')?.1;
-            if !name.starts_with(prefix) {
-                return None;
-            }
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            Some(utime + stime)
-        })
-        .sum();
-    ticks / clock_ticks()
-}
-
 /// CPU seconds (user + system) a process has used so far.
 pub fn cpu_secs(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
