@@ -32,6 +32,9 @@ const META: &str = "rollout-meta/";
 const EVENTS: &str = "rollout-events/";
 /// The engine wants a tick at least this often.
 const TICK: Duration = Duration::from_secs(1);
+/// What readers see (GetRollout, WatchRollout) is rebuilt at most this
+/// often while the rollout runs; at once for operator actions and the end.
+const PUBLISH_EVERY: Duration = Duration::from_millis(20);
 /// Inputs handled together before one write and the sends that follow it.
 const MAX_BATCH: usize = 512;
 /// Registry changes looked at in one pass at most. Most say nothing new
@@ -397,7 +400,8 @@ impl Rollouts {
             events,
             snap_tx,
             progress: BTreeMap::new(),
-            progress_changed: false,
+            unpublished: false,
+            published_at: std::time::Instant::now(),
             reachable,
             told: HashMap::new(),
             status_cache: StatusCache::default(),
@@ -405,6 +409,7 @@ impl Rollouts {
             lost_check_at: restored.then(|| now().plus(self.lost_timeout)),
         };
         task.perform(outputs).await;
+        task.publish();
         let snapshot = task.snap_tx.borrow().clone();
         tokio::spawn(task.run(rx, changes));
         snapshot
@@ -606,10 +611,12 @@ struct Task {
     events: Arc<Mutex<Vec<RolloutEvent>>>,
     snap_tx: watch::Sender<Arc<Snapshot>>,
     progress: BTreeMap<String, String>,
-    /// Progress changed since the last published snapshot. Published once
-    /// per pass of the loop rather than per message: building a snapshot
-    /// walks every instance, and every step's ACCEPTED is a progress message.
-    progress_changed: bool,
+    /// Something changed since the last published snapshot. Building one
+    /// walks every instance, and a busy rollout makes thousands of passes a
+    /// second (every step's ACCEPTED alone is a progress message), so it is
+    /// published every [`PUBLISH_EVERY`] at most.
+    unpublished: bool,
+    published_at: std::time::Instant,
     /// Per host, whether the engine was last told it is reachable.
     reachable: HashMap<String, bool>,
     /// Per host and instance, the health the engine was last told. A report
@@ -650,6 +657,11 @@ impl Task {
                 .min()
                 .map_or(TICK, |d| Duration::from_millis(d.0.saturating_sub(t.0)))
                 .min(TICK);
+            let wake = if self.unpublished {
+                wake.min(PUBLISH_EVERY.saturating_sub(self.published_at.elapsed()))
+            } else {
+                wake
+            };
             let mut inputs = Vec::new();
             let mut replies = Vec::new();
             // At most one resync per pass: it reads the registry as it is
@@ -718,8 +730,12 @@ impl Task {
                 }
                 return;
             }
-            if self.progress_changed {
-                self.publish(0);
+            if self.unpublished
+                && (self.engine.is_finished()
+                    || !acted.is_empty()
+                    || self.published_at.elapsed() >= PUBLISH_EVERY)
+            {
+                self.publish();
             }
             let snap = self.snap_tx.borrow().clone();
             for reply in acted {
@@ -757,7 +773,7 @@ impl Task {
             Msg::Action(a, reply) => replies.push((a, reply)),
             Msg::Progress { instance, text } => {
                 self.progress.insert(instance, text);
-                self.progress_changed = true;
+                self.unpublished = true;
             }
         }
     }
@@ -896,8 +912,7 @@ impl Task {
                 self.send(id.0, instance, &host, kind, timeout);
             }
         }
-        let n = lock(&self.events).len();
-        self.publish(n);
+        self.unpublished = true;
         true
     }
 
@@ -967,13 +982,10 @@ impl Task {
         }
     }
 
-    fn publish(&mut self, events: usize) {
-        self.progress_changed = false;
-        let events = if events == 0 {
-            self.snap_tx.borrow().events
-        } else {
-            events
-        };
+    fn publish(&mut self) {
+        self.unpublished = false;
+        self.published_at = std::time::Instant::now();
+        let events = lock(&self.events).len();
         let snap = Snapshot {
             status: self.engine.status_from(&mut self.status_cache),
             progress: self.progress.clone(),
