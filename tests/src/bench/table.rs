@@ -178,6 +178,15 @@ fn shown(scenario: &str) -> Option<&'static [&'static str]> {
             "coordinator_cpu_secs",
             "coordinator_peak_rss_mib",
         ]),
+        // The bare-stack yardstick of "rollout": no targets of its own.
+        "floor" => Some(&[
+            "rollout_secs",
+            "theoretical_min_secs",
+            "ratio",
+            "overhead_per_batch_ms",
+            "server_cpu_secs",
+            "server_rss_mib",
+        ]),
         _ => None,
     }
 }
