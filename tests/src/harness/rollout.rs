@@ -53,6 +53,7 @@ pub struct WebFleetBuilder {
     drain_timeout: String,
     max_unpacked_bytes: u64,
     dir: Option<PathBuf>,
+    instance_toml: String,
 }
 
 impl Default for WebFleetBuilder {
@@ -64,6 +65,7 @@ impl Default for WebFleetBuilder {
             health_interval: None,
             drain_timeout: "5s".to_string(),
             max_unpacked_bytes: MAX_UNPACKED_BYTES,
+            instance_toml: String::new(),
             dir: None,
         }
     }
@@ -121,6 +123,13 @@ impl WebFleetBuilder {
         self
     }
 
+    /// TOML appended to every `web` instance's block, after its drain
+    /// table (for instance an `[instance.hooks]` table).
+    pub fn instance_toml(mut self, toml: &str) -> Self {
+        self.instance_toml = toml.to_string();
+        self
+    }
+
     /// Keep the fleet's files in `dir` (which must exist) instead of a temp
     /// dir removed on drop.
     pub fn dir(mut self, dir: &Path) -> Self {
@@ -167,6 +176,10 @@ impl WebFleetBuilder {
             );
             if let Some(every) = &self.health_interval {
                 web.health_interval.clone_from(every);
+            }
+            if !self.instance_toml.is_empty() {
+                web.extra_toml.push('\n');
+                web.extra_toml.push_str(&self.instance_toml);
             }
             spec.instances = vec![web];
             specs.push(spec);

@@ -128,3 +128,55 @@ fn hosts_that_stop_answering_end_the_rollout_at_the_progress_deadline() {
         );
     }
 }
+
+/// A step that hangs: the agent kills its hook at the step timeout, the
+/// failure budget stops the rollout, and the automatic rollback returns
+/// the instance to v1: the rollout ends rolled back, not failed. (The
+/// rollback's first command may reach the agent before it has given up on
+/// the hung step, since it counts the timeout from the command's arrival;
+/// it then waits instead of being refused as busy. On loopback the agent is
+/// usually first; `agent/tests/commands.rs` covers the overlap itself.)
+#[test]
+fn a_hung_step_times_out_and_the_rollback_after_it_completes() {
+    // v3's after_deploy hook never returns; v1's passes at once.
+    let hook = "[instance.hooks]\n\
+                after_deploy = [\"/bin/sh\", \"-c\", \"[ \\\"$DROVER_RELEASE_VERSION\\\" = v3 ] && exec sleep 1000; exit 0\"]\n\
+                timeout = \"60s\"";
+    let web = WebFleet::builder().hosts(3).instance_toml(hook).start();
+    web.deploy_initial("v1");
+    web.push_release("v3", &[]);
+    let out = web.start_rollout(
+        "v3",
+        &args(
+            &[
+                "--min-healthy",
+                "2",
+                "--max-failures",
+                "0",
+                "--auto-rollback",
+            ],
+            "20s",
+        ),
+    );
+    let r = web.latest();
+    let diag = || format!("{out}\n{}\n{}", r.timeline(), web.diagnostics());
+    assert_eq!(out.code, Some(1), "{}", diag());
+    assert_eq!(r.phase, "rolled_back", "{}", diag());
+    let h1 = r.instance("h1");
+    assert_eq!(h1.step, "rolled_back", "{}", diag());
+    assert_eq!(h1.version(), Some("v1"), "{}", diag());
+    assert!(
+        r.reason_text().contains("timed out"),
+        "the reason must say the step timed out: {:?}\n{}",
+        r.reason_text(),
+        diag()
+    );
+    for host in ["h1", "h2", "h3"] {
+        assert_eq!(
+            web.instance_version(host).as_deref(),
+            Ok("v1"),
+            "{host} serves v1 again\n{}",
+            diag()
+        );
+    }
+}
