@@ -329,21 +329,25 @@ impl Executor {
     }
 
     /// Submits `cmd` once instance `name` is free, or refuses it if the
-    /// command running there has not ended by `until`.
+    /// command running there has not ended by its `until` (the one first
+    /// waited for ends by `until`; another may have taken the instance
+    /// meanwhile, and then its own `until` counts).
     async fn after(&self, cmd: Command, name: &str, until: tokio::time::Instant) {
         let shared = &self.shared;
+        let mut until = until;
         loop {
             let freed = shared.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
             let busy = {
                 let running = shared.running.lock().unwrap_or_else(|e| e.into_inner());
-                running.get(name).map(|b| b.id.clone())
+                running.get(name).map(|b| (b.id.clone(), b.until))
             };
-            let Some(other) = busy else {
+            let Some((other, other_until)) = busy else {
                 // Free: every check again, as for a new arrival.
                 return self.submit(cmd);
             };
+            until = until.max(other_until);
             tokio::select! {
                 _ = shared.shutdown.cancelled() => return,
                 _ = &mut freed => {}
