@@ -374,7 +374,9 @@ impl Engine {
     }
 
     /// Changes instance `idx` through `f`, keeping the capacity count and
-    /// the change counters. The only way instance state changes after start.
+    /// the change counters. Every change goes through here once the engine
+    /// is built, except `restore` marking instances stale and renewing
+    /// deadlines, which counts nothing and which the first write holds anyway.
     pub(super) fn edit<R>(&mut self, idx: usize, f: impl FnOnce(&mut InstanceState) -> R) -> R {
         let i = &mut self.st.instances[idx];
         let before = i.available();
