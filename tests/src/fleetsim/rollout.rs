@@ -489,17 +489,7 @@ fn summary(f: &Value) {
         "   time              {} s by the coordinator's clock, {} s for the CLI; theoretical minimum {} s; ratio {}",
         f["rollout_secs"], f["cli_secs"], f["theoretical_min_secs"], f["ratio"]
     );
-    eprintln!(
-        "   per batch         overhead {} ms; batch p50 {} ms max {} ms; between batches p50 {} ms",
-        f["overhead_per_batch_ms"],
-        f["batch_ms"]["p50"],
-        f["batch_ms"]["max"],
-        f["between_batches_ms"]["p50"]
-    );
-    eprintln!(
-        "   step turnaround   p50 {} ms, p99 {} ms (result sent -> next command received)",
-        f["step_turnaround_ms"]["p50"], f["step_turnaround_ms"]["p99"]
-    );
+    print_batches(f);
     eprintln!(
         "   coordinator       {} CPU s ({} cores), RSS {} MiB (peak {} MiB); simulator {} cores; other processes {} cores",
         f["coordinator_cpu_secs"],
@@ -510,4 +500,20 @@ fn summary(f: &Value) {
         f["other_processes_cores"]
     );
     print_targets(f);
+}
+
+/// The per-batch and step-turnaround lines of a rollout summary, shared by
+/// `rollout` and `floor` so the two read alike.
+pub fn print_batches(f: &Value) {
+    eprintln!(
+        "   per batch         overhead {} ms; batch p50 {} ms max {} ms; between batches p50 {} ms",
+        f["overhead_per_batch_ms"],
+        f["batch_ms"]["p50"],
+        f["batch_ms"]["max"],
+        f["between_batches_ms"]["p50"]
+    );
+    eprintln!(
+        "   step turnaround   p50 {} ms, p99 {} ms (result sent -> next command received, at the hosts)",
+        f["step_turnaround_ms"]["p50"], f["step_turnaround_ms"]["p99"]
+    );
 }

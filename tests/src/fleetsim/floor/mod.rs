@@ -34,7 +34,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use super::env::{Common, Env, Prepared, Sim, connected_json, runtime};
 use super::fleet::{merge, print_targets};
 use super::procfs::{self, CpuWindow};
-use super::rollout::layout;
+use super::rollout::{layout, print_batches};
 use super::stats::round3;
 use super::{StepDelay, emit, machine, target};
 
@@ -326,17 +326,7 @@ fn summary(f: &Value) {
         "   time              {} s; theoretical minimum {} s; ratio {}",
         f["rollout_secs"], f["theoretical_min_secs"], f["ratio"]
     );
-    eprintln!(
-        "   per batch         overhead {} ms; batch p50 {} ms max {} ms; between batches p50 {} ms",
-        f["overhead_per_batch_ms"],
-        f["batch_ms"]["p50"],
-        f["batch_ms"]["max"],
-        f["between_batches_ms"]["p50"]
-    );
-    eprintln!(
-        "   step turnaround   p50 {} ms, p99 {} ms (result sent -> next command received, at the hosts)",
-        f["step_turnaround_ms"]["p50"], f["step_turnaround_ms"]["p99"]
-    );
+    print_batches(f);
     eprintln!(
         "   CPU               server {} cores ({} s, RSS {} MiB), simulator {} cores, other processes {} cores; machine busy {} cores; load {} -> {}",
         f["server_cpu_cores"],
