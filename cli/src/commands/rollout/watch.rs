@@ -70,13 +70,39 @@ impl View {
     }
 }
 
+/// Spinners drawn at most: a batch of a big fleet has hundreds in flight.
+const MAX_SPINNERS: usize = 10;
+
+/// The instances in flight a live view draws (the first [`MAX_SPINNERS`]
+/// by id) and how many more there are.
+fn shown_in_flight(r: &Rollout) -> (BTreeMap<&str, &RolloutInstance>, usize) {
+    let mut flying: BTreeMap<&str, &RolloutInstance> = (r.instances.iter())
+        .filter(|i| in_flight(&i.step))
+        .map(|i| (i.id.as_str(), i))
+        .collect();
+    let more = flying.len().saturating_sub(MAX_SPINNERS);
+    while flying.len() > MAX_SPINNERS {
+        flying.pop_last();
+    }
+    (flying, more)
+}
+
+fn more_text(more: usize) -> String {
+    match more {
+        0 => String::new(),
+        n => format!("... and {n} more in progress"),
+    }
+}
+
 /// The terminal view: an overall bar, the current batch, capacity against
-/// the floor (with the wait reason), and a spinner per instance in flight.
+/// the floor (with the wait reason), and a spinner per instance in flight
+/// (up to [`MAX_SPINNERS`], then a count of the rest).
 struct Live {
     multi: MultiProgress,
     overall: ProgressBar,
     batch: ProgressBar,
     capacity: ProgressBar,
+    more: ProgressBar,
     instances: BTreeMap<String, ProgressBar>,
 }
 
@@ -100,11 +126,13 @@ impl Live {
         );
         let batch = multi.add(ProgressBar::new(0).with_style(line_style()));
         let capacity = multi.add(ProgressBar::new(0).with_style(line_style()));
+        let more = multi.add(ProgressBar::new(0).with_style(line_style()));
         Live {
             multi,
             overall,
             batch,
             capacity,
+            more,
             instances: BTreeMap::new(),
         }
     }
@@ -122,10 +150,8 @@ impl Live {
         self.batch.set_message(batch_text(r));
         self.capacity.set_message(capacity_text(r));
 
-        let flying: BTreeMap<&str, &RolloutInstance> = (r.instances.iter())
-            .filter(|i| in_flight(&i.step))
-            .map(|i| (i.id.as_str(), i))
-            .collect();
+        let (flying, more) = shown_in_flight(r);
+        self.more.set_message(more_text(more));
         self.instances.retain(|id, bar| {
             let keep = flying.contains_key(id.as_str());
             if !keep {
@@ -150,7 +176,7 @@ impl Live {
         for bar in self.instances.values() {
             bar.finish_and_clear();
         }
-        for bar in [&self.overall, &self.batch, &self.capacity] {
+        for bar in [&self.overall, &self.batch, &self.capacity, &self.more] {
             bar.finish_and_clear();
         }
         let _ = self.multi.clear();
@@ -316,6 +342,27 @@ mod tests {
             "web@h2  deploying (rolling back) (host unreachable)"
         );
         assert_eq!(finished(&r), 1);
+    }
+
+    #[test]
+    fn a_big_batch_draws_ten_spinners_and_counts_the_rest() {
+        let mut r = rollout();
+        let template = r.instances[1].clone();
+        r.instances = (1..=250)
+            .map(|n| RolloutInstance {
+                id: format!("web@h{n:03}"),
+                host: format!("h{n:03}"),
+                ..template.clone()
+            })
+            .collect();
+        let (shown, more) = shown_in_flight(&r);
+        assert_eq!(shown.len(), MAX_SPINNERS);
+        assert_eq!(shown.keys().next(), Some(&"web@h001"));
+        assert_eq!(more, 240);
+        assert_eq!(more_text(more), "... and 240 more in progress");
+        r.instances.truncate(3);
+        let (shown, more) = shown_in_flight(&r);
+        assert_eq!((shown.len(), more_text(more)), (3, String::new()));
     }
 
     #[test]
