@@ -69,19 +69,10 @@ impl Bug {
         Bug::ResendPastDeadline,
     ];
 
-    pub const ALL: [Bug; 11] = [
-        Bug::CapacityOffByOne,
-        Bug::NoPersistBeforeSend,
-        Bug::RollbackIgnoresFloor,
-        Bug::SpreadIgnored,
-        Bug::DuplicateSendOnResume,
-        Bug::RestoreForgetsInFlight,
-        Bug::PausedNeverTimesOut,
-        Bug::FailuresCountAsSuccess,
-        Bug::AbortedWhileStranded,
-        Bug::FailedTakenForFree,
-        Bug::ResendPastDeadline,
-    ];
+    /// Every variant: the deliberate ones, then those found.
+    pub fn all() -> impl Iterator<Item = Bug> {
+        Bug::DELIBERATE.into_iter().chain(Bug::FOUND)
+    }
 }
 
 impl fmt::Display for Bug {

@@ -110,10 +110,14 @@ fn replay() {
 
 fn env_bug() -> Option<Bug> {
     std::env::var("SIM_BUG").ok().map(|name| {
-        *Bug::ALL
-            .iter()
+        Bug::all()
             .find(|b| b.to_string() == name)
-            .unwrap_or_else(|| panic!("SIM_BUG={name}: expected one of {:?}", Bug::ALL))
+            .unwrap_or_else(|| {
+                panic!(
+                    "SIM_BUG={name}: expected one of {:?}",
+                    Bug::all().collect::<Vec<_>>()
+                )
+            })
     })
 }
 
