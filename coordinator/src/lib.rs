@@ -115,11 +115,14 @@ pub async fn run(
         )
         .await?,
     );
+    let rollout_tasks = tokio_util::task::TaskTracker::new();
     let rollouts = runner::Rollouts::load(
         store.clone(),
         registry.clone(),
+        metrics.clone(),
         config.agents.lost_timeout,
         shutdown.clone(),
+        rollout_tasks.clone(),
     )
     .await?;
     let ca = pki::Ca::load_files(&config.tls.ca_cert, &config.tls.ca_key)?;
@@ -182,6 +185,10 @@ pub async fn run(
         })
         .await?;
 
+    // Rollout tasks stop at the cancellation, between two passes or while
+    // retrying a write: whatever they stored is where a restart resumes.
+    rollout_tasks.close();
+    rollout_tasks.wait().await;
     let _ = background.await;
     if let Ok(Err(e)) = http.await {
         return Err(RunError::Http(e));

@@ -62,6 +62,14 @@ pub struct Metrics {
     enrollments: Family<ResultLabel, Counter>,
     refusals: Family<ReasonLabel, Counter>,
     pub renewals: Counter,
+    /// Rollouts halted because the store refused their state for good.
+    pub rollout_store_failures: Counter,
+    /// Commands not handed to a session because its queue was full (asked
+    /// again shortly).
+    pub commands_undelivered: Counter,
+    /// Command updates ignored: not from the host that runs the instance,
+    /// or for an instance outside the rollout.
+    pub updates_ignored: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -86,6 +94,9 @@ impl Metrics {
         let enrollments = Family::<ResultLabel, Counter>::default();
         let refusals = Family::<ReasonLabel, Counter>::default();
         let renewals = Counter::default();
+        let rollout_store_failures = Counter::default();
+        let commands_undelivered = Counter::default();
+        let updates_ignored = Counter::default();
         registry.register(
             "agents_connected",
             "Agents with a live session",
@@ -121,6 +132,21 @@ impl Metrics {
             "Agent certificates renewed",
             renewals.clone(),
         );
+        registry.register(
+            "rollout_store_failures",
+            "Rollouts halted because the store refused their state for good",
+            rollout_store_failures.clone(),
+        );
+        registry.register(
+            "commands_undelivered",
+            "Rollout commands not handed to an agent session because its queue was full",
+            commands_undelivered.clone(),
+        );
+        registry.register(
+            "command_updates_ignored",
+            "Agent command updates ignored: from a host that does not run the instance, or outside the rollout",
+            updates_ignored.clone(),
+        );
         // Pre-create the label sets so a scrape shows zeros, not gaps.
         for r in ["ok", "refused"] {
             enrollments
@@ -136,6 +162,9 @@ impl Metrics {
             enrollments,
             refusals,
             renewals,
+            rollout_store_failures,
+            commands_undelivered,
+            updates_ignored,
         }
     }
 

@@ -1,5 +1,6 @@
-//! Deliberately broken engine variants, for proving that the simulator's
-//! invariant checker can fail (see [`sim`](super::sim)).
+//! Deliberately broken variants of the engine and of the runtime's driver,
+//! for proving that the simulator's invariant checker can fail (see
+//! [`sim`](super::sim)).
 //!
 //! This module and every line that consults it exist only in test builds and
 //! builds with the `sim` feature: each decision point reads
@@ -46,12 +47,26 @@ pub enum Bug {
     /// which the same call then timed out (the agent ran a step nobody
     /// waited for).
     ResendPastDeadline,
+    // Broken variants of the runtime's driver (`runner/driver.rs`), which
+    // the simulator runs as the coordinator does.
+    /// A new agent session does not ask again for what was in flight on
+    /// the old one.
+    ReaskDroppedOnReconnect,
+    /// A command result is taken from whichever host sends it, not only
+    /// from the host that runs the instance.
+    ResultFromAnyHost,
+    /// Progress messages are kept for any id, in this rollout or not, in
+    /// flight or not: the map readers see grows without bound.
+    ProgressOutsideRollout,
+    /// Capacity counts an instance in service on its agent's word alone,
+    /// though its load balancer does not route to it yet.
+    LoadBalancerIgnored,
 }
 
 impl Bug {
     /// The deliberately broken variants: the checker must catch each within
     /// a fixed number of seeds.
-    pub const DELIBERATE: [Bug; 8] = [
+    pub const DELIBERATE: [Bug; 12] = [
         Bug::CapacityOffByOne,
         Bug::NoPersistBeforeSend,
         Bug::RollbackIgnoresFloor,
@@ -60,6 +75,10 @@ impl Bug {
         Bug::RestoreForgetsInFlight,
         Bug::PausedNeverTimesOut,
         Bug::FailuresCountAsSuccess,
+        Bug::ReaskDroppedOnReconnect,
+        Bug::ResultFromAnyHost,
+        Bug::ProgressOutsideRollout,
+        Bug::LoadBalancerIgnored,
     ];
 
     /// Engine bugs the simulator found (fixed; see each variant).

@@ -425,14 +425,17 @@ impl Engine {
 
     /// The instance an id from this rollout's commands names, if any.
     pub(super) fn instance_of(&self, id: &super::model::CommandId) -> Option<usize> {
-        // `<rollout>/<instance>/<verb>/<attempt>`; the instance may hold '/'.
-        let rest = id
-            .as_str()
-            .strip_prefix(self.st.id.as_str())?
-            .strip_prefix('/')?;
-        let mut parts = rest.rsplitn(3, '/');
-        let (_attempt, _verb, instance) = (parts.next()?, parts.next()?, parts.next()?);
-        self.index.get(instance).copied()
+        if id.rollout != self.st.id {
+            return None;
+        }
+        self.index.get(&id.instance).copied()
+    }
+
+    /// The host of a target instance, and whether a command of it is in
+    /// flight; `None` for an instance outside this rollout.
+    pub fn instance(&self, id: &str) -> Option<(&str, bool)> {
+        let i = &self.st.instances[*self.index.get(id)?];
+        Some((i.host.as_str(), i.inflight.is_some()))
     }
 
     pub fn state(&self) -> &RolloutState {

@@ -96,6 +96,21 @@ impl Step {
         )
     }
 
+    /// Every step that sends a command, in chain order.
+    pub const CHAIN: [Step; 6] = [
+        Step::Draining,
+        Step::Stopping,
+        Step::Deploying,
+        Step::Starting,
+        Step::Verifying,
+        Step::Undraining,
+    ];
+
+    /// The chain step whose command verb is `verb`.
+    pub fn from_verb(verb: &str) -> Option<Step> {
+        Step::CHAIN.into_iter().find(|s| s.verb() == verb)
+    }
+
     /// The command verb of a chain step, used in command ids.
     pub fn verb(self) -> &'static str {
         match self {
@@ -190,33 +205,89 @@ pub enum CommandKind {
     Undrain,
 }
 
-/// `<rollout-id>/<instance>/<verb>/<attempt>`: the same for every send of the
-/// same step, so a re-send after a crash or reconnect is answered from the
-/// agent's journal instead of running again. Attempt 1 is the update,
-/// attempt 2 the rollback.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct CommandId(pub String);
+/// Names one step attempt: the same for every send of the same step, so a
+/// re-send after a crash or reconnect is answered from the agent's journal
+/// instead of running again. Attempt 1 is the update, attempt 2 the
+/// rollback.
+///
+/// On the wire and in stored state it is the text
+/// `<rollout-id>/<instance>/<verb>/<attempt>` (rollout ids hold no `/`; an
+/// instance may), made and read only here.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CommandId {
+    pub rollout: String,
+    /// `web@h1`.
+    pub instance: String,
+    /// A chain step (see [`Step::in_chain`]).
+    pub step: Step,
+    pub attempt: u32,
+}
 
 impl CommandId {
     pub fn new(rollout: &str, instance: &str, step: Step, attempt: u32) -> CommandId {
-        CommandId(format!("{rollout}/{instance}/{}/{attempt}", step.verb()))
+        CommandId {
+            rollout: rollout.to_string(),
+            instance: instance.to_string(),
+            step,
+            attempt,
+        }
     }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
+    /// The host part of the instance id (`h1` of `web@h1`).
+    pub fn host(&self) -> Option<&str> {
+        self.instance.rsplit_once('@').map(|(_, h)| h)
     }
 }
 
-impl From<String> for CommandId {
-    fn from(s: String) -> CommandId {
-        CommandId(s)
+/// Why a text is not a command id drover issued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a drover command id (<rollout>/<instance>/<step>/<attempt>)")]
+pub struct BadCommandId(pub String);
+
+impl std::str::FromStr for CommandId {
+    type Err = BadCommandId;
+
+    fn from_str(s: &str) -> Result<CommandId, BadCommandId> {
+        let bad = || BadCommandId(s.to_string());
+        let (rollout, rest) = s.split_once('/').ok_or_else(bad)?;
+        let mut parts = rest.rsplitn(3, '/');
+        let (attempt, verb, instance) = (
+            parts.next().ok_or_else(bad)?,
+            parts.next().ok_or_else(bad)?,
+            parts.next().ok_or_else(bad)?,
+        );
+        let step = Step::from_verb(verb).ok_or_else(bad)?;
+        let attempt = attempt.parse().map_err(|_| bad())?;
+        if rollout.is_empty() || instance.is_empty() {
+            return Err(bad());
+        }
+        Ok(CommandId::new(rollout, instance, step, attempt))
     }
 }
 
 impl fmt::Display for CommandId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        write!(
+            f,
+            "{}/{}/{}/{}",
+            self.rollout,
+            self.instance,
+            self.step.verb(),
+            self.attempt
+        )
+    }
+}
+
+impl Serialize for CommandId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for CommandId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<CommandId, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -152,7 +152,7 @@ impl AgentService for AgentSvc {
             ctx.registry
                 .connect(&caller.cert, caller.addr, hello, tx.clone());
         tracing::info!(host = %host_id, peer = ?caller.addr, session = session_id, "agent connected");
-        ctx.rollouts.host_connected(&host_id);
+        ctx.rollouts.host_connected(&host_id).await;
 
         let cert_expires = caller
             .cert
@@ -192,7 +192,7 @@ impl AgentService for AgentSvc {
                             tracing::debug!(host = %host_id, "ignoring a second Hello");
                         }
                         AgentMsg::CommandUpdate(update) => {
-                            ctx.rollouts.command_update(&host_id, update)
+                            ctx.rollouts.command_update(&host_id, update).await
                         }
                     },
                     Ok(Some(AgentMessage { msg: None })) => {}

@@ -44,6 +44,7 @@ impl fmt::Display for Violation {
             4 => "termination",
             5 => "end state",
             6 => "crash safety",
+            7 => "runtime bounds",
             _ => "simulator",
         };
         write!(f, "invariant {} ({name}): {}", self.invariant, self.what)
@@ -305,8 +306,9 @@ impl Checker {
             }
             Input::CommandResult { id, outcome } => {
                 // Answered in the same call as a `HostBack`: nothing to ask again.
-                self.resend_due.retain(|due| due != id.as_str());
-                self.result(now, id.as_str(), outcome);
+                let id = id.to_string();
+                self.resend_due.retain(|due| *due != id);
+                self.result(now, &id, outcome);
             }
             Input::HostBack { host } => {
                 self.expire(now);
@@ -415,7 +417,7 @@ impl Checker {
         for id in std::mem::take(&mut self.resend_due) {
             let asked = outs
                 .iter()
-                .any(|o| matches!(o, Output::Send { id: sent, .. } if sent.as_str() == id));
+                .any(|o| matches!(o, Output::Send { id: sent, .. } if sent.to_string() == id));
             if !asked {
                 return broke(
                     4,
@@ -436,7 +438,7 @@ impl Checker {
                     timeout,
                 } => {
                     let timeout = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-                    self.send(now, id.as_str(), instance, host, kind, timeout)?;
+                    self.send(now, &id.to_string(), instance, host, kind, timeout)?;
                 }
                 _ => {}
             }
@@ -633,9 +635,9 @@ impl Checker {
         outs: &[Output],
     ) -> Result<(), Violation> {
         self.activity(now);
-        let resent: BTreeSet<&str> = (outs.iter())
+        let resent: BTreeSet<String> = (outs.iter())
             .filter_map(|o| match o {
-                Output::Send { id, .. } => Some(id.as_str()),
+                Output::Send { id, .. } => Some(id.to_string()),
                 _ => None,
             })
             .collect();
@@ -643,7 +645,8 @@ impl Checker {
             let Some(&k) = self.index.get(&i.id) else {
                 return broke(6, format!("restored state has unknown instance {}", i.id));
             };
-            let inflight = i.inflight.as_ref().and_then(|f| parse_id(f.id.as_str()));
+            let inflight_id = i.inflight.as_ref().map(|f| f.id.to_string());
+            let inflight = inflight_id.as_deref().and_then(parse_id);
             let ok = match self.committed[k] {
                 Pos::Busy { attempt, verb, .. } => {
                     let dir = if attempt == 1 {
@@ -674,7 +677,7 @@ impl Checker {
                         i.id,
                         i.step,
                         i.direction,
-                        i.inflight.as_ref().map(|f| f.id.as_str()),
+                        i.inflight.as_ref().map(|f| f.id.to_string()),
                         self.committed[k]
                     ),
                 );
@@ -687,7 +690,7 @@ impl Checker {
             } = self.committed[k]
             {
                 let id = format!("{}/{}/{}/{attempt}", self.rollout, i.id, VERBS[verb]);
-                if !state.is_finished() && !resent.contains(id.as_str()) {
+                if !state.is_finished() && !resent.contains(&id) {
                     return broke(
                         6,
                         format!("{id} was in flight but not asked again on restore"),

@@ -1,14 +1,16 @@
-//! The simulated coordinator runtime and the event loop.
+//! The simulated coordinator and the event loop.
 //!
-//! It does what `runner.rs` does around the real engine: takes whatever
-//! inputs are queued (health, results, registry changes, operator actions,
-//! ticks) into one pass, handles them, writes the engine state if any output
-//! asked for a Persist, and only then performs the Sends. A crash can strike
-//! before the write, between two sends, or between passes; the engine is
-//! then rebuilt with [`Engine::restore`] from what the store holds, the
-//! agents reconnect, and the registry reports the hosts that did not.
+//! The coordinator here is the real runtime's [`Driver`] (every decision
+//! `runner/` makes) around the real engine, fed by a simulated registry
+//! (what agents reported, which sessions are up) and a simulated timer.
+//! Only the I/O is simulated, as `runner/task.rs` does it: take what is
+//! queued into one pass, write what the pass asks to store, and only then
+//! send its commands. A crash can strike before the write, between two
+//! sends, or between passes; the engine is then rebuilt with
+//! [`Engine::restore`] from what the store holds, the agents reconnect, and
+//! the driver calls lost the hosts that did not.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::Failure;
 use super::check::{Checker, Violation};
@@ -17,11 +19,42 @@ use super::scenario::Scenario;
 use super::store::{SimStore, StoreKind};
 use super::trace::Trace;
 use super::world::{Agent, Inst};
-use crate::rollout::{CommandKind, Engine, Input, Millis, Outcome, Output};
+use crate::rollout::{
+    CommandId, CommandKind, CommandOutcome, Engine, Input, Millis, Outcome, Output,
+};
+use crate::runner::driver::{
+    AgentUpdate, Driver, Event, HostView, InstanceView, Observed, Outgoing, Pass, UpdateKind,
+};
 
 pub const ROLLOUT: &str = "r1";
 /// How far past the progress deadline the idle check allows.
 const SLACK_MS: u64 = 1_000;
+
+/// What reaches the coordinator.
+#[derive(Debug, Clone)]
+pub enum Msg {
+    /// A new session: the agent's Hello, with every instance as it is.
+    Hello {
+        seen: Vec<(usize, Observed)>,
+    },
+    /// A health report for one instance.
+    Report {
+        k: usize,
+        seen: Observed,
+    },
+    Result {
+        id: CommandId,
+        outcome: CommandOutcome,
+    },
+    Progress {
+        id: CommandId,
+        text: String,
+    },
+    /// The registry's lost timer for a dropped session fired.
+    Lost {
+        host: usize,
+    },
+}
 
 #[derive(Debug, Clone)]
 pub enum Ev {
@@ -30,12 +63,12 @@ pub enum Ev {
     ToCoord {
         life: u32,
         from: Option<(usize, u32)>,
-        input: Input,
+        msg: Msg,
     },
     ToAgent {
         host: usize,
         session: u32,
-        id: String,
+        id: CommandId,
         k: usize,
         kind: CommandKind,
         timeout: u64,
@@ -71,23 +104,36 @@ pub enum Ev {
         life: u32,
         sessions: u32,
     },
-    /// After a restore: hosts not back by now are lost.
-    LostCheckAll {
-        life: u32,
-    },
     /// An agent's periodic full health report.
     Report {
         host: usize,
     },
+    /// The load balancer's checks of `k` may have passed by now.
+    LbUp {
+        k: usize,
+    },
+    /// A host sends a word about an instance it does not run, or outside
+    /// the rollout (see `Sim::rogue`).
+    Rogue,
     Chaos,
     CoordUp,
 }
 
+/// A host as the coordinator's registry holds it.
+#[derive(Debug, Clone, Default)]
+pub struct RegHost {
+    pub connected: bool,
+    pub seen: BTreeMap<usize, Observed>,
+}
+
 pub struct Coord {
-    pub engine: Engine,
-    inbox: Vec<Input>,
+    pub driver: Driver,
     processing: bool,
     next_tick: u64,
+    registry: Vec<RegHost>,
+    /// Hosts whose new session reached the driver since the last pass: the
+    /// pass must tell the engine they are back (so it asks again).
+    reconnected: BTreeSet<String>,
 }
 
 /// How a seed's run ended.
@@ -113,6 +159,12 @@ pub struct Sim {
     pub(super) chaos_rng: Rng,
     crash_rng: Rng,
     tick_rng: Rng,
+    pub(super) rogue_rng: Rng,
+    /// Rogue words left to send (0 in most seeds).
+    pub(super) rogues: u32,
+    /// How much later than the agent's own check the load balancer's
+    /// checks see a restarted instance; 0 in most seeds (no load balancer).
+    pub(super) lb_lag: u64,
     pub(super) agents: Vec<Agent>,
     pub(super) insts: Vec<Inst>,
     host_index: BTreeMap<String, usize>,
@@ -173,7 +225,8 @@ impl Sim {
                 drained: !m.info.in_service,
                 bad: m.bad,
                 healthy_since: m.info.healthy.then_some(0),
-                reported: Some((m.info.healthy, m.info.in_service, m.info.release.clone())),
+                lb_up_at: m.info.healthy.then_some(0),
+                reported: None,
                 job: None,
             });
         }
@@ -188,6 +241,19 @@ impl Sim {
             .map(|(k, i)| (i.id.clone(), k))
             .collect();
         let check = Checker::new(&sc, ROLLOUT, 0);
+        // Drawn apart from the scenario, so seeds keep their fleets and specs.
+        let mut extra = Rng::new(sc.seed ^ 0x6A09_E667_F3BC_C908);
+        let lb_lag = if extra.chance(300) {
+            extra.range(500, 8_000)
+        } else {
+            0
+        };
+        let rogues = if !sc.profile.calm && extra.chance(250) {
+            extra.range_u32(1, 6)
+        } else {
+            0
+        };
+        let rogue_rng = extra.fork();
         let store = SimStore::open(store).map_err(|e| e.to_string())?;
         let mut sim = Sim {
             net_rng: rng.fork(),
@@ -195,6 +261,9 @@ impl Sim {
             chaos_rng: rng.fork(),
             crash_rng: rng.fork(),
             tick_rng: rng.fork(),
+            rogue_rng,
+            rogues,
+            lb_lag,
             sc,
             now: 0,
             queue: BTreeMap::new(),
@@ -240,6 +309,14 @@ impl Sim {
             let at = sim.chaos_rng.range(0, sim.sc.profile.chaos_ms);
             sim.push(at, Ev::Chaos);
         }
+        if sim.rogues > 0 {
+            let at = sim.rogue_rng.range(1_000, 60_000);
+            sim.push(at, Ev::Rogue);
+        }
+        for k in 0..sim.insts.len() {
+            let seen = sim.observe(k);
+            sim.insts[k].reported = Some(seen);
+        }
         Ok(sim)
     }
 
@@ -269,6 +346,9 @@ impl Sim {
     fn run_inner(&mut self) -> Result<Summary, Violation> {
         let describe = self.sc.describe();
         sim_trace!(self, "seed {}\n{}", self.sc.seed, describe.trim_end());
+        if self.lb_lag > 0 {
+            sim_trace!(self, "load balancer checks lag by {}ms", self.lb_lag);
+        }
         let started = Engine::start(ROLLOUT, self.sc.spec.clone(), self.sc.infos(), Millis(0));
         let (engine, outs) = match started {
             Ok(x) => x,
@@ -283,21 +363,30 @@ impl Sim {
             self.check.floor(),
             self.check.capacity()
         );
-        if self.trace.on {
-            for o in &outs {
-                if let Some(line) = show_output(o) {
-                    sim_trace!(self, "   {line}");
+        // The registry as the engine read it: reachable hosts connected,
+        // with what their agents last reported.
+        let mut registry = vec![RegHost::default(); self.agents.len()];
+        for (h, a) in self.agents.iter().enumerate() {
+            registry[h].connected = a.session.is_some();
+            for &k in &a.insts {
+                if let Some(seen) = &self.insts[k].reported {
+                    registry[h].seen.insert(k, seen.clone());
                 }
             }
         }
+        let connected = (self.agents.iter())
+            .filter(|a| a.session.is_some())
+            .map(|a| a.name.clone());
+        let driver = Driver::new(engine, outs, 0, connected, None, Millis(0));
         self.coord = Some(Coord {
-            engine,
-            inbox: Vec::new(),
+            driver,
             processing: false,
             next_tick: 0,
+            registry,
+            reconnected: BTreeSet::new(),
         });
-        self.check.outputs(0, &outs)?;
-        self.perform(outs, false)?;
+        // The opening write is made before the rollout counts as started.
+        self.pass(false)?;
         // Bounds on the whole run: every instance takes at most two chains of
         // six steps, and each step is answered or timed out.
         let n = u64::try_from(self.insts.len()).unwrap_or(u64::MAX);
@@ -323,7 +412,7 @@ impl Sim {
                 }
                 None => {
                     self.now = self.now.max(tick.unwrap_or(self.now));
-                    self.queue_input(Input::Tick);
+                    self.queue(Event::Tick);
                     self.process()?;
                 }
             }
@@ -353,13 +442,17 @@ impl Sim {
         Ok(self.summary(end))
     }
 
-    /// Without faults, the fleet's real capacity (instances healthy and not
-    /// drained, counted from the agents, not from what the engine was told)
-    /// never drops under the floor.
+    /// Without faults, the fleet's real capacity (instances healthy, not
+    /// drained and routed to by their load balancer, counted from the
+    /// agents, not from what the engine was told) never drops under the
+    /// floor.
     fn real_capacity(&self) -> Result<(), Violation> {
         let target = &self.sc.spec.target;
-        let serving = (self.insts.iter())
-            .filter(|i| i.healthy(target) && !i.drained)
+        let serving = (0..self.insts.len())
+            .filter(|&k| {
+                let i = &self.insts[k];
+                i.healthy(target) && !i.drained && self.lb_routes(k)
+            })
             .count();
         let serving = u32::try_from(serving).unwrap_or(u32::MAX);
         if serving < self.check.floor() {
@@ -388,19 +481,92 @@ impl Sim {
         }
     }
 
+    /// The registry's view of host `h`, as the runtime hands it to the driver.
+    fn host_view(&self, h: usize) -> Option<HostView> {
+        let c = self.coord.as_ref()?;
+        let reg = &c.registry[h];
+        Some(HostView {
+            host: self.agents[h].name.clone(),
+            connected: reg.connected,
+            instances: (reg.seen.iter())
+                .map(|(&k, seen)| InstanceView {
+                    id: self.insts[k].id.clone(),
+                    seen: seen.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    /// What the coordinator does with a message that reached it: the
+    /// registry's part, then the driver's.
+    fn deliver(&mut self, from: Option<usize>, msg: Msg) {
+        let Some(c) = self.coord.as_mut() else {
+            return;
+        };
+        match msg {
+            Msg::Hello { seen } => {
+                let Some(h) = from else { return };
+                c.registry[h].connected = true;
+                c.registry[h].seen = seen.into_iter().collect();
+                let name = self.agents[h].name.clone();
+                c.reconnected.insert(name.clone());
+                if let Some(view) = self.host_view(h) {
+                    self.queue(Event::Host(view));
+                }
+                self.queue(Event::Connected { host: name });
+            }
+            Msg::Report { k, seen } => {
+                let h = self.insts[k].host;
+                c.registry[h].seen.insert(k, seen);
+                if c.registry[h].connected
+                    && let Some(view) = self.host_view(h)
+                {
+                    self.queue(Event::Host(view));
+                }
+            }
+            Msg::Lost { host } => {
+                c.registry[host].connected = false;
+                if let Some(view) = self.host_view(host) {
+                    self.queue(Event::Host(view));
+                }
+            }
+            Msg::Result { id, outcome } => {
+                let Some(h) = from else { return };
+                let from = self.agents[h].name.clone();
+                let kind = UpdateKind::Result(outcome);
+                self.queue(Event::Update {
+                    from,
+                    update: AgentUpdate { id, kind },
+                });
+            }
+            Msg::Progress { id, text } => {
+                let Some(h) = from else { return };
+                let from = self.agents[h].name.clone();
+                let kind = UpdateKind::Progress(text);
+                self.queue(Event::Update {
+                    from,
+                    update: AgentUpdate { id, kind },
+                });
+            }
+        }
+    }
+
     fn event(&mut self, ev: Ev) -> Result<(), Violation> {
         match ev {
-            Ev::ToCoord { life, from, input } => {
+            Ev::ToCoord { life, from, msg } => {
                 let live = self.coord.is_some()
                     && life == self.life
                     && from.is_none_or(|(h, s)| self.agents[h].session == Some(s));
                 if !live {
                     if let Some((h, _)) = from {
-                        self.undelivered(h, input);
+                        self.undelivered(h, msg);
                     }
                     return Ok(());
                 }
-                self.queue_input(input);
+                if self.trace.on {
+                    sim_trace!(self, "<- {}", show_msg(self, from.map(|f| f.0), &msg));
+                }
+                self.deliver(from.map(|f| f.0), msg);
                 let batch = self.sc.profile.batch_ms;
                 if batch == 0 {
                     self.process()?;
@@ -450,20 +616,7 @@ impl Sim {
                 if life == self.life && a.session.is_none() && a.sessions == sessions {
                     let name = a.name.clone();
                     sim_trace!(self, "registry: {name} lost");
-                    self.queue_input(Input::HostLost { host: name });
-                    self.process()?;
-                }
-            }
-            Ev::LostCheckAll { life } => {
-                if life == self.life {
-                    let away: Vec<String> = (self.agents.iter())
-                        .filter(|a| a.session.is_none())
-                        .map(|a| a.name.clone())
-                        .collect();
-                    for host in away {
-                        sim_trace!(self, "registry: {host} not back since the restart, lost");
-                        self.queue_input(Input::HostLost { host });
-                    }
+                    self.deliver(None, Msg::Lost { host });
                     self.process()?;
                 }
             }
@@ -477,10 +630,12 @@ impl Sim {
                 let at = self.now + self.sc.profile.report_ms;
                 self.push(at, Ev::Report { host });
             }
+            Ev::LbUp { k } => self.report(k),
+            Ev::Rogue => self.rogue(),
             Ev::Chaos => {
                 self.chaos();
                 // An operator action is handled at once, as the runtime does.
-                if self.coord.as_ref().is_some_and(|c| !c.inbox.is_empty()) {
+                if self.coord.as_ref().is_some_and(|c| c.driver.queued() > 0) {
                     self.process()?;
                 }
             }
@@ -489,101 +644,175 @@ impl Sim {
         Ok(())
     }
 
-    /// Queues an input for the coordinator's next pass.
-    pub(super) fn queue_input(&mut self, input: Input) {
+    /// Hands an event to the coordinator's driver for its next pass.
+    pub(super) fn queue(&mut self, ev: Event) {
         if let Some(c) = self.coord.as_mut() {
-            c.inbox.push(input);
+            c.driver.push(ev);
         }
     }
 
-    /// One pass of the runtime: handle everything queued, then perform.
+    /// One pass of the runtime: the driver decides, the checker judges what
+    /// it fed the engine and what came out, then the runtime performs it.
     fn process(&mut self) -> Result<(), Violation> {
+        self.pass(true)
+    }
+
+    fn pass(&mut self, may_crash: bool) -> Result<(), Violation> {
         let Some(c) = self.coord.as_mut() else {
             return Ok(());
         };
         c.processing = false;
-        if c.engine.is_finished() {
+        if c.driver.is_done() {
             return Ok(());
         }
-        // Everything queued goes in as one call, as the runner hands the
-        // engine a whole pass of inputs.
-        let inputs = std::mem::take(&mut c.inbox);
-        for input in &inputs {
+        let pass = c.driver.pass(Millis(self.now));
+        let reconnected = std::mem::take(&mut c.reconnected);
+        for input in &pass.fed {
             if self.trace.on && !matches!(input, Input::Tick) {
                 sim_trace!(self, "-> {}", show_input(input));
             }
-            self.check.input(self.now, input);
+            if let Input::CommandResult {
+                id,
+                outcome: CommandOutcome::Failed(why),
+            } = input
+                && why.starts_with(ROGUE)
+            {
+                return Err(Violation {
+                    invariant: 2,
+                    what: format!(
+                        "a result for {id} from a host that does not run {} reached the engine",
+                        id.instance
+                    ),
+                });
+            }
+            let input = self.as_reported(input);
+            self.check.input(self.now, &input);
         }
-        let Some(c) = self.coord.as_mut() else {
-            return Ok(());
-        };
-        let outs = c.engine.handle_all(Millis(self.now), inputs);
+        for host in reconnected {
+            let told =
+                (pass.fed.iter()).any(|i| matches!(i, Input::HostBack { host: h } if *h == host));
+            if !told {
+                return Err(Violation {
+                    invariant: 4,
+                    what: format!(
+                        "{host} opened a new session but the engine was not told it is back, so what was in flight on the old one is never asked again"
+                    ),
+                });
+            }
+        }
         if self.trace.on {
-            for o in &outs {
+            for o in &pass.outputs {
                 if let Some(line) = show_output(o) {
                     sim_trace!(self, "   {line}");
                 }
             }
         }
-        self.check.outputs(self.now, &outs)?;
-        self.perform(outs, true)
+        self.check.outputs(self.now, &pass.outputs)?;
+        self.progress_bounded()?;
+        self.perform(pass, may_crash)
+    }
+
+    /// The checker judges capacity by what the coordinator heard, with the
+    /// issue's definition (healthy, in service and routed to by every load
+    /// balancer), not by what the driver made of it: a report the driver
+    /// reads wrong is caught where the engine acts on it.
+    fn as_reported(&self, input: &Input) -> Input {
+        let Input::Health { instance, .. } = input else {
+            return input.clone();
+        };
+        let seen = (self.inst_index.get(instance)).and_then(|&k| {
+            let c = self.coord.as_ref()?;
+            c.registry[self.insts[k].host].seen.get(&k)
+        });
+        match seen {
+            Some(seen) => Input::Health {
+                instance: instance.clone(),
+                healthy: seen.healthy,
+                in_service: seen.running && !seen.drained && seen.lb_routes,
+                release: seen.release.clone(),
+            },
+            None => input.clone(),
+        }
+    }
+
+    /// Progress is kept only for instances of the rollout with a step in
+    /// flight: a peer cannot grow what readers are shown.
+    fn progress_bounded(&self) -> Result<(), Violation> {
+        let Some(c) = self.coord.as_ref() else {
+            return Ok(());
+        };
+        for instance in c.driver.progress_instances() {
+            let in_flight = c.driver.engine().instance(instance).is_some_and(|(_, f)| f);
+            if !in_flight {
+                return Err(Violation {
+                    invariant: 7,
+                    what: format!(
+                        "progress is kept for {instance}, which has no step in flight in this rollout"
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn roll_crash(&mut self, per_mille: u32) -> bool {
         self.crashes < self.sc.profile.max_crashes && self.crash_rng.chance(per_mille)
     }
 
-    /// What the runtime does with a pass's outputs: write, then send.
-    fn perform(&mut self, outs: Vec<Output>, may_crash: bool) -> Result<(), Violation> {
-        let persist = outs.iter().any(|o| matches!(o, Output::Persist));
-        if persist {
-            if may_crash && self.roll_crash(self.sc.profile.crash_before_write) {
-                self.crash("before its store write");
+    /// What the runtime does with a pass: write, then send.
+    fn perform(&mut self, pass: Pass, may_crash: bool) -> Result<(), Violation> {
+        if let Some(why) = pass.halt {
+            return Err(Violation {
+                invariant: 6,
+                what: format!("the runtime halted the rollout: {why}"),
+            });
+        }
+        let persist = pass.outputs.iter().any(|o| matches!(o, Output::Persist));
+        if persist && may_crash && self.roll_crash(self.sc.profile.crash_before_write) {
+            self.crash("before its store write");
+            return Ok(());
+        }
+        if !pass.writes.is_empty() {
+            if let Some(c) = self.coord.as_ref() {
+                let state = persist.then(|| c.driver.engine().state().clone());
+                self.store
+                    .write(pass.writes, state)
+                    .map_err(|e| Violation {
+                        invariant: 0,
+                        what: format!("store write failed: {e}"),
+                    })?;
+            }
+            if persist {
+                self.check.written();
+            }
+        }
+        for send in pass.sends {
+            if may_crash && self.roll_crash(self.sc.profile.crash_between_sends) {
+                self.crash("between two sends");
                 return Ok(());
             }
-            if let Some(c) = self.coord.as_mut() {
-                self.store.write(&mut c.engine).map_err(|e| Violation {
-                    invariant: 0,
-                    what: format!("store write failed: {e}"),
-                })?;
-            }
-            self.check.written();
+            self.check.sending(&send.id.to_string())?;
+            self.send(send);
         }
-        for o in outs {
-            match o {
-                Output::Send {
-                    id,
-                    instance,
-                    host,
-                    kind,
-                    timeout,
-                } => {
-                    if may_crash && self.roll_crash(self.sc.profile.crash_between_sends) {
-                        self.crash("between two sends");
-                        return Ok(());
-                    }
-                    self.check.sending(id.as_str())?;
-                    self.send(id.0, &instance, &host, kind, ms(timeout));
-                }
-                Output::Finished(outcome) => {
-                    if !persist {
-                        return Err(Violation {
-                            invariant: 6,
-                            what: "the rollout finished without storing it".to_string(),
-                        });
-                    }
-                    if let Some(c) = &self.coord {
-                        let truth = self.truth();
-                        self.check.finished(&outcome, c.engine.state(), &truth)?;
-                    }
-                    self.outcome = Some(outcome);
-                    return Ok(());
-                }
-                _ => {}
+        if pass.finished {
+            if !persist {
+                return Err(Violation {
+                    invariant: 6,
+                    what: "the rollout finished without storing it".to_string(),
+                });
             }
+            if let Some(c) = &self.coord {
+                let engine = c.driver.engine();
+                if let Some(outcome) = engine.outcome().cloned() {
+                    let truth = self.truth();
+                    self.check.finished(&outcome, engine.state(), &truth)?;
+                    self.outcome = Some(outcome);
+                }
+            }
+            return Ok(());
         }
         if let Some(c) = self.coord.as_mut() {
-            let deadline = c.engine.next_deadline().map_or(u64::MAX, |d| d.0);
+            let deadline = c.driver.next_deadline().map_or(u64::MAX, |d| d.0);
             let late = self.tick_rng.range(0, self.sc.profile.tick_late_ms);
             c.next_tick = deadline
                 .min(self.now + self.sc.profile.tick_ms)
@@ -594,9 +823,17 @@ impl Sim {
     }
 
     /// The runtime hands a command to the host's session, if it has one.
-    fn send(&mut self, id: String, instance: &str, host: &str, kind: CommandKind, timeout: u64) {
+    fn send(&mut self, send: Outgoing) {
         self.commands += 1;
-        let (Some(&h), Some(&k)) = (self.host_index.get(host), self.inst_index.get(instance))
+        let Outgoing {
+            id,
+            instance,
+            host,
+            kind,
+            timeout,
+        } = send;
+        let timeout = ms(timeout);
+        let (Some(&h), Some(&k)) = (self.host_index.get(&host), self.inst_index.get(&instance))
         else {
             return;
         };
@@ -620,7 +857,7 @@ impl Sim {
         self.push(at, ev);
     }
 
-    /// The coordinator process dies.
+    /// The coordinator process dies, and its registry with it.
     pub(super) fn crash(&mut self, when: &str) {
         self.crashes += 1;
         sim_trace!(self, "COORDINATOR CRASH {when}");
@@ -640,7 +877,8 @@ impl Sim {
         self.push(at, Ev::CoordUp);
     }
 
-    /// A new coordinator process: restore from the store, agents reconnect.
+    /// A new coordinator process: restore from the store, agents reconnect;
+    /// the driver calls lost those not back within the lost timeout.
     fn coord_up(&mut self) -> Result<(), Violation> {
         let state = self.store.read_after_crash().map_err(|e| Violation {
             invariant: 6,
@@ -666,20 +904,94 @@ impl Sim {
             self.outcome = Some(outcome);
             return Ok(());
         }
-        self.coord = Some(Coord {
+        let lost = std::time::Duration::from_millis(self.sc.profile.lost_ms);
+        let driver = Driver::new(
             engine,
-            inbox: Vec::new(),
-            processing: false,
-            next_tick: self.now + 1,
-        });
-        let life = self.life;
+            outs,
+            0,
+            std::iter::empty(),
+            Some(lost),
+            Millis(self.now),
+        );
+        let pass_now = {
+            let mut driver = driver;
+            let pass = driver.pass(Millis(self.now));
+            self.coord = Some(Coord {
+                driver,
+                processing: false,
+                next_tick: self.now + 1,
+                registry: vec![RegHost::default(); self.agents.len()],
+                reconnected: BTreeSet::new(),
+            });
+            pass
+        };
         for h in 0..self.agents.len() {
             let at = self.now + self.net_rng.range(50, 3_000);
             self.push(at, Ev::Connect { host: h });
         }
-        let at = self.now + self.sc.profile.lost_ms;
-        self.push(at, Ev::LostCheckAll { life });
-        self.perform(outs, true)
+        self.perform(pass_now, true)
+    }
+
+    /// A host sends a result or progress for an instance it does not run,
+    /// or for an id outside the rollout: a misbehaving agent, or one whose
+    /// journal holds another coordinator's ids. The runtime must not let
+    /// either reach the engine or what readers see.
+    fn rogue(&mut self) {
+        if self.rogues == 0 || self.insts.is_empty() || self.agents.len() < 2 {
+            return;
+        }
+        self.rogues -= 1;
+        let next = self.now + self.rogue_rng.range(2_000, 40_000);
+        self.push(next, Ev::Rogue);
+        let from = self.rogue_rng.index(self.agents.len());
+        if self.agents[from].session.is_none() {
+            return;
+        }
+        let k = self.rogue_rng.index(self.insts.len());
+        let inst = &self.insts[k];
+        let id = match (&inst.job, self.rogue_rng.below(3)) {
+            (_, 0) => CommandId::new("r9", "ghost@nowhere", crate::rollout::Step::Draining, 1),
+            (Some(job), _) => job.id.clone(),
+            (None, _) => CommandId::new(ROLLOUT, &inst.id, crate::rollout::Step::Draining, 1),
+        };
+        let own = inst.host == from && id.rollout == ROLLOUT;
+        if own {
+            return;
+        }
+        sim_trace!(
+            self,
+            "fault: {} sends a word on {id}",
+            self.agents[from].name
+        );
+        if self.rogue_rng.chance(500) {
+            self.agent_progress(from, id, "rogue progress");
+        } else {
+            let outcome = CommandOutcome::Failed(format!("{ROGUE} {}", self.agents[from].name));
+            self.agent_says(from, Msg::Result { id, outcome });
+        }
+    }
+}
+
+/// How a rogue result's message starts, so the checker can tell it.
+const ROGUE: &str = "rogue result from";
+
+fn show_msg(sim: &Sim, from: Option<usize>, msg: &Msg) -> String {
+    let who = from.map_or("registry", |h| sim.agents[h].name.as_str());
+    match msg {
+        Msg::Hello { .. } => format!("{who}: hello"),
+        Msg::Report { k, seen } => format!(
+            "{who}: {} {}{}{} on {}",
+            sim.insts[*k].id,
+            if seen.healthy { "healthy" } else { "UNHEALTHY" },
+            if seen.drained { ", drained" } else { "" },
+            if seen.lb_routes { "" } else { ", lb down" },
+            seen.release
+                .as_ref()
+                .map_or("nothing", |r| r.version.as_str())
+        ),
+        Msg::Result { id, outcome } => format!("{who}: result {id}: {outcome:?}"),
+        Msg::Progress { id, text } => format!("{who}: progress {id}: {text}"),
+        Msg::Lost { host } => format!("registry: {} lost", sim.agents[*host].name),
     }
 }
 

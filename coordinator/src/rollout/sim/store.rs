@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use crate::rollout::{Engine, RolloutState, persist};
+use crate::rollout::{RolloutState, persist};
 use crate::store::{MemoryStore, RedbStore, Store, StoreError};
 
 use super::runtime::ROLLOUT as ID;
@@ -53,13 +53,17 @@ impl SimStore {
         })
     }
 
-    /// The runtime's write on a `Persist`.
-    pub fn write(&mut self, engine: &mut Engine) -> Result<(), StoreError> {
+    /// The runtime's write of a pass: what the driver asked to store, and
+    /// the engine's state it holds when the pass persisted it.
+    pub fn write(
+        &mut self,
+        writes: Vec<(String, Vec<u8>)>,
+        state: Option<RolloutState>,
+    ) -> Result<(), StoreError> {
         self.writes += 1;
-        let writes = engine
-            .persist_writes()
-            .map_err(|e| StoreError::Io(e.to_string()))?;
-        self.last = Some(engine.state().clone());
+        if let Some(state) = state {
+            self.last = Some(state);
+        }
         match &self.redb {
             None => futures::executor::block_on(self.memory.put_many(writes)),
             Some((db, rt)) => rt.block_on(db.put_many(writes)),

@@ -247,6 +247,10 @@ teeth!(
     catches_restore_forgetting_in_flight = RestoreForgetsInFlight,
     catches_paused_never_timing_out = PausedNeverTimesOut,
     catches_failures_counted_as_success = FailuresCountAsSuccess,
+    catches_reask_dropped_on_reconnect = ReaskDroppedOnReconnect,
+    catches_results_from_any_host = ResultFromAnyHost,
+    catches_progress_outside_the_rollout = ProgressOutsideRollout,
+    catches_the_load_balancer_ignored = LoadBalancerIgnored,
 );
 
 /// An engine bug the simulator found: `seed` reaches it (the bug, switched

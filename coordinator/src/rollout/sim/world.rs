@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 
 use super::check::Violation;
 use super::end_state::Truth;
-use super::runtime::{Ev, Sim};
+use super::runtime::{Ev, Msg, Sim};
 use super::scenario::Chaos;
-use crate::rollout::{CommandKind, CommandOutcome, Input, OperatorAction, Release};
+use crate::rollout::{CommandId, CommandKind, CommandOutcome, OperatorAction, Release};
+use crate::runner::driver::{Event, Observed};
 
 /// What the agent says when it was restarted in the middle of a step it
 /// must not redo blindly (a deploy past its after_deploy hook).
@@ -26,10 +27,12 @@ pub enum Plan {
 /// A command running on an instance.
 #[derive(Debug, Clone)]
 pub struct Job {
-    pub id: String,
+    pub id: CommandId,
     pub kind: CommandKind,
     pub token: u64,
     pub started: u64,
+    /// When the agent gives up on it.
+    pub deadline: u64,
     pub plan: Plan,
 }
 
@@ -46,8 +49,11 @@ pub struct Inst {
     /// Fails its health check on the target release.
     pub bad: bool,
     pub healthy_since: Option<u64>,
+    /// When its load balancer routes to it again, if it stays healthy: the
+    /// load balancer's own checks lag the agent's (see `Sim::lb_lag`).
+    pub lb_up_at: Option<u64>,
     /// What the current session last reported.
-    pub reported: Option<(bool, bool, Option<Release>)>,
+    pub reported: Option<Observed>,
     pub job: Option<Job>,
 }
 
@@ -63,11 +69,11 @@ pub struct Agent {
     pub gone: bool,
     pub session: Option<u32>,
     pub sessions: u32,
-    pub journal: BTreeMap<String, CommandOutcome>,
+    pub journal: BTreeMap<CommandId, CommandOutcome>,
     /// Results waiting for a session to carry them.
-    pub outbox: Vec<(String, CommandOutcome)>,
+    pub outbox: Vec<(CommandId, CommandOutcome)>,
     /// Finished runs per command id, to prove none ran to the end twice.
-    pub finished_runs: BTreeMap<String, u32>,
+    pub finished_runs: BTreeMap<CommandId, u32>,
     /// Latest delivery time on each direction of its session (FIFO).
     pub fifo_up: u64,
     pub fifo_down: u64,
@@ -108,7 +114,7 @@ impl Sim {
     }
 
     /// A message from an agent to the coordinator on its current session.
-    pub(super) fn agent_says(&mut self, host: usize, input: Input) {
+    pub(super) fn agent_says(&mut self, host: usize, msg: Msg) {
         let Some(session) = self.agents[host].session else {
             return;
         };
@@ -118,7 +124,7 @@ impl Sim {
         // and out of order (an outbox replay, a journal answer to a re-sent
         // id); a health report is not: an old report arriving late would be
         // a lie no coordinator could tell from the truth.
-        let result = matches!(input, Input::CommandResult { .. });
+        let result = matches!(msg, Msg::Result { .. });
         if result && self.net_rng.chance(self.sc.profile.dup) {
             // Delivered twice, the copy out of order.
             let late = at + self.net_rng.range(1, 5_000);
@@ -127,7 +133,7 @@ impl Sim {
                 Ev::ToCoord {
                     life: self.life,
                     from,
-                    input: input.clone(),
+                    msg: msg.clone(),
                 },
             );
         }
@@ -136,22 +142,39 @@ impl Sim {
             Ev::ToCoord {
                 life: self.life,
                 from,
-                input,
+                msg,
+            },
+        );
+    }
+
+    /// A progress message on the session, delivered in order after what
+    /// the session already carries, drawing nothing from the network's
+    /// randomness (so it does not change the rest of the run).
+    pub(super) fn agent_progress(&mut self, host: usize, id: CommandId, text: &str) {
+        let Some(session) = self.agents[host].session else {
+            return;
+        };
+        let a = &mut self.agents[host];
+        let at = (self.now + self.sc.profile.delay.0).max(a.fifo_up);
+        a.fifo_up = at;
+        self.push(
+            at,
+            Ev::ToCoord {
+                life: self.life,
+                from: Some((host, session)),
+                msg: Msg::Progress {
+                    id,
+                    text: text.to_string(),
+                },
             },
         );
     }
 
     /// The agent's answer to a command: on the session if there is one,
     /// else kept for the next.
-    pub(super) fn answer(&mut self, host: usize, id: String, outcome: CommandOutcome) {
+    pub(super) fn answer(&mut self, host: usize, id: CommandId, outcome: CommandOutcome) {
         if self.agents[host].session.is_some() {
-            self.agent_says(
-                host,
-                Input::CommandResult {
-                    id: id.into(),
-                    outcome,
-                },
-            );
+            self.agent_says(host, Msg::Result { id, outcome });
         } else {
             self.agents[host].outbox.push((id, outcome));
         }
@@ -159,8 +182,8 @@ impl Sim {
 
     /// A result that was on its way when its session or the coordinator
     /// died: lost, or still in the agent's outbox.
-    pub(super) fn undelivered(&mut self, host: usize, input: Input) {
-        if let Input::CommandResult { id, outcome } = input
+    pub(super) fn undelivered(&mut self, host: usize, msg: Msg) {
+        if let Msg::Result { id, outcome } = msg
             && !self.agents[host].lose_in_flight
             && !self.agents[host].gone
         {
@@ -169,33 +192,55 @@ impl Sim {
                 "  {id} result back in {}'s outbox",
                 self.agents[host].name
             );
-            self.answer(host, id.0, outcome);
+            self.answer(host, id, outcome);
+        }
+    }
+
+    /// Whether the instance's load balancer routes to it. With no lag the
+    /// instance is registered with none, which the runtime counts as routed.
+    pub(super) fn lb_routes(&self, k: usize) -> bool {
+        let i = &self.insts[k];
+        self.lb_lag == 0 || (!i.drained && i.lb_up_at.is_some_and(|t| self.now >= t))
+    }
+
+    /// What the agent would report of `k` now (updating when it became
+    /// healthy, and when its load balancer will route to it).
+    pub(super) fn observe(&mut self, k: usize) -> Observed {
+        let target = self.sc.spec.target.clone();
+        let lag = self.lb_lag;
+        let now = self.now;
+        let i = &mut self.insts[k];
+        let healthy = i.healthy(&target);
+        if !healthy {
+            i.healthy_since = None;
+            i.lb_up_at = None;
+        } else if i.healthy_since.is_none() {
+            i.healthy_since = Some(now);
+            i.lb_up_at = Some(now + lag);
+            if lag > 0 {
+                self.push(now + lag, Ev::LbUp { k });
+            }
+        }
+        let i = &self.insts[k];
+        Observed {
+            healthy,
+            running: i.running && !i.crashed,
+            drained: i.drained,
+            lb_routes: self.lb_routes(k),
+            release: i.release.clone(),
         }
     }
 
     /// Sends a health report for `k` if what the agent would report changed.
     pub(super) fn report(&mut self, k: usize) {
-        let target = self.sc.spec.target.clone();
+        let seen = self.observe(k);
         let i = &mut self.insts[k];
-        let healthy = i.healthy(&target);
-        if !healthy {
-            i.healthy_since = None;
-        } else if i.healthy_since.is_none() {
-            i.healthy_since = Some(self.now);
-        }
-        let now = (healthy, !i.drained, i.release.clone());
         let host = i.host;
-        if self.agents[host].session.is_none() || i.reported.as_ref() == Some(&now) {
+        if self.agents[host].session.is_none() || i.reported.as_ref() == Some(&seen) {
             return;
         }
-        i.reported = Some(now.clone());
-        let input = Input::Health {
-            instance: i.id.clone(),
-            healthy: now.0,
-            in_service: now.1,
-            release: now.2,
-        };
-        self.agent_says(host, input);
+        i.reported = Some(seen.clone());
+        self.agent_says(host, Msg::Report { k, seen });
     }
 
     /// A command arrives at an agent on `session`.
@@ -203,7 +248,7 @@ impl Sim {
         &mut self,
         host: usize,
         session: u32,
-        id: String,
+        id: CommandId,
         k: usize,
         kind: CommandKind,
         timeout: u64,
@@ -249,11 +294,13 @@ impl Sim {
             self.agents[host].name
         );
         let verify = matches!(kind, CommandKind::Verify { .. });
+        self.agent_progress(host, id.clone(), "accepted");
         self.insts[k].job = Some(Job {
             id,
             kind,
             token,
             started: self.now,
+            deadline: self.now + timeout,
             plan,
         });
         // The agent kills a step at its timeout and reports TimedOut.
@@ -304,6 +351,28 @@ impl Sim {
         let Some(job) = self.insts[k].job.as_ref().filter(|j| j.token == token) else {
             return;
         };
+        // An undrain with a load balancer ends when the load balancer
+        // routes to the instance again, as the agent waits for it.
+        let undrain = matches!(job.kind, CommandKind::Undrain);
+        if undrain && job.plan == Plan::Ok && self.lb_lag > 0 {
+            let deadline = job.deadline;
+            let up_at = self.insts[k].lb_up_at;
+            match up_at {
+                Some(t) if t <= self.now => {}
+                Some(t) if t < deadline => {
+                    self.push(t, Ev::JobEnd { k, token });
+                    return;
+                }
+                _ if self.now < deadline => {
+                    self.push(deadline, Ev::JobEnd { k, token });
+                    return;
+                }
+                _ => {
+                    self.finish_job(k, CommandOutcome::TimedOut);
+                    return;
+                }
+            }
+        }
         let outcome = match job.plan {
             Plan::Ok if matches!(job.kind, CommandKind::Verify { .. }) => CommandOutcome::TimedOut,
             Plan::Ok => CommandOutcome::Ok,
@@ -393,11 +462,13 @@ impl Sim {
         a.lose_in_flight = false;
         let name = a.name.clone();
         sim_trace!(self, "{name} connected");
-        self.agent_says(host, Input::HostBack { host: name });
+        let mut seen = Vec::new();
         for k in self.agents[host].insts.clone() {
-            self.insts[k].reported = None;
-            self.report(k);
+            let o = self.observe(k);
+            self.insts[k].reported = Some(o.clone());
+            seen.push((k, o));
         }
+        self.agent_says(host, Msg::Hello { seen });
         for (id, outcome) in std::mem::take(&mut self.agents[host].outbox) {
             self.answer(host, id, outcome);
         }
@@ -428,7 +499,7 @@ impl Sim {
                 sim_trace!(self, "  {} cut off; it runs again if asked", job.id);
             }
         }
-        let recent: Vec<(String, CommandOutcome)> = (self.agents[host].journal.iter())
+        let recent: Vec<(CommandId, CommandOutcome)> = (self.agents[host].journal.iter())
             .rev()
             .take(3)
             .map(|(id, o)| (id.clone(), o.clone()))
@@ -540,7 +611,7 @@ impl Sim {
                 ][self.chaos_rng.weighted(&[4, resume, 1, 1])];
                 self.last_operator = Some(action);
                 sim_trace!(self, "operator: {action:?}");
-                self.queue_input(Input::Operator(action));
+                self.queue(Event::Operator(action));
             }
         }
     }

@@ -29,7 +29,11 @@ fn a_failed_drain_may_still_serve_so_its_rollback_waits_for_room() {
     // Another instance falls over: capacity under the floor.
     f.kill("web@h02");
     assert!(f.run_until(HOUR, |f| f.step("web@h01") == Step::Failed));
-    let rollback = |f: &Fleet| f.sends.iter().any(|s| s.1.as_str() == "r1/web@h01/drain/2");
+    let rollback = |f: &Fleet| {
+        f.sends
+            .iter()
+            .any(|s| s.1.to_string() == "r1/web@h01/drain/2")
+    };
     for _ in 0..10 {
         f.tick();
     }
@@ -91,7 +95,7 @@ fn a_command_past_its_deadline_is_not_sent_again_on_reconnect() {
         host: "h01".to_string(),
     });
     let resent = outs.iter().any(|o| {
-        matches!(o, Output::Send { id, kind: CommandKind::Drain, .. } if id.as_str() == "r1/web@h01/drain/1")
+        matches!(o, Output::Send { id, kind: CommandKind::Drain, .. } if id.to_string() == "r1/web@h01/drain/1")
     });
     assert!(!resent, "{outs:#?}");
     assert_eq!(f.step("web@h01"), Step::Failed);

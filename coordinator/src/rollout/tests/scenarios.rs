@@ -68,9 +68,9 @@ fn happy_path_updates_everyone_and_holds_the_floor() {
     // Six commands per instance, each run once, in step order.
     assert_eq!(f.executed.len(), 60);
     all_ids_unique(&f);
-    let h01: Vec<&str> = (f.executed.iter())
-        .filter(|id| id.as_str().starts_with("r1/web@h01/"))
-        .map(CommandId::as_str)
+    let h01: Vec<String> = (f.executed.iter())
+        .map(CommandId::to_string)
+        .filter(|id| id.starts_with("r1/web@h01/"))
         .collect();
     assert_eq!(
         h01,
@@ -119,7 +119,7 @@ fn instances_on_target_are_skipped() {
     assert_eq!(f.step("web@h07"), Step::Skipped);
     assert_eq!(f.status().counts.skipped, 2);
     assert_eq!(f.executed.len(), 8 * 6);
-    assert!(!f.executed.iter().any(|id| id.as_str().contains("h03")));
+    assert!(!f.executed.iter().any(|id| id.to_string().contains("h03")));
 
     // A re-run over a fleet already on target is a no-op that succeeds at once.
     let mut done = instances(4);
@@ -209,7 +209,7 @@ fn failure_budget_rolls_back_updated_instances_latest_first() {
         "nothing new started after the budget ran out"
     );
     let order: Vec<String> = (f.sends.iter())
-        .filter(|s| s.3 == CommandKind::Drain && s.1.as_str().ends_with("/2"))
+        .filter(|s| s.3 == CommandKind::Drain && s.1.to_string().ends_with("/2"))
         .map(|s| s.2.clone())
         .collect();
     assert_eq!(
@@ -217,7 +217,7 @@ fn failure_budget_rolls_back_updated_instances_latest_first() {
         ["web@h05", "web@h04", "web@h03", "web@h02", "web@h01"]
     );
     let deploys_back = (f.sends.iter())
-        .filter(|s| s.1.as_str().ends_with("deploy/2"))
+        .filter(|s| s.1.to_string().ends_with("deploy/2"))
         .all(|s| s.3 == CommandKind::Deploy { release: v1() });
     assert!(deploys_back);
     assert!(f.min_capacity >= 8, "rollback went under the floor");
@@ -546,7 +546,7 @@ fn duplicate_and_late_results_are_ignored() {
     });
     assert!(f.run_until(HOUR, |f| f.step("web@h02") == Step::Failed));
     let before = serde_json::to_string(f.engine.state()).expect("serialises");
-    let old = |s: &str| CommandId(format!("r1/{s}"));
+    let old = |s: &str| format!("r1/{s}").parse::<CommandId>().expect("id");
     for (id, outcome) in [
         (old("web@h01/drain/1"), CommandOutcome::Ok),
         (
@@ -556,7 +556,7 @@ fn duplicate_and_late_results_are_ignored() {
         (old("web@h02/drain/1"), CommandOutcome::Ok), // timed out long ago
         (old("web@h03/drain/0"), CommandOutcome::Ok), // an attempt that never was
         (
-            CommandId("other/web@h03/drain/1".into()),
+            "other/web@h03/drain/1".parse::<CommandId>().expect("id"),
             CommandOutcome::TimedOut,
         ),
     ] {
@@ -590,7 +590,7 @@ fn finished_rollouts_never_change() {
         Input::Operator(OperatorAction::Abort),
         Input::HostLost { host: "h01".into() },
         Input::CommandResult {
-            id: CommandId("r1/web@h01/drain/1".into()),
+            id: "r1/web@h01/drain/1".parse::<CommandId>().expect("id"),
             outcome: CommandOutcome::Ok,
         },
     ] {
@@ -663,7 +663,7 @@ fn a_host_that_reconnects_gets_its_command_again() {
     f.host_back("h01");
     let resent = &f.sends[sends..];
     assert_eq!(resent.len(), 1);
-    assert_eq!(resent[0].1.as_str(), "r1/web@h01/deploy/1");
+    assert_eq!(resent[0].1.to_string(), "r1/web@h01/deploy/1");
     f.run_to_end(HOUR);
     assert_eq!(f.engine.outcome(), Some(&Outcome::Succeeded));
     assert_eq!(f.executed.len(), 24);

@@ -1,0 +1,221 @@
+//! The tokio runtime around the driver, with a real registry, an in-memory
+//! store and an agent session that is a channel.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use drover_proto::identity::{Identity, Role};
+use drover_proto::transport::PeerCert;
+use drover_proto::v1::{self as pb, coordinator_message};
+
+use super::*;
+use crate::rollout::{Amount, Phase, Release, parse_batches};
+use crate::store::MemoryStore;
+use crate::tls::RevocationList;
+
+/// A store that can be told to refuse every write for good, as a full or
+/// failed disk does.
+#[derive(Default)]
+struct Breakable {
+    inner: MemoryStore,
+    broken: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Store for Breakable {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        self.inner.put(key, value).await
+    }
+    async fn put_many(&self, items: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(StoreError::Io("disk full".to_string()));
+        }
+        self.inner.put_many(items).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.inner.scan_prefix(prefix).await
+    }
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool, StoreError> {
+        self.inner.compare_and_swap(key, expected, new).await
+    }
+}
+
+fn digest() -> String {
+    std::iter::repeat_n('a', 64).collect()
+}
+
+struct Setup {
+    store: Arc<Breakable>,
+    metrics: Arc<Metrics>,
+    rollouts: Arc<Rollouts>,
+    session: mpsc::Receiver<Result<pb::CoordinatorMessage, tonic::Status>>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// One connected host `h1` running `web@h1` on v1, healthy.
+async fn setup() -> Setup {
+    let store = Arc::new(Breakable::default());
+    let metrics = Arc::new(Metrics::new());
+    let registry = Arc::new(
+        Registry::load(
+            store.clone(),
+            metrics.clone(),
+            Arc::new(RevocationList::default()),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("registry"),
+    );
+    let cert = PeerCert {
+        identity: Identity {
+            role: Role::Agent,
+            name: "h1".to_string(),
+        },
+        serial: "01".to_string(),
+        not_before: SystemTime::now(),
+        not_after: SystemTime::now() + Duration::from_secs(3600),
+    };
+    let hello = pb::Hello {
+        host_id: "h1".to_string(),
+        instances: vec![pb::InstanceStatus {
+            id: "web@h1".to_string(),
+            name: "web".to_string(),
+            service: "web".to_string(),
+            state: pb::RuntimeState::Running as i32,
+            health: pb::HealthState::Healthy as i32,
+            release: Some(pb::Release {
+                version: "v1".to_string(),
+                digest: digest(),
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let (tx, session) = mpsc::channel(16);
+    registry.connect(&cert, None, hello, tx);
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let rollouts = Rollouts::load(
+        store.clone(),
+        registry,
+        metrics.clone(),
+        Duration::from_secs(30),
+        shutdown.clone(),
+        tasks.clone(),
+    )
+    .await
+    .expect("rollouts");
+    Setup {
+        store,
+        metrics,
+        rollouts,
+        session,
+        shutdown,
+        tasks,
+    }
+}
+
+fn spec() -> RolloutSpec {
+    RolloutSpec {
+        service: "web".to_string(),
+        selector: String::new(),
+        target: Release::new("v2", digest()),
+        batches: parse_batches("1").expect("batches"),
+        min_healthy: Amount::Count(0),
+        ..RolloutSpec::default()
+    }
+}
+
+async fn next_command(
+    session: &mut mpsc::Receiver<Result<pb::CoordinatorMessage, tonic::Status>>,
+) -> pb::Command {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), session.recv())
+            .await
+            .expect("a message on the session within 10 s")
+            .expect("session open")
+            .expect("not an error");
+        if let Some(coordinator_message::Msg::Command(c)) = msg.msg {
+            return c;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_command_goes_out_only_after_the_step_is_stored() {
+    let mut s = setup().await;
+    let snap = s
+        .rollouts
+        .start(spec(), "operator/test".to_string())
+        .await
+        .expect("start");
+    let cmd = next_command(&mut s.session).await;
+    assert_eq!(cmd.id, format!("{}/web@h1/drain/1", snap.status.id));
+    let stored = s
+        .store
+        .scan_prefix(&persist::instances_prefix(&snap.status.id))
+        .await
+        .expect("scan");
+    let text: Vec<String> = (stored.iter())
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert!(
+        text.iter().any(|t| t.contains(&cmd.id)),
+        "the drain in flight was stored before it was sent: {text:?}"
+    );
+    s.shutdown.cancel();
+    s.tasks.close();
+    tokio::time::timeout(Duration::from_secs(10), s.tasks.wait())
+        .await
+        .expect("the rollout task stops at shutdown");
+}
+
+#[tokio::test]
+async fn a_store_that_refuses_for_good_fails_the_rollout_visibly() {
+    let mut s = setup().await;
+    s.store.broken.store(true, Ordering::SeqCst);
+    let snap = s
+        .rollouts
+        .start(spec(), "operator/test".to_string())
+        .await
+        .expect("start answers with the halted rollout");
+    assert_eq!(snap.status.phase, Phase::Failed);
+    let reason = snap.status.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("store refused") && reason.contains("disk full"),
+        "{reason}"
+    );
+    assert!(
+        s.metrics
+            .encode()
+            .contains("drover_rollout_store_failures_total 1"),
+        "{}",
+        s.metrics.encode()
+    );
+    // Nothing was sent: the session holds only the welcome-less silence.
+    assert!(s.session.try_recv().is_err(), "no command went out");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while s
+            .rollouts
+            .act(&snap.status.id, OperatorAction::Pause)
+            .await
+            .is_ok()
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the halted rollout's task ends");
+}

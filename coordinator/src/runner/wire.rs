@@ -1,0 +1,190 @@
+//! Between the wire and the driver: what a registry entry or an agent's
+//! command update says, in the driver's terms, and the commands the driver
+//! decides, as the agent receives them. No decisions here.
+
+use std::time::Duration;
+
+use drover_proto::v1::{
+    self as pb, Command, CommandUpdate, CoordinatorMessage, HealthState, Host, HostStatus,
+    RuntimeState, command, command_update::Phase as WirePhase, coordinator_message,
+};
+
+use super::driver::{AgentUpdate, HostView, InstanceView, Observed, Outgoing, UpdateKind};
+use crate::rollout::{CommandId, CommandKind, CommandOutcome, Release};
+
+/// What a report says of an instance. Without a health check, running
+/// counts as healthy.
+pub fn observe(inst: &pb::InstanceStatus) -> Observed {
+    let running = inst.state == RuntimeState::Running as i32;
+    let healthy = running
+        && match HealthState::try_from(inst.health).unwrap_or(HealthState::Unspecified) {
+            HealthState::Healthy | HealthState::None => true,
+            HealthState::Unspecified | HealthState::Unknown | HealthState::Unhealthy => false,
+        };
+    let release = inst
+        .release
+        .as_ref()
+        .filter(|r| !r.version.is_empty())
+        .map(|r| Release::new(r.version.clone(), r.digest.clone()));
+    Observed {
+        healthy,
+        running,
+        drained: inst.drained,
+        lb_routes: true,
+        release,
+    }
+}
+
+pub fn connected(host: &Host) -> bool {
+    host.status == HostStatus::Connected as i32
+}
+
+/// A registry entry, reduced to the instances of `service`.
+pub fn host_view(host: &Host, service: &str) -> HostView {
+    HostView {
+        host: host.host_id.clone(),
+        connected: connected(host),
+        instances: (host.instances.iter())
+            .filter(|i| i.service == service)
+            .map(|i| InstanceView {
+                id: i.id.clone(),
+                seen: observe(i),
+            })
+            .collect(),
+    }
+}
+
+/// An agent's update on a command, or `None` for one that says nothing
+/// (no phase) or names no command drover could have issued.
+pub fn agent_update(u: CommandUpdate) -> Option<AgentUpdate> {
+    let id: CommandId = u.command_id.parse().ok()?;
+    let phase = WirePhase::try_from(u.phase).unwrap_or(WirePhase::Unspecified);
+    let kind = match phase {
+        WirePhase::Succeeded => UpdateKind::Result(CommandOutcome::Ok),
+        WirePhase::Failed => UpdateKind::Result(CommandOutcome::Failed(u.message)),
+        WirePhase::TimedOut => UpdateKind::Result(CommandOutcome::TimedOut),
+        WirePhase::Accepted | WirePhase::Progress => UpdateKind::Progress(progress_text(&u)),
+        WirePhase::Unspecified => return None,
+    };
+    Some(AgentUpdate { id, kind })
+}
+
+fn progress_text(u: &CommandUpdate) -> String {
+    if let Some(pct) = u.bytes_done.saturating_mul(100).checked_div(u.bytes_total) {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let head = if u.message.is_empty() {
+            "fetching"
+        } else {
+            u.message.as_str()
+        };
+        format!(
+            "{head} {:.1}/{:.1} MiB ({pct}%)",
+            mib(u.bytes_done),
+            mib(u.bytes_total)
+        )
+    } else {
+        u.message.clone()
+    }
+}
+
+fn ms(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// The command as the agent receives it.
+pub fn command(send: &Outgoing) -> CoordinatorMessage {
+    let kind = match &send.kind {
+        CommandKind::Drain => command::Kind::Drain(pb::DrainCommand {}),
+        CommandKind::Stop => command::Kind::Stop(pb::StopCommand {}),
+        CommandKind::Deploy { release } => command::Kind::Deploy(pb::DeployCommand {
+            release: Some(pb::Release {
+                version: release.version.clone(),
+                digest: release.digest.clone(),
+            }),
+        }),
+        CommandKind::Start => command::Kind::Start(pb::StartCommand {}),
+        CommandKind::Verify {
+            min_healthy_time,
+            healthy_deadline,
+        } => command::Kind::Verify(pb::VerifyCommand {
+            min_healthy_time_ms: ms(*min_healthy_time),
+            healthy_deadline_ms: ms(*healthy_deadline),
+        }),
+        CommandKind::Undrain => command::Kind::Undrain(pb::UndrainCommand {}),
+    };
+    CoordinatorMessage {
+        msg: Some(coordinator_message::Msg::Command(Command {
+            id: send.id.to_string(),
+            instance: send.instance.clone(),
+            timeout_ms: ms(send.timeout).max(1),
+            kind: Some(kind),
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(state: RuntimeState, health: HealthState, drained: bool) -> pb::InstanceStatus {
+        pb::InstanceStatus {
+            id: "web@h1".into(),
+            service: "web".into(),
+            state: state as i32,
+            health: health as i32,
+            drained,
+            release: Some(pb::Release {
+                version: "v1".into(),
+                digest: "d1".into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_running_instance_without_a_check_counts_as_healthy() {
+        let o = observe(&status(RuntimeState::Running, HealthState::None, false));
+        assert!(o.healthy && o.running && !o.drained);
+        assert_eq!(
+            o.release,
+            Some(Release::new("v1".to_string(), "d1".to_string()))
+        );
+    }
+
+    #[test]
+    fn an_unknown_health_or_a_stopped_instance_is_not_healthy() {
+        assert!(!observe(&status(RuntimeState::Running, HealthState::Unknown, false)).healthy);
+        assert!(!observe(&status(RuntimeState::Stopped, HealthState::Healthy, false)).healthy);
+    }
+
+    #[test]
+    fn an_update_without_a_phase_or_with_a_foreign_id_says_nothing() {
+        let u = |id: &str, phase: WirePhase| CommandUpdate {
+            command_id: id.into(),
+            phase: phase as i32,
+            ..Default::default()
+        };
+        assert!(agent_update(u("web-1/web@h1/drain/1", WirePhase::Unspecified)).is_none());
+        assert!(agent_update(u("not a drover id", WirePhase::Succeeded)).is_none());
+        let got = agent_update(u("web-1/web@h1/drain/1", WirePhase::Succeeded));
+        assert!(matches!(
+            got,
+            Some(AgentUpdate {
+                kind: UpdateKind::Result(CommandOutcome::Ok),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn progress_with_bytes_reads_as_a_download() {
+        let u = CommandUpdate {
+            command_id: "web-1/web@h1/deploy/1".into(),
+            phase: WirePhase::Progress as i32,
+            bytes_done: 512 * 1024,
+            bytes_total: 1024 * 1024,
+            ..Default::default()
+        };
+        assert_eq!(progress_text(&u), "fetching 0.5/1.0 MiB (50%)");
+    }
+}
