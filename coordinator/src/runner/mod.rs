@@ -577,4 +577,6 @@ pub fn action_name(a: OperatorAction) -> &'static str {
 }
 
 #[cfg(test)]
+mod compat;
+#[cfg(test)]
 mod tests;

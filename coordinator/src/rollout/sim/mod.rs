@@ -5,10 +5,13 @@
 //! check on the new release), a rollout spec (batch lists, floors as counts
 //! and percentages, `max_unavailable`, spread, failure budgets,
 //! auto-rollback, lost-host policy, timings) and how hostile the world is.
-//! Then the real [`Engine`](super::Engine) runs against simulated agents, a
-//! simulated network and a simulated clock, inside a runtime that persists
-//! and sends exactly as `runner.rs` does, until the rollout ends or a
-//! promise breaks. Same seed, same run, byte for byte: nothing reads a wall
+//! Then the real [`Engine`](super::Engine), inside the coordinator's real
+//! runtime [`Driver`](crate::runner::driver::Driver) (every decision of
+//! `runner/`: which reports reach the engine, re-asks on a new session, lost
+//! hosts after a restore, whose results count, progress, the load
+//! balancer's part in capacity), runs against simulated agents, a simulated
+//! registry, network and clock, until the rollout ends or a promise breaks.
+//! Only the runtime's I/O is simulated: one pass, its write, then its sends. Same seed, same run, byte for byte: nothing reads a wall
 //! clock, iterates a hash map or draws from an outside RNG.
 //!
 //! Faults: commands that fail (sometimes after doing part of their work),
@@ -20,8 +23,10 @@
 //! commands delivered twice and out of order; a runtime whose ticks come
 //! late; coordinator crashes between passes, before a pass's store write
 //! and between its sends, after which the engine is rebuilt only from the
-//! store; and an operator who pauses, resumes, aborts and rolls back at
-//! random.
+//! store; an operator who pauses, resumes, aborts and rolls back at
+//! random; hosts that send results and progress for instances they do not
+//! run or for ids outside the rollout; and load balancers whose own checks
+//! put a restarted instance back seconds after its agent's check passed.
 //!
 //! After every step the checker (`check.rs`) holds the engine to the
 //! issue's invariants:
@@ -43,6 +48,12 @@
 //!    (`Checker::sending`), a restored engine holds exactly what the last
 //!    write held and asks again for everything in flight
 //!    (`Checker::restored`), and no step is decided twice (`Checker::send`).
+//!
+//! 7. runtime bounds: progress is kept only for instances of the rollout
+//!    with a step in flight (`runtime.rs`, `Sim::progress_bounded`); a
+//!    result from a host that does not run the instance never reaches the
+//!    engine (invariant 2), and a new session is told to the engine as the
+//!    host being back (invariant 4).
 //!
 //! A failing seed comes back as a [`Failure`] with the one-line command that
 //! replays it and the trace up to the violation.
