@@ -1,7 +1,7 @@
 //! Local checks of `--label key=value` and `-l SELECTOR`, so a typo is
-//! reported (exit 2) before anything is sent. The grammar is the
-//! coordinator's own ([`drover_model::selector`]), so the two cannot
-//! drift apart.
+//! reported (exit 2) before anything is sent. The grammar is the one the
+//! coordinator parses with ([`drover_model::selector`], shared), so the
+//! two cannot drift apart.
 
 use drover_model::selector::{Selector, parse_labels};
 
