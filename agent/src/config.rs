@@ -11,8 +11,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use drover_net::transport;
 use drover_proto::identity::valid_name;
-use drover_proto::transport;
 use serde::Deserialize;
 
 mod health;

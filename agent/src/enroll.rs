@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use drover_proto::transport::{self, ClientTls, ConnectOptions, TransportError, Trust};
+use drover_net::transport::{self, ClientTls, ConnectOptions, TransportError, Trust};
 use drover_proto::v1::EnrollRequest;
 use drover_proto::v1::agent_service_client::AgentServiceClient;
 use serde::{Deserialize, Serialize};

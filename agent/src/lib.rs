@@ -28,8 +28,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use drover_net::transport::ConnectOptions;
 use drover_proto::identity::Identity;
-use drover_proto::transport::ConnectOptions;
 use tokio_util::sync::CancellationToken;
 
 use crate::commands::Executor;
@@ -212,7 +212,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
 }
 
 fn notify(state: &str) {
-    if let Err(e) = drover_proto::sd_notify::notify(state) {
+    if let Err(e) = drover_net::sd_notify::notify(state) {
         tracing::warn!("sd_notify {state}: {e}");
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use drover_proto::transport::{self, ConnectOptions, TransportError};
+use drover_net::transport::{self, ConnectOptions, TransportError};
 use drover_proto::v1::agent_service_client::AgentServiceClient;
 use drover_proto::v1::{
     AgentMessage, CoordinatorMessage, HealthReport, Hello, HostMetrics, InstanceStatus,

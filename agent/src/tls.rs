@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use drover_net::transport::{self, ClientTls, PeerCert};
 use drover_proto::identity::Identity;
-use drover_proto::transport::{self, ClientTls, PeerCert};
 use rcgen::{CertificateParams, DnType, KeyPair, PublicKeyData};
 
 use crate::fsutil::{self, FsError};
@@ -104,7 +104,7 @@ impl TlsFiles {
         let der = transport::certs_from_pem("agent certificate", &cert).map_err(|source| {
             TlsError::Transport {
                 path: self.cert.clone(),
-                source,
+                source: source.into(),
             }
         })?;
         let cert = transport::parse_cert(&der[0]).map_err(|source| TlsError::Cert {

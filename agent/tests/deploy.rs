@@ -16,7 +16,7 @@ use drover_agent::deploy::fetch::{
     ArtifactSource, Cache, ChunkStream, FetchError, FetchProgress, GrpcSource,
 };
 use drover_agent::deploy::{self, DeployError, Progress};
-use drover_proto::transport::ConnectOptions;
+use drover_net::transport::ConnectOptions;
 use drover_proto::v1::{ArtifactChunk, Release};
 
 /// Artifacts from memory; counts opens; can end the first stream early.

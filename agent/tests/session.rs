@@ -49,7 +49,7 @@ struct Fake {
 fn peer_serial<T>(req: &Request<T>) -> Option<String> {
     let certs = req.peer_certs()?;
     let first = certs.first()?;
-    drover_proto::transport::parse_cert(first)
+    drover_net::transport::parse_cert(first)
         .ok()
         .map(|p| p.serial)
 }

@@ -8,10 +8,10 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use anyhow::{Context, anyhow};
-use drover_proto::identity::{Identity, Role};
-use drover_proto::transport::{
+use drover_net::transport::{
     self, ClientTls, ConnectOptions, PeerCert, TransportError, error_chain,
 };
+use drover_proto::identity::{Identity, Role};
 use drover_proto::v1::control_service_client::ControlServiceClient;
 
 /// Largest answer the CLI accepts. tonic's default of 4 MiB is less than
@@ -237,7 +237,7 @@ mod tests {
     #[test]
     fn real_short_lived_certificate_expires() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ca = drover_coordinator::pki::Ca::init(dir.path(), "t").expect("ca");
+        let ca = drover_model::pki::Ca::init(dir.path(), "t").expect("ca");
         let id = Identity::new(Role::Operator, "alice").expect("id");
         let issued = ca.issue(&id, &[], Duration::from_secs(1)).expect("issue");
         let der = transport::certs_from_pem("c", issued.cert_pem.as_bytes()).expect("pem");

@@ -1,9 +1,9 @@
 //! Local checks of `--label key=value` and `-l SELECTOR`, so a typo is
-//! reported (exit 2) before anything is sent. The grammar is the
-//! coordinator's own ([`drover_coordinator::selector`]), so the two cannot
-//! drift apart.
+//! reported (exit 2) before anything is sent. The grammar is the one the
+//! coordinator parses with ([`drover_model::selector`], shared), so the
+//! two cannot drift apart.
 
-use drover_coordinator::selector::{Selector, parse_labels};
+use drover_model::selector::{Selector, parse_labels};
 
 /// Parses one `--label key=value` (clap value parser).
 pub fn parse_label(s: &str) -> Result<(String, String), String> {

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
-use drover_coordinator::pki::{self, Ca};
+use drover_model::pki::{self, Ca};
+use drover_net::transport;
 use drover_proto::identity::{Identity, Role};
-use drover_proto::transport;
 use drover_proto::v1::control_service_server::{ControlService, ControlServiceServer};
 use drover_proto::v1::{
     CreateTokenRequest, CreateTokenResponse, GetHostRequest, HealthState, Host, HostEvent,

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use drover_net::transport::{self, PeerCert};
 use drover_proto::identity::Role;
-use drover_proto::transport::{self, PeerCert};
 use tonic::Request;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 

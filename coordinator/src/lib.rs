@@ -9,15 +9,18 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod metrics;
-pub mod pki;
 pub mod registry;
 pub mod rollout;
 pub mod runner;
-pub mod selector;
 pub mod service;
 pub mod store;
 pub mod tls;
 pub mod tokens;
+
+// The offline CA and label selectors live in `drover-model`, shared with the
+// CLI; re-exported so `drover_coordinator::pki::Ca` and `crate::selector`
+// keep working.
+pub use drover_model::{pki, selector};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

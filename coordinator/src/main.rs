@@ -82,11 +82,11 @@ async fn serve(config: CoordinatorConfig, ready_file: Option<PathBuf>) -> anyhow
         drover_coordinator::pki::write_atomic(&path, body.to_string().as_bytes(), false)
             .context("write ready file")?;
     }
-    if let Err(e) = drover_proto::sd_notify::notify("READY=1") {
+    if let Err(e) = drover_net::sd_notify::notify("READY=1") {
         tracing::warn!(error = %e, "sd_notify READY failed");
     }
     let result = server.await.context("coordinator task")?;
-    let _ = drover_proto::sd_notify::notify("STOPPING=1");
+    let _ = drover_net::sd_notify::notify("STOPPING=1");
     result.context("run coordinator")
 }
 

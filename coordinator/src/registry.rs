@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use drover_proto::transport::PeerCert;
+use drover_net::transport::PeerCert;
 use drover_proto::v1::{CoordinatorMessage, HealthReport, Hello, Host, HostStatus, host_event};
 use prost::Message;
 use serde::{Deserialize, Serialize};

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use drover_proto::transport::{self, certs_from_pem, key_from_pem};
+use drover_net::transport::{self, certs_from_pem, key_from_pem};
 use rustls::DistinguishedName;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
@@ -114,7 +114,7 @@ impl ClientCertVerifier for Verifier {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{0}")]
-    Transport(#[from] transport::TransportError),
+    Pem(#[from] transport::PemError),
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("client verifier: {0}")]

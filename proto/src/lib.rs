@@ -2,11 +2,12 @@
 //!
 //! - [`v1`]: generated messages and gRPC clients/servers for `drover.v1`.
 //! - [`identity`]: how a peer's role and name are written into, and read out
-//!   of, the URI SAN of its certificate.
+//!   of, the URI SAN of its certificate. It lives in `drover-model` (which
+//!   the CLI and the offline CA use without tonic) and is re-exported here.
+//!
+//! The mutual-TLS client transport and sd_notify are in `drover-net`.
 
-pub mod identity;
-pub mod sd_notify;
-pub mod transport;
+pub use drover_model::identity;
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use drover_proto::transport;
+use drover_net::transport;
 use serde::Deserialize;
 
 use super::{

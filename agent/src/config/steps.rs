@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use drover_proto::transport;
+use drover_net::transport;
 use serde::Deserialize;
 
 use super::{Checker, ConfigError};

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use drover_proto::transport::{self, ConnectOptions};
+use drover_net::transport::{self, ConnectOptions};
 use drover_proto::v1::agent_service_client::AgentServiceClient;
 use drover_proto::v1::{ArtifactChunk, FetchArtifactRequest};
 use futures::{Stream, StreamExt};

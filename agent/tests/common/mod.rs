@@ -63,7 +63,7 @@ impl Ca {
     }
 
     pub fn fingerprint(&self) -> String {
-        drover_proto::transport::fingerprint(&self.der)
+        drover_net::transport::fingerprint(&self.der)
     }
 
     fn leaf(

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use drover_coordinator::pki::{CA_CERT_FILE, CA_KEY_FILE, Ca};
+use drover_model::pki::{CA_CERT_FILE, CA_KEY_FILE, Ca};
 
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use drover_coordinator::pki::{self, Ca};
+use drover_model::pki::{self, Ca};
 use drover_proto::identity::{Identity, Role, valid_name};
 
 use crate::cli::parse_duration;

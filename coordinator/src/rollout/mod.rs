@@ -59,7 +59,6 @@
 //! - After a crash, [`Engine::restore`] from the last persisted state and feed
 //!   fresh `Health` for every instance: nothing new starts until they report.
 
-mod amount;
 #[cfg(any(test, feature = "sim"))]
 pub mod bugs;
 mod chain;
@@ -71,12 +70,16 @@ mod plan;
 mod room;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
-mod spec;
 mod state;
 mod status;
 
 #[cfg(test)]
 mod tests;
+
+// The spec, amounts and their validation live in `drover-model`, shared
+// with the CLI; these keep `crate::rollout::RolloutSpec` and the module paths
+// `rollout::spec` / `rollout::amount` working.
+pub use drover_model::{amount, spec};
 
 pub use amount::{Amount, AmountError, parse_batches};
 pub use engine::{Engine, PlanError};
@@ -85,6 +88,6 @@ pub use model::{
     OperatorAction, Outcome, Output, RolloutEvent, Step,
 };
 pub use plan::{Plan, PlannedBatch, PlannedSkip};
-pub use spec::{LostHostPolicy, Release, RolloutSpec, SpecError, Spread};
+pub use spec::{DigestRule, LostHostPolicy, Release, RolloutSpec, SpecError, Spread};
 pub use state::RolloutState;
 pub use status::{Counts, InstanceStatus, Phase, Status, StatusCache};

@@ -4,7 +4,7 @@
 use drover_proto::v1 as pb;
 use tonic::Status;
 
-use crate::rollout::{Engine, Plan, PlanError, Release, RolloutEvent, RolloutSpec};
+use crate::rollout::{DigestRule, Engine, Plan, PlanError, Release, RolloutEvent, RolloutSpec};
 use crate::runner::{Snapshot, phase_name, target_instances};
 
 use super::Ctx;
@@ -13,16 +13,10 @@ use super::Ctx;
 pub async fn resolve_spec(ctx: &Ctx, spec_toml: &str) -> Result<RolloutSpec, Status> {
     let mut spec: RolloutSpec = toml::from_str(spec_toml)
         .map_err(|e| Status::invalid_argument(format!("rollout spec: {}", e.to_string().trim())))?;
-    if spec.service.trim().is_empty() {
-        return Err(Status::invalid_argument(
-            "service: expected a service name, got nothing",
-        ));
-    }
-    if spec.target.version.trim().is_empty() {
-        return Err(Status::invalid_argument(
-            "target.version: expected a version, got nothing",
-        ));
-    }
+    // Everything but the digest, before the artifact is looked up by
+    // service and version; the same check the CLI ran.
+    spec.check(DigestRule::MayBeEmpty)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let artifact = ctx
         .artifacts
         .get(&spec.service, &spec.target.version)

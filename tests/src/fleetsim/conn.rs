@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use drover_proto::transport::{certs_from_pem, key_from_pem, provider};
+use drover_net::transport::{certs_from_pem, key_from_pem, provider};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
@@ -93,7 +93,7 @@ impl Dialer {
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
             }
         });
-        // The same HTTP/2 settings as drover_proto::transport::connect.
+        // The same HTTP/2 settings as drover_net::transport::connect.
         let endpoint = Endpoint::from_shared(format!("http://{}", self.server))
             .context("coordinator URI")?
             .connect_timeout(self.connect_timeout)

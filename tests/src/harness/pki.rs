@@ -19,20 +19,20 @@ pub struct CertPair {
 
 impl CertPair {
     /// Serial (hex) and expiry read from the certificate file.
-    pub fn parse(&self) -> Result<drover_proto::transport::PeerCert, String> {
+    pub fn parse(&self) -> Result<drover_net::transport::PeerCert, String> {
         parse_cert_file(&self.cert)
     }
 }
 
 /// Reads the drover identity, serial and validity of a PEM certificate file.
-pub fn parse_cert_file(path: &Path) -> Result<drover_proto::transport::PeerCert, String> {
+pub fn parse_cert_file(path: &Path) -> Result<drover_net::transport::PeerCert, String> {
     let pem = std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
-    let certs = drover_proto::transport::certs_from_pem(&path.display().to_string(), &pem)
+    let certs = drover_net::transport::certs_from_pem(&path.display().to_string(), &pem)
         .map_err(|e| e.to_string())?;
     let first = certs
         .first()
         .ok_or_else(|| format!("{}: no certificate", path.display()))?;
-    drover_proto::transport::parse_cert(first).map_err(|e| e.to_string())
+    drover_net::transport::parse_cert(first).map_err(|e| e.to_string())
 }
 
 /// Whether the certificate in `pair` has expired (with a second of margin for

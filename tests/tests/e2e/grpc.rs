@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use drover_proto::transport::{ClientTls, ConnectOptions, Trust, connect, error_chain};
+use drover_net::transport::{ClientTls, ConnectOptions, Trust, connect, error_chain};
 use drover_proto::v1::agent_service_client::AgentServiceClient;
 use drover_proto::v1::control_service_client::ControlServiceClient;
 use drover_proto::v1::{AgentMessage, Hello, ListHostsRequest, agent_message, coordinator_message};
@@ -24,14 +24,14 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn tls(ca: &Path, identity: Option<&CertPair>) -> ClientTls {
     let ca_pem = std::fs::read(ca).expect("read CA certificate");
-    let cas = drover_proto::transport::certs_from_pem("CA", &ca_pem).expect("parse CA");
+    let cas = drover_net::transport::certs_from_pem("CA", &ca_pem).expect("parse CA");
     let identity = identity.map(|id| {
         let cert = std::fs::read(&id.cert).expect("read client certificate");
         let key = std::fs::read(&id.key).expect("read client key");
         (
-            drover_proto::transport::certs_from_pem("client certificate", &cert)
+            drover_net::transport::certs_from_pem("client certificate", &cert)
                 .expect("parse client certificate"),
-            drover_proto::transport::key_from_pem("client key", &key).expect("parse client key"),
+            drover_net::transport::key_from_pem("client key", &key).expect("parse client key"),
         )
     });
     ClientTls::new(Trust::Ca(cas), identity).expect("build client TLS config")

@@ -1,15 +1,18 @@
 //! The spec `drover rollout start` sends: the `-f` file read as a TOML table,
-//! each flag given overriding its key, checked here with the coordinator's
-//! own [`RolloutSpec`] rules so a typo exits 2 before anything is sent, then
-//! written back as TOML. The coordinator checks it again and resolves the
-//! artifact digest when the spec leaves it empty.
+//! each flag given overriding its key, checked here with the one validation
+//! the coordinator also runs ([`RolloutSpec::check`] in `drover-model`) so a
+//! typo exits 2 before anything is sent, then written back as TOML. The
+//! coordinator checks it again and resolves the artifact digest when the spec
+//! leaves it empty.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use drover_coordinator::rollout::{Amount, RolloutSpec, SpecError, Spread, parse_batches};
+use drover_model::{
+    Amount, DigestRule, RolloutSpec, SpecError, Spread, parse_batches, positive_rule, share_rule,
+};
 use toml::{Table, Value};
 
 use crate::cli::parse_duration;
@@ -106,10 +109,6 @@ const FLAG_OF: &[(&str, &str)] = &[
     ("step_timeout", "--step-timeout"),
 ];
 
-/// A digest that passes the local check when the spec leaves it for the
-/// coordinator to resolve; never sent.
-const PLACEHOLDER_DIGEST: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
 fn parse_name(s: &str) -> Result<String, String> {
     let t = s.trim();
     if t.is_empty() {
@@ -122,20 +121,19 @@ fn amount(s: &str) -> Result<Amount, String> {
     s.parse::<Amount>().map_err(|e| e.to_string())
 }
 
+// The flag parsers apply the spec's own rules to one value, so a bad flag
+// is named by clap before the whole spec is checked.
+
 fn at_most_100(a: Amount) -> Result<Amount, String> {
-    match a {
-        Amount::Percent(p) if p > 100 => {
-            Err(format!("expected a percentage from 0% to 100%, got {p}%"))
-        }
-        a => Ok(a),
-    }
+    share_rule(a)
+        .map(|()| a)
+        .map_err(|expected| format!("expected {expected}, got {a}"))
 }
 
 fn positive(a: Amount) -> Result<Amount, String> {
-    if a.is_zero() {
-        return Err(format!("expected at least 1 instance or 1%, got {a}"));
-    }
-    at_most_100(a)
+    positive_rule(a)
+        .map(|()| a)
+        .map_err(|expected| format!("expected {expected}, got {a}"))
 }
 
 fn parse_batch_flag(s: &str) -> Result<Batches, String> {
@@ -169,12 +167,13 @@ fn parse_spread(s: &str) -> Result<Spread, String> {
         SpecError::Invalid { expected, .. } => format!("expected {expected}"),
         e => e.to_string(),
     })?;
-    if spread.label.is_empty() {
-        return Err("expected a label key like zone, or zone:2".into());
-    }
-    if spread.max_unavailable == 0 {
-        return Err("K must be at least 1, or nothing could ever be taken down".into());
-    }
+    spread.check().map_err(|e| match e.field() {
+        Some("spread_by.label") => "expected a label key like zone, or zone:2".to_string(),
+        Some("spread_by.max_unavailable") => {
+            "K must be at least 1, or nothing could ever be taken down".to_string()
+        }
+        _ => e.to_string(),
+    })?;
     Ok(spread)
 }
 
@@ -336,18 +335,15 @@ fn flag_for(field: &str, f: &SpecFlags) -> Option<(&'static str, bool)> {
     Some((flag, given))
 }
 
-/// Checks the spec as the coordinator will, so mistakes exit 2 locally.
+/// Checks the spec as the coordinator will, so mistakes exit 2 locally. An
+/// empty digest is left for the coordinator to resolve.
 fn check(t: &Table, f: &SpecFlags, origin: &str) -> anyhow::Result<()> {
-    let mut t = t.clone();
-    if let Some(target) = t.get_mut("target").and_then(Value::as_table_mut)
-        && target.get("digest").and_then(Value::as_str) == Some("")
-    {
-        target.insert("digest".into(), Value::String(PLACEHOLDER_DIGEST.into()));
-    }
-    let spec: RolloutSpec = Value::Table(t).try_into().map_err(|e: toml::de::Error| {
-        usage(format!("rollout spec{origin}: {}", e.message().trim()))
-    })?;
-    spec.validate().map_err(|e| {
+    let spec: RolloutSpec = Value::Table(t.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            usage(format!("rollout spec{origin}: {}", e.message().trim()))
+        })?;
+    spec.check(DigestRule::MayBeEmpty).map_err(|e| {
         let hint = match e.field().and_then(|field| flag_for(field, f)) {
             Some((flag, true)) => format!(" (set by {flag})"),
             Some((flag, false)) => format!(" (change it with {flag})"),
@@ -373,7 +369,12 @@ pub fn build(f: &SpecFlags) -> anyhow::Result<String> {
 mod tests {
     use super::*;
     use crate::error::{EXIT_USAGE, exit_code};
-    use drover_coordinator::rollout::LostHostPolicy;
+    use drover_model::LostHostPolicy;
+
+    /// A digest for specs read back in tests, where the coordinator would
+    /// have filled in the artifact's.
+    const PLACEHOLDER_DIGEST: &str =
+        "0000000000000000000000000000000000000000000000000000000000000000";
 
     fn flags(service: &str, version: &str) -> SpecFlags {
         SpecFlags {

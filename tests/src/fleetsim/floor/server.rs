@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use drover_proto::transport::{certs_from_pem, key_from_pem, provider};
+use drover_net::transport::{certs_from_pem, key_from_pem, provider};
 use drover_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
 use drover_proto::v1::command::Kind;
 use drover_proto::v1::command_update::Phase;

@@ -128,7 +128,7 @@ impl<'de> Deserialize<'de> for Amount {
 
 /// Serde for a batch list: accepts `"1,25%,100%"` or `[1, "25%", "100%"]`,
 /// writes a list of strings.
-pub(crate) mod batches_serde {
+pub mod batches_serde {
     use super::*;
 
     pub fn serialize<S: Serializer>(v: &[Amount], s: S) -> Result<S::Ok, S::Error> {

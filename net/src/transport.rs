@@ -1,5 +1,6 @@
 //! Client side of drover's mutual-TLS transport, shared by the agent and the
-//! CLI, plus certificate helpers both sides need.
+//! CLI. The certificate helpers both sides need live in
+//! [`drover_model::cert`] and are re-exported here.
 //!
 //! A coordinator is trusted when its certificate chains to the drover CA and
 //! carries the URI SAN `drover://coordinator/<name>`. The name the client
@@ -10,27 +11,25 @@
 //! in its chain.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use sha2::{Digest, Sha256};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::identity::{Identity, Role};
+use drover_model::identity::Role;
+
+pub use drover_model::cert::{
+    CertError, PeerCert, PemError, certs_from_pem, fingerprint, key_from_pem,
+    normalize_fingerprint, parse_cert,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("{what}: no PEM certificate found")]
-    NoCertificate { what: String },
-    #[error("{what}: {source}")]
-    Pem {
-        what: String,
-        source: rustls::pki_types::pem::Error,
-    },
+    #[error("{0}")]
+    Pem(#[from] PemError),
     #[error("certificate: {0}")]
     Cert(#[from] CertError),
     #[error("TLS configuration: {0}")]
@@ -42,101 +41,6 @@ pub enum TransportError {
         addr: String,
         source: tonic::transport::Error,
     },
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CertError {
-    #[error("not a valid X.509 certificate: {0}")]
-    Parse(String),
-    #[error("certificate has no drover identity (URI SAN drover://<role>/<name>)")]
-    NoIdentity,
-    #[error("certificate identity: {0}")]
-    Identity(#[from] crate::identity::IdentityError),
-}
-
-/// What a verified peer certificate says about its holder.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerCert {
-    pub identity: Identity,
-    /// Serial number, lowercase hex without separators.
-    pub serial: String,
-    pub not_before: SystemTime,
-    pub not_after: SystemTime,
-}
-
-/// Reads the drover identity, serial and validity out of a DER certificate.
-/// Does not verify anything: call it on certificates the TLS layer verified.
-pub fn parse_cert(der: &[u8]) -> Result<PeerCert, CertError> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| CertError::Parse(e.to_string()))?;
-    let mut identity = None;
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::URI(uri) = name
-                && uri.starts_with(crate::identity::SCHEME)
-            {
-                identity = Some(Identity::parse_uri(uri)?);
-                break;
-            }
-        }
-    }
-    let identity = identity.ok_or(CertError::NoIdentity)?;
-    let to_time = |t: x509_parser::time::ASN1Time| {
-        let secs = t.timestamp();
-        if secs >= 0 {
-            SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64)
-        } else {
-            SystemTime::UNIX_EPOCH
-        }
-    };
-    Ok(PeerCert {
-        identity,
-        serial: hex::encode(cert.raw_serial()),
-        not_before: to_time(cert.validity().not_before),
-        not_after: to_time(cert.validity().not_after),
-    })
-}
-
-/// sha256 of a DER certificate, lowercase hex: the CA fingerprint that join
-/// tokens are printed with.
-pub fn fingerprint(der: &[u8]) -> String {
-    hex::encode(Sha256::digest(der))
-}
-
-/// Accepts `sha256:AB:CD...`, `AB:CD...` or plain hex; returns lowercase hex.
-pub fn normalize_fingerprint(s: &str) -> Option<String> {
-    let s = s.trim();
-    let s = s
-        .strip_prefix("sha256:")
-        .or_else(|| s.strip_prefix("SHA256:"))
-        .unwrap_or(s);
-    let hex: String = s.chars().filter(|c| *c != ':').collect();
-    (hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit())).then(|| hex.to_lowercase())
-}
-
-pub fn certs_from_pem(
-    what: &str,
-    pem: &[u8],
-) -> Result<Vec<CertificateDer<'static>>, TransportError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TransportError::Pem {
-            what: what.to_string(),
-            source,
-        })?;
-    if certs.is_empty() {
-        return Err(TransportError::NoCertificate {
-            what: what.to_string(),
-        });
-    }
-    Ok(certs)
-}
-
-pub fn key_from_pem(what: &str, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TransportError> {
-    PrivateKeyDer::from_pem_slice(pem).map_err(|source| TransportError::Pem {
-        what: what.to_string(),
-        source,
-    })
 }
 
 /// The ring provider, the only one drover builds with.
@@ -426,17 +330,5 @@ mod tests {
         assert!(parse_addr("c1").is_err());
         assert!(parse_addr("c1:0").is_err());
         assert!(parse_addr(":80").is_err());
-    }
-
-    #[test]
-    fn normalizes_fingerprints() {
-        let hex = "ab".repeat(32);
-        let colons = vec!["AB"; 32].join(":");
-        assert_eq!(normalize_fingerprint(&hex), Some(hex.clone()));
-        assert_eq!(
-            normalize_fingerprint(&format!("sha256:{colons}")),
-            Some(hex)
-        );
-        assert_eq!(normalize_fingerprint("abc"), None);
     }
 }

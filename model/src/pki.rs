@@ -2,7 +2,7 @@
 //! coordinators and people, and signing agents' enrolment CSRs.
 //!
 //! Every certificate carries exactly one identity URI SAN
-//! (`drover://<role>/<name>`, see [`drover_proto::identity`]). Keys are ECDSA
+//! (`drover://<role>/<name>`, see [`crate::identity`]). Keys are ECDSA
 //! P-256. Private keys are written with mode 0600 and never overwritten.
 
 use std::fs;
@@ -11,8 +11,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use drover_proto::identity::{Identity, Role};
-use drover_proto::transport::{self, PeerCert};
+use crate::cert::{self, PeerCert};
+use crate::identity::{Identity, Role};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
@@ -37,11 +37,11 @@ pub enum PkiError {
     #[error("{what}: {source}")]
     Rcgen { what: String, source: rcgen::Error },
     #[error("{0}")]
-    Identity(#[from] drover_proto::identity::IdentityError),
+    Identity(#[from] crate::identity::IdentityError),
     #[error("{0}")]
-    Cert(#[from] transport::CertError),
+    Cert(#[from] cert::CertError),
     #[error("{0}")]
-    Transport(#[from] transport::TransportError),
+    Pem(#[from] cert::PemError),
     #[error("invalid subject alternative name `{0}`: expected a DNS name or an IP address")]
     San(String),
     #[error("certificate signing request: {0}")]
@@ -178,7 +178,7 @@ impl Ca {
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, PkiError> {
         let key = KeyPair::from_pem(key_pem).map_err(rc("parse CA key"))?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(rc("parse CA certificate"))?;
-        let cert_der = transport::certs_from_pem("CA certificate", cert_pem.as_bytes())?
+        let cert_der = cert::certs_from_pem("CA certificate", cert_pem.as_bytes())?
             .remove(0)
             .to_vec();
         Ok(Ca {
@@ -198,7 +198,7 @@ impl Ca {
 
     /// sha256 of the CA certificate, lowercase hex.
     pub fn fingerprint(&self) -> String {
-        transport::fingerprint(&self.cert_der)
+        cert::fingerprint(&self.cert_der)
     }
 
     fn leaf_params(
@@ -272,7 +272,7 @@ impl Ca {
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(rc("sign certificate"))?;
-        let peer = transport::parse_cert(cert.der())?;
+        let peer = crate::cert::parse_cert(cert.der())?;
         Ok(IssuedCert {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -298,7 +298,7 @@ impl Ca {
         let cert = params
             .signed_by(&csr.public_key, &self.issuer)
             .map_err(rc("sign certificate"))?;
-        let peer = transport::parse_cert(cert.der())?;
+        let peer = crate::cert::parse_cert(cert.der())?;
         Ok((cert.pem(), peer))
     }
 }
@@ -342,8 +342,8 @@ mod tests {
                 Duration::from_secs(3600),
             )
             .expect("issue");
-        let der = transport::certs_from_pem("c", issued.cert_pem.as_bytes()).expect("pem");
-        assert_eq!(transport::parse_cert(&der[0]).expect("parse").identity, id);
+        let der = cert::certs_from_pem("c", issued.cert_pem.as_bytes()).expect("pem");
+        assert_eq!(cert::parse_cert(&der[0]).expect("parse").identity, id);
 
         let (_key, csr) = make_csr("h1").expect("csr");
         let agent = Identity::agent("h1").expect("id");

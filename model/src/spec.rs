@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use super::amount::{Amount, batches_serde};
+use crate::amount::{Amount, batches_serde};
 use crate::selector::Selector;
 
 /// A service version: version string plus the artifact's sha256.
@@ -220,26 +220,64 @@ fn show(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
-fn check_percent(field: &str, a: Amount) -> Result<(), SpecError> {
+/// The rule for an amount that may be zero (`min_healthy`, `max_failures`,
+/// `max_unreachable`): a count, or a percentage up to 100%. `Err` holds what
+/// was expected, for the caller to word with the field or flag it came from.
+pub fn share_rule(a: Amount) -> Result<(), &'static str> {
     match a {
-        Amount::Percent(p) if p > 100 => Err(SpecError::invalid(
-            field,
-            "a percentage from 0% to 100%",
-            format!("\"{a}\""),
-        )),
+        Amount::Percent(p) if p > 100 => Err("a percentage from 0% to 100%"),
         _ => Ok(()),
     }
 }
 
-fn check_positive(field: &str, a: Amount) -> Result<(), SpecError> {
+/// The rule for an amount that must let something happen (batch sizes,
+/// `max_unavailable`): at least 1 instance or 1%, at most 100%.
+pub fn positive_rule(a: Amount) -> Result<(), &'static str> {
     if a.is_zero() {
-        return Err(SpecError::invalid(
-            field,
-            "at least 1 instance or 1%",
-            format!("\"{a}\""),
-        ));
+        return Err("at least 1 instance or 1%");
     }
-    check_percent(field, a)
+    share_rule(a)
+}
+
+fn check_percent(field: &str, a: Amount) -> Result<(), SpecError> {
+    share_rule(a).map_err(|expected| SpecError::invalid(field, expected, format!("\"{a}\"")))
+}
+
+fn check_positive(field: &str, a: Amount) -> Result<(), SpecError> {
+    positive_rule(a).map_err(|expected| SpecError::invalid(field, expected, format!("\"{a}\"")))
+}
+
+/// Whether [`RolloutSpec::check`] accepts an empty `target.digest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestRule {
+    /// Empty means "the artifact pushed as this service and version": the
+    /// CLI sends it so and the coordinator fills it in from its artifact
+    /// store. A digest that is given must still be well formed.
+    MayBeEmpty,
+    /// What the engine runs: a sha256 digest is required.
+    Required,
+}
+
+impl Spread {
+    /// The spread's own rules; the errors name `spread_by.label` or
+    /// `spread_by.max_unavailable`.
+    pub fn check(&self) -> Result<(), SpecError> {
+        if self.label.trim().is_empty() {
+            return Err(SpecError::invalid(
+                "spread_by.label",
+                "a label key like zone",
+                "nothing",
+            ));
+        }
+        if self.max_unavailable == 0 {
+            return Err(SpecError::invalid(
+                "spread_by.max_unavailable",
+                "at least 1, or nothing could ever be taken down",
+                0,
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl RolloutSpec {
@@ -247,7 +285,7 @@ impl RolloutSpec {
     pub fn from_toml(text: &str) -> Result<RolloutSpec, SpecError> {
         let spec: RolloutSpec =
             toml::from_str(text).map_err(|e| SpecError::Parse(e.to_string().trim().to_string()))?;
-        spec.validate()?;
+        spec.check(DigestRule::Required)?;
         Ok(spec)
     }
 
@@ -260,8 +298,17 @@ impl RolloutSpec {
         self.healthy_deadline.saturating_add(self.step_timeout)
     }
 
-    /// Checks every field; the error names the field and what was expected.
+    /// [`RolloutSpec::check`] with the digest required: what the engine
+    /// accepts.
     pub fn validate(&self) -> Result<(), SpecError> {
+        self.check(DigestRule::Required)
+    }
+
+    /// The one validation of a spec: the CLI runs it for early, local errors
+    /// (with [`DigestRule::MayBeEmpty`]) and the coordinator runs it again
+    /// before and after it resolves the digest, authoritatively. Checks
+    /// every field; the error names the field and what was expected.
+    pub fn check(&self, digest: DigestRule) -> Result<(), SpecError> {
         if self.service.trim().is_empty() {
             return Err(SpecError::invalid("service", "a service name", "nothing"));
         }
@@ -276,7 +323,8 @@ impl RolloutSpec {
             return Err(SpecError::invalid("target.version", "a version", "nothing"));
         }
         let d = &self.target.digest;
-        if d.len() != 64
+        let may_skip = digest == DigestRule::MayBeEmpty && d.is_empty();
+        if !may_skip && d.len() != 64
             || !d
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
@@ -338,21 +386,67 @@ impl RolloutSpec {
             ));
         }
         if let Some(s) = &self.spread_by {
-            if s.label.trim().is_empty() {
-                return Err(SpecError::invalid(
-                    "spread_by.label",
-                    "a label key like zone",
-                    "nothing",
-                ));
-            }
-            if s.max_unavailable == 0 {
-                return Err(SpecError::invalid(
-                    "spread_by.max_unavailable",
-                    "at least 1, or nothing could ever be taken down",
-                    0,
-                ));
-            }
+            s.check()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(digest: &str) -> RolloutSpec {
+        RolloutSpec {
+            service: "web".into(),
+            target: Release::new("v2", digest),
+            ..RolloutSpec::default()
+        }
+    }
+
+    #[test]
+    fn an_empty_digest_waits_for_the_coordinator_but_a_bad_one_never_passes() {
+        let empty = spec("");
+        assert_eq!(empty.check(DigestRule::MayBeEmpty), Ok(()));
+        let e = empty.validate().expect_err("the engine needs a digest");
+        assert_eq!(e.field(), Some("target.digest"));
+
+        let bad = spec("ABC");
+        for rule in [DigestRule::MayBeEmpty, DigestRule::Required] {
+            let e = bad.check(rule).expect_err("malformed digest");
+            assert_eq!(e.field(), Some("target.digest"), "{rule:?}");
+        }
+        assert_eq!(spec(&"ab".repeat(32)).validate(), Ok(()));
+
+        // Every other rule applies whatever the digest rule.
+        let no_batches = RolloutSpec {
+            batches: vec![Amount::Count(0)],
+            ..spec("")
+        };
+        let e = no_batches
+            .check(DigestRule::MayBeEmpty)
+            .expect_err("zero batch");
+        assert_eq!(
+            e.to_string(),
+            "batches[0]: expected at least 1 instance or 1%, got \"0\""
+        );
+    }
+
+    #[test]
+    fn flag_rules_are_the_spec_rules() {
+        assert_eq!(share_rule(Amount::Percent(100)), Ok(()));
+        assert_eq!(share_rule(Amount::Count(0)), Ok(()));
+        assert!(share_rule(Amount::Percent(101)).is_err());
+        assert!(positive_rule(Amount::Percent(0)).is_err());
+        assert!(positive_rule(Amount::Percent(101)).is_err());
+        assert_eq!(positive_rule(Amount::Count(1)), Ok(()));
+        let spread = Spread {
+            label: "zone".into(),
+            max_unavailable: 0,
+        };
+        assert_eq!(
+            spread.check().expect_err("K = 0").field(),
+            Some("spread_by.max_unavailable")
+        );
     }
 }
