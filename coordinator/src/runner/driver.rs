@@ -163,6 +163,9 @@ pub struct Pass {
     pub outputs: Vec<Output>,
 }
 
+/// What the engine was told of an instance: healthy, in service, release.
+type Told = (bool, bool, Option<Release>);
+
 /// One running rollout's runtime decisions.
 pub struct Driver {
     engine: Engine,
@@ -175,7 +178,7 @@ pub struct Driver {
     /// an instance when one of its commands ends (the engine then assumes
     /// the step's effect until a report says otherwise) and for a host
     /// when it is lost or back, so those reports always get through.
-    told: HashMap<String, HashMap<String, (bool, bool, Option<Release>)>>,
+    told: HashMap<String, HashMap<String, Told>>,
     /// The agents' latest progress message per instance with a step in flight.
     progress: BTreeMap<String, String>,
     /// After a restore: when hosts still away count as lost.

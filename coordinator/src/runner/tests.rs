@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
+use drover_net::transport::PeerCert;
 use drover_proto::identity::{Identity, Role};
-use drover_proto::transport::PeerCert;
 use drover_proto::v1::{self as pb, coordinator_message};
 
 use super::*;
