@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use drover_proto::v1::{HealthState, InstanceStatus, Release, RuntimeState};
+use drover_proto::v1::{HealthState, InstanceStatus, LoadBalancerView, Release, RuntimeState};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
@@ -19,8 +19,12 @@ use crate::state::StateFile;
 
 /// The latest status of every instance, one slot per configured instance.
 /// Watchers are woken only by changes that matter to the coordinator
-/// (state, health, pid, restarts, drain, release), not by every check's
-/// latency or counters; those ride along in the next report.
+/// (state, health, pid, restarts, drain, release, a load balancer's state
+/// or weight), not by every check's latency or counters nor a view's read
+/// time; those ride along in the next report.
+///
+/// The instance's supervisor publishes all but `load_balancers`, which
+/// [`crate::drain::view`] and the drain steps publish.
 #[derive(Debug, Clone)]
 pub struct StatusBoard {
     tx: Arc<watch::Sender<Vec<InstanceStatus>>>,
@@ -50,6 +54,8 @@ impl StatusBoard {
             let Some(slot) = all.get_mut(index) else {
                 return false;
             };
+            let mut new = new;
+            new.load_balancers.clone_from(&slot.load_balancers);
             if *slot == new {
                 return false;
             }
@@ -58,6 +64,30 @@ impl StatusBoard {
             significant
         });
     }
+
+    /// Sets `load_balancers[slot]` of instance `index` for each
+    /// `(index, slot, view)`; wakes the watchers when a state or weight
+    /// changed.
+    pub fn set_views(&self, updates: &[(usize, usize, LoadBalancerView)]) {
+        self.tx.send_if_modified(|all| {
+            let mut significant = false;
+            for (index, slot, view) in updates {
+                let Some(old) = all
+                    .get_mut(*index)
+                    .and_then(|s| s.load_balancers.get_mut(*slot))
+                else {
+                    continue;
+                };
+                significant |= !same_view(old, view);
+                old.clone_from(view);
+            }
+            significant
+        });
+    }
+}
+
+fn same_view(a: &LoadBalancerView, b: &LoadBalancerView) -> bool {
+    a.balancer == b.balancer && a.state == b.state && a.weight == b.weight
 }
 
 fn same_outline(a: &InstanceStatus, b: &InstanceStatus) -> bool {
@@ -67,6 +97,11 @@ fn same_outline(a: &InstanceStatus, b: &InstanceStatus) -> bool {
         && a.restarts == b.restarts
         && a.drained == b.drained
         && a.release == b.release
+        && a.load_balancers.len() == b.load_balancers.len()
+        && a.load_balancers
+            .iter()
+            .zip(&b.load_balancers)
+            .all(|(a, b)| same_view(a, b))
 }
 
 /// The status an instance has before its runtime has said anything.
@@ -90,6 +125,7 @@ pub fn initial_status(cfg: &InstanceConfig, host_id: &str) -> InstanceStatus {
         last_check_error: String::new(),
         release: Some(Release::default()),
         drained: false,
+        load_balancers: crate::drain::view::unread(&cfg.drain),
     }
 }
 
@@ -142,6 +178,17 @@ impl InstanceHandle {
             m.verified_pid = pid;
             changed
         });
+    }
+
+    /// What the load balancers said of the instance just now (one view
+    /// per load balancer, in config order), read by a drain step.
+    pub fn set_load_balancers(&self, views: Vec<LoadBalancerView>) {
+        let updates: Vec<(usize, usize, LoadBalancerView)> = views
+            .into_iter()
+            .enumerate()
+            .map(|(slot, v)| (self.index, slot, v))
+            .collect();
+        self.board.set_views(&updates);
     }
 
     pub fn set_release(&self, release: Release) {
