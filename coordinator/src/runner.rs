@@ -223,7 +223,9 @@ pub fn target_instances(registry: &Registry, spec: &RolloutSpec) -> Vec<Instance
 type Observed = (bool, bool, Option<Release>);
 
 /// (healthy, in service, release) of a reported instance. Without a health
-/// check, running counts as healthy.
+/// check, running counts as healthy. In service: running, not drained, and
+/// every load balancer it is registered with has it UP with a weight (an
+/// instance registered with none: running and not drained).
 fn observe(inst: &pb::InstanceStatus) -> Observed {
     let running = inst.state == RuntimeState::Running as i32;
     let healthy = running
@@ -236,7 +238,11 @@ fn observe(inst: &pb::InstanceStatus) -> Observed {
         .as_ref()
         .filter(|r| !r.version.is_empty())
         .map(|r| Release::new(r.version.clone(), r.digest.clone()));
-    (healthy, running && !inst.drained, release)
+    let routed = inst
+        .load_balancers
+        .iter()
+        .all(|lb| lb.state == pb::LoadBalancerState::Up as i32 && lb.weight > 0);
+    (healthy, running && !inst.drained && routed, release)
 }
 
 impl Rollouts {
