@@ -3,8 +3,10 @@
 //! [`InstanceStatus`] the agent reports, and publishes it on the
 //! [`StatusBoard`] that the session reads.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use drover_proto::v1::{HealthState, InstanceStatus, LoadBalancerView, Release, RuntimeState};
 use tokio::sync::watch;
@@ -28,12 +30,30 @@ use crate::state::StateFile;
 #[derive(Debug, Clone)]
 pub struct StatusBoard {
     tx: Arc<watch::Sender<Vec<InstanceStatus>>>,
+    /// When each (instance, load balancer) view on the board was asked
+    /// for: the answer to an older question never replaces a newer one
+    /// (an undrain's fresh UP is not undone by a read that was already
+    /// under way).
+    asked: Arc<Mutex<HashMap<(usize, usize), Instant>>>,
+}
+
+/// A load balancer's view of one instance, for the board.
+#[derive(Debug, Clone)]
+pub struct ViewUpdate {
+    /// The instance's slot on the board.
+    pub index: usize,
+    /// The load balancer's place in its `load_balancers`.
+    pub slot: usize,
+    /// When the load balancer was asked (before its answer).
+    pub asked: Instant,
+    pub view: LoadBalancerView,
 }
 
 impl StatusBoard {
     pub fn new(initial: Vec<InstanceStatus>) -> StatusBoard {
         StatusBoard {
             tx: Arc::new(watch::Sender::new(initial)),
+            asked: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -65,21 +85,27 @@ impl StatusBoard {
         });
     }
 
-    /// Sets `load_balancers[slot]` of instance `index` for each
-    /// `(index, slot, view)`; wakes the watchers when a state or weight
-    /// changed.
-    pub fn set_views(&self, updates: &[(usize, usize, LoadBalancerView)]) {
+    /// Puts each update's view in its instance's `load_balancers`, unless
+    /// a view asked for later is there already; wakes the watchers when a
+    /// state or weight changed.
+    pub fn set_views(&self, updates: &[ViewUpdate]) {
+        let mut asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
         self.tx.send_if_modified(|all| {
             let mut significant = false;
-            for (index, slot, view) in updates {
+            for u in updates {
+                let key = (u.index, u.slot);
+                if asked.get(&key).is_some_and(|newer| *newer > u.asked) {
+                    continue;
+                }
                 let Some(old) = all
-                    .get_mut(*index)
-                    .and_then(|s| s.load_balancers.get_mut(*slot))
+                    .get_mut(u.index)
+                    .and_then(|s| s.load_balancers.get_mut(u.slot))
                 else {
                     continue;
                 };
-                significant |= !same_view(old, view);
-                old.clone_from(view);
+                asked.insert(key, u.asked);
+                significant |= !same_view(old, &u.view);
+                old.clone_from(&u.view);
             }
             significant
         });
@@ -180,13 +206,19 @@ impl InstanceHandle {
         });
     }
 
-    /// What the load balancers said of the instance just now (one view
-    /// per load balancer, in config order), read by a drain step.
-    pub fn set_load_balancers(&self, views: Vec<LoadBalancerView>) {
-        let updates: Vec<(usize, usize, LoadBalancerView)> = views
+    /// What the load balancers said of the instance when asked at
+    /// `asked` (one view per load balancer, in config order), read by a
+    /// drain step.
+    pub fn set_load_balancers(&self, views: Vec<LoadBalancerView>, asked: Instant) {
+        let updates: Vec<ViewUpdate> = views
             .into_iter()
             .enumerate()
-            .map(|(slot, v)| (self.index, slot, v))
+            .map(|(slot, view)| ViewUpdate {
+                index: self.index,
+                slot,
+                asked,
+                view,
+            })
             .collect();
         self.board.set_views(&updates);
     }

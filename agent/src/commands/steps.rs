@@ -116,7 +116,9 @@ async fn undrain(ctx: &StepContext<'_>) -> Result<String, String> {
             // Reported with the undrain's result: the coordinator counts
             // the instance in service from here on.
             if !done.views.is_empty() {
-                ctx.instance.handle.set_load_balancers(done.views);
+                ctx.instance
+                    .handle
+                    .set_load_balancers(done.views, done.asked);
             }
             set_drained(ctx, false)?;
             Ok(done.message)

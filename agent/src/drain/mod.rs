@@ -66,8 +66,10 @@ pub struct UndrainWait<'a> {
 pub struct Undrained {
     pub message: String,
     /// What each load balancer said last (haproxy drains only, one per
-    /// socket in config order).
+    /// socket in config order)...
     pub views: Vec<LoadBalancerView>,
+    /// ...when asked at this instant.
+    pub asked: std::time::Instant,
 }
 
 /// Drains per `cfg`. `env` goes to exec commands. On error, the bool says
@@ -106,6 +108,7 @@ pub async fn undrain(
     Ok(Undrained {
         message,
         views: Vec::new(),
+        asked: std::time::Instant::now(),
     })
 }
 
@@ -133,6 +136,7 @@ async fn undrain_haproxy(
         let left = give_up.saturating_duration_since(Instant::now());
         let timeout = left.clamp(Duration::from_millis(100), haproxy::COMMAND_TIMEOUT);
         let now = view::unix_ms();
+        let asked = std::time::Instant::now();
         let mut views = Vec::with_capacity(h.sockets.len());
         let mut waiting = Vec::new();
         for addr in &h.sockets {
@@ -176,6 +180,7 @@ async fn undrain_haproxy(
                     humantime::format_duration(round_ms(started.elapsed()))
                 ),
                 views,
+                asked,
             });
         }
         let last = waiting.join("; ");

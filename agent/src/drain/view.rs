@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::haproxy::{self, HaproxyError, ServerStat};
 use crate::config::{DrainConfig, HaproxyAddr, HaproxyDrain, InstanceConfig};
-use crate::supervisor::StatusBoard;
+use crate::supervisor::{StatusBoard, ViewUpdate};
 
 /// Longest spacing of two reads of one HAProxy: with a long report
 /// interval a change still reaches the coordinator within about this.
@@ -216,6 +216,7 @@ async fn read_loop(
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
+        let asked = std::time::Instant::now();
         let answer = tokio::select! {
             _ = cancel.cancelled() => return,
             a = haproxy::servers(&addr, timeout) => a,
@@ -232,14 +233,13 @@ async fn read_loop(
             _ => {}
         }
         let now = unix_ms();
-        let updates: Vec<(usize, usize, LoadBalancerView)> = targets
+        let updates: Vec<ViewUpdate> = targets
             .iter()
-            .map(|t| {
-                (
-                    t.index,
-                    t.slot,
-                    from_answer(&addr, &t.backend, &t.server, &answer, now),
-                )
+            .map(|t| ViewUpdate {
+                index: t.index,
+                slot: t.slot,
+                asked,
+                view: from_answer(&addr, &t.backend, &t.server, &answer, now),
             })
             .collect();
         board.set_views(&updates);
@@ -294,5 +294,50 @@ mod tests {
             "{}",
             v.status
         );
+    }
+
+    #[test]
+    fn an_older_read_never_replaces_a_newer_one_and_only_changes_wake() {
+        let board = StatusBoard::new(vec![drover_proto::v1::InstanceStatus {
+            load_balancers: unread(&DrainConfig::Haproxy(HaproxyDrain {
+                sockets: vec![addr()],
+                backend: "web".into(),
+                server: "h1".into(),
+                timeout: Duration::from_secs(1),
+            })),
+            ..Default::default()
+        }]);
+        let mut rx = board.subscribe();
+        rx.borrow_and_update();
+        let stat = |status: &str, weight| ServerStat {
+            backend: "web".into(),
+            server: "h1".into(),
+            scur: 0,
+            status: status.into(),
+            state: haproxy::state_of(status),
+            weight: Some(weight),
+        };
+        let update = |asked, status: &str, weight, read_at| ViewUpdate {
+            index: 0,
+            slot: 0,
+            asked,
+            view: from_stat(&addr(), &stat(status, weight), read_at),
+        };
+        let state = |b: &StatusBoard| b.get(0).expect("slot").load_balancers[0].status.clone();
+        let early = std::time::Instant::now();
+        let late = early + Duration::from_millis(5);
+        // An undrain saw it UP; a read asked for earlier answers later.
+        board.set_views(&[update(late, "UP", 1, 2)]);
+        assert!(rx.has_changed().expect("open"), "UNKNOWN -> UP wakes");
+        rx.borrow_and_update();
+        board.set_views(&[update(early, "DRAIN", 1, 3)]);
+        assert_eq!(state(&board), "UP");
+        assert!(!rx.has_changed().expect("open"));
+        // A newer read time alone is no news; a new weight is.
+        board.set_views(&[update(late, "UP", 1, 4)]);
+        assert_eq!(board.get(0).expect("slot").load_balancers[0].read_at_ms, 4);
+        assert!(!rx.has_changed().expect("open"));
+        board.set_views(&[update(late + Duration::from_millis(1), "UP", 0, 5)]);
+        assert!(rx.has_changed().expect("open"), "a weight change wakes");
     }
 }
