@@ -180,6 +180,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         tls: tls_files,
         connect: ConnectOptions::default(),
     };
+    // HAProxy's view of the instances, read beside the health checks.
+    let lb_stop = shutdown.child_token();
+    let lb_views =
+        drain::view::Watcher::new(&config.instances, board.clone(), config.report_interval)
+            .map(|w| tokio::spawn(w.run(lb_stop.clone())));
     let session_stop = shutdown.child_token();
     let session = tokio::spawn(session::run(
         session_cfg,
@@ -201,6 +206,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     notify("STOPPING=1");
     tracing::info!("shutting down; instances keep running");
     session_stop.cancel();
+    lb_stop.cancel();
+    if let Some(task) = lb_views {
+        let _ = task.await;
+    }
     for sup in supervisors {
         sup.detach().await;
     }

@@ -3,10 +3,12 @@
 //! [`InstanceStatus`] the agent reports, and publishes it on the
 //! [`StatusBoard`] that the session reads.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use drover_proto::v1::{HealthState, InstanceStatus, Release, RuntimeState};
+use drover_proto::v1::{HealthState, InstanceStatus, LoadBalancerView, Release, RuntimeState};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
@@ -19,17 +21,39 @@ use crate::state::StateFile;
 
 /// The latest status of every instance, one slot per configured instance.
 /// Watchers are woken only by changes that matter to the coordinator
-/// (state, health, pid, restarts, drain, release), not by every check's
-/// latency or counters; those ride along in the next report.
+/// (state, health, pid, restarts, drain, release, a load balancer's state
+/// or weight), not by every check's latency or counters nor a view's read
+/// time; those ride along in the next report.
+///
+/// The instance's supervisor publishes all but `load_balancers`, which
+/// [`crate::drain::view`] and the drain steps publish.
 #[derive(Debug, Clone)]
 pub struct StatusBoard {
     tx: Arc<watch::Sender<Vec<InstanceStatus>>>,
+    /// When each (instance, load balancer) view on the board was asked
+    /// for: the answer to an older question never replaces a newer one
+    /// (an undrain's fresh UP is not undone by a read that was already
+    /// under way).
+    asked: Arc<Mutex<HashMap<(usize, usize), Instant>>>,
+}
+
+/// A load balancer's view of one instance, for the board.
+#[derive(Debug, Clone)]
+pub struct ViewUpdate {
+    /// The instance's slot on the board.
+    pub index: usize,
+    /// The load balancer's place in its `load_balancers`.
+    pub slot: usize,
+    /// When the load balancer was asked (before its answer).
+    pub asked: Instant,
+    pub view: LoadBalancerView,
 }
 
 impl StatusBoard {
     pub fn new(initial: Vec<InstanceStatus>) -> StatusBoard {
         StatusBoard {
             tx: Arc::new(watch::Sender::new(initial)),
+            asked: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -50,6 +74,8 @@ impl StatusBoard {
             let Some(slot) = all.get_mut(index) else {
                 return false;
             };
+            let mut new = new;
+            new.load_balancers.clone_from(&slot.load_balancers);
             if *slot == new {
                 return false;
             }
@@ -58,6 +84,36 @@ impl StatusBoard {
             significant
         });
     }
+
+    /// Puts each update's view in its instance's `load_balancers`, unless
+    /// a view asked for later is there already; wakes the watchers when a
+    /// state or weight changed.
+    pub fn set_views(&self, updates: &[ViewUpdate]) {
+        let mut asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        self.tx.send_if_modified(|all| {
+            let mut significant = false;
+            for u in updates {
+                let key = (u.index, u.slot);
+                if asked.get(&key).is_some_and(|newer| *newer > u.asked) {
+                    continue;
+                }
+                let Some(old) = all
+                    .get_mut(u.index)
+                    .and_then(|s| s.load_balancers.get_mut(u.slot))
+                else {
+                    continue;
+                };
+                asked.insert(key, u.asked);
+                significant |= !same_view(old, &u.view);
+                old.clone_from(&u.view);
+            }
+            significant
+        });
+    }
+}
+
+fn same_view(a: &LoadBalancerView, b: &LoadBalancerView) -> bool {
+    a.balancer == b.balancer && a.state == b.state && a.weight == b.weight
 }
 
 fn same_outline(a: &InstanceStatus, b: &InstanceStatus) -> bool {
@@ -67,6 +123,11 @@ fn same_outline(a: &InstanceStatus, b: &InstanceStatus) -> bool {
         && a.restarts == b.restarts
         && a.drained == b.drained
         && a.release == b.release
+        && a.load_balancers.len() == b.load_balancers.len()
+        && a.load_balancers
+            .iter()
+            .zip(&b.load_balancers)
+            .all(|(a, b)| same_view(a, b))
 }
 
 /// The status an instance has before its runtime has said anything.
@@ -90,6 +151,7 @@ pub fn initial_status(cfg: &InstanceConfig, host_id: &str) -> InstanceStatus {
         last_check_error: String::new(),
         release: Some(Release::default()),
         drained: false,
+        load_balancers: crate::drain::view::unread(&cfg.drain),
     }
 }
 
@@ -142,6 +204,23 @@ impl InstanceHandle {
             m.verified_pid = pid;
             changed
         });
+    }
+
+    /// What the load balancers said of the instance when asked at
+    /// `asked` (one view per load balancer, in config order), read by a
+    /// drain step.
+    pub fn set_load_balancers(&self, views: Vec<LoadBalancerView>, asked: Instant) {
+        let updates: Vec<ViewUpdate> = views
+            .into_iter()
+            .enumerate()
+            .map(|(slot, view)| ViewUpdate {
+                index: self.index,
+                slot,
+                asked,
+                view,
+            })
+            .collect();
+        self.board.set_views(&updates);
     }
 
     pub fn set_release(&self, release: Release) {

@@ -1,8 +1,9 @@
 //! Draining against a real HAProxy (Debian's `haproxy`, started by the test
 //! on loopback with its runtime API on a unix socket and on TCP): drain
 //! waits for in-flight sessions, the drain timeout proceeds, undrain puts
-//! the server back, weights change, and unreachable or refusing HAProxies
-//! fail the step.
+//! the server back only once HAProxy has it UP again, weights change,
+//! unreachable or refusing HAProxies fail the step, and the agent's view
+//! of HAProxy follows the server DOWN and back UP after `rise` checks.
 //!
 //! HAProxy must be installed (`apt-get install haproxy`; scripts/setup
 //! does it): this test fails, it does not skip, when it is missing.
@@ -14,10 +15,14 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use drover_agent::config::{DrainConfig, HaproxyAddr, HaproxyDrain};
+use drover_agent::drain::view::{self, Watcher};
 use drover_agent::drain::{self, haproxy};
+use drover_agent::supervisor::StatusBoard;
+use drover_proto::v1::{InstanceStatus, LoadBalancerState, LoadBalancerView};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(15);
 
@@ -81,16 +86,23 @@ impl Drop for Haproxy {
 impl Haproxy {
     /// Starts HAProxy on free loopback ports; a port taken in the meantime
     /// by someone else (HAProxy then fails to bind) means another try.
+    /// The server is not health-checked.
     async fn start(dir: &Path, backend_port: u16) -> Haproxy {
+        Haproxy::start_with(dir, backend_port, "").await
+    }
+
+    /// [`Haproxy::start`] with `server_options` on the server line (e.g.
+    /// `check inter 200ms rise 3 fall 1`).
+    async fn start_with(dir: &Path, backend_port: u16, server_options: &str) -> Haproxy {
         for _ in 0..5 {
-            if let Some(h) = Haproxy::try_start(dir, backend_port).await {
+            if let Some(h) = Haproxy::try_start(dir, backend_port, server_options).await {
                 return h;
             }
         }
         panic!("haproxy could not bind free ports five times in a row");
     }
 
-    async fn try_start(dir: &Path, backend_port: u16) -> Option<Haproxy> {
+    async fn try_start(dir: &Path, backend_port: u16, server_options: &str) -> Option<Haproxy> {
         let sock = dir.join("admin.sock");
         let _ = std::fs::remove_file(&sock);
         let (admin, front) = free_ports();
@@ -98,7 +110,7 @@ impl Haproxy {
             "global\n    stats socket {} mode 600 level admin\n    stats socket ipv4@127.0.0.1:{admin} level admin\n\
 defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n    retries 0\n\
 frontend fe\n    bind 127.0.0.1:{front}\n    default_backend web\n\
-backend web\n    server h1-web 127.0.0.1:{backend_port}\n",
+backend web\n    server h1-web 127.0.0.1:{backend_port} {server_options}\n",
             sock.display()
         );
         let cfg_path = dir.join("haproxy.cfg");
@@ -214,6 +226,22 @@ async fn read_answer(mut s: TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+fn quiet() -> impl Fn(String) + Send + Sync {
+    |_| {}
+}
+
+/// An undrain of web@h1 that may wait `within`.
+fn wait_for_up(
+    progress: &(dyn Fn(String) + Send + Sync),
+    within: Duration,
+) -> drain::UndrainWait<'_> {
+    drain::UndrainWait {
+        instance: "web@h1",
+        deadline: tokio::time::Instant::now() + within,
+        progress,
+    }
+}
+
 #[tokio::test]
 async fn drains_waits_for_sessions_and_undrains_on_a_real_haproxy() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -252,8 +280,11 @@ async fn drains_waits_for_sessions_and_undrains_on_a_real_haproxy() {
         .expect("drained");
     assert!(msg.contains("sessions reached 0"), "{msg}");
 
-    let msg = drain::undrain(&cfg, &[]).await.expect("undrain");
-    assert!(msg.contains("ready on 2 HAProxy"), "{msg}");
+    let msg = drain::undrain(&cfg, &[], &wait_for_up(&quiet(), DEADLINE))
+        .await
+        .expect("undrain")
+        .message;
+    assert!(msg.contains("ready and UP on 2 HAProxy"), "{msg}");
     h.wait_stat("out of DRAIN", |s| s.status != "DRAIN").await;
 
     // The drain timeout proceeds, saying how many sessions were left.
@@ -268,7 +299,9 @@ async fn drains_waits_for_sessions_and_undrains_on_a_real_haproxy() {
     assert!(started.elapsed() >= Duration::from_millis(300));
     release.send(()).expect("release");
     assert!(read_answer(client).await.contains("200 OK"));
-    drain::undrain(&cfg, &[]).await.expect("undrain");
+    drain::undrain(&cfg, &[], &wait_for_up(&quiet(), DEADLINE))
+        .await
+        .expect("undrain");
 
     // Weights, for traffic shifting.
     haproxy::set_weight(&h.tcp, "web", "h1-web", 50)
@@ -310,4 +343,281 @@ async fn an_unreachable_haproxy_fails_the_drain_and_the_others_are_put_back() {
     assert!(!maybe_drained, "the reachable HAProxy was put back");
     let s = h.stat().await;
     assert_ne!(s.status, "DRAIN", "{s:?}");
+}
+
+/// A server that HAProxy's layer-4 check can reach or not: `up` listens
+/// on a fixed port (accepting and closing), `down` stops listening.
+struct Toggle {
+    port: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Toggle {
+    async fn new() -> Toggle {
+        let port = free_ports().0;
+        let mut t = Toggle { port, task: None };
+        t.up().await;
+        t
+    }
+
+    async fn up(&mut self) {
+        let start = Instant::now();
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    assert!(start.elapsed() < DEADLINE, "bind {}: {e}", self.port);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        self.task = Some(tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                drop(sock);
+            }
+        }));
+    }
+
+    async fn down(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+/// One instance's slot on a status board, registered with `cfg`'s HAProxy.
+fn board_for(cfg: &DrainConfig) -> StatusBoard {
+    StatusBoard::new(vec![InstanceStatus {
+        id: "web@h1".into(),
+        load_balancers: view::unread(cfg),
+        ..InstanceStatus::default()
+    }])
+}
+
+fn views(board: &StatusBoard) -> Vec<LoadBalancerView> {
+    board.get(0).map(|s| s.load_balancers).unwrap_or_default()
+}
+
+async fn wait_view(
+    board: &StatusBoard,
+    what: &str,
+    pred: impl Fn(&[LoadBalancerView]) -> bool,
+) -> Vec<LoadBalancerView> {
+    let start = Instant::now();
+    loop {
+        let v = views(board);
+        if pred(&v) {
+            return v;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for {what}: {v:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn all_in(state: LoadBalancerState) -> impl Fn(&[LoadBalancerView]) -> bool {
+    move |v| !v.is_empty() && v.iter().all(|v| v.state() == state)
+}
+
+#[tokio::test]
+async fn the_agent_sees_haproxy_take_a_killed_server_down_and_up_after_rise_checks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Toggle::new().await;
+    let h = Haproxy::start_with(dir.path(), server.port, "check inter 200ms rise 3 fall 1").await;
+    let cfg = h.drain_cfg(Duration::from_secs(5));
+    let DrainConfig::Haproxy(drain_cfg) = &cfg else {
+        panic!("haproxy drain");
+    };
+    let board = board_for(&cfg);
+    // Nothing read yet: unknown, never up.
+    assert!(all_in(LoadBalancerState::Unknown)(&views(&board)));
+    let stop = CancellationToken::new();
+    let watcher = Watcher::for_drains(
+        &[(0, drain_cfg.clone())],
+        board.clone(),
+        Duration::from_millis(50),
+    )
+    .expect("one registration");
+    let task = tokio::spawn(watcher.run(stop.clone()));
+
+    let up = wait_view(
+        &board,
+        "both HAProxy sockets to say UP",
+        all_in(LoadBalancerState::Up),
+    )
+    .await;
+    assert_eq!(up.len(), 2, "one view per socket: {up:#?}");
+    assert_eq!(up[0].balancer, h.unix.to_string());
+    assert_eq!(up[1].balancer, h.tcp.to_string());
+    assert!(
+        up.iter()
+            .all(|v| v.weight == 1 && v.server == "h1-web" && v.backend == "web"),
+        "{up:#?}"
+    );
+
+    // A change of state wakes whoever reports, like a change of health.
+    let mut reports = board.subscribe();
+    reports.borrow_and_update();
+    server.down().await;
+    let down = wait_view(&board, "DOWN", all_in(LoadBalancerState::Down)).await;
+    assert!(
+        reports.has_changed().expect("board open"),
+        "a DOWN must trigger a report"
+    );
+    assert_eq!(down[0].status, "DOWN", "{down:#?}");
+
+    // Back: HAProxy takes `rise` checks to route to it again, and the
+    // view says so meanwhile.
+    server.up().await;
+    let mut rising = Vec::new();
+    let start = Instant::now();
+    loop {
+        let v = views(&board);
+        if all_in(LoadBalancerState::Up)(&v) {
+            break;
+        }
+        if let Some(first) = v.first()
+            && rising.last() != Some(&first.status)
+        {
+            rising.push(first.status.clone());
+        }
+        assert!(start.elapsed() < DEADLINE, "never UP again: {v:#?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        rising
+            .iter()
+            .any(|s| s.starts_with("DOWN ") && s.ends_with("/3")),
+        "the view must show the checks rising: {rising:?}"
+    );
+    stop.cancel();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .expect("the watcher stops when cancelled")
+        .expect("join");
+}
+
+#[tokio::test]
+async fn undrain_waits_until_haproxy_has_the_server_up_and_times_out_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Toggle::new().await;
+    let h = Haproxy::start_with(dir.path(), server.port, "check inter 300ms rise 3 fall 1").await;
+    h.wait_stat("UP", |s| s.status == "UP").await;
+    let cfg = h.drain_cfg(Duration::from_secs(5));
+    // Drained and stopped, as in a rollout's step.
+    drain::drain(&cfg, &[]).await.expect("drain");
+    server.down().await;
+    h.wait_stat("DOWN", |s| s.status == "DOWN").await;
+
+    // The instance is not back: the undrain fails by its deadline and
+    // says what HAProxy sees.
+    let said = std::sync::Mutex::new(Vec::<String>::new());
+    let progress = |m: String| said.lock().expect("lock").push(m);
+    let started = Instant::now();
+    let err = drain::undrain(
+        &cfg,
+        &[],
+        &wait_for_up(&progress, Duration::from_millis(1500)),
+    )
+    .await
+    .expect_err("never UP");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "inside the deadline"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("did not see web@h1 UP")
+            && text.contains("DOWN")
+            && text.contains("state ready"),
+        "{text}"
+    );
+    let stat = h.stat().await;
+    assert_eq!(stat.status, "DOWN", "ready, but down by its checks");
+
+    // Back: undrain returns only once HAProxy has it UP, after its rise
+    // checks, and says so meanwhile.
+    drain::drain(&cfg, &[]).await.expect("drain again");
+    said.lock().expect("lock").clear();
+    server.up().await;
+    let done = drain::undrain(&cfg, &[], &wait_for_up(&progress, DEADLINE))
+        .await
+        .expect("undrained");
+    let stat = h.stat().await;
+    assert_eq!(
+        (stat.status.as_str(), stat.state),
+        ("UP", LoadBalancerState::Up)
+    );
+    assert!(
+        done.message.contains("ready and UP on 2 HAProxy"),
+        "{}",
+        done.message
+    );
+    assert_eq!(done.views.len(), 2);
+    assert!(
+        all_in(LoadBalancerState::Up)(&done.views),
+        "{:#?}",
+        done.views
+    );
+    let said = said.lock().expect("lock").clone();
+    assert!(
+        said.iter()
+            .any(|m| m.starts_with("waiting for haproxy to see web@h1 UP: DOWN")),
+        "progress while HAProxy's checks rise: {said:?}"
+    );
+    assert!(
+        said.iter().any(|m| m.contains("checks")),
+        "progress names the checks: {said:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_haproxy_that_does_not_answer_is_unknown_not_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A socket that accepts and never answers, and one nobody listens on.
+    let slow_path = dir.path().join("slow.sock");
+    let slow = tokio::net::UnixListener::bind(&slow_path).expect("bind");
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = slow.accept().await {
+            open.push(s);
+        }
+    });
+    let cfg = DrainConfig::Haproxy(HaproxyDrain {
+        sockets: vec![
+            HaproxyAddr::Unix(slow_path),
+            HaproxyAddr::Unix(dir.path().join("missing.sock")),
+        ],
+        backend: "web".into(),
+        server: "h1-web".into(),
+        timeout: Duration::from_secs(5),
+    });
+    let DrainConfig::Haproxy(drain_cfg) = &cfg else {
+        panic!("haproxy drain");
+    };
+    let board = board_for(&cfg);
+    let stop = CancellationToken::new();
+    let watcher = Watcher::for_drains(
+        &[(0, drain_cfg.clone())],
+        board.clone(),
+        Duration::from_millis(50),
+    )
+    .expect("registered");
+    let task = tokio::spawn(watcher.run(stop.clone()));
+    let v = wait_view(&board, "both read and unknown", |v| {
+        v.iter()
+            .all(|v| v.state() == LoadBalancerState::Unknown && v.status != "not read yet")
+    })
+    .await;
+    assert!(v[0].status.contains("no answer within"), "{v:#?}");
+    assert!(v[1].status.contains("unreachable"), "{v:#?}");
+    stop.cancel();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .expect("a hanging socket does not hold the watcher")
+        .expect("join");
+    held.abort();
 }

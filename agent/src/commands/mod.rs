@@ -408,6 +408,7 @@ impl Executor {
             source: shared.source.as_ref(),
             outbox: &shared.outbox,
             all_instances: &shared.instances,
+            deadline: tokio::time::Instant::now() + timeout,
         };
         let result = tokio::select! {
             _ = shared.shutdown.cancelled() => {

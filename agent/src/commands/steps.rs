@@ -30,6 +30,9 @@ pub(super) struct StepContext<'a> {
     pub source: &'a dyn ArtifactSource,
     pub outbox: &'a Outbox,
     pub all_instances: &'a HashMap<String, Instance>,
+    /// When the command's timeout ends: steps that wait give up a little
+    /// before, with their own message.
+    pub deadline: tokio::time::Instant,
 }
 
 /// Runs one step. Ok: what was done; Err: why it failed.
@@ -101,11 +104,33 @@ async fn drain(ctx: &StepContext<'_>) -> Result<String, String> {
 }
 
 async fn undrain(ctx: &StepContext<'_>) -> Result<String, String> {
-    let msg = drain::undrain(&ctx.instance.cfg.drain, &hook_env(ctx))
-        .await
-        .map_err(|e| e.to_string())?;
-    set_drained(ctx, false)?;
-    Ok(msg)
+    let instance = ctx.instance.cfg.id(ctx.host_id);
+    let progress = |msg: String| ctx.outbox.push(update(ctx.id, WirePhase::Progress, msg));
+    let wait = drain::UndrainWait {
+        instance: &instance,
+        deadline: ctx.deadline,
+        progress: &progress,
+    };
+    match drain::undrain(&ctx.instance.cfg.drain, &hook_env(ctx), &wait).await {
+        Ok(done) => {
+            // Reported with the undrain's result: the coordinator counts
+            // the instance in service from here on.
+            if !done.views.is_empty() {
+                ctx.instance
+                    .handle
+                    .set_load_balancers(done.views, done.asked);
+            }
+            set_drained(ctx, false)?;
+            Ok(done.message)
+        }
+        Err(e) => {
+            // Ready in HAProxy, only not UP yet: no longer drained by us.
+            if matches!(e, drain::DrainError::NotUp { .. }) {
+                set_drained(ctx, false)?;
+            }
+            Err(e.to_string())
+        }
+    }
 }
 
 async fn stop(ctx: &StepContext<'_>) -> Result<String, String> {

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use drover_proto::v1::LoadBalancerState;
+
 use crate::config::HaproxyAddr;
 
 /// Bounds one runtime API exchange (connect, send, read the answer).
@@ -27,14 +29,60 @@ pub enum HaproxyError {
     Protocol { addr: String, what: String },
 }
 
-/// A server's state as `show stat` reports it.
+/// A server's row of `show stat`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerStat {
+    pub backend: String,
+    pub server: String,
     /// Current sessions.
     pub scur: u64,
-    /// `UP`, `DOWN`, `DRAIN`, `MAINT`, `no check`, ...
+    /// The `status` column as HAProxy wrote it: `UP`, `UP 1/2`, `DOWN`,
+    /// `DOWN 1/3`, `DRAIN`, `MAINT`, `MAINT (via web/h1)`, `no check`, ...
     pub status: String,
-    pub weight: Option<u64>,
+    /// `status`, read.
+    pub state: LoadBalancerState,
+    /// Effective weight.
+    pub weight: Option<u32>,
+}
+
+impl ServerStat {
+    /// Up by its checks and neither drained nor in maintenance (the
+    /// weight aside): what an undrain waits for.
+    pub fn is_up(&self) -> bool {
+        self.state == LoadBalancerState::Up
+    }
+
+    /// The status for people: `DOWN 1/3` reads `DOWN, 1/3 checks`.
+    pub fn describe(&self) -> String {
+        match self.status.split_once(' ') {
+            Some((word, progress))
+                if progress
+                    .split_once('/')
+                    .is_some_and(|(a, b)| a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok()) =>
+            {
+                format!("{word}, {progress} checks")
+            }
+            _ => self.status.clone(),
+        }
+    }
+}
+
+/// What HAProxy's `status` column says, as a state. HAProxy shows one
+/// word for the operational and admin states together: MAINT first, then
+/// DOWN, then DRAIN, then NOLB, then UP (H26 `src/stats.c`
+/// `stats_fill_sv_stats_computestate`).
+pub fn state_of(status: &str) -> LoadBalancerState {
+    let status = status.trim();
+    let word = status.split([' ', '(']).next().unwrap_or("");
+    match word {
+        "UP" => LoadBalancerState::Up,
+        "no" if status == "no check" => LoadBalancerState::Up,
+        "DOWN" => LoadBalancerState::Down,
+        "DRAIN" => LoadBalancerState::Drain,
+        "MAINT" => LoadBalancerState::Maint,
+        "NOLB" => LoadBalancerState::Nolb,
+        _ => LoadBalancerState::Unknown,
+    }
 }
 
 /// Admin states `set server B/S state` takes.
@@ -57,6 +105,15 @@ impl AdminState {
 
 /// Sends one command and returns HAProxy's whole answer.
 pub async fn command(addr: &HaproxyAddr, cmd: &str) -> Result<String, HaproxyError> {
+    command_within(addr, cmd, COMMAND_TIMEOUT).await
+}
+
+/// [`command`], with the whole exchange bounded by `timeout`.
+pub async fn command_within(
+    addr: &HaproxyAddr,
+    cmd: &str,
+    timeout: Duration,
+) -> Result<String, HaproxyError> {
     let text = addr.to_string();
     let unreachable = |reason: String| HaproxyError::Unreachable {
         addr: text.clone(),
@@ -83,14 +140,12 @@ pub async fn command(addr: &HaproxyAddr, cmd: &str) -> Result<String, HaproxyErr
             }
         }
     };
-    let bytes = tokio::time::timeout(COMMAND_TIMEOUT, fut)
-        .await
-        .map_err(|_| {
-            unreachable(format!(
-                "no answer within {}",
-                humantime::format_duration(COMMAND_TIMEOUT)
-            ))
-        })??;
+    let bytes = tokio::time::timeout(timeout, fut).await.map_err(|_| {
+        unreachable(format!(
+            "no answer within {}",
+            humantime::format_duration(timeout)
+        ))
+    })??;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
@@ -157,13 +212,31 @@ pub async fn set_weight(
     .await
 }
 
-/// The server's row of `show stat`.
+/// Asks for the servers (type 4) of every proxy (-1), and only those:
+/// one exchange answers for every instance behind this HAProxy.
+pub const SHOW_SERVERS: &str = "show stat -1 4 -1";
+
+/// Every server HAProxy at `addr` has, in one `show stat` exchange
+/// bounded by `timeout`.
+pub async fn servers(
+    addr: &HaproxyAddr,
+    timeout: Duration,
+) -> Result<Vec<ServerStat>, HaproxyError> {
+    let csv = command_within(addr, SHOW_SERVERS, timeout).await?;
+    parse_servers(&csv).map_err(|what| HaproxyError::Protocol {
+        addr: addr.to_string(),
+        what,
+    })
+}
+
+/// The server's row of `show stat` (asking for its backend's servers
+/// only).
 pub async fn server_stat(
     addr: &HaproxyAddr,
     backend: &str,
     server: &str,
 ) -> Result<ServerStat, HaproxyError> {
-    let csv = command(addr, "show stat").await?;
+    let csv = command(addr, &format!("show stat {backend} 4 -1")).await?;
     parse_stat(&csv, backend, server).map_err(|what| HaproxyError::Protocol {
         addr: addr.to_string(),
         what,
@@ -172,6 +245,22 @@ pub async fn server_stat(
 
 /// Finds BACKEND/SERVER in `show stat` CSV output.
 pub fn parse_stat(csv: &str, backend: &str, server: &str) -> Result<ServerStat, String> {
+    find(&parse_servers(csv)?, backend, server)
+        .cloned()
+        .ok_or_else(|| format!("server {backend}/{server} not found in `show stat`"))
+}
+
+/// BACKEND/SERVER among `servers`.
+pub fn find<'a>(servers: &'a [ServerStat], backend: &str, server: &str) -> Option<&'a ServerStat> {
+    servers
+        .iter()
+        .find(|s| s.backend == backend && s.server == server)
+}
+
+/// Every server row of `show stat` CSV output (not the FRONTEND and
+/// BACKEND rows). Columns are found by the header's names: their
+/// positions change between HAProxy versions.
+pub fn parse_servers(csv: &str) -> Result<Vec<ServerStat>, String> {
     let mut lines = csv.lines();
     let header = lines
         .find(|l| l.starts_with('#'))
@@ -185,22 +274,25 @@ pub fn parse_stat(csv: &str, backend: &str, server: &str) -> Result<ServerStat, 
     };
     let (px, sv, scur, status) = (col("pxname")?, col("svname")?, col("scur")?, col("status")?);
     let weight = col("weight").ok();
+    let mut out = Vec::new();
     for line in lines {
         let fields: Vec<&str> = line.split(',').collect();
-        if fields.get(px) == Some(&backend) && fields.get(sv) == Some(&server) {
-            let scur = fields.get(scur).and_then(|v| v.parse().ok()).unwrap_or(0);
-            return Ok(ServerStat {
-                scur,
-                status: fields.get(status).unwrap_or(&"").to_string(),
-                weight: weight
-                    .and_then(|w| fields.get(w))
-                    .and_then(|v| v.parse().ok()),
-            });
+        let get = |i: usize| fields.get(i).copied().unwrap_or("");
+        let (backend, server) = (get(px), get(sv));
+        if backend.is_empty() || server.is_empty() || server == "FRONTEND" || server == "BACKEND" {
+            continue;
         }
+        let status = get(status).to_string();
+        out.push(ServerStat {
+            backend: backend.to_string(),
+            server: server.to_string(),
+            scur: get(scur).parse().unwrap_or(0),
+            state: state_of(&status),
+            status,
+            weight: weight.and_then(|w| get(w).parse().ok()),
+        });
     }
-    Err(format!(
-        "server {backend}/{server} not found in `show stat`"
-    ))
+    Ok(out)
 }
 
 fn first_line(s: &str) -> &str {
@@ -210,6 +302,13 @@ fn first_line(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `show stat -1 4 -1` of HAProxy 2.6.12 (Debian bookworm), captured
+    /// while checks ran (`inter 1s fall 2 rise 3`): web/up had just lost
+    /// its backend (`UP 1/2`), web/down had just got one (`DOWN 1/3`);
+    /// drain and maint were set over the runtime API, draindown is drained
+    /// with nothing listening, nocheck has `no-check`, w0 has weight 0.
+    const CAPTURED: &str = include_str!("testdata/show-stat-2.6.csv");
 
     const STAT: &str = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,weight,act\n\
 front,FRONTEND,,,3,5,100,10,0,0,0,0,0,,,,,OPEN,,\n\
@@ -223,8 +322,11 @@ web,BACKEND,0,0,3,4,,9,0,0,,0,,0,0,0,0,UP,2,2\n\n";
         assert_eq!(
             s,
             ServerStat {
+                backend: "web".into(),
+                server: "h1-web".into(),
                 scur: 2,
                 status: "DRAIN".into(),
+                state: LoadBalancerState::Drain,
                 weight: Some(1)
             }
         );
@@ -232,5 +334,51 @@ web,BACKEND,0,0,3,4,,9,0,0,,0,,0,0,0,0,UP,2,2\n\n";
         let e = parse_stat(STAT, "web", "h3-web").expect_err("missing");
         assert!(e.contains("web/h3-web not found"), "{e}");
         assert!(parse_stat("Unknown command.\n", "web", "h1").is_err());
+        assert!(parse_stat("No such proxy.\n", "web", "h1").is_err());
+        // FRONTEND and BACKEND rows are not servers.
+        assert_eq!(parse_servers(STAT).expect("rows").len(), 2);
+    }
+
+    #[test]
+    fn reads_every_state_haproxy_2_6_wrote() {
+        let servers = parse_servers(CAPTURED).expect("parse the captured answer");
+        let seen: Vec<(&str, &str, LoadBalancerState, Option<u32>)> = servers
+            .iter()
+            .map(|s| (s.backend.as_str(), s.server.as_str(), s.state, s.weight))
+            .collect();
+        use LoadBalancerState::*;
+        assert_eq!(
+            seen,
+            vec![
+                ("web", "up", Up, Some(1)),
+                ("web", "down", Down, Some(1)),
+                ("web", "drain", Drain, Some(1)),
+                ("web", "maint", Maint, Some(1)),
+                ("web", "draindown", Down, Some(1)),
+                ("web", "nocheck", Up, Some(1)),
+                ("web", "w0", Up, Some(0)),
+                ("web", "slow", Up, Some(1)),
+                ("other", "up", Up, Some(1)),
+            ]
+        );
+        let by = |b: &str, s: &str| find(&servers, b, s).expect("listed");
+        assert_eq!(by("web", "up").status, "UP 1/2");
+        assert_eq!(by("web", "down").describe(), "DOWN, 1/3 checks");
+        assert_eq!(by("web", "nocheck").describe(), "no check");
+        assert!(by("web", "up").is_up() && by("web", "w0").is_up());
+        assert!(!by("web", "drain").is_up() && !by("web", "maint").is_up());
+        assert!(find(&servers, "web", "missing").is_none());
+    }
+
+    #[test]
+    fn reads_the_states_only_some_setups_show() {
+        assert_eq!(state_of("MAINT (via web/h1)"), LoadBalancerState::Maint);
+        assert_eq!(state_of("MAINT (resolution)"), LoadBalancerState::Maint);
+        assert_eq!(state_of("DRAIN (agent)"), LoadBalancerState::Drain);
+        assert_eq!(state_of("DRAIN 1/2"), LoadBalancerState::Drain);
+        assert_eq!(state_of("DOWN (agent)"), LoadBalancerState::Down);
+        assert_eq!(state_of("NOLB 1/2"), LoadBalancerState::Nolb);
+        assert_eq!(state_of(""), LoadBalancerState::Unknown);
+        assert_eq!(state_of("no"), LoadBalancerState::Unknown);
     }
 }

@@ -8,12 +8,20 @@
 //! first it proceeds anyway (saying how many were left), because that is
 //! what an operator's drain timeout means. Only an HAProxy that cannot be
 //! reached (or refuses the command) fails the step.
+//!
+//! Undrain is done when every HAProxy has the server UP again (its checks
+//! passed, neither drained nor in maintenance), not when `state ready` was
+//! accepted: HAProxy routes to a server that was stopped only `rise`
+//! checks later, and until then the instance is no capacity.
 
 pub mod haproxy;
+pub mod view;
 
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use drover_proto::v1::LoadBalancerView;
 
 use crate::config::{DrainConfig, HaproxyDrain};
 use crate::hooks::{self, HookError};
@@ -28,6 +36,40 @@ pub enum DrainError {
     Haproxy(#[from] HaproxyError),
     #[error("drain command: {0}")]
     Exec(#[from] HookError),
+    /// `state ready` was accepted but HAProxy did not have the server UP
+    /// by the deadline: it is no longer drained, and not serving either.
+    #[error(
+        "HAProxy did not see {instance} UP within {waited} of `set server {backend}/{server} state ready`: {last}; check that the instance answers HAProxy's health check"
+    )]
+    NotUp {
+        instance: String,
+        backend: String,
+        server: String,
+        waited: String,
+        last: String,
+    },
+}
+
+/// How an undrain waits for the load balancer to route to the instance.
+pub struct UndrainWait<'a> {
+    /// The instance, for messages (`web@h1`).
+    pub instance: &'a str,
+    /// The step fails at this instant at the latest (a little before, so
+    /// that it fails with its own message rather than a timeout).
+    pub deadline: Instant,
+    /// Called with each new progress message.
+    pub progress: &'a (dyn Fn(String) + Send + Sync),
+}
+
+/// A finished undrain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undrained {
+    pub message: String,
+    /// What each load balancer said last (haproxy drains only, one per
+    /// socket in config order)...
+    pub views: Vec<LoadBalancerView>,
+    /// ...when asked at this instant.
+    pub asked: std::time::Instant,
 }
 
 /// Drains per `cfg`. `env` goes to exec commands. On error, the bool says
@@ -48,25 +90,116 @@ pub async fn drain(
     }
 }
 
-/// Undrains per `cfg`.
-pub async fn undrain(cfg: &DrainConfig, env: &[(&str, String)]) -> Result<String, DrainError> {
-    match cfg {
-        DrainConfig::None => Ok("undrained (no load balancer configured)".to_string()),
+/// Undrains per `cfg`; for HAProxy, waits until every HAProxy has the
+/// server UP, until `wait.deadline`.
+pub async fn undrain(
+    cfg: &DrainConfig,
+    env: &[(&str, String)],
+    wait: &UndrainWait<'_>,
+) -> Result<Undrained, DrainError> {
+    let message = match cfg {
+        DrainConfig::None => "undrained (no load balancer configured)".to_string(),
         DrainConfig::Exec(e) => {
             hooks::run(&e.undrain, env, e.timeout).await?;
-            Ok("undrain command succeeded".to_string())
+            "undrain command succeeded".to_string()
         }
-        DrainConfig::Haproxy(h) => {
-            for addr in &h.sockets {
-                haproxy::set_state(addr, &h.backend, &h.server, AdminState::Ready).await?;
+        DrainConfig::Haproxy(h) => return undrain_haproxy(h, wait).await,
+    };
+    Ok(Undrained {
+        message,
+        views: Vec::new(),
+        asked: std::time::Instant::now(),
+    })
+}
+
+/// The margin an undrain keeps before its deadline: a tenth of the time
+/// it has, at most a second.
+fn margin(left: Duration) -> Duration {
+    (left / 10).min(Duration::from_secs(1))
+}
+
+async fn undrain_haproxy(
+    h: &HaproxyDrain,
+    wait: &UndrainWait<'_>,
+) -> Result<Undrained, DrainError> {
+    for addr in &h.sockets {
+        haproxy::set_state(addr, &h.backend, &h.server, AdminState::Ready).await?;
+    }
+    let started = Instant::now();
+    let give_up = wait
+        .deadline
+        .checked_sub(margin(wait.deadline.saturating_duration_since(started)))
+        .unwrap_or(started);
+    let many = h.sockets.len() > 1;
+    let mut said = String::new();
+    loop {
+        let left = give_up.saturating_duration_since(Instant::now());
+        let timeout = left.clamp(Duration::from_millis(100), haproxy::COMMAND_TIMEOUT);
+        let now = view::unix_ms();
+        let asked = std::time::Instant::now();
+        let mut views = Vec::with_capacity(h.sockets.len());
+        let mut waiting = Vec::new();
+        for addr in &h.sockets {
+            let answer =
+                haproxy::command_within(addr, &format!("show stat {} 4 -1", h.backend), timeout)
+                    .await
+                    .and_then(|csv| {
+                        haproxy::parse_servers(&csv).map_err(|what| HaproxyError::Protocol {
+                            addr: addr.to_string(),
+                            what,
+                        })
+                    });
+            let found = answer
+                .as_ref()
+                .ok()
+                .and_then(|all| haproxy::find(all, &h.backend, &h.server));
+            let seen = match found {
+                Some(s) if s.is_up() => None,
+                Some(s) => Some(s.describe()),
+                None => Some(match &answer {
+                    Err(e) => e.to_string(),
+                    Ok(_) => format!("HAProxy lists no server {}/{}", h.backend, h.server),
+                }),
+            };
+            if let Some(seen) = seen {
+                waiting.push(if many {
+                    format!("{seen} on {addr}")
+                } else {
+                    seen
+                });
             }
-            Ok(format!(
-                "{}/{} ready on {} HAProxy",
-                h.backend,
-                h.server,
-                h.sockets.len()
-            ))
+            views.push(view::from_answer(addr, &h.backend, &h.server, &answer, now));
         }
+        if waiting.is_empty() {
+            return Ok(Undrained {
+                message: format!(
+                    "{}/{} ready and UP on {} HAProxy after {}",
+                    h.backend,
+                    h.server,
+                    h.sockets.len(),
+                    humantime::format_duration(round_ms(started.elapsed()))
+                ),
+                views,
+                asked,
+            });
+        }
+        let last = waiting.join("; ");
+        if Instant::now() >= give_up {
+            return Err(DrainError::NotUp {
+                instance: wait.instance.to_string(),
+                backend: h.backend.clone(),
+                server: h.server.clone(),
+                waited: humantime::format_duration(round_ms(started.elapsed())).to_string(),
+                last,
+            });
+        }
+        let msg = format!("waiting for haproxy to see {} UP: {last}", wait.instance);
+        if msg != said {
+            (wait.progress)(msg.clone());
+            said = msg;
+        }
+        tokio::time::sleep(POLL_INTERVAL.min(give_up.saturating_duration_since(Instant::now())))
+            .await;
     }
 }
 

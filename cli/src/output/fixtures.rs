@@ -27,6 +27,7 @@ pub fn instance(id: &str, state: RuntimeState, health: HealthState) -> InstanceS
             digest: "ab".repeat(32),
         }),
         drained: false,
+        load_balancers: Vec::new(),
     }
 }
 

@@ -5,7 +5,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use drover_proto::v1::{HealthState, Host, HostMetrics, InstanceStatus, RuntimeState};
+use drover_proto::v1::{
+    HealthState, Host, HostMetrics, InstanceStatus, LoadBalancerState, LoadBalancerView,
+    RuntimeState,
+};
 
 use super::host_json::{health_str, state_str, status_str};
 use super::{align, bytes, percent, relative, rfc3339_ms, short_duration, table};
@@ -115,6 +118,10 @@ fn instance_row(i: &InstanceStatus) -> Vec<String> {
     let mut health = health_str(i.health()).to_string();
     if i.drained {
         health.push_str(", drained");
+    }
+    // What a load balancer that does not route to it says.
+    if let Some(lb) = i.load_balancers.iter().find(|lb| !routed(lb)) {
+        let _ = write!(health, ", lb {}", lb_state_text(lb));
     }
     vec![
         format!("  - {}", i.id),
@@ -320,6 +327,20 @@ pub fn host_detail(h: &Host, now_ms: i64) -> String {
                 if i.drained { "yes" } else { "no" }.into(),
             ],
         ];
+        for lb in &i.load_balancers {
+            rows.push(vec![
+                "    Load balancer:".into(),
+                format!(
+                    "{}, weight {}, {}/{} on {} (read {})",
+                    lb_state_text(lb),
+                    lb.weight,
+                    lb.backend,
+                    lb.server,
+                    lb.balancer,
+                    relative(now_ms, lb.read_at_ms)
+                ),
+            ]);
+        }
         if !i.last_check_error.is_empty() {
             rows.push(vec![
                 "    Last check error:".into(),
@@ -336,6 +357,25 @@ fn used_of(used: u64, total: u64) -> String {
     match percent(used, total) {
         Some(p) => format!("{} of {} ({p:.0}%)", bytes(used), bytes(total)),
         None => format!("{} of {}", bytes(used), bytes(total)),
+    }
+}
+
+/// Whether the load balancer sends the instance new traffic.
+fn routed(lb: &LoadBalancerView) -> bool {
+    lb.state() == LoadBalancerState::Up && lb.weight > 0
+}
+
+/// `UP`, `DOWN, 1/3 checks`, `unknown (why)`: the load balancer's words.
+fn lb_state_text(lb: &LoadBalancerView) -> String {
+    match lb.state() {
+        LoadBalancerState::Unknown | LoadBalancerState::Unspecified => {
+            format!("unknown ({})", dash(lb.status.clone()))
+        }
+        LoadBalancerState::Up if lb.weight == 0 => format!("{} (weight 0)", lb.status),
+        _ => match lb.status.split_once(' ') {
+            Some((word, checks)) if checks.contains('/') => format!("{word}, {checks} checks"),
+            _ => lb.status.clone(),
+        },
     }
 }
 
@@ -468,6 +508,37 @@ mod tests {
         );
         assert!(lines[4].starts_with("h2 "), "{text}");
         assert_eq!(cells(lines[5])[2], "healthy, drained");
+    }
+
+    #[test]
+    fn the_load_balancers_view_shows_when_it_does_not_route() {
+        let view = |state: LoadBalancerState, status: &str, weight| LoadBalancerView {
+            balancer: "/run/haproxy.sock".into(),
+            backend: "web".into(),
+            server: "h1".into(),
+            state: state as i32,
+            status: status.into(),
+            weight,
+            read_at_ms: NOW - 1_000,
+        };
+        let mut h = host("h1");
+        h.instances[0].load_balancers = vec![view(LoadBalancerState::Up, "UP", 1)];
+        h.instances[1].load_balancers = vec![view(LoadBalancerState::Down, "DOWN 1/3", 1)];
+        let text = hosts_table(&[h.clone()], NOW, true);
+        assert!(text.contains("healthy, lb DOWN, 1/3 checks"), "{text}");
+        assert!(!text.contains("lb UP"), "{text}");
+        let detail = host_detail(&h, NOW);
+        assert!(
+            detail.contains("UP, weight 1, web/h1 on /run/haproxy.sock (read 1s ago)"),
+            "{detail}"
+        );
+        assert!(detail.contains("DOWN, 1/3 checks, weight 1"), "{detail}");
+        let unknown = view(LoadBalancerState::Unknown, "no answer within 2s", 0);
+        assert_eq!(lb_state_text(&unknown), "unknown (no answer within 2s)");
+        assert_eq!(
+            lb_state_text(&view(LoadBalancerState::Up, "UP", 0)),
+            "UP (weight 0)"
+        );
     }
 
     #[test]

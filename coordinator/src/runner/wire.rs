@@ -13,7 +13,9 @@ use super::driver::{AgentUpdate, HostView, InstanceView, Observed, Outgoing, Upd
 use crate::rollout::{CommandId, CommandKind, CommandOutcome, Release};
 
 /// What a report says of an instance. Without a health check, running
-/// counts as healthy.
+/// counts as healthy. The load balancers route to it when every one it is
+/// registered with has it UP with a weight (an instance registered with
+/// none, or reported by an agent too old to say, counts as routed).
 pub fn observe(inst: &pb::InstanceStatus) -> Observed {
     let running = inst.state == RuntimeState::Running as i32;
     let healthy = running
@@ -30,7 +32,8 @@ pub fn observe(inst: &pb::InstanceStatus) -> Observed {
         healthy,
         running,
         drained: inst.drained,
-        lb_routes: true,
+        lb_routes: (inst.load_balancers.iter())
+            .all(|lb| lb.state == pb::LoadBalancerState::Up as i32 && lb.weight > 0),
         release,
     }
 }
@@ -149,6 +152,35 @@ mod tests {
             o.release,
             Some(Release::new("v1".to_string(), "d1".to_string()))
         );
+    }
+
+    #[test]
+    fn in_service_needs_every_load_balancer_to_route_to_it() {
+        let lb = |state: pb::LoadBalancerState, weight: u32| pb::LoadBalancerView {
+            backend: "web".into(),
+            server: "h1".into(),
+            state: state as i32,
+            weight,
+            ..Default::default()
+        };
+        let mut inst = status(RuntimeState::Running, HealthState::Healthy, false);
+        inst.load_balancers = vec![lb(pb::LoadBalancerState::Up, 1)];
+        assert!(observe(&inst).in_service());
+        for (state, weight) in [
+            (pb::LoadBalancerState::Down, 1),
+            (pb::LoadBalancerState::Drain, 1),
+            (pb::LoadBalancerState::Maint, 1),
+            (pb::LoadBalancerState::Unknown, 1),
+            (pb::LoadBalancerState::Up, 0),
+        ] {
+            inst.load_balancers = vec![lb(pb::LoadBalancerState::Up, 1), lb(state, weight)];
+            let o = observe(&inst);
+            assert!(o.healthy, "its own check still passes");
+            assert!(
+                !o.in_service(),
+                "{state:?} weight {weight} counted in service"
+            );
+        }
     }
 
     #[test]

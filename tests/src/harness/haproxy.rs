@@ -34,6 +34,29 @@ impl Server {
     }
 }
 
+/// How HAProxy health-checks the backend's servers (`default-server check
+/// inter I fall F rise R`). The default, `inter 300ms fall 2 rise 1`, is
+/// what most tests use: HAProxy follows the instances closely.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checks {
+    /// Between two checks of a server, in HAProxy's syntax (`300ms`, `1s`).
+    pub inter: String,
+    /// Failed checks in a row that take a server DOWN.
+    pub fall: u32,
+    /// Passed checks in a row that bring it back UP.
+    pub rise: u32,
+}
+
+impl Default for Checks {
+    fn default() -> Checks {
+        Checks {
+            inter: "300ms".to_string(),
+            fall: 2,
+            rise: 1,
+        }
+    }
+}
+
 /// A running HAProxy: one HTTP frontend on a free loopback port, one
 /// backend of health-checked servers, `retries 0` and no redispatch, so a
 /// request sent to a dead server is a failed request the load generator
@@ -73,10 +96,15 @@ impl Haproxy {
     /// frontend accepts connections. A frontend port taken in the meantime
     /// means another try on another port.
     pub fn start(dir: &Path, backend: &str, servers: &[Server]) -> Haproxy {
+        Haproxy::start_with(dir, backend, servers, &Checks::default())
+    }
+
+    /// [`Haproxy::start`] with the health checks `checks`.
+    pub fn start_with(dir: &Path, backend: &str, servers: &[Server], checks: &Checks) -> Haproxy {
         std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         let mut last_log = String::new();
         for attempt in 0..5 {
-            match Haproxy::try_start(dir, backend, servers, attempt) {
+            match Haproxy::try_start(dir, backend, servers, checks, attempt) {
                 Ok(h) => return h,
                 Err(log) => last_log = log,
             }
@@ -88,6 +116,7 @@ impl Haproxy {
         dir: &Path,
         backend: &str,
         servers: &[Server],
+        checks: &Checks,
         attempt: u32,
     ) -> Result<Haproxy, String> {
         let socket = dir.join("haproxy.sock");
@@ -96,7 +125,7 @@ impl Haproxy {
         let config_path = dir.join("haproxy.cfg");
         std::fs::write(
             &config_path,
-            config(&socket, frontend_port, backend, servers),
+            config(&socket, frontend_port, backend, servers, checks),
         )
         .unwrap_or_else(|e| panic!("write {}: {e}", config_path.display()));
         let log = dir.join(format!("haproxy-{attempt}.log"));
@@ -242,7 +271,13 @@ fn request_failed(line: &str) -> bool {
     status.starts_with('5') || status == "-1" || !term.starts_with("--")
 }
 
-fn config(socket: &Path, frontend_port: u16, backend: &str, servers: &[Server]) -> String {
+fn config(
+    socket: &Path,
+    frontend_port: u16,
+    backend: &str,
+    servers: &[Server],
+    checks: &Checks,
+) -> String {
     let mut t = format!(
         "global\n\
          \x20   stats socket {socket} mode 600 level admin\n\
@@ -266,8 +301,11 @@ fn config(socket: &Path, frontend_port: u16, backend: &str, servers: &[Server]) 
          backend {backend}\n\
          \x20   balance roundrobin\n\
          \x20   option httpchk GET /healthz\n\
-         \x20   default-server check inter 300ms fall 2 rise 1\n",
+         \x20   default-server check inter {inter} fall {fall} rise {rise}\n",
         socket = socket.display(),
+        inter = checks.inter,
+        fall = checks.fall,
+        rise = checks.rise,
     );
     for s in servers {
         t.push_str(&format!("    server {} 127.0.0.1:{}\n", s.name, s.port));

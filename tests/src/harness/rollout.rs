@@ -16,7 +16,7 @@ use tempfile::TempDir;
 use super::agent::{AgentSpec, InstanceSpec};
 use super::coordinator::CoordinatorSpec;
 use super::fleet::{Fleet, WAIT};
-use super::haproxy::{Haproxy, Server};
+use super::haproxy::{Checks, Haproxy, Server};
 use super::process::{CmdOutput, run_cmd};
 use super::release::{sample_release, write_artifact};
 use super::{bin_path, free_port, http_get};
@@ -54,6 +54,7 @@ pub struct WebFleetBuilder {
     max_unpacked_bytes: u64,
     dir: Option<PathBuf>,
     instance_toml: String,
+    haproxy_checks: Checks,
 }
 
 impl Default for WebFleetBuilder {
@@ -67,6 +68,7 @@ impl Default for WebFleetBuilder {
             max_unpacked_bytes: MAX_UNPACKED_BYTES,
             instance_toml: String::new(),
             dir: None,
+            haproxy_checks: Checks::default(),
         }
     }
 }
@@ -114,6 +116,12 @@ impl WebFleetBuilder {
     /// [`InstanceSpec::sample`]).
     pub fn health_interval(mut self, interval: &str) -> Self {
         self.health_interval = Some(interval.to_string());
+        self
+    }
+
+    /// How HAProxy checks the instances (default [`Checks::default`]).
+    pub fn haproxy_checks(mut self, checks: Checks) -> Self {
+        self.haproxy_checks = checks;
         self
     }
 
@@ -185,7 +193,7 @@ impl WebFleetBuilder {
             specs.push(spec);
         }
         let servers: Vec<Server> = ports.iter().map(|(h, p)| Server::new(h, *p)).collect();
-        let haproxy = Haproxy::start(&haproxy_dir, SERVICE, &servers);
+        let haproxy = Haproxy::start_with(&haproxy_dir, SERVICE, &servers, &self.haproxy_checks);
         assert_eq!(haproxy.socket(), socket, "HAProxy's socket moved");
         let coordinator = self.coordinator;
         let mut builder = Fleet::builder()
