@@ -26,6 +26,12 @@ pub enum Refusal {
     Oversized,
     /// Malformed request (bad CSR, missing Hello...).
     BadRequest,
+    /// A connection without a client certificate over
+    /// `agents.max_enrolling_connections`.
+    EnrollingLimit,
+    /// A connection without a client certificate that completed no
+    /// `Enroll` within `agents.enroll_timeout`.
+    EnrollTimeout,
 }
 
 impl Refusal {
@@ -39,6 +45,8 @@ impl Refusal {
             Refusal::Token => "token",
             Refusal::Oversized => "oversized",
             Refusal::BadRequest => "bad_request",
+            Refusal::EnrollingLimit => "enrolling_limit",
+            Refusal::EnrollTimeout => "enroll_timeout",
         }
     }
 }
@@ -62,6 +70,10 @@ pub struct Metrics {
     enrollments: Family<ResultLabel, Counter>,
     refusals: Family<ReasonLabel, Counter>,
     pub renewals: Counter,
+    /// Open TLS connections without a client certificate.
+    pub enrolling_connections: Gauge,
+    /// Commands a rollout dropped because the host's session queue was full.
+    pub commands_dropped: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -86,6 +98,8 @@ impl Metrics {
         let enrollments = Family::<ResultLabel, Counter>::default();
         let refusals = Family::<ReasonLabel, Counter>::default();
         let renewals = Counter::default();
+        let enrolling_connections = Gauge::default();
+        let commands_dropped = Counter::default();
         registry.register(
             "agents_connected",
             "Agents with a live session",
@@ -121,10 +135,27 @@ impl Metrics {
             "Agent certificates renewed",
             renewals.clone(),
         );
+        registry.register(
+            "enrolling_connections",
+            "Open TLS connections without a client certificate (agents enrolling)",
+            enrolling_connections.clone(),
+        );
+        registry.register(
+            "commands_dropped",
+            "Rollout commands dropped because the agent's session queue was full",
+            commands_dropped.clone(),
+        );
         // Pre-create the label sets so a scrape shows zeros, not gaps.
         for r in ["ok", "refused"] {
             enrollments
                 .get_or_create(&ResultLabel { result: r.into() })
+                .get();
+        }
+        for r in [Refusal::EnrollingLimit, Refusal::EnrollTimeout] {
+            refusals
+                .get_or_create(&ReasonLabel {
+                    reason: r.as_str().into(),
+                })
                 .get();
         }
         Metrics {
@@ -136,6 +167,8 @@ impl Metrics {
             enrollments,
             refusals,
             renewals,
+            enrolling_connections,
+            commands_dropped,
         }
     }
 

@@ -19,6 +19,7 @@ use drover_proto::v1::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::registry::{HostChange, Registry};
 use crate::rollout::{
@@ -153,6 +154,8 @@ pub struct Rollouts {
     /// rollouts treat it as lost.
     lost_timeout: Duration,
     shutdown: CancellationToken,
+    /// Owns every rollout task; the coordinator joins it on shutdown.
+    tasks: TaskTracker,
 }
 
 impl std::fmt::Debug for Rollouts {
@@ -246,6 +249,7 @@ impl Rollouts {
         registry: Arc<Registry>,
         lost_timeout: Duration,
         shutdown: CancellationToken,
+        tasks: TaskTracker,
     ) -> Result<Arc<Rollouts>, RunnerError> {
         let this = Arc::new(Rollouts {
             store: store.clone(),
@@ -254,6 +258,7 @@ impl Rollouts {
             starting: tokio::sync::Mutex::new(()),
             lost_timeout,
             shutdown,
+            tasks,
         });
         let heads = store.scan_prefix(persist::STATE).await?;
         for (key, head) in heads {
@@ -411,7 +416,7 @@ impl Rollouts {
         task.perform(outputs).await;
         task.publish();
         let snapshot = task.snap_tx.borrow().clone();
-        tokio::spawn(task.run(rx, changes));
+        self.tasks.spawn(task.run(rx, changes));
         snapshot
     }
 
@@ -961,6 +966,7 @@ impl Task {
             CommandKind::Undrain => command::Kind::Undrain(pb::UndrainCommand {}),
         };
         tracing::debug!(command = %id, host, "sending command");
+        let command_id = id.clone();
         let msg = CoordinatorMessage {
             msg: Some(coordinator_message::Msg::Command(Command {
                 id,
@@ -974,10 +980,13 @@ impl Task {
         // Most of the time there is room, and no task is needed.
         match tx.try_send(Ok(msg)) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-            Err(mpsc::error::TrySendError::Full(msg)) => {
-                tokio::spawn(async move {
-                    let _ = tx.send(msg).await;
-                });
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // LEAD: this used to spawn a detached task per full queue
+                // to wait for room; now the command is dropped and counted
+                // (re-asked on reconnect, or it times out). Redo in the
+                // runner rewrite (e.g. a per-host pending slot).
+                self.rollouts.registry.metrics().commands_dropped.inc();
+                tracing::warn!(command = %command_id, host, "the host's session queue is full; command dropped");
             }
         }
     }
