@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use drover_proto::v1::{HealthState, InstanceStatus, Release, RuntimeState};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::InstanceConfig;
 use crate::health::{HealthCheck, HealthTracker};
@@ -160,7 +160,8 @@ pub struct Supervisor {
     name: String,
     handle: InstanceHandle,
     cancel: CancellationToken,
-    task: Option<JoinHandle<()>>,
+    /// The instance's two tasks: its runtime and its status/health loop.
+    tasks: TaskTracker,
 }
 
 impl Drop for Supervisor {
@@ -193,7 +194,8 @@ impl Supervisor {
                 .unwrap_or_default(),
             verified_pid: 0,
         };
-        let runtime = runtime::spawn(cfg, data_dir, saved.desired, cancel.clone()).await?;
+        let tasks = TaskTracker::new();
+        let runtime = runtime::spawn(cfg, data_dir, saved.desired, cancel.clone(), &tasks).await?;
         let meta = Arc::new(watch::Sender::new(meta));
         let mut status = initial_status(cfg, host_id);
         status.drained = meta.borrow().drained;
@@ -210,7 +212,7 @@ impl Supervisor {
         };
         task.publish(runtime.status());
         let interval = cfg.health.as_ref().map(|h| h.interval);
-        let join = tokio::spawn(task.run(
+        tasks.spawn(task.run(
             runtime.subscribe(),
             meta.subscribe(),
             interval,
@@ -225,7 +227,7 @@ impl Supervisor {
                 index,
             },
             cancel,
-            task: Some(join),
+            tasks,
         })
     }
 
@@ -257,12 +259,11 @@ impl Supervisor {
     }
 
     /// Ends supervision (the instance keeps running) and waits for the
-    /// task to finish.
-    pub async fn detach(mut self) {
+    /// instance's tasks to finish.
+    pub async fn detach(self) {
         self.cancel.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }
 
