@@ -8,6 +8,7 @@ mod bad_config;
 mod bench_smoke;
 mod certs;
 mod demo;
+mod enrolling;
 mod fleet;
 mod fleetsim;
 mod grpc;
@@ -21,6 +22,7 @@ mod rollout_deadline;
 mod rollout_harness;
 mod rollout_hostile;
 mod sample;
+mod shutdown;
 
 use std::collections::BTreeSet;
 
