@@ -222,7 +222,15 @@ async fn a_stopped_instance_stays_stopped_until_started() {
         std::fs::read_to_string(env.path("before_stop")).expect("hook ran"),
         "web s/stop/1\n"
     );
-    assert!(drover_agent::runtime::process::read_pid(&agent.cfg.instance_dir("web")).is_none());
+    // The pidfile goes just after the stop (written off the runtime thread).
+    let dir = agent.cfg.instance_dir("web");
+    wait_until_async(
+        DEADLINE,
+        "the pidfile removed",
+        async || drover_agent::runtime::process::read_pid(&dir).is_none(),
+        String::new,
+    )
+    .await;
     // Give the crash-restart logic (first retry after 1 s) its chance:
     // the instance must stay down for the whole verify window.
     let verify = env

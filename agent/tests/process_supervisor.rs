@@ -204,7 +204,7 @@ async fn a_new_supervisor_adopts_the_running_instance() {
     })
     .await;
     assert_eq!(s.pid, 0);
-    assert!(pidfile(&cfg, "web").is_none());
+    wait_until("the pidfile removed", || pidfile(&cfg, "web").is_none()).await;
 
     // Start again on request.
     second.start_instance().await.expect("start");
