@@ -471,3 +471,45 @@ async fn handshake(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn enrolling_connections_are_capped_and_freed_on_drop() {
+        let metrics = Arc::new(Metrics::new());
+        let e = Enrolling::new(2, Duration::from_secs(10), metrics.clone());
+        let a = e.admit(addr(1)).expect("first");
+        let b = e.admit(addr(2)).expect("second");
+        assert!(e.admit(addr(3)).is_none(), "over the cap");
+        assert_eq!(e.open(), 2);
+        assert!(
+            metrics.encode().contains("drover_enrolling_connections 2"),
+            "{}",
+            metrics.encode()
+        );
+        drop(a);
+        assert_eq!(e.open(), 1);
+        let c = e.admit(addr(3)).expect("a freed place");
+        drop((b, c));
+        assert_eq!(e.open(), 0);
+    }
+
+    #[test]
+    fn a_reused_address_keeps_the_newer_connection() {
+        let e = Enrolling::new(4, Duration::from_secs(10), Arc::new(Metrics::new()));
+        let old = e.admit(addr(1)).expect("old");
+        let new = e.admit(addr(1)).expect("new, same address");
+        drop(old);
+        e.completed(Some(addr(1)));
+        assert!(
+            new.enrolled.load(Ordering::Acquire),
+            "the newer one enrolled"
+        );
+    }
+}
