@@ -56,6 +56,12 @@ fn sigterm_mid_rollout_exits_zero_and_instances_keep_running() {
         alive(pid),
         "the instance of {host} (pid {pid}) must outlive its agent"
     );
+    let log = std::fs::read_to_string(&web.fleet.agent(&host).log).unwrap_or_default();
+    assert!(
+        log.contains("shutting down; instances keep running")
+            && !log.contains("after shutdown began; exiting anyway"),
+        "agent {host} stopped by its deadline, not by joining its tasks:\n{log}"
+    );
     // The next agent adopts it: same pid, reported as running.
     web.fleet.agent_mut(&host).start();
     web.fleet
