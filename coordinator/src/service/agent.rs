@@ -153,6 +153,13 @@ impl AgentService for AgentSvc {
             )));
         }
 
+        // What goes out to this agent (Welcome, renewals, rollout commands)
+        // waits here, bounded: an agent that does not read cannot make the
+        // coordinator hold more than this. When full, renewal replies wait
+        // (this session's own loop, so only this agent slows down), and
+        // rollout commands are dropped and counted (re-sent on reconnect,
+        // or they time out). What comes in is read one message at a time
+        // by the loop below, under HTTP/2 flow control.
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let welcome = CoordinatorMessage {
             msg: Some(CoordMsg::Welcome(Welcome {
