@@ -42,8 +42,10 @@ use crate::tls::TlsFiles;
 /// The version sent in Hello.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// How long shutdown waits for the session to close its stream.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long shutdown waits for every task (session, command steps,
+/// instance supervisors) to end before the agent exits anyway. Instances
+/// keep running either way.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -114,7 +116,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             }
         }
     }
-    let journal = Journal::open(&config.data_dir)?;
+    // Opening the journal and settling what it left unfinished write
+    // and fsync: off the runtime thread, like every other durable write.
+    let journal_dir = config.data_dir.clone();
+    let journal = tokio::task::spawn_blocking(move || Journal::open(&journal_dir))
+        .await
+        .map_err(|e| fsutil::FsError::Io {
+            path: journal::Journal::dir(&config.data_dir),
+            source: std::io::Error::other(format!("journal task failed: {e}")),
+        })??;
 
     let board = StatusBoard::new(
         config
@@ -158,19 +168,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         config.coordinators.clone(),
         ConnectOptions::default(),
     );
-    let executor = Executor::new(
-        &config.host_id,
-        &config.data_dir,
-        config
-            .instances
-            .iter()
-            .cloned()
-            .zip(supervisors.iter().map(Supervisor::handle))
-            .collect(),
-        journal,
-        Arc::new(source),
-        shutdown.child_token(),
-    );
+    let (host_id, data_dir) = (config.host_id.clone(), config.data_dir.clone());
+    let instances = (config.instances.iter().cloned())
+        .zip(supervisors.iter().map(Supervisor::handle))
+        .collect();
+    let command_stop = shutdown.child_token();
+    // `new` settles unfinished journal records (fsynced writes).
+    let executor = tokio::task::spawn_blocking(move || {
+        Executor::new(
+            &host_id,
+            &data_dir,
+            instances,
+            journal,
+            Arc::new(source),
+            command_stop,
+        )
+    })
+    .await
+    .map_err(|e| fsutil::FsError::Io {
+        path: journal::Journal::dir(&config.data_dir),
+        source: std::io::Error::other(format!("journal recovery task failed: {e}")),
+    })?;
+    let command_tasks = executor.tasks().clone();
     let session_cfg = session::SessionConfig {
         host_id: config.host_id.clone(),
         agent_version: AGENT_VERSION.to_string(),
@@ -180,13 +199,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         tls: tls_files,
         connect: ConnectOptions::default(),
     };
+    let tasks = tokio_util::task::TaskTracker::new();
     // HAProxy's view of the instances, read beside the health checks.
     let lb_stop = shutdown.child_token();
-    let lb_views =
+    if let Some(w) =
         drain::view::Watcher::new(&config.instances, board.clone(), config.report_interval)
-            .map(|w| tokio::spawn(w.run(lb_stop.clone())));
+    {
+        tasks.spawn(w.run(lb_stop.clone()));
+    }
     let session_stop = shutdown.child_token();
-    let session = tokio::spawn(session::run(
+    tasks.spawn(session::run(
         session_cfg,
         board.subscribe(),
         metrics,
@@ -207,14 +229,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     tracing::info!("shutting down; instances keep running");
     session_stop.cancel();
     lb_stop.cancel();
-    if let Some(task) = lb_views {
-        let _ = task.await;
-    }
-    for sup in supervisors {
-        sup.detach().await;
-    }
-    if tokio::time::timeout(SHUTDOWN_GRACE, session).await.is_err() {
-        tracing::warn!("session did not close within {SHUTDOWN_GRACE:?}");
+    let joined = async {
+        for sup in supervisors {
+            sup.detach().await;
+        }
+        tasks.close();
+        tasks.wait().await;
+        command_tasks.close();
+        command_tasks.wait().await;
+    };
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, joined)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            session_tasks = tasks.len(),
+            command_tasks = command_tasks.len(),
+            "tasks still running {} after shutdown began; exiting anyway",
+            humantime::format_duration(SHUTDOWN_DEADLINE)
+        );
     }
     drop(board);
     Ok(())

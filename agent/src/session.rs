@@ -367,7 +367,7 @@ impl Session {
                     let msg = msg.map_err(SessionError::Stream)?.ok_or(SessionError::Closed)?;
                     match msg.msg {
                         Some(coordinator_message::Msg::Renew(resp)) => {
-                            match self.on_renew_response(resp, pending.take(), &cert) {
+                            match self.on_renew_response(resp, pending.take(), &cert).await {
                                 Ok(true) => return Ok(()),
                                 Ok(false) => {}
                                 Err(retry) => renew_deadline = Instant::now() + retry,
@@ -471,7 +471,7 @@ impl Session {
 
     /// Ok(true): new certificate installed, reconnect. Ok(false): nothing
     /// to do. Err(delay): renewal failed, try again after `delay`.
-    fn on_renew_response(
+    async fn on_renew_response(
         &self,
         resp: RenewResponse,
         pending: Option<PendingRenewal>,
@@ -497,7 +497,18 @@ impl Session {
                 return Err(retry);
             }
         };
-        if let Err(e) = self.cfg.tls.install(&key.key_pem, &resp.cert_pem, None) {
+        // Installing fsyncs: on the blocking pool, not the runtime thread
+        // that carries the session and every instance.
+        let files = self.cfg.tls.clone();
+        let cert_pem = resp.cert_pem;
+        let installed = tokio::task::spawn_blocking(move || {
+            files
+                .install(&key.key_pem, &cert_pem, None)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("installer task failed: {e}")));
+        if let Err(e) = installed {
             tracing::error!("install renewed certificate: {e}");
             return Err(retry);
         }

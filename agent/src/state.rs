@@ -2,7 +2,8 @@
 //! restart: whether it should run (a stopped instance stays stopped until
 //! a start command) and whether it is drained from the load balancer.
 //! One small JSON file per instance, `<data_dir>/instances/<name>/state.json`,
-//! replaced atomically.
+//! replaced atomically. Writes are fsynced, so they run on tokio's
+//! blocking pool, never on the agent's (single) runtime thread.
 
 use std::path::{Path, PathBuf};
 
@@ -55,7 +56,7 @@ impl StateFile {
         }
     }
 
-    pub fn save(&self, state: InstanceState) -> Result<(), FsError> {
+    fn save_blocking(&self, state: InstanceState) -> Result<(), FsError> {
         if let Some(dir) = self.path.parent() {
             fsutil::create_dir(dir, 0o755)?;
         }
@@ -63,12 +64,23 @@ impl StateFile {
         fsutil::write_atomic(&self.path, &bytes, fsutil::PUBLIC)
     }
 
-    /// Loads, applies `f`, saves.
-    pub fn update(&self, f: impl FnOnce(&mut InstanceState)) -> Result<InstanceState, FsError> {
-        let mut s = self.load();
-        f(&mut s);
-        self.save(s)?;
-        Ok(s)
+    /// Loads, applies `f`, saves (durably, on the blocking pool).
+    pub async fn update(
+        &self,
+        f: impl FnOnce(&mut InstanceState) + Send + 'static,
+    ) -> Result<InstanceState, FsError> {
+        let file = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut s = file.load();
+            f(&mut s);
+            file.save_blocking(s)?;
+            Ok(s)
+        })
+        .await
+        .map_err(|e| FsError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other(format!("state writer task failed: {e}")),
+        })?
     }
 }
 
@@ -76,8 +88,8 @@ impl StateFile {
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trips_and_defaults() {
+    #[tokio::test]
+    async fn round_trips_and_defaults() {
         let dir = tempfile::tempdir().expect("tempdir");
         let f = StateFile::new(&dir.path().join("web"));
         assert_eq!(f.load(), InstanceState::default());
@@ -85,6 +97,7 @@ mod tests {
             s.drained = true;
             s.desired = Desired::Stopped;
         })
+        .await
         .expect("save");
         assert_eq!(
             f.load(),

@@ -10,9 +10,9 @@ use std::time::Instant;
 
 use drover_proto::v1::{HealthState, InstanceStatus, LoadBalancerView, Release, RuntimeState};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::InstanceConfig;
 use crate::health::{HealthCheck, HealthTracker};
@@ -239,7 +239,8 @@ pub struct Supervisor {
     name: String,
     handle: InstanceHandle,
     cancel: CancellationToken,
-    task: Option<JoinHandle<()>>,
+    /// The instance's two tasks: its runtime and its status/health loop.
+    tasks: TaskTracker,
 }
 
 impl Drop for Supervisor {
@@ -272,7 +273,8 @@ impl Supervisor {
                 .unwrap_or_default(),
             verified_pid: 0,
         };
-        let runtime = runtime::spawn(cfg, data_dir, saved.desired, cancel.clone()).await?;
+        let tasks = TaskTracker::new();
+        let runtime = runtime::spawn(cfg, data_dir, saved.desired, cancel.clone(), &tasks).await?;
         let meta = Arc::new(watch::Sender::new(meta));
         let mut status = initial_status(cfg, host_id);
         status.drained = meta.borrow().drained;
@@ -289,7 +291,7 @@ impl Supervisor {
         };
         task.publish(runtime.status());
         let interval = cfg.health.as_ref().map(|h| h.interval);
-        let join = tokio::spawn(task.run(
+        tasks.spawn(task.run(
             runtime.subscribe(),
             meta.subscribe(),
             interval,
@@ -304,7 +306,7 @@ impl Supervisor {
                 index,
             },
             cancel,
-            task: Some(join),
+            tasks,
         })
     }
 
@@ -336,12 +338,11 @@ impl Supervisor {
     }
 
     /// Ends supervision (the instance keeps running) and waits for the
-    /// task to finish.
-    pub async fn detach(mut self) {
+    /// instance's tasks to finish.
+    pub async fn detach(self) {
         self.cancel.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }
 

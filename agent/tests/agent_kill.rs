@@ -7,10 +7,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Ca, Coordinator, Entry, FetchBehaviour, KillInstances, command, gz, kinds, tar};
 use drover_proto::v1::command_update::Phase;
+use drover_testkit::wait_until_async_every;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -60,17 +61,9 @@ fn log_of(p: &AgentProcess) -> String {
     std::fs::read_to_string(&p.log).unwrap_or_default()
 }
 
-async fn wait_for(what: &str, agent: &AgentProcess, cond: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out waiting for {what}; agent log:\n{}",
-            log_of(agent)
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
+/// Polls fast: each wait catches a short window (mid-download,
+/// mid-unpack) to kill the agent in.
+const KILL_POLL: Duration = Duration::from_millis(2);
 
 /// Whatever `current` points at must be a complete release.
 fn assert_current_is_complete_or_absent(deploy_dir: &Path) {
@@ -157,9 +150,13 @@ async fn an_agent_killed_mid_deploy_ends_on_exactly_one_complete_release() {
     assert_eq!(hello.host_id, "h1");
     coord.send(deploy()).await;
     let partial = data_dir.join("cache").join(format!("{digest}.partial"));
-    wait_for("part of the artifact on disk", &agent, || {
-        std::fs::metadata(&partial).is_ok_and(|m| m.len() >= 8 * 1024)
-    })
+    wait_until_async_every(
+        KILL_POLL,
+        DEADLINE,
+        "part of the artifact on disk",
+        async || std::fs::metadata(&partial).is_ok_and(|m| m.len() >= 8 * 1024),
+        || log_of(&agent),
+    )
     .await;
     agent.sigkill();
     let kept = std::fs::metadata(&partial).expect("partial kept").len();
@@ -172,14 +169,20 @@ async fn an_agent_killed_mid_deploy_ends_on_exactly_one_complete_release() {
     coord.hello().await;
     coord.send(deploy()).await;
     let releases = deploy_dir.join("releases");
-    wait_for("the unpack to be under way", &agent, || {
-        std::fs::read_dir(&releases).is_ok_and(|rd| {
-            rd.flatten().any(|e| {
-                e.file_name().to_string_lossy().starts_with(".tmp-")
-                    && std::fs::read_dir(e.path().join("files")).is_ok_and(|f| f.count() > 10)
+    wait_until_async_every(
+        KILL_POLL,
+        DEADLINE,
+        "the unpack to be under way",
+        async || {
+            std::fs::read_dir(&releases).is_ok_and(|rd| {
+                rd.flatten().any(|e| {
+                    e.file_name().to_string_lossy().starts_with(".tmp-")
+                        && std::fs::read_dir(e.path().join("files")).is_ok_and(|f| f.count() > 10)
+                })
             })
-        })
-    })
+        },
+        || log_of(&agent),
+    )
     .await;
     agent.sigkill();
     assert_current_is_complete_or_absent(&deploy_dir);
@@ -196,9 +199,13 @@ async fn an_agent_killed_mid_deploy_ends_on_exactly_one_complete_release() {
     // same id completes from the cached artifact.
     let agent = AgentProcess::spawn(&config_path, &log);
     coord.hello().await;
-    wait_for("start-up cleaning", &agent, || {
-        tmp_leftovers(&deploy_dir).is_empty()
-    })
+    wait_until_async_every(
+        KILL_POLL,
+        DEADLINE,
+        "start-up cleaning",
+        async || tmp_leftovers(&deploy_dir).is_empty(),
+        || log_of(&agent),
+    )
     .await;
     let fetches = coord.fetches.len();
     coord.send(deploy()).await;

@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{
-    Agent, Ca, Coordinator, Entry, FetchBehaviour, KillInstances, command, gz, kinds, tar,
-    wait_until,
+    Agent, Ca, Coordinator, DEADLINE, Entry, FetchBehaviour, KillInstances, command, gz, kinds, tar,
 };
 use drover_agent::journal;
 use drover_proto::v1::command_update::Phase;
 use drover_proto::v1::{CommandUpdate, RuntimeState};
+use drover_testkit::wait_until_async;
 
 struct Env {
     dir: tempfile::TempDir,
@@ -222,7 +222,15 @@ async fn a_stopped_instance_stays_stopped_until_started() {
         std::fs::read_to_string(env.path("before_stop")).expect("hook ran"),
         "web s/stop/1\n"
     );
-    assert!(drover_agent::runtime::process::read_pid(&agent.cfg.instance_dir("web")).is_none());
+    // The pidfile goes just after the stop (written off the runtime thread).
+    let dir = agent.cfg.instance_dir("web");
+    wait_until_async(
+        DEADLINE,
+        "the pidfile removed",
+        async || drover_agent::runtime::process::read_pid(&dir).is_none(),
+        String::new,
+    )
+    .await;
     // Give the crash-restart logic (first retry after 1 s) its chance:
     // the instance must stay down for the whole verify window.
     let verify = env
@@ -364,9 +372,15 @@ async fn a_hung_hook_times_out_and_is_killed() {
         .trim()
         .parse()
         .expect("pid");
-    wait_until("the hung hook to be killed", || {
-        drover_agent::runtime::process::proc_stat(pid).is_none_or(|s| matches!(s.state, 'Z' | 'X'))
-    })
+    wait_until_async(
+        DEADLINE,
+        "the hung hook to be killed",
+        async || {
+            drover_agent::runtime::process::proc_stat(pid)
+                .is_none_or(|s| matches!(s.state, 'Z' | 'X'))
+        },
+        String::new,
+    )
     .await;
     // The stop itself never happened.
     let status = env
@@ -468,9 +482,12 @@ async fn deploy_over_a_session_resumes_the_fetch_and_switches_current() {
         .await;
     assert_phase(&r, Phase::Succeeded, "running");
     let log = env.path("starts.log");
-    wait_until("the instance to log its start", || {
-        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("started v1"))
-    })
+    wait_until_async(
+        DEADLINE,
+        "the instance to log its start",
+        async || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("started v1")),
+        String::new,
+    )
     .await;
     // `{current}` was resolved to the release directory at start time.
     let text = std::fs::read_to_string(&log).expect("log");
@@ -505,9 +522,12 @@ async fn deploy_over_a_session_resumes_the_fetch_and_switches_current() {
         .run(command("d/start/2", "web", kinds::start()))
         .await;
     assert_phase(&r, Phase::Succeeded, "running");
-    wait_until("v2 to start", || {
-        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("started v2"))
-    })
+    wait_until_async(
+        DEADLINE,
+        "v2 to start",
+        async || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("started v2")),
+        String::new,
+    )
     .await;
     // Rolling back to v1 uses the kept release: no fetch.
     let fetches = env.coord.fetches.len();
@@ -551,9 +571,12 @@ undrain = ["/bin/true"]
         .send(command("u/drain/1", "api", kinds::drain()))
         .await;
     let (hook, drain) = (env.path("hook-started"), env.path("drain-started"));
-    wait_until("the after_deploy hook and the drain to hang", || {
-        hook.exists() && drain.exists()
-    })
+    wait_until_async(
+        DEADLINE,
+        "the after_deploy hook and the drain to hang",
+        async || hook.exists() && drain.exists(),
+        String::new,
+    )
     .await;
     let cfg = agent.stop().await;
 

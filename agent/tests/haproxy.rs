@@ -19,6 +19,7 @@ use drover_agent::drain::view::{self, Watcher};
 use drover_agent::drain::{self, haproxy};
 use drover_agent::supervisor::StatusBoard;
 use drover_proto::v1::{InstanceStatus, LoadBalancerState, LoadBalancerView};
+use drover_testkit::wait_until_async;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -171,18 +172,19 @@ backend web\n    server h1-web 127.0.0.1:{backend_port} {server_options}\n",
     }
 
     async fn wait_stat(&self, what: &str, pred: impl Fn(&haproxy::ServerStat) -> bool) {
-        let start = Instant::now();
-        loop {
-            let s = self.stat().await;
-            if pred(&s) {
-                return;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "timed out waiting for {what}: {s:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let last = std::cell::RefCell::new(None);
+        wait_until_async(
+            DEADLINE,
+            what,
+            async || {
+                let s = self.stat().await;
+                let ok = pred(&s);
+                *last.borrow_mut() = Some(s);
+                ok
+            },
+            || format!("last stat: {:?}", last.borrow()),
+        )
+        .await;
     }
 
     fn drain_cfg(&self, timeout: Duration) -> DrainConfig {

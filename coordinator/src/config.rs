@@ -39,6 +39,11 @@ pub struct CoordinatorConfig {
     pub agents: AgentsConfig,
     #[serde(default)]
     pub artifacts: ArtifactsConfig,
+    /// How long a graceful stop (first SIGTERM) may take: sessions end,
+    /// every task is joined and the store flushed within it, or the
+    /// coordinator exits anyway.
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -106,6 +111,14 @@ pub struct AgentsConfig {
     /// Largest message an agent may send; bigger ones end its session.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// A TLS connection without a client certificate is closed if it has
+    /// not completed an `Enroll` within this long.
+    #[serde(default = "default_enroll_timeout", with = "humantime_serde")]
+    pub enroll_timeout: Duration,
+    /// At most this many connections without a client certificate (agents
+    /// enrolling) are open at once; more are refused after the handshake.
+    #[serde(default = "default_max_enrolling")]
+    pub max_enrolling_connections: usize,
 }
 
 impl Default for AgentsConfig {
@@ -115,6 +128,8 @@ impl Default for AgentsConfig {
             cert_lifetime: default_cert_lifetime(),
             max_token_ttl: default_max_token_ttl(),
             max_message_bytes: default_max_message_bytes(),
+            enroll_timeout: default_enroll_timeout(),
+            max_enrolling_connections: default_max_enrolling(),
         }
     }
 }
@@ -139,6 +154,15 @@ fn default_max_token_ttl() -> Duration {
 }
 fn default_max_message_bytes() -> usize {
     1024 * 1024
+}
+fn default_enroll_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_enrolling() -> usize {
+    256
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// The machine's host name, if it is usable as a drover name.
@@ -223,6 +247,27 @@ impl CoordinatorConfig {
                 "expected a number of bytes from 16384 to 67108864",
             ));
         }
+        if a.enroll_timeout < Duration::from_millis(100) {
+            return Err(ConfigError::field(
+                path,
+                "agents.enroll_timeout",
+                "must be at least 100ms",
+            ));
+        }
+        if a.max_enrolling_connections == 0 {
+            return Err(ConfigError::field(
+                path,
+                "agents.max_enrolling_connections",
+                "must be at least 1 (agents enrol over such connections)",
+            ));
+        }
+        if self.shutdown_timeout < Duration::from_millis(100) {
+            return Err(ConfigError::field(
+                path,
+                "shutdown_timeout",
+                "must be at least 100ms",
+            ));
+        }
         for (field, file) in [
             ("tls.ca_cert", &self.tls.ca_cert),
             ("tls.ca_key", &self.tls.ca_key),
@@ -263,6 +308,9 @@ mod tests {
         assert_eq!(c.agents.lost_timeout, Duration::from_secs(15));
         assert_eq!(c.listen.http.ip().to_string(), "127.0.0.1");
         assert!(c.data_dir.is_absolute());
+        assert_eq!(c.agents.enroll_timeout, Duration::from_secs(10));
+        assert_eq!(c.agents.max_enrolling_connections, 256);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
     }
 
     #[test]

@@ -29,6 +29,7 @@ use drover_proto::v1::agent_service_server::AgentServiceServer;
 use drover_proto::v1::control_service_server::ControlServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::Authorizer;
 use crate::config::CoordinatorConfig;
@@ -52,8 +53,12 @@ pub enum RunError {
     Store(#[from] store::StoreError),
     #[error("load registry: {0}")]
     Registry(#[from] registry::RegistryError),
-    #[error("load CA: {0}")]
-    Pki(#[from] pki::PkiError),
+    #[error("load the CA from {} and {}: {source}", cert.display(), key.display())]
+    Ca {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+        source: pki::PkiError,
+    },
     #[error("{path}: {source}")]
     Read {
         path: std::path::PathBuf,
@@ -63,8 +68,12 @@ pub enum RunError {
     Rollouts(#[from] runner::RunnerError),
     #[error("artifact store: {0}")]
     Artifacts(#[from] artifacts::ArtifactError),
-    #[error("TLS: {0}")]
-    Tls(#[from] tls::TlsError),
+    #[error("load the TLS certificate {} and key {}: {source}", cert.display(), key.display())]
+    Tls {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+        source: tls::TlsError,
+    },
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("HTTP server: {0}")]
@@ -94,13 +103,51 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, RunError> {
     })
 }
 
-/// Runs the coordinator until `shutdown` fires, then stops accepting, ends
-/// agent sessions and flushes the store.
-pub async fn run(
+/// A coordinator that has loaded everything it needs (CA, TLS material,
+/// store, registry, rollouts) and is ready to serve: the point at which
+/// `main` announces readiness. Nothing is accepted until [`Started::serve`].
+pub struct Started {
     config: CoordinatorConfig,
     listeners: Listeners,
     shutdown: CancellationToken,
-) -> Result<(), RunError> {
+    ctx: Arc<Ctx>,
+    tls_config: Arc<rustls::ServerConfig>,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started").finish_non_exhaustive()
+    }
+}
+
+/// Loads the CA and TLS material first (a bad file fails here, before
+/// anything is announced), then the store, registry and rollouts.
+pub async fn start(
+    config: CoordinatorConfig,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<Started, RunError> {
+    let ca = pki::Ca::load_files(&config.tls.ca_cert, &config.tls.ca_key).map_err(|source| {
+        RunError::Ca {
+            cert: config.tls.ca_cert.clone(),
+            key: config.tls.ca_key.clone(),
+            source,
+        }
+    })?;
+    let revoked = Arc::new(RevocationList::default());
+    let tls_config = tls::server_config(
+        ca.cert_pem().as_bytes(),
+        &read(&config.tls.cert)?,
+        &read(&config.tls.key)?,
+        revoked.clone(),
+    )
+    .map_err(|source| RunError::Tls {
+        cert: config.tls.cert.clone(),
+        key: config.tls.key.clone(),
+        source,
+    })?;
+
     std::fs::create_dir_all(&config.data_dir).map_err(|source| RunError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -108,7 +155,6 @@ pub async fn run(
     let store: Arc<dyn store::Store> =
         Arc::new(store::RedbStore::open(&config.data_dir.join(STORE_FILE))?);
     let metrics = Arc::new(Metrics::new());
-    let revoked = Arc::new(RevocationList::default());
     let registry = Arc::new(
         Registry::load(
             store.clone(),
@@ -118,23 +164,16 @@ pub async fn run(
         )
         .await?,
     );
-    let rollout_tasks = tokio_util::task::TaskTracker::new();
+    let tasks = TaskTracker::new();
     let rollouts = runner::Rollouts::load(
         store.clone(),
         registry.clone(),
         metrics.clone(),
         config.agents.lost_timeout,
         shutdown.clone(),
-        rollout_tasks.clone(),
+        tasks.clone(),
     )
     .await?;
-    let ca = pki::Ca::load_files(&config.tls.ca_cert, &config.tls.ca_key)?;
-    let tls_config = tls::server_config(
-        ca.cert_pem().as_bytes(),
-        &read(&config.tls.cert)?,
-        &read(&config.tls.key)?,
-        revoked.clone(),
-    )?;
 
     let ctx = Arc::new(Ctx {
         name: config.name.clone(),
@@ -155,47 +194,111 @@ pub async fn run(
         cert_lifetime: config.agents.cert_lifetime,
         max_token_ttl: config.agents.max_token_ttl,
         shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
+        enrolling: tls::Enrolling::new(
+            config.agents.max_enrolling_connections,
+            config.agents.enroll_timeout,
+            metrics,
+        ),
     });
+    Ok(Started {
+        config,
+        listeners,
+        shutdown,
+        ctx,
+        tls_config: Arc::new(tls_config),
+        tasks,
+    })
+}
 
-    let background = tokio::spawn(registry.clone().run_background(shutdown.clone()));
-    let http = tokio::spawn(http::serve(
-        listeners.http,
-        metrics.clone(),
-        shutdown.clone(),
-    ));
+impl Started {
+    /// Serves until `shutdown` fires, then stops accepting, ends agent
+    /// sessions, joins every task and flushes the store, all within
+    /// `shutdown_timeout`; past it, gives up waiting (logged) and returns.
+    pub async fn serve(self) -> Result<(), RunError> {
+        let Started {
+            config,
+            listeners,
+            shutdown,
+            ctx,
+            tls_config,
+            tasks,
+        } = self;
+        let registry = ctx.registry.clone();
+        let metrics = ctx.metrics.clone();
+        tasks.spawn(registry.clone().run_background(shutdown.clone()));
+        let http = tasks.spawn(http::serve(
+            listeners.http,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
 
-    let max = config.agents.max_message_bytes;
-    let agent_svc = AgentServiceServer::new(service::agent::AgentSvc { ctx: ctx.clone() })
-        .max_decoding_message_size(max);
-    let control_svc = ControlServiceServer::new(service::control::ControlSvc { ctx: ctx.clone() })
-        .max_decoding_message_size(max);
-    let incoming = tls::incoming(
-        listeners.grpc,
-        Arc::new(tls_config),
-        metrics.clone(),
-        shutdown.clone(),
-    );
-    let grpc_shutdown = shutdown.clone();
-    let registry_for_close = registry.clone();
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-        .add_service(agent_svc)
-        .add_service(control_svc)
-        .serve_with_incoming_shutdown(incoming, async move {
-            grpc_shutdown.cancelled().await;
-            registry_for_close.close_sessions();
-        })
-        .await?;
+        let max = config.agents.max_message_bytes;
+        let agent_svc = AgentServiceServer::new(service::agent::AgentSvc { ctx: ctx.clone() })
+            .max_decoding_message_size(max);
+        let control_svc =
+            ControlServiceServer::new(service::control::ControlSvc { ctx: ctx.clone() })
+                .max_decoding_message_size(max);
+        let incoming = tls::incoming(
+            listeners.grpc,
+            tls_config,
+            metrics.clone(),
+            ctx.enrolling.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+        );
+        let grpc_shutdown = shutdown.clone();
+        let registry_for_close = registry.clone();
+        let grpc = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+            .add_service(agent_svc)
+            .add_service(control_svc)
+            .serve_with_incoming_shutdown(incoming, async move {
+                grpc_shutdown.cancelled().await;
+                registry_for_close.close_sessions();
+            });
+        drop(ctx);
 
-    // Rollout tasks stop at the cancellation, between two passes or while
-    // retrying a write: whatever they stored is where a restart resumes.
-    rollout_tasks.close();
-    rollout_tasks.wait().await;
-    let _ = background.await;
-    if let Ok(Err(e)) = http.await {
-        return Err(RunError::Http(e));
+        // The deadline runs from the moment shutdown is asked for; a
+        // server that fails on its own stops the same way.
+        let stopping = async {
+            let served = grpc.await;
+            shutdown.cancel();
+            tasks.close();
+            tasks.wait().await;
+            served
+        };
+        tokio::pin!(stopping);
+        let served = tokio::select! {
+            served = &mut stopping => served,
+            () = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(config.shutdown_timeout).await;
+            } => {
+                tracing::warn!(
+                    tasks = tasks.len(),
+                    "shutdown took longer than shutdown_timeout ({}); stopping without waiting further",
+                    humantime::format_duration(config.shutdown_timeout)
+                );
+                return Ok(());
+            }
+        };
+        served?;
+        if let Ok(Err(e)) = http.await {
+            return Err(RunError::Http(e));
+        }
+        tracing::info!("coordinator stopped");
+        Ok(())
     }
-    tracing::info!("coordinator stopped");
-    Ok(())
+}
+
+/// Runs the coordinator until `shutdown` fires, then stops accepting, ends
+/// agent sessions, joins every task and flushes the store.
+pub async fn run(
+    config: CoordinatorConfig,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    start(config, listeners, shutdown).await?.serve().await
 }

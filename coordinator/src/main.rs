@@ -1,5 +1,6 @@
 //! `drover-coordinator`: parse arguments, load and validate the config, bind,
-//! then hand over to [`drover_coordinator::run`].
+//! then hand over to [`drover_coordinator::start`]; readiness (ready file,
+//! sd_notify) is announced only once the CA and TLS material have loaded.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use drover_coordinator::config::CoordinatorConfig;
-use drover_coordinator::{Listeners, run};
+use drover_coordinator::{Listeners, start};
 use tokio_util::sync::CancellationToken;
 
 /// The drover coordinator: enrols agents, holds their mTLS sessions and the
@@ -74,8 +75,12 @@ async fn serve(config: CoordinatorConfig, ready_file: Option<PathBuf>) -> anyhow
     let grpc = listeners.grpc.local_addr().context("read gRPC address")?;
     let http = listeners.http.local_addr().context("read HTTP address")?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(watch_signals(shutdown.clone()));
-    let server = tokio::spawn(run(config, listeners, shutdown.clone()));
+    let signals = tokio::spawn(watch_signals(shutdown.clone()));
+    // Everything that can be wrong with the CA, the TLS files or the store
+    // shows here, before readiness is announced.
+    let started = start(config, listeners, shutdown.clone())
+        .await
+        .context("start coordinator")?;
     tracing::info!(%grpc, %http, "listening");
     if let Some(path) = ready_file {
         let body = serde_json::json!({"grpc": grpc.to_string(), "http": http.to_string(), "pid": std::process::id()});
@@ -85,8 +90,9 @@ async fn serve(config: CoordinatorConfig, ready_file: Option<PathBuf>) -> anyhow
     if let Err(e) = drover_net::sd_notify::notify("READY=1") {
         tracing::warn!(error = %e, "sd_notify READY failed");
     }
-    let result = server.await.context("coordinator task")?;
+    let result = started.serve().await;
     let _ = drover_net::sd_notify::notify("STOPPING=1");
+    signals.abort();
     result.context("run coordinator")
 }
 

@@ -26,6 +26,12 @@ pub enum Refusal {
     Oversized,
     /// Malformed request (bad CSR, missing Hello...).
     BadRequest,
+    /// A connection without a client certificate over
+    /// `agents.max_enrolling_connections`.
+    EnrollingLimit,
+    /// A connection without a client certificate that completed no
+    /// `Enroll` within `agents.enroll_timeout`.
+    EnrollTimeout,
 }
 
 impl Refusal {
@@ -39,6 +45,8 @@ impl Refusal {
             Refusal::Token => "token",
             Refusal::Oversized => "oversized",
             Refusal::BadRequest => "bad_request",
+            Refusal::EnrollingLimit => "enrolling_limit",
+            Refusal::EnrollTimeout => "enroll_timeout",
         }
     }
 }
@@ -70,6 +78,8 @@ pub struct Metrics {
     /// Command updates ignored: not from the host that runs the instance,
     /// or for an instance outside the rollout.
     pub updates_ignored: Counter,
+    /// Open TLS connections without a client certificate.
+    pub enrolling_connections: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -97,6 +107,7 @@ impl Metrics {
         let rollout_store_failures = Counter::default();
         let commands_undelivered = Counter::default();
         let updates_ignored = Counter::default();
+        let enrolling_connections = Gauge::default();
         registry.register(
             "agents_connected",
             "Agents with a live session",
@@ -147,10 +158,22 @@ impl Metrics {
             "Agent command updates ignored: from a host that does not run the instance, or outside the rollout",
             updates_ignored.clone(),
         );
+        registry.register(
+            "enrolling_connections",
+            "Open TLS connections without a client certificate (agents enrolling)",
+            enrolling_connections.clone(),
+        );
         // Pre-create the label sets so a scrape shows zeros, not gaps.
         for r in ["ok", "refused"] {
             enrollments
                 .get_or_create(&ResultLabel { result: r.into() })
+                .get();
+        }
+        for r in [Refusal::EnrollingLimit, Refusal::EnrollTimeout] {
+            refusals
+                .get_or_create(&ReasonLabel {
+                    reason: r.as_str().into(),
+                })
                 .get();
         }
         Metrics {
@@ -165,6 +188,7 @@ impl Metrics {
             rollout_store_failures,
             commands_undelivered,
             updates_ignored,
+            enrolling_connections,
         }
     }
 

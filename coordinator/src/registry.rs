@@ -223,6 +223,11 @@ impl Registry {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The coordinator's metrics, for whoever acts on the registry's hosts.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<HostChange> {
         self.events.subscribe()
     }

@@ -70,6 +70,23 @@ fn key_of(token: &str) -> String {
     )
 }
 
+/// The record, if its token is neither used nor expired.
+fn usable(bytes: &[u8]) -> Result<TokenRecord, TokenError> {
+    let rec: TokenRecord =
+        serde_json::from_slice(bytes).map_err(|e| TokenError::Corrupt(e.to_string()))?;
+    if let Some(host) = rec.used_by {
+        return Err(TokenError::Used { host });
+    }
+    let now = now_ms();
+    if now >= rec.expires_at_ms {
+        let ago = Duration::from_millis((now - rec.expires_at_ms) as u64);
+        return Err(TokenError::Expired {
+            ago: humantime::format_duration(Duration::from_secs(ago.as_secs().max(1))).to_string(),
+        });
+    }
+    Ok(rec)
+}
+
 impl Tokens {
     pub fn new(store: Arc<dyn Store>) -> Tokens {
         Tokens { store }
@@ -101,6 +118,18 @@ impl Tokens {
         Ok((token, rec.expires_at_ms))
     }
 
+    /// Whether the token could be used now, without using it: one store
+    /// read, so a caller can refuse a bad token before doing costly work.
+    /// Only [`Tokens::consume`] decides (two hosts may both pass this).
+    pub async fn check(&self, token: &str) -> Result<(), TokenError> {
+        let bytes = self
+            .store
+            .get(&key_of(token))
+            .await?
+            .ok_or(TokenError::Unknown)?;
+        usable(&bytes).map(drop)
+    }
+
     /// Marks the token used by `host_id` and returns its labels.
     pub async fn consume(
         &self,
@@ -109,19 +138,8 @@ impl Tokens {
     ) -> Result<BTreeMap<String, String>, TokenError> {
         let key = key_of(token);
         let old = self.store.get(&key).await?.ok_or(TokenError::Unknown)?;
-        let mut rec: TokenRecord =
-            serde_json::from_slice(&old).map_err(|e| TokenError::Corrupt(e.to_string()))?;
-        if let Some(host) = rec.used_by {
-            return Err(TokenError::Used { host });
-        }
+        let mut rec = usable(&old)?;
         let now = now_ms();
-        if now >= rec.expires_at_ms {
-            let ago = Duration::from_millis((now - rec.expires_at_ms) as u64);
-            return Err(TokenError::Expired {
-                ago: humantime::format_duration(Duration::from_secs(ago.as_secs().max(1)))
-                    .to_string(),
-            });
-        }
         rec.used_at_ms = Some(now);
         rec.used_by = Some(host_id.to_string());
         let new = serde_json::to_vec(&rec).map_err(|e| TokenError::Corrupt(e.to_string()))?;

@@ -87,6 +87,8 @@ struct Shared {
     /// Woken whenever a command ends, for those waiting on its instance.
     freed: tokio::sync::Notify,
     shutdown: CancellationToken,
+    /// Owns every command task; the agent joins it on shutdown.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 struct Busy {
@@ -178,10 +180,16 @@ impl Executor {
                 running: Mutex::new(HashMap::new()),
                 freed: tokio::sync::Notify::new(),
                 shutdown,
+                tasks: tokio_util::task::TaskTracker::new(),
             }),
         };
         exec.recover();
         exec
+    }
+
+    /// The command tasks, for shutdown to join.
+    pub fn tasks(&self) -> &tokio_util::task::TaskTracker {
+        &self.shared.tasks
     }
 
     pub fn outbox(&self) -> &Outbox {
@@ -306,7 +314,9 @@ impl Executor {
                 tracing::info!(command = %id, "{name} is busy with {other}; waiting for it to end");
                 let exec = self.clone();
                 let name = name.to_string();
-                tokio::spawn(async move { exec.after(cmd, &name, until).await });
+                shared
+                    .tasks
+                    .spawn(async move { exec.after(cmd, &name, until).await });
                 return;
             }
             running.insert(
@@ -322,7 +332,7 @@ impl Executor {
             }
         };
         let exec = self.clone();
-        tokio::spawn(async move {
+        self.shared.tasks.spawn(async move {
             let _guard = guard;
             exec.run(id, instance, kind, timeout).await;
         });

@@ -71,19 +71,21 @@ fn hook_env(ctx: &StepContext<'_>) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn set_drained(ctx: &StepContext<'_>, drained: bool) -> Result<(), String> {
+async fn set_drained(ctx: &StepContext<'_>, drained: bool) -> Result<(), String> {
     ctx.instance
         .state
-        .update(|s| s.drained = drained)
+        .update(move |s| s.drained = drained)
+        .await
         .map_err(|e| format!("record the drained state: {e}"))?;
     ctx.instance.handle.set_drained(drained);
     Ok(())
 }
 
-fn set_desired(ctx: &StepContext<'_>, desired: Desired) -> Result<(), String> {
+async fn set_desired(ctx: &StepContext<'_>, desired: Desired) -> Result<(), String> {
     ctx.instance
         .state
-        .update(|s| s.desired = desired)
+        .update(move |s| s.desired = desired)
+        .await
         .map(drop)
         .map_err(|e| format!("record the desired state: {e}"))
 }
@@ -91,12 +93,12 @@ fn set_desired(ctx: &StepContext<'_>, desired: Desired) -> Result<(), String> {
 async fn drain(ctx: &StepContext<'_>) -> Result<String, String> {
     // Counted as out of service from before the load balancer hears of
     // it: over-reporting a drain is safe, under-reporting is not.
-    set_drained(ctx, true)?;
+    set_drained(ctx, true).await?;
     match drain::drain(&ctx.instance.cfg.drain, &hook_env(ctx)).await {
         Ok(msg) => Ok(msg),
         Err((e, maybe_drained)) => {
             if !maybe_drained {
-                set_drained(ctx, false)?;
+                set_drained(ctx, false).await?;
             }
             Err(e.to_string())
         }
@@ -120,13 +122,13 @@ async fn undrain(ctx: &StepContext<'_>) -> Result<String, String> {
                     .handle
                     .set_load_balancers(done.views, done.asked);
             }
-            set_drained(ctx, false)?;
+            set_drained(ctx, false).await?;
             Ok(done.message)
         }
         Err(e) => {
             // Ready in HAProxy, only not UP yet: no longer drained by us.
             if matches!(e, drain::DrainError::NotUp { .. }) {
-                set_drained(ctx, false)?;
+                set_drained(ctx, false).await?;
             }
             Err(e.to_string())
         }
@@ -142,7 +144,7 @@ async fn stop(ctx: &StepContext<'_>) -> Result<String, String> {
     }
     // Recorded first: from now on neither the crash-restart logic nor an
     // agent restart brings the instance back until a start command.
-    set_desired(ctx, Desired::Stopped)?;
+    set_desired(ctx, Desired::Stopped).await?;
     ctx.instance
         .handle
         .runtime()
@@ -157,7 +159,7 @@ async fn stop(ctx: &StepContext<'_>) -> Result<String, String> {
 }
 
 async fn start(ctx: &StepContext<'_>) -> Result<String, String> {
-    set_desired(ctx, Desired::Running)?;
+    set_desired(ctx, Desired::Running).await?;
     let runtime = ctx.instance.handle.runtime();
     runtime.start().await.map_err(|e| format!("start: {e}"))?;
     let mut status = runtime.subscribe();

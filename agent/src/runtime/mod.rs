@@ -17,6 +17,7 @@ use std::time::Duration;
 use drover_proto::v1::RuntimeState;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{InstanceConfig, RuntimeConfig};
 
@@ -129,12 +130,13 @@ impl RuntimeHandle {
 
 /// Starts the runtime task for one instance. For the process runtime the
 /// instance has been started (when `desired` is running) or adopted when
-/// this returns.
+/// this returns. The task belongs to `tasks` and ends on `shutdown`.
 pub async fn spawn(
     instance: &InstanceConfig,
     data_dir: &Path,
     desired: Desired,
     shutdown: CancellationToken,
+    tasks: &TaskTracker,
 ) -> Result<RuntimeHandle, RuntimeError> {
     match &instance.runtime {
         RuntimeConfig::Process(cfg) => {
@@ -144,6 +146,7 @@ pub async fn spawn(
                 crate::config::instance_dir(data_dir, &instance.name),
                 desired,
                 shutdown,
+                tasks,
             )
             .await
         }
@@ -158,6 +161,7 @@ pub async fn spawn(
                 poll,
                 desired,
                 shutdown,
+                tasks,
             ))
         }
     }

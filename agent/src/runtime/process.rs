@@ -29,6 +29,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{
     Desired, Request, RestartBackoff, RuntimeError, RuntimeHandle, RuntimeStatus, publish,
@@ -57,6 +58,7 @@ pub async fn spawn(
     dir: PathBuf,
     desired: Desired,
     shutdown: CancellationToken,
+    tasks: &TaskTracker,
 ) -> Result<RuntimeHandle, RuntimeError> {
     fsutil::create_dir(&dir, 0o755).map_err(|e| match e {
         fsutil::FsError::Io { path, source } => RuntimeError::Io { path, source },
@@ -67,6 +69,8 @@ pub async fn spawn(
     })?;
     let (status_tx, status_rx) = watch::channel(RuntimeStatus::UNKNOWN);
     let (req_tx, req_rx) = mpsc::channel(8);
+    let (pidfile_tx, pidfile_rx) = watch::channel(PidfileWish::Leave);
+    tasks.spawn(write_pidfiles(dir.join(PID_FILE), pidfile_rx));
     let mut sup = ProcessSupervisor {
         name: name.to_string(),
         cfg,
@@ -81,6 +85,7 @@ pub async fn spawn(
         backoff: RESTART_BACKOFF,
         retry_at: None,
         status_tx,
+        pidfile: pidfile_tx,
     };
     match sup.adopt() {
         Some(proc) => {
@@ -93,7 +98,7 @@ pub async fn spawn(
         }
         None => sup.start_or_schedule(),
     }
-    tokio::spawn(sup.run(req_rx, shutdown));
+    tasks.spawn(sup.run(req_rx, shutdown));
     Ok(RuntimeHandle::new(status_rx, req_tx))
 }
 
@@ -172,6 +177,62 @@ struct ProcessSupervisor {
     /// When to try starting again after a crash or a failed start.
     retry_at: Option<Instant>,
     status_tx: watch::Sender<RuntimeStatus>,
+    /// What the pidfile should say; [`write_pidfiles`] makes it so.
+    pidfile: watch::Sender<PidfileWish>,
+}
+
+/// What the pidfile should be. Only the latest wish matters, so a watch
+/// channel carries it: bounded, ordered, and a burst of restarts
+/// coalesces into one write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PidfileWish {
+    /// Nothing asked yet: leave the file as the last agent left it.
+    Leave,
+    /// Name this process.
+    Write { pid: u32, start_time: u64 },
+    /// This process is gone: remove the file if it still names it.
+    Remove { pid: u32 },
+}
+
+/// Applies pidfile wishes in order, off the runtime thread: the write is
+/// fsynced, and the agent's runtime has one thread that every instance
+/// and the session share. Ends (after the last wish) when the supervisor
+/// is dropped.
+async fn write_pidfiles(path: PathBuf, mut wishes: watch::Receiver<PidfileWish>) {
+    while wishes.changed().await.is_ok() {
+        let wish = *wishes.borrow_and_update();
+        let path = path.clone();
+        let done = tokio::task::spawn_blocking(move || apply_pidfile(&path, wish)).await;
+        if let Err(e) = done {
+            tracing::error!("pidfile writer task failed: {e}");
+        }
+    }
+}
+
+fn apply_pidfile(path: &Path, wish: PidfileWish) {
+    match wish {
+        PidfileWish::Leave => {}
+        PidfileWish::Write { pid, start_time } => {
+            if let Err(e) = fsutil::write_atomic(
+                path,
+                format!("{pid} {start_time}\n").as_bytes(),
+                fsutil::PUBLIC,
+            ) {
+                // The instance runs; only adoption after an agent restart
+                // is affected. Say so, but do not kill a working instance.
+                tracing::error!(pid, "write pidfile: {e}");
+            }
+        }
+        PidfileWish::Remove { pid } => {
+            let ours = fs::read_to_string(path)
+                .ok()
+                .and_then(|t| parse_pidfile(&t))
+                .is_some_and(|(p, _)| p == pid);
+            if ours {
+                let _ = fs::remove_file(path);
+            }
+        }
+    }
 }
 
 impl ProcessSupervisor {
@@ -343,15 +404,8 @@ impl ProcessSupervisor {
             });
         };
         let start_time = proc_stat(pid).map_or(0, |s| s.start_time);
-        if let Err(e) = fsutil::write_atomic(
-            &self.pid_path(),
-            format!("{pid} {start_time}\n").as_bytes(),
-            fsutil::PUBLIC,
-        ) {
-            // The instance runs; only adoption after an agent restart is
-            // affected. Say so, but do not kill a working instance.
-            tracing::error!(instance = %self.name, pid, "write pidfile: {e}");
-        }
+        self.pidfile
+            .send_replace(PidfileWish::Write { pid, start_time });
         tracing::info!(instance = %self.name, pid, command = %command_text, "started instance");
         self.note(&format!("started pid {pid}: {command_text}"));
         self.set_running(Watched {
@@ -400,14 +454,7 @@ impl ProcessSupervisor {
     }
 
     fn remove_pidfile(&self, pid: u32) {
-        let path = self.pid_path();
-        let ours = fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| parse_pidfile(&t))
-            .is_some_and(|(p, _)| p == pid);
-        if ours {
-            let _ = fs::remove_file(&path);
-        }
+        self.pidfile.send_replace(PidfileWish::Remove { pid });
     }
 
     /// Sends the stop signal to the process group, waits up to

@@ -10,6 +10,7 @@ use drover_proto::v1::RuntimeState;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{Desired, Request, RuntimeError, RuntimeHandle, RuntimeStatus, publish};
 use crate::config::SystemdConfig;
@@ -27,6 +28,7 @@ pub fn spawn(
     poll: Duration,
     desired: Desired,
     shutdown: CancellationToken,
+    tasks: &TaskTracker,
 ) -> RuntimeHandle {
     let (status_tx, status_rx) = watch::channel(RuntimeStatus::UNKNOWN);
     let (req_tx, req_rx) = mpsc::channel(8);
@@ -36,7 +38,7 @@ pub fn spawn(
         status_tx,
         last_error: None,
     };
-    tokio::spawn(unit.run(req_rx, poll, desired, shutdown));
+    tasks.spawn(unit.run(req_rx, poll, desired, shutdown));
     RuntimeHandle::new(status_rx, req_tx)
 }
 

@@ -635,14 +635,6 @@ impl Drop for KillInstances {
     }
 }
 
-pub async fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 // ---- archives ----
 
 /// One archive entry; paths and link targets are written raw, so hostile

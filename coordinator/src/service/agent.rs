@@ -63,6 +63,18 @@ impl AgentService for AgentSvc {
         }
         let identity = Identity::agent(req.host_id.clone())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // The token first, without spending it: an unknown, used or
+        // expired token costs a store read, not a signature.
+        match ctx.tokens.check(&req.token).await {
+            Ok(()) => {}
+            Err(e) if e.is_refusal() => {
+                return Err(refuse(
+                    Refusal::Token,
+                    Status::unauthenticated(e.to_string()),
+                ));
+            }
+            Err(e) => return Err(Status::unavailable(e.to_string())),
+        }
         // Check the CSR before spending the token on it.
         let (cert_pem, cert) = ctx
             .ca
@@ -81,6 +93,7 @@ impl AgentService for AgentSvc {
         ctx.registry.record_serial(&cert).await?;
         ctx.registry.enrolled(&req.host_id, labels.clone()).await?;
         ctx.metrics.enrollment(true);
+        ctx.enrolling.completed(addr);
         tracing::info!(host = %req.host_id, serial = %cert.serial, peer = ?addr, "agent enrolled");
         Ok(Response::new(EnrollResponse {
             cert_pem,
@@ -140,6 +153,13 @@ impl AgentService for AgentSvc {
             )));
         }
 
+        // What goes out to this agent (Welcome, renewals, rollout commands)
+        // waits here, bounded: an agent that does not read cannot make the
+        // coordinator hold more than this. When full, renewal replies wait
+        // (this session's own loop, so only this agent slows down), and
+        // rollout commands are dropped and counted (re-sent on reconnect,
+        // or they time out). What comes in is read one message at a time
+        // by the loop below, under HTTP/2 flow control.
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let welcome = CoordinatorMessage {
             msg: Some(CoordMsg::Welcome(Welcome {
@@ -160,7 +180,8 @@ impl AgentService for AgentSvc {
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
         let shutdown = ctx.shutdown.clone();
-        tokio::spawn(async move {
+        let tasks = ctx.tasks.clone();
+        tasks.spawn(async move {
             let expiry = tokio::time::sleep(cert_expires);
             tokio::pin!(expiry);
             let reason = loop {

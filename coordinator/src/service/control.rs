@@ -79,7 +79,7 @@ impl ControlService for ControlSvc {
         let shutdown = self.ctx.shutdown.clone();
         // Subscribe before the snapshot so no change falls in between.
         let mut changes = registry.subscribe();
-        let stream = async_stream(move |tx| async move {
+        let stream = async_stream(&self.ctx.tasks, move |tx| async move {
             let snapshot = |sel: &Selector| {
                 let mut events: Vec<HostEvent> = registry
                     .list(sel)
@@ -310,7 +310,7 @@ impl ControlService for ControlSvc {
         let mut rx = self.ctx.rollouts.subscribe(&id)?;
         let ctx = self.ctx.clone();
         let (tx, out) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
+        self.ctx.tasks.spawn(async move {
             let mut sent = 0usize;
             let mut last = tokio::time::Instant::now();
             loop {
@@ -399,12 +399,12 @@ impl ControlService for ControlSvc {
 pub const CHUNK_BYTES: usize = 256 * 1024;
 
 /// A response stream fed by a task; the task stops when the client goes away.
-fn async_stream<F, Fut>(f: F) -> WatchStream
+fn async_stream<F, Fut>(tasks: &tokio_util::task::TaskTracker, f: F) -> WatchStream
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Result<HostEvent, Status>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
-    tokio::spawn(f(tx));
+    tasks.spawn(f(tx));
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::artifacts::Artifacts;
 use crate::auth::Authorizer;
@@ -16,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::pki::Ca;
 use crate::registry::Registry;
 use crate::runner::Rollouts;
+use crate::tls::Enrolling;
 use crate::tokens::Tokens;
 
 /// What every handler needs.
@@ -32,4 +34,8 @@ pub struct Ctx {
     pub cert_lifetime: Duration,
     pub max_token_ttl: Duration,
     pub shutdown: CancellationToken,
+    /// Owns every task a handler spawns; shutdown joins them.
+    pub tasks: TaskTracker,
+    /// Cert-less connections: `Enroll` marks its connection as done.
+    pub enrolling: Arc<Enrolling>,
 }

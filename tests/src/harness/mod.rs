@@ -17,8 +17,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// How often [`wait_until`] polls.
-const POLL: Duration = Duration::from_millis(25);
+/// How often [`holds_for`] checks.
+const POLL: Duration = drover_testkit::POLL;
 
 /// Path of one of the workspace's binaries (`drover`, `drover-agent`, ...).
 ///
@@ -49,63 +49,8 @@ pub fn bin_path(name: &str) -> PathBuf {
     panic!("binary `{name}` not found in {dirs:?}: run `cargo build --workspace --bins` first");
 }
 
-/// Pauses the calling thread on a channel that never receives: the only pause the
-/// harness allows itself, used inside polling loops.
-pub(crate) fn pause(d: Duration) {
-    let (_keep_open, rx) = std::sync::mpsc::channel::<()>();
-    let _ = rx.recv_timeout(d);
-}
-
-/// What a polled condition may return: `bool`, or `Option<T>` to hand back a
-/// value once it is there.
-pub trait Poll {
-    type Out;
-    fn ready(self) -> Option<Self::Out>;
-}
-
-impl Poll for bool {
-    type Out = ();
-    fn ready(self) -> Option<()> {
-        self.then_some(())
-    }
-}
-
-impl<T> Poll for Option<T> {
-    type Out = T;
-    fn ready(self) -> Option<T> {
-        self
-    }
-}
-
-/// Polls `f` every 25 ms until it is ready; panics with `what` after
-/// `timeout`.
-pub fn wait_until<P: Poll>(timeout: Duration, what: &str, f: impl FnMut() -> P) -> P::Out {
-    wait_until_with(timeout, what, f, String::new)
-}
-
-/// Like [`wait_until`]; on timeout the panic message also carries
-/// `diagnostics()` (log tails, last listing, ...).
-pub fn wait_until_with<P: Poll>(
-    timeout: Duration,
-    what: &str,
-    mut f: impl FnMut() -> P,
-    diagnostics: impl FnOnce() -> String,
-) -> P::Out {
-    let start = Instant::now();
-    loop {
-        if let Some(out) = f().ready() {
-            return out;
-        }
-        if start.elapsed() >= timeout {
-            panic!(
-                "timed out after {:.1}s waiting until {what}\n{}",
-                timeout.as_secs_f64(),
-                diagnostics()
-            );
-        }
-        pause(POLL);
-    }
-}
+// Waiting on conditions is shared with the agent's tests: one helper.
+pub use drover_testkit::{Poll, pause, wait_until, wait_until_with};
 
 /// Checks `f` every 25 ms for `duration` and panics with `what` and
 /// `diagnostics()` the first time it is false: for what must stay true

@@ -8,6 +8,7 @@ mod bad_config;
 mod bench_smoke;
 mod certs;
 mod demo;
+mod enrolling;
 mod fleet;
 mod fleetsim;
 mod grpc;
@@ -22,6 +23,7 @@ mod rollout_harness;
 mod rollout_hostile;
 mod rollout_lb;
 mod sample;
+mod shutdown;
 
 use std::collections::BTreeSet;
 

@@ -132,14 +132,10 @@ fn start_delay_and_latency() {
         "{:?}",
         t.elapsed()
     );
-    // Health checks are not slowed down.
-    let t = Instant::now();
-    assert_eq!(get(&s.addr, "/healthz").0, 200);
-    assert!(
-        t.elapsed() < Duration::from_millis(300),
-        "{:?}",
-        t.elapsed()
-    );
+    // Health checks are not slowed down: with an hour of latency on `/`,
+    // `/healthz` still answers (the client gives up after 10 s).
+    let slow = start(&["--latency", "1h"]);
+    assert_eq!(get(&slow.addr, "/healthz").0, 200);
 }
 
 #[test]
@@ -157,7 +153,6 @@ fn sigterm_finishes_in_flight_requests_and_exits_zero() {
                 .is_some_and(|v| v["in_flight"] == 1)
         },
     );
-    let t = Instant::now();
     let (status, in_time) = s.proc.terminate(Duration::from_secs(10));
     assert!(in_time, "did not exit within 10 s of SIGTERM");
     assert_eq!(
@@ -171,7 +166,6 @@ fn sigterm_finishes_in_flight_requests_and_exits_zero() {
         .expect("join request thread")
         .expect("the in-flight request completes");
     assert_eq!(resp, (200, "drover-sample dev\n".to_string()));
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     // And it no longer accepts connections.
     assert!(http_get(&s.addr, "/healthz").is_err());
 }

@@ -61,10 +61,11 @@
 //! Run more seeds: `SIM_SEEDS=100000 SIM_SEED_START=1 cargo test -p
 //! drover-coordinator --release --lib rollout::sim::tests::sweep`. Replay
 //! one: `SIM_SEED=N cargo test -p drover-coordinator --release --lib
-//! rollout::sim::tests::replay -- --exact --nocapture`. Find the seeds that
-//! catch a broken variant: `SIM_BUG=CapacityOffByOne SIM_SEEDS=1000 cargo
-//! test -p drover-coordinator --release --lib rollout::sim::tests::hunt --
-//! --exact --nocapture`.
+//! rollout::sim::tests::replay -- --exact --nocapture --ignored`. Find the
+//! seeds that catch a broken variant: `SIM_BUG=CapacityOffByOne
+//! SIM_SEEDS=1000 cargo test -p drover-coordinator --release --lib
+//! rollout::sim::tests::hunt -- --exact --nocapture --ignored`. Both are
+//! ignored tools, not checks: without `--ignored` they do not run.
 
 #[macro_use]
 mod trace;
@@ -127,7 +128,7 @@ impl Failure {
     pub fn replay_command(&self, bug: Option<Bug>) -> String {
         let bug = bug.map_or_else(String::new, |b| format!("SIM_BUG={b} "));
         format!(
-            "{bug}SIM_SEED={} cargo test -p drover-coordinator --release --lib rollout::sim::tests::replay -- --exact --nocapture",
+            "{bug}SIM_SEED={} cargo test -p drover-coordinator --release --lib rollout::sim::tests::replay -- --exact --nocapture --ignored",
             self.seed
         )
     }

@@ -86,12 +86,15 @@ shards!(
     sweep_7 = 7,
 );
 
-/// `SIM_SEED=N [SIM_BUG=Variant] cargo test ... rollout::sim::tests::replay
-/// -- --exact --nocapture`: runs one seed with its full trace.
+/// A tool, not a check (so ignored by default): `SIM_SEED=N
+/// [SIM_BUG=Variant] cargo test ... rollout::sim::tests::replay -- --exact
+/// --nocapture --ignored` (nextest: `--run-ignored only`) runs one seed
+/// with its full trace.
 #[test]
+#[ignore = "a tool: set SIM_SEED and run with --ignored"]
 fn replay() {
     let Some(seed) = env_u64("SIM_SEED") else {
-        return;
+        panic!("set SIM_SEED=N (and SIM_BUG=Variant to replay a broken variant)");
     };
     let bug = env_bug();
     let opts = Options {
@@ -121,12 +124,15 @@ fn env_bug() -> Option<Bug> {
     })
 }
 
-/// `SIM_BUG=Variant SIM_SEEDS=N cargo test ... rollout::sim::tests::hunt
-/// -- --exact --nocapture`: the first seeds that catch a broken variant.
+/// A tool, not a check (so ignored by default): `SIM_BUG=Variant
+/// SIM_SEEDS=N cargo test ... rollout::sim::tests::hunt -- --exact
+/// --nocapture --ignored` (nextest: `--run-ignored only`) prints the first
+/// seeds that catch a broken variant.
 #[test]
+#[ignore = "a tool: set SIM_BUG and run with --ignored"]
 fn hunt() {
     let Some(bug) = env_bug() else {
-        return;
+        panic!("set SIM_BUG=Variant (and SIM_SEEDS=N): the variant to hunt seeds for");
     };
     let count = env_u64("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
     let start = env_u64("SIM_SEED_START").unwrap_or(1);
@@ -271,7 +277,7 @@ fn stays_fixed(bug: Bug, seed: u64, invariant: u8) {
         Ok(s) => panic!(
             "seed {seed} no longer reaches {bug} ({s:?}); the scenario generator changed: \
              find a new seed with SIM_BUG={bug} SIM_SEEDS=20000 cargo test -p drover-coordinator \
-             --release --lib rollout::sim::tests::hunt -- --exact --nocapture"
+             --release --lib rollout::sim::tests::hunt -- --exact --nocapture --ignored"
         ),
     }
     if let Err(f) = check(seed, None) {
