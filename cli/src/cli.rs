@@ -26,7 +26,9 @@ Example ~/.config/drover/cli.toml:
   cert = \"alice.pem\"
   key  = \"alice.key\"
 
-Exit codes: 0 ok, 1 failure (refused, not found, unreachable), 2 usage error.";
+Exit codes: 0 ok, 1 failure (refused, not found, unreachable; a rollout that failed, \
+was rolled back or aborted), 2 usage error, 3 lost contact with the coordinator while \
+following a rollout for longer than --reconnect-for (the rollout's outcome is unknown).";
 
 #[derive(Debug, Parser)]
 #[command(

@@ -68,10 +68,26 @@ Examples:
   drover rollout start -f rollout.toml --max-failures 1 --dry-run
   drover rollout start -f rollout.toml --detach -o json
 
+Following a rollout rides through a coordinator restart or a dropped connection: \
+drover tries again (with backoff) for up to --reconnect-for, then carries on where it \
+was without printing an event twice.
+
 Exit codes: 0 the rollout succeeded (or the dry run's plan finishes, or --detach); \
 1 it failed, was rolled back or aborted, or the coordinator refused it (no instances \
 match, the floor is unreachable, no such artifact, another rollout of the service is \
-running); 2 the spec or a flag is malformed.";
+running); 2 the spec or a flag is malformed; 3 lost contact with the coordinator for \
+longer than --reconnect-for while following the rollout: it goes on, its outcome is \
+unknown (see `drover rollout status ID`).";
+
+const WATCH_AFTER_HELP: &str = "\
+When the coordinator restarts or the connection drops, watch tries again with backoff \
+for up to --reconnect-for (default 5m) and resumes from the rollout's current state; \
+events already printed are not printed again.
+
+Exit codes: 0 the rollout succeeded; 1 it failed, was rolled back or aborted, or the \
+coordinator refused the watch (no such rollout, certificate refused); 2 usage error; \
+3 lost contact with the coordinator for longer than --reconnect-for: the rollout goes \
+on, its outcome is unknown (see `drover rollout status ID`).";
 
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
@@ -97,8 +113,8 @@ pub enum RolloutCommand {
     ///
     /// Example:
     ///   drover rollout watch web-7
-    #[command(verbatim_doc_comment)]
-    Watch(IdArgs),
+    #[command(verbatim_doc_comment, after_long_help = WATCH_AFTER_HELP)]
+    Watch(WatchArgs),
     /// Show a rollout: phase, progress, capacity and every instance
     ///
     /// Shows the phase and why, the current batch, capacity with its floor
@@ -165,6 +181,27 @@ pub struct StartArgs {
     /// object at the end)
     #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
     pub output: RolloutFormat,
+    #[command(flatten)]
+    pub follow: FollowArgs,
+}
+
+/// How a follower rides through a coordinator restart.
+#[derive(Debug, Args)]
+pub struct FollowArgs {
+    /// When the coordinator restarts or the connection drops, keep trying to
+    /// reach it for this long (capped, jittered backoff), then exit 3: the
+    /// rollout goes on, its outcome unknown to this command. 0s: never
+    #[arg(long, value_name = "DURATION", default_value = watch::DEFAULT_RECONNECT_FOR,
+          value_parser = watch::parse_reconnect_for)]
+    pub reconnect_for: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub rollout: IdArgs,
+    #[command(flatten)]
+    pub follow: FollowArgs,
 }
 
 #[derive(Debug, Args)]
@@ -212,7 +249,8 @@ pub async fn run(ctx: &Ctx, cmd: RolloutCommand) -> anyhow::Result<()> {
         RolloutCommand::Start(args) => start(ctx, *args).await,
         RolloutCommand::Watch(args) => {
             let mut session = ctx.session().await?;
-            watch::follow(&mut session, &args.id, args.output).await
+            let (id, output) = (&args.rollout.id, args.rollout.output);
+            watch::follow(&mut session, id, output, args.follow.reconnect_for).await
         }
         RolloutCommand::Status(args) => status(ctx, args).await,
         RolloutCommand::List(args) => list(ctx, args).await,
@@ -286,7 +324,13 @@ async fn start(ctx: &Ctx, args: StartArgs) -> anyhow::Result<()> {
             print(&format!("{}\n", rollout.id))
         };
     }
-    watch::follow(&mut session, &rollout.id, args.output).await
+    watch::follow(
+        &mut session,
+        &rollout.id,
+        args.output,
+        args.follow.reconnect_for,
+    )
+    .await
 }
 
 async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<()> {
