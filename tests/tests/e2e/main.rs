@@ -20,6 +20,7 @@ mod rollout_crash;
 mod rollout_deadline;
 mod rollout_harness;
 mod rollout_hostile;
+mod rollout_reconnect;
 mod sample;
 
 use std::collections::BTreeSet;
