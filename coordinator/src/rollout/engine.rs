@@ -43,11 +43,18 @@ pub enum PlanError {
         floor: u32,
         total: u32,
     },
-    #[error("floor {floor} of {total} but only {capacity} healthy and in service")]
+    #[error(
+        "floor {floor} of {total} but only {capacity} healthy and in service{}",
+        disconnected_text(.disconnected)
+    )]
     FloorUnreachable {
         floor: u32,
         total: u32,
         capacity: u32,
+        /// Hosts of target instances that are not connected (still
+        /// reconnecting after a restart, or lost), sorted: what the
+        /// operator may wait for.
+        disconnected: Vec<String>,
     },
     #[error(
         "floor {floor} of {total} leaves no instance that may be taken down, \
@@ -64,6 +71,23 @@ pub enum PlanError {
         max: u32,
         hosts: String,
     },
+}
+
+/// Hosts named in a refusal at most; the rest are counted.
+const HOSTS_NAMED: usize = 10;
+
+/// `; h2, h4 disconnected` (the first [`HOSTS_NAMED`], then `and N more`),
+/// or nothing.
+fn disconnected_text(hosts: &[String]) -> String {
+    if hosts.is_empty() {
+        return String::new();
+    }
+    let mut text = format!("; {}", hosts[..hosts.len().min(HOSTS_NAMED)].join(", "));
+    if hosts.len() > HOSTS_NAMED {
+        text.push_str(&format!(" and {} more", hosts.len() - HOSTS_NAMED));
+    }
+    text.push_str(" disconnected");
+    text
 }
 
 /// The outputs of one call, with the Persist flag kept apart until the end so
@@ -771,10 +795,15 @@ fn check_startable(st: &RolloutState, capacity: u32) -> Result<(), PlanError> {
         });
     }
     if capacity < lim.floor {
+        let disconnected: BTreeSet<&str> = (st.instances.iter())
+            .filter(|i| !i.observed.reachable)
+            .map(|i| i.host.as_str())
+            .collect();
         return Err(PlanError::FloorUnreachable {
             floor: lim.floor,
             total: lim.total,
             capacity,
+            disconnected: disconnected.into_iter().map(str::to_string).collect(),
         });
     }
     if lim.floor == lim.total {
