@@ -142,6 +142,7 @@ mod tests {
         }
         assert!(h.contains("DROVER_CONFIG"), "{h}");
         assert!(h.contains("Exit codes"), "{h}");
+        assert!(h.contains("3 lost contact with the coordinator"), "{h}");
     }
 
     #[test]
@@ -167,7 +168,25 @@ mod tests {
             ),
             (
                 &["token", "create"],
-                &["--ttl", "--label", "--output", "drover-agent enroll", "1h"],
+                &[
+                    "--ttl",
+                    "--label",
+                    "--output",
+                    "drover-agent enroll",
+                    "1h",
+                    "max_token_ttl",
+                    "refuses",
+                ],
+            ),
+            (
+                &["artifact", "push"],
+                &[
+                    "--service",
+                    "--version",
+                    "-o json",
+                    "\"size_bytes\"",
+                    "\"pushed_by\"",
+                ],
             ),
             (
                 &["agents"],
@@ -184,11 +203,17 @@ mod tests {
             (&["agent", "show"], &["HOST", "--output", "json"]),
             (
                 &["agent", "revoke"],
-                &["HOST", "re-enrol", "drover token create"],
+                &[
+                    "HOST",
+                    "re-enrol",
+                    "drover token create",
+                    "drover-agent enroll --force",
+                ],
             ),
         ];
         for (path, words) in cases {
             let h = help(path);
+            assert!(!h.contains("caps it"), "{h}");
             for w in *words {
                 assert!(
                     h.contains(w),
