@@ -169,6 +169,7 @@ pub fn instance(
         last_check_error: String::new(),
         release: Some(release),
         drained: false,
+        ..InstanceStatus::default()
     }
 }
 
