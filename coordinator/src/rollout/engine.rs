@@ -44,13 +44,17 @@ pub enum PlanError {
         total: u32,
     },
     #[error(
-        "floor {floor} of {total} but only {capacity} healthy and in service{}",
-        disconnected_text(.disconnected)
+        "floor {floor} of {total} but only {capacity} healthy and in service{}{}",
+        disconnected_text(.disconnected),
+        never_deployed_text(*.never_deployed)
     )]
     FloorUnreachable {
         floor: u32,
         total: u32,
         capacity: u32,
+        /// Target instances that run no release at all: a first deploy,
+        /// which only a floor of 0 lets start.
+        never_deployed: u32,
         /// Hosts of target instances that are not connected (still
         /// reconnecting after a restart, or lost), sorted: what the
         /// operator may wait for.
@@ -88,6 +92,17 @@ fn disconnected_text(hosts: &[String]) -> String {
     }
     text.push_str(" disconnected");
     text
+}
+
+/// `; 3 never deployed: a first deploy needs ...`, or nothing.
+fn never_deployed_text(n: u32) -> String {
+    if n == 0 {
+        return String::new();
+    }
+    format!(
+        "; {n} never deployed: a first deploy needs min_healthy 0 \
+         (`drover rollout start --initial`, or --min-healthy 0)"
+    )
 }
 
 /// The outputs of one call, with the Persist flag kept apart until the end so
@@ -799,10 +814,14 @@ fn check_startable(st: &RolloutState, capacity: u32) -> Result<(), PlanError> {
             .filter(|i| !i.observed.reachable)
             .map(|i| i.host.as_str())
             .collect();
+        let never_deployed = count(
+            (st.instances.iter()).filter(|i| i.observed.reachable && i.observed.release.is_none()),
+        );
         return Err(PlanError::FloorUnreachable {
             floor: lim.floor,
             total: lim.total,
             capacity,
+            never_deployed,
             disconnected: disconnected.into_iter().map(str::to_string).collect(),
         });
     }

@@ -8,6 +8,7 @@ mod bad_config;
 mod bench_smoke;
 mod certs;
 mod demo;
+mod first_deploy;
 mod fleet;
 mod fleetsim;
 mod grpc;

@@ -4,13 +4,15 @@
 //! explains refusals and shows progress.
 
 mod spec;
+mod targets;
 mod watch;
 
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use drover_proto::v1::rollout_action_request::Action;
 use drover_proto::v1::{
-    GetRolloutRequest, ListRolloutsRequest, RolloutActionRequest, StartRolloutRequest,
+    GetRolloutRequest, ListHostsRequest, ListRolloutsRequest, RolloutActionRequest,
+    StartRolloutRequest,
 };
 use tonic::{Code, Status};
 
@@ -67,6 +69,14 @@ Examples:
   drover rollout start --service web --version v2 -l zone=a --batch 1,50% --min-healthy 8
   drover rollout start -f rollout.toml --max-failures 1 --dry-run
   drover rollout start -f rollout.toml --detach -o json
+  drover rollout start --service web --version v1 --initial --batch 100%
+
+First deploy: instances that never ran a release are not healthy, so no floor above 0 can \
+be met; start the first rollout with --initial (a floor of 0, refused if any target instance \
+already serves a release), or --min-healthy 0.
+
+Instances of a service with several instances and no drain configured in their agent.toml \
+are named in a warning: requests in flight when each is stopped will fail.
 
 Following a rollout rides through a coordinator restart or a dropped connection: \
 drover tries again (with backoff) for up to --reconnect-for, then carries on where it \
@@ -171,6 +181,11 @@ pub enum RolloutCommand {
 pub struct StartArgs {
     #[command(flatten)]
     pub spec: SpecFlags,
+    /// First deploy: a floor of 0 (--min-healthy 0), so that instances that
+    /// never ran a release can all be deployed. Refused when any target
+    /// instance already serves a release
+    #[arg(long, conflicts_with = "min_healthy")]
+    pub initial: bool,
     /// Print the plan only; nothing is started
     #[arg(long)]
     pub dry_run: bool,
@@ -273,9 +288,43 @@ fn start_error(status: Status, rpc_error: impl FnOnce(Status) -> anyhow::Error) 
     rpc_error(status)
 }
 
+/// Checks the target instances as the hosts report them: `--initial` only
+/// for a first deploy, and a warning for instances nothing drains.
+async fn check_targets(
+    session: &mut crate::conn::Session,
+    spec_toml: &str,
+    initial: bool,
+) -> anyhow::Result<()> {
+    let (service, selector) = targets::service_and_selector(spec_toml);
+    let hosts = match session
+        .client
+        .list_hosts(ListHostsRequest { selector })
+        .await
+    {
+        Ok(r) => r.into_inner().hosts,
+        Err(status) if initial => return Err(session.rpc_error(status)),
+        // The warning is best effort; the start itself reports any real
+        // problem with the coordinator.
+        Err(_) => return Ok(()),
+    };
+    let instances = targets::target_instances(&hosts, &service);
+    if initial && let Some(refusal) = targets::initial_refusal(&service, &instances) {
+        return Err(anyhow!(refusal));
+    }
+    if let Some(warning) = targets::drain_warning(&service, &instances) {
+        eprintln!("{warning}");
+    }
+    Ok(())
+}
+
 async fn start(ctx: &Ctx, args: StartArgs) -> anyhow::Result<()> {
-    let spec_toml = spec::build(&args.spec)?;
+    let mut flags = args.spec.clone();
+    if args.initial {
+        spec::initial(&mut flags);
+    }
+    let spec_toml = spec::build(&flags)?;
     let mut session = ctx.session().await?;
+    check_targets(&mut session, &spec_toml, args.initial).await?;
     let req = StartRolloutRequest {
         spec_toml,
         dry_run: args.dry_run,
@@ -443,6 +492,9 @@ mod tests {
                     "--output",
                     "--reconnect-for",
                     "3 lost contact",
+                    "--initial",
+                    "First deploy",
+                    "no drain configured",
                     "version = \"v2\"",
                     "Example",
                 ],
@@ -476,6 +528,41 @@ mod tests {
             }
             assert!(h.contains("--addr"), "{h}");
         }
+    }
+
+    #[test]
+    fn initial_is_a_floor_of_zero_and_excludes_min_healthy() {
+        let err = parse(&[
+            "rollout",
+            "start",
+            "--service",
+            "web",
+            "--version",
+            "v1",
+            "--initial",
+            "--min-healthy",
+            "50%",
+        ])
+        .expect_err("conflict");
+        assert_eq!(err.exit_code(), EXIT_USAGE);
+        let cli = parse(&[
+            "rollout",
+            "start",
+            "--service",
+            "web",
+            "--version",
+            "v1",
+            "--initial",
+        ])
+        .expect("parses");
+        let crate::cli::Command::Rollout(RolloutCommand::Start(args)) = cli.command else {
+            panic!("not a start");
+        };
+        assert!(args.initial);
+        let mut flags = args.spec.clone();
+        spec::initial(&mut flags);
+        let text = spec::build(&flags).expect("spec");
+        assert!(text.contains("min_healthy = 0"), "{text}");
     }
 
     #[test]

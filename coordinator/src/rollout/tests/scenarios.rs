@@ -258,6 +258,7 @@ fn impossible_floors_are_refused_with_numbers() {
             floor: 8,
             total: 10,
             capacity: 6,
+            never_deployed: 0,
             disconnected: Vec::new(),
         }
     );
@@ -285,6 +286,19 @@ fn impossible_floors_are_refused_with_numbers() {
         "floor 4 of 5 but only 3 healthy and in service; h02, h04 disconnected"
     );
     assert_eq!(Engine::plan(&floor4, reconnecting), Err(err));
+    // A first deploy: nothing runs a release, so nothing is healthy; the
+    // refusal says what a first deploy needs.
+    let mut fresh = instances(3);
+    for i in &mut fresh {
+        i.release = None;
+        i.healthy = false;
+    }
+    let err = Engine::start("r1", spec(), fresh, Millis(0)).expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "floor 3 of 3 but only 0 healthy and in service; 3 never deployed: a first deploy \
+         needs min_healthy 0 (`drover rollout start --initial`, or --min-healthy 0)"
+    );
     let mut many = instances(30);
     for i in &mut many[..13] {
         i.reachable = false;
