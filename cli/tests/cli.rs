@@ -747,6 +747,57 @@ async fn rollout_watch_gives_up_with_exit_3_and_fails_at_once_on_answers() {
 }
 
 #[tokio::test]
+async fn ctrl_c_while_reconnecting_stops_the_watch_not_the_rollout() {
+    let pki = Pki::new();
+    let addr = serve(&pki).await;
+    let mut cmd = drover(pki.dir.path());
+    as_operator(&mut cmd, &pki, addr);
+    cmd.args(["rollout", "watch", "r-gone", "--reconnect-for", "10m"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let lost = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            if line.starts_with("lost contact with the coordinator") {
+                return line;
+            }
+        }
+        panic!("stderr ended before the watch lost contact");
+    })
+    .await
+    .expect("lost contact in time");
+    assert!(lost.ends_with("trying again for up to 10m"), "{lost}");
+
+    let pid = child.id().expect("pid");
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut rest = String::new();
+        while let Some(line) = lines.next_line().await.expect("read") {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        rest
+    })
+    .await
+    .expect("stderr closed in time");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exit in time")
+        .expect("wait");
+    assert_eq!(status.code(), Some(1), "{rest}");
+    assert!(
+        rest.contains("error: stopped watching rollout r-gone; it goes on without you"),
+        "{rest}"
+    );
+}
+
+#[tokio::test]
 async fn local_problems_are_explained() {
     let pki = Pki::new();
     let addr = serve(&pki).await;

@@ -328,10 +328,66 @@ fn already_printed(printed: usize, seen: usize, events: usize) -> usize {
     printed.saturating_sub(seen).min(events)
 }
 
-/// Why a watch broke off, when waiting may mend it.
-enum Broken {
-    /// The coordinator could not be reached or the stream was cut.
-    Contact(String),
+/// How one WatchRollout stream ended.
+enum Watched {
+    /// The rollout reached a terminal phase.
+    Ended(Box<Rollout>),
+    /// The coordinator could not be reached or the stream was cut: why.
+    Lost(String),
+}
+
+/// One WatchRollout call, shown on `view` until the rollout ends or the
+/// connection is lost. `printed` counts the events shown over every call;
+/// an answer that is not about connectivity is an error.
+async fn watch_once(
+    session: &mut Session,
+    id: &str,
+    view: &mut View,
+    printed: &mut usize,
+    reconnect: &mut Reconnect,
+) -> anyhow::Result<Watched> {
+    let req = WatchRolloutRequest { id: id.to_string() };
+    let mut stream = match session.client.watch_rollout(req).await {
+        Ok(r) => r.into_inner(),
+        Err(status) if is_connectivity(&status) => return Ok(Watched::Lost(status_text(&status))),
+        Err(status) => return Err(session.rpc_error(status)),
+    };
+    let mut seen = 0usize;
+    loop {
+        let update = match stream.message().await {
+            Ok(Some(update)) => update,
+            Ok(None) => {
+                return Ok(Watched::Lost(
+                    "the coordinator ended the watch before the rollout finished".into(),
+                ));
+            }
+            Err(status) if is_connectivity(&status) => {
+                return Ok(Watched::Lost(status_text(&status)));
+            }
+            Err(status) => return Err(session.rpc_error(status)),
+        };
+        if reconnect.back() {
+            view.note(&format!(
+                "reconnected to the coordinator at {}; following rollout {id} again",
+                session.addr
+            ));
+        }
+        let skip = already_printed(*printed, seen, update.events.len());
+        seen += update.events.len();
+        *printed = (*printed).max(seen);
+        view.show(&update.events[skip..], update.rollout.as_ref())?;
+        if let Some(r) = update.rollout.filter(|r| is_terminal(&r.phase)) {
+            return Ok(Watched::Ended(Box::new(r)));
+        }
+    }
+}
+
+/// What Ctrl-C while following says.
+fn stopped(id: &str) -> anyhow::Error {
+    anyhow!(
+        "stopped watching rollout {id}; it goes on without you: follow it with \
+         `drover rollout watch {id}`, stop it with `drover rollout pause|abort {id}`"
+    )
 }
 
 /// Follows rollout `id` until it finishes; Ok only if it succeeded. When
@@ -348,68 +404,22 @@ pub async fn follow(
     let mut view = View::new(format);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
-    let stopped = |view: &mut View| {
-        view.clear();
-        anyhow!(
-            "stopped watching rollout {id}; it goes on without you: follow it with \
-             `drover rollout watch {id}`, stop it with `drover rollout pause|abort {id}`"
-        )
-    };
     let mut printed = 0usize;
     let mut reconnect = Reconnect::new(reconnect_for);
-    let r = 'watch: loop {
-        let req = WatchRolloutRequest { id: id.to_string() };
-        let broken = tokio::select! {
-            _ = &mut ctrl_c => return Err(stopped(&mut view)),
-            answer = session.client.watch_rollout(req) => match answer {
-                Err(status) if is_connectivity(&status) => Broken::Contact(status_text(&status)),
-                Err(status) => {
-                    view.clear();
-                    return Err(session.rpc_error(status));
-                }
-                Ok(r) => {
-                    let mut stream = r.into_inner();
-                    let mut seen = 0usize;
-                    'stream: loop {
-                        tokio::select! {
-                            _ = &mut ctrl_c => return Err(stopped(&mut view)),
-                            msg = stream.message() => match msg {
-                                Ok(Some(update)) => {
-                                    if reconnect.back() {
-                                        view.note(&format!(
-                                            "reconnected to the coordinator at {}; following rollout {id} again",
-                                            session.addr
-                                        ));
-                                    }
-                                    let skip = already_printed(printed, seen, update.events.len());
-                                    seen += update.events.len();
-                                    printed = printed.max(seen);
-                                    view.show(&update.events[skip..], update.rollout.as_ref())?;
-                                    if let Some(r) = update.rollout.filter(|r| is_terminal(&r.phase)) {
-                                        break 'watch r;
-                                    }
-                                }
-                                Ok(None) => break 'stream Broken::Contact(
-                                    "the coordinator ended the watch before the rollout finished".into(),
-                                ),
-                                Err(status) if is_connectivity(&status) => {
-                                    break 'stream Broken::Contact(status_text(&status));
-                                }
-                                Err(status) => {
-                                    view.clear();
-                                    return Err(session.rpc_error(status));
-                                }
-                            },
-                        }
-                    }
-                }
-            },
+    let r = loop {
+        let watched = tokio::select! {
+            _ = &mut ctrl_c => None,
+            w = watch_once(session, id, &mut view, &mut printed, &mut reconnect) => Some(w),
         };
-        let Broken::Contact(reason) = broken;
+        let reason = match watched {
+            None => break Err(stopped(id)),
+            Some(Err(e)) => break Err(e),
+            Some(Ok(Watched::Ended(r))) => break Ok(*r),
+            Some(Ok(Watched::Lost(reason))) => reason,
+        };
         let first = reconnect.lost_since.is_none();
         let Some(pause) = reconnect.lost(Instant::now(), jitter) else {
-            view.clear();
-            return Err(LostContact(format!(
+            break Err(LostContact(format!(
                 "lost contact with the coordinator at {} while following rollout {id} and \
                  could not reach it again within {} ({reason}); the rollout goes on without \
                  you and its outcome is unknown: see `drover rollout status {id}`",
@@ -426,11 +436,12 @@ pub async fn follow(
             ));
         }
         tokio::select! {
-            _ = &mut ctrl_c => return Err(stopped(&mut view)),
+            _ = &mut ctrl_c => break Err(stopped(id)),
             _ = tokio::time::sleep(pause) => {}
         }
     };
     view.clear();
+    let r = r?;
     match format {
         RolloutFormat::Json => print(&to_json(&RolloutJson::from(&r))?)?,
         RolloutFormat::Table => print(&summary(&r, now_ms()))?,
