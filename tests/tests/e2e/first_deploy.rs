@@ -1,14 +1,15 @@
 //! The operator's first moments with a fleet (issue 10, section 6): a first
 //! deploy is explained and `--initial` does it; instances never deployed
-//! say `not deployed`; a rollout over instances nothing drains is warned
-//! about; a token TTL above the coordinator's maximum is refused (exit 1).
+//! say `not deployed`; a start refused under the floor names the hosts not
+//! connected; a rollout over instances nothing drains is warned about; a
+//! token TTL above the coordinator's maximum is refused (exit 1).
 
 use drover_tests::harness::release::{sample_release, write_artifact};
 use drover_tests::{Fleet, WebFleet};
 
 #[test]
 fn a_first_deploy_is_explained_and_initial_does_it() {
-    let web = WebFleet::builder().hosts(2).start();
+    let mut web = WebFleet::builder().hosts(2).start();
 
     // Never deployed: the agents say so instead of crash-looping.
     let cli = web.fleet.operator();
@@ -62,6 +63,19 @@ fn a_first_deploy_is_explained_and_initial_does_it() {
         "{again}"
     );
     assert!(web.fleet.agents_json().iter().all(|h| h.healthy()));
+
+    // A host that is not connected (here its agent is gone; after a
+    // coordinator restart, one still reconnecting) is named in a refusal.
+    web.fleet.agent_mut("h2").kill();
+    web.fleet.wait_status("h2", "lost", drover_tests::WAIT);
+    let refused = web.start_rollout("v2", &["--min-healthy", "2"]);
+    assert_eq!(refused.code, Some(1), "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains("floor 2 of 2 but only 1 healthy and in service; h2 disconnected"),
+        "{refused}"
+    );
 }
 
 #[test]
