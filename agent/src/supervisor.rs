@@ -8,7 +8,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use drover_proto::v1::{HealthState, InstanceStatus, LoadBalancerView, Release, RuntimeState};
+use drover_proto::v1::{
+    DrainMethod, HealthState, InstanceStatus, LoadBalancerView, Release, RuntimeState,
+};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -152,6 +154,18 @@ pub fn initial_status(cfg: &InstanceConfig, host_id: &str) -> InstanceStatus {
         release: Some(Release::default()),
         drained: false,
         load_balancers: crate::drain::view::unread(&cfg.drain),
+        drain: drain_method(&cfg.drain) as i32,
+    }
+}
+
+/// The wire's name for how an instance is drained, so that the CLI can warn
+/// before a rollout stops instances that no load balancer was told about.
+fn drain_method(drain: &crate::config::DrainConfig) -> DrainMethod {
+    use crate::config::DrainConfig;
+    match drain {
+        DrainConfig::None => DrainMethod::None,
+        DrainConfig::Haproxy(_) => DrainMethod::Haproxy,
+        DrainConfig::Exec(_) => DrainMethod::Exec,
     }
 }
 
@@ -445,10 +459,14 @@ impl InstanceTask {
             }
             s.health = match (rt.state, tracker.state) {
                 (RuntimeState::Running, h) => h,
-                // A stopped or crashed instance serves nothing.
-                (RuntimeState::Stopped | RuntimeState::Crashed | RuntimeState::Stopping, _) => {
-                    HealthState::Unhealthy
-                }
+                // A stopped, crashed or never deployed instance serves nothing.
+                (
+                    RuntimeState::Stopped
+                    | RuntimeState::Crashed
+                    | RuntimeState::Stopping
+                    | RuntimeState::NotDeployed,
+                    _,
+                ) => HealthState::Unhealthy,
                 _ => HealthState::Unknown,
             } as i32;
             s.consecutive_successes = tracker.consecutive_successes;

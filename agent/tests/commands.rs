@@ -13,7 +13,7 @@ use common::{
 };
 use drover_agent::journal;
 use drover_proto::v1::command_update::Phase;
-use drover_proto::v1::{CommandUpdate, RuntimeState};
+use drover_proto::v1::{CommandUpdate, DrainMethod, RuntimeState};
 use drover_testkit::wait_until_async;
 
 struct Env {
@@ -435,6 +435,17 @@ async fn deploy_over_a_session_resumes_the_fetch_and_switches_current() {
     let _kill = KillInstances::of(&agent.cfg);
     env.coord.hello().await;
     let deploy_dir = env.path("srv/web");
+    // Nothing deployed yet: the agent says so (and that nothing drains it)
+    // rather than crash in a loop on a `{current}` that does not exist.
+    let before = env
+        .coord
+        .status_where("a first report", "web", |s| {
+            s.state != RuntimeState::Unspecified as i32 && s.state != RuntimeState::Starting as i32
+        })
+        .await;
+    assert_eq!(before.state(), RuntimeState::NotDeployed, "{before:?}");
+    assert_eq!(before.drain(), DrainMethod::None, "{before:?}");
+    assert_eq!(before.restarts, 0, "{before:?}");
 
     let r = env
         .coord

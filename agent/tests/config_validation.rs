@@ -219,7 +219,10 @@ fn refuses_bad_health_checks() {
             .contains("field `health.address`: not used")
     );
     assert!(health("type = \"tcp\"").contains("field `health.address`: required"));
-    assert!(health("type = \"tcp\"\naddress = \"nope\"").contains("field `health.address`"));
+    let bad = health("type = \"tcp\"\naddress = \"nope\"");
+    assert!(bad.contains("field `health.address`"), "{bad}");
+    assert!(bad.contains("got `nope`"), "{bad}");
+    assert!(!bad.contains("coordinator"), "{bad}");
     assert!(health("type = \"exec\"\ncommand = []").contains("field `health.command`"));
     assert!(health("type = \"smtp\"").contains("smtp"));
 }

@@ -26,7 +26,9 @@ Example ~/.config/drover/cli.toml:
   cert = \"alice.pem\"
   key  = \"alice.key\"
 
-Exit codes: 0 ok, 1 failure (refused, not found, unreachable), 2 usage error.";
+Exit codes: 0 ok, 1 failure (refused, not found, unreachable; a rollout that failed, \
+was rolled back or aborted), 2 usage error, 3 lost contact with the coordinator while \
+following a rollout for longer than --reconnect-for (the rollout's outcome is unknown).";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -140,6 +142,7 @@ mod tests {
         }
         assert!(h.contains("DROVER_CONFIG"), "{h}");
         assert!(h.contains("Exit codes"), "{h}");
+        assert!(h.contains("3 lost contact with the coordinator"), "{h}");
     }
 
     #[test]
@@ -165,7 +168,25 @@ mod tests {
             ),
             (
                 &["token", "create"],
-                &["--ttl", "--label", "--output", "drover-agent enroll", "1h"],
+                &[
+                    "--ttl",
+                    "--label",
+                    "--output",
+                    "drover-agent enroll",
+                    "1h",
+                    "max_token_ttl",
+                    "refuses",
+                ],
+            ),
+            (
+                &["artifact", "push"],
+                &[
+                    "--service",
+                    "--version",
+                    "-o json",
+                    "\"size_bytes\"",
+                    "\"pushed_by\"",
+                ],
             ),
             (
                 &["agents"],
@@ -182,11 +203,17 @@ mod tests {
             (&["agent", "show"], &["HOST", "--output", "json"]),
             (
                 &["agent", "revoke"],
-                &["HOST", "re-enrol", "drover token create"],
+                &[
+                    "HOST",
+                    "re-enrol",
+                    "drover token create",
+                    "drover-agent enroll --force",
+                ],
             ),
         ];
         for (path, words) in cases {
             let h = help(path);
+            assert!(!h.contains("caps it"), "{h}");
             for w in *words {
                 assert!(
                     h.contains(w),

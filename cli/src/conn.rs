@@ -125,8 +125,39 @@ pub async fn open(settings: &ConnSettings) -> anyhow::Result<Session> {
     })
 }
 
+/// Whether an error text is about TLS trust (a certificate refused on
+/// either side), which waiting will not fix.
+fn trust_problem(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    ["certificate", "unknownca", "fatal alert"]
+        .iter()
+        .any(|w| text.contains(w))
+}
+
+/// Whether a failed call means the coordinator could not be reached or the
+/// connection broke (a restart, a dropped link), so that trying again later
+/// may work; as opposed to an answer (refused, not found) or a TLS trust
+/// problem, which fail at once.
+///
+/// `Unavailable` is both the dial failure and what a stopping coordinator
+/// says. A connection cut mid-stream surfaces as `Unknown`, `Internal` or
+/// `Cancelled` with the transport error as its source; the same codes sent
+/// by the coordinator itself carry no source and are answers.
+pub fn is_connectivity(status: &Status) -> bool {
+    if trust_problem(&status_text(status)) {
+        return false;
+    }
+    match status.code() {
+        Code::Unavailable => true,
+        Code::Unknown | Code::Internal | Code::Cancelled => {
+            std::error::Error::source(status).is_some()
+        }
+        _ => false,
+    }
+}
+
 fn unreachable(addr: &str, chain: &str) -> anyhow::Error {
-    let hint = if chain.contains("certificate") || chain.contains("CertificateRequired") {
+    let hint = if trust_problem(chain) {
         "check that --ca is the drover CA that signed the coordinator's certificate, \
          and that your certificate is from the same CA and not revoked"
     } else {
@@ -136,7 +167,7 @@ fn unreachable(addr: &str, chain: &str) -> anyhow::Error {
 }
 
 /// A status's message followed by its underlying cause, if any.
-fn status_text(status: &Status) -> String {
+pub fn status_text(status: &Status) -> String {
     let mut text = status.message().to_string();
     if let Some(source) = std::error::Error::source(status) {
         let chain = error_chain(source);

@@ -1,6 +1,6 @@
 //! `drover`: the operator's command line. Parses arguments and hands off to
 //! `commands`; everything that can fail returns an error that is printed
-//! once, here, and mapped to the exit code (0 ok, 1 failure, 2 usage).
+//! once, here, and mapped to the exit code (0 ok, 1 failure, 2 usage, 3 lost contact).
 
 mod cli;
 mod commands;

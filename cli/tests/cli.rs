@@ -117,7 +117,78 @@ fn host(id: &str, status: HostStatus) -> Host {
 }
 
 /// Serves two hosts (h1 connected, h2 lost) and refuses writes from viewers.
-struct Fake;
+/// Rollout watches play a script chosen by the rollout id (see
+/// [`Fake::watch_script`]); `watches` counts the calls per id.
+#[derive(Default)]
+struct Fake {
+    watches: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+type Update = Result<drover_proto::v1::RolloutUpdate, Status>;
+
+fn rollout_event(n: u32) -> drover_proto::v1::RolloutEvent {
+    drover_proto::v1::RolloutEvent {
+        at_ms: 1_790_000_000_000 + i64::from(n) * 1000,
+        instance: format!("web@h{n}"),
+        step: "done".into(),
+        capacity: 2,
+        floor: 2,
+        message: format!("event {n}"),
+    }
+}
+
+/// An update in `phase` carrying events `from..=to` (none when from > to).
+fn rollout_update(id: &str, phase: &str, from: u32, to: u32) -> Update {
+    Ok(drover_proto::v1::RolloutUpdate {
+        rollout: Some(drover_proto::v1::Rollout {
+            id: id.into(),
+            service: "web".into(),
+            phase: phase.into(),
+            started_at_ms: 1_790_000_000_000,
+            finished_at_ms: if phase == "running" {
+                0
+            } else {
+                1_790_000_060_000
+            },
+            ..drover_proto::v1::Rollout::default()
+        }),
+        events: (from..=to).map(rollout_event).collect(),
+    })
+}
+
+impl Fake {
+    /// What the `call`th (0-based) WatchRollout of `id` answers: a stream
+    /// of updates, or an error for the call itself.
+    fn watch_script(id: &str, call: usize) -> Result<Vec<Update>, Status> {
+        match (id, call) {
+            // A coordinator restart: the stream ends with the coordinator
+            // going away, the next call cannot connect, the one after gets
+            // the whole history again plus what happened meanwhile.
+            ("r-restart", 0) => Ok(vec![
+                rollout_update(id, "running", 1, 2),
+                rollout_update(id, "running", 3, 3),
+                Err(Status::unavailable("coordinator shutting down")),
+            ]),
+            ("r-restart", 1) => Err(Status::unavailable("tcp connect error: connection refused")),
+            ("r-restart", _) => Ok(vec![
+                rollout_update(id, "running", 1, 4),
+                rollout_update(id, "succeeded", 5, 5),
+            ]),
+            // The coordinator never comes back.
+            ("r-gone", 0) => Ok(vec![
+                rollout_update(id, "running", 1, 1),
+                Err(Status::unavailable("coordinator shutting down")),
+            ]),
+            ("r-gone", _) => Err(Status::unavailable("tcp connect error: connection refused")),
+            // An answer, not a lost connection: no retry.
+            ("r-broken", _) => Ok(vec![
+                rollout_update(id, "running", 1, 1),
+                Err(Status::internal("rollout state cannot be encoded")),
+            ]),
+            (other, _) => Err(Status::not_found(format!("no rollout `{other}`"))),
+        }
+    }
+}
 
 fn caller_role<T>(req: &Request<T>) -> Result<Role, Status> {
     let certs = req
@@ -260,9 +331,17 @@ impl ControlService for Fake {
 
     async fn watch_rollout(
         &self,
-        _req: Request<drover_proto::v1::WatchRolloutRequest>,
+        req: Request<drover_proto::v1::WatchRolloutRequest>,
     ) -> Result<Response<Self::WatchRolloutStream>, Status> {
-        Err(Status::unimplemented("not faked"))
+        let id = req.into_inner().id;
+        let call = {
+            let mut calls = self.watches.lock().expect("lock");
+            let n = calls.entry(id.clone()).or_default();
+            *n += 1;
+            *n - 1
+        };
+        let updates = Fake::watch_script(&id, call)?;
+        Ok(Response::new(Box::pin(futures::stream::iter(updates))))
     }
 
     async fn act_on_rollout(
@@ -290,7 +369,7 @@ async fn serve(pki: &Pki) -> SocketAddr {
     let server = Server::builder()
         .tls_config(tls)
         .expect("tls config")
-        .add_service(ControlServiceServer::new(Fake))
+        .add_service(ControlServiceServer::new(Fake::default()))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
     tokio::spawn(server);
     addr
@@ -576,6 +655,146 @@ async fn watch_prints_events_and_exits_0_on_ctrl_c() {
         .expect("exit in time")
         .expect("wait");
     assert_eq!(status.code(), Some(0));
+}
+
+/// `drover rollout watch ID` as alice, given up on after `reconnect_for`.
+async fn watch_rollout(pki: &Pki, addr: SocketAddr, id: &str, reconnect_for: &str) -> Run {
+    let mut cmd = drover(pki.dir.path());
+    as_operator(&mut cmd, pki, addr);
+    cmd.args(["rollout", "watch", id, "--reconnect-for", reconnect_for]);
+    run(cmd).await
+}
+
+#[tokio::test]
+async fn rollout_watch_rides_through_a_coordinator_restart() {
+    let pki = Pki::new();
+    let addr = serve(&pki).await;
+
+    let r = watch_rollout(&pki, addr, "r-restart", "1m").await;
+    assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+    for n in 1..=5 {
+        let want = format!("  event {n}\n");
+        assert_eq!(
+            r.stdout.matches(&want).count(),
+            1,
+            "event {n} must be printed once:\n{}",
+            r.stdout
+        );
+    }
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(lines[0].ends_with("event 1"), "{}", r.stdout);
+    assert!(lines[4].ends_with("event 5"), "{}", r.stdout);
+    assert!(
+        lines[5].starts_with("rollout r-restart succeeded"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr.contains(&format!(
+            "lost contact with the coordinator at {addr} (coordinator shutting down); \
+             trying again for up to 1m"
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("reconnected to the coordinator"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("certificate"), "{}", r.stderr);
+}
+
+#[tokio::test]
+async fn rollout_watch_gives_up_with_exit_3_and_fails_at_once_on_answers() {
+    let pki = Pki::new();
+    let addr = serve(&pki).await;
+
+    let r = watch_rollout(&pki, addr, "r-gone", "1s").await;
+    assert_eq!(r.code, Some(3), "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("event 1"), "{}", r.stdout);
+    let last = r.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!(
+            "error: lost contact with the coordinator at {addr} while following rollout r-gone \
+             and could not reach it again within 1s"
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        last.ends_with("its outcome is unknown: see `drover rollout status r-gone`"),
+        "{}",
+        r.stderr
+    );
+
+    // 0s: no second try.
+    let r = watch_rollout(&pki, addr, "r-gone", "0s").await;
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+
+    // Answers are not connectivity: exit 1 at once, with today's words.
+    let r = watch_rollout(&pki, addr, "r-missing", "1m").await;
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.stderr.trim(), "error: no rollout `r-missing`");
+    let r = watch_rollout(&pki, addr, "r-broken", "1m").await;
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("rollout state cannot be encoded"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("lost contact"), "{}", r.stderr);
+}
+
+#[tokio::test]
+async fn ctrl_c_while_reconnecting_stops_the_watch_not_the_rollout() {
+    let pki = Pki::new();
+    let addr = serve(&pki).await;
+    let mut cmd = drover(pki.dir.path());
+    as_operator(&mut cmd, &pki, addr);
+    cmd.args(["rollout", "watch", "r-gone", "--reconnect-for", "10m"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let lost = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            if line.starts_with("lost contact with the coordinator") {
+                return line;
+            }
+        }
+        panic!("stderr ended before the watch lost contact");
+    })
+    .await
+    .expect("lost contact in time");
+    assert!(lost.ends_with("trying again for up to 10m"), "{lost}");
+
+    let pid = child.id().expect("pid");
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut rest = String::new();
+        while let Some(line) = lines.next_line().await.expect("read") {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        rest
+    })
+    .await
+    .expect("stderr closed in time");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exit in time")
+        .expect("wait");
+    assert_eq!(status.code(), Some(1), "{rest}");
+    assert!(
+        rest.contains("error: stopped watching rollout r-gone; it goes on without you"),
+        "{rest}"
+    );
 }
 
 #[tokio::test]

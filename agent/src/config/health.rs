@@ -80,8 +80,15 @@ pub(super) fn validate_health(
                     "required when type = \"tcp\", e.g. \"127.0.0.1:8080\"",
                 )
             })?;
-            let (host, port) = transport::parse_addr(addr)
-                .map_err(|e| c.err("health.address", format!("expected HOST:PORT: {e}")))?;
+            let (host, port) = transport::parse_addr(addr).map_err(|e| {
+                c.err(
+                    "health.address",
+                    format!(
+                        "expected the instance's HOST:PORT, got `{addr}`: {}",
+                        address_problem(e)
+                    ),
+                )
+            })?;
             CheckConfig::Tcp { host, port }
         }
         RawCheckType::Exec => {
@@ -113,6 +120,15 @@ pub(super) fn validate_health(
         rise,
         fall,
     })
+}
+
+/// What is wrong with an address, without `parse_addr`'s own wording,
+/// which calls every address a coordinator's.
+pub(super) fn address_problem(e: transport::TransportError) -> String {
+    match e {
+        transport::TransportError::Address { reason, .. } => reason,
+        other => other.to_string(),
+    }
 }
 
 /// Parses `http://host[:port][/path]`; only plain HTTP is supported.

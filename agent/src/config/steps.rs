@@ -100,7 +100,12 @@ impl HaproxyAddr {
         }
         transport::parse_addr(s)
             .map(|(host, port)| HaproxyAddr::Tcp { host, port })
-            .map_err(|e| format!("expected a unix socket path or HOST:PORT: {e}"))
+            .map_err(|e| {
+                format!(
+                    "expected a unix socket path or HOST:PORT, got `{s}`: {}",
+                    super::health::address_problem(e)
+                )
+            })
     }
 }
 

@@ -346,11 +346,30 @@ impl ProcessSupervisor {
             self.retry_at = None;
             return;
         }
+        // Nothing to run before a first deploy: say so, rather than crash
+        // in a loop on a command that cannot exist yet. The start step of
+        // the first rollout starts it.
+        if self.not_deployed() {
+            self.retry_at = None;
+            if self.status.state != RuntimeState::NotDeployed {
+                tracing::info!(instance = %self.name, "nothing deployed yet; waiting for a first rollout");
+                self.note("nothing deployed yet; waiting for a first rollout to deploy a release");
+            }
+            self.set_status(RuntimeState::NotDeployed, 0);
+            return;
+        }
         if let Err(e) = self.start() {
             tracing::error!(instance = %self.name, "{e}");
             self.note(&e.to_string());
             self.schedule_retry();
         }
+    }
+
+    /// Whether the command runs from `<deploy_dir>/current` and that link
+    /// does not exist yet.
+    fn not_deployed(&self) -> bool {
+        self.cfg.uses_current()
+            && (self.cfg.current.as_ref()).is_some_and(|c| fs::symlink_metadata(c).is_err())
     }
 
     fn schedule_retry(&mut self) {

@@ -65,7 +65,8 @@ pub enum AgentCommand {
     /// The coordinator refuses every certificate the host has used and ends
     /// its session at once. The host's instances keep running, but it stays
     /// cut off until it re-enrols: create a token with `drover token create`
-    /// and run `drover-agent enroll` on it again. Needs an operator certificate.
+    /// and run `drover-agent enroll --force` on it again (--force, because the
+    /// host still holds its revoked enrolment). Needs an operator certificate.
     ///
     /// Example: drover agent revoke web-01
     Revoke(RevokeArgs),
@@ -338,7 +339,8 @@ fn revoke_text(host: &str, serials: &[String]) -> String {
     format!(
         "revoked {host}; {serials}\n\
          Its session has been dropped and it cannot reconnect. To bring it back, create a token \
-         with `drover token create` and run `drover-agent enroll` on {host} again.\n"
+         with `drover token create` and run `drover-agent enroll --force` with it on {host} \
+         (--force replaces the revoked enrolment the host still holds).\n"
     )
 }
 
@@ -412,6 +414,6 @@ mod tests {
         );
         assert!(text.contains("session has been dropped"));
         assert!(text.contains("drover token create"));
-        assert!(text.contains("drover-agent enroll"));
+        assert!(text.contains("drover-agent enroll --force"), "{text}");
     }
 }

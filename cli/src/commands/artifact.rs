@@ -24,6 +24,13 @@ pub enum ArtifactCommand {
     /// Pushing the same bytes again is a no-op; a version already bound to
     /// other bytes is refused, so a version never silently changes.
     ///
+    /// Prints `pushed SERVICE VERSION: sha256:DIGEST (SIZE)`; with -o json
+    /// one object for scripts:
+    ///   {"service": "web", "version": "v2", "digest": "<64 hex>",
+    ///    "size_bytes": 1234, "pushed_at": "2026-11-26T10:00:00Z",
+    ///    "pushed_by": "operator/alice"}
+    /// (digest without the sha256: prefix; pushed_at in UTC.)
+    ///
     /// Example:
     ///   drover artifact push web-v2.tar.gz --service web --version v2
     #[command(verbatim_doc_comment, disable_version_flag = true)]
@@ -42,7 +49,7 @@ pub struct PushArgs {
     /// Version name, e.g. v2 or 2026.11.26-1
     #[arg(long)]
     pub version: String,
-    /// Output format
+    /// Output format: table (one line) or json (the artifact object above)
     #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
     pub output: ShowFormat,
 }

@@ -39,7 +39,8 @@ pub enum TokenFormat {
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// How long the token stays valid (the coordinator caps it at its max_token_ttl)
+    /// How long the token stays valid; above the coordinator's
+    /// agents.max_token_ttl (default 24h) the coordinator refuses it (exit 1)
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
     pub ttl: Duration,
     /// Label for the enrolling host, KEY=VALUE (repeatable), e.g. --label env=prod
@@ -87,17 +88,12 @@ fn with_prefix(fingerprint: &str) -> String {
 
 /// The text `token create` prints; `addr` is the address the operator used,
 /// which the agent will dial too.
-fn render_text(resp: &CreateTokenResponse, addr: &str, requested: Duration, now_ms: i64) -> String {
+fn render_text(resp: &CreateTokenResponse, addr: &str, now_ms: i64) -> String {
     let fp = with_prefix(&resp.ca_fingerprint);
-    let mut expires = match rfc3339_ms(resp.expires_at_ms) {
+    let expires = match rfc3339_ms(resp.expires_at_ms) {
         Some(t) => format!("{t} ({})", relative(now_ms, resp.expires_at_ms)),
         None => "unknown".into(),
     };
-    let requested_ms = now_ms + requested.as_millis() as i64;
-    // A minute of slack for clock skew and the round trip.
-    if resp.expires_at_ms > 0 && resp.expires_at_ms + 60_000 < requested_ms {
-        expires.push_str(", capped by the coordinator's max_token_ttl");
-    }
     format!(
         "token:           {}\n\
          ca fingerprint:  {fp}\n\
@@ -129,7 +125,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<()> {
             };
             println!("{}", serde_json::to_string_pretty(&json)?);
         }
-        TokenFormat::Text => print!("{}", render_text(&resp, &session.addr, args.ttl, now_ms())),
+        TokenFormat::Text => print!("{}", render_text(&resp, &session.addr, now_ms())),
     }
     Ok(())
 }
@@ -151,12 +147,7 @@ mod tests {
 
     #[test]
     fn prints_a_ready_enroll_line() {
-        let text = render_text(
-            &resp(NOW + 3_600_000),
-            "c1:7443",
-            Duration::from_secs(3600),
-            NOW,
-        );
+        let text = render_text(&resp(NOW + 3_600_000), "c1:7443", NOW);
         let fp = format!("sha256:{}", "ab".repeat(32));
         assert!(text.contains("token:           drt_abc\n"), "{text}");
         assert!(text.contains(&format!("ca fingerprint:  {fp}\n")), "{text}");
@@ -167,17 +158,6 @@ mod tests {
         assert!(text.contains(&format!(
             "\n  drover-agent enroll --coordinator c1:7443 --token drt_abc --ca-fingerprint {fp}\n"
         )));
-        assert!(!text.contains("capped"));
-        let capped = render_text(
-            &resp(NOW + 3_600_000),
-            "c1:7443",
-            Duration::from_secs(7200),
-            NOW,
-        );
-        assert!(
-            capped.contains("capped by the coordinator's max_token_ttl"),
-            "{capped}"
-        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Hosts as a coordinator would send them, for the output tests.
 
 use drover_proto::v1::{
-    DiskUsage, HealthState, Host, HostMetrics, HostStatus, InstanceStatus, Release, RuntimeState,
+    DiskUsage, DrainMethod, HealthState, Host, HostMetrics, HostStatus, InstanceStatus, Release,
+    RuntimeState,
 };
 
 pub const NOW: i64 = 1_790_000_000_000;
@@ -28,6 +29,7 @@ pub fn instance(id: &str, state: RuntimeState, health: HealthState) -> InstanceS
         }),
         drained: false,
         load_balancers: Vec::new(),
+        drain: DrainMethod::Haproxy as i32,
     }
 }
 

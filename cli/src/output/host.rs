@@ -10,7 +10,7 @@ use drover_proto::v1::{
     RuntimeState,
 };
 
-use super::host_json::{health_str, state_str, status_str};
+use super::host_json::{drain_str, health_str, state_str, status_str};
 use super::{align, bytes, percent, relative, rfc3339_ms, short_duration, table};
 
 /// Hosts in the order every view shows them: by host id.
@@ -50,7 +50,12 @@ pub fn instances_summary(instances: &[InstanceStatus]) -> String {
         })
         .count();
     let word = if checked { "healthy" } else { "running" };
-    format!("{ok}/{} {word}", instances.len())
+    let mut text = format!("{ok}/{} {word}", instances.len());
+    let undeployed = instances.iter().filter(|i| not_deployed(i)).count();
+    if undeployed > 0 {
+        let _ = write!(text, ", {undeployed} not deployed");
+    }
+    text
 }
 
 /// Highest use across mounts, as a whole percentage.
@@ -104,6 +109,30 @@ fn row(h: &Host, now_ms: i64, wide: bool) -> Vec<String> {
     row
 }
 
+/// An instance whose command runs from a release and none was deployed
+/// yet: neither crashed nor unhealthy, just waiting for a first rollout.
+fn not_deployed(i: &InstanceStatus) -> bool {
+    i.state() == RuntimeState::NotDeployed
+}
+
+/// The state in words (`not deployed` where JSON says `not_deployed`).
+fn state_text(i: &InstanceStatus) -> &'static str {
+    if not_deployed(i) {
+        "not deployed"
+    } else {
+        state_str(i.state())
+    }
+}
+
+/// Health as a column: nothing to check on an instance never deployed.
+fn health_text(i: &InstanceStatus) -> &'static str {
+    if not_deployed(i) {
+        "-"
+    } else {
+        health_str(i.health())
+    }
+}
+
 fn release_text(i: &InstanceStatus) -> String {
     match &i.release {
         Some(r) if !r.version.is_empty() => r.version.clone(),
@@ -115,7 +144,7 @@ fn release_text(i: &InstanceStatus) -> String {
 }
 
 fn instance_row(i: &InstanceStatus) -> Vec<String> {
-    let mut health = health_str(i.health()).to_string();
+    let mut health = health_text(i).to_string();
     if i.drained {
         health.push_str(", drained");
     }
@@ -125,7 +154,7 @@ fn instance_row(i: &InstanceStatus) -> Vec<String> {
     }
     vec![
         format!("  - {}", i.id),
-        state_str(i.state()).to_string(),
+        state_text(i).to_string(),
         health,
         format!("restarts {}", i.restarts),
         format!("release {}", release_text(i)),
@@ -310,7 +339,7 @@ pub fn host_detail(h: &Host, now_ms: i64) -> String {
                 "    State:".into(),
                 format!(
                     "{}{}, {} restart{}",
-                    state_str(i.state()),
+                    state_text(i),
                     if i.pid > 0 {
                         format!(" (pid {})", i.pid)
                     } else {
@@ -326,6 +355,7 @@ pub fn host_detail(h: &Host, now_ms: i64) -> String {
                 "    Drained:".into(),
                 if i.drained { "yes" } else { "no" }.into(),
             ],
+            vec!["    Drain method:".into(), drain_str(i.drain()).into()],
         ];
         for lb in &i.load_balancers {
             rows.push(vec![
@@ -380,6 +410,11 @@ fn lb_state_text(lb: &LoadBalancerView) -> String {
 }
 
 fn health_detail(i: &InstanceStatus) -> String {
+    if not_deployed(i) {
+        return "- (nothing deployed yet: a first rollout deploys it, see \
+                `drover rollout start --initial`)"
+            .into();
+    }
     match i.health() {
         HealthState::None => "none (no health check configured)".into(),
         h => format!(
@@ -471,6 +506,36 @@ mod tests {
         assert_eq!(instances_summary(&h.instances), "1/2 running");
         h.instances[1] = instance("b@h1", RuntimeState::Running, HealthState::Healthy);
         assert_eq!(instances_summary(&h.instances), "2/2 healthy");
+    }
+
+    #[test]
+    fn never_deployed_instances_say_so() {
+        let mut h = host("h1");
+        for i in &mut h.instances {
+            i.state = RuntimeState::NotDeployed as i32;
+            i.health = HealthState::Unhealthy as i32;
+            i.release = None;
+            i.pid = 0;
+            i.restarts = 0;
+        }
+        assert_eq!(
+            instances_summary(&h.instances),
+            "0/2 healthy, 2 not deployed"
+        );
+        let text = hosts_table(std::slice::from_ref(&h), NOW, true);
+        let line = text.lines().nth(2).unwrap_or_default();
+        assert_eq!(
+            cells(line),
+            ["- web@h1", "not deployed", "-", "restarts 0", "release -"]
+        );
+        assert!(
+            !text.contains("crashed") && !text.contains("unhealthy"),
+            "{text}"
+        );
+        let page = host_detail(&h, NOW);
+        assert!(page.contains("not deployed, 0 restarts"), "{page}");
+        assert!(page.contains("nothing deployed yet"), "{page}");
+        assert!(page.contains("Drain method:"), "{page}");
     }
 
     #[test]

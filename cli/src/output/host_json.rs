@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use drover_proto::v1::{
-    DiskUsage, HealthState, Host, HostMetrics, HostStatus, InstanceStatus, RuntimeState,
+    DiskUsage, DrainMethod, HealthState, Host, HostMetrics, HostStatus, InstanceStatus,
+    RuntimeState,
 };
 use serde::Serialize;
 
@@ -27,7 +28,18 @@ pub fn state_str(s: RuntimeState) -> &'static str {
         RuntimeState::Crashed => "crashed",
         RuntimeState::Starting => "starting",
         RuntimeState::Stopping => "stopping",
+        RuntimeState::NotDeployed => "not_deployed",
         RuntimeState::Unspecified => "unknown",
+    }
+}
+
+pub fn drain_str(d: DrainMethod) -> &'static str {
+    match d {
+        DrainMethod::None => "none",
+        DrainMethod::Haproxy => "haproxy",
+        DrainMethod::Exec => "exec",
+        // An agent older than the field.
+        DrainMethod::Unspecified => "unknown",
     }
 }
 
@@ -95,6 +107,8 @@ pub struct InstanceJson {
     pub last_check_error: String,
     pub release: ReleaseJson,
     pub drained: bool,
+    /// none | haproxy | exec | unknown (an agent that does not say)
+    pub drain: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -152,6 +166,7 @@ impl From<&InstanceStatus> for InstanceJson {
                 digest: release.map(|r| r.digest.clone()).unwrap_or_default(),
             },
             drained: i.drained,
+            drain: drain_str(i.drain()),
         }
     }
 }
@@ -246,6 +261,7 @@ mod tests {
             "last_check_error",
             "release",
             "drained",
+            "drain",
         ];
         expected.sort_unstable();
         assert_eq!(inst_keys, expected);
@@ -255,6 +271,7 @@ mod tests {
             inst["release"],
             serde_json::json!({"version": "", "digest": ""})
         );
+        assert_eq!(inst["drain"], "haproxy");
         assert_eq!(v["instances"][1]["state"], "crashed");
         assert_eq!(v["instances"][1]["health"], "unhealthy");
 
@@ -282,6 +299,7 @@ mod tests {
             RuntimeState::Crashed,
             RuntimeState::Starting,
             RuntimeState::Stopping,
+            RuntimeState::NotDeployed,
             RuntimeState::Unspecified,
         ]
         .map(state_str)
@@ -289,9 +307,24 @@ mod tests {
         assert_eq!(
             states,
             [
-                "running", "stopped", "crashed", "starting", "stopping", "unknown"
+                "running",
+                "stopped",
+                "crashed",
+                "starting",
+                "stopping",
+                "not_deployed",
+                "unknown"
             ]
         );
+        let drains: Vec<_> = [
+            DrainMethod::None,
+            DrainMethod::Haproxy,
+            DrainMethod::Exec,
+            DrainMethod::Unspecified,
+        ]
+        .map(drain_str)
+        .into();
+        assert_eq!(drains, ["none", "haproxy", "exec", "unknown"]);
         let health: Vec<_> = [
             HealthState::Unknown,
             HealthState::Healthy,

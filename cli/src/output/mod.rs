@@ -26,7 +26,7 @@ pub enum ListFormat {
 pub enum ShowFormat {
     /// Readable text.
     Table,
-    /// One JSON host object, for scripts.
+    /// JSON, for scripts.
     Json,
 }
 

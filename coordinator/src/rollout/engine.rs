@@ -43,11 +43,22 @@ pub enum PlanError {
         floor: u32,
         total: u32,
     },
-    #[error("floor {floor} of {total} but only {capacity} healthy and in service")]
+    #[error(
+        "floor {floor} of {total} but only {capacity} healthy and in service{}{}",
+        disconnected_text(.disconnected),
+        never_deployed_text(*.never_deployed)
+    )]
     FloorUnreachable {
         floor: u32,
         total: u32,
         capacity: u32,
+        /// Target instances that run no release at all: a first deploy,
+        /// which only a floor of 0 lets start.
+        never_deployed: u32,
+        /// Hosts of target instances that are not connected (still
+        /// reconnecting after a restart, or lost), sorted: what the
+        /// operator may wait for.
+        disconnected: Vec<String>,
     },
     #[error(
         "floor {floor} of {total} leaves no instance that may be taken down, \
@@ -64,6 +75,34 @@ pub enum PlanError {
         max: u32,
         hosts: String,
     },
+}
+
+/// Hosts named in a refusal at most; the rest are counted.
+const HOSTS_NAMED: usize = 10;
+
+/// `; h2, h4 disconnected` (the first [`HOSTS_NAMED`], then `and N more`),
+/// or nothing.
+fn disconnected_text(hosts: &[String]) -> String {
+    if hosts.is_empty() {
+        return String::new();
+    }
+    let mut text = format!("; {}", hosts[..hosts.len().min(HOSTS_NAMED)].join(", "));
+    if hosts.len() > HOSTS_NAMED {
+        text.push_str(&format!(" and {} more", hosts.len() - HOSTS_NAMED));
+    }
+    text.push_str(" disconnected");
+    text
+}
+
+/// `; 3 never deployed: a first deploy needs ...`, or nothing.
+fn never_deployed_text(n: u32) -> String {
+    if n == 0 {
+        return String::new();
+    }
+    format!(
+        "; {n} never deployed: a first deploy needs min_healthy 0 \
+         (`drover rollout start --initial`, or --min-healthy 0)"
+    )
 }
 
 /// The outputs of one call, with the Persist flag kept apart until the end so
@@ -774,10 +813,19 @@ fn check_startable(st: &RolloutState, capacity: u32) -> Result<(), PlanError> {
         });
     }
     if capacity < lim.floor {
+        let disconnected: BTreeSet<&str> = (st.instances.iter())
+            .filter(|i| !i.observed.reachable)
+            .map(|i| i.host.as_str())
+            .collect();
+        let never_deployed = count(
+            (st.instances.iter()).filter(|i| i.observed.reachable && i.observed.release.is_none()),
+        );
         return Err(PlanError::FloorUnreachable {
             floor: lim.floor,
             total: lim.total,
             capacity,
+            never_deployed,
+            disconnected: disconnected.into_iter().map(str::to_string).collect(),
         });
     }
     if lim.floor == lim.total {

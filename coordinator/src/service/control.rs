@@ -145,10 +145,15 @@ impl ControlService for ControlSvc {
         } else {
             Duration::from_secs(req.ttl_secs)
         };
+        // A well-formed request this coordinator's policy refuses, not a
+        // malformed one: FAILED_PRECONDITION, so the CLI exits 1 (refused)
+        // rather than 2 (usage).
         if ttl > self.ctx.max_token_ttl {
-            return Err(Status::invalid_argument(format!(
-                "ttl {} exceeds the coordinator's agents.max_token_ttl of {}",
+            return Err(Status::failed_precondition(format!(
+                "refused: ttl {} is above this coordinator's maximum of {} \
+                 (agents.max_token_ttl in its config); ask for {} or less",
                 humantime::format_duration(ttl),
+                humantime::format_duration(self.ctx.max_token_ttl),
                 humantime::format_duration(self.ctx.max_token_ttl)
             )));
         }

@@ -169,7 +169,7 @@ pub fn instance(
         last_check_error: String::new(),
         release: Some(release),
         drained: false,
-        load_balancers: Vec::new(),
+        ..InstanceStatus::default()
     }
 }
 

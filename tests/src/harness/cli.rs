@@ -87,7 +87,7 @@ pub struct InstanceView {
     pub service: String,
     #[serde(default)]
     pub runtime: String,
-    /// running | stopped | crashed | starting | stopping | unknown
+    /// running | stopped | crashed | starting | stopping | not_deployed | unknown
     pub state: String,
     pub restarts: u32,
     #[serde(default)]

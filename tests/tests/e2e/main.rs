@@ -9,6 +9,7 @@ mod bench_smoke;
 mod certs;
 mod demo;
 mod enrolling;
+mod first_deploy;
 mod fleet;
 mod fleetsim;
 mod grpc;
@@ -22,6 +23,7 @@ mod rollout_deadline;
 mod rollout_harness;
 mod rollout_hostile;
 mod rollout_lb;
+mod rollout_reconnect;
 mod sample;
 mod shutdown;
 

@@ -4,13 +4,15 @@
 //! explains refusals and shows progress.
 
 mod spec;
+mod targets;
 mod watch;
 
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use drover_proto::v1::rollout_action_request::Action;
 use drover_proto::v1::{
-    GetRolloutRequest, ListRolloutsRequest, RolloutActionRequest, StartRolloutRequest,
+    GetRolloutRequest, ListHostsRequest, ListRolloutsRequest, RolloutActionRequest,
+    StartRolloutRequest,
 };
 use tonic::{Code, Status};
 
@@ -67,11 +69,35 @@ Examples:
   drover rollout start --service web --version v2 -l zone=a --batch 1,50% --min-healthy 8
   drover rollout start -f rollout.toml --max-failures 1 --dry-run
   drover rollout start -f rollout.toml --detach -o json
+  drover rollout start --service web --version v1 --initial --batch 100%
+
+First deploy: instances that never ran a release are not healthy, so no floor above 0 can \
+be met; start the first rollout with --initial (a floor of 0, refused if any target instance \
+already serves a release), or --min-healthy 0.
+
+Instances of a service with several instances and no drain configured in their agent.toml \
+are named in a warning: requests in flight when each is stopped will fail.
+
+Following a rollout rides through a coordinator restart or a dropped connection: \
+drover tries again (with backoff) for up to --reconnect-for, then carries on where it \
+was without printing an event twice.
 
 Exit codes: 0 the rollout succeeded (or the dry run's plan finishes, or --detach); \
 1 it failed, was rolled back or aborted, or the coordinator refused it (no instances \
 match, the floor is unreachable, no such artifact, another rollout of the service is \
-running); 2 the spec or a flag is malformed.";
+running); 2 the spec or a flag is malformed; 3 lost contact with the coordinator for \
+longer than --reconnect-for while following the rollout: it goes on, its outcome is \
+unknown (see `drover rollout status ID`).";
+
+const WATCH_AFTER_HELP: &str = "\
+When the coordinator restarts or the connection drops, watch tries again with backoff \
+for up to --reconnect-for (default 5m) and resumes from the rollout's current state; \
+events already printed are not printed again.
+
+Exit codes: 0 the rollout succeeded; 1 it failed, was rolled back or aborted, or the \
+coordinator refused the watch (no such rollout, certificate refused); 2 usage error; \
+3 lost contact with the coordinator for longer than --reconnect-for: the rollout goes \
+on, its outcome is unknown (see `drover rollout status ID`).";
 
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
@@ -97,8 +123,8 @@ pub enum RolloutCommand {
     ///
     /// Example:
     ///   drover rollout watch web-7
-    #[command(verbatim_doc_comment)]
-    Watch(IdArgs),
+    #[command(verbatim_doc_comment, after_long_help = WATCH_AFTER_HELP)]
+    Watch(WatchArgs),
     /// Show a rollout: phase, progress, capacity and every instance
     ///
     /// Shows the phase and why, the current batch, capacity with its floor
@@ -155,6 +181,11 @@ pub enum RolloutCommand {
 pub struct StartArgs {
     #[command(flatten)]
     pub spec: SpecFlags,
+    /// First deploy: a floor of 0 (--min-healthy 0), so that instances that
+    /// never ran a release can all be deployed. Refused when any target
+    /// instance already serves a release
+    #[arg(long, conflicts_with = "min_healthy")]
+    pub initial: bool,
     /// Print the plan only; nothing is started
     #[arg(long)]
     pub dry_run: bool,
@@ -165,6 +196,27 @@ pub struct StartArgs {
     /// object at the end)
     #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
     pub output: RolloutFormat,
+    #[command(flatten)]
+    pub follow: FollowArgs,
+}
+
+/// How a follower rides through a coordinator restart.
+#[derive(Debug, Args)]
+pub struct FollowArgs {
+    /// When the coordinator restarts or the connection drops, keep trying to
+    /// reach it for this long (capped, jittered backoff), then exit 3: the
+    /// rollout goes on, its outcome unknown to this command. 0s: never
+    #[arg(long, value_name = "DURATION", default_value = watch::DEFAULT_RECONNECT_FOR,
+          value_parser = watch::parse_reconnect_for)]
+    pub reconnect_for: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub rollout: IdArgs,
+    #[command(flatten)]
+    pub follow: FollowArgs,
 }
 
 #[derive(Debug, Args)]
@@ -212,7 +264,8 @@ pub async fn run(ctx: &Ctx, cmd: RolloutCommand) -> anyhow::Result<()> {
         RolloutCommand::Start(args) => start(ctx, *args).await,
         RolloutCommand::Watch(args) => {
             let mut session = ctx.session().await?;
-            watch::follow(&mut session, &args.id, args.output).await
+            let (id, output) = (&args.rollout.id, args.rollout.output);
+            watch::follow(&mut session, id, output, args.follow.reconnect_for).await
         }
         RolloutCommand::Status(args) => status(ctx, args).await,
         RolloutCommand::List(args) => list(ctx, args).await,
@@ -235,9 +288,43 @@ fn start_error(status: Status, rpc_error: impl FnOnce(Status) -> anyhow::Error) 
     rpc_error(status)
 }
 
+/// Checks the target instances as the hosts report them: `--initial` only
+/// for a first deploy, and a warning for instances nothing drains.
+async fn check_targets(
+    session: &mut crate::conn::Session,
+    spec_toml: &str,
+    initial: bool,
+) -> anyhow::Result<()> {
+    let (service, selector) = targets::service_and_selector(spec_toml);
+    let hosts = match session
+        .client
+        .list_hosts(ListHostsRequest { selector })
+        .await
+    {
+        Ok(r) => r.into_inner().hosts,
+        Err(status) if initial => return Err(session.rpc_error(status)),
+        // The warning is best effort; the start itself reports any real
+        // problem with the coordinator.
+        Err(_) => return Ok(()),
+    };
+    let instances = targets::target_instances(&hosts, &service);
+    if initial && let Some(refusal) = targets::initial_refusal(&service, &instances) {
+        return Err(anyhow!(refusal));
+    }
+    if let Some(warning) = targets::drain_warning(&service, &instances) {
+        eprintln!("{warning}");
+    }
+    Ok(())
+}
+
 async fn start(ctx: &Ctx, args: StartArgs) -> anyhow::Result<()> {
-    let spec_toml = spec::build(&args.spec)?;
+    let mut flags = args.spec.clone();
+    if args.initial {
+        spec::initial(&mut flags);
+    }
+    let spec_toml = spec::build(&flags)?;
     let mut session = ctx.session().await?;
+    check_targets(&mut session, &spec_toml, args.initial).await?;
     let req = StartRolloutRequest {
         spec_toml,
         dry_run: args.dry_run,
@@ -286,7 +373,13 @@ async fn start(ctx: &Ctx, args: StartArgs) -> anyhow::Result<()> {
             print(&format!("{}\n", rollout.id))
         };
     }
-    watch::follow(&mut session, &rollout.id, args.output).await
+    watch::follow(
+        &mut session,
+        &rollout.id,
+        args.output,
+        args.follow.reconnect_for,
+    )
+    .await
 }
 
 async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<()> {
@@ -397,13 +490,26 @@ mod tests {
                     "--dry-run",
                     "--detach",
                     "--output",
+                    "--reconnect-for",
+                    "3 lost contact",
+                    "--initial",
+                    "First deploy",
+                    "no drain configured",
                     "version = \"v2\"",
                     "Example",
                 ],
             ),
             (
                 "watch",
-                &["ID", "capacity C/floor F", "Example", "--output"],
+                &[
+                    "ID",
+                    "capacity C/floor F",
+                    "Example",
+                    "--output",
+                    "--reconnect-for",
+                    "3 lost contact",
+                    "outcome is unknown",
+                ],
             ),
             ("status", &["ID", "--events", "Example"]),
             ("list", &["--service", "--limit", "Example"]),
@@ -422,6 +528,41 @@ mod tests {
             }
             assert!(h.contains("--addr"), "{h}");
         }
+    }
+
+    #[test]
+    fn initial_is_a_floor_of_zero_and_excludes_min_healthy() {
+        let err = parse(&[
+            "rollout",
+            "start",
+            "--service",
+            "web",
+            "--version",
+            "v1",
+            "--initial",
+            "--min-healthy",
+            "50%",
+        ])
+        .expect_err("conflict");
+        assert_eq!(err.exit_code(), EXIT_USAGE);
+        let cli = parse(&[
+            "rollout",
+            "start",
+            "--service",
+            "web",
+            "--version",
+            "v1",
+            "--initial",
+        ])
+        .expect("parses");
+        let crate::cli::Command::Rollout(RolloutCommand::Start(args)) = cli.command else {
+            panic!("not a start");
+        };
+        assert!(args.initial);
+        let mut flags = args.spec.clone();
+        spec::initial(&mut flags);
+        let text = spec::build(&flags).expect("spec");
+        assert!(text.contains("min_healthy = 0"), "{text}");
     }
 
     #[test]

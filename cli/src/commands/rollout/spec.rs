@@ -354,6 +354,11 @@ fn check(t: &Table, f: &SpecFlags, origin: &str) -> anyhow::Result<()> {
 }
 
 /// The spec to send, as TOML.
+/// `--initial`: a first deploy, with a floor of 0.
+pub fn initial(f: &mut SpecFlags) {
+    f.min_healthy = Some(Amount::Count(0));
+}
+
 pub fn build(f: &SpecFlags) -> anyhow::Result<String> {
     let (mut table, origin) = match &f.file {
         Some(path) => (read_file(path)?, format!(" {}", path.display())),

@@ -5,13 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use drover_proto::v1::{Rollout, RolloutEvent, RolloutInstance, WatchRolloutRequest};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use crate::conn::Session;
+use crate::conn::{Session, is_connectivity, status_text};
+use crate::error::LostContact;
 use crate::output::rollout::{
     RolloutFormat, RolloutJson, event_line, in_flight, is_terminal, summary, to_json,
 };
@@ -60,6 +61,15 @@ impl View {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// A line about the watch itself (not the rollout), on stderr so that
+    /// the event lines on stdout stay one kind.
+    fn note(&self, line: &str) {
+        match self {
+            View::Live(live) => live.println(line),
+            View::Quiet | View::Lines => eprintln!("{line}"),
         }
     }
 
@@ -236,56 +246,205 @@ fn instance_text(i: &RolloutInstance) -> String {
     text
 }
 
-/// Follows rollout `id` until it finishes; Ok only if it succeeded.
-pub async fn follow(session: &mut Session, id: &str, format: RolloutFormat) -> anyhow::Result<()> {
+/// How long `watch` tries to reach the coordinator again, unless
+/// `--reconnect-for` says otherwise: a coordinator restart takes seconds, a
+/// host reboot a few minutes.
+pub const DEFAULT_RECONNECT_FOR: &str = "5m";
+
+/// clap value parser for `--reconnect-for`: a duration, `0s` for never.
+pub fn parse_reconnect_for(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{e}; expected a duration like 30s, 5m or 1h (0s: never reconnect)"))
+}
+
+/// First and largest pause between two attempts to reach the coordinator.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_CAP: Duration = Duration::from_secs(5);
+
+/// A number in `0..=max` that differs from call to call. Jitter only needs
+/// to keep many watchers from retrying in step; std's per-map random keys
+/// are enough for that, without a random number crate.
+fn jitter(max: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish() % max.saturating_add(1)
+}
+
+/// When to try again after losing the coordinator, and when to give up.
+/// Time comes in as an argument, so the rules are tested without waiting.
+#[derive(Debug)]
+struct Reconnect {
+    budget: Duration,
+    step: Duration,
+    /// When contact was lost, while it is.
+    lost_since: Option<Instant>,
+}
+
+impl Reconnect {
+    fn new(budget: Duration) -> Reconnect {
+        Reconnect {
+            budget,
+            step: RETRY_FIRST,
+            lost_since: None,
+        }
+    }
+
+    /// Contact failed at `now`: the pause before the next attempt (drawn
+    /// from the upper half of a doubling step, capped, and never past the
+    /// budget), or None when the budget is spent.
+    fn lost(&mut self, now: Instant, jitter: impl FnOnce(u64) -> u64) -> Option<Duration> {
+        let since = *self.lost_since.get_or_insert(now);
+        let left = self
+            .budget
+            .checked_sub(now.saturating_duration_since(since))?;
+        if left.is_zero() {
+            return None;
+        }
+        let step = self.step;
+        self.step = (self.step * 2).min(RETRY_CAP);
+        let half = step / 2;
+        let extra = jitter(u64::try_from(half.as_millis()).unwrap_or(u64::MAX));
+        Some((half + Duration::from_millis(extra)).min(left))
+    }
+
+    /// An update arrived: contact is back. True if it had been lost.
+    fn back(&mut self) -> bool {
+        self.step = RETRY_FIRST;
+        self.lost_since.take().is_some()
+    }
+}
+
+/// How many of an update's events were printed already. Each new stream
+/// starts with the whole history, so after a reconnect the first `printed`
+/// events of the stream are skipped; `seen` counts the events this stream
+/// delivered before this update.
+fn already_printed(printed: usize, seen: usize, events: usize) -> usize {
+    printed.saturating_sub(seen).min(events)
+}
+
+/// How one WatchRollout stream ended.
+enum Watched {
+    /// The rollout reached a terminal phase.
+    Ended(Box<Rollout>),
+    /// The coordinator could not be reached or the stream was cut: why.
+    Lost(String),
+}
+
+/// One WatchRollout call, shown on `view` until the rollout ends or the
+/// connection is lost. `printed` counts the events shown over every call;
+/// an answer that is not about connectivity is an error.
+async fn watch_once(
+    session: &mut Session,
+    id: &str,
+    view: &mut View,
+    printed: &mut usize,
+    reconnect: &mut Reconnect,
+) -> anyhow::Result<Watched> {
     let req = WatchRolloutRequest { id: id.to_string() };
     let mut stream = match session.client.watch_rollout(req).await {
         Ok(r) => r.into_inner(),
+        Err(status) if is_connectivity(&status) => return Ok(Watched::Lost(status_text(&status))),
         Err(status) => return Err(session.rpc_error(status)),
     };
+    let mut seen = 0usize;
+    loop {
+        let update = match stream.message().await {
+            Ok(Some(update)) => update,
+            Ok(None) => {
+                return Ok(Watched::Lost(
+                    "the coordinator ended the watch before the rollout finished".into(),
+                ));
+            }
+            Err(status) if is_connectivity(&status) => {
+                return Ok(Watched::Lost(status_text(&status)));
+            }
+            Err(status) => return Err(session.rpc_error(status)),
+        };
+        if reconnect.back() {
+            view.note(&format!(
+                "reconnected to the coordinator at {}; following rollout {id} again",
+                session.addr
+            ));
+        }
+        let skip = already_printed(*printed, seen, update.events.len());
+        seen += update.events.len();
+        *printed = (*printed).max(seen);
+        view.show(&update.events[skip..], update.rollout.as_ref())?;
+        if let Some(r) = update.rollout.filter(|r| is_terminal(&r.phase)) {
+            return Ok(Watched::Ended(Box::new(r)));
+        }
+    }
+}
+
+/// What Ctrl-C while following says.
+fn stopped(id: &str) -> anyhow::Error {
+    anyhow!(
+        "stopped watching rollout {id}; it goes on without you: follow it with \
+         `drover rollout watch {id}`, stop it with `drover rollout pause|abort {id}`"
+    )
+}
+
+/// Follows rollout `id` until it finishes; Ok only if it succeeded. When
+/// the coordinator restarts or the connection drops, tries again for up to
+/// `reconnect_for` (counted from the loss of contact) and carries on where
+/// it was; then gives up with [`LostContact`] (exit 3). Refusals and
+/// certificate problems fail at once.
+pub async fn follow(
+    session: &mut Session,
+    id: &str,
+    format: RolloutFormat,
+    reconnect_for: Duration,
+) -> anyhow::Result<()> {
     let mut view = View::new(format);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
-    let mut last: Option<Rollout> = None;
-    loop {
-        tokio::select! {
-            _ = &mut ctrl_c => {
-                view.clear();
-                return Err(anyhow!(
-                    "stopped watching rollout {id}; it goes on without you: follow it with \
-                     `drover rollout watch {id}`, stop it with `drover rollout pause|abort {id}`"
-                ));
-            }
-            msg = stream.message() => match msg {
-                Ok(Some(update)) => {
-                    view.show(&update.events, update.rollout.as_ref())?;
-                    if let Some(r) = update.rollout {
-                        let done = is_terminal(&r.phase);
-                        last = Some(r);
-                        if done {
-                            break;
-                        }
-                    }
-                }
-                Ok(None) => break,
-                Err(status) => {
-                    view.clear();
-                    return Err(session.rpc_error(status));
-                }
-            },
+    let mut printed = 0usize;
+    let mut reconnect = Reconnect::new(reconnect_for);
+    let r = loop {
+        let watched = tokio::select! {
+            _ = &mut ctrl_c => None,
+            w = watch_once(session, id, &mut view, &mut printed, &mut reconnect) => Some(w),
+        };
+        let reason = match watched {
+            None => break Err(stopped(id)),
+            Some(Err(e)) => break Err(e),
+            Some(Ok(Watched::Ended(r))) => break Ok(*r),
+            Some(Ok(Watched::Lost(reason))) => reason,
+        };
+        let first = reconnect.lost_since.is_none();
+        let Some(pause) = reconnect.lost(Instant::now(), jitter) else {
+            break Err(LostContact(format!(
+                "lost contact with the coordinator at {} while following rollout {id} and \
+                 could not reach it again within {} ({reason}); the rollout goes on without \
+                 you and its outcome is unknown: see `drover rollout status {id}`",
+                session.addr,
+                humantime::format_duration(reconnect_for)
+            ))
+            .into());
+        };
+        if first {
+            view.note(&format!(
+                "lost contact with the coordinator at {} ({reason}); trying again for up to {}",
+                session.addr,
+                humantime::format_duration(reconnect_for)
+            ));
         }
-    }
-    view.clear();
-    let Some(r) = last else {
-        return Err(anyhow!(
-            "coordinator at {} ended the watch of rollout {id} without sending its state",
-            session.addr
-        ));
+        tokio::select! {
+            _ = &mut ctrl_c => break Err(stopped(id)),
+            _ = tokio::time::sleep(pause) => {}
+        }
     };
+    view.clear();
+    let r = r?;
     match format {
         RolloutFormat::Json => print(&to_json(&RolloutJson::from(&r))?)?,
-        RolloutFormat::Table if is_terminal(&r.phase) => print(&summary(&r, now_ms()))?,
-        RolloutFormat::Table => {}
+        RolloutFormat::Table => print(&summary(&r, now_ms()))?,
     }
     outcome(&r, &session.addr)
 }
@@ -363,6 +522,69 @@ mod tests {
         r.instances.truncate(3);
         let (shown, more) = shown_in_flight(&r);
         assert_eq!((shown.len(), more_text(more)), (3, String::new()));
+    }
+
+    #[test]
+    fn reconnects_back_off_with_jitter_and_give_up_after_the_budget() {
+        let t0 = Instant::now();
+        let mut r = Reconnect::new(Duration::from_secs(30));
+        let top = |_: u64| u64::MAX;
+        let mut pauses = Vec::new();
+        let mut now = t0;
+        while let Some(p) = r.lost(now, |half| half) {
+            pauses.push(p);
+            now += p;
+        }
+        // Doubling from 200 ms, capped at 5 s, the last one cut to what is
+        // left, and the total exactly the budget.
+        assert_eq!(
+            pauses[..6],
+            [200, 400, 800, 1600, 3200, 5000].map(Duration::from_millis)
+        );
+        assert!(pauses.iter().all(|p| *p <= RETRY_CAP), "{pauses:?}");
+        assert_eq!(now - t0, Duration::from_secs(30));
+        assert_eq!(r.lost(now, top), None, "no time left");
+        // The jitter draws from the upper half of the step.
+        let mut r = Reconnect::new(Duration::from_secs(30));
+        assert_eq!(r.lost(t0, |_| 0), Some(Duration::from_millis(100)));
+        assert_eq!(r.lost(t0, |_| 0), Some(Duration::from_millis(200)));
+        // Contact back: the budget and the step start again.
+        assert!(r.back());
+        assert!(!r.back());
+        let later = t0 + Duration::from_secs(3600);
+        assert_eq!(r.lost(later, |_| 0), Some(Duration::from_millis(100)));
+        // 0s: never reconnect.
+        assert_eq!(Reconnect::new(Duration::ZERO).lost(t0, top), None);
+        for _ in 0..100 {
+            assert!(jitter(7) <= 7);
+        }
+        assert_eq!(jitter(0), 0);
+    }
+
+    #[test]
+    fn events_printed_before_a_reconnect_are_not_printed_again() {
+        // First stream: 3 events, then 2 more; then it breaks.
+        assert_eq!(already_printed(0, 0, 3), 0);
+        assert_eq!(already_printed(3, 3, 2), 0);
+        // Second stream: the whole history (5) plus 1 new in its first
+        // update, then 1 more.
+        assert_eq!(already_printed(5, 0, 6), 5);
+        assert_eq!(already_printed(6, 6, 1), 0);
+        // A first update that holds less than was printed (updates split
+        // differently): skip all of it, and the rest of the overlap next.
+        assert_eq!(already_printed(6, 0, 4), 4);
+        assert_eq!(already_printed(6, 4, 3), 2);
+    }
+
+    #[test]
+    fn reconnect_for_takes_durations_and_zero() {
+        assert_eq!(parse_reconnect_for("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_reconnect_for("0s"), Ok(Duration::ZERO));
+        assert!(
+            parse_reconnect_for("soon")
+                .expect_err("bad")
+                .contains("0s: never")
+        );
     }
 
     #[test]

@@ -257,7 +257,9 @@ fn impossible_floors_are_refused_with_numbers() {
         PlanError::FloorUnreachable {
             floor: 8,
             total: 10,
-            capacity: 6
+            capacity: 6,
+            never_deployed: 0,
+            disconnected: Vec::new(),
         }
     );
     assert_eq!(
@@ -265,6 +267,52 @@ fn impossible_floors_are_refused_with_numbers() {
         "floor 8 of 10 but only 6 healthy and in service"
     );
     assert_eq!(Engine::plan(&spec(), sick), Err(err));
+
+    // Hosts still reconnecting (after a coordinator restart, say) are
+    // named: they are what the operator waits for.
+    let mut reconnecting = instances(5);
+    for i in [1, 3] {
+        reconnecting[i].reachable = false;
+        reconnecting[i].healthy = false;
+    }
+    let floor4 = RolloutSpec {
+        min_healthy: Amount::Count(4),
+        ..spec()
+    };
+    let err =
+        Engine::start("r1", floor4.clone(), reconnecting.clone(), Millis(0)).expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "floor 4 of 5 but only 3 healthy and in service; h02, h04 disconnected"
+    );
+    assert_eq!(Engine::plan(&floor4, reconnecting), Err(err));
+    // A first deploy: nothing runs a release, so nothing is healthy; the
+    // refusal says what a first deploy needs.
+    let mut fresh = instances(3);
+    for i in &mut fresh {
+        i.release = None;
+        i.healthy = false;
+    }
+    let err = Engine::start("r1", spec(), fresh, Millis(0)).expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "floor 3 of 3 but only 0 healthy and in service; 3 never deployed: a first deploy \
+         needs min_healthy 0 (`drover rollout start --initial`, or --min-healthy 0)"
+    );
+    let mut many = instances(30);
+    for i in &mut many[..13] {
+        i.reachable = false;
+    }
+    let floor20 = RolloutSpec {
+        min_healthy: Amount::Count(20),
+        ..spec()
+    };
+    let err = Engine::start("r1", floor20, many, Millis(0)).expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "floor 20 of 30 but only 17 healthy and in service; h01, h02, h03, h04, h05, h06, \
+         h07, h08, h09, h10 and 3 more disconnected"
+    );
 
     let all = RolloutSpec {
         min_healthy: Amount::Percent(100),
