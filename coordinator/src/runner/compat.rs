@@ -13,13 +13,11 @@ use tokio_util::task::TaskTracker;
 
 use super::{META, Meta, Rollouts, driver};
 use crate::metrics::Metrics;
-use crate::registry::Registry;
 use crate::rollout::{
     Amount, CommandOutcome, Engine, Input, InstanceInfo, Millis, Output, Phase, Release,
     RolloutSpec, parse_batches,
 };
 use crate::store::{MemoryStore, Store};
-use crate::tls::RevocationList;
 
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -78,8 +76,9 @@ fn write_rollout(
         Engine::start(id, spec, infos(&service, n), Millis(1_000)).expect("start");
     let mut events = 0;
     let mut now = 1_000;
-    for step in script {
-        for o in &outs {
+    // What the runner writes of one pass's outputs.
+    let mut record = |engine: &mut Engine, outs: &[Output]| {
+        for o in outs {
             if let Output::Event(e) = o {
                 let key = driver::event_key(id, events);
                 out.insert(key, serde_json::to_vec(e).expect("event"));
@@ -91,6 +90,9 @@ fn write_rollout(
                 out.insert(k, v);
             }
         }
+    };
+    for step in script {
+        record(&mut engine, &outs);
         let sent: Vec<_> = (outs.iter())
             .filter_map(|o| match o {
                 Output::Send { id, .. } => Some(id.clone()),
@@ -110,18 +112,7 @@ fn write_rollout(
         };
         outs = engine.handle_all(Millis(now), inputs);
     }
-    for o in &outs {
-        if let Output::Event(e) = o {
-            let key = driver::event_key(id, events);
-            out.insert(key, serde_json::to_vec(e).expect("event"));
-            events += 1;
-        }
-    }
-    if outs.iter().any(|o| matches!(o, Output::Persist)) {
-        for (k, v) in engine.persist_writes().expect("encode") {
-            out.insert(k, v);
-        }
-    }
+    record(&mut engine, &outs);
 }
 
 /// `DROVER_WRITE_FIXTURE=1 cargo test -p drover-coordinator --lib
@@ -173,16 +164,7 @@ async fn stored_rollouts_of_the_earlier_layout_still_load() {
         .collect();
     store.put_many(items).await.expect("seed store");
     let metrics = Arc::new(Metrics::new());
-    let registry = Arc::new(
-        Registry::load(
-            store.clone(),
-            metrics.clone(),
-            Arc::new(RevocationList::default()),
-            Duration::from_secs(30),
-        )
-        .await
-        .expect("registry"),
-    );
+    let registry = super::tests::registry(store.clone(), metrics.clone()).await;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let rollouts = Rollouts::load(

@@ -64,20 +64,25 @@ struct Setup {
     tasks: TaskTracker,
 }
 
-/// One connected host `h1` running `web@h1` on v1, healthy.
-async fn setup() -> Setup {
-    let store = Arc::new(Breakable::default());
-    let metrics = Arc::new(Metrics::new());
-    let registry = Arc::new(
+/// A registry on `store`, hosts lost after 30 s.
+pub(super) async fn registry(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Arc<Registry> {
+    Arc::new(
         Registry::load(
-            store.clone(),
-            metrics.clone(),
+            store,
+            metrics,
             Arc::new(RevocationList::default()),
             Duration::from_secs(30),
         )
         .await
         .expect("registry"),
-    );
+    )
+}
+
+/// One connected host `h1` running `web@h1` on v1, healthy.
+async fn setup() -> Setup {
+    let store = Arc::new(Breakable::default());
+    let metrics = Arc::new(Metrics::new());
+    let registry = registry(store.clone(), metrics.clone()).await;
     let cert = PeerCert {
         identity: Identity {
             role: Role::Agent,
