@@ -257,9 +257,10 @@ impl Driver {
         self.reachable.keys().map(String::as_str)
     }
 
-    /// Nothing more to do: finished, or halted.
+    /// Nothing more to do: finished (and what the engine said on the way
+    /// there performed), or halted.
     pub fn is_done(&self) -> bool {
-        self.engine.is_finished() || self.halted.is_some()
+        (self.engine.is_finished() && self.opening.is_empty()) || self.halted.is_some()
     }
 
     pub fn halted(&self) -> Option<&str> {
@@ -445,19 +446,23 @@ impl Driver {
             }
         }
         let mut outputs = std::mem::take(&mut self.opening);
-        let inputs = std::mem::take(&mut self.inputs);
+        let mut inputs = std::mem::take(&mut self.inputs);
+        // Operator actions go last in the same call, after what the fleet
+        // said, so they act on the freshest picture.
+        pass.acted = self.actions.len();
+        inputs.extend(self.actions.drain(..).map(Input::Operator));
         #[cfg(any(test, feature = "sim"))]
         {
             pass.fed = inputs.clone();
         }
         if !inputs.is_empty() {
-            outputs.extend(self.engine.handle_all(now, inputs));
-        }
-        for action in std::mem::take(&mut self.actions) {
-            #[cfg(any(test, feature = "sim"))]
-            pass.fed.push(Input::Operator(action));
-            outputs.extend(self.engine.handle(now, Input::Operator(action)));
-            pass.acted += 1;
+            let more = self.engine.handle_all(now, inputs);
+            // One write covers both calls: one Persist, first.
+            let persist = more.iter().any(|o| matches!(o, Output::Persist));
+            if persist && !outputs.iter().any(|o| matches!(o, Output::Persist)) {
+                outputs.insert(0, Output::Persist);
+            }
+            outputs.extend(more.into_iter().filter(|o| !matches!(o, Output::Persist)));
         }
         if !outputs.is_empty() {
             self.unpublished = true;

@@ -391,7 +391,21 @@ impl Sim {
         // six steps, and each step is answered or timed out.
         let n = u64::try_from(self.insts.len()).unwrap_or(u64::MAX);
         let max_activities = 40 * n + 1_000;
+        // And on the world's own work, so a loop that makes no progress
+        // (nothing the checker counts) still ends, as a violation.
+        let max_events = 5_000 * n + 100_000;
+        let mut events = 0u64;
         while self.outcome.is_none() {
+            events += 1;
+            if events > max_events || self.queue.len() as u64 > max_events {
+                return Err(Violation {
+                    invariant: 4,
+                    what: format!(
+                        "{events} events ({} queued) and still no end: a loop that makes no progress",
+                        self.queue.len()
+                    ),
+                });
+            }
             let tick = self.coord.as_ref().map(|c| c.next_tick);
             let head = self.queue.keys().next().copied();
             let ev = match (head, tick) {
