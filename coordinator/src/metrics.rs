@@ -62,6 +62,10 @@ pub struct Metrics {
     enrollments: Family<ResultLabel, Counter>,
     refusals: Family<ReasonLabel, Counter>,
     pub renewals: Counter,
+    /// Fetches refused because the stored blob no longer matched its digest.
+    pub artifacts_corrupt: Counter,
+    /// Pushes refused because the archive failed the unpacking rules.
+    pub artifacts_refused: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -86,6 +90,8 @@ impl Metrics {
         let enrollments = Family::<ResultLabel, Counter>::default();
         let refusals = Family::<ReasonLabel, Counter>::default();
         let renewals = Counter::default();
+        let artifacts_corrupt = Counter::default();
+        let artifacts_refused = Counter::default();
         registry.register(
             "agents_connected",
             "Agents with a live session",
@@ -121,6 +127,16 @@ impl Metrics {
             "Agent certificates renewed",
             renewals.clone(),
         );
+        registry.register(
+            "artifacts_corrupt",
+            "Artifact fetches refused because the stored blob no longer matches its digest",
+            artifacts_corrupt.clone(),
+        );
+        registry.register(
+            "artifacts_refused",
+            "Artifact pushes refused because the archive fails the agents' unpacking rules",
+            artifacts_refused.clone(),
+        );
         // Pre-create the label sets so a scrape shows zeros, not gaps.
         for r in ["ok", "refused"] {
             enrollments
@@ -136,6 +152,8 @@ impl Metrics {
             enrollments,
             refusals,
             renewals,
+            artifacts_corrupt,
+            artifacts_refused,
         }
     }
 
