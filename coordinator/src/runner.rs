@@ -942,6 +942,12 @@ impl Task {
         };
         let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
         let cmd = match kind {
+            CommandKind::Stage { release } => command::Kind::Stage(pb::StageCommand {
+                release: Some(pb::Release {
+                    version: release.version,
+                    digest: release.digest,
+                }),
+            }),
             CommandKind::Drain => command::Kind::Drain(pb::DrainCommand {}),
             CommandKind::Stop => command::Kind::Stop(pb::StopCommand {}),
             CommandKind::Deploy { release } => command::Kind::Deploy(pb::DeployCommand {

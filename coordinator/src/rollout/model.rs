@@ -54,6 +54,10 @@ pub struct InstanceInfo {
 #[serde(rename_all = "snake_case")]
 pub enum Step {
     Pending,
+    /// Fetching, verifying and unpacking the release on the host while the
+    /// instance still serves: a bad or unreachable artifact fails here,
+    /// before anything is taken out of service.
+    Staging,
     Draining,
     Stopping,
     Deploying,
@@ -70,6 +74,7 @@ impl Step {
     pub fn as_str(self) -> &'static str {
         match self {
             Step::Pending => "pending",
+            Step::Staging => "staging",
             Step::Draining => "draining",
             Step::Stopping => "stopping",
             Step::Deploying => "deploying",
@@ -87,7 +92,8 @@ impl Step {
     pub fn in_chain(self) -> bool {
         matches!(
             self,
-            Step::Draining
+            Step::Staging
+                | Step::Draining
                 | Step::Stopping
                 | Step::Deploying
                 | Step::Starting
@@ -99,6 +105,7 @@ impl Step {
     /// The command verb of a chain step, used in command ids.
     pub fn verb(self) -> &'static str {
         match self {
+            Step::Staging => "stage",
             Step::Draining => "drain",
             Step::Stopping => "stop",
             Step::Deploying => "deploy",
@@ -172,9 +179,15 @@ impl fmt::Display for Fault {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandKind {
+    /// Fetch, verify and unpack the release beside the running one; no
+    /// switch. Already staged is ok at once.
+    Stage {
+        release: Release,
+    },
     Drain,
     Stop,
-    /// Fetch if needed, unpack, switch `current`.
+    /// Switch `current` to the (staged) release; fetch and unpack first if
+    /// it is somehow not staged.
     Deploy {
         release: Release,
     },
