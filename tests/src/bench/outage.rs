@@ -35,13 +35,20 @@ pub fn run(opts: &OutageOpts) -> Vec<serde_json::Value> {
         .hosts(opts.instances)
         .max_unpacked_bytes(size * 2)
         .start();
-    let v1 = write_artifact(&web.artifacts_dir(), "web-v1.tar.gz", &sample_release("v1", &[]));
+    let v1 = write_artifact(
+        &web.artifacts_dir(),
+        "web-v1.tar.gz",
+        &sample_release("v1", &[]),
+    );
     web.fleet.push_artifact(&v1, SERVICE, "v1");
     let out = web.start_rollout("v1", &["--min-healthy", "0", "--batch", "100%"]);
     assert!(out.success(), "initial deploy failed:\n{out}");
     web.wait_all_serving("v1");
 
-    note(&format!("building and pushing a {} MiB release", opts.size_mib));
+    note(&format!(
+        "building and pushing a {} MiB release",
+        opts.size_mib
+    ));
     let bytes = sample_release_with_payload("v2", &[], usize::try_from(size).unwrap_or(usize::MAX));
     let artifact = write_artifact(&web.artifacts_dir(), "web-v2.tar.gz", &bytes);
     web.fleet.push_artifact(&artifact, SERVICE, "v2");
@@ -63,9 +70,14 @@ pub fn run(opts: &OutageOpts) -> Vec<serde_json::Value> {
         ],
     );
     let took = started.elapsed();
-    assert!(out.success(), "rollout failed:\n{out}\n{}", web.diagnostics());
+    assert!(
+        out.success(),
+        "rollout failed:\n{out}\n{}",
+        web.diagnostics()
+    );
     web.wait_all_serving("v2");
-    web.haproxy.wait_serving(u32::try_from(opts.instances).unwrap_or(u32::MAX), WAIT);
+    web.haproxy
+        .wait_serving(u32::try_from(opts.instances).unwrap_or(u32::MAX), WAIT);
     let rollout = web.latest();
 
     // instance -> (staging, draining, done) event times.

@@ -87,3 +87,25 @@ fn a_failed_stage_costs_no_capacity_when_the_instance_still_serves() {
         "web@h01 was drained"
     );
 }
+
+/// A rollout stored before chains had a stage (mid-drain, nothing staged)
+/// loads and goes on from where it was: the drain is asked again, and the
+/// deploy (which stages first when nothing did) carries it to the end.
+#[test]
+fn a_rollout_stored_mid_chain_without_a_stage_resumes() {
+    let mut f = Fleet::start(spec(), instances(5));
+    assert!(f.run_until(HOUR, |f| f.step("web@h01") == Step::Draining));
+    // What the previous layout stored at this point: the same fields,
+    // with no variant it did not know.
+    let stored: serde_json::Value = serde_json::from_str(&f.persisted).expect("json");
+    let h01 = &stored["instances"][0];
+    assert_eq!(h01["step"], "draining");
+    assert_eq!(h01["inflight"]["kind"], "drain");
+    let outs = f.crash_and_restore();
+    assert!(
+        outs.iter().any(|o| matches!(o, crate::rollout::Output::Send { id, .. } if id.as_str() == "r1/web@h01/drain/1")),
+        "{outs:?}"
+    );
+    f.run_to_end(HOUR);
+    assert_eq!(f.engine.outcome(), Some(&Outcome::Succeeded));
+}
