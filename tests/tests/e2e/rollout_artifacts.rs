@@ -13,6 +13,8 @@ use std::time::Duration;
 use drover_tests::harness::release::{gz, sample_release, write_artifact};
 use drover_tests::{CapacitySampler, Hostile, WAIT, WebFleet};
 
+use crate::grpc::push_artifact;
+
 /// Spec for every bad rollout: one instance at a time (floor 2 of 3), stop
 /// at the first failure and put it back.
 const STRICT: &[&str] = &[
@@ -118,6 +120,59 @@ fn push_refuses_what_agents_would_refuse_with_the_reason() {
     assert!(ls.success(), "{ls:?}");
     assert_eq!(ls.stdout.trim(), "[]", "nothing may be stored: {ls:?}");
     assert!(std::fs::symlink_metadata(&outside).is_err());
+}
+
+/// A client that skips the CLI's check (here: straight gRPC) is refused by
+/// the coordinator with the same reasons, and nothing is stored.
+#[test]
+fn the_coordinator_refuses_what_push_would_refuse() {
+    let web = WebFleet::builder().hosts(1).start();
+    let fleet = &web.fleet;
+    let (addr, ca) = (fleet.coordinator.grpc_addr(), fleet.pki.ca_cert());
+    let outside = web.root.join("drover-escaped");
+    let good = sample_release("v9", &[]);
+    let cases: Vec<(&str, Vec<u8>, Vec<String>)> = vec![
+        (
+            "random bytes",
+            (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect(),
+            vec!["not a tar".into()],
+        ),
+        (
+            "truncated gzip",
+            good[..good.len() / 2].to_vec(),
+            vec!["read archive".into()],
+        ),
+        (
+            "16 GiB bomb",
+            bomb_header(),
+            vec!["zeros".into(), "max_unpacked_bytes".into()],
+        ),
+        (
+            "path traversal",
+            Hostile::Traversal.archive(&outside),
+            Hostile::Traversal.expected_error(&outside),
+        ),
+    ];
+    for (i, (what, bytes, words)) in cases.iter().enumerate() {
+        let res = push_artifact(&addr, &ca, &fleet.operator_cert, &format!("raw-{i}"), bytes);
+        let Err((code, message)) = res else {
+            panic!("{what}: the coordinator stored it: {res:?}");
+        };
+        assert_eq!(code, tonic::Code::InvalidArgument, "{what}: {message}");
+        assert!(
+            message.contains("nothing was stored")
+                && words.iter().all(|w| message.contains(w.as_str())),
+            "{what}: {message}"
+        );
+    }
+    let stored = std::fs::read_dir(fleet.coordinator.data_dir.join("artifacts/sha256"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(stored, 0, "blobs were stored");
+    assert!(
+        push_artifact(&addr, &ca, &fleet.operator_cert, "v9", &good).is_ok(),
+        "a good archive goes through"
+    );
 }
 
 #[test]
