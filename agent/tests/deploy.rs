@@ -555,3 +555,85 @@ async fn start_up_removes_what_a_killed_deploy_left_behind() {
         Some(release("v1", &v1))
     );
 }
+
+impl Setup {
+    async fn stage(&self, version: &str, digest: &str) -> Result<deploy::Staged, DeployError> {
+        deploy::stage(
+            &self.cfg,
+            &release(version, digest),
+            &self.cache,
+            &self.source,
+            &no_progress,
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn staging_unpacks_beside_current_and_the_deploy_only_switches() {
+    let s = setup();
+    let v1 = s.source.add(gz(&good_archive("v1")));
+    s.deploy("v1", &v1).await.expect("deploy v1");
+    let v2 = s.source.add(gz(&good_archive("v2")));
+
+    let staged = s.stage("v2", &v2).await.expect("stage v2");
+    assert!(!staged.reused && staged.fetched);
+    assert_eq!(
+        staged.dir,
+        s.cfg.releases_dir().join(format!("v2-{}", &v2[..12]))
+    );
+    assert_eq!(
+        std::fs::read_to_string(staged.dir.join("VERSION")).expect("VERSION"),
+        "v2"
+    );
+    // Nothing that serves moved.
+    assert_eq!(
+        deploy::current_release(&s.cfg).expect("read"),
+        Some(release("v1", &v1))
+    );
+
+    // Staging again is done at once: no fetch, no unpack.
+    let opens = s.source.opens();
+    let again = s.stage("v2", &v2).await.expect("stage again");
+    assert!(again.reused && !again.fetched);
+    assert_eq!(s.source.opens(), opens);
+
+    // A prune before the deploy keeps what was staged for it.
+    let mut cfg = s.cfg.clone();
+    cfg.keep_releases = 1;
+    assert!(deploy::prune(&cfg, None).is_empty());
+
+    let d = s.deploy("v2", &v2).await.expect("deploy v2");
+    assert!(d.reused, "the deploy found it staged");
+    assert_eq!(s.source.opens(), opens, "the deploy fetched nothing");
+    assert_eq!(
+        deploy::current_release(&s.cfg).expect("read"),
+        Some(release("v2", &v2))
+    );
+}
+
+#[tokio::test]
+async fn a_bad_or_missing_artifact_fails_the_stage_and_current_stays() {
+    let s = setup();
+    let v1 = s.source.add(gz(&good_archive("v1")));
+    s.deploy("v1", &v1).await.expect("deploy v1");
+    let before = releases(&s.cfg.dir);
+
+    let junk = s.source.add(b"random bytes, not an archive".to_vec());
+    let err = s.stage("junk", &junk).await.expect_err("junk");
+    assert!(err.to_string().contains("not a tar"), "{err}");
+
+    let good = gz(&good_archive("v3"));
+    let truncated = s.source.add(good[..good.len() / 2].to_vec());
+    let err = s.stage("cut", &truncated).await.expect_err("truncated");
+    assert!(err.to_string().contains("read archive"), "{err}");
+
+    let missing = "e".repeat(64);
+    assert!(s.stage("missing", &missing).await.is_err());
+
+    assert_eq!(releases(&s.cfg.dir), before, "leftovers");
+    assert_eq!(
+        deploy::current_release(&s.cfg).expect("read"),
+        Some(release("v1", &v1))
+    );
+}

@@ -5,10 +5,19 @@
 //! artifact. The binding of (service, version) to a digest lives in the
 //! store and is made with compare-and-swap: a version, once bound, never
 //! silently changes its bytes.
+//!
+//! An upload is also read through the agents' unpacking rules
+//! (`drover-archive`) before it is stored, so what a client that skipped
+//! `drover artifact push`'s own check sends cannot become a release. And
+//! a stored blob is served only while it still hashes to its name (see
+//! [`Verified`]): a corrupt one is refused with a clear error before any
+//! host downloads it.
 
+use std::collections::HashMap;
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use drover_proto::identity::valid_name;
 use drover_proto::v1::Artifact;
@@ -54,18 +63,25 @@ pub enum ArtifactError {
     Store(#[from] StoreError),
     #[error("corrupt artifact record: {0}")]
     Corrupt(String),
+    #[error(
+        "refused: {0}; nothing was stored: agents would refuse to unpack it, so fix the archive and push again"
+    )]
+    BadArchive(drover_archive::ArchiveError),
+    #[error("artifact {digest} on the coordinator is corrupt: {why}; push it again")]
+    CorruptBlob { digest: String, why: String },
 }
 
 impl From<ArtifactError> for tonic::Status {
     fn from(e: ArtifactError) -> Self {
         use ArtifactError::*;
         match e {
-            Name { .. } | Digest(_) | Offset { .. } => {
+            Name { .. } | Digest(_) | Offset { .. } | BadArchive(_) => {
                 tonic::Status::invalid_argument(e.to_string())
             }
             Conflict { .. } | Mismatch { .. } => tonic::Status::failed_precondition(e.to_string()),
             TooLarge { .. } => tonic::Status::resource_exhausted(e.to_string()),
             NotFound(_) => tonic::Status::not_found(e.to_string()),
+            CorruptBlob { .. } => tonic::Status::data_loss(e.to_string()),
             Store(ref s) if s.is_retryable() => tonic::Status::unavailable(e.to_string()),
             Io { .. } | Store(_) | Corrupt(_) => tonic::Status::internal(e.to_string()),
         }
@@ -97,7 +113,39 @@ pub struct Artifacts {
     dir: PathBuf,
     store: Arc<dyn Store>,
     max_size: u64,
+    /// What an upload must unpack within.
+    limits: drover_archive::Limits,
+    /// Per digest: the last check that the blob hashes to its name. The
+    /// inner lock makes concurrent fetches of one blob wait for a single
+    /// hash instead of each reading the whole file.
+    verified: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Verified>>>>>,
+    recheck_after: Duration,
 }
+
+/// A blob was hashed and matched its digest while it had this size and
+/// mtime.
+///
+/// Hashing before every fetch would read the whole blob once per host (a
+/// 64 MiB artifact sent to 1,000 hosts is 64 GB of reads), so a blob is
+/// trusted while its size and mtime are what they were when it was last
+/// hashed: whatever rewrites the file through the filesystem (a truncation,
+/// a stray copy, an editor) changes one of them and is caught at the next
+/// fetch. What does not change them (a failing disk, a write that restores
+/// the mtime) is caught by hashing again at the first fetch after
+/// [`RECHECK_AFTER`]. Checking lazily, at fetch time, means no background
+/// task to own and no cost for a blob nobody fetches; the agents verify the
+/// digest as well, so this only decides who finds a bad blob first and how
+/// clearly it is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Verified {
+    size: u64,
+    mtime: Option<SystemTime>,
+    at: Instant,
+}
+
+/// How long a blob's verification is trusted when its size and mtime did
+/// not change.
+pub const RECHECK_AFTER: Duration = Duration::from_secs(10 * 60);
 
 impl std::fmt::Debug for Artifacts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -157,7 +205,85 @@ impl Artifacts {
             dir,
             store,
             max_size,
+            limits: drover_archive::Limits::default(),
+            verified: Mutex::new(HashMap::new()),
+            recheck_after: RECHECK_AFTER,
         })
+    }
+
+    /// The unpacking limits uploads are checked against (the defaults are
+    /// the agents' defaults).
+    pub fn with_unpack_limits(mut self, limits: drover_archive::Limits) -> Artifacts {
+        self.limits = limits;
+        self
+    }
+
+    #[cfg(test)]
+    fn with_recheck_after(mut self, d: Duration) -> Artifacts {
+        self.recheck_after = d;
+        self
+    }
+
+    fn check_slot(&self, digest: &str) -> Arc<tokio::sync::Mutex<Option<Verified>>> {
+        let mut map = self
+            .verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(digest.to_string()).or_default().clone()
+    }
+
+    /// Fails unless the stored blob still hashes to `digest`; hashes it
+    /// only when [`Verified`] says the last check no longer holds.
+    pub async fn verify_blob(&self, digest: &str) -> Result<(), ArtifactError> {
+        let path = self.path_of(digest)?;
+        let slot = self.check_slot(digest);
+        let mut last = slot.lock().await;
+        let meta = match tokio::fs::metadata(&path).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ArtifactError::NotFound(digest.to_string()));
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let (size, mtime) = (meta.len(), meta.modified().ok());
+        if let Some(v) = *last
+            && v.size == size
+            && v.mtime == mtime
+            && v.at.elapsed() < self.recheck_after
+        {
+            return Ok(());
+        }
+        *last = None;
+        let at = path.clone();
+        let actual = tokio::task::spawn_blocking(move || sha256_of(&at))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(io_err(&path))?;
+        if actual != digest {
+            return Err(ArtifactError::CorruptBlob {
+                digest: digest.to_string(),
+                why: format!("its {size} bytes hash to sha256:{actual}"),
+            });
+        }
+        *last = Some(Verified {
+            size,
+            mtime,
+            at: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Records that the blob at `path` was just written with bytes that
+    /// hashed to `digest`.
+    async fn mark_verified(&self, digest: &str, path: &Path) {
+        let slot = self.check_slot(digest);
+        let mut last = slot.lock().await;
+        *last = tokio::fs::metadata(path).await.ok().map(|m| Verified {
+            size: m.len(),
+            mtime: m.modified().ok(),
+            at: Instant::now(),
+        });
     }
 
     pub fn path_of(&self, digest: &str) -> Result<PathBuf, ArtifactError> {
@@ -202,23 +328,38 @@ impl Artifacts {
                 actual: digest,
             });
         }
+        let path = upload.path.clone();
+        let limits = self.limits;
+        let checked =
+            tokio::task::spawn_blocking(move || drover_archive::check_file(&path, limits))
+                .await
+                .map_err(|e| io_err(&upload.path)(std::io::Error::other(e)))?;
+        match checked {
+            Ok(_) => {}
+            Err(e) if e.is_bad_archive() => return Err(ArtifactError::BadArchive(e)),
+            Err(e) => return Err(io_err(&upload.path)(std::io::Error::other(e))),
+        }
         let key = format!("{BINDINGS}{service}/{version}");
-        if let Some(existing) = self.binding(&key).await? {
-            if existing.digest == digest {
-                return Ok(to_artifact(service, version, existing));
-            }
+        let existing = self.binding(&key).await?;
+        if let Some(existing) = &existing
+            && existing.digest != digest
+        {
             return Err(ArtifactError::Conflict {
                 service: service.into(),
                 version: version.into(),
-                existing: existing.digest,
+                existing: existing.digest.clone(),
                 new: digest,
             });
         }
+        // Always put the verified bytes in place, even over a blob of the
+        // same name: that is how pushing again repairs a corrupt one.
         let final_path = self.path_of(&digest)?;
-        if !final_path.exists() {
-            tokio::fs::rename(&upload.path, &final_path)
-                .await
-                .map_err(io_err(&final_path))?;
+        tokio::fs::rename(&upload.path, &final_path)
+            .await
+            .map_err(io_err(&final_path))?;
+        self.mark_verified(&digest, &final_path).await;
+        if let Some(existing) = existing {
+            return Ok(to_artifact(service, version, existing));
         }
         let binding = Binding {
             digest: digest.clone(),
@@ -285,14 +426,15 @@ impl Artifacts {
         Ok(out)
     }
 
-    /// Opens an artifact positioned at `offset`; returns a reader for it
-    /// and its size.
+    /// Opens an artifact positioned at `offset`, once [`Self::verify_blob`]
+    /// passed; returns a reader for it and its size.
     pub async fn open_at(
         &self,
         digest: &str,
         offset: u64,
     ) -> Result<(ChunkReader, u64), ArtifactError> {
         let path = self.path_of(digest)?;
+        self.verify_blob(digest).await?;
         let at = path.clone();
         let opened = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
             let mut file = std::fs::File::open(&at)?;
@@ -348,6 +490,18 @@ impl ChunkReader {
     }
 }
 
+fn sha256_of(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match file.read(&mut buf)? {
+            0 => return Ok(hex::encode(hasher.finalize())),
+            n => hasher.update(&buf[..n]),
+        }
+    }
+}
+
 fn check_name(what: &'static str, value: &str) -> Result<(), ArtifactError> {
     if valid_name(value) {
         Ok(())
@@ -375,6 +529,17 @@ mod tests {
     use super::*;
     use crate::store::MemoryStore;
 
+    /// A `.tar` holding one file with `data`.
+    fn archive(data: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "file", data).expect("append");
+        b.into_inner().expect("tar")
+    }
+
     async fn push(
         a: &Artifacts,
         service: &str,
@@ -388,34 +553,38 @@ mod tests {
         a.finish(up, service, version, "", "operator/t").await
     }
 
+    fn tmp_is_empty(dir: &Path) -> bool {
+        std::fs::read_dir(dir.join("artifacts/tmp"))
+            .expect("tmp")
+            .count()
+            == 0
+    }
+
     #[tokio::test]
     async fn content_addressed_and_versions_never_change_bytes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let a = Artifacts::open(dir.path(), Arc::new(MemoryStore::new()), 1 << 20).expect("open");
-        let first = push(&a, "web", "v1", b"hello world").await.expect("push");
-        assert_eq!(first.digest, hex::encode(Sha256::digest(b"hello world")));
-        let again = push(&a, "web", "v1", b"hello world")
-            .await
-            .expect("same bytes");
+        let hello = archive(b"hello world");
+        let first = push(&a, "web", "v1", &hello).await.expect("push");
+        assert_eq!(first.digest, hex::encode(Sha256::digest(&hello)));
+        let again = push(&a, "web", "v1", &hello).await.expect("same bytes");
         assert_eq!(again.digest, first.digest);
-        let err = push(&a, "web", "v1", b"other bytes")
+        let err = push(&a, "web", "v1", &archive(b"other bytes"))
             .await
             .expect_err("conflict");
         assert!(matches!(err, ArtifactError::Conflict { .. }), "{err}");
         assert_eq!(a.list("web").await.expect("list").len(), 1);
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("artifacts/tmp"))
-                .expect("tmp")
-                .count(),
-            0
-        );
+        assert!(tmp_is_empty(dir.path()));
 
-        let (mut f, size) = a.open_at(&first.digest, 6).await.expect("open");
-        assert_eq!(size, 11);
-        assert_eq!(&f.next_chunk(3).await.expect("read")[..], b"wor");
-        assert_eq!(&f.next_chunk(32).await.expect("read")[..], b"ld");
+        let (mut f, size) = a.open_at(&first.digest, 512).await.expect("open");
+        assert_eq!(size, hello.len() as u64);
+        assert_eq!(&f.next_chunk(5).await.expect("read")[..], b"hello");
+        assert_eq!(
+            f.next_chunk(1 << 20).await.expect("read").len(),
+            hello.len() - 517
+        );
         assert!(f.next_chunk(32).await.expect("read").is_empty());
-        assert!(a.open_at(&first.digest, 12).await.is_err());
+        assert!(a.open_at(&first.digest, size + 1).await.is_err());
         assert!(matches!(
             a.open_at(&"0".repeat(64), 0).await,
             Err(ArtifactError::NotFound(_))
@@ -442,11 +611,106 @@ mod tests {
             .expect_err("mismatch");
         assert!(matches!(err, ArtifactError::Mismatch { .. }));
         assert!(a.list("").await.expect("list").is_empty());
+        assert!(tmp_is_empty(dir.path()));
+    }
+
+    #[tokio::test]
+    async fn archives_the_agents_would_refuse_are_not_stored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = Artifacts::open(dir.path(), Arc::new(MemoryStore::new()), 1 << 20)
+            .expect("open")
+            .with_unpack_limits(drover_archive::Limits {
+                max_bytes: 1000,
+                max_entries: 10,
+            });
+        let good = archive(b"fine");
+        let cases: [(&str, Vec<u8>, &str); 3] = [
+            (
+                "random bytes",
+                b"random bytes, no archive".to_vec(),
+                "not a tar",
+            ),
+            ("truncated", good[..700].to_vec(), "read archive"),
+            ("too big", archive(&[0u8; 2000]), "max_unpacked_bytes"),
+        ];
+        for (what, bytes, why) in cases {
+            let err = push(&a, "web", "v1", &bytes).await.expect_err(what);
+            assert!(matches!(err, ArtifactError::BadArchive(_)), "{what}: {err}");
+            let status = tonic::Status::from(err);
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{what}");
+            assert!(status.message().contains(why), "{what}: {status:?}");
+        }
+        assert!(a.list("").await.expect("list").is_empty());
         assert_eq!(
-            std::fs::read_dir(dir.path().join("artifacts/tmp"))
-                .expect("tmp")
+            std::fs::read_dir(dir.path().join("artifacts/sha256"))
+                .expect("blobs")
                 .count(),
             0
         );
+        assert!(tmp_is_empty(dir.path()));
+        push(&a, "web", "v1", &good).await.expect("a good one");
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_blob_is_refused_until_pushed_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = Artifacts::open(dir.path(), Arc::new(MemoryStore::new()), 1 << 20).expect("open");
+        let bytes = archive(b"hello world");
+        let pushed = push(&a, "web", "v1", &bytes).await.expect("push");
+        let blob = a.path_of(&pushed.digest).expect("path");
+        let mut bad = bytes.clone();
+        bad[512] ^= 0xff;
+        std::fs::write(&blob, &bad).expect("corrupt");
+
+        let err = a.open_at(&pushed.digest, 0).await.expect_err("corrupt");
+        let status = tonic::Status::from(err);
+        assert_eq!(status.code(), tonic::Code::DataLoss);
+        assert!(
+            status.message().starts_with(&format!(
+                "artifact {} on the coordinator is corrupt: ",
+                pushed.digest
+            )) && status.message().ends_with("push it again"),
+            "{status:?}"
+        );
+
+        push(&a, "web", "v1", &bytes).await.expect("push again");
+        let (_, size) = a.open_at(&pushed.digest, 0).await.expect("repaired");
+        assert_eq!(size, bytes.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_change_that_keeps_size_and_mtime_is_caught_on_the_recheck() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bytes = archive(b"hello world");
+        let a = Artifacts::open(dir.path(), Arc::new(MemoryStore::new()), 1 << 20).expect("open");
+        let pushed = push(&a, "web", "v1", &bytes).await.expect("push");
+        let blob = a.path_of(&pushed.digest).expect("path");
+        let rot = |blob: &Path| {
+            let mtime = std::fs::metadata(blob)
+                .and_then(|m| m.modified())
+                .expect("mtime");
+            let mut bad = bytes.clone();
+            bad[512] ^= 0x01;
+            std::fs::write(blob, &bad).expect("rot");
+            let f = std::fs::File::options()
+                .write(true)
+                .open(blob)
+                .expect("open");
+            f.set_modified(mtime).expect("keep mtime");
+        };
+        rot(&blob);
+        // Trusted: same size and mtime, checked moments ago.
+        assert!(a.open_at(&pushed.digest, 0).await.is_ok());
+
+        let a = Artifacts::open(dir.path(), Arc::new(MemoryStore::new()), 1 << 20)
+            .expect("open")
+            .with_recheck_after(Duration::ZERO);
+        std::fs::write(&blob, &bytes).expect("restore");
+        let pushed = push(&a, "web", "v1", &bytes).await.expect("push");
+        rot(&blob);
+        assert!(matches!(
+            a.open_at(&pushed.digest, 0).await,
+            Err(ArtifactError::CorruptBlob { .. })
+        ));
     }
 }

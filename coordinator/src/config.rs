@@ -52,14 +52,32 @@ pub struct ArtifactsConfig {
     /// Largest artifact an operator may push.
     #[serde(default = "default_max_artifact")]
     pub max_size_bytes: u64,
+    /// Pushes whose files add up to more than this once unpacked are
+    /// refused; keep it at or below the agents' `max_unpacked_bytes`.
+    #[serde(default = "default_max_unpacked")]
+    pub max_unpacked_bytes: u64,
+    /// Pushes with more entries than this are refused; keep it at or below
+    /// the agents' `max_entries`.
+    #[serde(default = "default_max_entries")]
+    pub max_entries: u64,
 }
 
 impl Default for ArtifactsConfig {
     fn default() -> Self {
         ArtifactsConfig {
             max_size_bytes: default_max_artifact(),
+            max_unpacked_bytes: default_max_unpacked(),
+            max_entries: default_max_entries(),
         }
     }
+}
+
+fn default_max_unpacked() -> u64 {
+    drover_archive::DEFAULT_MAX_UNPACKED_BYTES
+}
+
+fn default_max_entries() -> u64 {
+    drover_archive::DEFAULT_MAX_ENTRIES
 }
 
 fn default_max_artifact() -> u64 {

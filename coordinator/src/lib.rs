@@ -184,7 +184,11 @@ pub async fn start(
             &config.data_dir,
             store.clone(),
             config.artifacts.max_size_bytes,
-        )?,
+        )?
+        .with_unpack_limits(drover_archive::Limits {
+            max_bytes: config.artifacts.max_unpacked_bytes,
+            max_entries: config.artifacts.max_entries,
+        }),
         ca,
         authz: Authorizer {
             metrics: metrics.clone(),

@@ -80,6 +80,10 @@ pub struct Metrics {
     pub updates_ignored: Counter,
     /// Open TLS connections without a client certificate.
     pub enrolling_connections: Gauge,
+    /// Fetches refused because the stored blob no longer matched its digest.
+    pub artifacts_corrupt: Counter,
+    /// Pushes refused because the archive failed the unpacking rules.
+    pub artifacts_refused: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -108,6 +112,8 @@ impl Metrics {
         let commands_undelivered = Counter::default();
         let updates_ignored = Counter::default();
         let enrolling_connections = Gauge::default();
+        let artifacts_corrupt = Counter::default();
+        let artifacts_refused = Counter::default();
         registry.register(
             "agents_connected",
             "Agents with a live session",
@@ -163,6 +169,16 @@ impl Metrics {
             "Open TLS connections without a client certificate (agents enrolling)",
             enrolling_connections.clone(),
         );
+        registry.register(
+            "artifacts_corrupt",
+            "Artifact fetches refused because the stored blob no longer matches its digest",
+            artifacts_corrupt.clone(),
+        );
+        registry.register(
+            "artifacts_refused",
+            "Artifact pushes refused because the archive fails the agents' unpacking rules",
+            artifacts_refused.clone(),
+        );
         // Pre-create the label sets so a scrape shows zeros, not gaps.
         for r in ["ok", "refused"] {
             enrollments
@@ -189,6 +205,8 @@ impl Metrics {
             commands_undelivered,
             updates_ignored,
             enrolling_connections,
+            artifacts_corrupt,
+            artifacts_refused,
         }
     }
 

@@ -1,9 +1,9 @@
-//! Instance commands from the coordinator (drain, stop, deploy, start,
-//! verify, undrain): dispatch, one command per instance at a time,
+//! Instance commands from the coordinator (stage, drain, stop, deploy,
+//! start, verify, undrain): dispatch, one command per instance at a time,
 //! timeouts, and the journal that makes every id run at most once.
 //!
 //! For each `Command` the agent answers with `CommandUpdate`s:
-//! ACCEPTED, PROGRESS (deploy bytes), then exactly one of SUCCEEDED,
+//! ACCEPTED, PROGRESS (stage and deploy bytes), then exactly one of SUCCEEDED,
 //! FAILED (the message says why) or TIMED_OUT. An id already journaled
 //! gets its recorded result again without running anything; an id still
 //! running is attached to (ACCEPTED again, the result follows). A
@@ -48,6 +48,7 @@ pub const RESTARTED: &str = "agent restarted during the step";
 /// The journal's name for a command kind.
 pub fn kind_name(kind: &Kind) -> &'static str {
     match kind {
+        Kind::Stage(_) => "stage",
         Kind::Drain(_) => "drain",
         Kind::Stop(_) => "stop",
         Kind::Deploy(_) => "deploy",
@@ -201,15 +202,15 @@ impl Executor {
     }
 
     /// Commands started by an earlier run of the agent that never
-    /// finished: steps that are safe to redo (drain, undrain, stop, start,
-    /// verify; a deploy before its after_deploy hook, which finds the
+    /// finished: steps that are safe to redo (stage, drain, undrain, stop,
+    /// start, verify; a deploy before its after_deploy hook, which finds the
     /// release directory complete or resumes the download) are forgotten,
     /// so they run again when the coordinator asks again; anything else is
     /// recorded as FAILED "agent restarted during the step".
     fn recover(&self) {
         for r in self.shared.journal.unfinished() {
             let redo = match r.kind.as_str() {
-                "drain" | "undrain" | "stop" | "start" | "verify" => true,
+                "stage" | "drain" | "undrain" | "stop" | "start" | "verify" => true,
                 "deploy" => !r.stages.iter().any(|s| s == STAGE_AFTER_DEPLOY),
                 _ => false,
             };

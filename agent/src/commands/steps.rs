@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use drover_proto::v1::command::Kind;
 use drover_proto::v1::command_update::Phase as WirePhase;
-use drover_proto::v1::{CommandUpdate, DeployCommand, VerifyCommand};
+use drover_proto::v1::{CommandUpdate, DeployCommand, StageCommand, VerifyCommand};
 
 use super::{Instance, Outbox, STAGE_AFTER_DEPLOY, update};
 use crate::deploy::fetch::{ArtifactSource, Cache};
@@ -38,6 +38,7 @@ pub(super) struct StepContext<'a> {
 /// Runs one step. Ok: what was done; Err: why it failed.
 pub(super) async fn run(ctx: &StepContext<'_>, kind: &Kind) -> Result<String, String> {
     match kind {
+        Kind::Stage(s) => stage(ctx, s).await,
         Kind::Drain(_) => drain(ctx).await,
         Kind::Undrain(_) => undrain(ctx).await,
         Kind::Stop(_) => stop(ctx).await,
@@ -203,19 +204,11 @@ async fn verify(ctx: &StepContext<'_>, v: &VerifyCommand) -> Result<String, Stri
     Ok(msg)
 }
 
-async fn deploy(ctx: &StepContext<'_>, d: &DeployCommand) -> Result<String, String> {
-    let cfg = &ctx.instance.cfg;
-    let Some(dcfg) = &cfg.deploy else {
-        return Err(format!(
-            "instance {} has no deploy_dir in the agent config",
-            cfg.name
-        ));
-    };
-    let Some(release) = &d.release else {
-        return Err("deploy command without a release".to_string());
-    };
+/// Fetch and unpack progress as command updates, the byte counts at most
+/// every [`PROGRESS_EVERY`].
+fn progress_reporter<'a>(ctx: &'a StepContext<'a>) -> impl Fn(Progress) + Send + Sync + 'a {
     let last = Mutex::new(None::<Instant>);
-    let progress = |p: Progress| {
+    move |p: Progress| {
         let u = match p {
             Progress::Fetching(f) => {
                 let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
@@ -234,7 +227,59 @@ async fn deploy(ctx: &StepContext<'_>, d: &DeployCommand) -> Result<String, Stri
             Progress::Switching => update(ctx.id, WirePhase::Progress, "switching current"),
         };
         ctx.outbox.push(u);
+    }
+}
+
+fn deploy_target<'a>(
+    ctx: &'a StepContext<'a>,
+    release: Option<&'a drover_proto::v1::Release>,
+    verb: &str,
+) -> Result<
+    (
+        &'a crate::config::DeployConfig,
+        &'a drover_proto::v1::Release,
+    ),
+    String,
+> {
+    let cfg = &ctx.instance.cfg;
+    let Some(dcfg) = &cfg.deploy else {
+        return Err(format!(
+            "instance {} has no deploy_dir in the agent config",
+            cfg.name
+        ));
     };
+    let Some(release) = release else {
+        return Err(format!("{verb} command without a release"));
+    };
+    Ok((dcfg, release))
+}
+
+/// Fetch, verify and unpack beside the running release; the instance
+/// keeps serving throughout.
+async fn stage(ctx: &StepContext<'_>, s: &StageCommand) -> Result<String, String> {
+    let (dcfg, release) = deploy_target(ctx, s.release.as_ref(), "stage")?;
+    let progress = progress_reporter(ctx);
+    let staged = deploy::stage(dcfg, release, ctx.cache, ctx.source, &progress)
+        .await
+        .map_err(|e| e.to_string())?;
+    let how = if staged.reused {
+        "already staged"
+    } else if staged.fetched {
+        "downloaded"
+    } else {
+        "from the agent's cache"
+    };
+    Ok(format!(
+        "staged {} in {} ({how})",
+        release.version,
+        staged.dir.display()
+    ))
+}
+
+async fn deploy(ctx: &StepContext<'_>, d: &DeployCommand) -> Result<String, String> {
+    let cfg = &ctx.instance.cfg;
+    let (dcfg, release) = deploy_target(ctx, d.release.as_ref(), "deploy")?;
+    let progress = progress_reporter(ctx);
     let deployed = deploy::deploy(dcfg, release, ctx.cache, ctx.source, &progress)
         .await
         .map_err(|e| e.to_string())?;

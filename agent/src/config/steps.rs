@@ -12,10 +12,8 @@ use serde::Deserialize;
 use super::{Checker, ConfigError};
 
 pub const DEFAULT_KEEP_RELEASES: usize = 5;
-/// Total size of a release's unpacked files.
-pub const DEFAULT_MAX_UNPACKED_BYTES: u64 = 4 * 1024 * 1024 * 1024;
-/// Entries (files, directories, links) in one artifact.
-pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
+/// The same defaults `drover artifact push` checks against.
+pub use drover_archive::{DEFAULT_MAX_ENTRIES, DEFAULT_MAX_UNPACKED_BYTES};
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -153,7 +153,9 @@ fn status_error(s: tonic::Status, digest: &str) -> FetchError {
         | tonic::Code::PermissionDenied
         | tonic::Code::Unauthenticated
         | tonic::Code::OutOfRange
-        | tonic::Code::FailedPrecondition => FetchError::Protocol(format!("fetch refused: {text}")),
+        | tonic::Code::FailedPrecondition
+        // The coordinator's copy is corrupt: asking again will not help.
+        | tonic::Code::DataLoss => FetchError::Protocol(format!("fetch refused: {text}")),
         _ => FetchError::Unavailable(format!("fetch: {text}")),
     }
 }

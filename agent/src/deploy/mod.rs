@@ -186,9 +186,123 @@ impl Drop for CancelOnDrop {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Makes `release` the instance's current release: reuses its directory
-/// if complete, else fetches (or reuses the cached artifact), verifies and
-/// unpacks it, then switches `current`.
+/// What staging did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staged {
+    pub dir: PathBuf,
+    /// The release directory was already complete: nothing fetched or
+    /// unpacked.
+    pub reused: bool,
+    /// The artifact was downloaded (not found in the cache).
+    pub fetched: bool,
+}
+
+/// Puts `release` beside the running one, ready to switch to: reuses its
+/// directory if complete, else fetches (resuming a partial download, or
+/// from the cache), verifies the sha256 and unpacks it. Never touches
+/// `current`, so it is safe while the instance serves. A release staged
+/// this way is the newest directory under `releases/` and so survives
+/// pruning until a deploy switches to it (see [`prune`]).
+pub async fn stage(
+    cfg: &DeployConfig,
+    release: &Release,
+    cache: &Cache,
+    source: &dyn ArtifactSource,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<Staged, DeployError> {
+    validate_release(release)?;
+    let releases = cfg.releases_dir();
+    crate::fsutil::create_dir(&releases, 0o755)
+        .map_err(|e| DeployError::Conflict(e.to_string()))?;
+    let name = release_name(release);
+    let target = releases.join(&name);
+    if is_complete(&target, release) {
+        return Ok(Staged {
+            dir: target,
+            reused: true,
+            fetched: false,
+        });
+    }
+    if fs::symlink_metadata(&target).is_ok() {
+        if current_name(cfg).as_deref() == Some(name.as_str()) {
+            return Err(DeployError::Conflict(format!(
+                "{} is the current release but its {RELEASE_FILE} does not say {} {}",
+                target.display(),
+                release.version,
+                release.digest
+            )));
+        }
+        tracing::warn!(path = %target.display(), "replacing an incomplete release directory");
+        unpack::remove_tree(&target);
+    }
+    let fetch_progress = |p: FetchProgress| progress(Progress::Fetching(p));
+    let (artifact, fetched) = cache.get(&release.digest, source, &fetch_progress).await?;
+    progress(Progress::Unpacking);
+    let tmp = releases.join(format!(
+        "{TMP_PREFIX}{name}-{}-{}",
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _guard = CancelOnDrop(cancel.clone());
+    let limits = Limits {
+        max_bytes: cfg.max_unpacked_bytes,
+        max_entries: cfg.max_entries,
+    };
+    let r = release.clone();
+    let t = target.clone();
+    let tmp2 = tmp.clone();
+    let joined = tokio::task::spawn_blocking(move || -> Result<bool, DeployError> {
+        unpack::unpack(&artifact, &tmp2, limits, &cancel)?;
+        let finish = || -> Result<bool, DeployError> {
+            let meta = ReleaseFile {
+                version: r.version.clone(),
+                digest: r.digest.clone(),
+            };
+            let bytes = serde_json::to_vec_pretty(&meta).unwrap_or_default();
+            let file = tmp2.join(RELEASE_FILE);
+            let _ = fs::remove_file(&file);
+            crate::fsutil::write_new(&file, &bytes, crate::fsutil::PUBLIC)
+                .map_err(|e| DeployError::Conflict(e.to_string()))?;
+            sync_dir(&tmp2);
+            if cancel.load(Ordering::Relaxed) {
+                return Err(UnpackError::Cancelled.into());
+            }
+            match fs::rename(&tmp2, &t) {
+                Ok(()) => {
+                    sync_dir(&t.parent().map(Path::to_path_buf).unwrap_or_default());
+                    Ok(false)
+                }
+                // Someone finished the same release first.
+                Err(_) if is_complete(&t, &r) => Ok(true),
+                Err(e) => Err(io_at(&t)(e)),
+            }
+        };
+        let result = finish();
+        if !matches!(result, Ok(false)) {
+            unpack::remove_tree(&tmp2);
+        }
+        result
+    })
+    .await;
+    match joined {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(e) => {
+            unpack::remove_tree(&tmp);
+            return Err(DeployError::Conflict(format!("unpack task failed: {e}")));
+        }
+    }
+    Ok(Staged {
+        dir: target,
+        reused: false,
+        fetched,
+    })
+}
+
+/// Makes `release` the instance's current release: switches `current` to
+/// its staged directory, staging it first (fetch, verify, unpack) when a
+/// stage command did not, as with a coordinator that sends no stage.
 pub async fn deploy(
     cfg: &DeployConfig,
     release: &Release,
@@ -196,100 +310,20 @@ pub async fn deploy(
     source: &dyn ArtifactSource,
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<Deployed, DeployError> {
-    validate_release(release)?;
-    let releases = cfg.releases_dir();
-    crate::fsutil::create_dir(&releases, 0o755)
-        .map_err(|e| DeployError::Conflict(e.to_string()))?;
-    let name = release_name(release);
-    let target = releases.join(&name);
     let previous = current_name(cfg);
-    let mut reused = true;
-    let mut fetched = false;
-    if !is_complete(&target, release) {
-        if fs::symlink_metadata(&target).is_ok() {
-            if previous.as_deref() == Some(name.as_str()) {
-                return Err(DeployError::Conflict(format!(
-                    "{} is the current release but its {RELEASE_FILE} does not say {} {}",
-                    target.display(),
-                    release.version,
-                    release.digest
-                )));
-            }
-            tracing::warn!(path = %target.display(), "replacing an incomplete release directory");
-            unpack::remove_tree(&target);
-        }
-        reused = false;
-        let fetch_progress = |p: FetchProgress| progress(Progress::Fetching(p));
-        let (artifact, downloaded) = cache.get(&release.digest, source, &fetch_progress).await?;
-        fetched = downloaded;
-        progress(Progress::Unpacking);
-        let tmp = releases.join(format!(
-            "{TMP_PREFIX}{name}-{}-{}",
-            std::process::id(),
-            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let cancel = Arc::new(AtomicBool::new(false));
-        let _guard = CancelOnDrop(cancel.clone());
-        let limits = Limits {
-            max_bytes: cfg.max_unpacked_bytes,
-            max_entries: cfg.max_entries,
-        };
-        let r = release.clone();
-        let t = target.clone();
-        let tmp2 = tmp.clone();
-        let joined = tokio::task::spawn_blocking(move || -> Result<bool, DeployError> {
-            unpack::unpack(&artifact, &tmp2, limits, &cancel)?;
-            let finish = || -> Result<bool, DeployError> {
-                let meta = ReleaseFile {
-                    version: r.version.clone(),
-                    digest: r.digest.clone(),
-                };
-                let bytes = serde_json::to_vec_pretty(&meta).unwrap_or_default();
-                let file = tmp2.join(RELEASE_FILE);
-                let _ = fs::remove_file(&file);
-                crate::fsutil::write_new(&file, &bytes, crate::fsutil::PUBLIC)
-                    .map_err(|e| DeployError::Conflict(e.to_string()))?;
-                sync_dir(&tmp2);
-                if cancel.load(Ordering::Relaxed) {
-                    return Err(UnpackError::Cancelled.into());
-                }
-                match fs::rename(&tmp2, &t) {
-                    Ok(()) => {
-                        sync_dir(&t.parent().map(Path::to_path_buf).unwrap_or_default());
-                        Ok(false)
-                    }
-                    // Someone finished the same release first.
-                    Err(_) if is_complete(&t, &r) => Ok(true),
-                    Err(e) => Err(io_at(&t)(e)),
-                }
-            };
-            let result = finish();
-            if !matches!(result, Ok(false)) {
-                unpack::remove_tree(&tmp2);
-            }
-            result
-        })
-        .await;
-        match joined {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(e) => {
-                unpack::remove_tree(&tmp);
-                return Err(DeployError::Conflict(format!("unpack task failed: {e}")));
-            }
-        }
-    }
+    let staged = stage(cfg, release, cache, source, progress).await?;
+    let name = release_name(release);
     progress(Progress::Switching);
     if previous.as_deref() != Some(name.as_str()) {
         switch_current(cfg, &name)?;
     }
-    mark_activated(&target);
+    mark_activated(&staged.dir);
     Ok(Deployed {
         release: release.clone(),
-        dir: target,
+        dir: staged.dir,
         previous,
-        reused,
-        fetched,
+        reused: staged.reused,
+        fetched: staged.fetched,
     })
 }
 
@@ -328,9 +362,16 @@ fn mark_activated(dir: &Path) {
 }
 
 /// Keeps the `keep_releases` most recently activated releases, and always
-/// the current one and `previous`. Returns the names removed.
+/// the current one, `previous`, and any release staged since `current`
+/// was last switched (its directory is newer than the current one's
+/// activation): a stage is followed by the deploy that needs it.
+/// Returns the names removed.
 pub fn prune(cfg: &DeployConfig, previous: Option<&str>) -> Vec<String> {
     let current = current_name(cfg);
+    let activated = current
+        .as_ref()
+        .and_then(|c| fs::symlink_metadata(cfg.releases_dir().join(c)).ok())
+        .and_then(|m| m.modified().ok());
     let Ok(entries) = fs::read_dir(cfg.releases_dir()) else {
         return Vec::new();
     };
@@ -350,9 +391,11 @@ pub fn prune(cfg: &DeployConfig, previous: Option<&str>) -> Vec<String> {
         .collect();
     found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
     let mut removed = Vec::new();
-    for (i, (_, name, path)) in found.into_iter().enumerate() {
-        let protected =
-            current.as_deref() == Some(name.as_str()) || previous == Some(name.as_str());
+    for (i, (modified, name, path)) in found.into_iter().enumerate() {
+        let staged_since = activated.is_some_and(|a| modified > a);
+        let protected = current.as_deref() == Some(name.as_str())
+            || previous == Some(name.as_str())
+            || staged_since;
         if i < cfg.keep_releases || protected {
             continue;
         }

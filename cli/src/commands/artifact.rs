@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use drover_archive::{ArchiveError, Limits};
 use drover_proto::v1::push_artifact_request::{Header, Msg};
 use drover_proto::v1::{Artifact, ListArtifactsRequest, PushArtifactRequest};
 use serde::Serialize;
@@ -23,6 +24,22 @@ pub enum ArtifactCommand {
     /// The coordinator stores it by sha256 and binds it to SERVICE/VERSION.
     /// Pushing the same bytes again is a no-op; a version already bound to
     /// other bytes is refused, so a version never silently changes.
+    ///
+    /// Before anything is uploaded the archive is read through the same
+    /// checks the agents apply when they unpack it, and refused (exit 1,
+    /// nothing uploaded) with the entry and the reason when it is:
+    ///   - not a tar or gzip-compressed tar, truncated, or failing its
+    ///     gzip checksum;
+    ///   - an entry with an absolute path or a `..` component;
+    ///   - a symlink that leads outside the release (also through other
+    ///     symlinks), or a write through a symlinked directory;
+    ///   - a hard link to anything but a file earlier in the archive;
+    ///   - a device file or fifo;
+    ///   - more than --max-entries entries, or more than
+    ///     --max-unpacked-bytes bytes once unpacked (decompression bombs;
+    ///     reading stops at the limit).
+    ///
+    /// The coordinator refuses an upload that fails the same checks.
     ///
     /// Prints `pushed SERVICE VERSION: sha256:DIGEST (SIZE)`; with -o json
     /// one object for scripts:
@@ -49,6 +66,14 @@ pub struct PushArgs {
     /// Version name, e.g. v2 or 2026.11.26-1
     #[arg(long)]
     pub version: String,
+    /// Refuse archives whose files add up to more than this once
+    /// unpacked; keep it at or below the agents' `max_unpacked_bytes`
+    #[arg(long, value_name = "BYTES", default_value_t = drover_archive::DEFAULT_MAX_UNPACKED_BYTES)]
+    pub max_unpacked_bytes: u64,
+    /// Refuse archives with more entries than this; keep it at or below
+    /// the agents' `max_entries`
+    #[arg(long, value_name = "COUNT", default_value_t = drover_archive::DEFAULT_MAX_ENTRIES)]
+    pub max_entries: u64,
     /// Output format: table (one line) or json (the artifact object above)
     #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
     pub output: ShowFormat,
@@ -94,29 +119,58 @@ pub async fn run(ctx: &Ctx, cmd: ArtifactCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn sha256_file(path: &std::path::Path) -> anyhow::Result<String> {
-    let mut file = tokio::fs::File::open(path)
-        .await
-        .with_context(|| format!("open {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .await
-            .with_context(|| format!("read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
+/// Reads the archive once through the agents' unpacking rules, hashing
+/// every byte of the file on the way; returns the sha256, or why the
+/// archive would be refused on a host.
+fn check_and_hash(path: &std::path::Path, limits: Limits) -> anyhow::Result<String> {
+    let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut reader = Hashing {
+        inner: std::io::BufReader::with_capacity(CHUNK, file),
+        hasher: Sha256::new(),
+    };
+    if let Err(e) = drover_archive::check(&mut reader, limits) {
+        return Err(match e {
+            ArchiveError::Io { .. } => anyhow::Error::new(e),
+            e => anyhow::anyhow!(
+                "refused {}: {e}; nothing was uploaded: agents would refuse to unpack it, so fix the archive and push again",
+                path.display()
+            ),
+        });
     }
-    Ok(hex::encode(hasher.finalize()))
+    // Bytes past the archive's own end (after a gzip member) are hashed too:
+    // the digest is of the file as uploaded.
+    std::io::copy(&mut reader, &mut std::io::sink())
+        .with_context(|| format!("read {}", path.display()))?;
+    Ok(hex::encode(reader.hasher.finalize()))
+}
+
+/// Hashes what is read through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: std::io::Read> std::io::Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 async fn push(ctx: &Ctx, args: PushArgs) -> anyhow::Result<()> {
-    // Hash first: the coordinator checks the upload against it, so bytes
-    // changed in flight (or the file changing under us) fail the push.
-    let digest = sha256_file(&args.file).await?;
+    // Check and hash first, before connecting: a bad archive is refused
+    // here with the reason, and the coordinator checks the upload against
+    // the digest, so bytes changed in flight (or the file changing under
+    // us) fail the push.
+    let limits = Limits {
+        max_bytes: args.max_unpacked_bytes,
+        max_entries: args.max_entries,
+    };
+    let path = args.file.clone();
+    let digest = tokio::task::spawn_blocking(move || check_and_hash(&path, limits))
+        .await
+        .context("check the archive")??;
     let mut file = tokio::fs::File::open(&args.file)
         .await
         .with_context(|| format!("open {}", args.file.display()))?;
@@ -233,12 +287,62 @@ mod tests {
         assert!(text.contains("operator/alice"), "{text}");
     }
 
-    #[tokio::test]
-    async fn hashes_files_in_chunks() {
+    fn tar_gz(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, &data[..]).expect("append");
+        }
+        b.into_inner().expect("tar").finish().expect("gzip")
+    }
+
+    #[test]
+    fn a_good_archive_is_hashed_whole_in_the_same_pass() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("a");
-        std::fs::write(&p, vec![7u8; CHUNK * 2 + 3]).expect("write");
-        let want = hex::encode(Sha256::digest(vec![7u8; CHUNK * 2 + 3]));
-        assert_eq!(sha256_file(&p).await.expect("hash"), want);
+        let p = dir.path().join("a.tar.gz");
+        let mut bytes = tar_gz(&[("app", vec![7u8; CHUNK * 3 + 3])]);
+        // Bytes after the gzip member are part of what is uploaded.
+        bytes.extend_from_slice(b"trailer");
+        std::fs::write(&p, &bytes).expect("write");
+        let want = hex::encode(Sha256::digest(&bytes));
+        assert_eq!(check_and_hash(&p, Limits::default()).expect("hash"), want);
+    }
+
+    #[test]
+    fn a_bad_archive_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("junk.tar.gz");
+        std::fs::write(&p, b"random bytes, not an archive").expect("write");
+        let err = format!(
+            "{:#}",
+            check_and_hash(&p, Limits::default()).expect_err("junk")
+        );
+        assert!(
+            err.contains("refused") && err.contains("not a tar"),
+            "{err}"
+        );
+        assert!(err.contains("nothing was uploaded"), "{err}");
+
+        let big = tar_gz(&[("zeros", vec![0u8; 4096])]);
+        std::fs::write(&p, &big).expect("write");
+        let limits = Limits {
+            max_bytes: 1024,
+            max_entries: 10,
+        };
+        let err = format!("{:#}", check_and_hash(&p, limits).expect_err("too big"));
+        assert!(
+            err.contains("entry `zeros`") && err.contains("max_unpacked_bytes"),
+            "{err}"
+        );
+
+        let err = format!(
+            "{:#}",
+            check_and_hash(&dir.path().join("missing"), limits).expect_err("missing")
+        );
+        assert!(err.contains("open") && !err.contains("refused"), "{err}");
     }
 }

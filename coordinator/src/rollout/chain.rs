@@ -9,6 +9,7 @@ use super::state::{InFlight, Mode, Then};
 
 fn next_step(step: Step) -> Option<Step> {
     match step {
+        Step::Staging => Some(Step::Draining),
         Step::Draining => Some(Step::Stopping),
         Step::Stopping => Some(Step::Deploying),
         Step::Deploying => Some(Step::Starting),
@@ -88,19 +89,27 @@ impl Engine {
         }
         cx.dirty = true;
         self.progress(cx);
-        self.send_step(cx, idx, Step::Draining);
+        self.send_step(cx, idx, Step::Staging);
+    }
+
+    /// The release a chain of `idx` moves to.
+    fn chain_release(&self, idx: usize) -> Option<super::spec::Release> {
+        let i = &self.st.instances[idx];
+        match i.direction {
+            Direction::Forward => Some(self.st.spec.target.clone()),
+            Direction::Back => i.previous.clone(),
+        }
     }
 
     fn command_for(&self, idx: usize, step: Step) -> Option<CommandKind> {
-        let i = &self.st.instances[idx];
         Some(match step {
+            Step::Staging => CommandKind::Stage {
+                release: self.chain_release(idx)?,
+            },
             Step::Draining => CommandKind::Drain,
             Step::Stopping => CommandKind::Stop,
             Step::Deploying => CommandKind::Deploy {
-                release: match i.direction {
-                    Direction::Forward => self.st.spec.target.clone(),
-                    Direction::Back => i.previous.clone()?,
-                },
+                release: self.chain_release(idx)?,
             },
             Step::Starting => CommandKind::Start,
             Step::Verifying => CommandKind::Verify {
@@ -142,12 +151,13 @@ impl Engine {
         );
         cx.dirty = true;
         let what = match &kind {
+            CommandKind::Stage { release } => format!("staging {release}"),
             CommandKind::Deploy { release } => format!("deploying {release}"),
             _ => step.as_str().to_string(),
         };
         let msg = match (direction, step) {
             (Direction::Back, _) => format!("rollback: {what}"),
-            (Direction::Forward, Step::Draining) => format!("batch {batch}: {what}"),
+            (Direction::Forward, Step::Staging) => format!("batch {batch}: {what}"),
             (Direction::Forward, _) => what,
         };
         self.event(cx, Some(idx), Some(step), msg);
@@ -196,6 +206,7 @@ impl Engine {
     fn step_ok(&mut self, cx: &mut Cx, idx: usize, step: Step, kind: &CommandKind) {
         // What a successful step is known to have done, until Health says otherwise.
         self.edit(idx, |i| match kind {
+            CommandKind::Stage { .. } => {}
             CommandKind::Drain => i.observed.in_service = false,
             CommandKind::Stop => i.observed.healthy = false,
             CommandKind::Deploy { release } => i.observed.release = Some(release.clone()),

@@ -9,21 +9,28 @@
 //!
 //! # Rules
 //!
-//! - Each instance walks Pending -> Draining -> Stopping -> Deploying ->
-//!   Starting -> Verifying -> Undraining -> Done, one command in flight at a
-//!   time. A failed or timed-out command leaves it Failed; only a rollback
-//!   or an abort brings it back. Instances already on the target are
-//!   Skipped. Rollback walks the same steps toward the instance's release at
-//!   start and ends RolledBack.
+//! - Each instance walks Pending -> Staging -> Draining -> Stopping ->
+//!   Deploying -> Starting -> Verifying -> Undraining -> Done, one command
+//!   in flight at a time. Staging fetches, verifies and unpacks the release
+//!   while the instance still serves, so a bad or unreachable artifact fails
+//!   there, before it leaves service. A failed or timed-out command leaves
+//!   it Failed; only a rollback or an abort brings it back. Instances
+//!   already on the target are Skipped. Rollback walks the same steps toward
+//!   the instance's release at start and ends RolledBack; an instance that
+//!   failed while staging was never changed, so a rollback or abort marks it
+//!   RolledBack without sending it anything.
 //! - capacity = target instances healthy, in service, reachable and not held
-//!   by drover (mid-chain or failed). An instance is only taken down if the
-//!   others still hold the floor, the chains in flight stay within
-//!   `max_unavailable`, and its spread-label value keeps at most K
-//!   unavailable. An instance known to be unavailable costs nothing; a
-//!   failed one only when drover knows it drained it (it failed after its
-//!   drain and before its undrain). One that failed at the drain or the
-//!   undrain may be serving whatever its reports say (a timed-out drain may
-//!   still run, a timed-out undrain may have worked), so it costs capacity.
+//!   by drover (mid-chain, staging included, or failed, except failed while
+//!   staging: that never touched what serves, so its reports count as they
+//!   are). An instance is only taken down if the others still hold the
+//!   floor, the chains in flight stay within `max_unavailable`, and its
+//!   spread-label value keeps at most K unavailable; the check is made when
+//!   its chain starts, at the stage. An instance known to be unavailable
+//!   costs nothing; a failed one only when drover knows it drained it (it
+//!   failed after its drain and before its undrain). One that failed at the
+//!   drain or the undrain may be serving whatever its reports say (a
+//!   timed-out drain may still run, a timed-out undrain may have worked), so
+//!   it costs capacity.
 //! - Percentages resolve against every target instance: `min_healthy` rounds
 //!   up, batches, `max_unavailable`, `max_failures` and `max_unreachable`
 //!   round down (batches and `max_unavailable` at least 1).

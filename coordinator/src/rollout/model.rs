@@ -54,6 +54,10 @@ pub struct InstanceInfo {
 #[serde(rename_all = "snake_case")]
 pub enum Step {
     Pending,
+    /// Fetching, verifying and unpacking the release on the host while the
+    /// instance still serves: a bad or unreachable artifact fails here,
+    /// before anything is taken out of service.
+    Staging,
     Draining,
     Stopping,
     Deploying,
@@ -70,6 +74,7 @@ impl Step {
     pub fn as_str(self) -> &'static str {
         match self {
             Step::Pending => "pending",
+            Step::Staging => "staging",
             Step::Draining => "draining",
             Step::Stopping => "stopping",
             Step::Deploying => "deploying",
@@ -87,7 +92,8 @@ impl Step {
     pub fn in_chain(self) -> bool {
         matches!(
             self,
-            Step::Draining
+            Step::Staging
+                | Step::Draining
                 | Step::Stopping
                 | Step::Deploying
                 | Step::Starting
@@ -97,7 +103,8 @@ impl Step {
     }
 
     /// Every step that sends a command, in chain order.
-    pub const CHAIN: [Step; 6] = [
+    pub const CHAIN: [Step; 7] = [
+        Step::Staging,
         Step::Draining,
         Step::Stopping,
         Step::Deploying,
@@ -106,7 +113,8 @@ impl Step {
         Step::Undraining,
     ];
 
-    /// The chain step whose command verb is `verb`.
+    /// The chain step whose command verb is `verb` (the inverse of
+    /// [`Step::verb`] on [`Step::CHAIN`]).
     pub fn from_verb(verb: &str) -> Option<Step> {
         Step::CHAIN.into_iter().find(|s| s.verb() == verb)
     }
@@ -114,6 +122,7 @@ impl Step {
     /// The command verb of a chain step, used in command ids.
     pub fn verb(self) -> &'static str {
         match self {
+            Step::Staging => "stage",
             Step::Draining => "drain",
             Step::Stopping => "stop",
             Step::Deploying => "deploy",
@@ -187,9 +196,15 @@ impl fmt::Display for Fault {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandKind {
+    /// Fetch, verify and unpack the release beside the running one; no
+    /// switch. Already staged is ok at once.
+    Stage {
+        release: Release,
+    },
     Drain,
     Stop,
-    /// Fetch if needed, unpack, switch `current`.
+    /// Switch `current` to the (staged) release; fetch and unpack first if
+    /// it is somehow not staged.
     Deploy {
         release: Release,
     },
@@ -402,4 +417,52 @@ pub enum Output {
     WaitReason(Option<String>),
     /// The rollout reached its terminal state; nothing follows.
     Finished(Outcome),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every step that sends a command reads back from its id: a step
+    /// missing from [`Step::CHAIN`] would make its results unreadable.
+    #[test]
+    fn every_chain_step_round_trips_through_a_command_id() {
+        let all = [
+            Step::Pending,
+            Step::Staging,
+            Step::Draining,
+            Step::Stopping,
+            Step::Deploying,
+            Step::Starting,
+            Step::Verifying,
+            Step::Undraining,
+            Step::Done,
+            Step::Failed,
+            Step::Skipped,
+            Step::RolledBack,
+        ];
+        for step in all.into_iter().filter(|s| s.in_chain()) {
+            assert!(Step::CHAIN.contains(&step), "{step:?} not in CHAIN");
+            let id = CommandId::new("web-1", "web@h1", step, 2);
+            let text = id.to_string();
+            assert_eq!(text.parse::<CommandId>(), Ok(id), "{text}");
+        }
+    }
+
+    #[test]
+    fn an_instance_may_hold_a_slash_and_a_bad_id_is_refused() {
+        let id: CommandId = "web-3/web@rack/1/drain/1".parse().expect("parses");
+        assert_eq!(id.rollout, "web-3");
+        assert_eq!(id.instance, "web@rack/1");
+        assert_eq!(id.host(), Some("rack/1"));
+        for bad in [
+            "",
+            "web-3",
+            "web-3/web@h1/explode/1",
+            "web-3/web@h1/drain/x",
+            "/web@h1/drain/1",
+        ] {
+            assert!(bad.parse::<CommandId>().is_err(), "{bad:?} parsed");
+        }
+    }
 }

@@ -281,7 +281,17 @@ impl Engine {
         let skip_lost = self.st.spec.lost_hosts == LostHostPolicy::Skip;
         for idx in self.restore_candidates(kind) {
             let i = &self.st.instances[idx];
-            if i.previous.is_none() {
+            if i.failed_at_stage() && i.available() {
+                // Staging changes nothing that serves: the instance is
+                // still on its previous release and its reports say it
+                // serves, so there is nothing to return and no reason to
+                // take it out of service. One that is not serving gets the
+                // usual chain back, which costs no capacity.
+                cx.dirty = true;
+                self.edit(idx, |i| i.step = Step::RolledBack);
+                let msg = "nothing to undo: it failed while staging, before it left service";
+                self.event(cx, Some(idx), Some(Step::RolledBack), msg.to_string());
+            } else if i.previous.is_none() {
                 self.leave(cx, idx, "no previous release to return to".to_string());
             } else if skip_lost && !i.observed.reachable {
                 self.leave(cx, idx, format!("host {} lost", i.host));

@@ -79,7 +79,7 @@ impl Engine {
         let mut queue = VecDeque::new();
         let mut outputs = first;
         let mut now = 0u64;
-        // Every instance takes six commands; anything beyond is a bug, not a plan.
+        // Every instance takes seven commands; anything beyond is a bug, not a plan.
         let limit = 8 * u64::from(plan.total) + 16;
         loop {
             plan.record(&eng, &outputs, &mut queue);
@@ -119,7 +119,8 @@ impl Plan {
             } = o
             {
                 queue.push_back(id.clone());
-                if *kind == CommandKind::Drain {
+                // A chain's first command: instances started together.
+                if matches!(kind, CommandKind::Stage { .. }) {
                     let batch = (status.instances.iter())
                         .find(|i| &i.id == instance)
                         .and_then(|i| i.batch)

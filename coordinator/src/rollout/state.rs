@@ -95,9 +95,34 @@ impl InstanceState {
     /// Drover holds it out of the count: mid-chain, or failed. A failed
     /// step leaves no trustworthy picture: a timed-out drain may still run,
     /// an undrain that timed out may have worked, and a health report may
-    /// predate either.
+    /// predate either. Except a failed stage: staging never touches what
+    /// serves, so the health reports stay true and count as they are.
     pub fn held(&self) -> bool {
-        self.step.in_chain() || self.step == Step::Failed
+        self.step.in_chain() || (self.step == Step::Failed && !self.failed_at_stage())
+    }
+
+    fn fault_now(&self) -> Option<&Fault> {
+        match self.direction {
+            Direction::Forward => self.fault.as_ref(),
+            Direction::Back => self.rollback_fault.as_ref(),
+        }
+    }
+
+    /// Failed while staging, and nothing before it touched what serves:
+    /// a forward chain that failed at its stage, or a rollback that failed
+    /// at its stage after a forward chain that finished or also failed at
+    /// its stage. Not a rollback's stage after a forward chain that failed
+    /// mid-way: that one's serving state is as unknown as it was.
+    pub fn failed_at_stage(&self) -> bool {
+        let at_stage = |f: &Option<Fault>| f.as_ref().is_some_and(|f| f.step() == Step::Staging);
+        self.step == Step::Failed
+            && match self.direction {
+                Direction::Forward => at_stage(&self.fault),
+                Direction::Back => {
+                    at_stage(&self.rollback_fault)
+                        && (self.fault.is_none() || at_stage(&self.fault))
+                }
+            }
     }
 
     /// Counts toward capacity: healthy, in service, reachable, not held.
@@ -118,11 +143,7 @@ impl InstanceState {
         if self.step != Step::Failed {
             return self.available();
         }
-        let fault = match self.direction {
-            Direction::Forward => &self.fault,
-            Direction::Back => &self.rollback_fault,
-        };
-        let drained = fault.as_ref().is_some_and(|f| {
+        let drained = self.fault_now().is_some_and(|f| {
             matches!(
                 f.step(),
                 Step::Stopping | Step::Deploying | Step::Starting | Step::Verifying

@@ -451,6 +451,13 @@ impl Driver {
         // said, so they act on the freshest picture.
         pass.acted = self.actions.len();
         inputs.extend(self.actions.drain(..).map(Input::Operator));
+        // A deadline that passed is the engine's to act on now, whatever
+        // else came: a steady stream of reports that say nothing new (and
+        // so feed it nothing) must not keep a timeout from firing.
+        let due = self.engine.next_deadline().is_some_and(|d| d <= now);
+        if due && inputs.is_empty() {
+            inputs.push(Input::Tick);
+        }
         #[cfg(any(test, feature = "sim"))]
         {
             pass.fed = inputs.clone();

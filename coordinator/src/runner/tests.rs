@@ -167,7 +167,7 @@ async fn a_command_goes_out_only_after_the_step_is_stored() {
         .await
         .expect("start");
     let cmd = next_command(&mut s.session).await;
-    assert_eq!(cmd.id, format!("{}/web@h1/drain/1", snap.status.id));
+    assert_eq!(cmd.id, format!("{}/web@h1/stage/1", snap.status.id));
     let stored = s
         .store
         .scan_prefix(&persist::instances_prefix(&snap.status.id))
@@ -178,7 +178,7 @@ async fn a_command_goes_out_only_after_the_step_is_stored() {
         .collect();
     assert!(
         text.iter().any(|t| t.contains(&cmd.id)),
-        "the drain in flight was stored before it was sent: {text:?}"
+        "the stage in flight was stored before it was sent: {text:?}"
     );
     s.shutdown.cancel();
     s.tasks.close();

@@ -96,14 +96,18 @@ fn ms(d: Duration) -> u32 {
 
 /// The command as the agent receives it.
 pub fn command(send: &Outgoing) -> CoordinatorMessage {
+    let release = |r: &crate::rollout::Release| pb::Release {
+        version: r.version.clone(),
+        digest: r.digest.clone(),
+    };
     let kind = match &send.kind {
+        CommandKind::Stage { release: r } => command::Kind::Stage(pb::StageCommand {
+            release: Some(release(r)),
+        }),
         CommandKind::Drain => command::Kind::Drain(pb::DrainCommand {}),
         CommandKind::Stop => command::Kind::Stop(pb::StopCommand {}),
-        CommandKind::Deploy { release } => command::Kind::Deploy(pb::DeployCommand {
-            release: Some(pb::Release {
-                version: release.version.clone(),
-                digest: release.digest.clone(),
-            }),
+        CommandKind::Deploy { release: r } => command::Kind::Deploy(pb::DeployCommand {
+            release: Some(release(r)),
         }),
         CommandKind::Start => command::Kind::Start(pb::StartCommand {}),
         CommandKind::Verify {

@@ -244,7 +244,15 @@ impl AgentService for AgentSvc {
     ) -> Result<Response<Self::FetchArtifactStream>, Status> {
         let caller = self.ctx.authz.require(&request, &[Role::Agent])?;
         let req = request.into_inner();
-        let (mut reader, size) = self.ctx.artifacts.open_at(&req.digest, req.offset).await?;
+        let (mut reader, size) = match self.ctx.artifacts.open_at(&req.digest, req.offset).await {
+            Ok(opened) => opened,
+            Err(e @ crate::artifacts::ArtifactError::CorruptBlob { .. }) => {
+                self.ctx.metrics.artifacts_corrupt.inc();
+                tracing::error!(host = %caller.cert.identity.name, digest = %req.digest, error = %e, "refused to serve a corrupt artifact");
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         tracing::debug!(host = %caller.cert.identity.name, digest = %req.digest, offset = req.offset, "artifact fetch");
         // At most this many chunks wait per fetch: a slow agent holds a
         // bounded amount of the coordinator's memory.

@@ -209,7 +209,7 @@ impl ControlService for ControlSvc {
                 _ => return Err(Status::invalid_argument("only one header per upload")),
             }
         }
-        let artifact = artifacts
+        let artifact = match artifacts
             .finish(
                 upload,
                 &header.service,
@@ -217,7 +217,16 @@ impl ControlService for ControlSvc {
                 &header.expected_digest,
                 &caller.cert.identity.to_string(),
             )
-            .await?;
+            .await
+        {
+            Ok(a) => a,
+            Err(e @ crate::artifacts::ArtifactError::BadArchive(_)) => {
+                self.ctx.metrics.artifacts_refused.inc();
+                tracing::warn!(by = %caller.cert.identity, service = %header.service, version = %header.version, error = %e, "artifact push refused");
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         tracing::info!(by = %caller.cert.identity, service = %artifact.service, version = %artifact.version, digest = %artifact.digest, size = artifact.size_bytes, "artifact pushed");
         Ok(Response::new(artifact))
     }

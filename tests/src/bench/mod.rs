@@ -11,6 +11,7 @@
 pub mod ansible;
 pub mod fanout;
 pub mod footprint;
+pub mod outage;
 pub mod table;
 
 use std::path::Path;

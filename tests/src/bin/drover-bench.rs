@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use drover_tests::bench::{ansible, fanout, footprint, table};
+use drover_tests::bench::{ansible, fanout, footprint, outage, table};
 
 #[derive(Debug, Parser)]
 #[command(name = "drover-bench", about = "drover benchmarks: figures, not tests")]
@@ -64,6 +64,18 @@ enum Cmd {
         /// Artifact payload size in MiB.
         #[arg(long, default_value_t = 100)]
         size_mib: u64,
+    },
+    /// Out-of-service time per instance (drain sent to undrain answered)
+    /// in a one-at-a-time rollout of a large release.
+    Outage {
+        #[arg(long, default_value_t = 3)]
+        instances: usize,
+        /// Artifact payload size in MiB.
+        #[arg(long, default_value_t = 64)]
+        size_mib: u64,
+        /// Names the run in the output, e.g. the commit measured.
+        #[arg(long, default_value = "current")]
+        label: String,
     },
     /// Reads JSON lines (files, or stdin without any) and prints the table.
     Table { files: Vec<PathBuf> },
@@ -135,6 +147,20 @@ fn main() -> Result<()> {
                 bail!("--agents and --size-mib must be at least 1");
             }
             print(&fanout::run(&fanout::FanoutOpts { agents, size_mib }))
+        }
+        Cmd::Outage {
+            instances,
+            size_mib,
+            label,
+        } => {
+            if instances < 2 || size_mib == 0 {
+                bail!("--instances must be at least 2 and --size-mib at least 1");
+            }
+            print(&outage::run(&outage::OutageOpts {
+                instances,
+                size_mib,
+                label,
+            }))
         }
         Cmd::Table { files } => {
             let mut input = String::new();

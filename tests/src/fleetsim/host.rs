@@ -200,6 +200,7 @@ fn unix_ms() -> i64 {
 
 fn kind_name(kind: &Option<Kind>) -> &'static str {
     match kind {
+        Some(Kind::Stage(_)) => "stage",
         Some(Kind::Drain(_)) => "drain",
         Some(Kind::Stop(_)) => "stop",
         Some(Kind::Deploy(_)) => "deploy",
@@ -565,7 +566,7 @@ impl SimHost {
                 inst.pid = 1000 + (self.rng.next() % 60_000) as u32;
                 inst.consecutive_successes = 1;
             }
-            Some(Kind::Verify(_)) | None => {}
+            Some(Kind::Stage(_) | Kind::Verify(_)) | None => {}
             Some(Kind::Undrain(_)) => inst.drained = false,
         }
         let release = inst.release.clone();

@@ -3,14 +3,16 @@
 //! and viewers cannot push.
 
 use drover_tests::Fleet;
+use drover_tests::harness::release::sample_release;
 
 #[test]
 fn push_is_content_addressed_and_versions_never_change() {
     let fleet = Fleet::builder().agents(0).start();
     let v1 = fleet.dir.join("web-v1.tar");
     let other = fleet.dir.join("other.tar");
-    std::fs::write(&v1, vec![1u8; 600 * 1024]).expect("write artifact");
-    std::fs::write(&other, b"other bytes").expect("write artifact");
+    let v1_bytes = sample_release("v1", &[]);
+    std::fs::write(&v1, &v1_bytes).expect("write artifact");
+    std::fs::write(&other, sample_release("other", &[])).expect("write artifact");
     let path = v1.to_str().expect("utf-8 path");
 
     let first = fleet.cli(&[
@@ -28,7 +30,7 @@ fn push_is_content_addressed_and_versions_never_change() {
     let pushed: serde_json::Value = serde_json::from_str(&first.stdout).expect("json");
     let digest = pushed["digest"].as_str().expect("digest").to_string();
     assert_eq!(digest.len(), 64, "{pushed}");
-    assert_eq!(pushed["size_bytes"], 600 * 1024);
+    assert_eq!(pushed["size_bytes"], v1_bytes.len());
 
     let again = fleet.cli(&[
         "artifact",

@@ -68,6 +68,45 @@ pub fn list_hosts(addr: &str, ca: &Path, identity: Option<&CertPair>) -> Result<
     })
 }
 
+/// Calls `ControlService.PushArtifact` with `bytes` in 256 KiB chunks, as
+/// a client that skips `drover artifact push`'s own checks would; Ok(the
+/// stored digest) or (the status code, its message).
+pub fn push_artifact(
+    addr: &str,
+    ca: &Path,
+    identity: &CertPair,
+    version: &str,
+    bytes: &[u8],
+) -> Result<String, (tonic::Code, String)> {
+    use drover_proto::v1::PushArtifactRequest;
+    use drover_proto::v1::push_artifact_request::{Header, Msg};
+    let mut msgs = vec![PushArtifactRequest {
+        msg: Some(Msg::Header(Header {
+            service: "web".to_string(),
+            version: version.to_string(),
+            expected_digest: String::new(),
+        })),
+    }];
+    msgs.extend(bytes.chunks(256 * 1024).map(|c| PushArtifactRequest {
+        msg: Some(Msg::Chunk(c.to_vec())),
+    }));
+    runtime().block_on(async {
+        let call = async {
+            let ch = channel(addr, ca, Some(identity))
+                .await
+                .map_err(|e| (tonic::Code::Unavailable, e))?;
+            let resp = ControlServiceClient::new(ch)
+                .push_artifact(tokio_stream::iter(msgs))
+                .await
+                .map_err(|s| (s.code(), s.message().to_string()))?;
+            Ok(resp.into_inner().digest)
+        };
+        tokio::time::timeout(CALL_TIMEOUT, call)
+            .await
+            .unwrap_or_else(|_| Err((tonic::Code::DeadlineExceeded, "no answer".to_string())))
+    })
+}
+
 /// How a session attempt ended.
 #[derive(Debug)]
 pub enum SessionOutcome {

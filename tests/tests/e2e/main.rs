@@ -17,6 +17,7 @@ mod hostile;
 mod lifecycle;
 mod restart;
 mod rollout;
+mod rollout_artifacts;
 mod rollout_control;
 mod rollout_crash;
 mod rollout_deadline;

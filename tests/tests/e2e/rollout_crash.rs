@@ -19,7 +19,9 @@ const MAX_SAMPLES: u64 = 1_200;
 /// A rollout's whole run after the disruption, at most.
 const FINISH: Duration = Duration::from_secs(45);
 /// Every step of a forward chain, in order, as command ids name them.
-const VERBS: [&str; 6] = ["drain", "stop", "deploy", "start", "verify", "undrain"];
+const VERBS: [&str; 7] = [
+    "stage", "drain", "stop", "deploy", "start", "verify", "undrain",
+];
 
 /// What an agent's journal dir says: every run it started
 /// (`executions.log`) and every id's record (`journal.jsonl`).
@@ -484,10 +486,12 @@ fn agent_killed_mid_deploy_ends_on_one_complete_release() {
         diag()
     );
     for k in &kills {
-        let deploy_id = command_id(&id, &k.host, "deploy", 1);
+        // The download and the unpack happen in the stage, before the
+        // drain, since stage-before-drain.
+        let stage_id = command_id(&id, &k.host, "stage", 1);
         assert!(
-            k.unfinished.contains(&deploy_id),
-            "{deploy_id} was not in flight when the agent was killed\n{}",
+            k.unfinished.contains(&stage_id),
+            "{stage_id} was not in flight when the agent was killed\n{}",
             diag()
         );
         assert_eq!(
@@ -568,17 +572,17 @@ fn agent_killed_mid_deploy_ends_on_one_complete_release() {
     }
 
     // No step ran twice, with the one exception the agent allows itself:
-    // a deploy killed before its after_deploy hook is forgotten at restart
-    // and redone when the coordinator asks again (same id), so it shows
-    // twice in executions.log, the first run never finished.
+    // a stage killed mid-way is forgotten at restart and redone when the
+    // coordinator asks again (same id), so it shows twice in
+    // executions.log, the first run never finished.
     for (host, j) in &after {
         let mut repeated = j.repeated();
         if kills.iter().any(|k| &k.host == host) {
-            let deploy_id = command_id(&id, host, "deploy", 1);
-            let n = repeated.remove(&deploy_id);
+            let stage_id = command_id(&id, host, "stage", 1);
+            let n = repeated.remove(&stage_id);
             assert!(
                 n.is_none_or(|n| n == 2),
-                "{deploy_id} ran {n:?} times\n{}",
+                "{stage_id} ran {n:?} times\n{}",
                 diag()
             );
         }

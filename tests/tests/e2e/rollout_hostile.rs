@@ -1,7 +1,11 @@
-//! Hostile artifacts and a corrupted one, rolled out for real: the deploy
-//! step refuses them on the agent, the instance's error says what was wrong,
-//! nothing lands outside the release directory, and the old release keeps
-//! serving through HAProxy without a single failed request.
+//! Hostile artifacts and a corrupted one, rolled out for real: the stage
+//! step refuses them (on the agent, or the coordinator refuses to serve a
+//! corrupt blob), the instance's error says what was wrong, nothing lands
+//! outside the release directory, and the old release keeps serving
+//! through HAProxy without a single failed request. `artifact push` now
+//! refuses the traversal, absolute-path and escaping-symlink archives
+//! itself (`rollout_artifacts.rs`); the bomb is within what push allows
+//! and over these agents' own limit, so it still reaches them.
 
 use drover_tests::harness::release::sample_release;
 use drover_tests::{Hostile, Load, LoadSpec, WAIT, WebFleet};
@@ -26,7 +30,7 @@ fn hostile_artifacts_and_a_checksum_mismatch_fail_the_rollout_and_v1_keeps_servi
     let outside = web.root.join("drover-escaped");
 
     // (version, artifact bytes, words the instance's error must contain)
-    let mut cases: Vec<(String, Vec<u8>, Vec<String>)> = Hostile::ALL
+    let mut cases: Vec<(String, Vec<u8>, Vec<String>)> = [Hostile::Bomb]
         .iter()
         .map(|h| {
             (
@@ -47,7 +51,7 @@ fn hostile_artifacts_and_a_checksum_mismatch_fail_the_rollout_and_v1_keeps_servi
     cases.push((
         "v2".to_string(),
         Vec::new(),
-        vec!["checksum mismatch".to_string(), mismatch.clone()],
+        vec![format!("artifact {mismatch} on the coordinator is corrupt")],
     ));
 
     let load = Load::start(&web.haproxy.frontend_addr(), LoadSpec::default());
@@ -81,13 +85,13 @@ fn hostile_artifacts_and_a_checksum_mismatch_fail_the_rollout_and_v1_keeps_servi
         let h1 = rollout.instance("h1");
         let error = h1.error_text();
         assert!(
-            error.contains("deploy") && words.iter().all(|w| error.contains(w.as_str())),
+            error.contains("stage") && words.iter().all(|w| error.contains(w.as_str())),
             "web@h1's error must name the problem ({words:?}): {error:?}\n{}",
             diag()
         );
         assert!(
-            rollout.reason_text().contains("deploy"),
-            "the rollout's reason must point at the deploy: {:?}\n{}",
+            rollout.reason_text().contains("stage"),
+            "the rollout's reason must point at the stage: {:?}\n{}",
             rollout.reason,
             diag()
         );
@@ -129,7 +133,9 @@ fn hostile_artifacts_and_a_checksum_mismatch_fail_the_rollout_and_v1_keeps_servi
     web.wait_all_serving("v1");
     let diag = || format!("{report}\n{}", web.diagnostics());
     assert_eq!(report.failed, 0, "failed requests\n{}", diag());
-    assert!(report.ok >= 100, "{report}");
+    // The rollouts now fail at the stage, within moments: the load only
+    // has to have flowed throughout (30 requests before they started).
+    assert!(report.ok >= 30, "{report}");
     assert!(
         !report.hit_limit,
         "the load ended before the rollouts\n{report}"

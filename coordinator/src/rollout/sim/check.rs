@@ -55,12 +55,21 @@ fn broke(invariant: u8, what: String) -> Result<(), Violation> {
     Err(Violation { invariant, what })
 }
 
-pub const VERBS: [&str; 6] = ["drain", "stop", "deploy", "start", "verify", "undrain"];
-const DRAIN: usize = 0;
-pub(super) const UNDRAIN: usize = 5;
+pub const VERBS: [&str; 7] = [
+    "stage", "drain", "stop", "deploy", "start", "verify", "undrain",
+];
+/// The first command of every chain: from here on the engine holds the
+/// instance, so this is where taking it is judged.
+pub(super) const STAGE: usize = 0;
+const DRAIN: usize = 1;
+const STOP: usize = 2;
+const START: usize = 4;
+const VERIFY: usize = 5;
+pub(super) const UNDRAIN: usize = 6;
 
 fn step_of(verb: usize) -> Step {
     [
+        Step::Staging,
         Step::Draining,
         Step::Stopping,
         Step::Deploying,
@@ -72,12 +81,13 @@ fn step_of(verb: usize) -> Step {
 
 fn kind_verb(kind: &CommandKind) -> usize {
     match kind {
-        CommandKind::Drain => 0,
-        CommandKind::Stop => 1,
-        CommandKind::Deploy { .. } => 2,
-        CommandKind::Start => 3,
-        CommandKind::Verify { .. } => 4,
-        CommandKind::Undrain => 5,
+        CommandKind::Stage { .. } => STAGE,
+        CommandKind::Drain => DRAIN,
+        CommandKind::Stop => STOP,
+        CommandKind::Deploy { .. } => 3,
+        CommandKind::Start => START,
+        CommandKind::Verify { .. } => VERIFY,
+        CommandKind::Undrain => UNDRAIN,
     }
 }
 
@@ -364,10 +374,10 @@ impl Checker {
         let last = match outcome {
             CommandOutcome::Ok => {
                 match verb {
-                    0 => f.in_service = Tri::No,
-                    1 => f.healthy = Tri::No,
-                    4 => f.healthy = Tri::Yes,
-                    5 => f.in_service = Tri::Yes,
+                    DRAIN => f.in_service = Tri::No,
+                    STOP => f.healthy = Tri::No,
+                    VERIFY => f.healthy = Tri::Yes,
+                    UNDRAIN => f.in_service = Tri::Yes,
                     _ => {}
                 }
                 Last::Ok(verb)
@@ -381,11 +391,12 @@ impl Checker {
         self.activity(now);
     }
 
-    /// What a step that may or may not have run leaves unknown.
+    /// What a step that may or may not have run leaves unknown. A stage
+    /// (and a deploy, which only switches a link) touches neither.
     fn unsure(f: &mut Facts, verb: usize) {
         match verb {
-            0 | 5 => f.in_service = Tri::Unknown,
-            1 | 3 | 4 => f.healthy = Tri::Unknown,
+            DRAIN | UNDRAIN => f.in_service = Tri::Unknown,
+            STOP | START | VERIFY => f.healthy = Tri::Unknown,
             _ => {}
         }
     }
@@ -491,7 +502,7 @@ impl Checker {
         if kind_verb(kind) != verb {
             return broke(2, format!("{id} carries a {kind:?} command"));
         }
-        if let CommandKind::Deploy { release } = kind {
+        if let CommandKind::Stage { release } | CommandKind::Deploy { release } = kind {
             let want = if attempt == 1 {
                 Some(&self.target)
             } else {
@@ -525,9 +536,9 @@ impl Checker {
             }
             Pos::Idle { attempt: a, last } => {
                 let expected = match last {
-                    Last::Nothing => Some((DRAIN, 1)),
+                    Last::Nothing => Some((STAGE, 1)),
                     Last::Ok(v) if v < UNDRAIN => Some((v + 1, a)),
-                    Last::Ok(_) | Last::Failed(_) if a == 1 => Some((DRAIN, 2)),
+                    Last::Ok(_) | Last::Failed(_) if a == 1 => Some((STAGE, 2)),
                     _ => None,
                 };
                 if expected != Some((verb, attempt)) {
@@ -549,7 +560,9 @@ impl Checker {
                 }
             }
         }
-        let costs = verb == DRAIN && self.maybe_available(k);
+        // Judged at the stage, where the engine starts holding the
+        // instance (it is busy, so uncounted, from then on).
+        let costs = verb == STAGE && self.maybe_available(k);
         let before = if costs { self.capacity() } else { 0 };
         self.tentative[k] = Pos::Busy {
             attempt,
@@ -559,7 +572,7 @@ impl Checker {
         };
         self.uncommitted.insert(k);
         self.activity(now);
-        if verb != DRAIN {
+        if verb != STAGE {
             return Ok(());
         }
         let inflight = self.in_flight();
@@ -664,6 +677,10 @@ impl Checker {
                             (0, Last::Nothing) => matches!(i.step, Step::Pending | Step::Skipped),
                             (1, Last::Ok(UNDRAIN)) => i.step == Step::Done,
                             (2, Last::Ok(UNDRAIN)) => i.step == Step::RolledBack,
+                            // Nothing to return after a failed stage.
+                            (1, Last::Failed(STAGE)) => {
+                                matches!(i.step, Step::Failed | Step::RolledBack)
+                            }
                             (_, Last::Failed(_)) => i.step == Step::Failed,
                             _ => false,
                         }

@@ -2,7 +2,7 @@
 //! the world's truth (what the simulated agents really run) and, for
 //! consistency, against what the engine was seen to do.
 
-use super::check::{Checker, Last, Pos, UNDRAIN, Violation};
+use super::check::{Checker, Last, Pos, STAGE, UNDRAIN, Violation};
 use crate::rollout::state::{RolloutState, SkipReason};
 use crate::rollout::{Fault, Outcome, Release, Step};
 
@@ -57,6 +57,14 @@ impl Checker {
                         ..
                     },
                     Step::Failed,
+                ) => true,
+                // A failed stage left nothing to return.
+                (
+                    Pos::Idle {
+                        attempt: 1,
+                        last: Last::Failed(STAGE),
+                    },
+                    Step::RolledBack,
                 ) => true,
                 _ => false,
             };

@@ -437,7 +437,17 @@ impl Sim {
                 self.real_capacity()?;
             }
             if self.coord.is_some() && self.outcome.is_none() {
-                self.check.idle(self.now, SLACK_MS)?;
+                self.check.idle(self.now, SLACK_MS).map_err(|mut v| {
+                    if let Some(c) = &self.coord {
+                        v.what = format!(
+                            "{} (the runtime's next tick at {}ms, the engine's next deadline {:?})",
+                            v.what,
+                            c.next_tick,
+                            c.driver.next_deadline()
+                        );
+                    }
+                    v
+                })?;
             }
             if self.check.activities > max_activities {
                 return Err(Violation {

@@ -119,6 +119,9 @@ pub struct Scenario {
     pub spec: RolloutSpec,
     pub fleet: Vec<Member>,
     pub profile: Profile,
+    /// Per mille: a stage of the target release fails (1000: the artifact
+    /// is bad, every host refuses it; less: unreachable from some hosts).
+    pub stage_fail: u32,
 }
 
 fn amount(rng: &mut Rng, max_count: u32, percents: &[u32]) -> Amount {
@@ -146,11 +149,15 @@ impl Scenario {
         let fleet = fleet(&mut rng, n);
         let spec = spec(&mut rng, n);
         let profile = profile(&mut rng);
+        // Drawn last so every earlier draw, and so every older seed's
+        // world, stays what it was.
+        let stage_fail = *rng.pick(&[0, 0, 0, 0, 0, 0, 0, 0, 300, 1000]);
         Scenario {
             seed,
             spec,
             fleet,
             profile,
+            stage_fail,
         }
     }
 
@@ -187,6 +194,7 @@ impl Scenario {
             s.min_healthy_time, s.healthy_deadline, s.step_timeout, s.progress_deadline
         );
         let p = &self.profile;
+        let _ = writeln!(out, "stage of the target fails {}‰", self.stage_fail);
         let _ = writeln!(
             out,
             "world: calm {} fail {}‰ hang {}‰ slow {}‰ partial {}‰ dup {}‰ delay {:?}ms batch {}ms tick {}ms (late {}ms) \

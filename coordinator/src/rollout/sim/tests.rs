@@ -295,15 +295,16 @@ fn regression_seed_175_abort_that_strands_an_instance_is_not_aborted() {
     stays_fixed(Bug::AbortedWhileStranded, 175, 5);
 }
 
-/// Seed 24: a failed instance always cost nothing to take down, so a
+/// Seed 24 first (seed 203 since chains start with a stage): a failed
+/// instance always cost nothing to take down, so a
 /// rollback drained one that its reports showed healthy and in service
 /// (its failed step had been a drain that did not happen, or an undrain
 /// that worked after timing out) with capacity already under the floor
 /// (invariant 1). Now a failed instance is free to take only when drover
 /// knows it drained it (it failed between its drain and its undrain).
 #[test]
-fn regression_seed_24_failed_instances_are_not_free_to_take() {
-    stays_fixed(Bug::FailedTakenForFree, 24, 1);
+fn regression_seed_203_failed_instances_are_not_free_to_take() {
+    stays_fixed(Bug::FailedTakenForFree, 203, 1);
 }
 
 /// Seed 5530 first: a host came back after its in-flight command's
@@ -311,10 +312,11 @@ fn regression_seed_24_failed_instances_are_not_free_to_take() {
 /// engine re-sent the command and timed it out in the same call, so the
 /// agent ran a step nobody waited for (invariant 2). The engine now times
 /// out what is due before it looks at any input of a call. Since inputs
-/// arrive in passes, seed 62 reaches the same broken order first: a drain's
+/// arrive in passes, seed 62 (seed 308 since chains start with a stage)
+/// reaches the same broken order first: a drain's
 /// result arriving exactly at its deadline was taken after the step had
 /// timed out, and the next step went out (invariant 2).
 #[test]
-fn regression_seed_62_due_steps_time_out_before_inputs() {
-    stays_fixed(Bug::ResendPastDeadline, 62, 2);
+fn regression_seed_308_due_steps_time_out_before_inputs() {
+    stays_fixed(Bug::ResendPastDeadline, 308, 2);
 }

@@ -274,7 +274,12 @@ impl Sim {
             return;
         }
         let p = &self.sc.profile;
-        let plan = if self.agent_rng.chance(p.cmd_hang) {
+        // A bad or unreachable artifact: the stage of the target fails.
+        let bad_stage = matches!(&kind, CommandKind::Stage { release } if *release == self.sc.spec.target)
+            && self.agent_rng.chance(self.sc.stage_fail);
+        let plan = if bad_stage {
+            Plan::Fail
+        } else if self.agent_rng.chance(p.cmd_hang) {
             Plan::Hang
         } else if self.agent_rng.chance(p.cmd_fail) {
             Plan::Fail
@@ -385,6 +390,7 @@ impl Sim {
     fn effect(&mut self, k: usize, kind: &CommandKind) {
         let i = &mut self.insts[k];
         match kind {
+            CommandKind::Stage { .. } => {}
             CommandKind::Drain => i.drained = true,
             CommandKind::Stop => i.running = false,
             CommandKind::Deploy { release } => i.release = Some(release.clone()),

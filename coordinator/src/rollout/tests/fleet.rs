@@ -80,6 +80,10 @@ pub struct Fleet {
     pub down: BTreeSet<String>,
     /// Hosts that accept commands but never answer.
     pub silent: BTreeSet<String>,
+    /// Hosts that answer their stages but nothing after (a drain that hangs).
+    pub mute_after_stage: BTreeSet<String>,
+    /// Instances that cannot stage the target (a bad or unreachable artifact).
+    pub bad_artifact: BTreeSet<String>,
     pub delay: u64,
     queue: BTreeMap<(u64, u64), (String, CommandId, CommandOutcome)>,
     seq: u64,
@@ -163,6 +167,8 @@ impl Fleet {
             bad: BTreeSet::new(),
             down: BTreeSet::new(),
             silent: BTreeSet::new(),
+            mute_after_stage: BTreeSet::new(),
+            bad_artifact: BTreeSet::new(),
             delay: 2 * TICK,
             queue: BTreeMap::new(),
             seq: 0,
@@ -236,8 +242,10 @@ impl Fleet {
                         "{id} sent before it was persisted"
                     );
                     let new = !self.sends.iter().any(|s| &s.1 == id);
-                    if new && *kind == CommandKind::Drain {
-                        self.check_drain(instance, before);
+                    // The engine holds an instance from its chain's first
+                    // command (the stage): that is where taking it is judged.
+                    if new && matches!(kind, CommandKind::Stage { .. }) {
+                        self.check_take(instance, before);
                     }
                     self.sends
                         .push((self.now, id.clone(), instance.clone(), kind.clone()));
@@ -250,9 +258,9 @@ impl Fleet {
         self.observe();
     }
 
-    /// Drover took `instance` down: capacity must stay at or above the floor
-    /// unless the instance was not counted in it anyway.
-    fn check_drain(&self, instance: &str, before: Option<&Status>) {
+    /// Drover took `instance` (started its chain): capacity must stay at or
+    /// above the floor unless the instance was not counted in it anyway.
+    fn check_take(&self, instance: &str, before: Option<&Status>) {
         // The engine knew what the fleet reports; the input of this very call
         // may just have told it the instance went down.
         let sim = &self.sim[instance];
@@ -262,7 +270,7 @@ impl Fleet {
         let capacity = self.engine.status().capacity;
         assert!(
             !was_available || capacity >= self.floor,
-            "drain of {instance} left capacity {capacity} under floor {}\n{}",
+            "taking {instance} left capacity {capacity} under floor {}\n{}",
             self.floor,
             self.tail()
         );
@@ -273,7 +281,7 @@ impl Fleet {
                 .count();
             assert!(
                 down <= spread.max_unavailable as usize,
-                "drain of {instance} left {down} down in zone {zone}\n{}",
+                "taking {instance} left {down} down in zone {zone}\n{}",
                 self.tail()
             );
         }
@@ -318,6 +326,9 @@ impl Fleet {
         if self.down.contains(&host) || self.silent.contains(&host) {
             return;
         }
+        if self.mute_after_stage.contains(&host) && !matches!(kind, CommandKind::Stage { .. }) {
+            return;
+        }
         let outcome = match self.journal.get(id) {
             Some(o) => o.clone(),
             None => {
@@ -357,10 +368,15 @@ impl Fleet {
 
     fn run(&mut self, instance: &str, kind: &CommandKind) -> CommandOutcome {
         let bad = self.bad.contains(instance);
+        let bad_artifact = self.bad_artifact.contains(instance);
         let Some(s) = self.sim.get_mut(instance) else {
             return CommandOutcome::Failed("no such instance".to_string());
         };
         match kind {
+            CommandKind::Stage { release } if bad_artifact && *release == v2() => {
+                return CommandOutcome::Failed("artifact checksum mismatch".to_string());
+            }
+            CommandKind::Stage { .. } => {}
             CommandKind::Drain => s.in_service = false,
             CommandKind::Stop => s.healthy = false,
             CommandKind::Deploy { release } => s.release = Some(release.clone()),

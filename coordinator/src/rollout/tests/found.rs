@@ -21,18 +21,18 @@ fn a_failed_drain_may_still_serve_so_its_rollback_waits_for_room() {
         step_timeout: Duration::from_secs(30),
         ..spec()
     };
-    // h01 takes its drain and never answers (nor drains).
+    // h01 stages, then takes its drain and never answers (nor drains).
     let mut f = Fleet::start_with(s, instances(4), |f| {
-        f.silent.insert("h01".to_string());
+        f.mute_after_stage.insert("h01".to_string());
     });
-    assert_eq!(f.step("web@h01"), Step::Draining);
+    assert!(f.run_until(HOUR, |f| f.step("web@h01") == Step::Draining));
     // Another instance falls over: capacity under the floor.
     f.kill("web@h02");
     assert!(f.run_until(HOUR, |f| f.step("web@h01") == Step::Failed));
     let rollback = |f: &Fleet| {
         f.sends
             .iter()
-            .any(|s| s.1.to_string() == "r1/web@h01/drain/2")
+            .any(|s| s.1.to_string() == "r1/web@h01/stage/2")
     };
     for _ in 0..10 {
         f.tick();
@@ -87,7 +87,7 @@ fn a_command_past_its_deadline_is_not_sent_again_on_reconnect() {
         ..spec()
     };
     let mut f = Fleet::start(s, instances(5));
-    assert_eq!(f.step("web@h01"), Step::Draining);
+    assert_eq!(f.step("web@h01"), Step::Staging);
     f.host_lost("h01");
     f.now += 31_000;
     f.down.remove("h01");
@@ -95,7 +95,7 @@ fn a_command_past_its_deadline_is_not_sent_again_on_reconnect() {
         host: "h01".to_string(),
     });
     let resent = outs.iter().any(|o| {
-        matches!(o, Output::Send { id, kind: CommandKind::Drain, .. } if id.to_string() == "r1/web@h01/drain/1")
+        matches!(o, Output::Send { id, kind: CommandKind::Stage { .. }, .. } if id.to_string() == "r1/web@h01/stage/1")
     });
     assert!(!resent, "{outs:#?}");
     assert_eq!(f.step("web@h01"), Step::Failed);

@@ -6,3 +6,4 @@ mod persist;
 mod scenarios;
 mod seeded;
 mod spec;
+mod staging;

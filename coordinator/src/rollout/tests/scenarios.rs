@@ -65,8 +65,8 @@ fn happy_path_updates_everyone_and_holds_the_floor() {
     assert_eq!(batch("web@h02"), Some(2));
     assert_eq!(batch("web@h03"), Some(2));
     assert_eq!(batch("web@h10"), Some(3));
-    // Six commands per instance, each run once, in step order.
-    assert_eq!(f.executed.len(), 60);
+    // Seven commands per instance, each run once, in step order.
+    assert_eq!(f.executed.len(), 70);
     all_ids_unique(&f);
     let h01: Vec<String> = (f.executed.iter())
         .map(CommandId::to_string)
@@ -75,6 +75,7 @@ fn happy_path_updates_everyone_and_holds_the_floor() {
     assert_eq!(
         h01,
         [
+            "r1/web@h01/stage/1",
             "r1/web@h01/drain/1",
             "r1/web@h01/stop/1",
             "r1/web@h01/deploy/1",
@@ -118,7 +119,7 @@ fn instances_on_target_are_skipped() {
     assert_eq!(f.step("web@h03"), Step::Skipped);
     assert_eq!(f.step("web@h07"), Step::Skipped);
     assert_eq!(f.status().counts.skipped, 2);
-    assert_eq!(f.executed.len(), 8 * 6);
+    assert_eq!(f.executed.len(), 8 * 7);
     assert!(!f.executed.iter().any(|id| id.to_string().contains("h03")));
 
     // A re-run over a fleet already on target is a no-op that succeeds at once.
@@ -382,7 +383,7 @@ fn hosts_that_never_answer_fail_at_the_step_timeout() {
     assert!(matches!(f.engine.outcome(), Some(Outcome::Failed { .. })));
     assert!(
         why.contains(
-            "failure budget exceeded: 1 failed, max_failures 0 (web@h01: drain timed out after 30s)"
+            "failure budget exceeded: 1 failed, max_failures 0 (web@h01: stage timed out after 30s)"
         ),
         "{why}"
     );
@@ -546,7 +547,7 @@ fn restore_resends_in_flight_commands_with_the_same_ids() {
     assert_eq!(resent, expected);
     f.run_to_end(HOUR);
     assert_eq!(f.engine.outcome(), Some(&Outcome::Succeeded));
-    assert_eq!(f.executed.len(), 60, "no step ran twice or under a new id");
+    assert_eq!(f.executed.len(), 70, "no step ran twice or under a new id");
     all_ids_unique(&f);
 }
 
@@ -714,7 +715,7 @@ fn a_host_that_reconnects_gets_its_command_again() {
     assert_eq!(resent[0].1.to_string(), "r1/web@h01/deploy/1");
     f.run_to_end(HOUR);
     assert_eq!(f.engine.outcome(), Some(&Outcome::Succeeded));
-    assert_eq!(f.executed.len(), 24);
+    assert_eq!(f.executed.len(), 28);
 }
 
 #[test]

@@ -99,8 +99,8 @@ fn the_opening_pass_stores_before_it_sends() {
     let mut d = driver(3, 2);
     let p = d.pass(Millis(0));
     assert!(!p.writes.is_empty(), "the opening state is stored");
-    assert_eq!(p.sends.len(), 1, "one instance drains first: {:?}", p.sends);
-    assert_eq!(p.sends[0].kind, CommandKind::Drain);
+    assert_eq!(p.sends.len(), 1, "one instance stages first: {:?}", p.sends);
+    assert!(matches!(p.sends[0].kind, CommandKind::Stage { .. }));
     assert!(p.publish, "the first status is published");
     let keys: Vec<&str> = p.writes.iter().map(|(k, _)| k.as_str()).collect();
     assert!(
@@ -159,7 +159,7 @@ fn a_host_that_drops_is_lost_and_asked_again_when_back() {
     assert_eq!(
         p.sends.iter().map(|s| &s.id).collect::<Vec<_>>(),
         [&first.id],
-        "the drain in flight is asked again, same id"
+        "the step in flight is asked again, same id"
     );
 }
 
@@ -193,7 +193,7 @@ fn only_the_host_that_runs_the_instance_may_answer_for_it() {
         "not fed: {:?}",
         p.fed
     );
-    assert_eq!(d.engine().state().instances[0].step, Step::Draining);
+    assert_eq!(d.engine().state().instances[0].step, Step::Staging);
 }
 
 #[test]
@@ -323,4 +323,19 @@ fn a_halted_rollout_does_nothing_more() {
     });
     let p = d.pass(Millis(10));
     assert!(p.sends.is_empty() && p.writes.is_empty());
+}
+
+#[test]
+fn a_deadline_that_passed_is_acted_on_even_when_nothing_new_came() {
+    let mut d = driver(3, 2);
+    let first = d.pass(Millis(0)).sends.remove(0);
+    d.push(view(&first.host, true, seen(true, false, true, "v1")));
+    d.pass(Millis(10));
+    // The same report again, after the step's deadline: nothing new to
+    // feed, but the step has timed out.
+    let late = Millis(0).plus(first.timeout).plus(Duration::from_millis(1));
+    d.push(view(&first.host, true, seen(true, false, true, "v1")));
+    let p = d.pass(late);
+    assert!(p.fed.contains(&Input::Tick), "{:?}", p.fed);
+    assert_eq!(d.engine().state().instances[0].step, Step::Failed);
 }
