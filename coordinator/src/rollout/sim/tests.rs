@@ -312,11 +312,11 @@ fn regression_seed_203_failed_instances_are_not_free_to_take() {
 /// engine re-sent the command and timed it out in the same call, so the
 /// agent ran a step nobody waited for (invariant 2). The engine now times
 /// out what is due before it looks at any input of a call. Since inputs
-/// arrive in passes, seed 62 (seed 308 since chains start with a stage)
-/// reaches the same broken order first: a drain's
-/// result arriving exactly at its deadline was taken after the step had
-/// timed out, and the next step went out (invariant 2).
+/// arrive in passes, seed 62 (seed 633 since the simulator runs the
+/// runtime's driver and chains start with a stage) reaches the same broken
+/// order first: a result arriving exactly at its deadline was taken after
+/// the step had timed out, and the next step went out (invariant 2).
 #[test]
-fn regression_seed_308_due_steps_time_out_before_inputs() {
-    stays_fixed(Bug::ResendPastDeadline, 308, 2);
+fn regression_seed_633_due_steps_time_out_before_inputs() {
+    stays_fixed(Bug::ResendPastDeadline, 633, 2);
 }
