@@ -4,8 +4,10 @@
 use drover_proto::v1 as pb;
 use tonic::Status;
 
-use crate::rollout::{DigestRule, Engine, Plan, PlanError, Release, RolloutEvent, RolloutSpec};
-use crate::runner::{Snapshot, phase_name, target_instances};
+use crate::rollout::{
+    DigestRule, Direction, Engine, Phase, Plan, PlanError, Release, RolloutEvent, RolloutSpec, Step,
+};
+use crate::runner::{Snapshot, target_instances};
 
 use super::Ctx;
 
@@ -60,18 +62,50 @@ fn ms(m: crate::rollout::Millis) -> i64 {
     i64::try_from(m.0).unwrap_or(i64::MAX)
 }
 
-fn snake<T: serde::Serialize>(v: &T) -> String {
-    match serde_json::to_value(v) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
+pub fn phase(p: Phase) -> pb::RolloutPhase {
+    match p {
+        Phase::Running => pb::RolloutPhase::Running,
+        Phase::Paused => pb::RolloutPhase::Paused,
+        Phase::Stopping => pb::RolloutPhase::Stopping,
+        Phase::RollingBack => pb::RolloutPhase::RollingBack,
+        Phase::Aborting => pb::RolloutPhase::Aborting,
+        Phase::Succeeded => pb::RolloutPhase::Succeeded,
+        Phase::Failed => pb::RolloutPhase::Failed,
+        Phase::RolledBack => pb::RolloutPhase::RolledBack,
+        Phase::Aborted => pb::RolloutPhase::Aborted,
+    }
+}
+
+pub fn step(s: Step) -> pb::InstanceStep {
+    match s {
+        Step::Pending => pb::InstanceStep::Pending,
+        Step::Draining => pb::InstanceStep::Draining,
+        Step::Stopping => pb::InstanceStep::Stopping,
+        Step::Deploying => pb::InstanceStep::Deploying,
+        Step::Starting => pb::InstanceStep::Starting,
+        Step::Verifying => pb::InstanceStep::Verifying,
+        Step::Undraining => pb::InstanceStep::Undraining,
+        Step::Done => pb::InstanceStep::Done,
+        Step::Failed => pb::InstanceStep::Failed,
+        Step::Skipped => pb::InstanceStep::Skipped,
+        Step::RolledBack => pb::InstanceStep::RolledBack,
+    }
+}
+
+pub fn direction(d: Direction) -> pb::Direction {
+    match d {
+        Direction::Forward => pb::Direction::Forward,
+        Direction::Back => pb::Direction::Back,
     }
 }
 
 pub fn event_to_proto(e: &RolloutEvent) -> pb::RolloutEvent {
+    let step = e.step.map_or(pb::InstanceStep::Unspecified, step);
     pb::RolloutEvent {
         at_ms: ms(e.at),
         instance: e.instance.clone().unwrap_or_default(),
-        step: e.step.as_ref().map(snake).unwrap_or_default(),
+        step: step as i32,
+        step_text: step.as_text().to_string(),
         capacity: e.capacity,
         floor: e.floor,
         message: e.message.clone(),
@@ -106,7 +140,8 @@ pub fn to_proto(s: &Snapshot, events: &[RolloutEvent], listed: Listed) -> pb::Ro
         service: st.service.clone(),
         selector: s.selector.clone(),
         target: Some(release(&st.target)),
-        phase: phase_name(st.phase),
+        phase: phase(st.phase) as i32,
+        phase_text: phase(st.phase).as_text().to_string(),
         reason,
         batch: st.batch,
         counts: Some(pb::RolloutCounts {
@@ -133,8 +168,10 @@ pub fn to_proto(s: &Snapshot, events: &[RolloutEvent], listed: Listed) -> pb::Ro
                 .map(|i| pb::RolloutInstance {
                     id: i.id.clone(),
                     host: i.host.clone(),
-                    step: snake(&i.step),
-                    direction: snake(&i.direction),
+                    step: step(i.step) as i32,
+                    step_text: step(i.step).as_text().to_string(),
+                    direction: direction(i.direction) as i32,
+                    direction_text: direction(i.direction).as_text().to_string(),
                     batch: i.batch.unwrap_or(0),
                     release: i.release.as_ref().map(release),
                     previous: i.previous.as_ref().map(release),
@@ -192,8 +229,49 @@ pub fn plan_to_proto(p: Plan, spec_toml: String) -> pb::RolloutPlan {
 mod tests {
     use std::collections::BTreeMap;
 
+    use drover_proto::v1 as pb;
+
     use super::{Listed, to_proto};
-    use crate::rollout::{Amount, Engine, InstanceInfo, Millis, Release, RolloutSpec};
+    use crate::rollout::{
+        Amount, Direction, Engine, InstanceInfo, Millis, Phase, Release, RolloutSpec, Step,
+    };
+
+    fn serde_word<T: serde::Serialize>(v: &T) -> String {
+        match serde_json::to_value(v) {
+            Ok(serde_json::Value::String(s)) => s,
+            other => panic!("not a word: {other:?}"),
+        }
+    }
+
+    /// The words on the wire (and so in the CLI's JSON) are the ones the
+    /// engine has always serialized and the wire used to carry as strings.
+    #[test]
+    fn the_wire_words_are_the_engine_words() {
+        let phases = [
+            Phase::Running,
+            Phase::Paused,
+            Phase::Stopping,
+            Phase::RollingBack,
+            Phase::Aborting,
+            Phase::Succeeded,
+            Phase::Failed,
+            Phase::RolledBack,
+            Phase::Aborted,
+        ];
+        for p in phases {
+            assert_eq!(super::phase(p).as_text(), serde_word(&p));
+        }
+        let mut steps = vec![Step::Pending, Step::Done, Step::Failed, Step::Skipped];
+        steps.extend(Step::CHAIN);
+        steps.push(Step::RolledBack);
+        for s in steps {
+            assert_eq!(super::step(s).as_text(), serde_word(&s));
+        }
+        for d in [Direction::Forward, Direction::Back] {
+            assert_eq!(super::direction(d).as_text(), serde_word(&d));
+        }
+        assert_eq!(pb::RolloutPhase::RollingBack.as_text(), "rolling_back");
+    }
     use crate::runner::Snapshot;
 
     fn snapshot(n: usize) -> Snapshot {

@@ -11,7 +11,7 @@ use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use drover_proto::v1::rollout_action_request::Action;
 use drover_proto::v1::{
-    GetRolloutRequest, ListHostsRequest, ListRolloutsRequest, RolloutActionRequest,
+    GetRolloutRequest, ListHostsRequest, ListRolloutsRequest, RolloutActionRequest, RolloutPhase,
     StartRolloutRequest,
 };
 use tonic::{Code, Status};
@@ -396,8 +396,10 @@ async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<()> {
         RolloutFormat::Json => print(&to_json(&RolloutJson::from(&r))?)?,
         RolloutFormat::Table => print(&rollout_detail(&r, now_ms()))?,
     }
-    match r.phase.as_str() {
-        "failed" | "rolled_back" | "aborted" => watch::outcome(&r, &session.addr),
+    match r.phase_kind() {
+        RolloutPhase::Failed | RolloutPhase::RolledBack | RolloutPhase::Aborted => {
+            watch::outcome(&r, &session.addr)
+        }
         _ => Ok(()),
     }
 }
@@ -442,7 +444,7 @@ async fn act(ctx: &Ctx, args: IdArgs, action: Action) -> anyhow::Result<()> {
     };
     match args.output {
         RolloutFormat::Json => print(&to_json(&RolloutJson::from(&r))?),
-        RolloutFormat::Table => print(&format!("rollout {}: {}\n", r.id, r.phase)),
+        RolloutFormat::Table => print(&format!("rollout {}: {}\n", r.id, r.phase_kind().as_text())),
     }
 }
 
