@@ -1,6 +1,7 @@
 //! drover's wire contract.
 //!
 //! - [`v1`]: generated messages and gRPC clients/servers for `drover.v1`.
+//! - [`spec`]: the rollout spec between the wire and `drover-model`.
 //! - [`text`]: the words the CLI prints for the wire's enums, and the
 //!   typed-or-text readers for the deprecated `*_text` fields.
 //! - [`identity`]: how a peer's role and name are written into, and read out
@@ -11,6 +12,7 @@
 
 pub use drover_model::identity;
 
+pub mod spec;
 pub mod text;
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

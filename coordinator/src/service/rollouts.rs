@@ -11,14 +11,29 @@ use crate::runner::{Snapshot, target_instances};
 
 use super::Ctx;
 
-/// Reads the spec the CLI sent and fills in the artifact's digest.
-pub async fn resolve_spec(ctx: &Ctx, spec_toml: &str) -> Result<RolloutSpec, Status> {
-    let mut spec: RolloutSpec = toml::from_str(spec_toml)
-        .map_err(|e| Status::invalid_argument(format!("rollout spec: {}", e.to_string().trim())))?;
+/// The spec the CLI sent, checked, without its digest resolved yet.
+pub fn read_spec(wire: Option<&pb::RolloutSpec>) -> Result<RolloutSpec, Status> {
+    let wire = wire.ok_or_else(|| {
+        Status::invalid_argument(
+            "rollout spec: the request carries no spec; a drover CLI older than this \
+             coordinator sends it as TOML text, which is no longer read: upgrade the CLI",
+        )
+    })?;
+    let spec = RolloutSpec::try_from(wire)
+        .map_err(|e| Status::invalid_argument(format!("rollout spec: {e}")))?;
     // Everything but the digest, before the artifact is looked up by
     // service and version; the same check the CLI ran.
     spec.check(DigestRule::MayBeEmpty)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(spec)
+}
+
+/// Reads the spec the CLI sent and fills in the artifact's digest.
+pub async fn resolve_spec(
+    ctx: &Ctx,
+    wire: Option<&pb::RolloutSpec>,
+) -> Result<RolloutSpec, Status> {
+    let mut spec = read_spec(wire)?;
     let artifact = ctx
         .artifacts
         .get(&spec.service, &spec.target.version)
@@ -303,6 +318,34 @@ mod tests {
             spec_toml: String::new(),
             selector: String::new(),
         }
+    }
+
+    #[test]
+    fn a_spec_message_is_checked_as_the_cli_checks_it() {
+        let e = super::read_spec(None).expect_err("no spec");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("upgrade the CLI"), "{}", e.message());
+
+        let spec = RolloutSpec {
+            service: "web".to_string(),
+            target: Release::new("v2", ""),
+            ..RolloutSpec::default()
+        };
+        let wire = pb::RolloutSpec::from(&spec);
+        assert_eq!(super::read_spec(Some(&wire)).expect("valid"), spec);
+
+        let mut bad = wire.clone();
+        bad.min_healthy = Some(Amount::Percent(120).into());
+        let e = super::read_spec(Some(&bad)).expect_err("over 100%");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().starts_with("min_healthy: "), "{}", e.message());
+
+        bad.min_healthy = None;
+        let e = super::read_spec(Some(&bad)).expect_err("unset");
+        assert_eq!(
+            e.message(),
+            "rollout spec: min_healthy: expected a count like 3 or a percentage like 25%, got nothing"
+        );
     }
 
     #[test]
