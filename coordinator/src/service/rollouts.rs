@@ -5,7 +5,8 @@ use drover_proto::v1 as pb;
 use tonic::Status;
 
 use crate::rollout::{
-    DigestRule, Direction, Engine, Phase, Plan, PlanError, Release, RolloutEvent, RolloutSpec, Step,
+    Block, DigestRule, Direction, Engine, Phase, Plan, PlanError, Release, RolloutEvent,
+    RolloutSpec, Step, StopReason, Unfinished,
 };
 use crate::runner::{Snapshot, target_instances};
 
@@ -127,6 +128,95 @@ pub fn event_to_proto(e: &RolloutEvent) -> pb::RolloutEvent {
     }
 }
 
+pub fn wait(b: &Block) -> pb::RolloutWait {
+    use pb::rollout_wait::Kind;
+    let mut w = pb::RolloutWait::default();
+    let kind = match b {
+        Block::Floor { capacity, floor } => {
+            (w.capacity, w.floor) = (*capacity, *floor);
+            Kind::Floor
+        }
+        Block::MaxUnavailable { inflight, max } => {
+            (w.in_progress, w.max) = (*inflight, *max);
+            Kind::MaxUnavailable
+        }
+        Block::Spread {
+            label,
+            value,
+            down,
+            max,
+        } => {
+            (w.label, w.value) = (label.clone(), value.clone());
+            (w.down, w.max) = (*down, *max);
+            Kind::Spread
+        }
+        Block::Paused => Kind::Paused,
+        Block::HealthReports { instances } => {
+            w.instances = *instances;
+            Kind::HealthReports
+        }
+        Block::LostHosts { hosts } => {
+            w.hosts.clone_from(hosts);
+            Kind::LostHosts
+        }
+        Block::Stopping { instances } => {
+            w.instances = *instances;
+            Kind::Stopping
+        }
+        Block::Text(_) => Kind::Other,
+    };
+    w.set_kind(kind);
+    w
+}
+
+pub fn stop(r: &StopReason) -> pb::RolloutStop {
+    use pb::rollout_stop::{Kind, Unfinished as U};
+    let mut s = pb::RolloutStop::default();
+    let kind = match r {
+        StopReason::FailureBudget { failed, max, who } => {
+            (s.count, s.max, s.instances) = (*failed, *max, who.clone());
+            Kind::FailureBudget
+        }
+        StopReason::UnreachableBudget {
+            unreachable,
+            max,
+            who,
+        } => {
+            (s.count, s.max, s.instances) = (*unreachable, *max, who.clone());
+            Kind::UnreachableBudget
+        }
+        StopReason::ProgressDeadline { after_ms, waiting } => {
+            s.after_ms = *after_ms;
+            s.waiting = waiting.as_ref().map(wait);
+            Kind::ProgressDeadline
+        }
+        StopReason::OperatorAbort => Kind::OperatorAbort,
+        StopReason::OperatorRollback => Kind::OperatorRollback,
+        StopReason::FailedWithinBudget { failed } => {
+            s.instances.clone_from(failed);
+            Kind::FailedWithinBudget
+        }
+        StopReason::Incomplete {
+            reason,
+            unfinished,
+            problems,
+        } => {
+            let mut inner = stop(reason);
+            inner.set_unfinished(match unfinished {
+                Unfinished::Rollback => U::Rollback,
+                Unfinished::Abort => U::Abort,
+                Unfinished::HostLost => U::HostLost,
+            });
+            inner.problems.clone_from(problems);
+            return inner;
+        }
+        StopReason::Halted { .. } => Kind::Halted,
+        StopReason::Text(_) => Kind::Other,
+    };
+    s.set_kind(kind);
+    s
+}
+
 /// Which instances a [`to_proto`] answer lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listed {
@@ -138,18 +228,14 @@ pub enum Listed {
 
 pub fn to_proto(s: &Snapshot, events: &[RolloutEvent], listed: Listed) -> pb::Rollout {
     let st = &s.status;
-    let reason = st
-        .reason
-        .clone()
-        .or_else(|| {
-            st.outcome.as_ref().and_then(|o| match o {
-                crate::rollout::Outcome::Succeeded => None,
-                crate::rollout::Outcome::Failed { reason }
-                | crate::rollout::Outcome::RolledBack { reason }
-                | crate::rollout::Outcome::Aborted { reason } => Some(reason.clone()),
-            })
+    let reason = st.reason.clone().or_else(|| {
+        st.outcome.as_ref().and_then(|o| match o {
+            crate::rollout::Outcome::Succeeded => None,
+            crate::rollout::Outcome::Failed { reason }
+            | crate::rollout::Outcome::RolledBack { reason }
+            | crate::rollout::Outcome::Aborted { reason } => Some(reason.clone()),
         })
-        .unwrap_or_default();
+    });
     pb::Rollout {
         id: st.id.clone(),
         service: st.service.clone(),
@@ -157,7 +243,8 @@ pub fn to_proto(s: &Snapshot, events: &[RolloutEvent], listed: Listed) -> pb::Ro
         target: Some(release(&st.target)),
         phase: phase(st.phase) as i32,
         phase_text: phase(st.phase).as_text().to_string(),
-        reason,
+        reason: reason.as_ref().map(ToString::to_string).unwrap_or_default(),
+        stop: reason.as_ref().map(stop),
         batch: st.batch,
         counts: Some(pb::RolloutCounts {
             total: st.counts.total,
@@ -172,7 +259,12 @@ pub fn to_proto(s: &Snapshot, events: &[RolloutEvent], listed: Listed) -> pb::Ro
         capacity: st.capacity,
         floor: st.floor,
         lowest_capacity: st.lowest_capacity,
-        wait_reason: st.wait_reason.clone().unwrap_or_default(),
+        wait_reason: st
+            .wait_reason
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        wait: st.wait_reason.as_ref().map(wait),
         started_at_ms: ms(st.started_at),
         finished_at_ms: st.finished_at.map(ms).unwrap_or(0),
         instances: if listed == Listed::None {
@@ -318,6 +410,63 @@ mod tests {
             spec_toml: String::new(),
             selector: String::new(),
         }
+    }
+
+    #[test]
+    fn wait_and_stop_reasons_go_on_the_wire_typed_beside_their_text() {
+        use crate::rollout::{Block, StopReason, Unfinished};
+        use pb::rollout_stop::{Kind, Unfinished as U};
+
+        let w = super::wait(&Block::Spread {
+            label: "zone".into(),
+            value: "a".into(),
+            down: 2,
+            max: 1,
+        });
+        assert_eq!(w.kind(), pb::rollout_wait::Kind::Spread);
+        assert_eq!(
+            (w.label.as_str(), w.value.as_str(), w.down, w.max),
+            ("zone", "a", 2, 1)
+        );
+
+        let r = StopReason::Incomplete {
+            reason: Box::new(StopReason::progress_deadline(
+                std::time::Duration::from_secs(600),
+                Some(Block::Floor {
+                    capacity: 3,
+                    floor: 4,
+                }),
+            )),
+            unfinished: Unfinished::Rollback,
+            problems: vec!["web@h1: host h1 lost".into()],
+        };
+        let s = super::stop(&r);
+        assert_eq!(s.kind(), Kind::ProgressDeadline);
+        assert_eq!(s.unfinished(), U::Rollback);
+        assert_eq!(s.after_ms, 600_000);
+        assert_eq!(s.problems, ["web@h1: host h1 lost"]);
+        let waiting = s.waiting.expect("waiting");
+        assert_eq!(
+            (waiting.kind(), waiting.capacity, waiting.floor),
+            (pb::rollout_wait::Kind::Floor, 3, 4)
+        );
+        assert_eq!(
+            super::stop(&StopReason::Text("old".into())).kind(),
+            Kind::Other
+        );
+
+        // The snapshot's reasons land in both the text and the typed field.
+        let mut snap = snapshot(4);
+        snap.status.wait_reason = Some(Block::Paused);
+        snap.status.reason = Some(StopReason::OperatorAbort);
+        let p = to_proto(&snap, &[], Listed::None);
+        assert_eq!(p.wait_reason, "paused by operator");
+        assert_eq!(
+            p.wait.map(|w| w.kind()),
+            Some(pb::rollout_wait::Kind::Paused)
+        );
+        assert_eq!(p.reason, "aborted by operator");
+        assert_eq!(p.stop.map(|s| s.kind()), Some(Kind::OperatorAbort));
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub fn rollout() -> Rollout {
         events: Vec::new(),
         spec_toml: String::new(),
         started_by: "operator/alice".into(),
+        wait: None,
+        stop: None,
     }
 }
 
