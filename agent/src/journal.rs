@@ -60,12 +60,79 @@ pub struct Outcome {
     pub release_digest: String,
 }
 
+/// Which step a journaled command ran. On disk it is the step's word
+/// (`"drain"`, `"deploy"`), as journals have always held it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RecordKind {
+    Stage,
+    Drain,
+    Stop,
+    Deploy,
+    Start,
+    Verify,
+    Undrain,
+    /// A step this agent version does not know, written by another one;
+    /// kept as written so the record still loads and is settled.
+    Other(String),
+}
+
+impl RecordKind {
+    const KNOWN: [RecordKind; 7] = [
+        RecordKind::Stage,
+        RecordKind::Drain,
+        RecordKind::Stop,
+        RecordKind::Deploy,
+        RecordKind::Start,
+        RecordKind::Verify,
+        RecordKind::Undrain,
+    ];
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            RecordKind::Stage => "stage",
+            RecordKind::Drain => "drain",
+            RecordKind::Stop => "stop",
+            RecordKind::Deploy => "deploy",
+            RecordKind::Start => "start",
+            RecordKind::Verify => "verify",
+            RecordKind::Undrain => "undrain",
+            RecordKind::Other(s) => s,
+        }
+    }
+
+    pub fn from_word(s: &str) -> RecordKind {
+        RecordKind::KNOWN
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .unwrap_or_else(|| RecordKind::Other(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for RecordKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RecordKind, D::Error> {
+        let word = String::deserialize(d)?;
+        Ok(RecordKind::from_word(&word))
+    }
+}
+
 /// Everything known about one command id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub id: String,
     pub instance: String,
-    pub kind: String,
+    pub kind: RecordKind,
     pub started_ms: i64,
     /// Stages entered, in order.
     pub stages: Vec<String>,
@@ -80,7 +147,7 @@ enum Line {
     Started {
         id: String,
         instance: String,
-        kind: String,
+        kind: RecordKind,
         at_ms: i64,
     },
     Stage {
@@ -240,7 +307,7 @@ impl Journal {
 
     /// Records `id` as started and logs the execution; both fsynced before
     /// this returns. Refuses an id already journaled.
-    pub fn start(&self, id: &str, instance: &str, kind: &str) -> Result<(), JournalError> {
+    pub fn start(&self, id: &str, instance: &str, kind: RecordKind) -> Result<(), JournalError> {
         let mut inner = self.lock();
         if inner.records.contains_key(id) {
             return Err(JournalError::Duplicate(id.to_string()));
@@ -249,7 +316,7 @@ impl Journal {
         inner.append(&Line::Started {
             id: id.to_string(),
             instance: instance.to_string(),
-            kind: kind.to_string(),
+            kind: kind.clone(),
             at_ms,
         })?;
         let path = inner.dir.join(EXECUTIONS_FILE);
@@ -264,7 +331,7 @@ impl Journal {
             Record {
                 id: id.to_string(),
                 instance: instance.to_string(),
-                kind: kind.to_string(),
+                kind,
                 started_ms: at_ms,
                 stages: Vec::new(),
                 outcome: None,
@@ -473,15 +540,16 @@ mod tests {
     fn records_survive_reopen_and_torn_lines_are_skipped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let j = Journal::open(dir.path()).expect("open");
-        j.start("r1/web@h1/drain/1", "web", "drain").expect("start");
+        j.start("r1/web@h1/drain/1", "web", RecordKind::Drain)
+            .expect("start");
         j.finish("r1/web@h1/drain/1", ok("drained"))
             .expect("finish");
-        j.start("r1/web@h1/deploy/1", "web", "deploy")
+        j.start("r1/web@h1/deploy/1", "web", RecordKind::Deploy)
             .expect("start");
         j.stage("r1/web@h1/deploy/1", "after_deploy")
             .expect("stage");
         assert!(matches!(
-            j.start("r1/web@h1/drain/1", "web", "drain"),
+            j.start("r1/web@h1/drain/1", "web", RecordKind::Drain),
             Err(JournalError::Duplicate(_))
         ));
         drop(j);
@@ -510,13 +578,43 @@ mod tests {
         );
     }
 
+    /// Journals on disk hold the kind as a word; they still read, and a
+    /// record is written back the same way.
+    #[test]
+    fn a_journal_in_the_format_on_disk_reads_and_writes_the_same_words() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = Journal::dir(dir.path()).join(JOURNAL_FILE);
+        fs::create_dir_all(Journal::dir(dir.path())).expect("dir");
+        let at = now_ms();
+        let text = format!(
+            "{{\"event\":\"started\",\"id\":\"r1/web@h1/undrain/1\",\"instance\":\"web\",\"kind\":\"undrain\",\"at_ms\":{at}}}\n\
+             {{\"event\":\"finished\",\"id\":\"r1/web@h1/undrain/1\",\"phase\":\"succeeded\",\"message\":\"in service\",\"at_ms\":{at}}}\n\
+             {{\"event\":\"started\",\"id\":\"r1/web@h1/stage/1\",\"instance\":\"web\",\"kind\":\"stage\",\"at_ms\":{at}}}\n"
+        );
+        fs::write(&path, text).expect("write journal");
+        let j = Journal::open(dir.path()).expect("open");
+        let undrain = j.get("r1/web@h1/undrain/1").expect("undrain");
+        assert_eq!(undrain.kind, RecordKind::Undrain);
+        assert_eq!(undrain.outcome.map(|o| o.phase), Some(Phase::Succeeded));
+        // A kind from another agent version still loads, as written.
+        let stage = j.get("r1/web@h1/stage/1").expect("stage");
+        assert_eq!(stage.kind, RecordKind::Other("stage".into()));
+        j.start("r1/web@h1/verify/1", "web", RecordKind::Verify)
+            .expect("start");
+        drop(j);
+        let written = fs::read_to_string(&path).expect("read journal");
+        assert!(written.contains("\"kind\":\"undrain\""), "{written}");
+        assert!(written.contains("\"kind\":\"stage\""), "{written}");
+        assert!(written.contains("\"kind\":\"verify\""), "{written}");
+    }
+
     #[test]
     fn compaction_drops_old_and_excess_records() {
         let dir = tempfile::tempdir().expect("tempdir");
         let j = Journal::open(dir.path()).expect("open");
         for i in 0..5 {
             let id = format!("c{i}");
-            j.start(&id, "web", "start").expect("start");
+            j.start(&id, "web", RecordKind::Start).expect("start");
             j.finish(&id, ok("")).expect("finish");
         }
         drop(j);

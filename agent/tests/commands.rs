@@ -194,7 +194,7 @@ async fn a_command_id_runs_once_and_is_answered_from_the_journal() {
     );
     let records = journal::read(&env.data_dir()).expect("journal");
     let rec = records.iter().find(|r| r.id == drain).expect("journaled");
-    assert_eq!(rec.kind, "drain");
+    assert_eq!(rec.kind, journal::RecordKind::Drain);
     assert!(rec.outcome.is_some());
     agent.stop().await;
 }

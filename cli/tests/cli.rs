@@ -130,7 +130,8 @@ fn rollout_event(n: u32) -> drover_proto::v1::RolloutEvent {
     drover_proto::v1::RolloutEvent {
         at_ms: 1_790_000_000_000 + i64::from(n) * 1000,
         instance: format!("web@h{n}"),
-        step: "done".into(),
+        step: drover_proto::v1::InstanceStep::Done as i32,
+        step_text: "done".into(),
         capacity: 2,
         floor: 2,
         message: format!("event {n}"),
@@ -143,7 +144,8 @@ fn rollout_update(id: &str, phase: &str, from: u32, to: u32) -> Update {
         rollout: Some(drover_proto::v1::Rollout {
             id: id.into(),
             service: "web".into(),
-            phase: phase.into(),
+            phase: drover_proto::v1::RolloutPhase::from_text(phase) as i32,
+            phase_text: phase.into(),
             started_at_ms: 1_790_000_000_000,
             finished_at_ms: if phase == "running" {
                 0

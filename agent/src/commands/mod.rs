@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::InstanceConfig;
 use crate::deploy::fetch::{ArtifactSource, Cache};
-use crate::journal::{Journal, JournalError, Outcome, Phase};
+use crate::journal::{Journal, JournalError, Outcome, Phase, RecordKind};
 use crate::state::StateFile;
 use crate::supervisor::InstanceHandle;
 
@@ -46,15 +46,15 @@ pub const BUSY_GRACE: Duration = Duration::from_secs(5);
 pub const RESTARTED: &str = "agent restarted during the step";
 
 /// The journal's name for a command kind.
-pub fn kind_name(kind: &Kind) -> &'static str {
+pub fn kind_name(kind: &Kind) -> RecordKind {
     match kind {
-        Kind::Stage(_) => "stage",
-        Kind::Drain(_) => "drain",
-        Kind::Stop(_) => "stop",
-        Kind::Deploy(_) => "deploy",
-        Kind::Start(_) => "start",
-        Kind::Verify(_) => "verify",
-        Kind::Undrain(_) => "undrain",
+        Kind::Stage(_) => RecordKind::Stage,
+        Kind::Drain(_) => RecordKind::Drain,
+        Kind::Stop(_) => RecordKind::Stop,
+        Kind::Deploy(_) => RecordKind::Deploy,
+        Kind::Start(_) => RecordKind::Start,
+        Kind::Verify(_) => RecordKind::Verify,
+        Kind::Undrain(_) => RecordKind::Undrain,
     }
 }
 
@@ -209,10 +209,15 @@ impl Executor {
     /// recorded as FAILED "agent restarted during the step".
     fn recover(&self) {
         for r in self.shared.journal.unfinished() {
-            let redo = match r.kind.as_str() {
-                "stage" | "drain" | "undrain" | "stop" | "start" | "verify" => true,
-                "deploy" => !r.stages.iter().any(|s| s == STAGE_AFTER_DEPLOY),
-                _ => false,
+            let redo = match r.kind {
+                RecordKind::Stage
+                | RecordKind::Drain
+                | RecordKind::Undrain
+                | RecordKind::Stop
+                | RecordKind::Start
+                | RecordKind::Verify => true,
+                RecordKind::Deploy => !r.stages.iter().any(|s| s == STAGE_AFTER_DEPLOY),
+                RecordKind::Other(_) => false,
             };
             if redo {
                 tracing::info!(command = %r.id, kind = %r.kind, "unfinished before the agent restarted; it runs again if the coordinator asks");
@@ -376,8 +381,8 @@ impl Executor {
         let shared = &self.shared;
         let kname = kind_name(&kind);
         let journal = shared.journal.clone();
-        let (jid, jinst) = (id.clone(), instance.cfg.name.clone());
-        let started = tokio::task::spawn_blocking(move || journal.start(&jid, &jinst, kname)).await;
+        let (jid, jinst, jkind) = (id.clone(), instance.cfg.name.clone(), kname.clone());
+        let started = tokio::task::spawn_blocking(move || journal.start(&jid, &jinst, jkind)).await;
         match started {
             Ok(Ok(())) => {}
             Ok(Err(JournalError::Duplicate(_))) => {
@@ -404,7 +409,7 @@ impl Executor {
                 return;
             }
         }
-        tracing::info!(command = %id, instance = %instance.cfg.name, step = kname, timeout = %humantime::format_duration(timeout), "running command");
+        tracing::info!(command = %id, instance = %instance.cfg.name, step = %kname, timeout = %humantime::format_duration(timeout), "running command");
         shared.outbox.push(update(
             &id,
             WirePhase::Accepted,

@@ -3,8 +3,9 @@
 
 #[cfg(any(test, feature = "sim"))]
 use super::bugs::{self, Bug};
-use super::engine::{Cx, Engine, list};
+use super::engine::{Cx, Engine};
 use super::model::{CommandId, CommandKind, CommandOutcome, Direction, Fault, Output, Step};
+use super::reason::StopReason;
 use super::state::{InFlight, Mode, Then};
 
 fn next_step(step: Step) -> Option<Step> {
@@ -275,21 +276,21 @@ impl Engine {
                 })
                 .map(|(i, f)| format!("{}: {f}", i.id))
                 .collect();
-            format!(
-                "failure budget exceeded: {failed} failed, max_failures {} ({})",
-                lim.max_failures,
-                list(&who)
-            )
+            StopReason::FailureBudget {
+                failed,
+                max: lim.max_failures,
+                who,
+            }
         } else if unreachable > lim.max_unreachable {
             let who: Vec<String> = (self.st.instances.iter())
                 .filter(|i| i.unreachable())
                 .map(|i| i.id.clone())
                 .collect();
-            format!(
-                "unreachable budget exceeded: {unreachable} on lost hosts, max_unreachable {} ({})",
-                lim.max_unreachable,
-                list(&who)
-            )
+            StopReason::UnreachableBudget {
+                unreachable,
+                max: lim.max_unreachable,
+                who,
+            }
         } else {
             return;
         };

@@ -16,6 +16,7 @@ use super::bugs::{self, Bug};
 use super::model::{
     Direction, Input, InstanceInfo, Millis, OperatorAction, Outcome, Output, RolloutEvent, Step,
 };
+use super::reason::{Block, StopReason};
 use super::spec::{LostHostPolicy, Release, RolloutSpec, SpecError};
 use super::state::{
     InstanceState, Limits, Mode, Observed, RestoreKind, RolloutState, SkipReason, Then, count,
@@ -146,7 +147,7 @@ impl Cx {
 /// why the rollout waits, if it does.
 pub(super) struct Pass {
     pub(super) again: bool,
-    pub(super) wait: Option<String>,
+    pub(super) wait: Option<Block>,
 }
 
 pub(super) fn show(d: std::time::Duration) -> String {
@@ -690,32 +691,32 @@ impl Engine {
                     }
                 }
             }
-            OperatorAction::Abort => self.redirect(cx, "aborted by operator", Then::Abort),
+            OperatorAction::Abort => self.redirect(cx, StopReason::OperatorAbort, Then::Abort),
             OperatorAction::Rollback => {
-                self.redirect(cx, "rollback requested by operator", Then::Rollback);
+                self.redirect(cx, StopReason::OperatorRollback, Then::Rollback);
             }
         }
     }
 
     /// Operator abort or rollback: stop going forward, or turn a stop or a
     /// restore already under way toward what the operator asked for.
-    fn redirect(&mut self, cx: &mut Cx, reason: &str, then: Then) {
+    fn redirect(&mut self, cx: &mut Cx, reason: StopReason, then: Then) {
         let kind = match then {
             Then::Abort => RestoreKind::Abort,
             Then::Rollback | Then::Fail => RestoreKind::Rollback,
         };
         let changed = match &mut self.st.mode {
             Mode::Forward => {
-                self.stop(cx, reason.to_string(), then);
+                self.stop(cx, reason, then);
                 return;
             }
             Mode::Stopping { reason: r, then: t } if *t != then => {
-                *r = reason.to_string();
+                *r = reason.clone();
                 *t = then;
                 true
             }
             Mode::Restoring { reason: r, kind: k } if *k != kind => {
-                *r = reason.to_string();
+                *r = reason.clone();
                 *k = kind;
                 true
             }

@@ -74,6 +74,7 @@ mod model;
 mod modes;
 pub mod persist;
 mod plan;
+mod reason;
 mod room;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
@@ -95,6 +96,7 @@ pub use model::{
     OperatorAction, Outcome, Output, RolloutEvent, Step,
 };
 pub use plan::{Plan, PlannedBatch, PlannedSkip};
+pub use reason::{Block, StopReason, Unfinished};
 pub use spec::{DigestRule, LostHostPolicy, Release, RolloutSpec, SpecError, Spread};
 pub use state::RolloutState;
 pub use status::{Counts, InstanceStatus, Phase, Status, StatusCache};

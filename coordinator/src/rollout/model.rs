@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::reason::{Block, StopReason};
 use super::spec::Release;
 
 /// Milliseconds on the caller's clock. The engine never reads a clock; only
@@ -372,9 +373,18 @@ pub struct RolloutEvent {
 #[serde(rename_all = "snake_case", tag = "outcome")]
 pub enum Outcome {
     Succeeded,
-    Failed { reason: String },
-    RolledBack { reason: String },
-    Aborted { reason: String },
+    Failed {
+        #[serde(deserialize_with = "super::reason::text_compat::deserialize")]
+        reason: StopReason,
+    },
+    RolledBack {
+        #[serde(deserialize_with = "super::reason::text_compat::deserialize")]
+        reason: StopReason,
+    },
+    Aborted {
+        #[serde(deserialize_with = "super::reason::text_compat::deserialize")]
+        reason: StopReason,
+    },
 }
 
 impl Outcome {
@@ -414,7 +424,7 @@ pub enum Output {
     Event(RolloutEvent),
     /// Why the rollout is waiting; `None` once it no longer is. Emitted only
     /// on change.
-    WaitReason(Option<String>),
+    WaitReason(Option<Block>),
     /// The rollout reached its terminal state; nothing follows.
     Finished(Outcome),
 }

@@ -5,14 +5,15 @@ use std::collections::BTreeSet;
 
 #[cfg(any(test, feature = "sim"))]
 use super::bugs::{self, Bug};
-use super::engine::{Cx, Engine, Pass, list, show};
+use super::engine::{Cx, Engine, Pass};
 use super::model::{Direction, Fault, Millis, Outcome, Output, Step};
-use super::room::{Block, Room};
+use super::reason::{Block, StopReason, Unfinished};
+use super::room::Room;
 use super::spec::LostHostPolicy;
 use super::state::{Mode, RestoreKind, Then, count};
 
 impl Engine {
-    pub(super) fn stop(&mut self, cx: &mut Cx, reason: String, then: Then) {
+    pub(super) fn stop(&mut self, cx: &mut Cx, reason: StopReason, then: Then) {
         self.st.paused = false;
         cx.dirty = true;
         self.event(cx, None, None, format!("stopping: {reason}"));
@@ -86,13 +87,13 @@ impl Engine {
         count((self.st.instances.iter()).filter(|i| i.observed.reachable && i.observed.stale))
     }
 
-    fn gate(&self) -> Option<String> {
+    fn gate(&self) -> Option<Block> {
         if self.st.paused {
-            return Some("paused by operator".to_string());
+            return Some(Block::Paused);
         }
         match self.stale() {
             0 => None,
-            n => Some(format!("waiting for health reports from {n} instance(s)")),
+            n => Some(Block::HealthReports { instances: n }),
         }
     }
 
@@ -116,11 +117,7 @@ impl Engine {
                 Outcome::Succeeded
             } else {
                 Outcome::Failed {
-                    reason: format!(
-                        "{} instance(s) failed within the failure budget: {}",
-                        failed.len(),
-                        list(&failed)
-                    ),
+                    reason: StopReason::FailedWithinBudget { failed },
                 }
             };
             self.finish(cx, outcome);
@@ -134,11 +131,8 @@ impl Engine {
             None => self.fill_batch(cx),
         };
         if self.deadline_passed(cx.now) {
-            let why = wait.as_deref().unwrap_or("instances still in progress");
-            let reason = format!(
-                "no progress for {}: {why}",
-                show(self.st.spec.progress_deadline)
-            );
+            let reason =
+                StopReason::progress_deadline(self.st.spec.progress_deadline, wait.clone());
             self.stop(cx, reason, Then::Fail);
             return Pass { again: true, wait };
         }
@@ -147,7 +141,7 @@ impl Engine {
 
     /// Starts what the current batch and the limits allow; returns why the
     /// rest of the batch waits.
-    fn fill_batch(&mut self, cx: &mut Cx) -> Option<String> {
+    fn fill_batch(&mut self, cx: &mut Cx) -> Option<Block> {
         if self.st.batch_started >= self.st.limits.batch_size(self.st.batch) {
             if self.st.inflight() > 0 {
                 return None;
@@ -193,11 +187,11 @@ impl Engine {
         }
         if self.st.batch_started >= quota {
             None
-        } else if let Some(b) = block {
-            Some(b.describe())
+        } else if block.is_some() {
+            block
         } else if !lost.is_empty() {
             let hosts: Vec<String> = lost.into_iter().collect();
-            Some(format!("waiting for lost hosts: {}", list(&hosts)))
+            Some(Block::LostHosts { hosts })
         } else {
             None
         }
@@ -214,9 +208,7 @@ impl Engine {
         if n > 0 {
             return Pass {
                 again: false,
-                wait: Some(format!(
-                    "stopping: waiting for {n} instance(s) to finish their current steps"
-                )),
+                wait: Some(Block::Stopping { instances: n }),
             };
         }
         let (reason, then) = (reason.clone(), *then);
@@ -311,11 +303,8 @@ impl Engine {
         };
         if self.deadline_passed(cx.now) {
             // Give up on what could not start; in-flight chains still finish.
-            let why = format!(
-                "no progress for {}: {}",
-                show(self.st.spec.progress_deadline),
-                wait.as_deref().unwrap_or("instances still in progress")
-            );
+            let why = StopReason::progress_deadline(self.st.spec.progress_deadline, wait.clone())
+                .to_string();
             let stuck = self.restore_candidates(kind);
             for &idx in &stuck {
                 self.leave(cx, idx, why.clone());
@@ -328,7 +317,7 @@ impl Engine {
         Pass { again: false, wait }
     }
 
-    fn fill_restore(&mut self, cx: &mut Cx, candidates: &[usize]) -> Option<String> {
+    fn fill_restore(&mut self, cx: &mut Cx, candidates: &[usize]) -> Option<Block> {
         let mut room = Room::measure(&self.st);
         let mut block: Option<Block> = None;
         let mut lost = BTreeSet::new();
@@ -352,11 +341,11 @@ impl Engine {
                 }
             }
         }
-        if let Some(b) = block {
-            Some(b.describe())
+        if block.is_some() {
+            block
         } else if !lost.is_empty() {
             let hosts: Vec<String> = lost.into_iter().collect();
-            Some(format!("waiting for lost hosts: {}", list(&hosts)))
+            Some(Block::LostHosts { hosts })
         } else {
             None
         }
@@ -365,7 +354,7 @@ impl Engine {
     /// An abort promises every instance on its old or new release and in
     /// service, except those whose host is lost; one it could not return on
     /// a host that is there makes the rollout Failed, not Aborted.
-    fn finish_restore(&mut self, cx: &mut Cx, reason: String, kind: RestoreKind) {
+    fn finish_restore(&mut self, cx: &mut Cx, reason: StopReason, kind: RestoreKind) {
         let mut problems = Vec::new();
         let mut stranded = false;
         for i in &self.st.instances {
@@ -381,17 +370,22 @@ impl Engine {
         }
         #[cfg(any(test, feature = "sim"))]
         let stranded = stranded && !bugs::on(Bug::AbortedWhileStranded);
+        let incomplete = |unfinished| StopReason::Incomplete {
+            reason: Box::new(reason.clone()),
+            unfinished,
+            problems: problems.clone(),
+        };
         let outcome = match (kind, problems.is_empty()) {
             (RestoreKind::Rollback, true) => Outcome::RolledBack { reason },
             (RestoreKind::Rollback, false) => Outcome::Failed {
-                reason: format!("{reason}; rollback incomplete: {}", list(&problems)),
+                reason: incomplete(Unfinished::Rollback),
             },
             (RestoreKind::Abort, true) => Outcome::Aborted { reason },
             (RestoreKind::Abort, false) if stranded => Outcome::Failed {
-                reason: format!("{reason}; abort incomplete: {}", list(&problems)),
+                reason: incomplete(Unfinished::Abort),
             },
             (RestoreKind::Abort, false) => Outcome::Aborted {
-                reason: format!("{reason}; not restored, host lost: {}", list(&problems)),
+                reason: incomplete(Unfinished::HostLost),
             },
         };
         self.finish(cx, outcome);

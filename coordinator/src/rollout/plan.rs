@@ -87,7 +87,7 @@ impl Engine {
                 break;
             }
             let Some(id) = queue.pop_front() else {
-                plan.stalls = eng.status().wait_reason;
+                plan.stalls = eng.status().wait_reason.map(|b| b.to_string());
                 break;
             };
             now += 1;

@@ -6,47 +6,10 @@ use std::collections::BTreeMap;
 
 #[cfg(any(test, feature = "sim"))]
 use super::bugs::{self, Bug};
+use super::reason::Block;
 #[cfg(any(test, feature = "sim"))]
 use super::state::Mode;
 use super::state::{InstanceState, RolloutState};
-
-/// Why an instance could not be taken now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Block {
-    Floor {
-        capacity: u32,
-        floor: u32,
-    },
-    MaxUnavailable {
-        inflight: u32,
-        max: u32,
-    },
-    Spread {
-        label: String,
-        value: String,
-        down: u32,
-        max: u32,
-    },
-}
-
-impl Block {
-    pub fn describe(&self) -> String {
-        match self {
-            Block::Floor { capacity, floor } => {
-                format!("waiting: {capacity} healthy, floor {floor}")
-            }
-            Block::MaxUnavailable { inflight, max } => {
-                format!("waiting: {inflight} instances in progress, max_unavailable {max}")
-            }
-            Block::Spread {
-                label,
-                value,
-                down,
-                max,
-            } => format!("waiting: {label}={value} has {down} unavailable, spread limit {max}"),
-        }
-    }
-}
 
 pub(crate) struct Room {
     capacity: u32,

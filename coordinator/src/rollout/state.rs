@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(any(test, feature = "sim"))]
 use super::bugs::{self, Bug};
 use super::model::{CommandId, CommandKind, Direction, Fault, Millis, Outcome, Step};
+use super::reason::{Block, StopReason};
 use super::spec::{Release, RolloutSpec};
 
 /// The spec's amounts resolved once, against the instances matched at start.
@@ -185,12 +186,14 @@ pub(crate) enum Mode {
     Forward,
     /// Nothing new starts; in-flight chains finish, then `then`.
     Stopping {
-        reason: String,
+        #[serde(deserialize_with = "super::reason::text_compat::deserialize")]
+        reason: StopReason,
         then: Then,
     },
     /// Chains toward previous releases, under the same capacity rule.
     Restoring {
-        reason: String,
+        #[serde(deserialize_with = "super::reason::text_compat::deserialize")]
+        reason: StopReason,
         kind: RestoreKind,
     },
     Finished(Outcome),
@@ -217,7 +220,11 @@ pub struct RolloutState {
     /// Latest time seen; time never goes backwards inside the engine.
     pub(crate) now: Millis,
     pub(crate) lowest_capacity: u32,
-    pub(crate) wait_reason: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "super::reason::text_compat::option::deserialize"
+    )]
+    pub(crate) wait_reason: Option<Block>,
     pub(crate) finished_at: Option<Millis>,
 }
 

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::engine::Engine;
 use super::model::{Direction, Millis, Outcome, Step};
+use super::reason::{Block, StopReason};
 use super::spec::Release;
 use super::state::{Mode, RestoreKind, Then, count};
 
@@ -73,7 +74,7 @@ pub struct Status {
     pub target: Release,
     pub phase: Phase,
     /// Why it is stopping, rolling back or aborting.
-    pub reason: Option<String>,
+    pub reason: Option<StopReason>,
     pub outcome: Option<Outcome>,
     /// 1-based current batch.
     pub batch: u32,
@@ -81,7 +82,7 @@ pub struct Status {
     pub capacity: u32,
     pub floor: u32,
     pub lowest_capacity: u32,
-    pub wait_reason: Option<String>,
+    pub wait_reason: Option<Block>,
     pub started_at: Millis,
     pub finished_at: Option<Millis>,
     /// Shared with the snapshot before it where unchanged.

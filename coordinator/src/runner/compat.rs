@@ -193,8 +193,9 @@ async fn stored_rollouts_of_the_earlier_layout_still_load() {
     assert!(
         api.status
             .reason
-            .as_deref()
-            .unwrap_or("")
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
             .contains("failure budget")
             || api.status.outcome.is_some(),
         "{:?}",
@@ -209,6 +210,17 @@ async fn stored_rollouts_of_the_earlier_layout_still_load() {
             .is_some_and(|o| o.to_string().contains("timed out")),
         "{:?}",
         db.status.outcome
+    );
+    // A reason stored as text before reasons were typed reads back as
+    // that text, shown exactly as it was.
+    assert_eq!(
+        db.status.outcome,
+        Some(crate::rollout::Outcome::Failed {
+            reason: crate::rollout::StopReason::Text(
+                "failure budget exceeded: 1 failed, max_failures 0 (db@h1: deploy timed out after 2m)"
+                    .into()
+            )
+        })
     );
     assert!(rollouts.events("db-1", 0).expect("events").len() >= 3);
     shutdown.cancel();

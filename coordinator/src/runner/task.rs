@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use super::driver::{Driver, Event, Outgoing, Pass};
 use super::{Meta, Msg, Reply, Rollouts, RunnerError, Snapshot, lock, wire};
 use crate::registry::HostChange;
-use crate::rollout::{Millis, Outcome, Phase, RolloutEvent};
+use crate::rollout::{Millis, Outcome, Phase, RolloutEvent, StopReason};
 
 /// Inputs taken together before one pass (one write and the sends after it).
 const MAX_BATCH: usize = 512;
@@ -278,10 +278,11 @@ impl Task {
         let mut status = self.driver.status();
         if let Some(why) = self.driver.halted() {
             status.phase = Phase::Failed;
-            status.reason = Some(why.to_string());
-            status.outcome = Some(Outcome::Failed {
-                reason: why.to_string(),
-            });
+            let why = StopReason::Halted {
+                why: why.to_string(),
+            };
+            status.reason = Some(why.clone());
+            status.outcome = Some(Outcome::Failed { reason: why });
             status.finished_at = Some(self.now());
         }
         let snap = Snapshot {

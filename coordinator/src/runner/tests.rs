@@ -197,7 +197,9 @@ async fn a_store_that_refuses_for_good_fails_the_rollout_visibly() {
         .await
         .expect("start answers with the halted rollout");
     assert_eq!(snap.status.phase, Phase::Failed);
-    let reason = snap.status.reason.clone().unwrap_or_default();
+    let reason = (snap.status.reason.as_ref())
+        .map(ToString::to_string)
+        .unwrap_or_default();
     assert!(
         reason.contains("store refused") && reason.contains("disk full"),
         "{reason}"

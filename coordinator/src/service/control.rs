@@ -250,7 +250,7 @@ impl ControlService for ControlSvc {
         } else {
             self.ctx.authz.require(&request, WRITERS)?
         };
-        let spec = rollouts::resolve_spec(&self.ctx, &request.get_ref().spec_toml).await?;
+        let spec = rollouts::resolve_spec(&self.ctx, request.get_ref().spec.as_ref()).await?;
         if dry_run {
             let plan = rollouts::plan(&self.ctx, &spec)?;
             return Ok(Response::new(StartRolloutResponse {

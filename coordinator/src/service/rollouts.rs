@@ -4,19 +4,37 @@
 use drover_proto::v1 as pb;
 use tonic::Status;
 
-use crate::rollout::{DigestRule, Engine, Plan, PlanError, Release, RolloutEvent, RolloutSpec};
-use crate::runner::{Snapshot, phase_name, target_instances};
+use crate::rollout::{
+    Block, DigestRule, Direction, Engine, Phase, Plan, PlanError, Release, RolloutEvent,
+    RolloutSpec, Step, StopReason, Unfinished,
+};
+use crate::runner::{Snapshot, target_instances};
 
 use super::Ctx;
 
-/// Reads the spec the CLI sent and fills in the artifact's digest.
-pub async fn resolve_spec(ctx: &Ctx, spec_toml: &str) -> Result<RolloutSpec, Status> {
-    let mut spec: RolloutSpec = toml::from_str(spec_toml)
-        .map_err(|e| Status::invalid_argument(format!("rollout spec: {}", e.to_string().trim())))?;
+/// The spec the CLI sent, checked, without its digest resolved yet.
+pub fn read_spec(wire: Option<&pb::RolloutSpec>) -> Result<RolloutSpec, Status> {
+    let wire = wire.ok_or_else(|| {
+        Status::invalid_argument(
+            "rollout spec: the request carries no spec; a drover CLI older than this \
+             coordinator sends it as TOML text, which is no longer read: upgrade the CLI",
+        )
+    })?;
+    let spec = RolloutSpec::try_from(wire)
+        .map_err(|e| Status::invalid_argument(format!("rollout spec: {e}")))?;
     // Everything but the digest, before the artifact is looked up by
     // service and version; the same check the CLI ran.
     spec.check(DigestRule::MayBeEmpty)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(spec)
+}
+
+/// Reads the spec the CLI sent and fills in the artifact's digest.
+pub async fn resolve_spec(
+    ctx: &Ctx,
+    wire: Option<&pb::RolloutSpec>,
+) -> Result<RolloutSpec, Status> {
+    let mut spec = read_spec(wire)?;
     let artifact = ctx
         .artifacts
         .get(&spec.service, &spec.target.version)
@@ -60,22 +78,144 @@ fn ms(m: crate::rollout::Millis) -> i64 {
     i64::try_from(m.0).unwrap_or(i64::MAX)
 }
 
-fn snake<T: serde::Serialize>(v: &T) -> String {
-    match serde_json::to_value(v) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
+pub fn phase(p: Phase) -> pb::RolloutPhase {
+    match p {
+        Phase::Running => pb::RolloutPhase::Running,
+        Phase::Paused => pb::RolloutPhase::Paused,
+        Phase::Stopping => pb::RolloutPhase::Stopping,
+        Phase::RollingBack => pb::RolloutPhase::RollingBack,
+        Phase::Aborting => pb::RolloutPhase::Aborting,
+        Phase::Succeeded => pb::RolloutPhase::Succeeded,
+        Phase::Failed => pb::RolloutPhase::Failed,
+        Phase::RolledBack => pb::RolloutPhase::RolledBack,
+        Phase::Aborted => pb::RolloutPhase::Aborted,
+    }
+}
+
+pub fn step(s: Step) -> pb::InstanceStep {
+    match s {
+        Step::Pending => pb::InstanceStep::Pending,
+        Step::Staging => pb::InstanceStep::Staging,
+        Step::Draining => pb::InstanceStep::Draining,
+        Step::Stopping => pb::InstanceStep::Stopping,
+        Step::Deploying => pb::InstanceStep::Deploying,
+        Step::Starting => pb::InstanceStep::Starting,
+        Step::Verifying => pb::InstanceStep::Verifying,
+        Step::Undraining => pb::InstanceStep::Undraining,
+        Step::Done => pb::InstanceStep::Done,
+        Step::Failed => pb::InstanceStep::Failed,
+        Step::Skipped => pb::InstanceStep::Skipped,
+        Step::RolledBack => pb::InstanceStep::RolledBack,
+    }
+}
+
+pub fn direction(d: Direction) -> pb::Direction {
+    match d {
+        Direction::Forward => pb::Direction::Forward,
+        Direction::Back => pb::Direction::Back,
     }
 }
 
 pub fn event_to_proto(e: &RolloutEvent) -> pb::RolloutEvent {
+    let step = e.step.map_or(pb::InstanceStep::Unspecified, step);
     pb::RolloutEvent {
         at_ms: ms(e.at),
         instance: e.instance.clone().unwrap_or_default(),
-        step: e.step.as_ref().map(snake).unwrap_or_default(),
+        step: step as i32,
+        step_text: step.as_text().to_string(),
         capacity: e.capacity,
         floor: e.floor,
         message: e.message.clone(),
     }
+}
+
+pub fn wait(b: &Block) -> pb::RolloutWait {
+    use pb::rollout_wait::Kind;
+    let mut w = pb::RolloutWait::default();
+    let kind = match b {
+        Block::Floor { capacity, floor } => {
+            (w.capacity, w.floor) = (*capacity, *floor);
+            Kind::Floor
+        }
+        Block::MaxUnavailable { inflight, max } => {
+            (w.in_progress, w.max) = (*inflight, *max);
+            Kind::MaxUnavailable
+        }
+        Block::Spread {
+            label,
+            value,
+            down,
+            max,
+        } => {
+            (w.label, w.value) = (label.clone(), value.clone());
+            (w.down, w.max) = (*down, *max);
+            Kind::Spread
+        }
+        Block::Paused => Kind::Paused,
+        Block::HealthReports { instances } => {
+            w.instances = *instances;
+            Kind::HealthReports
+        }
+        Block::LostHosts { hosts } => {
+            w.hosts.clone_from(hosts);
+            Kind::LostHosts
+        }
+        Block::Stopping { instances } => {
+            w.instances = *instances;
+            Kind::Stopping
+        }
+        Block::Text(_) => Kind::Other,
+    };
+    w.set_kind(kind);
+    w
+}
+
+pub fn stop(r: &StopReason) -> pb::RolloutStop {
+    use pb::rollout_stop::{Kind, Unfinished as U};
+    let mut s = pb::RolloutStop::default();
+    let kind = match r {
+        StopReason::FailureBudget { failed, max, who } => {
+            (s.count, s.max, s.instances) = (*failed, *max, who.clone());
+            Kind::FailureBudget
+        }
+        StopReason::UnreachableBudget {
+            unreachable,
+            max,
+            who,
+        } => {
+            (s.count, s.max, s.instances) = (*unreachable, *max, who.clone());
+            Kind::UnreachableBudget
+        }
+        StopReason::ProgressDeadline { after_ms, waiting } => {
+            s.after_ms = *after_ms;
+            s.waiting = waiting.as_ref().map(wait);
+            Kind::ProgressDeadline
+        }
+        StopReason::OperatorAbort => Kind::OperatorAbort,
+        StopReason::OperatorRollback => Kind::OperatorRollback,
+        StopReason::FailedWithinBudget { failed } => {
+            s.instances.clone_from(failed);
+            Kind::FailedWithinBudget
+        }
+        StopReason::Incomplete {
+            reason,
+            unfinished,
+            problems,
+        } => {
+            let mut inner = stop(reason);
+            inner.set_unfinished(match unfinished {
+                Unfinished::Rollback => U::Rollback,
+                Unfinished::Abort => U::Abort,
+                Unfinished::HostLost => U::HostLost,
+            });
+            inner.problems.clone_from(problems);
+            return inner;
+        }
+        StopReason::Halted { .. } => Kind::Halted,
+        StopReason::Text(_) => Kind::Other,
+    };
+    s.set_kind(kind);
+    s
 }
 
 /// Which instances a [`to_proto`] answer lists.
@@ -89,25 +229,23 @@ pub enum Listed {
 
 pub fn to_proto(s: &Snapshot, events: &[RolloutEvent], listed: Listed) -> pb::Rollout {
     let st = &s.status;
-    let reason = st
-        .reason
-        .clone()
-        .or_else(|| {
-            st.outcome.as_ref().and_then(|o| match o {
-                crate::rollout::Outcome::Succeeded => None,
-                crate::rollout::Outcome::Failed { reason }
-                | crate::rollout::Outcome::RolledBack { reason }
-                | crate::rollout::Outcome::Aborted { reason } => Some(reason.clone()),
-            })
+    let reason = st.reason.clone().or_else(|| {
+        st.outcome.as_ref().and_then(|o| match o {
+            crate::rollout::Outcome::Succeeded => None,
+            crate::rollout::Outcome::Failed { reason }
+            | crate::rollout::Outcome::RolledBack { reason }
+            | crate::rollout::Outcome::Aborted { reason } => Some(reason.clone()),
         })
-        .unwrap_or_default();
+    });
     pb::Rollout {
         id: st.id.clone(),
         service: st.service.clone(),
         selector: s.selector.clone(),
         target: Some(release(&st.target)),
-        phase: phase_name(st.phase),
-        reason,
+        phase: phase(st.phase) as i32,
+        phase_text: phase(st.phase).as_text().to_string(),
+        reason: reason.as_ref().map(ToString::to_string).unwrap_or_default(),
+        stop: reason.as_ref().map(stop),
         batch: st.batch,
         counts: Some(pb::RolloutCounts {
             total: st.counts.total,
@@ -122,7 +260,12 @@ pub fn to_proto(s: &Snapshot, events: &[RolloutEvent], listed: Listed) -> pb::Ro
         capacity: st.capacity,
         floor: st.floor,
         lowest_capacity: st.lowest_capacity,
-        wait_reason: st.wait_reason.clone().unwrap_or_default(),
+        wait_reason: st
+            .wait_reason
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        wait: st.wait_reason.as_ref().map(wait),
         started_at_ms: ms(st.started_at),
         finished_at_ms: st.finished_at.map(ms).unwrap_or(0),
         instances: if listed == Listed::None {
@@ -133,8 +276,10 @@ pub fn to_proto(s: &Snapshot, events: &[RolloutEvent], listed: Listed) -> pb::Ro
                 .map(|i| pb::RolloutInstance {
                     id: i.id.clone(),
                     host: i.host.clone(),
-                    step: snake(&i.step),
-                    direction: snake(&i.direction),
+                    step: step(i.step) as i32,
+                    step_text: step(i.step).as_text().to_string(),
+                    direction: direction(i.direction) as i32,
+                    direction_text: direction(i.direction).as_text().to_string(),
                     batch: i.batch.unwrap_or(0),
                     release: i.release.as_ref().map(release),
                     previous: i.previous.as_ref().map(release),
@@ -192,8 +337,49 @@ pub fn plan_to_proto(p: Plan, spec_toml: String) -> pb::RolloutPlan {
 mod tests {
     use std::collections::BTreeMap;
 
+    use drover_proto::v1 as pb;
+
     use super::{Listed, to_proto};
-    use crate::rollout::{Amount, Engine, InstanceInfo, Millis, Release, RolloutSpec};
+    use crate::rollout::{
+        Amount, Direction, Engine, InstanceInfo, Millis, Phase, Release, RolloutSpec, Step,
+    };
+
+    fn serde_word<T: serde::Serialize>(v: &T) -> String {
+        match serde_json::to_value(v) {
+            Ok(serde_json::Value::String(s)) => s,
+            other => panic!("not a word: {other:?}"),
+        }
+    }
+
+    /// The words on the wire (and so in the CLI's JSON) are the ones the
+    /// engine has always serialized and the wire used to carry as strings.
+    #[test]
+    fn the_wire_words_are_the_engine_words() {
+        let phases = [
+            Phase::Running,
+            Phase::Paused,
+            Phase::Stopping,
+            Phase::RollingBack,
+            Phase::Aborting,
+            Phase::Succeeded,
+            Phase::Failed,
+            Phase::RolledBack,
+            Phase::Aborted,
+        ];
+        for p in phases {
+            assert_eq!(super::phase(p).as_text(), serde_word(&p));
+        }
+        let mut steps = vec![Step::Pending, Step::Done, Step::Failed, Step::Skipped];
+        steps.extend(Step::CHAIN);
+        steps.push(Step::RolledBack);
+        for s in steps {
+            assert_eq!(super::step(s).as_text(), serde_word(&s));
+        }
+        for d in [Direction::Forward, Direction::Back] {
+            assert_eq!(super::direction(d).as_text(), serde_word(&d));
+        }
+        assert_eq!(pb::RolloutPhase::RollingBack.as_text(), "rolling_back");
+    }
     use crate::runner::Snapshot;
 
     fn snapshot(n: usize) -> Snapshot {
@@ -225,6 +411,91 @@ mod tests {
             spec_toml: String::new(),
             selector: String::new(),
         }
+    }
+
+    #[test]
+    fn wait_and_stop_reasons_go_on_the_wire_typed_beside_their_text() {
+        use crate::rollout::{Block, StopReason, Unfinished};
+        use pb::rollout_stop::{Kind, Unfinished as U};
+
+        let w = super::wait(&Block::Spread {
+            label: "zone".into(),
+            value: "a".into(),
+            down: 2,
+            max: 1,
+        });
+        assert_eq!(w.kind(), pb::rollout_wait::Kind::Spread);
+        assert_eq!(
+            (w.label.as_str(), w.value.as_str(), w.down, w.max),
+            ("zone", "a", 2, 1)
+        );
+
+        let r = StopReason::Incomplete {
+            reason: Box::new(StopReason::progress_deadline(
+                std::time::Duration::from_secs(600),
+                Some(Block::Floor {
+                    capacity: 3,
+                    floor: 4,
+                }),
+            )),
+            unfinished: Unfinished::Rollback,
+            problems: vec!["web@h1: host h1 lost".into()],
+        };
+        let s = super::stop(&r);
+        assert_eq!(s.kind(), Kind::ProgressDeadline);
+        assert_eq!(s.unfinished(), U::Rollback);
+        assert_eq!(s.after_ms, 600_000);
+        assert_eq!(s.problems, ["web@h1: host h1 lost"]);
+        let waiting = s.waiting.expect("waiting");
+        assert_eq!(
+            (waiting.kind(), waiting.capacity, waiting.floor),
+            (pb::rollout_wait::Kind::Floor, 3, 4)
+        );
+        assert_eq!(
+            super::stop(&StopReason::Text("old".into())).kind(),
+            Kind::Other
+        );
+
+        // The snapshot's reasons land in both the text and the typed field.
+        let mut snap = snapshot(4);
+        snap.status.wait_reason = Some(Block::Paused);
+        snap.status.reason = Some(StopReason::OperatorAbort);
+        let p = to_proto(&snap, &[], Listed::None);
+        assert_eq!(p.wait_reason, "paused by operator");
+        assert_eq!(
+            p.wait.map(|w| w.kind()),
+            Some(pb::rollout_wait::Kind::Paused)
+        );
+        assert_eq!(p.reason, "aborted by operator");
+        assert_eq!(p.stop.map(|s| s.kind()), Some(Kind::OperatorAbort));
+    }
+
+    #[test]
+    fn a_spec_message_is_checked_as_the_cli_checks_it() {
+        let e = super::read_spec(None).expect_err("no spec");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("upgrade the CLI"), "{}", e.message());
+
+        let spec = RolloutSpec {
+            service: "web".to_string(),
+            target: Release::new("v2", ""),
+            ..RolloutSpec::default()
+        };
+        let wire = pb::RolloutSpec::from(&spec);
+        assert_eq!(super::read_spec(Some(&wire)).expect("valid"), spec);
+
+        let mut bad = wire.clone();
+        bad.min_healthy = Some(Amount::Percent(120).into());
+        let e = super::read_spec(Some(&bad)).expect_err("over 100%");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().starts_with("min_healthy: "), "{}", e.message());
+
+        bad.min_healthy = None;
+        let e = super::read_spec(Some(&bad)).expect_err("unset");
+        assert_eq!(
+            e.message(),
+            "rollout spec: min_healthy: expected a count like 3 or a percentage like 25%, got nothing"
+        );
     }
 
     #[test]

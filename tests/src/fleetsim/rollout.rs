@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use drover_proto::v1::{GetRolloutRequest, ListRolloutsRequest, Rollout};
+use drover_proto::v1::{GetRolloutRequest, InstanceStep, ListRolloutsRequest, Rollout};
 use serde_json::{Map, Value, json};
 
 use super::env::{Common, Env, Prepared, Sim, connected_json, runtime};
@@ -303,7 +303,7 @@ async fn one_rollout(
         "min_healthy": opts.min_healthy,
         "followed_by_cli": !opts.detach,
         "rollout_id": id,
-        "phase": rollout.phase,
+        "phase": rollout.phase_kind().as_text(),
         "done": counts.done,
         "failed": counts.failed,
         "total": counts.total,
@@ -401,7 +401,7 @@ async fn wait_finished(sim: &mut Sim, id: &str, timeout: Duration) -> Result<Rol
         if Instant::now() >= deadline {
             bail!(
                 "rollout {id} still {} after {}",
-                r.map_or("missing", |r| r.phase.as_str()),
+                r.map_or("missing", |r| r.phase_kind().as_text()),
                 humantime::format_duration(timeout)
             );
         }
@@ -443,10 +443,10 @@ fn timeline(r: &Rollout) -> Timeline {
             continue;
         }
         let entry = t.batches.entry(b).or_insert((i64::MAX, i64::MIN));
-        if e.step == "draining" {
+        if e.step_kind() == InstanceStep::Draining {
             entry.0 = entry.0.min(e.at_ms);
         }
-        if e.step == "done" {
+        if e.step_kind() == InstanceStep::Done {
             entry.1 = entry.1.max(e.at_ms);
         }
     }

@@ -9,9 +9,10 @@ mod watch;
 
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
+use drover_model::RolloutSpec;
 use drover_proto::v1::rollout_action_request::Action;
 use drover_proto::v1::{
-    GetRolloutRequest, ListHostsRequest, ListRolloutsRequest, RolloutActionRequest,
+    GetRolloutRequest, ListHostsRequest, ListRolloutsRequest, RolloutActionRequest, RolloutPhase,
     StartRolloutRequest,
 };
 use tonic::{Code, Status};
@@ -292,10 +293,10 @@ fn start_error(status: Status, rpc_error: impl FnOnce(Status) -> anyhow::Error) 
 /// for a first deploy, and a warning for instances nothing drains.
 async fn check_targets(
     session: &mut crate::conn::Session,
-    spec_toml: &str,
+    spec: &RolloutSpec,
     initial: bool,
 ) -> anyhow::Result<()> {
-    let (service, selector) = targets::service_and_selector(spec_toml);
+    let (service, selector) = (spec.service.clone(), spec.selector.clone());
     let hosts = match session
         .client
         .list_hosts(ListHostsRequest { selector })
@@ -322,11 +323,11 @@ async fn start(ctx: &Ctx, args: StartArgs) -> anyhow::Result<()> {
     if args.initial {
         spec::initial(&mut flags);
     }
-    let spec_toml = spec::build(&flags)?;
+    let spec = spec::build(&flags)?;
     let mut session = ctx.session().await?;
-    check_targets(&mut session, &spec_toml, args.initial).await?;
+    check_targets(&mut session, &spec, args.initial).await?;
     let req = StartRolloutRequest {
-        spec_toml,
+        spec: Some((&spec).into()),
         dry_run: args.dry_run,
     };
     let resp = match session.client.start_rollout(req).await {
@@ -396,8 +397,10 @@ async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<()> {
         RolloutFormat::Json => print(&to_json(&RolloutJson::from(&r))?)?,
         RolloutFormat::Table => print(&rollout_detail(&r, now_ms()))?,
     }
-    match r.phase.as_str() {
-        "failed" | "rolled_back" | "aborted" => watch::outcome(&r, &session.addr),
+    match r.phase_kind() {
+        RolloutPhase::Failed | RolloutPhase::RolledBack | RolloutPhase::Aborted => {
+            watch::outcome(&r, &session.addr)
+        }
         _ => Ok(()),
     }
 }
@@ -442,7 +445,7 @@ async fn act(ctx: &Ctx, args: IdArgs, action: Action) -> anyhow::Result<()> {
     };
     match args.output {
         RolloutFormat::Json => print(&to_json(&RolloutJson::from(&r))?),
-        RolloutFormat::Table => print(&format!("rollout {}: {}\n", r.id, r.phase)),
+        RolloutFormat::Table => print(&format!("rollout {}: {}\n", r.id, r.phase_kind().as_text())),
     }
 }
 
@@ -561,8 +564,8 @@ mod tests {
         assert!(args.initial);
         let mut flags = args.spec.clone();
         spec::initial(&mut flags);
-        let text = spec::build(&flags).expect("spec");
-        assert!(text.contains("min_healthy = 0"), "{text}");
+        let spec = spec::build(&flags).expect("spec");
+        assert_eq!(spec.min_healthy, drover_model::Amount::Count(0));
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! The spec `drover rollout start` sends: the `-f` file read as a TOML table,
-//! each flag given overriding its key, checked here with the one validation
-//! the coordinator also runs ([`RolloutSpec::check`] in `drover-model`) so a
-//! typo exits 2 before anything is sent, then written back as TOML. The
-//! coordinator checks it again and resolves the artifact digest when the spec
-//! leaves it empty.
+//! each flag given overriding its key, read into `drover-model`'s
+//! [`RolloutSpec`] (missing keys take its defaults) and checked here with the
+//! one validation the coordinator also runs ([`RolloutSpec::check`]) so a
+//! typo exits 2 before anything is sent. It goes on the wire as the
+//! `RolloutSpec` message (conversions in `drover-proto`); the coordinator
+//! checks it again and resolves the artifact digest when the spec leaves it
+//! empty.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 use drover_model::{
     Amount, DigestRule, RolloutSpec, SpecError, Spread, parse_batches, positive_rule, share_rule,
@@ -337,7 +338,7 @@ fn flag_for(field: &str, f: &SpecFlags) -> Option<(&'static str, bool)> {
 
 /// Checks the spec as the coordinator will, so mistakes exit 2 locally. An
 /// empty digest is left for the coordinator to resolve.
-fn check(t: &Table, f: &SpecFlags, origin: &str) -> anyhow::Result<()> {
+fn check(t: &Table, f: &SpecFlags, origin: &str) -> anyhow::Result<RolloutSpec> {
     let spec: RolloutSpec = Value::Table(t.clone())
         .try_into()
         .map_err(|e: toml::de::Error| {
@@ -350,24 +351,24 @@ fn check(t: &Table, f: &SpecFlags, origin: &str) -> anyhow::Result<()> {
             None => String::new(),
         };
         usage(format!("rollout spec: {e}{hint}"))
-    })
+    })?;
+    Ok(spec)
 }
 
-/// The spec to send, as TOML.
 /// `--initial`: a first deploy, with a floor of 0.
 pub fn initial(f: &mut SpecFlags) {
     f.min_healthy = Some(Amount::Count(0));
 }
 
-pub fn build(f: &SpecFlags) -> anyhow::Result<String> {
+/// The spec to send, checked; its digest may be empty.
+pub fn build(f: &SpecFlags) -> anyhow::Result<RolloutSpec> {
     let (mut table, origin) = match &f.file {
         Some(path) => (read_file(path)?, format!(" {}", path.display())),
         None => (Table::new(), String::new()),
     };
     lift_version(&mut table, &origin)?;
     apply(&mut table, f, &origin)?;
-    check(&table, f, &origin)?;
-    toml::to_string(&table).context("write the rollout spec as TOML")
+    check(&table, f, &origin)
 }
 
 #[cfg(test)]
@@ -375,11 +376,6 @@ mod tests {
     use super::*;
     use crate::error::{EXIT_USAGE, exit_code};
     use drover_model::LostHostPolicy;
-
-    /// A digest for specs read back in tests, where the coordinator would
-    /// have filled in the artifact's.
-    const PLACEHOLDER_DIGEST: &str =
-        "0000000000000000000000000000000000000000000000000000000000000000";
 
     fn flags(service: &str, version: &str) -> SpecFlags {
         SpecFlags {
@@ -389,30 +385,24 @@ mod tests {
         }
     }
 
-    /// What the coordinator will read, digest filled in as it would.
-    fn spec_of(toml_text: &str) -> RolloutSpec {
-        let filled = toml_text.replace(
-            "digest = \"\"",
-            &format!("digest = \"{PLACEHOLDER_DIGEST}\""),
-        );
-        RolloutSpec::from_toml(&filled).expect("valid spec")
-    }
-
-    fn usage_msg(r: anyhow::Result<String>) -> String {
+    fn usage_msg(r: anyhow::Result<RolloutSpec>) -> String {
         let err = r.expect_err("should fail");
         assert_eq!(exit_code(&err), EXIT_USAGE, "{err:#}");
         format!("{err:#}")
     }
 
     #[test]
-    fn flags_alone_make_a_spec_with_defaults_left_to_the_coordinator() {
-        let text = build(&flags("web", "v2")).expect("build");
-        let t: Table = text.parse().expect("toml");
-        assert_eq!(t.len(), 2, "{text}");
-        assert_eq!(t["service"].as_str(), Some("web"));
-        assert_eq!(t["target"]["version"].as_str(), Some("v2"));
-        assert_eq!(t["target"]["digest"].as_str(), Some(""));
-        let spec = spec_of(&text);
+    fn flags_alone_make_a_spec_with_the_documented_defaults() {
+        let spec = build(&flags("web", "v2")).expect("build");
+        assert_eq!(
+            spec,
+            RolloutSpec {
+                service: "web".into(),
+                // Empty: the coordinator takes the pushed artifact's.
+                target: drover_model::Release::new("v2", ""),
+                ..RolloutSpec::default()
+            }
+        );
         assert_eq!(spec.batches, vec![Amount::Count(1)]);
         assert_eq!(spec.min_healthy, Amount::Percent(80));
 
@@ -432,7 +422,7 @@ mod tests {
             lost_hosts: Some("skip".into()),
             ..flags("web", "v2")
         };
-        let spec = spec_of(&build(&f).expect("build"));
+        let spec = build(&f).expect("build");
         assert_eq!(spec.selector, "env=prod");
         assert_eq!(
             spec.batches,
@@ -479,7 +469,7 @@ mod tests {
             min_healthy: Some(Amount::Count(2)),
             ..SpecFlags::default()
         };
-        let spec = spec_of(&build(&f).expect("build"));
+        let spec = build(&f).expect("build");
         assert_eq!(spec.service, "web");
         assert_eq!(spec.selector, "env=prod");
         assert_eq!(spec.batches, vec![Amount::Count(1), Amount::Percent(50)]);
@@ -495,10 +485,10 @@ mod tests {
             service: Some("api".into()),
             ..SpecFlags::default()
         };
-        let t: Table = build(&f).expect("build").parse().expect("toml");
-        assert_eq!(t["service"].as_str(), Some("api"));
-        assert_eq!(t["target"]["version"].as_str(), Some("v3"));
-        assert_eq!(t["target"]["digest"].as_str(), Some(digest.as_str()));
+        let spec = build(&f).expect("build");
+        assert_eq!(spec.service, "api");
+        assert_eq!(spec.target.version, "v3");
+        assert_eq!(spec.target.digest, digest);
     }
 
     #[test]
@@ -508,11 +498,8 @@ mod tests {
             file: Some(write(&dir, "service = \"web\"\nversion = \"v2\"\n")),
             ..SpecFlags::default()
         };
-        let text = build(&f).expect("build");
-        let t: Table = text.parse().expect("toml");
-        assert!(t.get("version").is_none(), "{text}");
-        assert_eq!(t["target"]["version"].as_str(), Some("v2"));
-        assert_eq!(t["target"]["digest"].as_str(), Some(""));
+        let spec = build(&f).expect("build");
+        assert_eq!(spec.target, drover_model::Release::new("v2", ""));
 
         let f = SpecFlags {
             file: Some(write(

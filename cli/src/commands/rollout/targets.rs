@@ -5,23 +5,9 @@
 //! coordinator's plan for it; the coordinator's own checks still decide.
 
 use drover_proto::v1::{DrainMethod, Host, HostStatus, InstanceStatus, RuntimeState};
-use toml::Table;
 
 /// Instances named in a message at most; the rest are counted.
 const NAMED: usize = 5;
-
-/// The service and selector of a built spec (TOML from [`super::spec`]).
-pub fn service_and_selector(spec_toml: &str) -> (String, String) {
-    let table: Table = spec_toml.parse().unwrap_or_default();
-    let get = |k: &str| {
-        table
-            .get(k)
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string()
-    };
-    (get("service"), get("selector"))
-}
 
 /// The instances of `service` on `hosts` (already selected by the spec's
 /// selector), as the coordinator would target them: revoked hosts left out.
@@ -112,19 +98,6 @@ mod tests {
             drain: drain as i32,
             ..InstanceStatus::default()
         }
-    }
-
-    #[test]
-    fn reads_service_and_selector_from_the_spec() {
-        let toml = "service = \"web\"\nselector = \"env=prod\"\n[target]\nversion = \"v2\"\n";
-        assert_eq!(
-            service_and_selector(toml),
-            ("web".to_string(), "env=prod".to_string())
-        );
-        assert_eq!(
-            service_and_selector("service = \"web\"\n"),
-            ("web".to_string(), String::new())
-        );
     }
 
     #[test]

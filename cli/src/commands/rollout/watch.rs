@@ -8,7 +8,9 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use drover_proto::v1::{Rollout, RolloutEvent, RolloutInstance, WatchRolloutRequest};
+use drover_proto::v1::{
+    Direction, Rollout, RolloutEvent, RolloutInstance, RolloutPhase, WatchRolloutRequest,
+};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::conn::{Session, is_connectivity, status_text};
@@ -87,7 +89,7 @@ const MAX_SPINNERS: usize = 10;
 /// by id) and how many more there are.
 fn shown_in_flight(r: &Rollout) -> (BTreeMap<&str, &RolloutInstance>, usize) {
     let mut flying: BTreeMap<&str, &RolloutInstance> = (r.instances.iter())
-        .filter(|i| in_flight(&i.step))
+        .filter(|i| in_flight(i.step_kind()))
         .map(|i| (i.id.as_str(), i))
         .collect();
     let more = flying.len().saturating_sub(MAX_SPINNERS);
@@ -201,7 +203,7 @@ fn finished(r: &Rollout) -> u32 {
 
 fn overall_text(r: &Rollout) -> String {
     let version = r.target.as_ref().map(|t| t.version.as_str()).unwrap_or("");
-    let mut text = format!("{} to {}: {}", r.service, version, r.phase);
+    let mut text = format!("{} to {}: {}", r.service, version, r.phase_kind().as_text());
     if !r.reason.is_empty() {
         text.push_str(&format!(" ({})", r.reason));
     }
@@ -233,8 +235,8 @@ fn capacity_text(r: &Rollout) -> String {
 }
 
 fn instance_text(i: &RolloutInstance) -> String {
-    let mut text = format!("{}  {}", i.id, i.step);
-    if i.direction == "back" {
+    let mut text = format!("{}  {}", i.id, i.step_kind().as_text());
+    if i.direction_kind() == Direction::Back {
         text.push_str(" (rolling back)");
     }
     if !i.reachable {
@@ -376,7 +378,7 @@ async fn watch_once(
         seen += update.events.len();
         *printed = (*printed).max(seen);
         view.show(&update.events[skip..], update.rollout.as_ref())?;
-        if let Some(r) = update.rollout.filter(|r| is_terminal(&r.phase)) {
+        if let Some(r) = update.rollout.filter(|r| is_terminal(r.phase_kind())) {
             return Ok(Watched::Ended(Box::new(r)));
         }
     }
@@ -451,20 +453,22 @@ pub async fn follow(
 
 /// Ok for a succeeded rollout; otherwise the error `drover` exits 1 with.
 pub fn outcome(r: &Rollout, addr: &str) -> anyhow::Result<()> {
-    match r.phase.as_str() {
-        "succeeded" => Ok(()),
-        phase if is_terminal(phase) => {
+    let phase = r.phase_kind();
+    match phase {
+        RolloutPhase::Succeeded => Ok(()),
+        _ if is_terminal(phase) => {
             let reason = if r.reason.is_empty() {
                 String::new()
             } else {
                 format!(": {}", r.reason)
             };
-            Err(anyhow!("rollout {} {phase}{reason}", r.id))
+            Err(anyhow!("rollout {} {}{reason}", r.id, phase.as_text()))
         }
-        phase => Err(anyhow!(
-            "coordinator at {addr} ended the watch of rollout {} while it was {phase}; \
+        _ => Err(anyhow!(
+            "coordinator at {addr} ended the watch of rollout {} while it was {}; \
              see `drover rollout status {}`",
             r.id,
+            phase.as_text(),
             r.id
         )),
     }
@@ -493,7 +497,7 @@ mod tests {
             instance_text(&r.instances[1]),
             "web@h2  deploying  unpacking 40%"
         );
-        r.instances[1].direction = "back".into();
+        r.instances[1].set_direction(Direction::Back);
         r.instances[1].reachable = false;
         r.instances[1].progress.clear();
         assert_eq!(
@@ -590,15 +594,15 @@ mod tests {
     #[test]
     fn only_success_exits_0() {
         let mut r = rollout();
-        r.phase = "succeeded".into();
+        r.set_phase(RolloutPhase::Succeeded);
         assert!(outcome(&r, "c:1").is_ok());
-        r.phase = "rolled_back".into();
+        r.set_phase(RolloutPhase::RolledBack);
         r.reason = "web@h2 failed".into();
         assert_eq!(
             outcome(&r, "c:1").expect_err("fails").to_string(),
             "rollout r7 rolled_back: web@h2 failed"
         );
-        r.phase = "running".into();
+        r.set_phase(RolloutPhase::Running);
         let msg = outcome(&r, "c:1").expect_err("broken").to_string();
         assert!(msg.contains("while it was running"), "{msg}");
     }

@@ -1,8 +1,8 @@
 //! Rollouts and plans as a coordinator would send them, for the output tests.
 
 use drover_proto::v1::{
-    PlannedBatch, PlannedSkip, PlannedWave, Release, Rollout, RolloutCounts, RolloutEvent,
-    RolloutInstance, RolloutPlan,
+    Direction, InstanceStep, PlannedBatch, PlannedSkip, PlannedWave, Release, Rollout,
+    RolloutCounts, RolloutEvent, RolloutInstance, RolloutPhase, RolloutPlan,
 };
 
 use crate::output::fixtures::NOW;
@@ -20,7 +20,10 @@ pub fn rollout() -> Rollout {
         service: "web".into(),
         selector: "env=prod".into(),
         target: release("v2"),
-        phase: "running".into(),
+        phase: RolloutPhase::Running as i32,
+        // What a coordinator sends fills both; the fixtures leave the
+        // deprecated text empty so the tests show the enum is what is read.
+        phase_text: String::new(),
         reason: String::new(),
         batch: 2,
         counts: Some(RolloutCounts {
@@ -40,8 +43,8 @@ pub fn rollout() -> Rollout {
             RolloutInstance {
                 id: "web@h1".into(),
                 host: "h1".into(),
-                step: "done".into(),
-                direction: "forward".into(),
+                step: InstanceStep::Done as i32,
+                direction: Direction::Forward as i32,
                 batch: 1,
                 release: release("v2"),
                 previous: release("v1"),
@@ -52,8 +55,8 @@ pub fn rollout() -> Rollout {
             RolloutInstance {
                 id: "web@h2".into(),
                 host: "h2".into(),
-                step: "deploying".into(),
-                direction: "forward".into(),
+                step: InstanceStep::Deploying as i32,
+                direction: Direction::Forward as i32,
                 batch: 2,
                 release: release("v1"),
                 previous: release("v1"),
@@ -64,8 +67,8 @@ pub fn rollout() -> Rollout {
             RolloutInstance {
                 id: "web@h3".into(),
                 host: "h3".into(),
-                step: "pending".into(),
-                direction: "forward".into(),
+                step: InstanceStep::Pending as i32,
+                direction: Direction::Forward as i32,
                 release: Some(Release::default()),
                 previous: None,
                 available: true,
@@ -76,6 +79,8 @@ pub fn rollout() -> Rollout {
         events: Vec::new(),
         spec_toml: String::new(),
         started_by: "operator/alice".into(),
+        wait: None,
+        stop: None,
     }
 }
 
@@ -83,7 +88,8 @@ pub fn event(at_ms: i64, instance: &str, step: &str, message: &str) -> RolloutEv
     RolloutEvent {
         at_ms,
         instance: instance.into(),
-        step: step.into(),
+        step: InstanceStep::from_text(step) as i32,
+        step_text: String::new(),
         capacity: 2,
         floor: 2,
         message: message.into(),

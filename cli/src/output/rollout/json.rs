@@ -83,8 +83,8 @@ impl From<&RolloutInstance> for InstanceJson {
         InstanceJson {
             id: i.id.clone(),
             host: i.host.clone(),
-            step: i.step.clone(),
-            direction: i.direction.clone(),
+            step: i.step_kind().as_text().to_string(),
+            direction: i.direction_kind().as_text().to_string(),
             batch: (i.batch > 0).then_some(i.batch),
             release: ReleaseJson::known(i.release.as_ref()),
             previous: ReleaseJson::known(i.previous.as_ref()),
@@ -114,7 +114,7 @@ impl From<&RolloutEvent> for EventJson {
             at: rfc3339_ms(e.at_ms),
             at_ms: e.at_ms,
             instance: non_empty(&e.instance),
-            step: non_empty(&e.step),
+            step: non_empty(e.step_kind().as_text()),
             capacity: e.capacity,
             floor: e.floor,
             message: e.message.clone(),
@@ -153,7 +153,7 @@ impl From<&Rollout> for RolloutJson {
             service: r.service.clone(),
             selector: r.selector.clone(),
             target: ReleaseJson::of(r.target.as_ref()),
-            phase: r.phase.clone(),
+            phase: r.phase_kind().as_text().to_string(),
             reason: non_empty(&r.reason),
             batch: r.batch,
             counts: CountsJson::from(&r.counts.unwrap_or_default()),
@@ -247,6 +247,7 @@ mod tests {
     use super::*;
     use crate::output::fixtures::NOW;
     use crate::output::rollout::fixtures::{event, plan, rollout};
+    use drover_proto::v1::{InstanceStep, RolloutPhase};
     use serde_json::json;
 
     fn keys(v: &serde_json::Value) -> Vec<String> {
@@ -335,10 +336,10 @@ mod tests {
     #[test]
     fn json_fills_what_finished_rollouts_have() {
         let mut r = rollout();
-        r.phase = "failed".into();
+        r.set_phase(RolloutPhase::Failed);
         r.reason = "1 instance failed, max_failures 0".into();
         r.finished_at_ms = NOW;
-        r.instances[1].step = "failed".into();
+        r.instances[1].set_step(InstanceStep::Failed);
         r.instances[1].error = "verify: unhealthy".into();
         r.events = vec![
             event(NOW, "", "", "started"),
@@ -361,6 +362,39 @@ mod tests {
         assert!(e["instance"].is_null() && e["step"].is_null());
         assert_eq!(e["at"], "2026-09-21T14:13:20Z");
         assert_eq!(v["events"][1]["instance"], "web@h1");
+    }
+
+    /// The enums on the wire print as the words scripts have always read,
+    /// and a coordinator a release older (text only) prints the same.
+    #[test]
+    fn json_words_are_unchanged_by_the_typed_wire() {
+        let mut r = rollout();
+        r.set_phase(RolloutPhase::RollingBack);
+        r.instances[1].set_step(InstanceStep::Verifying);
+        r.instances[1].set_direction(drover_proto::v1::Direction::Back);
+        r.events = vec![event(NOW, "web@h2", "rolled_back", "back on v1")];
+        let typed = serde_json::to_value(RolloutJson::from(&r)).expect("json");
+        assert_eq!(typed["phase"], "rolling_back");
+        assert_eq!(typed["instances"][0]["step"], "done");
+        assert_eq!(typed["instances"][0]["direction"], "forward");
+        assert_eq!(typed["instances"][1]["step"], "verifying");
+        assert_eq!(typed["instances"][1]["direction"], "back");
+        assert_eq!(typed["instances"][2]["step"], "pending");
+        assert_eq!(typed["events"][0]["step"], "rolled_back");
+
+        let mut old = r.clone();
+        old.phase = 0;
+        old.phase_text = "rolling_back".into();
+        for i in &mut old.instances {
+            i.step_text = i.step_kind().as_text().into();
+            i.direction_text = i.direction_kind().as_text().into();
+            i.step = 0;
+            i.direction = 0;
+        }
+        old.events[0].step = 0;
+        old.events[0].step_text = "rolled_back".into();
+        let text = serde_json::to_value(RolloutJson::from(&old)).expect("json");
+        assert_eq!(text, typed);
     }
 
     #[test]

@@ -8,7 +8,10 @@ pub mod json;
 
 use std::fmt::Write as _;
 
-use drover_proto::v1::{Release, Rollout, RolloutEvent, RolloutInstance, RolloutPlan};
+use drover_proto::v1::{
+    Direction, InstanceStep, Release, Rollout, RolloutEvent, RolloutInstance, RolloutPhase,
+    RolloutPlan,
+};
 
 pub use json::{PlanJson, RolloutJson, to_json};
 
@@ -24,16 +27,13 @@ pub enum RolloutFormat {
 }
 
 /// Phases the rollout cannot leave.
-pub fn is_terminal(phase: &str) -> bool {
-    matches!(phase, "succeeded" | "failed" | "rolled_back" | "aborted")
+pub fn is_terminal(phase: RolloutPhase) -> bool {
+    phase.is_terminal()
 }
 
 /// Steps during which drover holds an instance (a command is in flight).
-pub fn in_flight(step: &str) -> bool {
-    !matches!(
-        step,
-        "" | "pending" | "done" | "failed" | "skipped" | "rolled_back"
-    )
+pub fn in_flight(step: InstanceStep) -> bool {
+    step.in_chain()
 }
 
 fn dash(s: &str) -> String {
@@ -132,7 +132,7 @@ pub fn event_line(e: &RolloutEvent) -> String {
         "{}  {}  {}  capacity {}/floor {}  {}",
         clock(e.at_ms),
         dash(&e.instance),
-        dash(&e.step),
+        dash(e.step_kind().as_text()),
         e.capacity,
         e.floor,
         e.message
@@ -155,7 +155,7 @@ pub fn summary(r: &Rollout, now_ms: i64) -> String {
         "rollout {} {} in {}: {} updated, {} failed, {} skipped, {} rolled back; \
          lowest capacity {} (floor {})\n",
         r.id,
-        r.phase,
+        r.phase_kind().as_text(),
         short_duration(elapsed_ms(r, now_ms)),
         c.done,
         c.failed,
@@ -187,8 +187,8 @@ fn note_or_error(i: &RolloutInstance) -> String {
 
 /// The step, marked when the instance is on its way back or unreachable.
 fn step_text(i: &RolloutInstance) -> String {
-    let mut step = dash(&i.step);
-    if i.direction == "back" && in_flight(&i.step) {
+    let mut step = dash(i.step_kind().as_text());
+    if i.direction_kind() == Direction::Back && in_flight(i.step_kind()) {
         step.push_str(" (back)");
     }
     if !i.reachable {
@@ -213,7 +213,7 @@ pub fn rollout_detail(r: &Rollout, now_ms: i64) -> String {
         },
     );
     field("Target", release_long(r.target.as_ref()));
-    field("Phase", dash(&r.phase));
+    field("Phase", dash(r.phase_kind().as_text()));
     field("Reason", dash(&r.reason));
     field(
         "Batch",
@@ -304,7 +304,7 @@ pub fn rollout_detail(r: &Rollout, now_ms: i64) -> String {
                 vec![
                     rfc3339_ms(e.at_ms).unwrap_or_else(|| "-".into()),
                     dash(&e.instance),
-                    dash(&e.step),
+                    dash(e.step_kind().as_text()),
                     e.capacity.to_string(),
                     e.floor.to_string(),
                     e.message.replace('\n', " "),
@@ -328,7 +328,7 @@ pub fn rollouts_table(rollouts: &[Rollout], now_ms: i64) -> String {
                 r.id.clone(),
                 r.service.clone(),
                 release_short(r.target.as_ref()),
-                dash(&r.phase),
+                dash(r.phase_kind().as_text()),
                 format!("{}/{}", c.done, c.total),
                 rfc3339_ms(r.started_at_ms).unwrap_or_else(|| "-".into()),
                 short_duration(elapsed_ms(r, now_ms)),
@@ -393,7 +393,7 @@ mod tests {
     #[test]
     fn summary_counts_and_reason() {
         let mut r = rollout();
-        r.phase = "succeeded".into();
+        r.set_phase(RolloutPhase::Succeeded);
         r.finished_at_ms = r.started_at_ms + 190_000;
         r.counts = Some(RolloutCounts {
             total: 3,
@@ -407,7 +407,7 @@ mod tests {
             "rollout r7 succeeded in 3m10s: 2 updated, 0 failed, 1 skipped, 0 rolled back; \
              lowest capacity 2 (floor 2)\n"
         );
-        r.phase = "rolled_back".into();
+        r.set_phase(RolloutPhase::RolledBack);
         r.reason = "web@h2 failed: verify timed out".into();
         let s = summary(&r, NOW);
         assert!(s.starts_with("rollout r7 rolled_back in 3m10s: "), "{s}");
@@ -463,7 +463,7 @@ mod tests {
     fn list_table_has_progress_and_duration() {
         let mut done = rollout();
         done.id = "r6".into();
-        done.phase = "succeeded".into();
+        done.set_phase(RolloutPhase::Succeeded);
         done.target = release("v1");
         done.finished_at_ms = done.started_at_ms + 45_000;
         let text = rollouts_table(&[rollout(), done], NOW);
@@ -479,7 +479,11 @@ mod tests {
 
     #[test]
     fn phases_and_steps() {
-        assert!(is_terminal("rolled_back") && !is_terminal("rolling_back"));
-        assert!(in_flight("verifying") && !in_flight("pending") && !in_flight("done"));
+        assert!(is_terminal(RolloutPhase::RolledBack) && !is_terminal(RolloutPhase::RollingBack));
+        assert!(
+            in_flight(InstanceStep::Verifying)
+                && !in_flight(InstanceStep::Pending)
+                && !in_flight(InstanceStep::Done)
+        );
     }
 }

@@ -251,7 +251,7 @@ impl Fleet {
                         .push((self.now, id.clone(), instance.clone(), kind.clone()));
                     self.receive(id, instance, kind);
                 }
-                Output::WaitReason(w) => self.waits.push(w.clone()),
+                Output::WaitReason(w) => self.waits.push(w.as_ref().map(ToString::to_string)),
                 Output::Event(_) | Output::Finished(_) => {}
             }
         }

@@ -42,7 +42,7 @@ fn a_failed_drain_may_still_serve_so_its_rollback_waits_for_room() {
         "took a maybe-serving instance down at the floor"
     );
     assert_eq!(
-        f.status().wait_reason.as_deref(),
+        f.status().wait_reason.map(|b| b.to_string()).as_deref(),
         Some("waiting: 2 healthy, floor 3")
     );
     f.revive("web@h02");
@@ -69,8 +69,8 @@ fn an_abort_that_cannot_return_a_failed_instance_ends_failed() {
     f.run_to_end(HOUR);
     match f.engine.outcome() {
         Some(Outcome::Failed { reason }) => assert!(
-            reason.contains("abort incomplete")
-                && reason.contains("web@h01: no previous release to return to"),
+            reason.to_string().contains("abort incomplete")
+                && (reason.to_string()).contains("web@h01: no previous release to return to"),
             "{reason}"
         ),
         other => panic!("expected Failed, got {other:?}"),

@@ -16,7 +16,7 @@ fn reason(o: Option<&Outcome>) -> String {
     match o {
         Some(Outcome::Failed { reason })
         | Some(Outcome::RolledBack { reason })
-        | Some(Outcome::Aborted { reason }) => reason.clone(),
+        | Some(Outcome::Aborted { reason }) => reason.to_string(),
         other => panic!("expected an outcome with a reason, got {other:?}"),
     }
 }
@@ -163,7 +163,7 @@ fn an_instance_down_on_its_own_shrinks_then_holds_the_next_batch() {
         "drover took an instance under the floor"
     );
     let waiting = Some("waiting: 8 healthy, floor 8".to_string());
-    assert_eq!(f.status().wait_reason, waiting);
+    assert_eq!(f.status().wait_reason.map(|b| b.to_string()), waiting);
     assert!(f.waits.contains(&waiting));
     assert_eq!(f.status().phase, Phase::Running);
     // Recovery lets it finish.
@@ -450,7 +450,7 @@ fn pause_finishes_in_flight_and_starts_nothing_until_resume() {
     let st = f.status();
     assert_eq!(st.counts.in_progress, 0, "in-flight chains finished");
     assert_eq!(st.counts.done, 3);
-    assert_eq!(st.wait_reason.as_deref(), Some("paused by operator"));
+    assert_eq!(st.wait_reason, Some(crate::rollout::Block::Paused));
     f.operator(OperatorAction::Resume);
     assert_eq!(f.status().phase, Phase::Running);
     f.run_to_end(HOUR);
@@ -487,7 +487,7 @@ fn abort_leaves_everyone_on_old_or_new_and_in_service() {
     assert_eq!(
         f.engine.outcome(),
         Some(&Outcome::Aborted {
-            reason: "aborted by operator".to_string()
+            reason: crate::rollout::StopReason::OperatorAbort
         })
     );
     for (id, s) in &f.sim {
@@ -509,7 +509,7 @@ fn operator_rollback_returns_updated_instances() {
     assert_eq!(
         f.engine.outcome(),
         Some(&Outcome::RolledBack {
-            reason: "rollback requested by operator".to_string()
+            reason: crate::rollout::StopReason::OperatorRollback
         })
     );
     assert!(

@@ -203,7 +203,10 @@ fn check_end(seed: u64, f: &Fleet) {
             }
             (Some(Outcome::Aborted { reason }), step) => {
                 if step == Step::Failed {
-                    assert!(reason.contains("not restored"), "seed {seed}: {reason}");
+                    assert!(
+                        reason.to_string().contains("not restored"),
+                        "seed {seed}: {reason}"
+                    );
                 } else if !lost && step != Step::Skipped {
                     assert!(s.in_service, "seed {seed}: {i:?} {s:?}");
                     assert!(

@@ -33,7 +33,9 @@ fn a_bad_artifact_fails_the_rollout_without_draining_anything() {
     f.run_to_end(HOUR);
     match f.engine.outcome() {
         Some(Outcome::RolledBack { reason }) => assert!(
-            reason.contains("web@h01: stage failed: artifact checksum mismatch"),
+            reason
+                .to_string()
+                .contains("web@h01: stage failed: artifact checksum mismatch"),
             "{reason}"
         ),
         other => panic!("expected RolledBack, got {other:?}"),
@@ -69,7 +71,9 @@ fn a_failed_stage_costs_no_capacity_when_the_instance_still_serves() {
     f.run_to_end(HOUR);
     match f.engine.outcome() {
         Some(Outcome::Failed { reason }) => assert!(
-            reason.contains("1 instance(s) failed within the failure budget"),
+            reason
+                .to_string()
+                .contains("1 instance(s) failed within the failure budget"),
             "{reason}"
         ),
         other => panic!("expected Failed, got {other:?}"),
