@@ -589,22 +589,26 @@ mod tests {
         let text = format!(
             "{{\"event\":\"started\",\"id\":\"r1/web@h1/undrain/1\",\"instance\":\"web\",\"kind\":\"undrain\",\"at_ms\":{at}}}\n\
              {{\"event\":\"finished\",\"id\":\"r1/web@h1/undrain/1\",\"phase\":\"succeeded\",\"message\":\"in service\",\"at_ms\":{at}}}\n\
-             {{\"event\":\"started\",\"id\":\"r1/web@h1/stage/1\",\"instance\":\"web\",\"kind\":\"stage\",\"at_ms\":{at}}}\n"
+             {{\"event\":\"started\",\"id\":\"r1/web@h1/stage/1\",\"instance\":\"web\",\"kind\":\"stage\",\"at_ms\":{at}}}\n\
+             {{\"event\":\"started\",\"id\":\"r1/web@h1/warm/1\",\"instance\":\"web\",\"kind\":\"warm\",\"at_ms\":{at}}}\n"
         );
         fs::write(&path, text).expect("write journal");
         let j = Journal::open(dir.path()).expect("open");
         let undrain = j.get("r1/web@h1/undrain/1").expect("undrain");
         assert_eq!(undrain.kind, RecordKind::Undrain);
         assert_eq!(undrain.outcome.map(|o| o.phase), Some(Phase::Succeeded));
-        // A kind from another agent version still loads, as written.
         let stage = j.get("r1/web@h1/stage/1").expect("stage");
-        assert_eq!(stage.kind, RecordKind::Other("stage".into()));
+        assert_eq!(stage.kind, RecordKind::Stage);
+        // A kind from another agent version still loads, as written.
+        let warm = j.get("r1/web@h1/warm/1").expect("warm");
+        assert_eq!(warm.kind, RecordKind::Other("warm".into()));
         j.start("r1/web@h1/verify/1", "web", RecordKind::Verify)
             .expect("start");
         drop(j);
         let written = fs::read_to_string(&path).expect("read journal");
         assert!(written.contains("\"kind\":\"undrain\""), "{written}");
         assert!(written.contains("\"kind\":\"stage\""), "{written}");
+        assert!(written.contains("\"kind\":\"warm\""), "{written}");
         assert!(written.contains("\"kind\":\"verify\""), "{written}");
     }
 
