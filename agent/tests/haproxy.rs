@@ -363,16 +363,14 @@ impl Toggle {
     }
 
     async fn up(&mut self) {
-        let start = Instant::now();
-        let listener = loop {
-            match TcpListener::bind(("127.0.0.1", self.port)).await {
-                Ok(l) => break l,
-                Err(e) => {
-                    assert!(start.elapsed() < DEADLINE, "bind {}: {e}", self.port);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        };
+        let port = self.port;
+        let listener = wait_until_async(
+            DEADLINE,
+            "the check target's port is free again",
+            async || TcpListener::bind(("127.0.0.1", port)).await.ok(),
+            || format!("port {port}"),
+        )
+        .await;
         self.task = Some(tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
                 drop(sock);
@@ -406,18 +404,16 @@ async fn wait_view(
     what: &str,
     pred: impl Fn(&[LoadBalancerView]) -> bool,
 ) -> Vec<LoadBalancerView> {
-    let start = Instant::now();
-    loop {
-        let v = views(board);
-        if pred(&v) {
-            return v;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out waiting for {what}: {v:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until_async(
+        DEADLINE,
+        what,
+        async || {
+            let v = views(board);
+            pred(&v).then_some(v)
+        },
+        || format!("{:#?}", views(board)),
+    )
+    .await
 }
 
 fn all_in(state: LoadBalancerState) -> impl Fn(&[LoadBalancerView]) -> bool {
@@ -475,20 +471,21 @@ async fn the_agent_sees_haproxy_take_a_killed_server_down_and_up_after_rise_chec
     // view says so meanwhile.
     server.up().await;
     let mut rising = Vec::new();
-    let start = Instant::now();
-    loop {
-        let v = views(&board);
-        if all_in(LoadBalancerState::Up)(&v) {
-            break;
-        }
-        if let Some(first) = v.first()
-            && rising.last() != Some(&first.status)
-        {
-            rising.push(first.status.clone());
-        }
-        assert!(start.elapsed() < DEADLINE, "never UP again: {v:#?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until_async(
+        DEADLINE,
+        "the view is UP again",
+        async || {
+            let v = views(&board);
+            if let Some(first) = v.first()
+                && rising.last() != Some(&first.status)
+            {
+                rising.push(first.status.clone());
+            }
+            all_in(LoadBalancerState::Up)(&v)
+        },
+        || format!("{:#?}", views(&board)),
+    )
+    .await;
     assert!(
         rising
             .iter()
