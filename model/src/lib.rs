@@ -13,8 +13,10 @@ pub mod identity;
 pub mod pki;
 pub mod selector;
 pub mod spec;
+pub mod strategy;
 
 pub use amount::{Amount, AmountError, parse_batches};
 pub use spec::{
     DigestRule, LostHostPolicy, Release, RolloutSpec, SpecError, Spread, positive_rule, share_rule,
 };
+pub use strategy::{AnalysisSpec, MetricsSource, Num, OnInconclusive, Share, Strategy};

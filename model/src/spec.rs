@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::amount::{Amount, batches_serde};
 use crate::selector::Selector;
+use crate::strategy::{AnalysisSpec, Share, Strategy, steps_serde};
 
 /// A service version: version string plus the artifact's sha256.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -161,6 +162,32 @@ pub struct RolloutSpec {
     /// Timeout of every command; Verify gets `healthy_deadline` on top.
     #[serde(with = "humantime_serde")]
     pub step_timeout: Duration,
+    /// How traffic moves; rolling by default.
+    pub strategy: Strategy,
+    /// Canary and blue-green: the shares of traffic the new release gets,
+    /// step by step, ending at 100%. Empty: the strategy's default.
+    #[serde(with = "steps_serde", skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Share>,
+    /// Canary and blue-green: how long each step is watched before the
+    /// next. `None`: the strategy's default.
+    #[serde(
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub bake: Option<Duration>,
+    /// Blue-green: how long the old color stays up, drained, for an
+    /// instant rollback. `None`: 60 minutes.
+    #[serde(
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub keep_old: Option<Duration>,
+    /// Blue-green: a hook from the coordinator's config run against the
+    /// idle color before any traffic moves; its exit code decides.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_traffic_hook: Option<String>,
+    /// Canary and blue-green: how each step is judged.
+    pub analysis: AnalysisSpec,
 }
 
 impl Default for RolloutSpec {
@@ -181,6 +208,12 @@ impl Default for RolloutSpec {
             spread_by: None,
             lost_hosts: LostHostPolicy::Wait,
             step_timeout: Duration::from_secs(2 * 60),
+            strategy: Strategy::Rolling,
+            steps: Vec::new(),
+            bake: None,
+            keep_old: None,
+            pre_traffic_hook: None,
+            analysis: AnalysisSpec::default(),
         }
     }
 }
@@ -298,6 +331,26 @@ impl RolloutSpec {
         self.healthy_deadline.saturating_add(self.step_timeout)
     }
 
+    /// The traffic steps this rollout takes: the spec's, or the
+    /// strategy's default; empty for a rolling update.
+    pub fn traffic_steps(&self) -> Vec<Share> {
+        if self.steps.is_empty() {
+            self.strategy.default_steps()
+        } else {
+            self.steps.clone()
+        }
+    }
+
+    /// How long each traffic step is watched.
+    pub fn bake_time(&self) -> Duration {
+        self.bake.unwrap_or_else(|| self.strategy.default_bake())
+    }
+
+    /// Blue-green: how long the old color stays up after the switch.
+    pub fn keep_old_time(&self) -> Duration {
+        self.keep_old.unwrap_or(Duration::from_secs(60 * 60))
+    }
+
     /// [`RolloutSpec::check`] with the digest required: what the engine
     /// accepts.
     pub fn validate(&self) -> Result<(), SpecError> {
@@ -388,7 +441,102 @@ impl RolloutSpec {
         if let Some(s) = &self.spread_by {
             s.check()?;
         }
-        Ok(())
+        self.check_strategy()
+    }
+
+    /// The strategy's own rules: traffic fields only where traffic moves,
+    /// steps that grow to 100%, an analysis that can finish.
+    fn check_strategy(&self) -> Result<(), SpecError> {
+        let strategy = self.strategy;
+        if !strategy.shifts_traffic() {
+            let given = [
+                ("steps", !self.steps.is_empty()),
+                ("bake", self.bake.is_some()),
+                ("keep_old", self.keep_old.is_some()),
+                ("pre_traffic_hook", self.pre_traffic_hook.is_some()),
+            ];
+            if let Some((field, _)) = given.into_iter().find(|(_, g)| *g) {
+                return Err(SpecError::invalid(
+                    field,
+                    "nothing for a rolling update (set strategy = canary or blue-green)",
+                    "a value",
+                ));
+            }
+            return Ok(());
+        }
+        if self.batches != [Amount::Count(1)] {
+            return Err(SpecError::invalid(
+                "batches",
+                &format!(
+                    "the default for {strategy}: its steps decide how many instances move                      (limit instances in flight with max_unavailable)"
+                ),
+                format!(
+                    "\"{}\"",
+                    (self.batches.iter().map(Amount::to_string))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            ));
+        }
+        let steps = self.traffic_steps();
+        let mut last: Option<Share> = None;
+        for (n, s) in steps.iter().enumerate() {
+            if last.is_some_and(|l| *s <= l) {
+                return Err(SpecError::invalid(
+                    &format!("steps[{n}]"),
+                    "shares that grow step by step",
+                    s,
+                ));
+            }
+            last = Some(*s);
+        }
+        if !last.is_some_and(Share::is_full) {
+            return Err(SpecError::invalid(
+                "steps",
+                "a last step of 100%, where every instance is on the new release",
+                last.map_or("nothing".to_string(), |s| s.to_string()),
+            ));
+        }
+        let bake = self.bake_time();
+        if bake < self.analysis.interval {
+            return Err(SpecError::invalid(
+                "bake",
+                &format!(
+                    "at least one analysis interval ({})",
+                    show(self.analysis.interval)
+                ),
+                show(bake),
+            ));
+        }
+        if strategy != Strategy::BlueGreen {
+            if self.keep_old.is_some() {
+                return Err(SpecError::invalid(
+                    "keep_old",
+                    "nothing unless strategy = blue-green",
+                    "a value",
+                ));
+            }
+            if self.pre_traffic_hook.is_some() {
+                return Err(SpecError::invalid(
+                    "pre_traffic_hook",
+                    "nothing unless strategy = blue-green",
+                    "a value",
+                ));
+            }
+        }
+        if let Some(h) = &self.pre_traffic_hook
+            && (h.is_empty()
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            return Err(SpecError::invalid(
+                "pre_traffic_hook",
+                "the name of a hook in the coordinator's config (letters, digits, - and _)",
+                format!("{h:?}"),
+            ));
+        }
+        self.analysis.check(bake)
     }
 }
 
@@ -430,6 +578,92 @@ mod tests {
             e.to_string(),
             "batches[0]: expected at least 1 instance or 1%, got \"0\""
         );
+    }
+
+    #[test]
+    fn strategies_read_from_toml_with_their_defaults_and_rules() {
+        let digest = "ab".repeat(32);
+        let text = format!(
+            "service = \"web\"\ntarget = {{ version = \"v2\", digest = \"{digest}\" }}\n\
+             strategy = \"canary\"\nsteps = \"5%,50%,100%\"\nbake = \"2m\"\n\
+             [analysis]\nmin_difference = \"0.2%\"\non_inconclusive = \"fail\"\n"
+        );
+        let canary = RolloutSpec::from_toml(&text).expect("canary spec");
+        assert_eq!(canary.strategy, Strategy::Canary);
+        assert_eq!(canary.traffic_steps().len(), 3);
+        assert_eq!(canary.bake_time(), Duration::from_secs(120));
+        assert_eq!(canary.analysis.min_difference.get(), 0.002);
+        // It survives its own TOML (the coordinator stores and shows it so).
+        assert_eq!(
+            RolloutSpec::from_toml(&canary.to_toml()),
+            Ok(canary.clone())
+        );
+
+        let blue_green = RolloutSpec {
+            strategy: Strategy::BlueGreen,
+            ..spec(&digest)
+        };
+        assert_eq!(
+            blue_green.traffic_steps(),
+            Strategy::BlueGreen.default_steps()
+        );
+        assert_eq!(blue_green.validate(), Ok(()));
+
+        let refused = [
+            (
+                RolloutSpec {
+                    bake: Some(Duration::from_secs(60)),
+                    ..spec(&digest)
+                },
+                "bake",
+            ),
+            (
+                RolloutSpec {
+                    steps: crate::strategy::parse_steps("5%,50%").expect("steps"),
+                    ..canary.clone()
+                },
+                "steps",
+            ),
+            (
+                RolloutSpec {
+                    steps: crate::strategy::parse_steps("50%,5%,100%").expect("steps"),
+                    ..canary.clone()
+                },
+                "steps[1]",
+            ),
+            (
+                RolloutSpec {
+                    batches: vec![Amount::Percent(25)],
+                    ..canary.clone()
+                },
+                "batches",
+            ),
+            (
+                RolloutSpec {
+                    keep_old: Some(Duration::from_secs(60)),
+                    ..canary.clone()
+                },
+                "keep_old",
+            ),
+            (
+                RolloutSpec {
+                    bake: Some(Duration::from_secs(1)),
+                    ..canary.clone()
+                },
+                "bake",
+            ),
+            (
+                RolloutSpec {
+                    pre_traffic_hook: Some("rm -rf /".into()),
+                    ..blue_green.clone()
+                },
+                "pre_traffic_hook",
+            ),
+        ];
+        for (bad, field) in refused {
+            let e = bad.validate().expect_err(field);
+            assert_eq!(e.field(), Some(field), "{e}");
+        }
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub enum PlanError {
         total: u32,
         pending: u32,
     },
+    #[error("strategy {0} is not run by this coordinator yet; use strategy = rolling")]
+    StrategyNotRun(drover_model::Strategy),
     #[error("{unreachable} instance(s) on lost hosts ({hosts}) exceed max_unreachable {max}")]
     TooManyUnreachable {
         unreachable: u32,
@@ -225,6 +227,9 @@ impl Engine {
         now: Millis,
     ) -> Result<(Engine, Vec<Output>), PlanError> {
         spec.validate()?;
+        if spec.strategy.shifts_traffic() {
+            return Err(PlanError::StrategyNotRun(spec.strategy));
+        }
         if id.trim().is_empty() || id.contains('/') {
             return Err(PlanError::BadId(id.to_string()));
         }

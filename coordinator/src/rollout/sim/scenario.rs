@@ -340,6 +340,7 @@ fn spec(rng: &mut Rng, n: u32) -> RolloutSpec {
             LostHostPolicy::Wait
         },
         step_timeout: secs(step_timeout),
+        ..RolloutSpec::default()
     }
 }
 
