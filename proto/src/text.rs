@@ -68,10 +68,11 @@ impl InstanceStep {
             InstanceStep::Failed => "failed",
             InstanceStep::Skipped => "skipped",
             InstanceStep::RolledBack => "rolled_back",
+            InstanceStep::Weighting => "weighting",
         }
     }
 
-    pub const ALL: [InstanceStep; 12] = [
+    pub const ALL: [InstanceStep; 13] = [
         InstanceStep::Pending,
         InstanceStep::Staging,
         InstanceStep::Draining,
@@ -84,6 +85,7 @@ impl InstanceStep {
         InstanceStep::Failed,
         InstanceStep::Skipped,
         InstanceStep::RolledBack,
+        InstanceStep::Weighting,
     ];
 
     pub fn from_text(s: &str) -> InstanceStep {

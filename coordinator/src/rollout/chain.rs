@@ -25,6 +25,10 @@ impl Engine {
         let Some(idx) = self.instance_of(id) else {
             return;
         };
+        if id.step == Step::Weighting {
+            self.on_weight_result(cx, idx, id, outcome);
+            return;
+        }
         let current = self.st.instances[idx].inflight.as_ref();
         if current.is_none_or(|f| &f.id != id) {
             // An answer to a step already timed out, or to an older chain.
@@ -50,6 +54,7 @@ impl Engine {
 
     /// Turns commands past their deadline into failures.
     pub(super) fn expire(&mut self, cx: &mut Cx) {
+        self.expire_weights(cx);
         for idx in 0..self.st.instances.len() {
             let i = &self.st.instances[idx];
             let Some(flight) = i.inflight.as_ref().filter(|f| f.deadline <= cx.now) else {
@@ -182,6 +187,12 @@ impl Engine {
         for (idx, id) in due {
             self.resend(cx, idx, &id);
         }
+        let mut weights = std::mem::take(&mut cx.resend_weights);
+        weights.sort_unstable();
+        weights.dedup();
+        for idx in weights {
+            self.resend_weight(cx, idx);
+        }
     }
 
     fn resend(&self, cx: &mut Cx, idx: usize, id: &CommandId) {
@@ -214,6 +225,7 @@ impl Engine {
             CommandKind::Start => {}
             CommandKind::Verify { .. } => i.observed.healthy = true,
             CommandKind::Undrain => i.observed.in_service = true,
+            CommandKind::SetWeight { .. } => {}
         });
         if let Some(next) = next_step(step) {
             self.send_step(cx, idx, next);

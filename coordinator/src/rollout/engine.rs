@@ -72,6 +72,11 @@ pub enum PlanError {
     },
     #[error("strategy {0} is not run by this coordinator yet; use strategy = rolling")]
     StrategyNotRun(drover_model::Strategy),
+    #[error(
+        "a canary compares instances on the new release with instances on the old one, \
+         but service {service} has {instances} matching instance(s); use strategy = rolling"
+    )]
+    CanaryNeedsBaseline { service: String, instances: u32 },
     #[error("{unreachable} instance(s) on lost hosts ({hosts}) exceed max_unreachable {max}")]
     TooManyUnreachable {
         unreachable: u32,
@@ -119,6 +124,8 @@ pub(super) struct Cx {
     /// input of the call is in: a result later in the same call may have
     /// settled it already.
     pub(super) resend: Vec<(usize, super::model::CommandId)>,
+    /// Instances whose in-flight weight command is to be sent again.
+    pub(super) resend_weights: Vec<usize>,
 }
 
 impl Cx {
@@ -129,6 +136,7 @@ impl Cx {
             dirty: false,
             finished: false,
             resend: Vec::new(),
+            resend_weights: Vec::new(),
         }
     }
 
@@ -227,8 +235,14 @@ impl Engine {
         now: Millis,
     ) -> Result<(Engine, Vec<Output>), PlanError> {
         spec.validate()?;
-        if spec.strategy.shifts_traffic() {
+        if spec.strategy == drover_model::Strategy::BlueGreen {
             return Err(PlanError::StrategyNotRun(spec.strategy));
+        }
+        if spec.strategy == drover_model::Strategy::Canary && instances.len() < 2 {
+            return Err(PlanError::CanaryNeedsBaseline {
+                service: spec.service.clone(),
+                instances: count(instances.iter()),
+            });
         }
         if id.trim().is_empty() || id.contains('/') {
             return Err(PlanError::BadId(id.to_string()));
@@ -300,6 +314,8 @@ impl Engine {
                     fault: None,
                     rollback_fault: None,
                     left: None,
+                    weight: None,
+                    meter: None,
                 }
             })
             .collect();
@@ -319,7 +335,11 @@ impl Engine {
             lowest_capacity: 0,
             wait_reason: None,
             finished_at: None,
+            traffic: None,
         };
+        if st.spec.strategy == drover_model::Strategy::Canary {
+            st.traffic = Some(super::traffic::Traffic::plan(&st));
+        }
         let capacity = st.capacity();
         st.lowest_capacity = capacity;
         check_startable(&st, capacity)?;
@@ -374,6 +394,9 @@ impl Engine {
             if let Some(f) = &mut i.inflight {
                 f.deadline = now.plus(f.timeout);
             }
+            if let Some(f) = i.weight.as_mut().and_then(|w| w.inflight.as_mut()) {
+                f.deadline = now.plus(f.timeout);
+            }
         }
         let n = eng.st.inflight();
         eng.event(
@@ -387,6 +410,7 @@ impl Engine {
         cx.resend = (eng.st.instances.iter().enumerate())
             .filter_map(|(n, i)| Some((n, i.inflight.as_ref()?.id.clone())))
             .collect();
+        cx.resend_weights = (0..eng.st.instances.len()).collect();
         eng.flush_resends(&mut cx);
         eng.settle(&mut cx);
         (eng, cx.into_outputs())
@@ -468,6 +492,11 @@ impl Engine {
         self.changed_at[idx]
     }
 
+    /// The position of a target instance.
+    pub(super) fn index_of(&self, id: &str) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+
     /// The instance an id from this rollout's commands names, if any.
     pub(super) fn instance_of(&self, id: &super::model::CommandId) -> Option<usize> {
         if id.rollout != self.st.id {
@@ -480,7 +509,8 @@ impl Engine {
     /// flight; `None` for an instance outside this rollout.
     pub fn instance(&self, id: &str) -> Option<(&str, bool)> {
         let i = &self.st.instances[*self.index.get(id)?];
-        Some((i.host.as_str(), i.inflight.is_some()))
+        let weighing = i.weight.as_ref().is_some_and(|w| w.inflight.is_some());
+        Some((i.host.as_str(), i.inflight.is_some() || weighing))
     }
 
     pub fn state(&self) -> &RolloutState {
@@ -507,7 +537,7 @@ impl Engine {
             Mode::Forward | Mode::Restoring { .. } => {
                 Some(self.st.last_progress.plus(self.st.spec.progress_deadline))
             }
-            Mode::Stopping { .. } | Mode::Finished(_) => None,
+            Mode::Stopping { .. } | Mode::Unweighting { .. } | Mode::Finished(_) => None,
         };
         if self.st.is_finished() {
             return None;
@@ -517,6 +547,7 @@ impl Engine {
             .iter()
             .filter_map(|i| i.inflight.as_ref().map(|f| f.deadline))
             .chain(progress)
+            .chain(self.traffic_deadline())
             .min()
     }
 
@@ -566,9 +597,11 @@ impl Engine {
                 Input::HostLost { host } => self.on_host_lost(&mut cx, &host),
                 Input::HostBack { host } => self.on_host_back(&mut cx, &host),
                 Input::Operator(action) => self.on_operator(&mut cx, action),
+                Input::Traffic { instance, sample } => self.on_traffic(&instance, &sample),
             }
         }
         self.expire(&mut cx);
+        self.traffic_tick(&mut cx);
         self.flush_resends(&mut cx);
         self.settle(&mut cx);
         cx.into_outputs()
@@ -671,11 +704,17 @@ impl Engine {
             if let Some(f) = &self.st.instances[idx].inflight {
                 cx.resend.push((idx, f.id.clone()));
             }
+            cx.resend_weights.push(idx);
         }
     }
 
     fn on_operator(&mut self, cx: &mut Cx, action: OperatorAction) {
+        if self.traffic_operator(cx, action) {
+            return;
+        }
         match action {
+            // Promote means nothing outside a traffic step's bake.
+            OperatorAction::Promote => {}
             OperatorAction::Pause => {
                 let pausable = matches!(self.st.mode, Mode::Forward | Mode::Restoring { .. });
                 if pausable && !self.st.paused {

@@ -80,6 +80,7 @@ mod room;
 pub mod sim;
 mod state;
 mod status;
+pub mod traffic;
 
 #[cfg(test)]
 mod tests;

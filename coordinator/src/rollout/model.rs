@@ -69,6 +69,10 @@ pub enum Step {
     Failed,
     Skipped,
     RolledBack,
+    /// Not a step an instance is at: the verb of weight commands
+    /// (`<rollout>/<instance>/weight/<generation>`), which canary and
+    /// blue-green send beside the chain.
+    Weighting,
 }
 
 impl Step {
@@ -86,6 +90,7 @@ impl Step {
             Step::Failed => "failed",
             Step::Skipped => "skipped",
             Step::RolledBack => "rolled back",
+            Step::Weighting => "weighting",
         }
     }
 
@@ -117,7 +122,9 @@ impl Step {
     /// The chain step whose command verb is `verb` (the inverse of
     /// [`Step::verb`] on [`Step::CHAIN`]).
     pub fn from_verb(verb: &str) -> Option<Step> {
-        Step::CHAIN.into_iter().find(|s| s.verb() == verb)
+        (Step::CHAIN.into_iter())
+            .chain([Step::Weighting])
+            .find(|s| s.verb() == verb)
     }
 
     /// The command verb of a chain step, used in command ids.
@@ -130,6 +137,7 @@ impl Step {
             Step::Starting => "start",
             Step::Verifying => "verify",
             Step::Undraining => "undrain",
+            Step::Weighting => "weight",
             other => other.as_str(),
         }
     }
@@ -219,6 +227,11 @@ pub enum CommandKind {
         healthy_deadline: Duration,
     },
     Undrain,
+    /// Set the instance's weight in every load balancer it is registered
+    /// with; `None` puts back the weight it was configured with.
+    SetWeight {
+        weight: Option<u32>,
+    },
 }
 
 /// Names one step attempt: the same for every send of the same step, so a
@@ -329,9 +342,12 @@ pub enum OperatorAction {
     /// Finish in-flight instances, then return every touched instance to its
     /// previous release.
     Rollback,
+    /// Canary and blue-green: end the current step's bake now and go on,
+    /// as if its analysis had passed (a human decision, recorded).
+    Promote,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Input {
     /// Time passed; deadlines and timeouts are checked on every input, a
@@ -356,6 +372,12 @@ pub enum Input {
         host: String,
     },
     Operator(OperatorAction),
+    /// What the instance served, as its agent read it: cumulative
+    /// counters (a decrease means the source reset).
+    Traffic {
+        instance: String,
+        sample: super::traffic::TrafficSample,
+    },
 }
 
 /// One line of the rollout's history, with the numbers a capacity timeline needs.
@@ -405,7 +427,7 @@ impl fmt::Display for Outcome {
 }
 
 /// What the runtime must do, in order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Output {
     /// Durably save [`Engine::state`](super::Engine::state) before acting on
@@ -425,6 +447,10 @@ pub enum Output {
     /// Why the rollout is waiting; `None` once it no longer is. Emitted only
     /// on change.
     WaitReason(Option<Block>),
+    /// One look of a traffic step's analysis, with its numbers; store it
+    /// in the same write as the Persist of the batch (the verdict acts
+    /// only after that write).
+    Judgement(Box<super::traffic::StepJudgement>),
     /// The rollout reached its terminal state; nothing follows.
     Finished(Outcome),
 }

@@ -20,7 +20,16 @@ impl Engine {
         self.st.mode = Mode::Stopping { reason, then };
     }
 
+    /// Ends the rollout with `outcome`; a canary first puts back every
+    /// weight it set (see [`Mode::Unweighting`]).
     pub(super) fn finish(&mut self, cx: &mut Cx, outcome: Outcome) {
+        let unweighted = matches!(self.st.mode, Mode::Unweighting { .. });
+        if !unweighted && (self.weights_to_restore() || self.weights_in_flight() > 0) {
+            cx.dirty = true;
+            self.st.paused = false;
+            self.st.mode = Mode::Unweighting { outcome };
+            return;
+        }
         cx.dirty = true;
         cx.finished = true;
         self.st.paused = false;
@@ -56,6 +65,7 @@ impl Engine {
                 Mode::Forward => self.drive_forward(cx),
                 Mode::Stopping { .. } => self.drive_stopping(cx),
                 Mode::Restoring { .. } => self.drive_restoring(cx),
+                Mode::Unweighting { .. } => self.drive_unweighting_mode(cx),
                 Mode::Finished(_) => Pass {
                     again: false,
                     wait: None,
@@ -89,7 +99,7 @@ impl Engine {
 
     fn gate(&self) -> Option<Block> {
         if self.st.paused {
-            return Some(Block::Paused);
+            return Some(self.held_block().unwrap_or(Block::Paused));
         }
         match self.stale() {
             0 => None,
@@ -97,9 +107,48 @@ impl Engine {
         }
     }
 
+    /// Puts weights back, then ends as the rollout would have; a weight
+    /// that could not be put back makes the end a failure that names it.
+    fn drive_unweighting_mode(&mut self, cx: &mut Cx) -> Pass {
+        let Mode::Unweighting { outcome } = &self.st.mode else {
+            return Pass {
+                again: false,
+                wait: None,
+            };
+        };
+        let outcome = outcome.clone();
+        if let Some(wait) = self.drive_unweighting(cx) {
+            return Pass {
+                again: false,
+                wait: Some(wait),
+            };
+        }
+        let problems = self.weights_not_restored();
+        let outcome = match outcome {
+            o if problems.is_empty() => o,
+            Outcome::Succeeded => Outcome::Failed {
+                reason: StopReason::WeightsNotRestored { who: problems },
+            },
+            Outcome::Failed { reason }
+            | Outcome::RolledBack { reason }
+            | Outcome::Aborted { reason } => Outcome::Failed {
+                reason: StopReason::Incomplete {
+                    reason: Box::new(reason),
+                    unfinished: Unfinished::Weights,
+                    problems,
+                },
+            },
+        };
+        self.finish(cx, outcome);
+        Pass {
+            again: true,
+            wait: None,
+        }
+    }
+
     fn drive_forward(&mut self, cx: &mut Cx) -> Pass {
         let pending = self.st.instances.iter().any(|i| i.step == Step::Pending);
-        if !pending && self.st.inflight() == 0 {
+        if !pending && self.st.inflight() == 0 && self.weights_in_flight() == 0 {
             let failed: Vec<String> = (self.st.instances.iter())
                 .filter(|i| i.step == Step::Failed)
                 .map(|i| match &i.fault {
@@ -128,12 +177,23 @@ impl Engine {
         }
         let wait = match self.gate() {
             Some(w) => Some(w),
+            None if self.shifts_traffic() => self.drive_traffic(cx),
             None => self.fill_batch(cx),
         };
+        if self.st.mode != Mode::Forward {
+            // The traffic drive stopped it (a weight that could not be set).
+            return Pass { again: true, wait };
+        }
         if self.deadline_passed(cx.now) {
             let reason =
                 StopReason::progress_deadline(self.st.spec.progress_deadline, wait.clone());
-            self.stop(cx, reason, Then::Fail);
+            let then = if self.shifts_traffic() {
+                // Traffic is split: put it all back on the old release.
+                Then::Rollback
+            } else {
+                Then::Fail
+            };
+            self.stop(cx, reason, then);
             return Pass { again: true, wait };
         }
         Pass { again: false, wait }
@@ -141,8 +201,11 @@ impl Engine {
 
     /// Starts what the current batch and the limits allow; returns why the
     /// rest of the batch waits.
-    fn fill_batch(&mut self, cx: &mut Cx) -> Option<Block> {
-        if self.st.batch_started >= self.st.limits.batch_size(self.st.batch) {
+    pub(super) fn fill_batch(&mut self, cx: &mut Cx) -> Option<Block> {
+        // A canary's batches are its traffic steps: the traffic drive
+        // moves to the next one once the step passed.
+        let traffic = self.st.traffic.as_ref().map(super::traffic::Traffic::quota);
+        if traffic.is_none() && self.st.batch_started >= self.st.limits.batch_size(self.st.batch) {
             if self.st.inflight() > 0 {
                 return None;
             }
@@ -150,7 +213,7 @@ impl Engine {
             self.st.batch_started = 0;
             cx.dirty = true;
         }
-        let quota = self.st.limits.batch_size(self.st.batch);
+        let quota = traffic.unwrap_or_else(|| self.st.limits.batch_size(self.st.batch));
         let mut room = Room::measure(&self.st);
         let mut block: Option<Block> = None;
         let mut lost = BTreeSet::new();

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use drover_model::Share;
+
 use super::engine::{list, show};
 
 /// Why nothing more starts right now.
@@ -48,6 +50,26 @@ pub enum Block {
     Stopping {
         instances: u32,
     },
+    /// Canary: the step's weights are being set.
+    Weighting {
+        step: u32,
+        share: Share,
+        instances: u32,
+    },
+    /// Canary: the step bakes while its analysis looks.
+    Baking {
+        step: u32,
+        share: Share,
+    },
+    /// Canary: the step's analysis was inconclusive; held for a human.
+    Inconclusive {
+        step: u32,
+        share: Share,
+    },
+    /// Canary: the configured weights are being put back.
+    Unweighting {
+        instances: u32,
+    },
     /// Stored by a coordinator before wait reasons were typed.
     Text(String),
 }
@@ -82,6 +104,26 @@ impl fmt::Display for Block {
                 f,
                 "stopping: waiting for {instances} instance(s) to finish their current steps"
             ),
+            Block::Weighting {
+                step,
+                share,
+                instances,
+            } => write!(
+                f,
+                "traffic step {step} ({share}): setting weights on {instances} instance(s)"
+            ),
+            Block::Baking { step, share } => {
+                write!(f, "traffic step {step} ({share}): baking, analysis running")
+            }
+            Block::Inconclusive { step, share } => write!(
+                f,
+                "traffic step {step} ({share}): analysis inconclusive, paused \
+                 (promote, resume to bake again, or roll back)"
+            ),
+            Block::Unweighting { instances } => write!(
+                f,
+                "putting back the configured weight of {instances} instance(s)"
+            ),
             Block::Text(s) => f.write_str(s),
         }
     }
@@ -97,6 +139,8 @@ pub enum Unfinished {
     Abort,
     /// An abort left instances on lost hosts as they were.
     HostLost,
+    /// Weights drover set could not be put back.
+    Weights,
 }
 
 /// Why a rollout stopped going forward, or why it ended other than
@@ -138,6 +182,29 @@ pub enum StopReason {
     /// encoded; `why` is that error.
     Halted {
         why: String,
+    },
+    /// Canary: a look of step `step`'s analysis failed; `why` holds its
+    /// numbers.
+    AnalysisFailed {
+        step: u32,
+        share: Share,
+        why: String,
+    },
+    /// Canary: step `step` had too little traffic to judge by
+    /// `max_analysis`, and `on_inconclusive = fail`.
+    Inconclusive {
+        step: u32,
+        share: Share,
+        why: String,
+    },
+    /// Canary: weights could not be set (`id: why`).
+    Weights {
+        who: Vec<String>,
+    },
+    /// Everything else went well, but weights drover set could not be put
+    /// back (`id: why`).
+    WeightsNotRestored {
+        who: Vec<String>,
     },
     /// Stored by a coordinator before stop reasons were typed.
     Text(String),
@@ -197,9 +264,25 @@ impl fmt::Display for StopReason {
                     Unfinished::Rollback => "rollback incomplete",
                     Unfinished::Abort => "abort incomplete",
                     Unfinished::HostLost => "not restored, host lost",
+                    Unfinished::Weights => "configured weights not put back",
                 };
                 write!(f, "{reason}; {what}: {}", list(problems))
             }
+            StopReason::AnalysisFailed { step, share, why } => {
+                write!(f, "canary analysis failed at step {step} ({share}): {why}")
+            }
+            StopReason::Inconclusive { step, share, why } => write!(
+                f,
+                "canary analysis inconclusive at step {step} ({share}) and on_inconclusive = fail: {why}"
+            ),
+            StopReason::Weights { who } => {
+                write!(f, "weights could not be set: {}", list(who))
+            }
+            StopReason::WeightsNotRestored { who } => write!(
+                f,
+                "every instance updated, but configured weights not put back: {}",
+                list(who)
+            ),
             StopReason::Halted { why } | StopReason::Text(why) => f.write_str(why),
         }
     }

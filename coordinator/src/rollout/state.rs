@@ -66,7 +66,7 @@ pub(crate) struct InFlight {
     pub deadline: Millis,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct InstanceState {
     pub id: String,
     pub host: String,
@@ -90,6 +90,12 @@ pub(crate) struct InstanceState {
     pub rollback_fault: Option<Fault>,
     /// Why a rollback or abort left the instance as it was.
     pub left: Option<String>,
+    /// Canary: the weight drover keeps on it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<super::traffic::WeightSlot>,
+    /// Canary: what it served since its step's counting began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meter: Option<super::traffic::Meter>,
 }
 
 impl InstanceState {
@@ -196,12 +202,16 @@ pub(crate) enum Mode {
         reason: StopReason,
         kind: RestoreKind,
     },
+    /// Canary: putting back every weight drover set, then `outcome`.
+    Unweighting {
+        outcome: Outcome,
+    },
     Finished(Outcome),
 }
 
 /// Everything the engine knows. Store it on every `Persist`; hand it to
 /// [`Engine::restore`](super::Engine::restore) after a crash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RolloutState {
     pub(crate) id: String,
     pub(crate) spec: RolloutSpec,
@@ -226,6 +236,9 @@ pub struct RolloutState {
     )]
     pub(crate) wait_reason: Option<Block>,
     pub(crate) finished_at: Option<Millis>,
+    /// Canary: its traffic steps and where it is; `None` for rolling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) traffic: Option<super::traffic::Traffic>,
 }
 
 impl RolloutState {
@@ -276,6 +289,7 @@ impl RolloutState {
             lowest_capacity: self.lowest_capacity,
             wait_reason: self.wait_reason.clone(),
             finished_at: self.finished_at,
+            traffic: self.traffic.clone(),
         }
     }
 

@@ -158,6 +158,12 @@ impl Engine {
                 },
                 Some(reason.clone()),
             ),
+            Mode::Unweighting { outcome } => match outcome {
+                Outcome::Succeeded => (Phase::Running, None),
+                Outcome::Failed { reason } => (Phase::Stopping, Some(reason.clone())),
+                Outcome::RolledBack { reason } => (Phase::RollingBack, Some(reason.clone())),
+                Outcome::Aborted { reason } => (Phase::Aborting, Some(reason.clone())),
+            },
             Mode::Finished(o) => (
                 match o {
                     Outcome::Succeeded => Phase::Succeeded,

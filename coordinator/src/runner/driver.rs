@@ -35,6 +35,14 @@ use crate::rollout::{
 };
 
 pub const EVENTS: &str = "rollout-events/";
+/// Key prefix of canary analysis looks: `rollout-analysis/<id>/<step>/<look>`.
+pub const JUDGEMENTS: &str = "rollout-analysis/";
+
+/// Where look `look` of traffic step `step` is stored; keys sort by step,
+/// then look.
+pub fn judgement_key(id: &str, step: u32, look: u32) -> String {
+    format!("{JUDGEMENTS}{id}/{step:04}/{look:06}")
+}
 /// The engine wants a tick at least this often.
 pub const TICK: Duration = Duration::from_secs(1);
 /// What readers see is rebuilt at most this often while the rollout runs.
@@ -509,6 +517,7 @@ impl Driver {
 
     fn take_outputs(&mut self, outputs: Vec<Output>, pass: &mut Pass) -> Result<(), String> {
         let mut persist = false;
+        let mut judgements = Vec::new();
         for o in outputs {
             match o {
                 Output::Persist => persist = true,
@@ -526,6 +535,12 @@ impl Driver {
                     timeout,
                 }),
                 Output::Event(e) => pass.events.push(e),
+                Output::Judgement(j) => {
+                    let bytes =
+                        serde_json::to_vec(&j).map_err(|e| format!("encoding a judgement: {e}"))?;
+                    let key = judgement_key(self.engine.id(), j.step, j.look);
+                    judgements.push((key, bytes));
+                }
                 Output::WaitReason(_) | Output::Finished(_) => {}
             }
         }
@@ -544,6 +559,7 @@ impl Driver {
                 .push((event_key(&id, self.events_stored + n), bytes));
         }
         self.events_stored += pass.events.len();
+        pass.writes.extend(judgements);
         Ok(())
     }
 

@@ -573,6 +573,7 @@ pub fn action_name(a: OperatorAction) -> &'static str {
         OperatorAction::Resume => "resume",
         OperatorAction::Abort => "abort",
         OperatorAction::Rollback => "roll back",
+        OperatorAction::Promote => "promote",
     }
 }
 

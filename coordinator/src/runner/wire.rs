@@ -118,6 +118,10 @@ pub fn command(send: &Outgoing) -> CoordinatorMessage {
             healthy_deadline_ms: ms(*healthy_deadline),
         }),
         CommandKind::Undrain => command::Kind::Undrain(pb::UndrainCommand {}),
+        CommandKind::SetWeight { weight } => command::Kind::SetWeight(pb::SetWeightCommand {
+            weight: weight.unwrap_or(0),
+            restore: weight.is_none(),
+        }),
     };
     CoordinatorMessage {
         msg: Some(coordinator_message::Msg::Command(Command {

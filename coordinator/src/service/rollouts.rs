@@ -106,6 +106,7 @@ pub fn step(s: Step) -> pb::InstanceStep {
         Step::Failed => pb::InstanceStep::Failed,
         Step::Skipped => pb::InstanceStep::Skipped,
         Step::RolledBack => pb::InstanceStep::RolledBack,
+        Step::Weighting => pb::InstanceStep::Weighting,
     }
 }
 
@@ -164,6 +165,27 @@ pub fn wait(b: &Block) -> pb::RolloutWait {
             w.instances = *instances;
             Kind::Stopping
         }
+        Block::Weighting {
+            step,
+            share,
+            instances,
+        } => {
+            (w.step, w.share_basis_points) = (*step, share.basis_points());
+            w.instances = *instances;
+            Kind::Weighting
+        }
+        Block::Baking { step, share } => {
+            (w.step, w.share_basis_points) = (*step, share.basis_points());
+            Kind::Baking
+        }
+        Block::Inconclusive { step, share } => {
+            (w.step, w.share_basis_points) = (*step, share.basis_points());
+            Kind::Inconclusive
+        }
+        Block::Unweighting { instances } => {
+            w.instances = *instances;
+            Kind::Unweighting
+        }
         Block::Text(_) => Kind::Other,
     };
     w.set_kind(kind);
@@ -207,9 +229,28 @@ pub fn stop(r: &StopReason) -> pb::RolloutStop {
                 Unfinished::Rollback => U::Rollback,
                 Unfinished::Abort => U::Abort,
                 Unfinished::HostLost => U::HostLost,
+                Unfinished::Weights => U::Weights,
             });
             inner.problems.clone_from(problems);
             return inner;
+        }
+        StopReason::AnalysisFailed { step, share, why } => {
+            (s.step, s.share_basis_points) = (*step, share.basis_points());
+            s.why.clone_from(why);
+            Kind::AnalysisFailed
+        }
+        StopReason::Inconclusive { step, share, why } => {
+            (s.step, s.share_basis_points) = (*step, share.basis_points());
+            s.why.clone_from(why);
+            Kind::Inconclusive
+        }
+        StopReason::Weights { who } => {
+            s.instances.clone_from(who);
+            Kind::Weights
+        }
+        StopReason::WeightsNotRestored { who } => {
+            s.instances.clone_from(who);
+            Kind::WeightsNotRestored
         }
         StopReason::Halted { .. } => Kind::Halted,
         StopReason::Text(_) => Kind::Other,

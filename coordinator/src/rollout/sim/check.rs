@@ -55,8 +55,8 @@ fn broke(invariant: u8, what: String) -> Result<(), Violation> {
     Err(Violation { invariant, what })
 }
 
-pub const VERBS: [&str; 7] = [
-    "stage", "drain", "stop", "deploy", "start", "verify", "undrain",
+pub const VERBS: [&str; 8] = [
+    "stage", "drain", "stop", "deploy", "start", "verify", "undrain", "weight",
 ];
 /// The first command of every chain: from here on the engine holds the
 /// instance, so this is where taking it is judged.
@@ -66,6 +66,8 @@ const STOP: usize = 2;
 const START: usize = 4;
 const VERIFY: usize = 5;
 pub(super) const UNDRAIN: usize = 6;
+/// Weight commands go beside the chain (canary); rolling scenarios send none.
+pub(super) const WEIGHT: usize = 7;
 
 fn step_of(verb: usize) -> Step {
     [
@@ -76,6 +78,7 @@ fn step_of(verb: usize) -> Step {
         Step::Starting,
         Step::Verifying,
         Step::Undraining,
+        Step::Weighting,
     ][verb]
 }
 
@@ -88,6 +91,7 @@ fn kind_verb(kind: &CommandKind) -> usize {
         CommandKind::Start => START,
         CommandKind::Verify { .. } => VERIFY,
         CommandKind::Undrain => UNDRAIN,
+        CommandKind::SetWeight { .. } => WEIGHT,
     }
 }
 
@@ -302,7 +306,7 @@ impl Checker {
         // A deadline at or before `now` beats any input handled at `now`.
         self.expire(now);
         match input {
-            Input::Tick => {}
+            Input::Tick | Input::Traffic { .. } => {}
             Input::Health {
                 instance,
                 healthy,

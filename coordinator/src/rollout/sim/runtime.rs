@@ -1037,6 +1037,12 @@ fn show_input(input: &Input) -> String {
         Input::HostLost { host } => format!("host lost {host}"),
         Input::HostBack { host } => format!("host back {host}"),
         Input::Operator(a) => format!("operator {a:?}"),
+        Input::Traffic { instance, sample } => format!(
+            "traffic {instance}: {:?}",
+            (sample.balancers.iter())
+                .map(|b| (b.requests, b.responses_5xx))
+                .collect::<Vec<_>>()
+        ),
     }
 }
 
@@ -1058,6 +1064,10 @@ fn show_output(o: &Output) -> Option<String> {
         ),
         Output::WaitReason(Some(w)) => format!("waiting: {w}"),
         Output::WaitReason(None) => return None,
+        Output::Judgement(j) => format!(
+            "look {}.{}: {:?} {}",
+            j.step, j.look, j.judgement.verdict, j.judgement.reason
+        ),
         Output::Finished(outcome) => format!("FINISHED {outcome}"),
     })
 }

@@ -397,6 +397,7 @@ impl Sim {
             CommandKind::Start => i.running = true,
             CommandKind::Verify { .. } => {}
             CommandKind::Undrain => i.drained = false,
+            CommandKind::SetWeight { .. } => {}
         }
         self.report(k);
     }

@@ -62,6 +62,8 @@ pub struct Sim {
     pub release: Option<Release>,
     pub healthy: bool,
     pub in_service: bool,
+    /// The weight drover set in the load balancer; `None`: configured.
+    pub weight: Option<u32>,
 }
 
 impl Sim {
@@ -105,6 +107,47 @@ pub struct Fleet {
     pub faults: bool,
     /// Random command failures and hangs, for the seeded runs.
     pub chaos: Option<Chaos>,
+    /// Instances whose load balancer refuses weight changes.
+    pub weight_refused: BTreeSet<String>,
+    /// Every analysis look, in order.
+    pub judgements: Vec<crate::rollout::traffic::StepJudgement>,
+    /// Requests flowing through the load balancer, if any.
+    pub load: Option<Load>,
+}
+
+/// Requests spread over serving instances by weight, each answered with an
+/// error at its release's rate; counters as HAProxy keeps them.
+#[derive(Debug, Clone)]
+pub struct Load {
+    /// Requests per tick over the whole fleet.
+    pub per_tick: u64,
+    /// Error rate per release version, in parts per million.
+    pub error_ppm: BTreeMap<String, u64>,
+    /// Latency per release version, in ms.
+    pub latency_ms: BTreeMap<String, u32>,
+    pub rng: Chaos,
+    /// Per instance: requests, 5xx.
+    pub counters: BTreeMap<String, (u64, u64)>,
+    /// Requests answered by the target release, per tick: (tick, share of
+    /// requests on v2 in parts per thousand).
+    pub v2_share: Vec<(u64, u64)>,
+}
+
+impl Load {
+    pub fn new(per_tick: u64, v1_ppm: u64, v2_ppm: u64) -> Load {
+        Load {
+            per_tick,
+            error_ppm: BTreeMap::from([("v1".to_string(), v1_ppm), ("v2".to_string(), v2_ppm)]),
+            latency_ms: BTreeMap::from([("v1".to_string(), 20), ("v2".to_string(), 20)]),
+            rng: Chaos {
+                rng: 0x9E37_79B9_7F4A_7C15,
+                fail: 0,
+                hang: 0,
+            },
+            counters: BTreeMap::new(),
+            v2_share: Vec::new(),
+        }
+    }
 }
 
 /// Seeded faults on commands. A tiny xorshift keeps runs reproducible
@@ -154,6 +197,7 @@ impl Fleet {
                     release: i.release.clone(),
                     healthy: i.healthy,
                     in_service: i.in_service,
+                    weight: None,
                 };
                 (i.id.clone(), s)
             })
@@ -185,6 +229,9 @@ impl Fleet {
             zone_max_down: BTreeMap::new(),
             faults: false,
             chaos: None,
+            weight_refused: BTreeSet::new(),
+            judgements: Vec::new(),
+            load: None,
         };
         setup(&mut f);
         f.process(outs, None);
@@ -252,6 +299,7 @@ impl Fleet {
                     self.receive(id, instance, kind);
                 }
                 Output::WaitReason(w) => self.waits.push(w.as_ref().map(ToString::to_string)),
+                Output::Judgement(j) => self.judgements.push((**j).clone()),
                 Output::Event(_) | Output::Finished(_) => {}
             }
         }
@@ -369,6 +417,7 @@ impl Fleet {
     fn run(&mut self, instance: &str, kind: &CommandKind) -> CommandOutcome {
         let bad = self.bad.contains(instance);
         let bad_artifact = self.bad_artifact.contains(instance);
+        let weight_refused = self.weight_refused.contains(instance);
         let Some(s) = self.sim.get_mut(instance) else {
             return CommandOutcome::Failed("no such instance".to_string());
         };
@@ -387,6 +436,12 @@ impl Fleet {
                 }
             }
             CommandKind::Undrain => s.in_service = true,
+            CommandKind::SetWeight { .. } if weight_refused => {
+                return CommandOutcome::Failed(
+                    "haproxy 127.0.0.1:9999: connection refused".to_string(),
+                );
+            }
+            CommandKind::SetWeight { weight } => s.weight = *weight,
         }
         CommandOutcome::Ok
     }
@@ -445,7 +500,83 @@ impl Fleet {
             self.health(&instance);
             self.feed(Input::CommandResult { id, outcome });
         }
+        self.serve_load();
         self.feed(Input::Tick);
+    }
+
+    /// One tick of requests through the load balancer: each serving
+    /// instance gets its weight's share (configured weight 1), answered
+    /// with errors at its release's rate; every agent then reports its
+    /// counters.
+    fn serve_load(&mut self) {
+        let Some(mut load) = self.load.take() else {
+            return;
+        };
+        let weight = |s: &Sim| u64::from(s.weight.unwrap_or(1));
+        let total: u64 = (self.sim.values())
+            .filter(|s| s.serving())
+            .map(weight)
+            .sum();
+        let (mut v2, mut all) = (0_u64, 0_u64);
+        let ids: Vec<String> = self.sim.keys().cloned().collect();
+        for id in &ids {
+            let s = &self.sim[id];
+            let version = s
+                .release
+                .as_ref()
+                .map(|r| r.version.clone())
+                .unwrap_or_default();
+            let n = if s.serving() && total > 0 {
+                load.per_tick * weight(s) / total
+            } else {
+                0
+            };
+            let ppm = load.error_ppm.get(&version).copied().unwrap_or(0);
+            let errors = (0..n).filter(|_| load.rng.below(1_000_000) < ppm).count() as u64;
+            let c = load.counters.entry(id.clone()).or_insert((0, 0));
+            c.0 += n;
+            c.1 += errors;
+            all += n;
+            if version == "v2" {
+                v2 += n;
+            }
+        }
+        if all > 0 {
+            load.v2_share.push((self.now, v2 * 1000 / all));
+        }
+        let reports: Vec<(String, (u64, u64), u32)> = (ids.iter())
+            .filter(|id| !self.down.contains(&self.sim[*id].host))
+            .map(|id| {
+                let version = (self.sim[id].release.as_ref())
+                    .map(|r| r.version.clone())
+                    .unwrap_or_default();
+                let ms = load.latency_ms.get(&version).copied().unwrap_or(0);
+                (
+                    id.clone(),
+                    load.counters.get(id).copied().unwrap_or((0, 0)),
+                    ms,
+                )
+            })
+            .collect();
+        self.load = Some(load);
+        for (id, (requests, errors), ms) in reports {
+            let sample = crate::rollout::traffic::TrafficSample {
+                balancers: vec![crate::rollout::traffic::BalancerCounters {
+                    balancer: "lb1".to_string(),
+                    requests,
+                    responses_5xx: errors,
+                    response_errors: 0,
+                    connection_errors: 0,
+                    responses: requests,
+                    response_time_ms: ms,
+                }],
+                app: None,
+            };
+            self.feed(Input::Traffic {
+                instance: id,
+                sample,
+            });
+        }
     }
 
     /// Ticks until `done` holds or the rollout ends; false on the time limit.
