@@ -232,6 +232,16 @@ mod tests {
     }
 
     #[test]
+    fn at_the_mean_of_a_huge_n() {
+        // P(X >= n/2), X ~ Bin(10^7, 1/2) = 1/2 + P(X = n/2)/2, at 40 digits.
+        close(
+            binomial_upper_tail(10_000_000, 5_000_000, 0.5),
+            0.500_126_156_622_947_1,
+            1e-12,
+        );
+    }
+
+    #[test]
     fn edges() {
         assert_eq!(binomial_upper_tail(10, 0, 0.3), 1.0);
         assert_eq!(binomial_upper_tail(10, 11, 0.3), 0.0);

@@ -139,7 +139,7 @@ pub fn error_test(canary: &Arm, baseline: &Arm, t: &Thresholds) -> ErrorTest {
         (
             ErrorFinding::Guard,
             format!(
-                "canary error rate {} >= guard {} over {} >= {} requests: fail whatever the baseline ({clause})",
+                "canary error rate {} >= the {} guard over {} requests (>= {}): fail whatever the baseline; {clause}",
                 format::percent(canary_rate),
                 format::percent(t.guard_error_rate),
                 format::count(n_c),

@@ -250,7 +250,7 @@ pub(crate) fn judge(
                 _ => "the baseline",
             };
             test.why = format!(
-                "no usable latency in {missing} this window (none, or under {} responses): nothing counted, {longest}/{} windows over so far",
+                "no usable latency in {missing} (none, or under {} responses): nothing counted, {longest}/{} windows over",
                 t.latency_min_samples, t.latency_windows
             );
         }
