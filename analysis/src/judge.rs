@@ -32,6 +32,16 @@ impl Arm {
         }
     }
 
+    /// This arm without a latency that has a NaN or infinite number in it
+    /// (unusable, and it would make the stored judgement unreadable).
+    fn storable(&self) -> Arm {
+        Arm {
+            attempts: self.attempts,
+            errors: self.errors,
+            latency: self.latency.clone().filter(Latency::is_finite),
+        }
+    }
+
     fn describe(&self) -> String {
         let rate = if self.attempts > 0 {
             format!(
@@ -151,6 +161,11 @@ impl Analysis {
     /// test, the guard or the sustained latency rule fails (and from then
     /// on); otherwise `Continue`.
     pub fn look(&mut self, look: &Look) -> Judgement {
+        let look = &Look {
+            at_ms: look.at_ms,
+            canary: look.canary.storable(),
+            baseline: look.baseline.storable(),
+        };
         let t = &self.thresholds;
         let fresh = self.last_at_ms.is_none_or(|last| look.at_ms > last);
         if fresh {
@@ -390,6 +405,21 @@ mod tests {
             "{}",
             j.reason
         );
+    }
+
+    #[test]
+    fn a_nan_latency_is_unusable_and_the_judgement_still_stores() {
+        let mut a = Analysis::new(Thresholds::default());
+        let j = a.look(&look(
+            10_000,
+            with_latency(Arm::new(600, 0), f64::NAN),
+            with_latency(Arm::new(5_400, 0), 80.0),
+        ));
+        assert_eq!(j.latency.finding, crate::LatencyFinding::NoData);
+        assert_eq!(j.canary.latency, None);
+        let json = serde_json::to_string(&j).expect("serialise");
+        let back: Judgement = serde_json::from_str(&json).expect("a stored judgement reads back");
+        assert_eq!(back.reason, j.reason);
     }
 
     #[test]
