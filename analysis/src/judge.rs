@@ -407,6 +407,36 @@ mod tests {
         );
     }
 
+    /// Issue 11, "done when" 3: +100 ms is rolled back, +10 ms is not.
+    #[test]
+    fn plus_100_ms_fails_in_three_windows_and_plus_10_ms_never() {
+        let run = |extra_ms: f64| {
+            let mut a = Analysis::new(Thresholds::default());
+            let mut verdicts = Vec::new();
+            for i in 1..=180_i64 {
+                let n = i as u64 * 100;
+                let j = a.look(&look(
+                    i * 10_000,
+                    with_latency(Arm::new(n, 0), 20.0 + extra_ms),
+                    with_latency(Arm::new(9 * n, 0), 20.0),
+                ));
+                verdicts.push(j.verdict);
+                if j.verdict == Verdict::Fail {
+                    break;
+                }
+            }
+            verdicts
+        };
+        let slow = run(100.0);
+        assert_eq!(
+            slow,
+            vec![Verdict::Continue, Verdict::Continue, Verdict::Fail]
+        );
+        let fine = run(10.0);
+        assert_eq!(fine.len(), 180);
+        assert!(fine.iter().all(|v| *v == Verdict::Continue));
+    }
+
     #[test]
     fn a_nan_latency_is_unusable_and_the_judgement_still_stores() {
         let mut a = Analysis::new(Thresholds::default());
