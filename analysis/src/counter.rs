@@ -60,9 +60,122 @@ impl Counter {
     }
 }
 
+/// The `show stat` counters of one HAProxy server the judge needs, as read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaproxyReading {
+    pub req_tot: u64,
+    pub hrsp_5xx: u64,
+    /// Failed responses (read errors, timeouts): HAProxy answers these
+    /// with its own 502/504, which are not in the server's `hrsp_5xx`.
+    pub eresp: u64,
+    /// Failed connections.
+    pub econ: u64,
+}
+
+/// One server's attempts and errors since the analysis began, from
+/// repeated `show stat` readings: attempts = Δ(req_tot + eresp + econ),
+/// errors = Δ(hrsp_5xx + eresp + econ). The four counters belong to one
+/// HAProxy server object and reset together, so any of them going down
+/// means all did: the whole reading then counts as growth since the reset
+/// (a field that merely came back to its old value is not missed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerCounters {
+    last: HaproxyReading,
+    attempts: u64,
+    errors: u64,
+    resets: u32,
+}
+
+impl ServerCounters {
+    /// Start from the reading taken when the analysis began.
+    pub fn new(first: &HaproxyReading) -> ServerCounters {
+        ServerCounters {
+            last: *first,
+            attempts: 0,
+            errors: 0,
+            resets: 0,
+        }
+    }
+
+    /// Take a new reading.
+    pub fn advance(&mut self, reading: &HaproxyReading) {
+        let last = self.last;
+        let reset = reading.req_tot < last.req_tot
+            || reading.hrsp_5xx < last.hrsp_5xx
+            || reading.eresp < last.eresp
+            || reading.econ < last.econ;
+        let base = if reset {
+            self.resets = self.resets.saturating_add(1);
+            HaproxyReading::default()
+        } else {
+            last
+        };
+        let (req, hrsp, eresp, econ) = (
+            reading.req_tot - base.req_tot,
+            reading.hrsp_5xx - base.hrsp_5xx,
+            reading.eresp - base.eresp,
+            reading.econ - base.econ,
+        );
+        self.attempts = self
+            .attempts
+            .saturating_add(req)
+            .saturating_add(eresp)
+            .saturating_add(econ);
+        self.errors = self
+            .errors
+            .saturating_add(hrsp)
+            .saturating_add(eresp)
+            .saturating_add(econ);
+        self.last = *reading;
+    }
+
+    /// Δ(req_tot + eresp + econ) since `new`.
+    pub fn attempts(&self) -> u64 {
+        self.attempts
+    }
+
+    /// Δ(hrsp_5xx + eresp + econ) since `new`.
+    pub fn errors(&self) -> u64 {
+        self.errors
+    }
+
+    /// How many resets `advance` has seen.
+    pub fn resets(&self) -> u32 {
+        self.resets
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_counters_sum_the_fields_and_survive_a_haproxy_restart() {
+        let reading = |req_tot, hrsp_5xx, eresp, econ| HaproxyReading {
+            req_tot,
+            hrsp_5xx,
+            eresp,
+            econ,
+        };
+        let mut s = ServerCounters::new(&reading(10_000, 40, 3, 1));
+        s.advance(&reading(10_500, 45, 5, 1));
+        // 500 answered + 2 failed responses; 5 5xx + 2 failed responses.
+        assert_eq!((s.attempts(), s.errors()), (502, 7));
+        // HAProxy restarted (2.6 keeps no counters across it): everything
+        // since counts, nothing is lost or negative.
+        // econ is back at 1 by chance: one new failed connection since the
+        // restart, not zero.
+        s.advance(&reading(200, 4, 0, 1));
+        assert_eq!((s.attempts(), s.errors()), (703, 12));
+        assert_eq!(s.resets(), 1);
+        s.advance(&reading(300, 4, 0, 1));
+        assert_eq!((s.attempts(), s.errors()), (803, 12));
+        let json = serde_json::to_string(&s).expect("serialise");
+        assert_eq!(
+            serde_json::from_str::<ServerCounters>(&json).expect("deserialise"),
+            s
+        );
+    }
 
     #[test]
     fn growth_is_summed() {

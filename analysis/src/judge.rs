@@ -32,6 +32,16 @@ impl Arm {
         }
     }
 
+    /// This arm without a latency that has a NaN or infinite number in it
+    /// (unusable, and it would make the stored judgement unreadable).
+    fn storable(&self) -> Arm {
+        Arm {
+            attempts: self.attempts,
+            errors: self.errors,
+            latency: self.latency.clone().filter(Latency::is_finite),
+        }
+    }
+
     fn describe(&self) -> String {
         let rate = if self.attempts > 0 {
             format!(
@@ -151,6 +161,11 @@ impl Analysis {
     /// test, the guard or the sustained latency rule fails (and from then
     /// on); otherwise `Continue`.
     pub fn look(&mut self, look: &Look) -> Judgement {
+        let look = &Look {
+            at_ms: look.at_ms,
+            canary: look.canary.storable(),
+            baseline: look.baseline.storable(),
+        };
         let t = &self.thresholds;
         let fresh = self.last_at_ms.is_none_or(|last| look.at_ms > last);
         if fresh {
@@ -390,6 +405,51 @@ mod tests {
             "{}",
             j.reason
         );
+    }
+
+    /// Issue 11, "done when" 3: +100 ms is rolled back, +10 ms is not.
+    #[test]
+    fn plus_100_ms_fails_in_three_windows_and_plus_10_ms_never() {
+        let run = |extra_ms: f64| {
+            let mut a = Analysis::new(Thresholds::default());
+            let mut verdicts = Vec::new();
+            for i in 1..=180_i64 {
+                let n = i as u64 * 100;
+                let j = a.look(&look(
+                    i * 10_000,
+                    with_latency(Arm::new(n, 0), 20.0 + extra_ms),
+                    with_latency(Arm::new(9 * n, 0), 20.0),
+                ));
+                verdicts.push(j.verdict);
+                if j.verdict == Verdict::Fail {
+                    break;
+                }
+            }
+            verdicts
+        };
+        let slow = run(100.0);
+        assert_eq!(
+            slow,
+            vec![Verdict::Continue, Verdict::Continue, Verdict::Fail]
+        );
+        let fine = run(10.0);
+        assert_eq!(fine.len(), 180);
+        assert!(fine.iter().all(|v| *v == Verdict::Continue));
+    }
+
+    #[test]
+    fn a_nan_latency_is_unusable_and_the_judgement_still_stores() {
+        let mut a = Analysis::new(Thresholds::default());
+        let j = a.look(&look(
+            10_000,
+            with_latency(Arm::new(600, 0), f64::NAN),
+            with_latency(Arm::new(5_400, 0), 80.0),
+        ));
+        assert_eq!(j.latency.finding, crate::LatencyFinding::NoData);
+        assert_eq!(j.canary.latency, None);
+        let json = serde_json::to_string(&j).expect("serialise");
+        let back: Judgement = serde_json::from_str(&json).expect("a stored judgement reads back");
+        assert_eq!(back.reason, j.reason);
     }
 
     #[test]

@@ -56,6 +56,16 @@ impl Latency {
         })
     }
 
+    /// Whether every number in it is finite: JSON has no NaN or infinity
+    /// (other than a bucket bound), so a judgement holding one could not
+    /// be read back.
+    pub(crate) fn is_finite(&self) -> bool {
+        match self {
+            Latency::Mean { ms, .. } => ms.is_finite(),
+            Latency::Histogram(h) => h.sum.is_finite() && h.buckets.iter().all(|b| !b.le.is_nan()),
+        }
+    }
+
     /// The mean in ms, if this window has enough responses to judge.
     fn mean_ms(&self, min_samples: u64) -> Option<f64> {
         match self {
@@ -75,7 +85,8 @@ impl Latency {
     fn quantiles_ms(&self, min_samples: u64) -> Option<(f64, f64)> {
         match self {
             Latency::Histogram(h) if h.count >= min_samples.max(1) => {
-                Some((h.quantile(0.5)? * 1000.0, h.quantile(0.9)? * 1000.0))
+                let (p50, p90) = (h.quantile(0.5)? * 1000.0, h.quantile(0.9)? * 1000.0);
+                (p50.is_finite() && p90.is_finite()).then_some((p50, p90))
             }
             _ => None,
         }
@@ -250,7 +261,7 @@ pub(crate) fn judge(
                 _ => "the baseline",
             };
             test.why = format!(
-                "no usable latency in {missing} this window (none, or under {} responses): nothing counted, {longest}/{} windows over so far",
+                "no usable latency in {missing} (none, or under {} responses): nothing counted, {longest}/{} windows over",
                 t.latency_min_samples, t.latency_windows
             );
         }

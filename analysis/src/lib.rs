@@ -36,7 +36,7 @@ pub mod quality;
 mod thresholds;
 
 pub use binomial::binomial_upper_tail;
-pub use counter::Counter;
+pub use counter::{Counter, HaproxyReading, ServerCounters};
 pub use errors::{ErrorFinding, ErrorTest, error_test};
 pub use histogram::{Bucket, Histogram};
 pub use judge::{Analysis, Arm, Failure, Judgement, Look, Verdict};
