@@ -12,10 +12,12 @@
 //! (`rolling_back`, `not_deployed`); a typed reason is an object whose `kind`
 //! says which fields it has.
 
+mod artifact;
 mod host;
 mod reason;
 mod rollout;
 
+pub use artifact::ArtifactJson;
 pub use host::{DiskJson, HostJson, InstanceStatusJson, LoadBalancerJson, MetricsJson};
 pub use reason::{StopJson, StopKindJson, UnfinishedJson, WaitJson};
 pub use rollout::{
