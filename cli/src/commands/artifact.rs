@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use drover_archive::{ArchiveError, Limits};
+use drover_proto::json::ArtifactJson;
 use drover_proto::v1::push_artifact_request::{Header, Msg};
 use drover_proto::v1::{Artifact, ListArtifactsRequest, PushArtifactRequest};
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
@@ -87,29 +87,6 @@ pub struct LsArgs {
     /// Output format
     #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
     pub output: ShowFormat,
-}
-
-#[derive(Debug, Serialize)]
-struct ArtifactJson {
-    service: String,
-    version: String,
-    digest: String,
-    size_bytes: u64,
-    pushed_at: Option<String>,
-    pushed_by: String,
-}
-
-impl From<&Artifact> for ArtifactJson {
-    fn from(a: &Artifact) -> Self {
-        ArtifactJson {
-            service: a.service.clone(),
-            version: a.version.clone(),
-            digest: a.digest.clone(),
-            size_bytes: a.size_bytes,
-            pushed_at: rfc3339_ms(a.pushed_at_ms),
-            pushed_by: a.pushed_by.clone(),
-        }
-    }
 }
 
 pub async fn run(ctx: &Ctx, cmd: ArtifactCommand) -> anyhow::Result<()> {

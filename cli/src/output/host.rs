@@ -10,7 +10,6 @@ use drover_proto::v1::{
     RuntimeState,
 };
 
-use super::host_json::{drain_str, health_str, state_str, status_str};
 use super::{align, bytes, percent, relative, rfc3339_ms, short_duration, table};
 
 /// Hosts in the order every view shows them: by host id.
@@ -82,7 +81,7 @@ fn row(h: &Host, now_ms: i64, wide: bool) -> Vec<String> {
     let m = h.metrics.as_ref();
     let mut row = vec![
         h.host_id.clone(),
-        status_str(h.status()).to_string(),
+        h.status().as_text().to_string(),
         relative(now_ms, h.last_seen_ms),
         m.map(|m| format!("{:.1}%", m.cpu_percent))
             .unwrap_or_else(|| "-".into()),
@@ -120,7 +119,7 @@ fn state_text(i: &InstanceStatus) -> &'static str {
     if not_deployed(i) {
         "not deployed"
     } else {
-        state_str(i.state())
+        i.state().as_text()
     }
 }
 
@@ -129,7 +128,7 @@ fn health_text(i: &InstanceStatus) -> &'static str {
     if not_deployed(i) {
         "-"
     } else {
-        health_str(i.health())
+        i.health().as_text()
     }
 }
 
@@ -230,7 +229,7 @@ pub fn host_detail(h: &Host, now_ms: i64) -> String {
     let mut fields: Vec<Vec<String>> = Vec::new();
     let mut field = |k: &str, v: String| fields.push(vec![format!("{k}:"), v]);
     field("Host", h.host_id.clone());
-    let mut status = status_str(h.status()).to_string();
+    let mut status = h.status().as_text().to_string();
     if !h.status_reason.is_empty() {
         let _ = write!(status, " ({})", h.status_reason);
     }
@@ -355,7 +354,7 @@ pub fn host_detail(h: &Host, now_ms: i64) -> String {
                 "    Drained:".into(),
                 if i.drained { "yes" } else { "no" }.into(),
             ],
-            vec!["    Drain method:".into(), drain_str(i.drain()).into()],
+            vec!["    Drain method:".into(), i.drain().as_text().into()],
         ];
         for lb in &i.load_balancers {
             rows.push(vec![
@@ -419,7 +418,7 @@ fn health_detail(i: &InstanceStatus) -> String {
         HealthState::None => "none (no health check configured)".into(),
         h => format!(
             "{} ({} passed and {} failed in a row, last check took {} ms)",
-            health_str(h),
+            h.as_text(),
             i.consecutive_successes,
             i.consecutive_failures,
             i.last_check_latency_ms

@@ -8,7 +8,9 @@ pub mod host;
 pub mod host_json;
 pub mod rollout;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use drover_proto::json::rfc3339_ms;
 
 /// `-o` for listings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -61,14 +63,6 @@ pub fn system_time_ms(t: SystemTime) -> i64 {
         Ok(d) => d.as_millis() as i64,
         Err(e) => -(e.duration().as_millis() as i64),
     }
-}
-
-/// RFC 3339 UTC with second precision (`2026-11-26T06:00:00Z`); `None` for
-/// 0 or negative, which the wire uses for "never".
-pub fn rfc3339_ms(ms: i64) -> Option<String> {
-    (ms > 0).then(|| {
-        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
-    })
 }
 
 /// A duration in its largest whole unit or two: `45s`, `3m10s`, `5h`, `2d4h`.
@@ -194,19 +188,6 @@ mod tests {
         assert_eq!(relative(now, now + 599_000), "in 9m59s");
         assert_eq!(relative(now, now + 20 * 3_600_000 - 1_000), "in 20h");
         assert_eq!(relative(now, 0), "never");
-    }
-
-    #[test]
-    fn formats_rfc3339() {
-        assert_eq!(
-            rfc3339_ms(1_790_000_000_000).as_deref(),
-            Some("2026-09-21T14:13:20Z")
-        );
-        assert_eq!(
-            rfc3339_ms(1_790_000_000_999).as_deref(),
-            Some("2026-09-21T14:13:20Z")
-        );
-        assert_eq!(rfc3339_ms(0), None);
     }
 
     #[test]

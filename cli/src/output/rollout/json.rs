@@ -1,241 +1,10 @@
-//! The contract's JSON for rollouts and plans: serde mirrors of the wire
-//! types, empty strings and unknown releases as null, times as RFC 3339 UTC
-//! next to the raw milliseconds.
+//! The rollout and plan JSON `drover rollout ... -o json` prints: the
+//! contract's views from [`drover_proto::json`], pretty-printed. The tests
+//! pin what the CLI prints with its own fixtures.
 
-use drover_proto::v1::{
-    PlannedBatch, Release, Rollout, RolloutCounts, RolloutEvent, RolloutInstance, RolloutPlan,
-};
 use serde::Serialize;
 
-use crate::output::rfc3339_ms;
-
-fn non_empty(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_string())
-}
-
-#[derive(Debug, Serialize)]
-pub struct ReleaseJson {
-    pub version: String,
-    pub digest: String,
-}
-
-impl ReleaseJson {
-    fn of(r: Option<&Release>) -> ReleaseJson {
-        ReleaseJson {
-            version: r.map(|r| r.version.clone()).unwrap_or_default(),
-            digest: r.map(|r| r.digest.clone()).unwrap_or_default(),
-        }
-    }
-
-    /// `None` when there is no release or it has no version (the wire's
-    /// "unknown").
-    fn known(r: Option<&Release>) -> Option<ReleaseJson> {
-        r.filter(|r| !r.version.is_empty())
-            .map(|r| ReleaseJson::of(Some(r)))
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct CountsJson {
-    pub total: u32,
-    pub pending: u32,
-    pub in_progress: u32,
-    pub done: u32,
-    pub failed: u32,
-    pub skipped: u32,
-    pub unreachable: u32,
-    pub rolled_back: u32,
-}
-
-impl From<&RolloutCounts> for CountsJson {
-    fn from(c: &RolloutCounts) -> Self {
-        CountsJson {
-            total: c.total,
-            pending: c.pending,
-            in_progress: c.in_progress,
-            done: c.done,
-            failed: c.failed,
-            skipped: c.skipped,
-            unreachable: c.unreachable,
-            rolled_back: c.rolled_back,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct InstanceJson {
-    pub id: String,
-    pub host: String,
-    pub step: String,
-    pub direction: String,
-    pub batch: Option<u32>,
-    pub release: Option<ReleaseJson>,
-    pub previous: Option<ReleaseJson>,
-    pub available: bool,
-    pub reachable: bool,
-    pub error: Option<String>,
-    pub note: Option<String>,
-    pub progress: Option<String>,
-}
-
-impl From<&RolloutInstance> for InstanceJson {
-    fn from(i: &RolloutInstance) -> Self {
-        InstanceJson {
-            id: i.id.clone(),
-            host: i.host.clone(),
-            step: i.step_kind().as_text().to_string(),
-            direction: i.direction_kind().as_text().to_string(),
-            batch: (i.batch > 0).then_some(i.batch),
-            release: ReleaseJson::known(i.release.as_ref()),
-            previous: ReleaseJson::known(i.previous.as_ref()),
-            available: i.available,
-            reachable: i.reachable,
-            error: non_empty(&i.error),
-            note: non_empty(&i.note),
-            progress: non_empty(&i.progress),
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct EventJson {
-    pub at: Option<String>,
-    pub at_ms: i64,
-    pub instance: Option<String>,
-    pub step: Option<String>,
-    pub capacity: u32,
-    pub floor: u32,
-    pub message: String,
-}
-
-impl From<&RolloutEvent> for EventJson {
-    fn from(e: &RolloutEvent) -> Self {
-        EventJson {
-            at: rfc3339_ms(e.at_ms),
-            at_ms: e.at_ms,
-            instance: non_empty(&e.instance),
-            step: non_empty(e.step_kind().as_text()),
-            capacity: e.capacity,
-            floor: e.floor,
-            message: e.message.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct RolloutJson {
-    pub id: String,
-    pub service: String,
-    pub selector: String,
-    pub target: ReleaseJson,
-    pub phase: String,
-    pub reason: Option<String>,
-    pub batch: u32,
-    pub counts: CountsJson,
-    pub capacity: u32,
-    pub floor: u32,
-    pub lowest_capacity: u32,
-    pub wait_reason: Option<String>,
-    pub started_at: Option<String>,
-    pub started_at_ms: i64,
-    pub finished_at: Option<String>,
-    pub finished_at_ms: Option<i64>,
-    pub started_by: String,
-    pub instances: Vec<InstanceJson>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub events: Vec<EventJson>,
-}
-
-impl From<&Rollout> for RolloutJson {
-    fn from(r: &Rollout) -> Self {
-        RolloutJson {
-            id: r.id.clone(),
-            service: r.service.clone(),
-            selector: r.selector.clone(),
-            target: ReleaseJson::of(r.target.as_ref()),
-            phase: r.phase_kind().as_text().to_string(),
-            reason: non_empty(&r.reason),
-            batch: r.batch,
-            counts: CountsJson::from(&r.counts.unwrap_or_default()),
-            capacity: r.capacity,
-            floor: r.floor,
-            lowest_capacity: r.lowest_capacity,
-            wait_reason: non_empty(&r.wait_reason),
-            started_at: rfc3339_ms(r.started_at_ms),
-            started_at_ms: r.started_at_ms,
-            finished_at: rfc3339_ms(r.finished_at_ms),
-            finished_at_ms: (r.finished_at_ms > 0).then_some(r.finished_at_ms),
-            started_by: r.started_by.clone(),
-            instances: r.instances.iter().map(InstanceJson::from).collect(),
-            events: r.events.iter().map(EventJson::from).collect(),
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct SkipJson {
-    pub instance: String,
-    pub reason: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct BatchJson {
-    pub number: u32,
-    pub instances: Vec<String>,
-    pub waves: Vec<Vec<String>>,
-    pub max_down: u32,
-    pub lowest_capacity: u32,
-}
-
-impl From<&PlannedBatch> for BatchJson {
-    fn from(b: &PlannedBatch) -> Self {
-        BatchJson {
-            number: b.number,
-            instances: b.instances.clone(),
-            // An empty wave says nothing; the planner may leave one at the end.
-            waves: (b.waves.iter())
-                .filter(|w| !w.instances.is_empty())
-                .map(|w| w.instances.clone())
-                .collect(),
-            max_down: b.max_down,
-            lowest_capacity: b.lowest_capacity,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct PlanJson {
-    pub service: String,
-    pub target: ReleaseJson,
-    pub total: u32,
-    pub floor: u32,
-    pub capacity: u32,
-    pub skipped: Vec<SkipJson>,
-    pub batches: Vec<BatchJson>,
-    pub lowest_capacity: u32,
-    pub stalls: Option<String>,
-}
-
-impl From<&RolloutPlan> for PlanJson {
-    fn from(p: &RolloutPlan) -> Self {
-        PlanJson {
-            service: p.service.clone(),
-            target: ReleaseJson::of(p.target.as_ref()),
-            total: p.total,
-            floor: p.floor,
-            capacity: p.capacity,
-            skipped: (p.skipped.iter())
-                .map(|s| SkipJson {
-                    instance: s.instance.clone(),
-                    reason: s.reason.clone(),
-                })
-                .collect(),
-            batches: p.batches.iter().map(BatchJson::from).collect(),
-            lowest_capacity: p.lowest_capacity,
-            stalls: non_empty(&p.stalls),
-        }
-    }
-}
+pub use drover_proto::json::{PlanJson, RolloutJson};
 
 /// Pretty JSON with a trailing newline.
 pub fn to_json<T: Serialize + ?Sized>(v: &T) -> anyhow::Result<String> {
@@ -273,12 +42,14 @@ mod tests {
                 "target",
                 "phase",
                 "reason",
+                "stop",
                 "batch",
                 "counts",
                 "capacity",
                 "floor",
                 "lowest_capacity",
                 "wait_reason",
+                "wait",
                 "started_at",
                 "started_at_ms",
                 "finished_at",
@@ -294,6 +65,7 @@ mod tests {
         assert_eq!(v["phase"], "running");
         assert!(v["reason"].is_null());
         assert!(v["wait_reason"].is_null());
+        assert!(v["stop"].is_null() && v["wait"].is_null());
         assert!(v["finished_at"].is_null());
         assert!(v["finished_at_ms"].is_null());
         assert_eq!(v["started_at"], "2026-09-21T14:11:50Z");
@@ -417,5 +189,48 @@ mod tests {
                 "stalls": null,
             })
         );
+    }
+
+    /// What `rollout status -o json` prints, to the byte: the keys scripts
+    /// have read since before the views moved to `drover_proto::json`
+    /// (that file plus `stop` and `wait`), in the same order.
+    #[test]
+    fn json_prints_the_same_bytes() {
+        let printed = to_json(&RolloutJson::from(&rollout())).expect("json");
+        assert_eq!(printed, include_str!("rollout.golden.json"));
+    }
+
+    /// The typed wait and stop reasons the coordinator sends reach the
+    /// CLI's JSON next to their texts.
+    #[test]
+    fn json_carries_the_typed_reasons() {
+        use drover_proto::v1::{RolloutStop, RolloutWait, rollout_stop, rollout_wait};
+        let mut r = rollout();
+        r.wait_reason = "waiting for lost hosts: h2, h4".into();
+        let mut wait = RolloutWait {
+            hosts: vec!["h2".into(), "h4".into()],
+            ..RolloutWait::default()
+        };
+        wait.set_kind(rollout_wait::Kind::LostHosts);
+        r.wait = Some(wait);
+        let printed = to_json(&RolloutJson::from(&r)).expect("json");
+        assert!(
+            printed.contains(
+                "  \"wait_reason\": \"waiting for lost hosts: h2, h4\",\n  \"wait\": {\n    \"kind\": \"lost_hosts\",\n    \"hosts\": [\n      \"h2\",\n      \"h4\"\n    ]\n  },\n"
+            ),
+            "{printed}"
+        );
+
+        r.set_phase(RolloutPhase::Aborted);
+        r.reason = "aborted by operator".into();
+        let mut stop = RolloutStop::default();
+        stop.set_kind(rollout_stop::Kind::OperatorAbort);
+        r.stop = Some(stop);
+        r.wait = None;
+        r.wait_reason.clear();
+        let v = serde_json::to_value(RolloutJson::from(&r)).expect("json");
+        assert_eq!(v["reason"], "aborted by operator");
+        assert_eq!(v["stop"], json!({"kind": "operator_abort"}));
+        assert!(v["wait"].is_null() && v["wait_reason"].is_null());
     }
 }
