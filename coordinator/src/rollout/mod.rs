@@ -96,8 +96,8 @@ pub use model::{
     CommandId, CommandKind, CommandOutcome, Direction, Fault, Input, InstanceInfo, Millis,
     OperatorAction, Outcome, Output, RolloutEvent, Step,
 };
-pub use plan::{Plan, PlannedBatch, PlannedSkip};
+pub use plan::{Plan, PlannedBatch, PlannedSkip, PlannedTrafficStep};
 pub use reason::{Block, StopReason, Unfinished};
 pub use spec::{DigestRule, LostHostPolicy, Release, RolloutSpec, SpecError, Spread};
 pub use state::RolloutState;
-pub use status::{Counts, InstanceStatus, Phase, Status, StatusCache};
+pub use status::{Counts, InstanceStatus, Phase, Status, StatusCache, TrafficStage, TrafficStatus};

@@ -8,7 +8,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::engine::{Engine, PlanError};
-use super::model::{CommandKind, CommandOutcome, Input, InstanceInfo, Millis, Output};
+use super::model::{
+    CommandKind, CommandOutcome, Input, InstanceInfo, Millis, OperatorAction, Output,
+};
 use super::spec::{Release, RolloutSpec};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +47,23 @@ pub struct Plan {
     /// Set when the rollout would wait forever with the fleet as it is (for
     /// example floor reached and only healthy instances left to update).
     pub stalls: Option<String>,
+    /// Canary: each traffic step, with its weights, as if every step
+    /// passed; empty for a rolling update.
+    pub traffic_steps: Vec<PlannedTrafficStep>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedTrafficStep {
+    /// 1-based.
+    pub number: u32,
+    pub share: drover_model::Share,
+    /// Instances on the new release during the step.
+    pub updated: u32,
+    /// Their weight, and that of the instances still on the old release.
+    pub new_weight: u32,
+    pub old_weight: u32,
+    #[serde(with = "humantime_serde")]
+    pub bake: std::time::Duration,
 }
 
 impl Engine {
@@ -75,6 +94,7 @@ impl Engine {
             batches: Vec::new(),
             lowest_capacity: capacity,
             stalls: None,
+            traffic_steps: Vec::new(),
         };
         let mut queue = VecDeque::new();
         let mut outputs = first;
@@ -87,6 +107,14 @@ impl Engine {
                 break;
             }
             let Some(id) = queue.pop_front() else {
+                // A canary step bakes: take its weights, then pass it as
+                // if its analysis had, to plan the next one.
+                if let Some(super::reason::Block::Baking { .. }) = eng.status().wait_reason {
+                    plan.traffic_steps.extend(eng.planned_step());
+                    now += 1;
+                    outputs = eng.handle(Millis(now), Input::Operator(OperatorAction::Promote));
+                    continue;
+                }
                 plan.stalls = eng.status().wait_reason.map(|b| b.to_string());
                 break;
             };
@@ -186,6 +214,18 @@ impl fmt::Display for Plan {
             "lowest capacity {} (floor {})",
             self.lowest_capacity, self.floor
         )?;
+        for s in &self.traffic_steps {
+            write!(
+                f,
+                "\n  step {:<3} {:>6}  {} updated at weight {}, the rest at {}, bake {}",
+                s.number,
+                s.share.to_string(),
+                s.updated,
+                s.new_weight,
+                s.old_weight,
+                humantime::format_duration(s.bake)
+            )?;
+        }
         if let Some(s) = &self.stalls {
             write!(f, "\nwould stall: {s}")?;
         }

@@ -54,6 +54,30 @@ pub struct InstanceStatus {
     pub note: Option<String>,
 }
 
+/// Where a canary's traffic steps are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficStatus {
+    pub steps: Vec<drover_model::Share>,
+    /// 1-based.
+    pub step: u32,
+    pub stage: TrafficStage,
+    pub counting_from: Option<Millis>,
+    pub bake_ends_at: Option<Millis>,
+    pub looks: u32,
+    pub last_look: Option<String>,
+    pub results: Vec<super::traffic::StepResult>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrafficStage {
+    Updating,
+    Weighting,
+    Baking,
+    Held,
+    Passed,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     pub total: u32,
@@ -85,6 +109,8 @@ pub struct Status {
     pub wait_reason: Option<Block>,
     pub started_at: Millis,
     pub finished_at: Option<Millis>,
+    /// Canary: its traffic steps; `None` for a rolling update.
+    pub traffic: Option<TrafficStatus>,
     /// Shared with the snapshot before it where unchanged.
     pub instances: Vec<Arc<InstanceStatus>>,
 }
@@ -225,6 +251,7 @@ impl Engine {
             wait_reason: st.wait_reason.clone(),
             started_at: st.started_at,
             finished_at: st.finished_at,
+            traffic: st.traffic.as_ref().map(super::traffic::Traffic::status),
             instances,
         }
     }

@@ -241,6 +241,9 @@ pub(crate) struct Traffic {
     /// Where the current step's counts come from, decided at its first look.
     pub source: Option<MetricsSource>,
     pub results: Vec<StepResult>,
+    /// The last look's one line, for status.
+    #[serde(default)]
+    pub last_look: Option<String>,
 }
 
 /// One weight drover keeps on an instance.
@@ -323,6 +326,33 @@ impl Traffic {
             looks: 0,
             source: None,
             results: Vec::new(),
+            last_look: None,
+        }
+    }
+
+    /// What `drover rollout status` shows of it.
+    pub(crate) fn status(&self) -> super::status::TrafficStatus {
+        use super::status::TrafficStage as S;
+        let (stage, counting_from, bake_ends_at) = match &self.stage {
+            Stage::Updating => (S::Updating, None, None),
+            Stage::Weighting => (S::Weighting, None, None),
+            Stage::Baking {
+                count_from,
+                ends_at,
+                ..
+            } => (S::Baking, Some(*count_from), Some(*ends_at)),
+            Stage::Held { .. } => (S::Held, None, None),
+            Stage::Passed => (S::Passed, None, None),
+        };
+        super::status::TrafficStatus {
+            steps: self.steps.clone(),
+            step: u32::try_from(self.step + 1).unwrap_or(u32::MAX),
+            stage,
+            counting_from,
+            bake_ends_at,
+            looks: self.looks,
+            last_look: self.last_look.clone(),
+            results: self.results.clone(),
         }
     }
 
@@ -805,6 +835,7 @@ impl Engine {
             analysis.look(&look)
         };
         t.looks += 1;
+        t.last_look = Some(j.reason.clone());
         let record = StepJudgement {
             step: u32::try_from(t.step + 1).unwrap_or(u32::MAX),
             share: t.share(),
@@ -1000,6 +1031,24 @@ impl Engine {
             }
             _ => false,
         }
+    }
+
+    /// The current step as `--dry-run` shows it, once its weights are set.
+    pub(super) fn planned_step(&self) -> Option<super::plan::PlannedTrafficStep> {
+        let t = self.st.traffic.as_ref()?;
+        let (canary, baseline) = self.arms();
+        let want = |ids: &[usize]| {
+            ids.iter()
+                .find_map(|&n| self.st.instances[n].weight.as_ref().and_then(|w| w.want))
+        };
+        Some(super::plan::PlannedTrafficStep {
+            number: u32::try_from(t.step + 1).unwrap_or(u32::MAX),
+            share: t.share(),
+            updated: count(canary.iter()),
+            new_weight: want(&canary).unwrap_or(BASE_WEIGHT),
+            old_weight: want(&baseline).unwrap_or(BASE_WEIGHT),
+            bake: self.st.spec.bake_time(),
+        })
     }
 
     // ---- the end ----

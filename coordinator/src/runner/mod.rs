@@ -464,6 +464,24 @@ impl Rollouts {
             .ok_or_else(|| RunnerError::NotFound(id.to_string()))
     }
 
+    /// Every stored look of a canary's analysis, step by step.
+    pub async fn judgements(
+        &self,
+        id: &str,
+    ) -> Result<Vec<crate::rollout::traffic::StepJudgement>, RunnerError> {
+        let prefix = format!("{}{id}/", driver::JUDGEMENTS);
+        let mut out = Vec::new();
+        for (k, b) in self.store.scan_prefix(&prefix).await? {
+            out.push(
+                serde_json::from_slice(&b).map_err(|e| RunnerError::Corrupt {
+                    key: k.clone(),
+                    reason: e.to_string(),
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
     pub async fn act(
         &self,
         id: &str,

@@ -9,12 +9,12 @@ use std::time::Duration;
 use drover_proto::v1::control_service_server::ControlService;
 use drover_proto::v1::push_artifact_request::Msg as PushMsg;
 use drover_proto::v1::{
-    Artifact, CreateTokenRequest, CreateTokenResponse, GetHostRequest, GetRolloutRequest, Host,
-    HostEvent, ListArtifactsRequest, ListArtifactsResponse, ListHostsRequest, ListHostsResponse,
-    ListRolloutsRequest, ListRolloutsResponse, PushArtifactRequest, RevokeHostRequest,
-    RevokeHostResponse, Rollout, RolloutActionRequest, RolloutUpdate, StartRolloutRequest,
-    StartRolloutResponse, WatchHostsRequest, WatchRolloutRequest, host_event,
-    rollout_action_request,
+    Artifact, CreateTokenRequest, CreateTokenResponse, GetHostRequest, GetRolloutAnalysisRequest,
+    GetRolloutRequest, Host, HostEvent, ListArtifactsRequest, ListArtifactsResponse,
+    ListHostsRequest, ListHostsResponse, ListRolloutsRequest, ListRolloutsResponse,
+    PushArtifactRequest, RevokeHostRequest, RevokeHostResponse, Rollout, RolloutActionRequest,
+    RolloutAnalysis, RolloutUpdate, StartRolloutRequest, StartRolloutResponse, WatchHostsRequest,
+    WatchRolloutRequest, host_event, rollout_action_request,
 };
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
@@ -385,6 +385,26 @@ impl ControlService for ControlSvc {
         )))
     }
 
+    async fn get_rollout_analysis(
+        &self,
+        request: Request<GetRolloutAnalysisRequest>,
+    ) -> Result<Response<RolloutAnalysis>, Status> {
+        self.ctx.authz.require(&request, READERS)?;
+        let req = request.into_inner();
+        let snap = self.ctx.rollouts.get(&req.id)?;
+        if snap.status.traffic.is_none() {
+            return Err(Status::failed_precondition(format!(
+                "rollout {} is a rolling update: it has no canary analysis",
+                req.id
+            )));
+        }
+        let looks = self.ctx.rollouts.judgements(&req.id).await?;
+        Ok(Response::new(RolloutAnalysis {
+            id: req.id,
+            looks: looks.iter().map(rollouts::look).collect(),
+        }))
+    }
+
     async fn act_on_rollout(
         &self,
         request: Request<RolloutActionRequest>,
@@ -397,12 +417,40 @@ impl ControlService for ControlSvc {
             Action::Resume => OperatorAction::Resume,
             Action::Abort => OperatorAction::Abort,
             Action::Rollback => OperatorAction::Rollback,
+            Action::Promote => OperatorAction::Promote,
             Action::Unspecified => {
                 return Err(Status::invalid_argument(
-                    "action: expected pause, resume, abort or rollback",
+                    "action: expected pause, resume, abort, rollback or promote",
                 ));
             }
         };
+        if action == OperatorAction::Promote {
+            let snap = self.ctx.rollouts.get(&req.id)?;
+            let promotable = snap.status.traffic.as_ref().is_some_and(|t| {
+                matches!(
+                    t.stage,
+                    crate::rollout::TrafficStage::Baking | crate::rollout::TrafficStage::Held
+                )
+            });
+            if !snap.status.phase.is_terminal() && !promotable {
+                let what = match &snap.status.traffic {
+                    None => format!(
+                        "rollout {} is a rolling update: it has no traffic step to promote",
+                        req.id
+                    ),
+                    Some(t) => format!(
+                        "rollout {} has no traffic step baking (step {} is {}); promote ends a bake",
+                        req.id,
+                        t.step,
+                        serde_json::to_value(t.stage)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default()
+                    ),
+                };
+                return Err(Status::failed_precondition(what));
+            }
+        }
         let snap = self.ctx.rollouts.act(&req.id, action).await?;
         tracing::info!(by = %caller.cert.identity, rollout = %req.id, action = crate::runner::action_name(action), phase = %crate::runner::phase_name(snap.status.phase), "rollout action");
         Ok(Response::new(rollouts::to_proto(&snap, &[], Listed::All)))

@@ -335,6 +335,7 @@ pub fn to_proto(s: &Snapshot, events: &[RolloutEvent], listed: Listed) -> pb::Ro
         events: events.iter().map(event_to_proto).collect(),
         spec_toml: s.spec_toml.clone(),
         started_by: s.started_by.clone(),
+        traffic: st.traffic.as_ref().map(traffic),
     }
 }
 
@@ -371,6 +372,86 @@ pub fn plan_to_proto(p: Plan, spec_toml: String) -> pb::RolloutPlan {
         lowest_capacity: p.lowest_capacity,
         stalls: p.stalls.unwrap_or_default(),
         spec_toml,
+        traffic_steps: (p.traffic_steps.iter())
+            .map(|s| pb::PlannedTrafficStep {
+                number: s.number,
+                share_basis_points: s.share.basis_points(),
+                updated: s.updated,
+                new_weight: s.new_weight,
+                old_weight: s.old_weight,
+                bake_ms: u64::try_from(s.bake.as_millis()).unwrap_or(u64::MAX),
+            })
+            .collect(),
+    }
+}
+
+/// A canary's traffic steps on the wire.
+pub fn traffic(t: &crate::rollout::TrafficStatus) -> pb::RolloutTraffic {
+    use crate::rollout::TrafficStage as S;
+    use crate::rollout::traffic::StepVerdict as V;
+    use pb::rollout_traffic::Stage;
+    let stage = match t.stage {
+        S::Updating => Stage::Updating,
+        S::Weighting => Stage::Weighting,
+        S::Baking => Stage::Baking,
+        S::Held => Stage::Held,
+        S::Passed => Stage::Passed,
+    };
+    pb::RolloutTraffic {
+        strategy: pb::Strategy::Canary as i32,
+        steps_basis_points: t.steps.iter().map(|s| s.basis_points()).collect(),
+        step: t.step,
+        stage: stage as i32,
+        counting_from_ms: t.counting_from.map(ms).unwrap_or(0),
+        bake_ends_at_ms: t.bake_ends_at.map(ms).unwrap_or(0),
+        looks: t.looks,
+        last_look: t.last_look.clone().unwrap_or_default(),
+        results: (t.results.iter())
+            .map(|r| pb::TrafficStepResult {
+                step: r.step,
+                share_basis_points: r.share.basis_points(),
+                verdict: match r.verdict {
+                    V::Passed => "passed",
+                    V::Promoted => "promoted",
+                    V::PassedInconclusive => "passed_inconclusive",
+                }
+                .to_string(),
+                at_ms: ms(r.at),
+                reason: r.reason.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// One stored look of a canary's analysis on the wire.
+pub fn look(j: &crate::rollout::traffic::StepJudgement) -> pb::AnalysisLook {
+    let arm = |a: &drover_analysis::Arm, ms: Option<f64>| pb::AnalysisArm {
+        attempts: a.attempts,
+        errors: a.errors,
+        latency_ms: ms,
+    };
+    let jd = &j.judgement;
+    pb::AnalysisLook {
+        step: j.step,
+        share_basis_points: j.share.basis_points(),
+        look: j.look,
+        at_ms: jd.at_ms,
+        source: j.source.as_str().to_string(),
+        canary_instances: j.canary_instances,
+        baseline_instances: j.baseline_instances,
+        canary: Some(arm(&jd.canary, jd.latency.canary_ms)),
+        baseline: Some(arm(&jd.baseline, jd.latency.baseline_ms)),
+        p_value: jd.errors.p_value,
+        verdict: match jd.verdict {
+            drover_analysis::Verdict::Pass => "pass",
+            drover_analysis::Verdict::Fail => "fail",
+            drover_analysis::Verdict::Inconclusive => "inconclusive",
+            drover_analysis::Verdict::Continue => "continue",
+        }
+        .to_string(),
+        reason: jd.reason.clone(),
+        last: j.last,
+        judgement_json: serde_json::to_string(jd).unwrap_or_default(),
     }
 }
 

@@ -61,6 +61,8 @@ impl From<&RolloutWait> for WaitJson {
             down,
             instances,
             hosts,
+            step: _,
+            share_basis_points: _,
         } = w;
         let (capacity, floor, in_progress, max, down, instances) =
             (*capacity, *floor, *in_progress, *max, *down, *instances);
@@ -79,7 +81,13 @@ impl From<&RolloutWait> for WaitJson {
                 hosts: hosts.clone(),
             },
             Kind::Stopping => WaitJson::Stopping { instances },
-            Kind::Other | Kind::Unspecified => WaitJson::Other,
+            // Interim until the views for canary kinds land (branch cli).
+            Kind::Weighting
+            | Kind::Baking
+            | Kind::Inconclusive
+            | Kind::Unweighting
+            | Kind::Other
+            | Kind::Unspecified => WaitJson::Other,
         }
     }
 }
@@ -154,6 +162,9 @@ impl From<&RolloutStop> for StopJson {
             waiting,
             unfinished,
             problems,
+            step: _,
+            share_basis_points: _,
+            why: _,
         } = s;
         let (count, max) = (*count, *max);
         let why = match known(*kind) {
@@ -177,12 +188,17 @@ impl From<&RolloutStop> for StopJson {
                 instances: instances.clone(),
             },
             Kind::Halted => StopKindJson::Halted,
-            Kind::Other | Kind::Unspecified => StopKindJson::Other,
+            Kind::AnalysisFailed
+            | Kind::Inconclusive
+            | Kind::Weights
+            | Kind::WeightsNotRestored
+            | Kind::Other
+            | Kind::Unspecified => StopKindJson::Other,
         };
         StopJson {
             why,
             unfinished: match known(*unfinished) {
-                Unfinished::Unspecified => None,
+                Unfinished::Unspecified | Unfinished::Weights => None,
                 Unfinished::Rollback => Some(UnfinishedJson::Rollback),
                 Unfinished::Abort => Some(UnfinishedJson::Abort),
                 Unfinished::HostLost => Some(UnfinishedJson::HostLost),
@@ -242,6 +258,8 @@ mod tests {
                 down: 5,
                 instances: 6,
                 hosts: vec!["h2".into()],
+                step: 0,
+                share_basis_points: 0,
             };
             let v = to_value(&WaitJson::from(&w));
             assert_eq!(v["kind"], proto_word(kind.as_str_name()), "{v}");
@@ -301,6 +319,9 @@ mod tests {
                 waiting: Some(floor_wait()),
                 unfinished: 0,
                 problems: Vec::new(),
+                step: 0,
+                share_basis_points: 0,
+                why: String::new(),
             };
             let v = to_value(&StopJson::from(&s));
             assert_eq!(v["kind"], proto_word(kind.as_str_name()), "{v}");

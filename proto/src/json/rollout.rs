@@ -222,6 +222,7 @@ impl From<&Rollout> for RolloutJson {
             started_by,
             wait,
             stop,
+            traffic: _,
         } = r;
         let reason = non_empty(reason);
         let wait_reason = non_empty(wait_reason);
@@ -342,6 +343,7 @@ impl From<&RolloutPlan> for PlanJson {
             // Not shown: the spec is what `--dry-run` was given, and the
             // text view does not print it either.
             spec_toml: _,
+            traffic_steps: _,
         } = p;
         PlanJson {
             service: service.clone(),
@@ -543,6 +545,7 @@ mod tests {
     #[test]
     fn a_plan_drops_empty_waves_and_says_when_it_stalls() {
         let p = RolloutPlan {
+            traffic_steps: Vec::new(),
             service: "web".into(),
             target: release("v2"),
             total: 2,
