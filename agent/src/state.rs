@@ -114,6 +114,22 @@ mod tests {
                 weight: None,
             }
         );
+        f.update(|s| s.weight = Some(25)).await.expect("save");
+        assert_eq!(f.load().weight, Some(25));
+        // A file from before weights existed still loads: no weight held.
+        std::fs::write(
+            dir.path().join("web").join(STATE_FILE),
+            br#"{"desired":"running","drained":true}"#,
+        )
+        .expect("write");
+        assert_eq!(
+            f.load(),
+            InstanceState {
+                desired: Desired::Running,
+                drained: true,
+                weight: None,
+            }
+        );
         std::fs::write(dir.path().join("web").join(STATE_FILE), b"{oops").expect("write");
         assert_eq!(f.load(), InstanceState::default());
     }
