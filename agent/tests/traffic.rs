@@ -57,7 +57,7 @@ async fn http_backend(error_every: u64) -> (u16, Arc<AtomicU64>) {
                     }
                 }
                 let n = count.fetch_add(1, Ordering::SeqCst) + 1;
-                let status = if error_every > 0 && n % error_every == 0 {
+                let status = if error_every > 0 && n.is_multiple_of(error_every) {
                     "500 Internal Server Error"
                 } else {
                     "200 OK"
