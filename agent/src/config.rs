@@ -17,8 +17,10 @@ use serde::Deserialize;
 
 mod health;
 mod steps;
+mod traffic;
 
 pub use health::parse_http_url;
+pub use traffic::{Color, MetricsConfig};
 
 pub use steps::{
     CURRENT_PLACEHOLDER, DeployConfig, DrainConfig, ExecDrain, HaproxyAddr, HaproxyDrain,
@@ -29,6 +31,7 @@ pub use steps::{
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/drover/agent.toml";
 
 const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_TRAFFIC_INTERVAL: Duration = Duration::from_secs(10);
 const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -64,8 +67,22 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub coordinators: Vec<String>,
     pub report_interval: Duration,
+    /// Longest spacing of two reports while any instance has traffic
+    /// counters to carry (a load balancer view or its own metrics), and
+    /// how often the instances' metrics are scraped.
+    pub traffic_interval: Duration,
     pub labels: BTreeMap<String, String>,
     pub instances: Vec<InstanceConfig>,
+}
+
+impl Config {
+    /// Whether any instance has traffic counters to report (HAProxy
+    /// counters or its own metrics).
+    pub fn has_traffic(&self) -> bool {
+        self.instances
+            .iter()
+            .any(|i| matches!(i.drain, DrainConfig::Haproxy(_)) || i.metrics.is_some())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +96,10 @@ pub struct InstanceConfig {
     pub deploy: Option<DeployConfig>,
     pub drain: DrainConfig,
     pub hooks: HooksConfig,
+    /// Blue-green: which of the service's two instances on this host.
+    pub color: Option<Color>,
+    /// The instance's own Prometheus metrics, scraped with the reports.
+    pub metrics: Option<MetricsConfig>,
 }
 
 impl InstanceConfig {
@@ -257,6 +278,8 @@ struct RawConfig {
     coordinators: Vec<String>,
     #[serde(default, with = "humantime_serde::option")]
     report_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    traffic_interval: Option<Duration>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
     #[serde(default, rename = "instance")]
@@ -292,6 +315,8 @@ struct RawInstance {
     max_entries: Option<u64>,
     drain: Option<steps::RawDrain>,
     hooks: Option<steps::RawHooks>,
+    color: Option<Color>,
+    metrics: Option<traffic::RawMetrics>,
 }
 
 /// Builds [`ConfigError::Invalid`] for one file and one block.
@@ -410,6 +435,11 @@ impl Config {
             raw.report_interval,
             DEFAULT_REPORT_INTERVAL,
         )?;
+        let traffic_interval = top.positive(
+            "traffic_interval",
+            raw.traffic_interval,
+            DEFAULT_TRAFFIC_INTERVAL,
+        )?;
         for (k, v) in &raw.labels {
             if !valid_name(k) {
                 return Err(top.err(
@@ -460,6 +490,7 @@ impl Config {
             }
             instances.push(inst);
         }
+        traffic::validate_colors(&instances, path)?;
 
         Ok(Config {
             path: path.to_path_buf(),
@@ -467,6 +498,7 @@ impl Config {
             data_dir,
             coordinators: raw.coordinators,
             report_interval,
+            traffic_interval,
             labels: raw.labels,
             instances,
         })
@@ -629,6 +661,7 @@ fn validate_instance(raw: RawInstance, c: &Checker<'_>) -> Result<InstanceConfig
         .transpose()?;
     let drain = steps::validate_drain(raw.drain, c)?;
     let hooks = steps::validate_hooks(raw.hooks, c)?;
+    let metrics = traffic::validate_metrics(raw.metrics, c)?;
     Ok(InstanceConfig {
         name,
         service,
@@ -637,6 +670,8 @@ fn validate_instance(raw: RawInstance, c: &Checker<'_>) -> Result<InstanceConfig
         deploy,
         drain,
         hooks,
+        color: raw.color,
+        metrics,
     })
 }
 

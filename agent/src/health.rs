@@ -1,20 +1,16 @@
 //! Instance health checks (http, tcp, exec) and the rise/fall state that
 //! turns single results into a verdict.
 //!
-//! The HTTP check is a deliberately tiny HTTP/1.1 client: one GET with
-//! `Connection: close`, and only the status line is read. That is all a
-//! health endpoint needs, and it keeps the agent free of an HTTP stack.
+//! The HTTP check uses the agent's tiny client ([`crate::http`]): one GET
+//! with `Connection: close`, and only the status line is read.
 
 use std::time::{Duration, Instant};
 
 use drover_proto::v1::HealthState;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::{CheckConfig, HealthConfig, HttpTarget};
 
-/// Longest status line we accept before giving up on the response.
-const MAX_STATUS_LINE: usize = 4096;
 /// Longest check error kept for reports.
 const MAX_ERROR_LEN: usize = 256;
 
@@ -68,35 +64,7 @@ fn truncate(mut s: String) -> String {
 }
 
 async fn http_check(target: &HttpTarget) -> Result<(), String> {
-    let mut stream = TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(|e| format!("connect {}:{}: {e}", target.host, target.port))?;
-    let _ = stream.set_nodelay(true);
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: drover-agent\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-        target.path,
-        target.host_header()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("send request: {e}"))?;
-    let mut buf = [0u8; 512];
-    let mut line = Vec::with_capacity(64);
-    loop {
-        let n = stream
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("read response: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        line.extend_from_slice(&buf[..n]);
-        if line.contains(&b'\n') || line.len() > MAX_STATUS_LINE {
-            break;
-        }
-    }
-    let status = parse_status_line(&line)?;
+    let status = crate::http::status(target).await?;
     if status == target.expect_status {
         Ok(())
     } else {
@@ -107,29 +75,7 @@ async fn http_check(target: &HttpTarget) -> Result<(), String> {
     }
 }
 
-/// Reads the status code out of `HTTP/1.x NNN reason`.
-pub fn parse_status_line(bytes: &[u8]) -> Result<u16, String> {
-    if bytes.is_empty() {
-        return Err("connection closed before a response".into());
-    }
-    let end = bytes
-        .iter()
-        .position(|b| *b == b'\n')
-        .unwrap_or(bytes.len());
-    let line = String::from_utf8_lossy(&bytes[..end]);
-    let line = line.trim_end();
-    let mut parts = line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    let code = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") || code.len() != 3 {
-        return Err(format!(
-            "not an HTTP/1.x response: {:?}",
-            truncate(line.to_string())
-        ));
-    }
-    code.parse::<u16>()
-        .map_err(|_| format!("bad status code {code:?}"))
-}
+pub use crate::http::parse_status_line;
 
 async fn tcp_check(host: &str, port: u16) -> Result<(), String> {
     TcpStream::connect((host, port))
@@ -246,6 +192,7 @@ impl HealthTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     fn ms(n: u64) -> Duration {

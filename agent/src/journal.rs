@@ -71,13 +71,14 @@ pub enum RecordKind {
     Start,
     Verify,
     Undrain,
+    SetWeight,
     /// A step this agent version does not know, written by another one;
     /// kept as written so the record still loads and is settled.
     Other(String),
 }
 
 impl RecordKind {
-    const KNOWN: [RecordKind; 7] = [
+    const KNOWN: [RecordKind; 8] = [
         RecordKind::Stage,
         RecordKind::Drain,
         RecordKind::Stop,
@@ -85,6 +86,7 @@ impl RecordKind {
         RecordKind::Start,
         RecordKind::Verify,
         RecordKind::Undrain,
+        RecordKind::SetWeight,
     ];
 
     pub fn as_str(&self) -> &str {
@@ -96,6 +98,7 @@ impl RecordKind {
             RecordKind::Start => "start",
             RecordKind::Verify => "verify",
             RecordKind::Undrain => "undrain",
+            RecordKind::SetWeight => "set_weight",
             RecordKind::Other(s) => s,
         }
     }

@@ -5,6 +5,7 @@
 //! [`run`] is the agent; [`enroll::enroll`] is the one-time enrolment. The
 //! binary only parses arguments and calls these; tests call them too.
 
+pub mod app_metrics;
 pub mod backoff;
 pub mod commands;
 pub mod config;
@@ -15,7 +16,9 @@ pub mod fsutil;
 pub mod health;
 pub mod hooks;
 pub mod host_metrics;
+pub mod http;
 pub mod journal;
+pub mod prometheus;
 pub mod runtime;
 pub mod session;
 pub mod state;
@@ -195,6 +198,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         agent_version: AGENT_VERSION.to_string(),
         coordinators: config.coordinators.clone(),
         report_interval: config.report_interval,
+        traffic_interval: config.has_traffic().then_some(config.traffic_interval),
         labels,
         tls: tls_files,
         connect: ConnectOptions::default(),
@@ -206,6 +210,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         drain::view::Watcher::new(&config.instances, board.clone(), config.report_interval)
     {
         tasks.spawn(w.run(lb_stop.clone()));
+    }
+    // The instances' own metrics, scraped at the traffic interval.
+    for (index, inst) in config.instances.iter().enumerate() {
+        if let Some(m) = &inst.metrics {
+            tasks.spawn(app_metrics::scrape_loop(
+                m.clone(),
+                board.clone(),
+                index,
+                config.traffic_interval,
+                lb_stop.clone(),
+            ));
+        }
     }
     let session_stop = shutdown.child_token();
     tasks.spawn(session::run(

@@ -48,6 +48,10 @@ pub struct SessionConfig {
     pub agent_version: String,
     pub coordinators: Vec<String>,
     pub report_interval: Duration,
+    /// Set when some instance has traffic counters (a load balancer view,
+    /// its own metrics): reports then go out at least this often, since
+    /// counters never trigger one of their own.
+    pub traffic_interval: Option<Duration>,
     pub labels: HashMap<String, String>,
     pub tls: TlsFiles,
     pub connect: ConnectOptions,
@@ -350,7 +354,10 @@ impl Session {
         self.commands.outbox().drop_transient();
         self.flush_updates(&tx).await?;
 
-        let report_interval = self.cfg.report_interval;
+        let report_interval = match self.cfg.traffic_interval {
+            Some(t) => self.cfg.report_interval.min(t),
+            None => self.cfg.report_interval,
+        };
         let mut ticker = tokio::time::interval(report_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // The first tick fires at once: the coordinator gets host metrics

@@ -1,6 +1,7 @@
 //! What commands decided about an instance that must survive an agent
 //! restart: whether it should run (a stopped instance stays stopped until
-//! a start command) and whether it is drained from the load balancer.
+//! a start command), whether it is drained from the load balancer, and
+//! the weight it is to have there.
 //! One small JSON file per instance, `<data_dir>/instances/<name>/state.json`,
 //! replaced atomically. Writes are fsynced, so they run on tokio's
 //! blocking pool, never on the agent's (single) runtime thread.
@@ -18,6 +19,11 @@ pub const STATE_FILE: &str = "state.json";
 pub struct InstanceState {
     pub desired: Desired,
     pub drained: bool,
+    /// The weight a SetWeight command asked for, kept in force in every
+    /// load balancer; None: the configured weight. Absent in files
+    /// written before weights existed.
+    #[serde(default)]
+    pub weight: Option<u32>,
 }
 
 impl Default for InstanceState {
@@ -25,6 +31,7 @@ impl Default for InstanceState {
         InstanceState {
             desired: Desired::Running,
             drained: false,
+            weight: None,
         }
     }
 }
@@ -103,7 +110,24 @@ mod tests {
             f.load(),
             InstanceState {
                 desired: Desired::Stopped,
-                drained: true
+                drained: true,
+                weight: None,
+            }
+        );
+        f.update(|s| s.weight = Some(25)).await.expect("save");
+        assert_eq!(f.load().weight, Some(25));
+        // A file from before weights existed still loads: no weight held.
+        std::fs::write(
+            dir.path().join("web").join(STATE_FILE),
+            br#"{"desired":"running","drained":true}"#,
+        )
+        .expect("write");
+        assert_eq!(
+            f.load(),
+            InstanceState {
+                desired: Desired::Running,
+                drained: true,
+                weight: None,
             }
         );
         std::fs::write(dir.path().join("web").join(STATE_FILE), b"{oops").expect("write");

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use drover_proto::v1::{
-    DrainMethod, HealthState, InstanceStatus, LoadBalancerView, Release, RuntimeState,
+    AppMetrics, DrainMethod, HealthState, InstanceStatus, LoadBalancerView, Release, RuntimeState,
 };
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
@@ -37,6 +37,10 @@ pub struct StatusBoard {
     /// (an undrain's fresh UP is not undone by a read that was already
     /// under way).
     asked: Arc<Mutex<HashMap<(usize, usize), Instant>>>,
+    /// One per instance: held by whoever changes the instance's weight in
+    /// its load balancers (a SetWeight step, or the view reader setting a
+    /// lost weight again), so that neither undoes the other.
+    weight_locks: Arc<Vec<tokio::sync::Mutex<()>>>,
 }
 
 /// A load balancer's view of one instance, for the board.
@@ -53,10 +57,65 @@ pub struct ViewUpdate {
 
 impl StatusBoard {
     pub fn new(initial: Vec<InstanceStatus>) -> StatusBoard {
+        let locks = (0..initial.len())
+            .map(|_| tokio::sync::Mutex::new(()))
+            .collect();
         StatusBoard {
             tx: Arc::new(watch::Sender::new(initial)),
             asked: Arc::new(Mutex::new(HashMap::new())),
+            weight_locks: Arc::new(locks),
         }
+    }
+
+    /// The lock over instance `index`'s weight in its load balancers.
+    pub fn weight_lock(&self, index: usize) -> Option<&tokio::sync::Mutex<()>> {
+        self.weight_locks.get(index)
+    }
+
+    /// The weight instance `index` is to have in its load balancers
+    /// (None: the configured one, nothing held). A change wakes the
+    /// watchers.
+    pub fn set_desired_weight(&self, index: usize, weight: Option<u32>) {
+        self.tx.send_if_modified(|all| {
+            let Some(slot) = all.get_mut(index) else {
+                return false;
+            };
+            let (set, held) = (weight.unwrap_or(0), weight.is_some());
+            let changed = slot.weight_set != set || slot.weight_held != held;
+            slot.weight_set = set;
+            slot.weight_held = held;
+            changed
+        });
+    }
+
+    /// The weight held for instance `index`, if any.
+    pub fn desired_weight(&self, index: usize) -> Option<u32> {
+        let all = self.tx.borrow();
+        let slot = all.get(index)?;
+        slot.weight_held.then_some(slot.weight_set)
+    }
+
+    /// Counts one re-assertion of instance `index`'s weight (a load
+    /// balancer had lost it); wakes the watchers.
+    pub fn count_reasserted(&self, index: usize) {
+        self.tx.send_if_modified(|all| match all.get_mut(index) {
+            Some(slot) => {
+                slot.weight_reasserted = slot.weight_reasserted.saturating_add(1);
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// The instance's own metrics, read now: no news by themselves, they
+    /// ride along with the next report.
+    pub fn set_app_metrics(&self, index: usize, metrics: AppMetrics) {
+        self.tx.send_if_modified(|all| {
+            if let Some(slot) = all.get_mut(index) {
+                slot.app_metrics = Some(metrics);
+            }
+            false
+        });
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Vec<InstanceStatus>> {
@@ -77,7 +136,13 @@ impl StatusBoard {
                 return false;
             };
             let mut new = new;
+            // Fields others publish: the load balancers' views, the
+            // weight commands keep, the instance's own metrics.
             new.load_balancers.clone_from(&slot.load_balancers);
+            new.weight_set = slot.weight_set;
+            new.weight_held = slot.weight_held;
+            new.weight_reasserted = slot.weight_reasserted;
+            new.app_metrics.clone_from(&slot.app_metrics);
             if *slot == new {
                 return false;
             }
@@ -125,6 +190,9 @@ fn same_outline(a: &InstanceStatus, b: &InstanceStatus) -> bool {
         && a.restarts == b.restarts
         && a.drained == b.drained
         && a.release == b.release
+        && a.weight_set == b.weight_set
+        && a.weight_held == b.weight_held
+        && a.weight_reasserted == b.weight_reasserted
         && a.load_balancers.len() == b.load_balancers.len()
         && a.load_balancers
             .iter()
@@ -155,6 +223,14 @@ pub fn initial_status(cfg: &InstanceConfig, host_id: &str) -> InstanceStatus {
         drained: false,
         load_balancers: crate::drain::view::unread(&cfg.drain),
         drain: drain_method(&cfg.drain) as i32,
+        color: cfg
+            .color
+            .map(|c| c.as_str().to_string())
+            .unwrap_or_default(),
+        app_metrics: None,
+        weight_set: 0,
+        weight_held: false,
+        weight_reasserted: 0,
     }
 }
 
@@ -237,6 +313,11 @@ impl InstanceHandle {
         self.board.set_views(&updates);
     }
 
+    /// The board the instance publishes on, and its slot there.
+    pub fn board(&self) -> (&StatusBoard, usize) {
+        (&self.board, self.index)
+    }
+
     pub fn set_release(&self, release: Release) {
         self.meta.send_if_modified(|m| {
             let changed = m.release != release;
@@ -290,6 +371,7 @@ impl Supervisor {
         let tasks = TaskTracker::new();
         let runtime = runtime::spawn(cfg, data_dir, saved.desired, cancel.clone(), &tasks).await?;
         let meta = Arc::new(watch::Sender::new(meta));
+        board.set_desired_weight(index, saved.weight);
         let mut status = initial_status(cfg, host_id);
         status.drained = meta.borrow().drained;
         status.release = Some(meta.borrow().release.clone());

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use drover_agent::config::{
-    CheckConfig, Config, ConfigError, DrainConfig, HaproxyAddr, HooksConfig, HttpTarget,
+    CheckConfig, Color, Config, ConfigError, DrainConfig, HaproxyAddr, HooksConfig, HttpTarget,
     RuntimeConfig, Signal, SystemdConfig, parse_http_url,
 };
 
@@ -446,4 +446,210 @@ fn refuses_bad_deploy_drain_and_hook_fields() {
         dup.contains("instance[1] (b): field `deploy_dir`: `/srv/a` is used by another instance"),
         "{dup}"
     );
+}
+
+/// Two instances of `web`, blue and green, as the README shows them.
+const BLUE_GREEN: &str = r#"
+traffic_interval = "5s"
+[[instance]]
+name = "web-blue"
+service = "web"
+color = "blue"
+command = "{current}/bin/web"
+env = { PORT = "8080" }
+deploy_dir = "/srv/web-blue"
+[instance.health]
+type = "http"
+url = "http://127.0.0.1:8080/healthz"
+[instance.drain]
+type = "haproxy"
+sockets = ["/run/haproxy/admin.sock"]
+backend = "web"
+server = "h1-blue"
+[instance.metrics]
+url = "http://127.0.0.1:8080/metrics"
+[[instance]]
+name = "web-green"
+service = "web"
+color = "green"
+command = "{current}/bin/web"
+env = { PORT = "8081" }
+deploy_dir = "/srv/web-green"
+[instance.health]
+type = "http"
+url = "http://127.0.0.1:8081/healthz"
+[instance.drain]
+type = "haproxy"
+sockets = ["/run/haproxy/admin.sock"]
+backend = "web"
+server = "h1-green"
+[instance.metrics]
+url = "http://127.0.0.1:8081/metrics"
+requests = "app_requests_total"
+latency = "app_latency_seconds"
+timeout = "500ms"
+"#;
+
+#[test]
+fn parses_colors_metrics_and_the_traffic_interval() {
+    let c = parse(&format!("{BASE}{BLUE_GREEN}")).expect("valid");
+    assert_eq!(c.traffic_interval, Duration::from_secs(5));
+    let colors: Vec<_> = c
+        .instances
+        .iter()
+        .map(|i| i.color.map(Color::as_str))
+        .collect();
+    assert_eq!(colors, vec![Some("blue"), Some("green")]);
+    let m = c.instances[0].metrics.as_ref().expect("metrics");
+    assert_eq!(
+        (
+            m.target.port,
+            m.target.path.as_str(),
+            m.requests.as_str(),
+            m.latency.as_str()
+        ),
+        (
+            8080,
+            "/metrics",
+            "http_requests_total",
+            "http_request_duration_seconds"
+        )
+    );
+    assert_eq!(m.timeout, Duration::from_secs(2));
+    let m = c.instances[1].metrics.as_ref().expect("metrics");
+    assert_eq!(
+        (m.requests.as_str(), m.latency.as_str(), m.timeout),
+        (
+            "app_requests_total",
+            "app_latency_seconds",
+            Duration::from_millis(500)
+        )
+    );
+    assert!(c.has_traffic());
+    // Defaults: 10 s, no colors, no metrics.
+    let plain = parse(&format!(
+        "{BASE}[[instance]]\nname = \"web\"\ncommand = \"/bin/web\"\n"
+    ))
+    .expect("valid");
+    assert_eq!(plain.traffic_interval, Duration::from_secs(10));
+    assert_eq!(
+        (
+            plain.instances[0].color,
+            plain.instances[0].metrics.as_ref()
+        ),
+        (None, None)
+    );
+    assert!(!plain.has_traffic());
+}
+
+#[test]
+fn refuses_colors_that_do_not_make_one_blue_and_one_green() {
+    let bg = |from: &str, to: &str| format!("{BASE}{}", BLUE_GREEN.replacen(from, to, 1));
+    let e = err(&bg("color = \"green\"", "color = \"blue\""));
+    assert!(
+        e.starts_with(PATH)
+            && e.contains("instance[1] (web-green): field `color`")
+            && e.contains("two blue instances on this host (web-blue and web-green)"),
+        "{e}"
+    );
+    let e = err(&bg("color = \"green\"\n", ""));
+    assert!(
+        e.contains("instance[1] (web-green): field `color`") && e.contains("missing"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{BASE}{}",
+        BLUE_GREEN
+            .split("[[instance]]\nname = \"web-green\"")
+            .next()
+            .unwrap_or("")
+    ));
+    assert!(e.contains("service web has no green instance"), "{e}");
+    let e = err(&bg("color = \"green\"", "color = \"red\""));
+    assert!(
+        e.starts_with(PATH) && e.contains("unknown variant `red`"),
+        "{e}"
+    );
+    let e = err(&bg("8081/healthz", "8080/healthz"));
+    assert!(
+        e.contains("instance[1] (web-green): field `color`")
+            && e.contains("both serve on port 8080"),
+        "{e}"
+    );
+    let e = err(&bg("server = \"h1-green\"", "server = \"h1-blue\""));
+    assert!(
+        e.contains("field `drain.server`") && e.contains("web-blue (blue)'s server too"),
+        "{e}"
+    );
+    let e = err(&bg(
+        "backend = \"web\"\nserver = \"h1-green\"",
+        "backend = \"other\"\nserver = \"h1-green\"",
+    ));
+    assert!(
+        e.contains("field `drain.backend`") && e.contains("same HAProxy backend"),
+        "{e}"
+    );
+    let e = err(&bg("deploy_dir = \"/srv/web-green\"\n", "").replace(
+        "{current}/bin/web\"\nenv = { PORT = \"8081\" }",
+        "/bin/web\"\nenv = { PORT = \"8081\" }",
+    ));
+    assert!(
+        e.contains("instance[1] (web-green): field `deploy_dir`")
+            && e.contains("required for a blue or green"),
+        "{e}"
+    );
+    // Another service without colors is fine beside them.
+    parse(&format!(
+        "{BASE}{BLUE_GREEN}[[instance]]\nname = \"api\"\ncommand = \"/bin/api\"\n"
+    ))
+    .expect("a service without colors");
+}
+
+#[test]
+fn refuses_bad_metrics() {
+    let with = |metrics: &str| {
+        format!(
+            "{BASE}[[instance]]\nname = \"web\"\ncommand = \"/bin/web\"\n[instance.metrics]\n{metrics}"
+        )
+    };
+    for (metrics, field, what) in [
+        ("", "metrics.url", "required"),
+        (
+            "url = \"https://127.0.0.1/metrics\"",
+            "metrics.url",
+            "https is not supported",
+        ),
+        (
+            "url = \"http://example.com/metrics\"",
+            "metrics.url",
+            "loopback or IP address of this host",
+        ),
+        (
+            "url = \"http://127.0.0.1:8080/metrics\"\nrequests = \"bad-name\"",
+            "metrics.requests",
+            "invalid metric name",
+        ),
+        (
+            "url = \"http://127.0.0.1:8080/metrics\"\nlatency = \"1x\"",
+            "metrics.latency",
+            "invalid metric name",
+        ),
+        (
+            "url = \"http://127.0.0.1:8080/metrics\"\ntimeout = \"0s\"",
+            "metrics.timeout",
+            "greater than 0",
+        ),
+    ] {
+        let e = err(&with(metrics));
+        assert!(
+            e.starts_with(PATH)
+                && e.contains(&format!("instance[0] (web): field `{field}`"))
+                && e.contains(what),
+            "{metrics:?}: {e}"
+        );
+    }
+    let e = err(&with("url = \"http://127.0.0.1/m\"\nport = 1"));
+    assert!(e.contains("unknown field `port`"), "{e}");
+    let e = err(&format!("{BASE}traffic_interval = \"0s\"\n"));
+    assert!(e.contains("field `traffic_interval`"), "{e}");
 }

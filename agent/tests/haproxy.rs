@@ -306,14 +306,17 @@ async fn drains_waits_for_sessions_and_undrains_on_a_real_haproxy() {
         .expect("undrain");
 
     // Weights, for traffic shifting.
-    haproxy::set_weight(&h.tcp, "web", "h1-web", 50)
+    haproxy::set_weight(&h.tcp, "web", "h1-web", haproxy::Weight::Absolute(50))
         .await
         .expect("weight");
     h.wait_stat("weight 50", |s| s.weight == Some(50)).await;
     let DrainConfig::Haproxy(every) = &cfg else {
         panic!("haproxy drain");
     };
-    drain::set_weight(every, 10).await.expect("weight on all");
+    let done = drain::weight::set(every, haproxy::Weight::Absolute(10))
+        .await
+        .expect("weight on all");
+    assert_eq!(done.message, "weight 10 on web/h1-web on 2 HAProxy");
     h.wait_stat("weight 10", |s| s.weight == Some(10)).await;
 
     // Refusals name the HAProxy and its answer.

@@ -1,5 +1,5 @@
 //! Instance commands from the coordinator (stage, drain, stop, deploy,
-//! start, verify, undrain): dispatch, one command per instance at a time,
+//! start, verify, undrain, set weight): dispatch, one command per instance at a time,
 //! timeouts, and the journal that makes every id run at most once.
 //!
 //! For each `Command` the agent answers with `CommandUpdate`s:
@@ -55,6 +55,7 @@ pub fn kind_name(kind: &Kind) -> RecordKind {
         Kind::Start(_) => RecordKind::Start,
         Kind::Verify(_) => RecordKind::Verify,
         Kind::Undrain(_) => RecordKind::Undrain,
+        Kind::SetWeight(_) => RecordKind::SetWeight,
     }
 }
 
@@ -202,8 +203,8 @@ impl Executor {
     }
 
     /// Commands started by an earlier run of the agent that never
-    /// finished: steps that are safe to redo (stage, drain, undrain, stop,
-    /// start, verify; a deploy before its after_deploy hook, which finds the
+    /// finished: steps that are safe to redo (stage, drain, undrain, set
+    /// weight, stop, start, verify; a deploy before its after_deploy hook, which finds the
     /// release directory complete or resumes the download) are forgotten,
     /// so they run again when the coordinator asks again; anything else is
     /// recorded as FAILED "agent restarted during the step".
@@ -213,6 +214,7 @@ impl Executor {
                 RecordKind::Stage
                 | RecordKind::Drain
                 | RecordKind::Undrain
+                | RecordKind::SetWeight
                 | RecordKind::Stop
                 | RecordKind::Start
                 | RecordKind::Verify => true,

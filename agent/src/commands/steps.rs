@@ -6,12 +6,14 @@ use std::time::{Duration, Instant};
 
 use drover_proto::v1::command::Kind;
 use drover_proto::v1::command_update::Phase as WirePhase;
-use drover_proto::v1::{CommandUpdate, DeployCommand, StageCommand, VerifyCommand};
+use drover_proto::v1::{
+    CommandUpdate, DeployCommand, SetWeightCommand, StageCommand, VerifyCommand,
+};
 
 use super::{Instance, Outbox, STAGE_AFTER_DEPLOY, update};
 use crate::deploy::fetch::{ArtifactSource, Cache};
 use crate::deploy::{self, Progress};
-use crate::drain;
+use crate::drain::{self, haproxy};
 use crate::hooks;
 use crate::journal::Journal;
 use crate::runtime::Desired;
@@ -45,6 +47,7 @@ pub(super) async fn run(ctx: &StepContext<'_>, kind: &Kind) -> Result<String, St
         Kind::Start(_) => start(ctx).await,
         Kind::Verify(v) => verify(ctx, v).await,
         Kind::Deploy(d) => deploy(ctx, d).await,
+        Kind::SetWeight(w) => set_weight(ctx, w).await,
     }
 }
 
@@ -134,6 +137,55 @@ async fn undrain(ctx: &StepContext<'_>) -> Result<String, String> {
             Err(e.to_string())
         }
     }
+}
+
+/// Sets (or, with `restore`, puts back) the instance's weight in every
+/// load balancer. The desired weight is recorded first, durably and on
+/// the board, under the instance's weight lock: from then on the view
+/// reader keeps it in force (a reloaded HAProxy gets it again), and never
+/// with a stale value while this step runs.
+async fn set_weight(ctx: &StepContext<'_>, w: &SetWeightCommand) -> Result<String, String> {
+    let cfg = &ctx.instance.cfg;
+    let crate::config::DrainConfig::Haproxy(h) = &cfg.drain else {
+        return Err(format!(
+            "{} has no load balancer drover can weight (drain type {})",
+            cfg.id(ctx.host_id),
+            cfg.drain.kind()
+        ));
+    };
+    let weight = if w.restore {
+        haproxy::Weight::Configured
+    } else if w.weight > drain::weight::MAX_WEIGHT {
+        return Err(drain::weight::WeightError::OutOfRange(w.weight).to_string());
+    } else {
+        haproxy::Weight::Absolute(w.weight)
+    };
+    let (board, index) = ctx.instance.handle.board();
+    let lock = board
+        .weight_lock(index)
+        .ok_or_else(|| format!("instance {} has no slot on the status board", cfg.name))?;
+    let _guard = lock.lock().await;
+    // Refused algorithms are refused before anything is recorded.
+    let checked = drain::weight::check(h, weight)
+        .await
+        .map_err(|e| e.to_string())?;
+    let desired = match weight {
+        haproxy::Weight::Absolute(n) => Some(n),
+        haproxy::Weight::Configured => None,
+    };
+    ctx.instance
+        .state
+        .update(move |s| s.weight = desired)
+        .await
+        .map_err(|e| format!("record the desired weight: {e}"))?;
+    board.set_desired_weight(index, desired);
+    let done = drain::weight::apply(h, weight, checked)
+        .await
+        .map_err(|e| e.to_string())?;
+    ctx.instance
+        .handle
+        .set_load_balancers(done.views, done.asked);
+    Ok(done.message)
 }
 
 async fn stop(ctx: &StepContext<'_>) -> Result<String, String> {

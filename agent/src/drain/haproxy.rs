@@ -2,6 +2,7 @@
 //! socket or TCP: one command per connection, in HAProxy's non-interactive
 //! mode, where it answers and closes.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -41,8 +42,129 @@ pub struct ServerStat {
     pub status: String,
     /// `status`, read.
     pub state: LoadBalancerState,
-    /// Effective weight.
+    /// Effective weight (`weight`: lower than the user weight during
+    /// slowstart).
     pub weight: Option<u32>,
+    /// The user weight (`uweight`): the configured weight, or what `set
+    /// server ... weight` last set.
+    pub uweight: Option<u32>,
+    /// The traffic counters, when `show stat` has their columns.
+    pub counters: Option<Counters>,
+}
+
+/// A server's traffic counters from `show stat` (see the wire's
+/// `TrafficCounters`): cumulative since HAProxy started or cleared them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counters {
+    /// `req_tot`.
+    pub requests: u64,
+    /// `hrsp_5xx`.
+    pub responses_5xx: u64,
+    /// `eresp`.
+    pub response_errors: u64,
+    /// `econ`.
+    pub connection_errors: u64,
+    /// `hrsp_1xx` .. `hrsp_5xx` + `hrsp_other`.
+    pub responses: u64,
+    /// `rtime`, ms.
+    pub response_time_ms: u32,
+}
+
+/// A backend's row of `show stat`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendStat {
+    pub name: String,
+    /// The balance algorithm (see [`Algorithm`]).
+    pub algorithm: Algorithm,
+}
+
+/// A backend's balance algorithm, read from the `algo` column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Algorithm {
+    /// roundrobin, leastconn, random: weights change at run time.
+    Dynamic(String),
+    /// static-rr and first: HAProxy ignores weight changes (static-rr
+    /// accepts only 0% and 100%; first fills servers in order whatever
+    /// their weight).
+    Static(String),
+    /// A hash (source, uri, url_param, hdr, rdp-cookie, hash): dynamic
+    /// only with `hash-type consistent`, which the runtime API of 2.6
+    /// does not show.
+    Hash(String),
+    /// Anything else HAProxy may print.
+    Other(String),
+}
+
+impl Algorithm {
+    /// Reads the `algo` column. HAProxy 2.6 prints `unknown` for
+    /// `balance random` (its `backend_lb_algo_str` has no case for it,
+    /// and every other 2.6 algorithm has a name).
+    pub fn from_algo(algo: &str) -> Algorithm {
+        match algo {
+            "roundrobin" | "leastconn" | "random" => Algorithm::Dynamic(algo.to_string()),
+            "unknown" => Algorithm::Dynamic("random".to_string()),
+            "static-rr" | "first" => Algorithm::Static(algo.to_string()),
+            "source" | "uri" | "url_param" | "hdr" | "rdp-cookie" | "hash" => {
+                Algorithm::Hash(algo.to_string())
+            }
+            other => Algorithm::Other(other.to_string()),
+        }
+    }
+
+    /// The name, as reported.
+    pub fn name(&self) -> &str {
+        match self {
+            Algorithm::Dynamic(n)
+            | Algorithm::Static(n)
+            | Algorithm::Hash(n)
+            | Algorithm::Other(n) => n,
+        }
+    }
+}
+
+/// What one read of an HAProxy gives: every server and backend row of
+/// `show stat`, and the configured weights from `show servers state`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    pub servers: Vec<ServerStat>,
+    pub backends: Vec<BackendStat>,
+    /// (backend, server) -> configured weight (`srv_iweight`); empty
+    /// when `show servers state` could not be read.
+    pub configured: HashMap<(String, String), u32>,
+}
+
+impl Snapshot {
+    pub fn server(&self, backend: &str, server: &str) -> Option<&ServerStat> {
+        find(&self.servers, backend, server)
+    }
+
+    pub fn backend(&self, name: &str) -> Option<&BackendStat> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+
+    pub fn configured_weight(&self, backend: &str, server: &str) -> Option<u32> {
+        self.configured
+            .get(&(backend.to_string(), server.to_string()))
+            .copied()
+    }
+
+    /// Whether `backend` takes weight changes at run time: its algorithm
+    /// is dynamic, or a hash for which HAProxy shows a user weight other
+    /// than 0 and the configured one (it accepts those only with
+    /// `hash-type consistent`).
+    pub fn weights_dynamic(&self, backend: &str) -> bool {
+        match self.backend(backend).map(|b| &b.algorithm) {
+            Some(Algorithm::Dynamic(_)) => true,
+            Some(Algorithm::Hash(_)) => self.servers.iter().any(|s| {
+                s.backend == backend
+                    && match (s.uweight, self.configured_weight(&s.backend, &s.server)) {
+                        (Some(u), Some(c)) => u != 0 && u != c,
+                        _ => false,
+                    }
+            }),
+            _ => false,
+        }
+    }
 }
 
 impl ServerStat {
@@ -198,12 +320,30 @@ pub async fn set_state(
     .await
 }
 
+/// A weight for `set server ... weight`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weight {
+    /// Absolute, 0..=256.
+    Absolute(u32),
+    /// `100%`: the configured weight.
+    Configured,
+}
+
+impl std::fmt::Display for Weight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Weight::Absolute(w) => write!(f, "{w}"),
+            Weight::Configured => f.write_str("100%"),
+        }
+    }
+}
+
 /// `set server BACKEND/SERVER weight N`, for shifting traffic gradually.
 pub async fn set_weight(
     addr: &HaproxyAddr,
     backend: &str,
     server: &str,
-    weight: u32,
+    weight: Weight,
 ) -> Result<(), HaproxyError> {
     quiet(
         addr,
@@ -212,9 +352,44 @@ pub async fn set_weight(
     .await
 }
 
-/// Asks for the servers (type 4) of every proxy (-1), and only those:
-/// one exchange answers for every instance behind this HAProxy.
-pub const SHOW_SERVERS: &str = "show stat -1 4 -1";
+/// Asks for the backends (type 2) and servers (type 4) of every proxy
+/// (-1), and only those: one exchange answers for every instance behind
+/// this HAProxy, with its backend's algorithm.
+pub const SHOW_SERVERS: &str = "show stat -1 6 -1";
+/// The configured weights (`srv_iweight`), which `show stat` lacks.
+pub const SHOW_STATE: &str = "show servers state";
+
+/// Every server and backend HAProxy at `addr` has, and the servers'
+/// configured weights: `show stat` then `show servers state`, the whole
+/// read bounded by `timeout`. Only the first is required: without the
+/// second the configured weights are unknown.
+pub async fn read(addr: &HaproxyAddr, timeout: Duration) -> Result<Snapshot, HaproxyError> {
+    let started = tokio::time::Instant::now();
+    let csv = command_within(addr, SHOW_SERVERS, timeout).await?;
+    let protocol = |what| HaproxyError::Protocol {
+        addr: addr.to_string(),
+        what,
+    };
+    let servers = parse_servers(&csv).map_err(protocol)?;
+    let backends = parse_backends(&csv).map_err(protocol)?;
+    let left = timeout.saturating_sub(started.elapsed());
+    let configured = if left.is_zero() {
+        HashMap::new()
+    } else {
+        match command_within(addr, SHOW_STATE, left).await {
+            Ok(text) => parse_servers_state(&text),
+            Err(e) => {
+                tracing::debug!(haproxy = %addr, "show servers state: {e}");
+                HashMap::new()
+            }
+        }
+    };
+    Ok(Snapshot {
+        servers,
+        backends,
+        configured,
+    })
+}
 
 /// Every server HAProxy at `addr` has, in one `show stat` exchange
 /// bounded by `timeout`.
@@ -274,6 +449,8 @@ pub fn parse_servers(csv: &str) -> Result<Vec<ServerStat>, String> {
     };
     let (px, sv, scur, status) = (col("pxname")?, col("svname")?, col("scur")?, col("status")?);
     let weight = col("weight").ok();
+    let uweight = col("uweight").ok();
+    let counters = CounterColumns::find(&col);
     let mut out = Vec::new();
     for line in lines {
         let fields: Vec<&str> = line.split(',').collect();
@@ -290,9 +467,114 @@ pub fn parse_servers(csv: &str) -> Result<Vec<ServerStat>, String> {
             state: state_of(&status),
             status,
             weight: weight.and_then(|w| get(w).parse().ok()),
+            uweight: uweight.and_then(|w| get(w).parse().ok()),
+            counters: counters.as_ref().map(|c| c.read(&get)),
         });
     }
     Ok(out)
+}
+
+/// Where the counters are in `show stat`'s columns.
+struct CounterColumns {
+    req_tot: usize,
+    hrsp: [usize; 6],
+    eresp: usize,
+    econ: usize,
+    rtime: usize,
+}
+
+impl CounterColumns {
+    /// None when any is missing (an HAProxy too old, or not `show stat`).
+    fn find(col: &dyn Fn(&str) -> Result<usize, String>) -> Option<CounterColumns> {
+        let c = |name: &str| col(name).ok();
+        Some(CounterColumns {
+            req_tot: c("req_tot")?,
+            hrsp: [
+                c("hrsp_1xx")?,
+                c("hrsp_2xx")?,
+                c("hrsp_3xx")?,
+                c("hrsp_4xx")?,
+                c("hrsp_5xx")?,
+                c("hrsp_other")?,
+            ],
+            eresp: c("eresp")?,
+            econ: c("econ")?,
+            rtime: c("rtime")?,
+        })
+    }
+
+    /// An empty field (a counter that does not apply) reads 0.
+    fn read<'a>(&self, get: &dyn Fn(usize) -> &'a str) -> Counters {
+        let n = |i: usize| get(i).parse::<u64>().unwrap_or(0);
+        Counters {
+            requests: n(self.req_tot),
+            responses_5xx: n(self.hrsp[4]),
+            response_errors: n(self.eresp),
+            connection_errors: n(self.econ),
+            responses: self
+                .hrsp
+                .iter()
+                .map(|&i| n(i))
+                .fold(0u64, u64::saturating_add),
+            response_time_ms: u32::try_from(n(self.rtime)).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// Every BACKEND row of `show stat` CSV output, with its `algo`.
+pub fn parse_backends(csv: &str) -> Result<Vec<BackendStat>, String> {
+    let mut lines = csv.lines();
+    let header = lines
+        .find(|l| l.starts_with('#'))
+        .ok_or_else(|| format!("no CSV header in `show stat` answer: {:?}", first_line(csv)))?;
+    let columns: Vec<&str> = header.trim_start_matches('#').trim().split(',').collect();
+    let col = |name: &str| columns.iter().position(|c| *c == name);
+    let (Some(px), Some(sv)) = (col("pxname"), col("svname")) else {
+        return Err("`show stat` has no `pxname` or `svname` column".to_string());
+    };
+    let Some(algo) = col("algo") else {
+        return Ok(Vec::new());
+    };
+    Ok(lines
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            let get = |i: usize| fields.get(i).copied().unwrap_or("");
+            (get(sv) == "BACKEND" && !get(px).is_empty() && !get(algo).is_empty()).then(|| {
+                BackendStat {
+                    name: get(px).to_string(),
+                    algorithm: Algorithm::from_algo(get(algo)),
+                }
+            })
+        })
+        .collect())
+}
+
+/// The configured weights (`srv_iweight`) in `show servers state`
+/// output: a version line, a `# be_id be_name ...` header, then one
+/// space-separated line per server. Columns are found by name; lines
+/// that do not fit are skipped.
+pub fn parse_servers_state(text: &str) -> HashMap<(String, String), u32> {
+    let mut out = HashMap::new();
+    let mut lines = text.lines();
+    let Some(header) = lines.find(|l| l.starts_with('#')) else {
+        return out;
+    };
+    let columns: Vec<&str> = header.trim_start_matches('#').split_whitespace().collect();
+    let col = |name: &str| columns.iter().position(|c| *c == name);
+    let (Some(be), Some(sv), Some(iw)) = (col("be_name"), col("srv_name"), col("srv_iweight"))
+    else {
+        return out;
+    };
+    for line in lines {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(b), Some(s), Some(w)) = (fields.get(be), fields.get(sv), fields.get(iw)) else {
+            continue;
+        };
+        if let Ok(w) = w.parse() {
+            out.insert((b.to_string(), s.to_string()), w);
+        }
+    }
+    out
 }
 
 fn first_line(s: &str) -> &str {
@@ -327,7 +609,9 @@ web,BACKEND,0,0,3,4,,9,0,0,,0,,0,0,0,0,UP,2,2\n\n";
                 scur: 2,
                 status: "DRAIN".into(),
                 state: LoadBalancerState::Drain,
-                weight: Some(1)
+                weight: Some(1),
+                uweight: None,
+                counters: None,
             }
         );
         assert_eq!(parse_stat(STAT, "web", "h2-web").expect("row").status, "UP");
@@ -380,5 +664,81 @@ web,BACKEND,0,0,3,4,,9,0,0,,0,,0,0,0,0,UP,2,2\n\n";
         assert_eq!(state_of("NOLB 1/2"), LoadBalancerState::Nolb);
         assert_eq!(state_of(""), LoadBalancerState::Unknown);
         assert_eq!(state_of("no"), LoadBalancerState::Unknown);
+    }
+
+    /// `show stat -1 6 -1` and `show servers state` of HAProxy 2.6.12,
+    /// captured after 60 requests through backend web (roundrobin; h1
+    /// DOWN by its check, h2 at runtime weight 25 of 100 answering 200,
+    /// 404 and 500, `gone` with nothing listening) and 5 through srr
+    /// (static-rr); srcc (`balance source` + `hash-type consistent`) was
+    /// set to weight 4 of 10, src is the same without hash-type.
+    const TRAFFIC: &str = include_str!("testdata/show-stat-traffic-2.6.csv");
+    const STATE: &str = include_str!("testdata/servers-state-2.6.txt");
+
+    #[test]
+    fn reads_the_counters_by_column_name() {
+        let servers = parse_servers(TRAFFIC).expect("parse");
+        let h2 = find(&servers, "web", "h2").expect("h2");
+        assert_eq!((h2.weight, h2.uweight), (Some(25), Some(25)));
+        assert_eq!(
+            h2.counters,
+            Some(Counters {
+                requests: 12,
+                responses_5xx: 2,
+                response_errors: 0,
+                connection_errors: 0,
+                responses: 12,
+                response_time_ms: 2,
+            })
+        );
+        let gone = find(&servers, "web", "gone").expect("gone");
+        assert_eq!(
+            gone.counters.map(|c| (c.requests, c.connection_errors)),
+            Some((0, 48))
+        );
+        // Servers only: the BACKEND rows are not servers.
+        assert_eq!(servers.len(), 9);
+        // A `show stat` without the counters' columns has none.
+        let short = parse_servers(STAT).expect("parse");
+        assert_eq!(short[0].counters, None);
+    }
+
+    #[test]
+    fn reads_each_backends_algorithm() {
+        let backends = parse_backends(TRAFFIC).expect("parse");
+        let algo = |name: &str| {
+            backends
+                .iter()
+                .find(|b| b.name == name)
+                .map(|b| b.algorithm.clone())
+        };
+        assert_eq!(algo("web"), Some(Algorithm::Dynamic("roundrobin".into())));
+        assert_eq!(algo("lc"), Some(Algorithm::Dynamic("leastconn".into())));
+        // 2.6 names no `random`: it prints `unknown`.
+        assert_eq!(algo("rnd"), Some(Algorithm::Dynamic("random".into())));
+        assert_eq!(algo("srr"), Some(Algorithm::Static("static-rr".into())));
+        assert_eq!(algo("fst"), Some(Algorithm::Static("first".into())));
+        assert_eq!(algo("src"), Some(Algorithm::Hash("source".into())));
+        assert_eq!(algo("srcc"), Some(Algorithm::Hash("source".into())));
+        assert_eq!(backends.len(), 7);
+        assert!(parse_backends(STAT).expect("no algo column").is_empty());
+    }
+
+    #[test]
+    fn reads_configured_weights_from_servers_state() {
+        let w = parse_servers_state(STATE);
+        let get = |b: &str, s: &str| w.get(&(b.to_string(), s.to_string())).copied();
+        assert_eq!(get("web", "h2"), Some(100));
+        assert_eq!(get("srcc", "h1"), Some(10));
+        assert_eq!(get("web", "nope"), None);
+        assert!(parse_servers_state("Unknown command.\n").is_empty());
+        let snap = Snapshot {
+            servers: parse_servers(TRAFFIC).expect("parse"),
+            backends: parse_backends(TRAFFIC).expect("parse"),
+            configured: w,
+        };
+        assert!(snap.weights_dynamic("web") && snap.weights_dynamic("srcc"));
+        assert!(!snap.weights_dynamic("src") && !snap.weights_dynamic("srr"));
+        assert!(!snap.weights_dynamic("missing"));
     }
 }

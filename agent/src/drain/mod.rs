@@ -16,6 +16,7 @@
 
 pub mod haproxy;
 pub mod view;
+pub mod weight;
 
 use std::time::Duration;
 
@@ -140,19 +141,11 @@ async fn undrain_haproxy(
         let mut views = Vec::with_capacity(h.sockets.len());
         let mut waiting = Vec::new();
         for addr in &h.sockets {
-            let answer =
-                haproxy::command_within(addr, &format!("show stat {} 4 -1", h.backend), timeout)
-                    .await
-                    .and_then(|csv| {
-                        haproxy::parse_servers(&csv).map_err(|what| HaproxyError::Protocol {
-                            addr: addr.to_string(),
-                            what,
-                        })
-                    });
+            let answer = haproxy::read(addr, timeout).await;
             let found = answer
                 .as_ref()
                 .ok()
-                .and_then(|all| haproxy::find(all, &h.backend, &h.server));
+                .and_then(|snap| snap.server(&h.backend, &h.server));
             let seen = match found {
                 Some(s) if s.is_up() => None,
                 Some(s) => Some(s.describe()),
@@ -201,15 +194,6 @@ async fn undrain_haproxy(
         tokio::time::sleep(POLL_INTERVAL.min(give_up.saturating_duration_since(Instant::now())))
             .await;
     }
-}
-
-/// Sets the server's weight on every HAProxy of `h`, for shifting traffic
-/// gradually (canaries); stops at the first that fails.
-pub async fn set_weight(h: &HaproxyDrain, weight: u32) -> Result<(), DrainError> {
-    for addr in &h.sockets {
-        haproxy::set_weight(addr, &h.backend, &h.server, weight).await?;
-    }
-    Ok(())
 }
 
 /// Sets `drain` on every HAProxy, then waits for the sessions to end. On

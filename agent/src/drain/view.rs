@@ -13,12 +13,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use drover_proto::v1::{LoadBalancerState, LoadBalancerView};
+use drover_proto::v1::{LoadBalancerState, LoadBalancerView, TrafficCounters};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::haproxy::{self, HaproxyError, ServerStat};
+use super::haproxy::{self, HaproxyError, ServerStat, Snapshot};
 use crate::config::{DrainConfig, HaproxyAddr, HaproxyDrain, InstanceConfig};
 use crate::supervisor::{StatusBoard, ViewUpdate};
 
@@ -52,17 +52,17 @@ pub fn unread(drain: &DrainConfig) -> Vec<LoadBalancerView> {
     }
 }
 
-/// One HAProxy's view of BACKEND/SERVER from its `show stat` answer.
+/// One HAProxy's view of BACKEND/SERVER from what one read of it gave.
 pub fn from_answer(
     addr: &HaproxyAddr,
     backend: &str,
     server: &str,
-    answer: &Result<Vec<ServerStat>, HaproxyError>,
+    answer: &Result<Snapshot, HaproxyError>,
     read_at_ms: i64,
 ) -> LoadBalancerView {
     match answer {
-        Ok(servers) => match haproxy::find(servers, backend, server) {
-            Some(s) => from_stat(addr, s, read_at_ms),
+        Ok(snap) => match snap.server(backend, server) {
+            Some(s) => from_stat(addr, s, Some(snap), read_at_ms),
             None => unknown(
                 addr,
                 backend,
@@ -75,8 +75,18 @@ pub fn from_answer(
     }
 }
 
-/// The view a `show stat` row gives.
-pub fn from_stat(addr: &HaproxyAddr, s: &ServerStat, read_at_ms: i64) -> LoadBalancerView {
+/// The view a `show stat` row gives, with what the rest of the read
+/// (`snap`: the backend's algorithm, the configured weight) adds.
+pub fn from_stat(
+    addr: &HaproxyAddr,
+    s: &ServerStat,
+    snap: Option<&Snapshot>,
+    read_at_ms: i64,
+) -> LoadBalancerView {
+    let algorithm = snap
+        .and_then(|snap| snap.backend(&s.backend))
+        .map(|b| b.algorithm.name().to_string())
+        .unwrap_or_default();
     LoadBalancerView {
         balancer: addr.to_string(),
         backend: s.backend.clone(),
@@ -85,6 +95,19 @@ pub fn from_stat(addr: &HaproxyAddr, s: &ServerStat, read_at_ms: i64) -> LoadBal
         status: s.status.clone(),
         weight: s.weight.unwrap_or(0),
         read_at_ms,
+        counters: s.counters.map(|c| TrafficCounters {
+            requests: c.requests,
+            responses_5xx: c.responses_5xx,
+            response_errors: c.response_errors,
+            connection_errors: c.connection_errors,
+            responses: c.responses,
+            response_time_ms: c.response_time_ms,
+        }),
+        configured_weight: snap
+            .and_then(|snap| snap.configured_weight(&s.backend, &s.server))
+            .unwrap_or(0),
+        algorithm_dynamic: snap.is_some_and(|snap| snap.weights_dynamic(&s.backend)),
+        algorithm,
     }
 }
 
@@ -111,6 +134,7 @@ fn unknown(
         status: why,
         weight: 0,
         read_at_ms,
+        ..LoadBalancerView::default()
     }
 }
 
@@ -219,7 +243,7 @@ async fn read_loop(
         let asked = std::time::Instant::now();
         let answer = tokio::select! {
             _ = cancel.cancelled() => return,
-            a = haproxy::servers(&addr, timeout) => a,
+            a = haproxy::read(&addr, timeout) => a,
         };
         match (&answer, failing) {
             (Err(e), false) => {
@@ -243,6 +267,56 @@ async fn read_loop(
             })
             .collect();
         board.set_views(&updates);
+        if let Ok(snap) = &answer {
+            for t in &targets {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    () = reassert(&addr, t, snap, &board, timeout) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Sets the weight held for `t`'s instance again when `snap` (read
+/// before the held weight is looked at) shows another: HAProxy restarted
+/// or reloaded and lost its runtime weights. A SetWeight step under way
+/// has the instance's weight lock and sets the weight itself; then
+/// nothing is done this round.
+async fn reassert(
+    addr: &HaproxyAddr,
+    t: &Target,
+    snap: &Snapshot,
+    board: &StatusBoard,
+    timeout: Duration,
+) {
+    let Some(lock) = board.weight_lock(t.index) else {
+        return;
+    };
+    let Ok(_guard) = lock.try_lock() else {
+        return;
+    };
+    let Some(held) = board.desired_weight(t.index) else {
+        return;
+    };
+    let Some(shown) = snap.server(&t.backend, &t.server).and_then(|s| s.uweight) else {
+        return;
+    };
+    if shown == held {
+        return;
+    }
+    let cmd = format!("set server {}/{} weight {held}", t.backend, t.server);
+    match haproxy::command_within(addr, &cmd, timeout).await {
+        Ok(answer) if answer.trim().is_empty() => {
+            tracing::warn!(haproxy = %addr, backend = %t.backend, server = %t.server, "HAProxy had weight {shown} instead of the held {held} (restarted or reloaded?); set it again");
+            board.count_reasserted(t.index);
+        }
+        Ok(answer) => {
+            tracing::warn!(haproxy = %addr, backend = %t.backend, server = %t.server, "HAProxy has weight {shown} instead of the held {held} and refused `{cmd}`: {}", answer.trim());
+        }
+        Err(e) => {
+            tracing::warn!(haproxy = %addr, backend = %t.backend, server = %t.server, "HAProxy has weight {shown} instead of the held {held}; setting it again failed: {e}");
+        }
     }
 }
 
@@ -266,10 +340,15 @@ mod tests {
     #[test]
     fn a_server_missing_or_unreadable_is_unknown_never_up() {
         let csv = include_str!("testdata/show-stat-2.6.csv");
-        let answer = haproxy::parse_servers(csv).map_err(|what| HaproxyError::Protocol {
-            addr: addr().to_string(),
-            what,
-        });
+        let answer = haproxy::parse_servers(csv)
+            .map(|servers| Snapshot {
+                servers,
+                ..Snapshot::default()
+            })
+            .map_err(|what| HaproxyError::Protocol {
+                addr: addr().to_string(),
+                what,
+            });
         let v = from_answer(&addr(), "web", "down", &answer, 7);
         assert_eq!(
             (v.state(), v.status.as_str(), v.weight, v.read_at_ms),
@@ -283,7 +362,7 @@ mod tests {
         assert_eq!(v.state(), LoadBalancerState::Unknown);
         assert!(v.status.contains("no server web/gone"), "{}", v.status);
 
-        let refused: Result<Vec<ServerStat>, HaproxyError> = Err(HaproxyError::Unreachable {
+        let refused: Result<Snapshot, HaproxyError> = Err(HaproxyError::Unreachable {
             addr: addr().to_string(),
             reason: "x".repeat(1000),
         });
@@ -309,19 +388,24 @@ mod tests {
         }]);
         let mut rx = board.subscribe();
         rx.borrow_and_update();
-        let stat = |status: &str, weight| ServerStat {
+        let stat = |status: &str, weight, read_at: i64| ServerStat {
             backend: "web".into(),
             server: "h1".into(),
             scur: 0,
             status: status.into(),
             state: haproxy::state_of(status),
             weight: Some(weight),
+            uweight: Some(weight),
+            counters: Some(haproxy::Counters {
+                requests: read_at as u64,
+                ..Default::default()
+            }),
         };
         let update = |asked, status: &str, weight, read_at| ViewUpdate {
             index: 0,
             slot: 0,
             asked,
-            view: from_stat(&addr(), &stat(status, weight), read_at),
+            view: from_stat(&addr(), &stat(status, weight, read_at), None, read_at),
         };
         let state = |b: &StatusBoard| b.get(0).expect("slot").load_balancers[0].status.clone();
         let early = std::time::Instant::now();
@@ -333,11 +417,82 @@ mod tests {
         board.set_views(&[update(early, "DRAIN", 1, 3)]);
         assert_eq!(state(&board), "UP");
         assert!(!rx.has_changed().expect("open"));
-        // A newer read time alone is no news; a new weight is.
+        // A newer read time and new counters alone are no news; a new
+        // weight is.
         board.set_views(&[update(late, "UP", 1, 4)]);
-        assert_eq!(board.get(0).expect("slot").load_balancers[0].read_at_ms, 4);
+        let now = board.get(0).expect("slot").load_balancers[0].clone();
+        assert_eq!(now.read_at_ms, 4);
+        assert_eq!(now.counters.map(|c| c.requests), Some(4));
         assert!(!rx.has_changed().expect("open"));
         board.set_views(&[update(late + Duration::from_millis(1), "UP", 0, 5)]);
         assert!(rx.has_changed().expect("open"), "a weight change wakes");
+    }
+
+    #[test]
+    fn the_view_carries_counters_algorithm_and_configured_weight() {
+        let snap = Snapshot {
+            servers: haproxy::parse_servers(include_str!("testdata/show-stat-traffic-2.6.csv"))
+                .expect("servers"),
+            backends: haproxy::parse_backends(include_str!("testdata/show-stat-traffic-2.6.csv"))
+                .expect("backends"),
+            configured: haproxy::parse_servers_state(include_str!(
+                "testdata/servers-state-2.6.txt"
+            )),
+        };
+        let answer = Ok(snap);
+        let v = from_answer(&addr(), "web", "h2", &answer, 9);
+        assert_eq!(
+            (
+                v.weight,
+                v.configured_weight,
+                v.algorithm.as_str(),
+                v.algorithm_dynamic
+            ),
+            (25, 100, "roundrobin", true)
+        );
+        let c = v.counters.expect("counters");
+        assert_eq!(
+            (
+                c.requests,
+                c.responses,
+                c.responses_5xx,
+                c.response_errors,
+                c.connection_errors,
+                c.response_time_ms
+            ),
+            (12, 12, 2, 0, 0, 2)
+        );
+        let v = from_answer(&addr(), "web", "gone", &answer, 9);
+        assert_eq!(v.counters.map(|c| c.connection_errors), Some(48));
+        let v = from_answer(&addr(), "srr", "h1", &answer, 9);
+        assert_eq!(
+            (v.algorithm.as_str(), v.algorithm_dynamic),
+            ("static-rr", false)
+        );
+        // Hashing: map-based and consistent read the same; only a weight
+        // HAProxy accepted (4 of configured 10) shows srcc is consistent.
+        let v = from_answer(&addr(), "src", "h1", &answer, 9);
+        assert_eq!(
+            (v.algorithm.as_str(), v.algorithm_dynamic),
+            ("source", false)
+        );
+        let v = from_answer(&addr(), "srcc", "h1", &answer, 9);
+        assert_eq!(
+            (v.algorithm.as_str(), v.algorithm_dynamic),
+            ("source", true)
+        );
+        let v = from_answer(&addr(), "rnd", "h1", &answer, 9);
+        assert_eq!(
+            (v.algorithm.as_str(), v.algorithm_dynamic),
+            ("random", true)
+        );
+        let v = from_answer(&addr(), "fst", "h1", &answer, 9);
+        assert_eq!(
+            (v.algorithm.as_str(), v.algorithm_dynamic),
+            ("first", false)
+        );
+        // UNKNOWN has no counters.
+        let v = from_answer(&addr(), "web", "nope", &answer, 9);
+        assert_eq!((v.state(), v.counters), (LoadBalancerState::Unknown, None));
     }
 }

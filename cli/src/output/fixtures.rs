@@ -30,6 +30,7 @@ pub fn instance(id: &str, state: RuntimeState, health: HealthState) -> InstanceS
         drained: false,
         load_balancers: Vec::new(),
         drain: DrainMethod::Haproxy as i32,
+        ..InstanceStatus::default()
     }
 }
 

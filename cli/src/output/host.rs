@@ -584,6 +584,7 @@ mod tests {
             status: status.into(),
             weight,
             read_at_ms: NOW - 1_000,
+            ..LoadBalancerView::default()
         };
         let mut h = host("h1");
         h.instances[0].load_balancers = vec![view(LoadBalancerState::Up, "UP", 1)];

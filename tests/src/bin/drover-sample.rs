@@ -1,7 +1,10 @@
 //! A small HTTP service for the end-to-end tests and the demo: it answers
-//! `GET /` with its version, `GET /healthz` with its health and `GET /stats`
-//! with request counters (JSON), and has knobs
-//! to misbehave on purpose (failing health, slow start, errors, latency).
+//! `GET /` with its version, `GET /healthz` with its health, `GET /stats`
+//! with request counters (JSON) and `GET /metrics` with Prometheus metrics
+//! of its `GET /` traffic (`http_requests_total{code}` and the latency
+//! histogram `http_request_duration_seconds`), and has knobs to misbehave
+//! on purpose (failing health, slow start, errors, latency) that show in
+//! both HAProxy's counters and its own metrics.
 //!
 //! SIGTERM or SIGINT stops accepting, lets in-flight requests finish (at most
 //! `--grace`) and exits 0, as a well-behaved instance under drover should.
@@ -71,6 +74,80 @@ struct App {
     latency: Option<Duration>,
     requests: AtomicU64,
     in_flight: AtomicU64,
+    metrics: Metrics,
+}
+
+/// Upper bounds of the latency histogram's buckets, in seconds.
+const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// What `GET /metrics` shows of the `GET /` requests answered so far.
+#[derive(Default)]
+struct Metrics {
+    ok: AtomicU64,
+    errors: AtomicU64,
+    /// Observations per bucket (not cumulative), the last for > 5 s.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    /// Sum of the durations, in microseconds.
+    sum_micros: AtomicU64,
+}
+
+impl Metrics {
+    fn observe(&self, status: StatusCode, took: Duration) {
+        if status.is_server_error() {
+            &self.errors
+        } else {
+            &self.ok
+        }
+        .fetch_add(1, Ordering::SeqCst);
+        let secs = took.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|le| secs <= *le)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::SeqCst);
+        self.sum_micros.fetch_add(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP http_requests_total Requests to / answered, by status code.\n");
+        out.push_str("# TYPE http_requests_total counter\n");
+        out.push_str(&format!(
+            "http_requests_total{{code=\"200\"}} {}\n",
+            self.ok.load(Ordering::SeqCst)
+        ));
+        out.push_str(&format!(
+            "http_requests_total{{code=\"500\"}} {}\n",
+            self.errors.load(Ordering::SeqCst)
+        ));
+        out.push_str(
+            "# HELP http_request_duration_seconds Time to answer a request to /, including --latency.\n",
+        );
+        out.push_str("# TYPE http_request_duration_seconds histogram\n");
+        let mut cumulative = 0u64;
+        for (i, n) in self.buckets.iter().enumerate() {
+            cumulative += n.load(Ordering::SeqCst);
+            let le = BUCKETS
+                .get(i)
+                .map(|le| le.to_string())
+                .unwrap_or_else(|| "+Inf".to_string());
+            out.push_str(&format!(
+                "http_request_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "http_request_duration_seconds_sum {}\n",
+            self.sum_micros.load(Ordering::SeqCst) as f64 / 1e6
+        ));
+        out.push_str(&format!(
+            "http_request_duration_seconds_count {cumulative}\n"
+        ));
+        out
+    }
 }
 
 /// Counts a `GET /` as in flight until dropped (also when the client goes
@@ -108,6 +185,7 @@ fn fails(n: u64, rate: f64) -> bool {
 }
 
 async fn root(State(app): State<Arc<App>>) -> Response {
+    let started = std::time::Instant::now();
     let _in_flight = InFlight::enter(&app.in_flight);
     let n = app.requests.fetch_add(1, Ordering::SeqCst);
     if let Some(latency) = app.latency {
@@ -121,6 +199,7 @@ async fn root(State(app): State<Arc<App>>) -> Response {
     } else {
         (StatusCode::OK, format!("drover-sample {}\n", app.version))
     };
+    app.metrics.observe(status, started.elapsed());
     let mut resp = (status, body).into_response();
     let headers = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&app.version) {
@@ -153,6 +232,18 @@ async fn stats(State(app): State<Arc<App>>) -> Response {
         app.in_flight.load(Ordering::SeqCst),
     );
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Prometheus metrics of the `GET /` traffic.
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn shutdown_signal() -> Result<&'static str> {
@@ -219,11 +310,13 @@ async fn serve(args: Args, version: String) -> Result<()> {
         latency: args.latency,
         requests: AtomicU64::new(0),
         in_flight: AtomicU64::new(0),
+        metrics: Metrics::default(),
     });
     let router = Router::new()
         .route("/", get(root))
         .route("/healthz", get(healthz))
         .route("/stats", get(stats))
+        .route("/metrics", get(metrics))
         .with_state(app);
     let listener = tokio::net::TcpListener::bind((args.bind.as_str(), args.port))
         .await
@@ -261,7 +354,32 @@ async fn serve(args: Args, version: String) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::fails;
+    use super::{Duration, Metrics, StatusCode, fails};
+
+    #[test]
+    fn metrics_are_cumulative_buckets_by_code() {
+        let m = Metrics::default();
+        m.observe(StatusCode::OK, Duration::from_millis(3));
+        m.observe(StatusCode::OK, Duration::from_millis(120));
+        m.observe(StatusCode::INTERNAL_SERVER_ERROR, Duration::from_secs(9));
+        let text = m.render();
+        for line in [
+            "http_requests_total{code=\"200\"} 2",
+            "http_requests_total{code=\"500\"} 1",
+            "http_request_duration_seconds_bucket{le=\"0.005\"} 1",
+            "http_request_duration_seconds_bucket{le=\"0.1\"} 1",
+            "http_request_duration_seconds_bucket{le=\"0.25\"} 2",
+            "http_request_duration_seconds_bucket{le=\"5\"} 2",
+            "http_request_duration_seconds_bucket{le=\"+Inf\"} 3",
+            "http_request_duration_seconds_sum 9.123",
+            "http_request_duration_seconds_count 3",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing in:\n{text}"
+            );
+        }
+    }
 
     #[test]
     fn error_rate_is_spread_evenly() {

@@ -207,6 +207,7 @@ fn kind_name(kind: &Option<Kind>) -> &'static str {
         Some(Kind::Start(_)) => "start",
         Some(Kind::Verify(_)) => "verify",
         Some(Kind::Undrain(_)) => "undrain",
+        Some(Kind::SetWeight(_)) => "set_weight",
         None => "none",
     }
 }
@@ -568,6 +569,10 @@ impl SimHost {
             }
             Some(Kind::Stage(_) | Kind::Verify(_)) | None => {}
             Some(Kind::Undrain(_)) => inst.drained = false,
+            Some(Kind::SetWeight(w)) => {
+                inst.weight_held = !w.restore;
+                inst.weight_set = if w.restore { 0 } else { w.weight };
+            }
         }
         let release = inst.release.clone();
         let name = inst.name.clone();

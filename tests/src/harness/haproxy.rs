@@ -342,6 +342,10 @@ pub struct ServerStat {
     pub check_status: String,
     /// What HAProxy says about it (`Layer7 wrong status`, ...).
     pub check_desc: String,
+    /// Requests the server answered (`req_tot`), cumulative.
+    pub req_tot: u64,
+    /// 5xx responses the server sent (`hrsp_5xx`), cumulative.
+    pub hrsp_5xx: u64,
 }
 
 impl ServerStat {
@@ -433,6 +437,7 @@ pub fn parse_show_stat(text: &str) -> Result<Vec<ServerStat>, String> {
         need("status")?,
     );
     let (weight, check, desc) = (col("weight"), col("check_status"), col("check_desc"));
+    let (req_tot, hrsp_5xx) = (col("req_tot"), col("hrsp_5xx"));
     let mut out = Vec::new();
     for line in lines {
         let f: Vec<&str> = line.split(',').collect();
@@ -447,6 +452,8 @@ pub fn parse_show_stat(text: &str) -> Result<Vec<ServerStat>, String> {
             weight: weight.and_then(|i| get(i).parse().ok()),
             check_status: check.map(|i| get(i).to_string()).unwrap_or_default(),
             check_desc: desc.map(|i| get(i).to_string()).unwrap_or_default(),
+            req_tot: req_tot.and_then(|i| get(i).parse().ok()).unwrap_or(0),
+            hrsp_5xx: hrsp_5xx.and_then(|i| get(i).parse().ok()).unwrap_or(0),
         });
     }
     Ok(out)

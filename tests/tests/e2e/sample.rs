@@ -4,6 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use drover_tests::harness::haproxy::{Haproxy, Server};
 use drover_tests::{Proc, bin_path, http_get, wait_until};
 use tempfile::TempDir;
 
@@ -184,4 +185,70 @@ fn exits_when_the_watched_process_is_gone() {
         .wait_exit(Duration::from_secs(10))
         .expect("exits once the watched pid is gone");
     assert_eq!(status.code(), Some(0));
+}
+
+/// One sample's value in a Prometheus exposition (`name{labels} value`).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+#[test]
+fn the_error_rate_and_latency_knobs_show_in_haproxys_counters_and_in_metrics() {
+    let s = start(&["--error-rate", "0.25", "--latency", "30ms"]);
+    let port: u16 = s
+        .addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let h = Haproxy::start(dir.path(), "web", &[Server::new("h1", port)]);
+    h.wait_serving(1, Duration::from_secs(20));
+    // 8 requests through HAProxy; every 4th is answered 500.
+    let codes: Vec<u16> = (0..8).map(|_| get(&h.frontend_addr(), "/").0).collect();
+    assert_eq!(codes.iter().filter(|c| **c == 500).count(), 2, "{codes:?}");
+
+    let stat = h
+        .servers()
+        .expect("show stat")
+        .into_iter()
+        .find(|s| s.server == "h1")
+        .expect("h1 listed");
+    assert_eq!((stat.req_tot, stat.hrsp_5xx), (8, 2), "{stat:?}");
+
+    let (code, text) = get(&s.addr, "/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        text.contains("# TYPE http_requests_total counter"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE http_request_duration_seconds histogram"),
+        "{text}"
+    );
+    // Only `GET /` counts: HAProxy's health checks of /healthz do not.
+    assert_eq!(metric(&text, "http_requests_total{code=\"200\"}"), 6.0);
+    assert_eq!(metric(&text, "http_requests_total{code=\"500\"}"), 2.0);
+    // Every request took the 30 ms latency at least.
+    assert_eq!(
+        metric(&text, "http_request_duration_seconds_bucket{le=\"0.025\"}"),
+        0.0
+    );
+    assert_eq!(
+        metric(&text, "http_request_duration_seconds_bucket{le=\"+Inf\"}"),
+        8.0
+    );
+    assert_eq!(metric(&text, "http_request_duration_seconds_count"), 8.0);
+    assert!(
+        metric(&text, "http_request_duration_seconds_sum") >= 0.24,
+        "{text}"
+    );
 }
