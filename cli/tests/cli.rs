@@ -352,6 +352,13 @@ impl ControlService for Fake {
     ) -> Result<Response<drover_proto::v1::Rollout>, Status> {
         Err(Status::unimplemented("not faked"))
     }
+
+    async fn get_rollout_analysis(
+        &self,
+        _req: Request<drover_proto::v1::GetRolloutAnalysisRequest>,
+    ) -> Result<Response<drover_proto::v1::RolloutAnalysis>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
 }
 
 async fn serve(pki: &Pki) -> SocketAddr {

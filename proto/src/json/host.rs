@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{ReleaseJson, known, rfc3339_ms};
+use super::{ReleaseJson, known, non_empty, rfc3339_ms};
 use crate::v1::{
-    DiskUsage, DrainMethod, HealthState, Host, HostMetrics, HostStatus, InstanceStatus,
-    LoadBalancerState, LoadBalancerView, RuntimeState,
+    AppMetrics, DiskUsage, DrainMethod, HealthState, HistogramBucket, Host, HostMetrics,
+    HostStatus, InstanceStatus, LoadBalancerState, LoadBalancerView, RuntimeState, TrafficCounters,
 };
 
 impl HostStatus {
@@ -200,7 +200,7 @@ impl From<&DiskUsage> for DiskJson {
 }
 
 /// One instance on a host, as its agent reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct InstanceStatusJson {
     pub id: String,
     pub name: String,
@@ -220,6 +220,76 @@ pub struct InstanceStatusJson {
     pub drain: &'static str,
     /// What each load balancer the instance is registered with says of it.
     pub load_balancers: Vec<LoadBalancerJson>,
+    /// Blue-green: `blue` or `green`; null when the instance has none.
+    pub color: Option<String>,
+    /// The weight drover holds on it in its load balancers (canary,
+    /// blue-green); null when none is held (the configured weight).
+    pub weight_held: Option<u32>,
+    /// Times the agent set the held weight again after a load balancer
+    /// lost it (an HAProxy reload).
+    pub weight_reasserted: u32,
+    /// From the instance's own `/metrics`; null when the agent does not
+    /// scrape them.
+    pub app_metrics: Option<AppMetricsJson>,
+}
+
+/// An instance's own request counter and latency histogram.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AppMetricsJson {
+    pub read_at: Option<String>,
+    pub read_at_ms: i64,
+    /// Why the scrape failed; null when it worked.
+    pub error: Option<String>,
+    pub requests: u64,
+    pub errors: u64,
+    /// Cumulative, `le` in seconds (`"+Inf"` for the last).
+    pub latency_buckets: Vec<BucketJson>,
+    pub latency_sum: f64,
+    pub latency_count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BucketJson {
+    /// A number, or `"+Inf"`.
+    pub le: serde_json::Value,
+    pub count: u64,
+}
+
+impl From<&AppMetrics> for AppMetricsJson {
+    fn from(m: &AppMetrics) -> Self {
+        let AppMetrics {
+            read_at_ms,
+            error,
+            requests,
+            errors,
+            latency_buckets,
+            latency_sum,
+            latency_count,
+        } = m;
+        AppMetricsJson {
+            read_at: rfc3339_ms(*read_at_ms),
+            read_at_ms: *read_at_ms,
+            error: non_empty(error),
+            requests: *requests,
+            errors: *errors,
+            latency_buckets: (latency_buckets.iter())
+                .map(|b| {
+                    let HistogramBucket { le, count } = b;
+                    BucketJson {
+                        le: serde_json::Number::from_f64(*le)
+                            .map_or_else(|| "+Inf".into(), serde_json::Value::Number),
+                        count: *count,
+                    }
+                })
+                .collect(),
+            latency_sum: if latency_sum.is_finite() {
+                *latency_sum
+            } else {
+                0.0
+            },
+            latency_count: *latency_count,
+        }
+    }
 }
 
 impl From<&InstanceStatus> for InstanceStatusJson {
@@ -241,6 +311,11 @@ impl From<&InstanceStatus> for InstanceStatusJson {
             drained,
             drain,
             load_balancers,
+            color,
+            app_metrics,
+            weight_set,
+            weight_held,
+            weight_reasserted,
         } = i;
         InstanceStatusJson {
             id: id.clone(),
@@ -259,6 +334,10 @@ impl From<&InstanceStatus> for InstanceStatusJson {
             drained: *drained,
             drain: known::<DrainMethod>(*drain).as_text(),
             load_balancers: load_balancers.iter().map(LoadBalancerJson::from).collect(),
+            color: non_empty(color),
+            weight_held: weight_held.then_some(*weight_set),
+            weight_reasserted: *weight_reasserted,
+            app_metrics: app_metrics.as_ref().map(AppMetricsJson::from),
         }
     }
 }
@@ -277,6 +356,46 @@ pub struct LoadBalancerJson {
     /// On the agent's clock.
     pub read_at: Option<String>,
     pub read_at_ms: i64,
+    /// The weight the server was configured with; 0 when unknown.
+    pub configured_weight: u32,
+    /// The backend's balance algorithm (`roundrobin`, `static-rr`, ...);
+    /// null when it could not be read.
+    pub algorithm: Option<String>,
+    /// Whether HAProxy applies weight changes at run time with it.
+    pub algorithm_dynamic: bool,
+    /// HAProxy's counters for the server, cumulative; null when unknown.
+    pub counters: Option<TrafficCountersJson>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrafficCountersJson {
+    pub requests: u64,
+    pub responses_5xx: u64,
+    pub response_errors: u64,
+    pub connection_errors: u64,
+    pub responses: u64,
+    pub response_time_ms: u32,
+}
+
+impl From<&TrafficCounters> for TrafficCountersJson {
+    fn from(c: &TrafficCounters) -> Self {
+        let TrafficCounters {
+            requests,
+            responses_5xx,
+            response_errors,
+            connection_errors,
+            responses,
+            response_time_ms,
+        } = c;
+        TrafficCountersJson {
+            requests: *requests,
+            responses_5xx: *responses_5xx,
+            response_errors: *response_errors,
+            connection_errors: *connection_errors,
+            responses: *responses,
+            response_time_ms: *response_time_ms,
+        }
+    }
 }
 
 impl From<&LoadBalancerView> for LoadBalancerJson {
@@ -289,6 +408,10 @@ impl From<&LoadBalancerView> for LoadBalancerJson {
             status,
             weight,
             read_at_ms,
+            counters,
+            configured_weight,
+            algorithm,
+            algorithm_dynamic,
         } = v;
         LoadBalancerJson {
             balancer: balancer.clone(),
@@ -299,6 +422,10 @@ impl From<&LoadBalancerView> for LoadBalancerJson {
             weight: *weight,
             read_at: rfc3339_ms(*read_at_ms),
             read_at_ms: *read_at_ms,
+            configured_weight: *configured_weight,
+            algorithm: non_empty(algorithm),
+            algorithm_dynamic: *algorithm_dynamic,
+            counters: counters.as_ref().map(TrafficCountersJson::from),
         }
     }
 }
@@ -363,7 +490,40 @@ mod tests {
                     status: "DOWN 1/3".into(),
                     weight: 1,
                     read_at_ms: NOW,
+                    counters: Some(TrafficCounters {
+                        requests: 100,
+                        responses_5xx: 2,
+                        response_errors: 1,
+                        connection_errors: 0,
+                        responses: 100,
+                        response_time_ms: 12,
+                    }),
+                    configured_weight: 1,
+                    algorithm: "roundrobin".into(),
+                    algorithm_dynamic: true,
                 }],
+                color: "blue".into(),
+                app_metrics: Some(AppMetrics {
+                    read_at_ms: NOW,
+                    error: String::new(),
+                    requests: 90,
+                    errors: 2,
+                    latency_buckets: vec![
+                        HistogramBucket {
+                            le: 0.005,
+                            count: 50,
+                        },
+                        HistogramBucket {
+                            le: f64::INFINITY,
+                            count: 90,
+                        },
+                    ],
+                    latency_sum: 1.5,
+                    latency_count: 90,
+                }),
+                weight_set: 16,
+                weight_held: true,
+                weight_reasserted: 1,
             }],
             cert_serial: "4a01".into(),
             cert_not_after_ms: 0,
@@ -371,6 +531,34 @@ mod tests {
             peer_addr: "127.0.0.1:5555".into(),
             status_reason: String::new(),
         };
+        let instance = json!({
+            "id": "web@h1", "name": "web", "service": "web", "runtime": "process",
+            "state": "running", "restarts": 0, "pid": 42, "health": "healthy",
+            "last_check_latency_ms": 2, "consecutive_successes": 3,
+            "consecutive_failures": 0, "last_check_error": "",
+            "release": {"version": "", "digest": ""},
+            "drained": false, "drain": "haproxy",
+            "load_balancers": [{
+                "balancer": "/run/haproxy.sock", "backend": "web", "server": "h1",
+                "state": "down", "status": "DOWN 1/3", "weight": 1,
+                "read_at": "2026-09-21T14:13:20Z", "read_at_ms": NOW,
+                "configured_weight": 1, "algorithm": "roundrobin",
+                "algorithm_dynamic": true,
+                "counters": {
+                    "requests": 100, "responses_5xx": 2, "response_errors": 1,
+                    "connection_errors": 0, "responses": 100, "response_time_ms": 12,
+                },
+            }],
+            "color": "blue",
+            "weight_held": 16,
+            "weight_reasserted": 1,
+            "app_metrics": {
+                "read_at": "2026-09-21T14:13:20Z", "read_at_ms": NOW, "error": null,
+                "requests": 90, "errors": 2,
+                "latency_buckets": [{"le": 0.005, "count": 50}, {"le": "+Inf", "count": 90}],
+                "latency_sum": 1.5, "latency_count": 90,
+            },
+        });
         assert_eq!(
             to_value(&HostJson::from(&h)),
             json!({
@@ -393,19 +581,7 @@ mod tests {
                     "uptime_secs": 60,
                     "disks": [{"mount": "/", "total_bytes": 100, "used_bytes": 40}],
                 },
-                "instances": [{
-                    "id": "web@h1", "name": "web", "service": "web", "runtime": "process",
-                    "state": "running", "restarts": 0, "pid": 42, "health": "healthy",
-                    "last_check_latency_ms": 2, "consecutive_successes": 3,
-                    "consecutive_failures": 0, "last_check_error": "",
-                    "release": {"version": "", "digest": ""},
-                    "drained": false, "drain": "haproxy",
-                    "load_balancers": [{
-                        "balancer": "/run/haproxy.sock", "backend": "web", "server": "h1",
-                        "state": "down", "status": "DOWN 1/3", "weight": 1,
-                        "read_at": "2026-09-21T14:13:20Z", "read_at_ms": NOW,
-                    }],
-                }],
+                "instances": [instance],
             })
         );
     }

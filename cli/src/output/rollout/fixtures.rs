@@ -16,6 +16,7 @@ pub fn release(v: &str) -> Option<Release> {
 
 pub fn rollout() -> Rollout {
     Rollout {
+        traffic: None,
         id: "r7".into(),
         service: "web".into(),
         selector: "env=prod".into(),
@@ -98,6 +99,7 @@ pub fn event(at_ms: i64, instance: &str, step: &str, message: &str) -> RolloutEv
 
 pub fn plan() -> RolloutPlan {
     RolloutPlan {
+        traffic_steps: Vec::new(),
         service: "web".into(),
         target: release("v2"),
         total: 4,
