@@ -77,6 +77,8 @@ pub enum PlanError {
          but service {service} has {instances} matching instance(s); use strategy = rolling"
     )]
     CanaryNeedsBaseline { service: String, instances: u32 },
+    #[error("{instance}: {why}; a canary moves traffic by load balancer weights")]
+    NotWeightable { instance: String, why: String },
     #[error("{unreachable} instance(s) on lost hosts ({hosts}) exceed max_unreachable {max}")]
     TooManyUnreachable {
         unreachable: u32,
@@ -238,11 +240,14 @@ impl Engine {
         if spec.strategy == drover_model::Strategy::BlueGreen {
             return Err(PlanError::StrategyNotRun(spec.strategy));
         }
-        if spec.strategy == drover_model::Strategy::Canary && instances.len() < 2 {
-            return Err(PlanError::CanaryNeedsBaseline {
-                service: spec.service.clone(),
-                instances: count(instances.iter()),
-            });
+        if spec.strategy == drover_model::Strategy::Canary {
+            if instances.len() < 2 {
+                return Err(PlanError::CanaryNeedsBaseline {
+                    service: spec.service.clone(),
+                    instances: count(instances.iter()),
+                });
+            }
+            check_weightable(&instances)?;
         }
         if id.trim().is_empty() || id.contains('/') {
             return Err(PlanError::BadId(id.to_string()));
@@ -827,6 +832,41 @@ impl Engine {
             });
         }
     }
+}
+
+/// Every target instance must sit behind load balancers that apply weight
+/// changes at run time: a canary's traffic share is made of weights.
+fn check_weightable(instances: &[InstanceInfo]) -> Result<(), PlanError> {
+    for i in instances {
+        let refuse = |why: String| {
+            Err(PlanError::NotWeightable {
+                instance: i.id.clone(),
+                why,
+            })
+        };
+        if i.balancers.is_empty() {
+            return refuse(
+                "its agent reports no load balancer (configure [instance.drain] type = \"haproxy\")"
+                    .to_string(),
+            );
+        }
+        for b in &i.balancers {
+            if b.algorithm.is_empty() {
+                return refuse(format!(
+                    "the balance algorithm of backend {} in {} could not be read",
+                    b.backend, b.balancer
+                ));
+            }
+            if !b.dynamic {
+                return refuse(format!(
+                    "backend {} in {} uses `balance {}`, which ignores weight changes; \
+                     use roundrobin, leastconn or random (or hash-type consistent)",
+                    b.backend, b.balancer, b.algorithm
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a rollout that is already under its floor, could never take an

@@ -93,8 +93,8 @@ pub use drover_model::{amount, spec};
 pub use amount::{Amount, AmountError, parse_batches};
 pub use engine::{Engine, PlanError};
 pub use model::{
-    CommandId, CommandKind, CommandOutcome, Direction, Fault, Input, InstanceInfo, Millis,
-    OperatorAction, Outcome, Output, RolloutEvent, Step,
+    BalancerInfo, CommandId, CommandKind, CommandOutcome, Direction, Fault, Input, InstanceInfo,
+    Millis, OperatorAction, Outcome, Output, RolloutEvent, Step,
 };
 pub use plan::{Plan, PlannedBatch, PlannedSkip, PlannedTrafficStep};
 pub use reason::{Block, StopReason, Unfinished};

@@ -47,6 +47,22 @@ pub struct InstanceInfo {
     pub in_service: bool,
     /// Whether its agent is connected.
     pub reachable: bool,
+    /// The load balancers it is registered with, as its agent last read
+    /// them: a canary weights it through every one of them.
+    #[serde(default)]
+    pub balancers: Vec<BalancerInfo>,
+}
+
+/// One load balancer an instance is registered with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalancerInfo {
+    /// For HAProxy, the runtime API address its agent uses.
+    pub balancer: String,
+    pub backend: String,
+    /// The backend's balance algorithm; empty when it could not be read.
+    pub algorithm: String,
+    /// Whether weights changed at run time take effect with it.
+    pub dynamic: bool,
 }
 
 /// Where an instance is in its chain. Rollback walks the same steps toward

@@ -611,11 +611,18 @@ impl Engine {
                     return None;
                 }
                 self.start_weighting(cx);
-                Some(Block::Weighting {
-                    step,
-                    share,
-                    instances: self.weights_in_flight(),
-                })
+                match self.weights_in_flight() {
+                    // Every instance already holds its weight.
+                    0 => {
+                        self.start_baking(cx);
+                        Some(Block::Baking { step, share })
+                    }
+                    n => Some(Block::Weighting {
+                        step,
+                        share,
+                        instances: n,
+                    }),
+                }
             }
             Stage::Weighting => {
                 let n = self.weights_in_flight();

@@ -38,6 +38,7 @@ fn infos(service: &str, n: usize) -> Vec<InstanceInfo> {
             healthy: true,
             in_service: true,
             reachable: true,
+            balancers: Vec::new(),
         })
         .collect()
 }

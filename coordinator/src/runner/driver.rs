@@ -29,6 +29,7 @@ use std::time::Duration;
 
 #[cfg(any(test, feature = "sim"))]
 use crate::rollout::bugs::{self, Bug};
+use crate::rollout::traffic::TrafficSample;
 use crate::rollout::{
     CommandId, CommandKind, CommandOutcome, Engine, Input, Millis, OperatorAction, Output, Release,
     RolloutEvent, Status, StatusCache,
@@ -82,16 +83,18 @@ impl Observed {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InstanceView {
     /// `web@h1`.
     pub id: String,
     pub seen: Observed,
+    /// Its traffic counters, when its agent reports them.
+    pub traffic: Option<TrafficSample>,
 }
 
 /// A host as the registry holds it now, with its instances of the
 /// rollout's service.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HostView {
     pub host: String,
     pub connected: bool,
@@ -113,7 +116,7 @@ pub struct AgentUpdate {
 }
 
 /// What the runtime tells the driver.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A registry change (or, after missed changes, the registry as it is).
     Host(HostView),
@@ -187,6 +190,8 @@ pub struct Driver {
     /// the step's effect until a report says otherwise) and for a host
     /// when it is lost or back, so those reports always get through.
     told: HashMap<String, HashMap<String, Told>>,
+    /// The last traffic counters given to the engine, per instance.
+    told_traffic: HashMap<String, TrafficSample>,
     /// The agents' latest progress message per instance with a step in flight.
     progress: BTreeMap<String, String>,
     /// After a restore: when hosts still away count as lost.
@@ -232,6 +237,7 @@ impl Driver {
             reachable,
             connected,
             told: HashMap::new(),
+            told_traffic: HashMap::new(),
             progress: BTreeMap::new(),
             lost_check_at: restored.map(|t| now.plus(t)),
             reask: BTreeMap::new(),
@@ -330,8 +336,20 @@ impl Driver {
             self.told.remove(&host);
             self.inputs.push(Input::HostBack { host: host.clone() });
         }
+        let counts_traffic = self.engine.state().spec().strategy.shifts_traffic();
         let told = self.told.entry(host).or_default();
         for inst in view.instances {
+            if counts_traffic && let Some(sample) = inst.traffic {
+                // Counters only: they change with every request, so they
+                // go to the engine as they are, never as a health change.
+                if self.told_traffic.get(&inst.id) != Some(&sample) {
+                    self.told_traffic.insert(inst.id.clone(), sample.clone());
+                    self.inputs.push(Input::Traffic {
+                        instance: inst.id.clone(),
+                        sample,
+                    });
+                }
+            }
             let seen = (inst.seen.healthy, inst.seen.in_service(), inst.seen.release);
             if told.get(&inst.id) == Some(&seen) {
                 continue;

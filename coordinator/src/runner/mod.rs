@@ -204,6 +204,14 @@ pub fn target_instances(registry: &Registry, spec: &RolloutSpec) -> Vec<Instance
                 healthy: seen.healthy,
                 release: seen.release,
                 reachable,
+                balancers: (inst.load_balancers.iter())
+                    .map(|lb| crate::rollout::BalancerInfo {
+                        balancer: lb.balancer.clone(),
+                        backend: lb.backend.clone(),
+                        algorithm: lb.algorithm.clone(),
+                        dynamic: lb.algorithm_dynamic,
+                    })
+                    .collect(),
             });
         }
     }

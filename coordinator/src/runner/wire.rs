@@ -10,6 +10,7 @@ use drover_proto::v1::{
 };
 
 use super::driver::{AgentUpdate, HostView, InstanceView, Observed, Outgoing, UpdateKind};
+use crate::rollout::traffic::{AppCounters, BalancerCounters, TrafficSample};
 use crate::rollout::{CommandId, CommandKind, CommandOutcome, Release};
 
 /// What a report says of an instance. Without a health check, running
@@ -42,6 +43,43 @@ pub fn connected(host: &Host) -> bool {
     host.status == HostStatus::Connected as i32
 }
 
+/// What the instance served, as its agent last read it: HAProxy's counters
+/// per load balancer that has them, and its own metrics when scraped.
+/// `None` when the agent reports neither.
+pub fn traffic(inst: &pb::InstanceStatus) -> Option<TrafficSample> {
+    let balancers: Vec<BalancerCounters> = (inst.load_balancers.iter())
+        .filter_map(|lb| {
+            let c = lb.counters.as_ref()?;
+            Some(BalancerCounters {
+                balancer: lb.balancer.clone(),
+                requests: c.requests,
+                responses_5xx: c.responses_5xx,
+                response_errors: c.response_errors,
+                connection_errors: c.connection_errors,
+                responses: c.responses,
+                response_time_ms: c.response_time_ms,
+            })
+        })
+        .collect();
+    let app = (inst.app_metrics.as_ref())
+        .filter(|m| m.error.is_empty() && m.read_at_ms > 0)
+        .map(|m| AppCounters {
+            requests: m.requests,
+            errors: m.errors,
+            latency: drover_analysis::Histogram {
+                buckets: (m.latency_buckets.iter())
+                    .map(|b| drover_analysis::Bucket {
+                        le: b.le,
+                        count: b.count,
+                    })
+                    .collect(),
+                sum: m.latency_sum,
+                count: m.latency_count,
+            },
+        });
+    (!balancers.is_empty() || app.is_some()).then_some(TrafficSample { balancers, app })
+}
+
 /// A registry entry, reduced to the instances of `service`.
 pub fn host_view(host: &Host, service: &str) -> HostView {
     HostView {
@@ -52,6 +90,7 @@ pub fn host_view(host: &Host, service: &str) -> HostView {
             .map(|i| InstanceView {
                 id: i.id.clone(),
                 seen: observe(i),
+                traffic: traffic(i),
             })
             .collect(),
     }

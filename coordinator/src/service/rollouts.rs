@@ -515,6 +515,7 @@ mod tests {
                 healthy: true,
                 in_service: true,
                 reachable: true,
+                balancers: Vec::new(),
             })
             .collect();
         let spec = RolloutSpec {

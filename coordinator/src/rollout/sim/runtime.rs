@@ -516,6 +516,7 @@ impl Sim {
                 .map(|(&k, seen)| InstanceView {
                     id: self.insts[k].id.clone(),
                     seen: seen.clone(),
+                    traffic: None,
                 })
                 .collect(),
         })

@@ -286,6 +286,7 @@ fn fleet(rng: &mut Rng, n: u32) -> Vec<Member> {
                 healthy: !rng.chance(p_unhealthy),
                 in_service: true,
                 reachable,
+                balancers: Vec::new(),
             },
             bad,
         });

@@ -261,6 +261,39 @@ fn an_operator_rollback_mid_canary_puts_every_weight_back() {
 }
 
 #[test]
+fn a_backend_that_ignores_weights_is_refused_before_anything_moves() {
+    let mut infos = instances(4);
+    infos[2].balancers[0].algorithm = "static-rr".to_string();
+    infos[2].balancers[0].dynamic = false;
+    let e = crate::rollout::Engine::plan(&canary_spec("10%,100%"), infos).expect_err("static-rr");
+    let text = e.to_string();
+    assert!(
+        text.contains("web@h03") && text.contains("static-rr"),
+        "{text}"
+    );
+    let mut infos = instances(4);
+    infos[0].balancers.clear();
+    let e = crate::rollout::Engine::plan(&canary_spec("10%,100%"), infos)
+        .expect_err("no load balancer");
+    assert!(e.to_string().contains("no load balancer"), "{e}");
+}
+
+#[test]
+fn a_dry_run_shows_each_step_with_its_weights() {
+    let plan =
+        crate::rollout::Engine::plan(&canary_spec("10%,50%,100%"), instances(10)).expect("plan");
+    let steps: Vec<(u32, u32, u32)> = (plan.traffic_steps.iter())
+        .map(|s| (s.updated, s.new_weight, s.old_weight))
+        .collect();
+    // 10% of 10 is one instance at the old ones' weight; 50% is five.
+    assert_eq!(steps, [(1, 100, 100), (5, 100, 100)], "{plan}");
+    assert!(plan.stalls.is_none(), "{plan}");
+    assert_eq!(plan.batches.len(), 3, "{plan}");
+    let text = plan.to_string();
+    assert!(text.contains("step 1"), "{text}");
+}
+
+#[test]
 fn a_canary_needs_an_instance_left_on_the_old_release() {
     let e = crate::rollout::Engine::start(
         "r1",

@@ -39,6 +39,12 @@ pub fn instances(n: usize) -> Vec<InstanceInfo> {
                 healthy: true,
                 in_service: true,
                 reachable: true,
+                balancers: vec![crate::rollout::BalancerInfo {
+                    balancer: "lb1".to_string(),
+                    backend: "web".to_string(),
+                    algorithm: "roundrobin".to_string(),
+                    dynamic: true,
+                }],
             }
         })
         .collect()

@@ -22,6 +22,7 @@ fn infos(n: usize) -> Vec<InstanceInfo> {
             healthy: true,
             in_service: true,
             reachable: true,
+            balancers: Vec::new(),
         })
         .collect()
 }
@@ -61,6 +62,7 @@ fn view(host: &str, connected: bool, seen: Observed) -> Event {
         instances: vec![InstanceView {
             id: format!("web@{host}"),
             seen,
+            traffic: None,
         }],
     })
 }
