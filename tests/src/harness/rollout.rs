@@ -54,6 +54,7 @@ pub struct WebFleetBuilder {
     max_unpacked_bytes: u64,
     dir: Option<PathBuf>,
     instance_toml: String,
+    instance_metrics: bool,
     haproxy_checks: Checks,
 }
 
@@ -67,6 +68,7 @@ impl Default for WebFleetBuilder {
             drain_timeout: "5s".to_string(),
             max_unpacked_bytes: MAX_UNPACKED_BYTES,
             instance_toml: String::new(),
+            instance_metrics: false,
             dir: None,
             haproxy_checks: Checks::default(),
         }
@@ -131,6 +133,13 @@ impl WebFleetBuilder {
         self
     }
 
+    /// Every `web` instance's own Prometheus metrics are scraped by its
+    /// agent (`[instance.metrics]` on the sample's `/metrics`).
+    pub fn instance_metrics(mut self) -> Self {
+        self.instance_metrics = true;
+        self
+    }
+
     /// TOML appended to every `web` instance's block, after its drain
     /// table (for instance an `[instance.hooks]` table).
     pub fn instance_toml(mut self, toml: &str) -> Self {
@@ -174,6 +183,9 @@ impl WebFleetBuilder {
             ports.insert(host.clone(), port);
             let mut spec = AgentSpec::new(host).report_interval(&self.report_interval);
             spec.labels = labels.clone();
+            // Traffic counters and instance metrics every second: a canary's
+            // looks in these tests come every second.
+            spec.extra_top.push_str("traffic_interval = \"1s\"\n");
             let mut web = web_instance(
                 host,
                 port,
@@ -188,6 +200,14 @@ impl WebFleetBuilder {
             if !self.instance_toml.is_empty() {
                 web.extra_toml.push('\n');
                 web.extra_toml.push_str(&self.instance_toml);
+            }
+            if self.instance_metrics {
+                web.extra_toml.push_str(&format!(
+                    "\n[instance.metrics]\n\
+                     url = \"http://127.0.0.1:{port}/metrics\"\n\
+                     requests = \"http_requests_total\"\n\
+                     latency = \"http_request_duration_seconds\"\n"
+                ));
             }
             spec.instances = vec![web];
             specs.push(spec);

@@ -134,6 +134,22 @@ pub struct RolloutView {
     pub instances: Vec<RolloutInstanceView>,
     #[serde(default)]
     pub events: Vec<RolloutEventView>,
+    /// Canary: its traffic steps; `None` for a rolling update.
+    #[serde(default)]
+    pub traffic: Option<TrafficView>,
+}
+
+/// A canary's traffic steps, as `-o json` prints them.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct TrafficView {
+    #[serde(default)]
+    pub step: u32,
+    #[serde(default)]
+    pub stage: String,
+    #[serde(default)]
+    pub looks: u32,
+    #[serde(default)]
+    pub results: Vec<serde_json::Value>,
 }
 
 impl RolloutView {

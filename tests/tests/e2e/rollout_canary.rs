@@ -1,0 +1,412 @@
+//! Canary through real HAProxy under load (issue 11): the agents set
+//! weights through HAProxy's runtime API, the coordinator judges HAProxy's
+//! own per-server counters (or the instances' `/metrics`) of the updated
+//! instances against the rest, and rolls a bad canary back on its own.
+//! What is checked is what users and HAProxy see: the share of requests
+//! the new release answers at each step, failed requests, weights and
+//! versions at the end.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use drover_tests::harness::haproxy::{self, ServerStat};
+use drover_tests::harness::rollout::SERVICE;
+use drover_tests::{Load, LoadSpec, RolloutView, WAIT, WebFleet, free_port};
+
+/// HAProxy's `show stat`, read this often.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// Three minutes of samples at most.
+const MAX_SAMPLES: usize = 1_800;
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Every reading of the backend's servers, with the wall clock (the
+/// coordinator's events use the same clock).
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<(i64, Vec<ServerStat>)>>>,
+}
+
+impl Sampler {
+    fn start(socket: &Path) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let socket: PathBuf = socket.to_path_buf();
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                while out.len() < MAX_SAMPLES && !stop.load(Ordering::SeqCst) {
+                    if let Ok(all) = haproxy::command(&socket, "show stat")
+                        .and_then(|t| haproxy::parse_show_stat(&t))
+                    {
+                        let servers = all
+                            .into_iter()
+                            .filter(|s| s.backend == SERVICE && s.server != "BACKEND")
+                            .filter(|s| s.server != "FRONTEND")
+                            .collect();
+                        out.push((unix_ms(), servers));
+                    }
+                    // Paces the readings; nothing waits on it.
+                    std::thread::sleep(SAMPLE_EVERY);
+                }
+                out
+            })
+        };
+        Sampler {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> Vec<(i64, Vec<ServerStat>)> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A canary spec file: `steps`, a short bake, looks every second.
+fn spec_file(web: &WebFleet, name: &str, steps: &str, bake: &str, analysis: &str) -> String {
+    let path = web.root.join(format!("{name}.toml"));
+    let text = format!(
+        "strategy = \"canary\"\nsteps = \"{steps}\"\nbake = \"{bake}\"\nmin_healthy = \"60%\"\n\
+         [analysis]\ninterval = \"1s\"\nwarmup = \"2s\"\nmin_requests = 100\n{analysis}"
+    );
+    std::fs::write(&path, text).expect("write the rollout spec");
+    path.display().to_string()
+}
+
+/// Requests each server answered between `from` and `to` (unix ms), from
+/// the first and last readings in that window.
+fn answered(samples: &[(i64, Vec<ServerStat>)], from: i64, to: i64) -> BTreeMap<String, u64> {
+    let inside: Vec<&(i64, Vec<ServerStat>)> = (samples.iter())
+        .filter(|(at, _)| *at >= from && *at <= to)
+        .collect();
+    let (Some(first), Some(last)) = (inside.first(), inside.last()) else {
+        return BTreeMap::new();
+    };
+    let before: BTreeMap<&str, u64> = (first.1.iter())
+        .map(|s| (s.server.as_str(), s.req_tot))
+        .collect();
+    (last.1.iter())
+        .map(|s| {
+            let was = before.get(s.server.as_str()).copied().unwrap_or(0);
+            (s.server.clone(), s.req_tot.saturating_sub(was))
+        })
+        .collect()
+}
+
+/// Every server is back at its configured weight (1 in the test HAProxy).
+fn assert_weights_restored(web: &WebFleet, diag: &dyn Fn() -> String) {
+    let servers = web.haproxy.servers().expect("show stat");
+    for s in servers.iter().filter(|s| s.server != "BACKEND") {
+        assert_eq!(
+            s.weight,
+            Some(1),
+            "{} keeps weight {:?}\n{}",
+            s.server,
+            s.weight,
+            diag()
+        );
+    }
+}
+
+/// The hosts whose instance finished its update before `at` (unix ms).
+fn updated_before(rollout: &RolloutView, at: i64) -> Vec<String> {
+    (rollout.events.iter())
+        .filter(|e| e.at_ms <= at && e.step_is("done"))
+        .filter_map(|e| {
+            e.instance
+                .as_deref()?
+                .split_once('@')
+                .map(|(_, h)| h.to_string())
+        })
+        .collect()
+}
+
+/// When each step's bake began and ended, from the rollout's events.
+fn bakes(rollout: &RolloutView) -> Vec<(i64, i64)> {
+    let starts: Vec<i64> = (rollout.events.iter())
+        .filter(|e| e.message.contains("in place: baking"))
+        .map(|e| e.at_ms)
+        .collect();
+    let ends: Vec<i64> = (rollout.events.iter())
+        .filter(|e| e.message.starts_with("traffic step") && e.message.contains(" passed"))
+        .map(|e| e.at_ms)
+        .collect();
+    starts.into_iter().zip(ends).collect()
+}
+
+fn load_spec() -> LoadSpec {
+    LoadSpec {
+        max_requests: 60_000,
+        max_duration: Duration::from_secs(150),
+        ..LoadSpec::default()
+    }
+}
+
+#[test]
+fn a_good_canary_is_promoted_step_by_step_with_each_share_seen_at_haproxy() {
+    let web = WebFleet::builder().hosts(5).start();
+    web.deploy_initial("v1");
+    web.push_release("v2", &[]);
+    let sampler = Sampler::start(web.haproxy.socket());
+    let load = Load::start(&web.haproxy.frontend_addr(), load_spec());
+    web.fleet
+        .wait(WAIT, "load flows through HAProxy", || load.counts().1 >= 30);
+
+    let spec = spec_file(&web, "canary", "10%,50%,100%", "8s", "");
+    let started = web.start_detached("v2", &["-f", &spec]);
+    let rollout = web.wait_finished(&started.id, Duration::from_secs(120));
+    let report = load.stop();
+    let samples = sampler.stop();
+    let diag = || {
+        format!(
+            "{}\n{report}\n{}",
+            rollout.timeline(),
+            web.diagnostics_for(&started.id)
+        )
+    };
+
+    assert_eq!(rollout.phase, "succeeded", "{}", diag());
+    assert_eq!(report.failed, 0, "failed requests\n{}", diag());
+    for (iid, v) in rollout.versions() {
+        assert_eq!(v.as_deref(), Some("v2"), "{iid}\n{}", diag());
+    }
+    assert_weights_restored(&web, &diag);
+
+    // Each step's share of requests, as HAProxy counted them, within 5
+    // points of the step (a second after the bake began, to the end).
+    let windows = bakes(&rollout);
+    assert_eq!(windows.len(), 2, "two steps baked before 100%\n{}", diag());
+    for ((from, to), want) in windows.into_iter().zip([10.0, 50.0]) {
+        let updated = updated_before(&rollout, from);
+        let per_server = answered(&samples, from + 1_000, to);
+        let total: u64 = per_server.values().sum();
+        let new: u64 = (per_server.iter())
+            .filter(|(s, _)| updated.contains(s))
+            .map(|(_, n)| n)
+            .sum();
+        assert!(
+            total >= 200,
+            "too few requests in the {want}% step: {per_server:?}"
+        );
+        let share = 100.0 * new as f64 / total as f64;
+        assert!(
+            (share - want).abs() <= 5.0,
+            "step {want}%: the new release answered {share:.1}% ({new} of {total}; updated {updated:?})\n{}",
+            diag()
+        );
+    }
+}
+
+#[test]
+fn a_canary_with_5_percent_errors_is_rolled_back_in_its_first_step() {
+    let web = WebFleet::builder().hosts(5).start();
+    web.deploy_initial("v1");
+    web.push_release("v2", &["--error-rate", "0.05"]);
+    let load = Load::start(&web.haproxy.frontend_addr(), load_spec());
+    web.fleet
+        .wait(WAIT, "load flows through HAProxy", || load.counts().1 >= 30);
+
+    let spec = spec_file(&web, "canary", "10%,50%,100%", "30s", "");
+    let started = web.start_detached("v2", &["-f", &spec]);
+    let rollout = web.wait_finished(&started.id, Duration::from_secs(120));
+    let report = load.stop();
+    let diag = || {
+        format!(
+            "{}\n{report}\n{}",
+            rollout.timeline(),
+            web.diagnostics_for(&started.id)
+        )
+    };
+
+    assert_eq!(rollout.phase, "rolled_back", "{}", diag());
+    assert!(
+        rollout
+            .reason_text()
+            .contains("canary analysis failed at step 1"),
+        "{}",
+        diag()
+    );
+    // Caught in the first step: only the first canary was ever updated.
+    let updated: Vec<&str> = (rollout.events.iter())
+        .filter(|e| e.step_is("done"))
+        .filter_map(|e| e.instance.as_deref())
+        .collect();
+    assert_eq!(updated.len(), 1, "{updated:?}\n{}", diag());
+    for (iid, v) in rollout.versions() {
+        assert_eq!(v.as_deref(), Some("v1"), "{iid}\n{}", diag());
+    }
+    assert_weights_restored(&web, &diag);
+    // Failed requests are bounded by the canary's own share of traffic.
+    assert!(
+        report.failed > 0,
+        "the bad canary failed nothing?\n{}",
+        diag()
+    );
+    assert!(
+        report.failed * 10 <= report.total,
+        "{} of {} requests failed: more than the canary's 10% share\n{}",
+        report.failed,
+        report.total,
+        diag()
+    );
+    web.wait_all_serving("v1");
+}
+
+#[test]
+fn a_canary_with_too_little_traffic_ends_paused_as_inconclusive() {
+    let web = WebFleet::builder().hosts(4).start();
+    web.deploy_initial("v1");
+    web.push_release("v2", &[]);
+    // One request every 200 ms: nowhere near 100 per arm in the time allowed.
+    let load = Load::start(
+        &web.haproxy.frontend_addr(),
+        LoadSpec {
+            threads: 1,
+            gap: Duration::from_millis(200),
+            ..load_spec()
+        },
+    );
+    web.fleet
+        .wait(WAIT, "load flows through HAProxy", || load.counts().1 >= 3);
+    let spec = spec_file(
+        &web,
+        "canary",
+        "25%,100%",
+        "4s",
+        "max_analysis = \"6s\"\non_inconclusive = \"pause\"\n",
+    );
+    let started = web.start_detached("v2", &["-f", &spec]);
+    let paused = web.wait_rollout(&started.id, "is held as inconclusive", WAIT * 2, |r| {
+        r.phase == "paused" || r.is_terminal()
+    });
+    let report = load.stop();
+    let diag = || {
+        format!(
+            "{}\n{report}\n{}",
+            paused.timeline(),
+            web.diagnostics_for(&started.id)
+        )
+    };
+    assert_eq!(paused.phase, "paused", "{}", diag());
+    assert!(
+        paused
+            .wait_reason
+            .as_deref()
+            .is_some_and(|w| w.contains("inconclusive")),
+        "{}",
+        diag()
+    );
+    assert_eq!(
+        paused.counts.done,
+        1,
+        "only the canary was updated\n{}",
+        diag()
+    );
+    // A human decides: rolled back, every weight restored.
+    let out = web.rollout(&["rollback", &started.id]);
+    assert!(out.success(), "{out}");
+    let rollout = web.wait_finished(&started.id, Duration::from_secs(60));
+    assert_eq!(rollout.phase, "rolled_back", "{}", diag());
+    assert_weights_restored(&web, &diag);
+}
+
+#[test]
+fn a_canary_survives_a_coordinator_sigkill_mid_bake() {
+    let mut web = WebFleet::builder()
+        .hosts(4)
+        .coordinator(|c| {
+            c.grpc_port = free_port();
+            c.http_port = loop {
+                let p = free_port();
+                if p != c.grpc_port {
+                    break p;
+                }
+            };
+        })
+        .start();
+    web.deploy_initial("v1");
+    web.push_release("v2", &[]);
+    let load = Load::start(&web.haproxy.frontend_addr(), load_spec());
+    web.fleet
+        .wait(WAIT, "load flows through HAProxy", || load.counts().1 >= 30);
+    let spec = spec_file(&web, "canary", "25%,50%,100%", "8s", "");
+    let started = web.start_detached("v2", &["-f", &spec]);
+    let id = started.id.clone();
+    web.wait_rollout(&id, "bakes its second step", WAIT * 2, |r| {
+        r.wait_reason
+            .as_deref()
+            .is_some_and(|w| w.contains("step 2") && w.contains("baking"))
+    });
+    web.fleet.coordinator.kill();
+    web.fleet.coordinator.restart();
+    let rollout = web.wait_finished(&id, Duration::from_secs(120));
+    let report = load.stop();
+    let diag = || {
+        format!(
+            "{}\n{report}\n{}",
+            rollout.timeline(),
+            web.diagnostics_for(&id)
+        )
+    };
+    assert_eq!(rollout.phase, "succeeded", "{}", diag());
+    assert!(
+        (rollout.events.iter()).any(|e| e.message.contains("resumed after a coordinator restart")),
+        "{}",
+        diag()
+    );
+    assert_eq!(report.failed, 0, "{}", diag());
+    for (iid, v) in rollout.versions() {
+        assert_eq!(v.as_deref(), Some("v2"), "{iid}\n{}", diag());
+    }
+    assert_weights_restored(&web, &diag);
+}
+
+/// Latency judged on the instances' own histograms: +100 ms is rolled
+/// back, +10 ms (under the 25 ms floor) is not.
+#[test]
+fn canary_latency_is_judged_on_the_instances_histograms() {
+    for (latency, outcome) in [("100ms", "rolled_back"), ("10ms", "succeeded")] {
+        let web = WebFleet::builder().hosts(4).instance_metrics().start();
+        web.deploy_initial("v1");
+        web.push_release("v2", &["--latency", latency]);
+        let load = Load::start(&web.haproxy.frontend_addr(), load_spec());
+        web.fleet
+            .wait(WAIT, "load flows through HAProxy", || load.counts().1 >= 30);
+        let spec = spec_file(&web, "canary", "25%,100%", "10s", "source = \"metrics\"\n");
+        let started = web.start_detached("v2", &["-f", &spec]);
+        let rollout = web.wait_finished(&started.id, Duration::from_secs(120));
+        let report = load.stop();
+        let diag = || {
+            format!(
+                "+{latency}\n{}\n{report}\n{}",
+                rollout.timeline(),
+                web.diagnostics_for(&started.id)
+            )
+        };
+        assert_eq!(rollout.phase, outcome, "{}", diag());
+        if outcome == "rolled_back" {
+            assert!(rollout.reason_text().contains("latency"), "{}", diag());
+        }
+        assert_eq!(report.failed, 0, "{}", diag());
+        assert_weights_restored(&web, &diag);
+    }
+}
