@@ -5,6 +5,7 @@
 #[cfg(test)]
 pub mod fixtures;
 pub mod json;
+pub mod traffic;
 
 use std::fmt::Write as _;
 
@@ -13,7 +14,7 @@ use drover_proto::v1::{
     RolloutPlan,
 };
 
-pub use json::{PlanJson, RolloutJson, to_json};
+pub use json::{AnalysisJson, PlanJson, RolloutJson, to_json};
 
 use super::{align, relative, rfc3339_ms, short_duration, table};
 
@@ -113,6 +114,7 @@ pub fn plan_text(p: &RolloutPlan) -> String {
     if p.batches.is_empty() {
         out.push_str("\nNo batches: nothing to update.\n");
     }
+    out.push_str(&traffic::plan_steps_text(&p.traffic_steps));
     if !p.stalls.is_empty() {
         let _ = writeln!(out, "\nstalls: {}", p.stalls);
     }
@@ -164,6 +166,9 @@ pub fn summary(r: &Rollout, now_ms: i64) -> String {
         r.lowest_capacity,
         r.floor
     );
+    if let Some(t) = &r.traffic {
+        out.push_str(&traffic::results_line(t));
+    }
     if !r.reason.is_empty() {
         let _ = writeln!(out, "reason: {}", r.reason);
     }
@@ -246,6 +251,10 @@ pub fn rollout_detail(r: &Rollout, now_ms: i64) -> String {
         ),
     );
     field("Waiting", dash(&r.wait_reason));
+    if let Some(t) = &r.traffic {
+        field("Strategy", traffic::strategy_text(t));
+        field("Traffic", traffic::traffic_line(t, now_ms));
+    }
     field("Started", when(now_ms, r.started_at_ms));
     field(
         "Finished",
@@ -263,6 +272,11 @@ pub fn rollout_detail(r: &Rollout, now_ms: i64) -> String {
     let mut out = align(&fields).join("\n");
     out.push_str("\n\n");
 
+    if let Some(t) = &r.traffic {
+        out.push_str("Traffic steps:\n");
+        out.push_str(&traffic::steps_table(t));
+        out.push('\n');
+    }
     if r.instances.is_empty() {
         out.push_str("Instances: none\n");
     } else {
