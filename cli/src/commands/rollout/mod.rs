@@ -638,6 +638,23 @@ mod tests {
                     "no drain configured",
                     "version = \"v2\"",
                     "Example",
+                    "--strategy",
+                    "--steps",
+                    "5%,25%,50%,100% for canary",
+                    "10%,25%,50%,100% for blue-green",
+                    "--bake",
+                    "30m for canary, 5m per step for blue-green",
+                    "--keep-old",
+                    "[default: 60m]",
+                    "--pre-traffic-hook",
+                    "--max-analysis",
+                    "--on-inconclusive",
+                    "[default: pause]",
+                    "--analysis-interval",
+                    "--warmup",
+                    "--analysis-source",
+                    "[analysis]",
+                    "latency_windows = 3",
                 ],
             ),
             (
@@ -658,6 +675,18 @@ mod tests {
             ("resume", &["ID", "Example"]),
             ("abort", &["ID", "Example"]),
             ("rollback", &["ID", "Example"]),
+            (
+                "promote",
+                &[
+                    "ID",
+                    "skip the rest of the current traffic step's bake: a human decision, recorded",
+                    "Example",
+                ],
+            ),
+            (
+                "analysis",
+                &["ID", "--output", "p-value", "baseline", "Example"],
+            ),
         ];
         for (sub, words) in cases {
             let h = help(&["rollout", sub]);
@@ -725,6 +754,13 @@ mod tests {
             ("--healthy-deadline", "0s"),
             ("--spread-by", "zone:0"),
             ("--lost-hosts", "maybe"),
+            ("--strategy", "sideways"),
+            ("--steps", "5,25,100"),
+            ("--bake", "0s"),
+            ("--keep-old", "soon"),
+            ("--on-inconclusive", "shrug"),
+            ("--analysis-source", "prometheus"),
+            ("--warmup", "later"),
         ] {
             let err = parse(&[
                 "rollout",
@@ -740,6 +776,40 @@ mod tests {
             assert_eq!(err.exit_code(), EXIT_USAGE, "{flag}");
             assert!(err.to_string().contains(flag), "{flag}: {err}");
         }
+    }
+
+    #[test]
+    fn a_started_canary_says_its_steps_and_bake() {
+        let rolling = RolloutSpec::default();
+        assert_eq!(strategy_note(&rolling), "");
+        let canary = RolloutSpec {
+            strategy: drover_model::Strategy::Canary,
+            ..RolloutSpec::default()
+        };
+        assert_eq!(
+            strategy_note(&canary),
+            " (canary: 5%, 25%, 50%, 100%, bake 30m)"
+        );
+        let blue_green = RolloutSpec {
+            strategy: drover_model::Strategy::BlueGreen,
+            ..RolloutSpec::default()
+        };
+        assert_eq!(
+            strategy_note(&blue_green),
+            " (blue-green: 10%, 25%, 50%, 100%, bake 5m)"
+        );
+    }
+
+    #[test]
+    fn an_action_on_a_canary_says_where_its_traffic_is() {
+        use crate::output::fixtures::NOW;
+        use crate::output::rollout::fixtures::{canary, rollout};
+        assert_eq!(action_text(&rollout(), NOW), "rollout r7: running\n");
+        assert_eq!(
+            action_text(&canary(), NOW),
+            "rollout r7: running\ntraffic: step 2/4 (25%) baking, 3 looks, ends in 12m — last: \
+             errors canary 3/612 (0.49%) vs baseline 9/2,390 (0.38%): pass\n"
+        );
     }
 
     #[test]

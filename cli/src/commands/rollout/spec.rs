@@ -717,6 +717,198 @@ mod tests {
     }
 
     #[test]
+    fn canary_flags_make_the_spec_and_override_the_file() {
+        use drover_model::{MetricsSource, OnInconclusive, Strategy};
+        let f = SpecFlags {
+            strategy: Some("canary".into()),
+            steps: Some(parse_steps_flag("1%,10%,100%").expect("steps")),
+            bake: Some(Duration::from_secs(600)),
+            max_analysis: Some(Duration::from_secs(1200)),
+            on_inconclusive: Some("fail".into()),
+            analysis_interval: Some(Duration::from_secs(5)),
+            warmup: Some(Duration::from_secs(30)),
+            analysis_source: Some("haproxy".into()),
+            ..flags("web", "v2")
+        };
+        let spec = build(&f).expect("build");
+        assert_eq!(spec.strategy, Strategy::Canary);
+        assert_eq!(
+            spec.steps,
+            vec![Share::percent(1), Share::percent(10), Share::FULL]
+        );
+        assert_eq!(spec.bake, Some(Duration::from_secs(600)));
+        let a = &spec.analysis;
+        assert_eq!(a.max_analysis, Some(Duration::from_secs(1200)));
+        assert_eq!(a.on_inconclusive, OnInconclusive::Fail);
+        assert_eq!(a.interval, Duration::from_secs(5));
+        assert_eq!(a.warmup, Some(Duration::from_secs(30)));
+        assert_eq!(a.source, MetricsSource::Haproxy);
+        // Thresholds no flag sets keep their defaults.
+        assert_eq!(a.alpha, drover_model::AnalysisSpec::default().alpha);
+
+        // The file's [analysis] keeps what the flags do not set.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write(
+            &dir,
+            "service = \"web\"\nversion = \"v2\"\nstrategy = \"canary\"\n\
+             steps = [\"5%\", \"100%\"]\nbake = \"20m\"\n\
+             [analysis]\nalpha = 0.0005\nmin_difference = \"0.2%\"\ninterval = \"20s\"\n",
+        );
+        let f = SpecFlags {
+            file: Some(path.clone()),
+            bake: Some(Duration::from_secs(300)),
+            analysis_interval: Some(Duration::from_secs(15)),
+            ..SpecFlags::default()
+        };
+        let spec = build(&f).expect("build");
+        assert_eq!(spec.steps, vec![Share::percent(5), Share::FULL]);
+        assert_eq!(spec.bake, Some(Duration::from_secs(300)));
+        assert_eq!(spec.analysis.alpha.get(), 0.0005);
+        assert_eq!(spec.analysis.min_difference.get(), 0.002);
+        assert_eq!(spec.analysis.interval, Duration::from_secs(15));
+        // Blue-green takes keep_old and the hook.
+        let f = SpecFlags {
+            file: Some(path),
+            strategy: Some("blue-green".into()),
+            keep_old: Some(Duration::from_secs(1800)),
+            pre_traffic_hook: Some("smoke".into()),
+            ..SpecFlags::default()
+        };
+        let spec = build(&f).expect("build");
+        assert_eq!(spec.strategy, Strategy::BlueGreen);
+        assert_eq!(spec.keep_old_time(), Duration::from_secs(1800));
+        assert_eq!(spec.pre_traffic_hook.as_deref(), Some("smoke"));
+    }
+
+    #[test]
+    fn canary_mistakes_name_the_flag() {
+        // A share needs its %, so 5 is never read as five instances.
+        let err = parse_steps_flag("5").expect_err("no %");
+        assert!(err.contains("like 5% or 0.5%"), "{err}");
+        assert!(err.contains("\"5\""), "{err}");
+        assert!(
+            parse_steps_flag("5%,,100%").is_ok(),
+            "empty items are skipped"
+        );
+        assert!(parse_steps_flag(",").is_err());
+        assert!(parse_steps_flag("0%,100%").is_err());
+        assert!(parse_steps_flag("5%,101%").is_err());
+
+        let canary = |f: SpecFlags| SpecFlags {
+            strategy: Some("canary".into()),
+            ..f
+        };
+        for (f, want) in [
+            (
+                canary(SpecFlags {
+                    steps: Some(parse_steps_flag("25%,5%,100%").expect("steps")),
+                    ..flags("web", "v2")
+                }),
+                "rollout spec: steps[1]: expected shares that grow step by step, got 5% \
+                 (set by --steps)",
+            ),
+            (
+                canary(SpecFlags {
+                    steps: Some(parse_steps_flag("5%,50%").expect("steps")),
+                    ..flags("web", "v2")
+                }),
+                "rollout spec: steps: expected a last step of 100%, where every instance is \
+                 on the new release, got 50% (set by --steps)",
+            ),
+            (
+                SpecFlags {
+                    bake: Some(Duration::from_secs(60)),
+                    ..flags("web", "v2")
+                },
+                "rollout spec: bake: expected nothing for a rolling update (set strategy = \
+                 canary or blue-green), got a value (set by --bake)",
+            ),
+            (
+                canary(SpecFlags {
+                    keep_old: Some(Duration::from_secs(60)),
+                    ..flags("web", "v2")
+                }),
+                "rollout spec: keep_old: expected nothing unless strategy = blue-green, got a \
+                 value (set by --keep-old)",
+            ),
+            (
+                canary(SpecFlags {
+                    pre_traffic_hook: Some("smoke".into()),
+                    ..flags("web", "v2")
+                }),
+                "rollout spec: pre_traffic_hook: expected nothing unless strategy = \
+                 blue-green, got a value (set by --pre-traffic-hook)",
+            ),
+            (
+                canary(SpecFlags {
+                    bake: Some(Duration::from_secs(40)),
+                    warmup: Some(Duration::from_secs(60)),
+                    ..flags("web", "v2")
+                }),
+                "rollout spec: analysis.warmup: expected shorter than the bake (40s), got 1m \
+                 (set by --warmup)",
+            ),
+            (
+                canary(SpecFlags {
+                    bake: Some(Duration::from_secs(3600)),
+                    max_analysis: Some(Duration::from_secs(600)),
+                    ..flags("web", "v2")
+                }),
+                "rollout spec: analysis.max_analysis: expected at least the bake (1h), got \
+                 10m (set by --max-analysis)",
+            ),
+            (
+                canary(SpecFlags {
+                    bake: Some(Duration::from_secs(5)),
+                    ..flags("web", "v2")
+                }),
+                "rollout spec: bake: expected at least one analysis interval (10s), got 5s \
+                 (set by --bake)",
+            ),
+        ] {
+            assert_eq!(usage_msg(build(&f)), want);
+        }
+        // A field set in the file is named with the flag that changes it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = SpecFlags {
+            file: Some(write(
+                &dir,
+                "service = \"web\"\nversion = \"v2\"\nstrategy = \"canary\"\n\
+                 [analysis]\ninterval = \"0s\"\n",
+            )),
+            ..SpecFlags::default()
+        };
+        let msg = usage_msg(build(&f));
+        assert_eq!(
+            msg,
+            "rollout spec: analysis.interval: expected at least 1s, got 0s \
+             (change it with --analysis-interval)"
+        );
+        // A threshold no flag sets is named as the file's field.
+        let f = SpecFlags {
+            file: Some(write(
+                &dir,
+                "service = \"web\"\nversion = \"v2\"\nstrategy = \"canary\"\n\
+                 [analysis]\nalpha = 0.7\n",
+            )),
+            ..SpecFlags::default()
+        };
+        assert_eq!(
+            usage_msg(build(&f)),
+            "rollout spec: analysis.alpha: expected above 0 and below 0.5, got 0.7"
+        );
+        let f = SpecFlags {
+            file: Some(write(
+                &dir,
+                "service = \"web\"\nversion = \"v2\"\nanalysis = 3\n",
+            )),
+            warmup: Some(Duration::from_secs(5)),
+            ..SpecFlags::default()
+        };
+        assert!(usage_msg(build(&f)).contains("analysis: expected a table"));
+    }
+
+    #[test]
     fn cross_field_mistakes_name_the_flags() {
         let f = SpecFlags {
             min_healthy_time: Some(Duration::from_secs(600)),
