@@ -175,7 +175,8 @@ pub fn canary() -> Rollout {
     r
 }
 
-/// A canary plan's traffic steps over 6 instances.
+/// A canary plan's traffic steps over [`plan`]'s 4 instances: 16 of 316
+/// is 5%, 100 of 400 is 25%.
 pub fn planned_steps() -> Vec<PlannedTrafficStep> {
     let step = |number, bp, updated, new_weight, bake_ms| PlannedTrafficStep {
         number,
@@ -187,8 +188,9 @@ pub fn planned_steps() -> Vec<PlannedTrafficStep> {
     };
     vec![
         step(1, 500, 1, 16, 1_800_000),
-        step(2, 2500, 2, 50, 1_800_000),
-        step(3, 10_000, 6, 100, 0),
+        step(2, 2500, 1, 100, 1_800_000),
+        step(3, 5000, 2, 100, 1_800_000),
+        step(4, 10_000, 4, 100, 0),
     ]
 }
 

@@ -354,8 +354,9 @@ mod tests {
             plan_steps_text(&planned_steps()),
             "\nTraffic steps:\n\
              \x20 step 1   5%     1 updated, weight 16 vs 100 on the old release, bake 30m\n\
-             \x20 step 2   25%    2 updated, weight 50 vs 100 on the old release, bake 30m\n\
-             \x20 step 3   100%   6 updated: all on the new release, weights put back\n"
+             \x20 step 2   25%    1 updated, weight 100 vs 100 on the old release, bake 30m\n\
+             \x20 step 3   50%    2 updated, weight 100 vs 100 on the old release, bake 30m\n\
+             \x20 step 4   100%   4 updated: all on the new release, weights put back\n"
         );
     }
 
