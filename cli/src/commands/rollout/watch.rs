@@ -146,8 +146,9 @@ struct Live {
     overall: ProgressBar,
     batch: ProgressBar,
     capacity: ProgressBar,
-    /// A canary's traffic line; empty for a rolling update.
-    traffic: ProgressBar,
+    /// A canary's traffic line, drawn under the capacity once the rollout
+    /// has traffic steps; never for a rolling update.
+    traffic: Option<ProgressBar>,
     more: ProgressBar,
     instances: BTreeMap<String, ProgressBar>,
 }
@@ -172,14 +173,13 @@ impl Live {
         );
         let batch = multi.add(ProgressBar::new(0).with_style(line_style()));
         let capacity = multi.add(ProgressBar::new(0).with_style(line_style()));
-        let traffic = multi.add(ProgressBar::new(0).with_style(line_style()));
         let more = multi.add(ProgressBar::new(0).with_style(line_style()));
         Live {
             multi,
             overall,
             batch,
             capacity,
-            traffic,
+            traffic: None,
             more,
             instances: BTreeMap::new(),
         }
@@ -197,11 +197,13 @@ impl Live {
         self.overall.set_message(overall_text(r));
         self.batch.set_message(batch_text(r));
         self.capacity.set_message(capacity_text(r));
-        self.traffic.set_message(
-            (r.traffic.as_ref())
-                .map(|t| format!("traffic: {}", traffic_line(t, now_ms())))
-                .unwrap_or_default(),
-        );
+        if let Some(t) = &r.traffic {
+            let bar = self.traffic.get_or_insert_with(|| {
+                self.multi
+                    .insert_after(&self.capacity, ProgressBar::new(0).with_style(line_style()))
+            });
+            bar.set_message(format!("traffic: {}", traffic_line(t, now_ms())));
+        }
 
         let (flying, more) = shown_in_flight(r);
         self.more.set_message(more_text(more));
@@ -229,13 +231,8 @@ impl Live {
         for bar in self.instances.values() {
             bar.finish_and_clear();
         }
-        for bar in [
-            &self.overall,
-            &self.batch,
-            &self.capacity,
-            &self.traffic,
-            &self.more,
-        ] {
+        let lines = [&self.overall, &self.batch, &self.capacity, &self.more];
+        for bar in lines.into_iter().chain(self.traffic.as_ref()) {
             bar.finish_and_clear();
         }
         let _ = self.multi.clear();
@@ -582,6 +579,24 @@ mod tests {
             held.contains("traffic: step 2/4 (25%) held: inconclusive"),
             "{held}"
         );
+    }
+
+    #[test]
+    fn a_terminal_draws_a_traffic_line_for_a_canary_only() {
+        use crate::output::rollout::fixtures::canary;
+        let mut rolling = Live::new();
+        rolling.update(&rollout());
+        assert!(rolling.traffic.is_none());
+        rolling.clear();
+        let mut live = Live::new();
+        live.update(&canary());
+        let msg = live.traffic.as_ref().map(ProgressBar::message);
+        assert!(
+            msg.as_deref()
+                .is_some_and(|m| m.starts_with("traffic: step 2/4 (25%) baking, 3 looks, ")),
+            "{msg:?}"
+        );
+        live.clear();
     }
 
     #[test]
