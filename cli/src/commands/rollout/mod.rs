@@ -26,7 +26,7 @@ use crate::output::rollout::{
     AnalysisJson, PlanJson, RolloutFormat, RolloutJson, plan_text, rollout_detail, rollouts_table,
     to_json,
 };
-use crate::output::{now_ms, print};
+use crate::output::{ShowFormat, now_ms, print};
 
 pub use spec::SpecFlags;
 
@@ -142,16 +142,20 @@ pub enum RolloutCommand {
     /// coordinator to start it. Then follows it like `drover rollout watch`
     /// and exits 0 only if it succeeded; --detach returns at once with its id.
     /// --dry-run prints the plan instead: instances, floor, skipped
-    /// instances, each batch and its waves, and the lowest forecast capacity.
+    /// instances, each batch and its waves, the lowest forecast capacity,
+    /// and for a canary each traffic step with the instances it updates,
+    /// their weight against the old release's, and its bake.
     #[command(after_long_help = START_AFTER_HELP, disable_version_flag = true)]
     Start(Box<StartArgs>),
     /// Follow a rollout until it finishes; exit 0 only if it succeeded
     ///
     /// On a terminal, shows an overall bar, the current batch, each instance
     /// in flight with its step, and capacity against the floor with the
-    /// reason for any wait. Into a pipe or log, prints one line per event
-    /// (times in UTC):
+    /// reason for any wait, and for a canary where its traffic is. Into a
+    /// pipe or log, prints one line per event, and for a canary one per new
+    /// traffic step or stage (times in UTC):
     ///   HH:MM:SS  INSTANCE  STEP  capacity C/floor F  MESSAGE
+    ///   HH:MM:SS  -  -  capacity C/floor F  traffic: step 2/4 (25%) baking, ...
     /// Ends with a summary: what was updated, failed, skipped and rolled
     /// back, and the lowest capacity reached. Ctrl-C stops watching, not the
     /// rollout. With -o json, prints only the final rollout object.
@@ -164,8 +168,11 @@ pub enum RolloutCommand {
     ///
     /// Shows the phase and why, the current batch, capacity with its floor
     /// and lowest point, what it waits for, and per instance its host, step,
-    /// release (now and before) and any note or error. --events adds the
-    /// event log. Exits 1 when the rollout failed, was rolled back or aborted.
+    /// release (now and before) and any note or error. A canary adds its
+    /// strategy, where its traffic is (step, share, stage, looks, when the
+    /// bake ends, the last look's verdict) and every traffic step with how
+    /// it ended. --events adds the event log. Exits 1 when the rollout
+    /// failed, was rolled back or aborted.
     ///
     /// Example:
     ///   drover rollout status web-7 --events
@@ -299,7 +306,7 @@ pub struct AnalysisArgs {
     /// Output format: table (readable text) or json (the analysis object:
     /// `id` and `looks`)
     #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
-    pub output: RolloutFormat,
+    pub output: ShowFormat,
 }
 
 #[derive(Debug, Args)]
@@ -573,8 +580,8 @@ async fn analysis(ctx: &Ctx, args: AnalysisArgs) -> anyhow::Result<()> {
         }
     };
     match args.output {
-        RolloutFormat::Json => print(&to_json(&AnalysisJson::from(&a))?),
-        RolloutFormat::Table => print(&analysis_text(&a)),
+        ShowFormat::Json => print(&to_json(&AnalysisJson::from(&a))?),
+        ShowFormat::Table => print(&analysis_text(&a)),
     }
 }
 
