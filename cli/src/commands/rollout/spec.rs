@@ -908,6 +908,64 @@ mod tests {
         assert!(usage_msg(build(&f)).contains("analysis: expected a table"));
     }
 
+    /// Every key the documentation shows is one the spec reads, with a
+    /// value of the right form: the spec file in `rollout start --help`
+    /// and the one in the README.
+    #[test]
+    fn the_documented_spec_files_read() {
+        let read = |what: &str, text: &str| {
+            let mut t = parse_file(Path::new(what), text).expect("TOML");
+            lift_version(&mut t, "").expect("version");
+            apply(&mut t, &SpecFlags::default(), "").expect("no flags");
+            let spec: RolloutSpec = Value::Table(t)
+                .try_into()
+                .unwrap_or_else(|e: toml::de::Error| panic!("{what}: {e}\n{text}"));
+            spec
+        };
+        let help = super::super::START_AFTER_HELP;
+        let file: String = (help.lines())
+            .skip_while(|l| !l.starts_with("Spec file"))
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .map(|l| format!("{}\n", l.trim_start()))
+            .collect();
+        let spec = read("--help", &file);
+        assert_eq!(spec.strategy, drover_model::Strategy::Canary);
+        assert_eq!(spec.analysis.latency_windows, 3);
+        assert_eq!(spec.analysis.min_difference.get(), 0.001);
+
+        let readme = include_str!("../../../../README.md");
+        let block: String = (readme.lines())
+            .skip_while(|l| !l.starts_with("The spec can also come from a file"))
+            .skip_while(|l| *l != "```toml")
+            .skip(1)
+            .take_while(|l| *l != "```")
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let spec = read("README.md", &block);
+        assert!(
+            spec.analysis.alpha.get() == 0.001 && spec.bake.is_some(),
+            "{block}"
+        );
+        // Its values are the defaults it says they are.
+        assert_eq!(
+            spec.analysis,
+            drover_model::AnalysisSpec {
+                warmup: spec.analysis.warmup,
+                max_analysis: spec.analysis.max_analysis,
+                ..drover_model::AnalysisSpec::default()
+            }
+        );
+        assert_eq!(
+            spec.traffic_steps(),
+            drover_model::Strategy::Canary.default_steps()
+        );
+        assert_eq!(
+            spec.bake,
+            Some(drover_model::Strategy::Canary.default_bake())
+        );
+    }
+
     #[test]
     fn cross_field_mistakes_name_the_flags() {
         let f = SpecFlags {
