@@ -158,6 +158,70 @@ fn rollout_update(id: &str, phase: &str, from: u32, to: u32) -> Update {
     })
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Canary `id` of web to v2, at `step` of 5%,25%,50%,100% in `stage`,
+/// every earlier step passed (step 2 promoted), and `step` too when
+/// `stage` says so; baking ends 12 minutes from now.
+fn canary_rollout(
+    id: &str,
+    phase: &str,
+    step: u32,
+    stage: drover_proto::v1::rollout_traffic::Stage,
+) -> drover_proto::v1::Rollout {
+    use drover_proto::v1::{RolloutTraffic, Strategy, TrafficStepResult};
+    let now = now_ms();
+    let steps = vec![500, 2500, 5000, 10_000];
+    let done = if stage == drover_proto::v1::rollout_traffic::Stage::Passed {
+        step
+    } else {
+        step - 1
+    };
+    let results = (1..=done)
+        .map(|n| TrafficStepResult {
+            step: n,
+            share_basis_points: steps[n as usize - 1],
+            verdict: if n == 2 { "promoted" } else { "passed" }.into(),
+            at_ms: now - i64::from(10 - n) * 60_000,
+            reason: format!("step {n} reason"),
+        })
+        .collect();
+    let mut traffic = RolloutTraffic {
+        steps_basis_points: steps,
+        step,
+        looks: 3,
+        counting_from_ms: now - 60_000,
+        // 12m10s: reads "in 12m" however long the answer takes to arrive.
+        bake_ends_at_ms: now + 12 * 60_000 + 10_000,
+        last_look: "errors canary 3/612 (0.49%) vs baseline 9/2,390 (0.38%): pass".into(),
+        results,
+        ..RolloutTraffic::default()
+    };
+    traffic.set_strategy(Strategy::Canary);
+    traffic.set_stage(stage);
+    drover_proto::v1::Rollout {
+        id: id.into(),
+        service: "web".into(),
+        target: Some(Release {
+            version: "v2".into(),
+            digest: "ab".repeat(32),
+        }),
+        phase: drover_proto::v1::RolloutPhase::from_text(phase) as i32,
+        phase_text: phase.into(),
+        capacity: 6,
+        floor: 5,
+        started_at_ms: now - 600_000,
+        finished_at_ms: if phase == "running" { 0 } else { now },
+        traffic: Some(traffic),
+        ..drover_proto::v1::Rollout::default()
+    }
+}
+
 impl Fake {
     /// What the `call`th (0-based) WatchRollout of `id` answers: a stream
     /// of updates, or an error for the call itself.
@@ -182,6 +246,23 @@ impl Fake {
                 Err(Status::unavailable("coordinator shutting down")),
             ]),
             ("r-gone", _) => Err(Status::unavailable("tcp connect error: connection refused")),
+            // A canary baking step 1, then step 2 (three updates: one
+            // more look in the same bake), then done.
+            ("c-watch", _) => {
+                use drover_proto::v1::rollout_traffic::Stage;
+                let update = |phase, step, stage, from, to| {
+                    Ok(drover_proto::v1::RolloutUpdate {
+                        rollout: Some(canary_rollout(id, phase, step, stage)),
+                        events: (from..=to).map(rollout_event).collect(),
+                    })
+                };
+                Ok(vec![
+                    update("running", 1, Stage::Baking, 1, 1),
+                    update("running", 1, Stage::Baking, 2, 1),
+                    update("running", 2, Stage::Baking, 2, 2),
+                    update("succeeded", 4, Stage::Passed, 3, 3),
+                ])
+            }
             // An answer, not a lost connection: no retry.
             ("r-broken", _) => Ok(vec![
                 rollout_update(id, "running", 1, 1),
@@ -315,9 +396,57 @@ impl ControlService for Fake {
 
     async fn get_rollout(
         &self,
-        _req: Request<drover_proto::v1::GetRolloutRequest>,
+        req: Request<drover_proto::v1::GetRolloutRequest>,
     ) -> Result<Response<drover_proto::v1::Rollout>, Status> {
-        Err(Status::unimplemented("not faked"))
+        use drover_proto::v1::rollout_traffic::Stage;
+        match req.get_ref().id.as_str() {
+            "c-1" => Ok(Response::new(canary_rollout(
+                "c-1",
+                "running",
+                2,
+                Stage::Baking,
+            ))),
+            other => Err(Status::not_found(format!("no rollout `{other}`"))),
+        }
+    }
+
+    async fn get_rollout_analysis(
+        &self,
+        req: Request<drover_proto::v1::GetRolloutAnalysisRequest>,
+    ) -> Result<Response<drover_proto::v1::RolloutAnalysis>, Status> {
+        use drover_proto::v1::{AnalysisArm, AnalysisLook, RolloutAnalysis};
+        let arm = |attempts, errors, latency_ms| {
+            Some(AnalysisArm {
+                attempts,
+                errors,
+                latency_ms,
+            })
+        };
+        match req.get_ref().id.as_str() {
+            "c-1" => Ok(Response::new(RolloutAnalysis {
+                id: "c-1".into(),
+                looks: vec![AnalysisLook {
+                    step: 1,
+                    share_basis_points: 500,
+                    look: 1,
+                    at_ms: 1_790_000_000_000,
+                    source: "haproxy".into(),
+                    canary_instances: 1,
+                    baseline_instances: 5,
+                    canary: arm(612, 3, Some(41.5)),
+                    baseline: arm(2390, 9, Some(40.0)),
+                    p_value: Some(0.62),
+                    verdict: "pass".into(),
+                    reason: "errors canary 3/612 (0.49%) vs baseline 9/2,390 (0.38%)".into(),
+                    last: true,
+                    judgement_json: r#"{"errors":{"p_value":0.62}}"#.into(),
+                }],
+            })),
+            "r-7" => Err(Status::failed_precondition(
+                "rollout r-7 is a rolling update: it has no analysis",
+            )),
+            other => Err(Status::not_found(format!("no rollout `{other}`"))),
+        }
     }
 
     async fn list_rollouts(
@@ -348,16 +477,26 @@ impl ControlService for Fake {
 
     async fn act_on_rollout(
         &self,
-        _req: Request<drover_proto::v1::RolloutActionRequest>,
+        req: Request<drover_proto::v1::RolloutActionRequest>,
     ) -> Result<Response<drover_proto::v1::Rollout>, Status> {
-        Err(Status::unimplemented("not faked"))
-    }
-
-    async fn get_rollout_analysis(
-        &self,
-        _req: Request<drover_proto::v1::GetRolloutAnalysisRequest>,
-    ) -> Result<Response<drover_proto::v1::RolloutAnalysis>, Status> {
-        Err(Status::unimplemented("not faked"))
+        use drover_proto::v1::rollout_action_request::Action;
+        use drover_proto::v1::rollout_traffic::Stage;
+        if caller_role(&req)? != Role::Operator {
+            return Err(Status::permission_denied("viewers may not act on rollouts"));
+        }
+        let r = req.get_ref();
+        match (r.id.as_str(), r.action()) {
+            ("c-1", Action::Promote) => Ok(Response::new(canary_rollout(
+                "c-1",
+                "running",
+                3,
+                Stage::Updating,
+            ))),
+            ("r-7", Action::Promote) => Err(Status::failed_precondition(
+                "rollout r-7 is not baking a traffic step",
+            )),
+            (id, _) => Err(Status::not_found(format!("no rollout `{id}`"))),
+        }
     }
 }
 
@@ -913,4 +1052,196 @@ async fn local_problems_are_explained() {
         "{}",
         r.stderr
     );
+}
+
+/// `drover ARGS...` as alice against the fake.
+async fn as_alice(pki: &Pki, addr: SocketAddr, args: &[&str]) -> Run {
+    let mut cmd = drover(pki.dir.path());
+    as_operator(&mut cmd, pki, addr);
+    cmd.args(args);
+    run(cmd).await
+}
+
+#[tokio::test]
+async fn a_canarys_status_shows_where_its_traffic_is() {
+    let pki = Pki::new();
+    let addr = serve(&pki).await;
+
+    let r = as_alice(&pki, addr, &["rollout", "status", "c-1"]).await;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    for want in [
+        "Strategy:     canary, steps 5%, 25%, 50%, 100%\n",
+        "Traffic:      step 2/4 (25%) baking, 3 looks, ends in 12m — last: errors canary \
+         3/612 (0.49%) vs baseline 9/2,390 (0.38%): pass\n",
+        "Traffic steps:\nSTEP   SHARE   RESULT ",
+        "\n1      5%      passed   ",
+        "\n2      25%     baking   -",
+    ] {
+        assert!(r.stdout.contains(want), "lacks {want:?}:\n{}", r.stdout);
+    }
+
+    let r = as_alice(&pki, addr, &["rollout", "status", "c-1", "-o", "json"]).await;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(
+        v["traffic"]["steps"],
+        serde_json::json!(["5%", "25%", "50%", "100%"])
+    );
+    assert_eq!(v["traffic"]["stage"], "baking");
+    assert_eq!(v["traffic"]["results"][0]["verdict"], "passed");
+}
+
+#[tokio::test]
+async fn analysis_lists_the_looks_and_refuses_what_is_not_a_canary() {
+    let pki = Pki::new();
+    let addr = serve(&pki).await;
+
+    let r = as_alice(&pki, addr, &["rollout", "analysis", "c-1"]).await;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(lines[0].starts_with("STEP   SHARE   LOOK"), "{}", r.stdout);
+    for want in [
+        "1 (last)",
+        "14:13:20",
+        "3/612 (0.49%)",
+        "9/2,390 (0.38%)",
+        "41.5",
+        "0.620",
+        "pass",
+    ] {
+        assert!(lines[1].contains(want), "lacks {want:?}:\n{}", r.stdout);
+    }
+    assert_eq!(
+        lines[3],
+        "step 1 (5%), canary 1 vs baseline 5 instances, look 1: errors canary 3/612 (0.49%) \
+         vs baseline 9/2,390 (0.38%): pass"
+    );
+
+    let r = as_alice(&pki, addr, &["rollout", "analysis", "c-1", "-o", "json"]).await;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(v["id"], "c-1");
+    assert_eq!(v["looks"][0]["share"], "5%");
+    assert_eq!(v["looks"][0]["canary"]["errors"], 3);
+    assert_eq!(
+        v["looks"][0]["judgement"],
+        serde_json::json!({"errors": {"p_value": 0.62}})
+    );
+
+    let r = as_alice(&pki, addr, &["rollout", "analysis", "r-7"]).await;
+    assert_eq!(r.code, Some(1), "{}", r.stdout);
+    assert_eq!(
+        r.stderr.trim(),
+        "error: rollout r-7 is a rolling update: it has no analysis\n\
+         hint: only canary and blue-green rollouts have an analysis; \
+         `drover rollout status r-7` shows this one's strategy"
+    );
+    let r = as_alice(&pki, addr, &["rollout", "analysis", "nope"]).await;
+    assert_eq!(r.code, Some(1), "{}", r.stdout);
+    assert_eq!(r.stderr.trim(), "error: no rollout `nope`");
+}
+
+#[tokio::test]
+async fn promote_moves_a_canary_on_and_says_why_it_cannot() {
+    let pki = Pki::new();
+    let addr = serve(&pki).await;
+
+    let r = as_alice(&pki, addr, &["rollout", "promote", "c-1"]).await;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        "rollout c-1: running\ntraffic: step 3/4 (50%) updating — last: errors canary 3/612 (0.49%) vs baseline 9/2,390 (0.38%): pass\n"
+    );
+
+    let r = as_alice(&pki, addr, &["rollout", "promote", "r-7"]).await;
+    assert_eq!(r.code, Some(1), "{}", r.stdout);
+    assert!(
+        r.stderr
+            .starts_with("error: rollout r-7 is not baking a traffic step\nhint: promote ends"),
+        "{}",
+        r.stderr
+    );
+
+    let mut cmd = drover(pki.dir.path());
+    cmd.arg("--addr")
+        .arg(addr.to_string())
+        .arg("--ca")
+        .arg(pki.ca_pem())
+        .arg("--cert")
+        .arg(pki.path("vic.pem"))
+        .arg("--key")
+        .arg(pki.path("vic.key"))
+        .args(["rollout", "promote", "c-1"]);
+    let r = run(cmd).await;
+    assert_eq!(r.code, Some(1), "{}", r.stdout);
+    assert!(
+        r.stderr.contains("viewer certificates can only read"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[tokio::test]
+async fn watching_a_canary_into_a_pipe_prints_each_new_step_once() {
+    let pki = Pki::new();
+    let addr = serve(&pki).await;
+
+    let r = watch_rollout(&pki, addr, "c-watch", "1m").await;
+    assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+    let traffic: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.contains("  traffic: "))
+        .collect();
+    assert_eq!(traffic.len(), 3, "{}", r.stdout);
+    assert!(
+        traffic[0].contains("  -  -  capacity 6/floor 5  traffic: step 1/4 (5%) baking"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        traffic[1].contains("traffic: step 2/4 (25%) baking"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        traffic[2].contains("traffic: step 4/4 (100%) passed"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .ends_with("traffic: 5% passed, 25% promoted, 50% passed, 100% passed\n"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[tokio::test]
+async fn canary_flags_are_checked_before_anything_is_sent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let start = ["rollout", "start", "--service", "web", "--version", "v2"];
+    for (extra, want) in [
+        (&["--steps", "5"][..], "--steps"),
+        (
+            &["--strategy", "canary", "--steps", "50%,25%,100%"],
+            "steps[1]: expected shares that grow step by step, got 25% (set by --steps)",
+        ),
+        (
+            &["--bake", "10m"],
+            "bake: expected nothing for a rolling update",
+        ),
+        (
+            &["--strategy", "canary", "--keep-old", "1h"],
+            "keep_old: expected nothing unless strategy = blue-green, got a value (set by --keep-old)",
+        ),
+        (&["--strategy", "sideways"], "--strategy"),
+    ] {
+        let mut cmd = drover(dir.path());
+        // No coordinator: a spec or flag mistake exits 2 before any call.
+        cmd.args(["--addr", "127.0.0.1:9"]).args(start).args(extra);
+        let r = run(cmd).await;
+        assert_eq!(r.code, Some(2), "{extra:?}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{extra:?}: {}", r.stderr);
+    }
 }

@@ -9,13 +9,16 @@
 //! The shape scripts rely on: an empty string that means "none" and a
 //! release of unknown version are `null`; times are RFC 3339 UTC with second
 //! precision next to the raw unix milliseconds; enums are snake_case words
-//! (`rolling_back`, `not_deployed`); a typed reason is an object whose `kind`
-//! says which fields it has.
+//! (`rolling_back`, `not_deployed`), except a strategy, spelt as the spec
+//! and `--strategy` spell it (`blue-green`); a share of traffic is text as
+//! people write it (`"5%"`, `"0.5%"`); a typed reason is an object whose
+//! `kind` says which fields it has.
 
 mod artifact;
 mod host;
 mod reason;
 mod rollout;
+mod traffic;
 
 pub use artifact::ArtifactJson;
 pub use host::{DiskJson, HostJson, InstanceStatusJson, LoadBalancerJson, MetricsJson};
@@ -23,6 +26,10 @@ pub use reason::{StopJson, StopKindJson, UnfinishedJson, WaitJson};
 pub use rollout::{
     BatchJson, CountsJson, EventJson, PlanJson, ReleaseJson, RolloutInstanceJson, RolloutJson,
     SkipJson,
+};
+pub use traffic::{
+    AnalysisJson, AnalysisLookJson, ArmJson, TrafficJson, TrafficResultJson, TrafficStepJson,
+    stage_word, strategy_word,
 };
 
 use std::time::{Duration, UNIX_EPOCH};

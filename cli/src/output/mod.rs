@@ -3,7 +3,7 @@
 //! rollout views in [`rollout`].
 
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 pub mod host;
 pub mod host_json;
 pub mod rollout;

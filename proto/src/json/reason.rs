@@ -44,7 +44,34 @@ pub enum WaitJson {
     Stopping {
         instances: u32,
     },
+    /// Canary: setting the weights of traffic step `step` (1-based), whose
+    /// share is `share` (`"5%"`), on `instances` instances.
+    Weighting {
+        step: u32,
+        share: String,
+        instances: u32,
+    },
+    /// Canary: the step bakes while its analysis looks.
+    Baking {
+        step: u32,
+        share: String,
+    },
+    /// Canary: the step's analysis was inconclusive; paused for a human to
+    /// promote, resume (look again) or roll back.
+    Inconclusive {
+        step: u32,
+        share: String,
+    },
+    /// Canary: putting the configured weights back on `instances` instances.
+    Unweighting {
+        instances: u32,
+    },
     Other,
+}
+
+/// A share of traffic as people write it: `"5%"`, `"0.5%"`.
+pub(super) fn share_text(basis_points: u32) -> String {
+    drover_model::Share::from_basis_points(basis_points).to_string()
 }
 
 impl From<&RolloutWait> for WaitJson {
@@ -61,11 +88,19 @@ impl From<&RolloutWait> for WaitJson {
             down,
             instances,
             hosts,
-            step: _,
-            share_basis_points: _,
+            step,
+            share_basis_points,
         } = w;
-        let (capacity, floor, in_progress, max, down, instances) =
-            (*capacity, *floor, *in_progress, *max, *down, *instances);
+        let (capacity, floor, in_progress, max, down, instances, step) = (
+            *capacity,
+            *floor,
+            *in_progress,
+            *max,
+            *down,
+            *instances,
+            *step,
+        );
+        let share = || share_text(*share_basis_points);
         match known(*kind) {
             Kind::Floor => WaitJson::Floor { capacity, floor },
             Kind::MaxUnavailable => WaitJson::MaxUnavailable { in_progress, max },
@@ -81,13 +116,21 @@ impl From<&RolloutWait> for WaitJson {
                 hosts: hosts.clone(),
             },
             Kind::Stopping => WaitJson::Stopping { instances },
-            // Interim until the views for canary kinds land (branch cli).
-            Kind::Weighting
-            | Kind::Baking
-            | Kind::Inconclusive
-            | Kind::Unweighting
-            | Kind::Other
-            | Kind::Unspecified => WaitJson::Other,
+            Kind::Weighting => WaitJson::Weighting {
+                step,
+                share: share(),
+                instances,
+            },
+            Kind::Baking => WaitJson::Baking {
+                step,
+                share: share(),
+            },
+            Kind::Inconclusive => WaitJson::Inconclusive {
+                step,
+                share: share(),
+            },
+            Kind::Unweighting => WaitJson::Unweighting { instances },
+            Kind::Other | Kind::Unspecified => WaitJson::Other,
         }
     }
 }
@@ -138,6 +181,28 @@ pub enum StopKindJson {
     },
     /// The coordinator could not store the rollout's state.
     Halted,
+    /// Canary: a look of the analysis failed at traffic step `step`
+    /// (`share` of the traffic); `why` holds its numbers.
+    AnalysisFailed {
+        step: u32,
+        share: String,
+        why: String,
+    },
+    /// Canary: too little traffic to judge by max_analysis, and
+    /// on_inconclusive = fail.
+    Inconclusive {
+        step: u32,
+        share: String,
+        why: String,
+    },
+    /// Canary: weights could not be set on these instances (`id: why`).
+    Weights {
+        instances: Vec<String>,
+    },
+    /// Every instance updated, but the weights of these were not put back.
+    WeightsNotRestored {
+        instances: Vec<String>,
+    },
     Other,
 }
 
@@ -148,6 +213,8 @@ pub enum UnfinishedJson {
     Rollback,
     Abort,
     HostLost,
+    /// Weights drover set could not be put back.
+    Weights,
 }
 
 impl From<&RolloutStop> for StopJson {
@@ -162,11 +229,12 @@ impl From<&RolloutStop> for StopJson {
             waiting,
             unfinished,
             problems,
-            step: _,
-            share_basis_points: _,
-            why: _,
+            step,
+            share_basis_points,
+            why,
         } = s;
-        let (count, max) = (*count, *max);
+        let (count, max, step) = (*count, *max, *step);
+        let share = || share_text(*share_basis_points);
         let why = match known(*kind) {
             Kind::FailureBudget => StopKindJson::FailureBudget {
                 count,
@@ -188,20 +256,32 @@ impl From<&RolloutStop> for StopJson {
                 instances: instances.clone(),
             },
             Kind::Halted => StopKindJson::Halted,
-            Kind::AnalysisFailed
-            | Kind::Inconclusive
-            | Kind::Weights
-            | Kind::WeightsNotRestored
-            | Kind::Other
-            | Kind::Unspecified => StopKindJson::Other,
+            Kind::AnalysisFailed => StopKindJson::AnalysisFailed {
+                step,
+                share: share(),
+                why: why.clone(),
+            },
+            Kind::Inconclusive => StopKindJson::Inconclusive {
+                step,
+                share: share(),
+                why: why.clone(),
+            },
+            Kind::Weights => StopKindJson::Weights {
+                instances: instances.clone(),
+            },
+            Kind::WeightsNotRestored => StopKindJson::WeightsNotRestored {
+                instances: instances.clone(),
+            },
+            Kind::Other | Kind::Unspecified => StopKindJson::Other,
         };
         StopJson {
             why,
             unfinished: match known(*unfinished) {
-                Unfinished::Unspecified | Unfinished::Weights => None,
+                Unfinished::Unspecified => None,
                 Unfinished::Rollback => Some(UnfinishedJson::Rollback),
                 Unfinished::Abort => Some(UnfinishedJson::Abort),
                 Unfinished::HostLost => Some(UnfinishedJson::HostLost),
+                Unfinished::Weights => Some(UnfinishedJson::Weights),
             },
             problems: problems.clone(),
         }
@@ -227,7 +307,7 @@ mod tests {
     #[test]
     fn every_wait_kind_is_named_after_its_enum_and_carries_only_its_fields() {
         use rollout_wait::Kind;
-        let expected: [(Kind, &[&str]); 8] = [
+        let expected: [(Kind, &[&str]); 12] = [
             (Kind::Floor, &["capacity", "floor"]),
             (Kind::MaxUnavailable, &["in_progress", "max"]),
             (Kind::Spread, &["label", "value", "down", "max"]),
@@ -236,6 +316,10 @@ mod tests {
             (Kind::LostHosts, &["hosts"]),
             (Kind::Stopping, &["instances"]),
             (Kind::Other, &[]),
+            (Kind::Weighting, &["step", "share", "instances"]),
+            (Kind::Baking, &["step", "share"]),
+            (Kind::Inconclusive, &["step", "share"]),
+            (Kind::Unweighting, &["instances"]),
         ];
         // Every kind the proto has is listed above.
         let listed: Vec<i32> = expected.iter().map(|(k, _)| *k as i32).collect();
@@ -258,8 +342,8 @@ mod tests {
                 down: 5,
                 instances: 6,
                 hosts: vec!["h2".into()],
-                step: 0,
-                share_basis_points: 0,
+                step: 2,
+                share_basis_points: 50,
             };
             let v = to_value(&WaitJson::from(&w));
             assert_eq!(v["kind"], proto_word(kind.as_str_name()), "{v}");
@@ -275,7 +359,8 @@ mod tests {
             want.sort_unstable();
             assert_eq!(keys, want, "{v}");
             let wire = json!({"capacity": 1, "floor": 2, "in_progress": 3, "max": 4,
-                "label": "zone", "value": "a", "down": 5, "instances": 6, "hosts": ["h2"]});
+                "label": "zone", "value": "a", "down": 5, "instances": 6, "hosts": ["h2"],
+                "step": 2, "share": "0.5%"});
             for f in fields {
                 assert_eq!(v[f], wire[f], "{} carries {f}", kind.as_str_name());
             }
@@ -286,12 +371,19 @@ mod tests {
             ..RolloutWait::default()
         }));
         assert_eq!(v, json!({"kind": "lost_hosts", "hosts": ["h2", "h4"]}));
+        let v = to_value(&WaitJson::from(&RolloutWait {
+            kind: Kind::Baking as i32,
+            step: 2,
+            share_basis_points: 2500,
+            ..RolloutWait::default()
+        }));
+        assert_eq!(v, json!({"kind": "baking", "step": 2, "share": "25%"}));
     }
 
     #[test]
     fn every_stop_kind_is_named_after_its_enum_and_carries_only_its_fields() {
         use rollout_stop::Kind;
-        let expected: [(Kind, &[&str]); 8] = [
+        let expected: [(Kind, &[&str]); 12] = [
             (Kind::FailureBudget, &["count", "max", "instances"]),
             (Kind::UnreachableBudget, &["count", "max", "instances"]),
             (Kind::ProgressDeadline, &["after_ms", "waiting"]),
@@ -300,6 +392,10 @@ mod tests {
             (Kind::FailedWithinBudget, &["instances"]),
             (Kind::Halted, &[]),
             (Kind::Other, &[]),
+            (Kind::AnalysisFailed, &["step", "share", "why"]),
+            (Kind::Inconclusive, &["step", "share", "why"]),
+            (Kind::Weights, &["instances"]),
+            (Kind::WeightsNotRestored, &["instances"]),
         ];
         let listed: Vec<i32> = expected.iter().map(|(k, _)| *k as i32).collect();
         for raw in 1..=20 {
@@ -319,9 +415,9 @@ mod tests {
                 waiting: Some(floor_wait()),
                 unfinished: 0,
                 problems: Vec::new(),
-                step: 0,
-                share_basis_points: 0,
-                why: String::new(),
+                step: 1,
+                share_basis_points: 500,
+                why: "errors 9/100 vs 1/900".into(),
             };
             let v = to_value(&StopJson::from(&s));
             assert_eq!(v["kind"], proto_word(kind.as_str_name()), "{v}");
@@ -356,6 +452,7 @@ mod tests {
             (rollout_stop::Unfinished::Rollback, "rollback"),
             (rollout_stop::Unfinished::Abort, "abort"),
             (rollout_stop::Unfinished::HostLost, "host_lost"),
+            (rollout_stop::Unfinished::Weights, "weights"),
         ] {
             let mut s = RolloutStop {
                 problems: vec!["web@h2: host lost".into()],
@@ -369,5 +466,31 @@ mod tests {
                 json!({"kind": "operator_abort", "unfinished": word, "problems": ["web@h2: host lost"]})
             );
         }
+        // A failed analysis says where and why, with the share as people
+        // write it.
+        let mut failed = RolloutStop {
+            step: 1,
+            share_basis_points: 500,
+            why: "errors canary 9/180 (5.00%) vs baseline 2/3,400 (0.06%): p=1.2e-9".into(),
+            ..RolloutStop::default()
+        };
+        failed.set_kind(Kind::AnalysisFailed);
+        assert_eq!(
+            to_value(&StopJson::from(&failed)),
+            json!({"kind": "analysis_failed", "step": 1, "share": "5%",
+                   "why": "errors canary 9/180 (5.00%) vs baseline 2/3,400 (0.06%): p=1.2e-9"})
+        );
+        // Weights that could not be put back after a rollback.
+        let mut s = RolloutStop {
+            problems: vec!["web@h1: haproxy /run/lb2.sock: connection refused".into()],
+            ..RolloutStop::default()
+        };
+        s.set_kind(Kind::OperatorRollback);
+        s.set_unfinished(rollout_stop::Unfinished::Weights);
+        assert_eq!(
+            to_value(&StopJson::from(&s)),
+            json!({"kind": "operator_rollback", "unfinished": "weights",
+                   "problems": ["web@h1: haproxy /run/lb2.sock: connection refused"]})
+        );
     }
 }

@@ -3,7 +3,9 @@
 
 use serde::Serialize;
 
-use super::{StopJson, StopKindJson, WaitJson, non_empty, rfc3339_ms};
+use super::{
+    StopJson, StopKindJson, TrafficJson, TrafficStepJson, WaitJson, non_empty, rfc3339_ms,
+};
 use crate::v1::{
     PlannedBatch, PlannedSkip, PlannedWave, Release, Rollout, RolloutCounts, RolloutEvent,
     RolloutInstance, RolloutPlan,
@@ -185,6 +187,9 @@ pub struct RolloutJson {
     pub wait_reason: Option<String>,
     /// `wait_reason`, typed; `null` exactly when `wait_reason` is.
     pub wait: Option<WaitJson>,
+    /// Canary and blue-green: where the traffic steps are; `null` for a
+    /// rolling update.
+    pub traffic: Option<TrafficJson>,
     pub started_at: Option<String>,
     pub started_at_ms: i64,
     pub finished_at: Option<String>,
@@ -222,7 +227,7 @@ impl From<&Rollout> for RolloutJson {
             started_by,
             wait,
             stop,
-            traffic: _,
+            traffic,
         } = r;
         let reason = non_empty(reason);
         let wait_reason = non_empty(wait_reason);
@@ -252,6 +257,7 @@ impl From<&Rollout> for RolloutJson {
                 None => wait_reason.as_ref().map(|_| WaitJson::Other),
             },
             wait_reason,
+            traffic: traffic.as_ref().map(TrafficJson::from),
             started_at: rfc3339_ms(*started_at_ms),
             started_at_ms: *started_at_ms,
             finished_at: rfc3339_ms(*finished_at_ms),
@@ -326,6 +332,10 @@ pub struct PlanJson {
     pub batches: Vec<BatchJson>,
     pub lowest_capacity: u32,
     pub stalls: Option<String>,
+    /// Canary and blue-green: each traffic step; absent for a rolling
+    /// update.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub traffic_steps: Vec<TrafficStepJson>,
 }
 
 impl From<&RolloutPlan> for PlanJson {
@@ -343,7 +353,7 @@ impl From<&RolloutPlan> for PlanJson {
             // Not shown: the spec is what `--dry-run` was given, and the
             // text view does not print it either.
             spec_toml: _,
-            traffic_steps: _,
+            traffic_steps,
         } = p;
         PlanJson {
             service: service.clone(),
@@ -355,6 +365,7 @@ impl From<&RolloutPlan> for PlanJson {
             batches: batches.iter().map(BatchJson::from).collect(),
             lowest_capacity: *lowest_capacity,
             stalls: non_empty(stalls),
+            traffic_steps: traffic_steps.iter().map(TrafficStepJson::from).collect(),
         }
     }
 }
@@ -363,7 +374,9 @@ impl From<&RolloutPlan> for PlanJson {
 mod tests {
     use super::*;
     use crate::json::testing::{NOW, floor_wait, release, to_value};
-    use crate::v1::{Direction, InstanceStep, RolloutPhase, RolloutStop, rollout_stop};
+    use crate::v1::{
+        Direction, InstanceStep, PlannedTrafficStep, RolloutPhase, RolloutStop, rollout_stop,
+    };
     use serde_json::json;
 
     /// A rollout that waited on the floor, then failed on its budget and
@@ -462,6 +475,7 @@ mod tests {
                 "lowest_capacity": 3,
                 "wait_reason": "waiting: 3 healthy, floor 4",
                 "wait": {"kind": "floor", "capacity": 3, "floor": 4},
+                "traffic": null,
                 "started_at": "2026-09-21T14:12:20Z",
                 "started_at_ms": NOW - 60_000,
                 "finished_at": "2026-09-21T14:13:20Z",
@@ -545,7 +559,6 @@ mod tests {
     #[test]
     fn a_plan_drops_empty_waves_and_says_when_it_stalls() {
         let p = RolloutPlan {
-            traffic_steps: Vec::new(),
             service: "web".into(),
             target: release("v2"),
             total: 2,
@@ -570,6 +583,7 @@ mod tests {
             lowest_capacity: 1,
             stalls: "waiting: 1 healthy, floor 2".into(),
             spec_toml: "service = \"web\"\n".into(),
+            traffic_steps: Vec::new(),
         };
         let v = to_value(&PlanJson::from(&p));
         assert_eq!(v["batches"][0]["waves"], json!([["web@h1"]]));
@@ -579,5 +593,82 @@ mod tests {
             json!([{"instance": "web@h3", "reason": "already on v2"}])
         );
         assert!(v.get("spec_toml").is_none());
+        // A rolling plan has no traffic steps, and no key for them.
+        assert!(v.get("traffic_steps").is_none(), "{v}");
+    }
+
+    #[test]
+    fn a_canary_plan_lists_its_traffic_steps_after_the_rest() {
+        let p = RolloutPlan {
+            service: "web".into(),
+            target: release("v2"),
+            total: 6,
+            floor: 5,
+            capacity: 6,
+            traffic_steps: vec![
+                PlannedTrafficStep {
+                    number: 1,
+                    share_basis_points: 500,
+                    updated: 1,
+                    new_weight: 16,
+                    old_weight: 100,
+                    bake_ms: 1_800_000,
+                },
+                PlannedTrafficStep {
+                    number: 2,
+                    share_basis_points: 10_000,
+                    updated: 6,
+                    new_weight: 100,
+                    old_weight: 100,
+                    bake_ms: 0,
+                },
+            ],
+            ..RolloutPlan::default()
+        };
+        let text = serde_json::to_string(&PlanJson::from(&p)).expect("serialise");
+        assert!(
+            text.ends_with(
+                r#""stalls":null,"traffic_steps":[{"number":1,"share":"5%","updated":1,"new_weight":16,"old_weight":100,"bake":"30m","bake_ms":1800000},{"number":2,"share":"100%","updated":6,"new_weight":100,"old_weight":100,"bake":"0s","bake_ms":0}]}"#
+            ),
+            "{text}"
+        );
+    }
+
+    /// A canary baking its second step: `traffic` sits after `wait`, and
+    /// the wait says which step bakes.
+    #[test]
+    fn a_canary_shows_its_traffic() {
+        use crate::v1::{RolloutTraffic, RolloutWait, Strategy, rollout_traffic, rollout_wait};
+        let mut r = failed_rollout();
+        r.set_phase(RolloutPhase::Running);
+        r.reason.clear();
+        r.stop = None;
+        r.finished_at_ms = 0;
+        r.wait_reason = "step 2/4 (25%) bakes for 12m more".into();
+        let mut wait = RolloutWait {
+            step: 2,
+            share_basis_points: 2500,
+            ..RolloutWait::default()
+        };
+        wait.set_kind(rollout_wait::Kind::Baking);
+        r.wait = Some(wait);
+        let mut traffic = RolloutTraffic {
+            steps_basis_points: vec![500, 2500, 5000, 10_000],
+            step: 2,
+            looks: 3,
+            counting_from_ms: NOW - 60_000,
+            bake_ends_at_ms: NOW + 720_000,
+            ..RolloutTraffic::default()
+        };
+        traffic.set_strategy(Strategy::Canary);
+        traffic.set_stage(rollout_traffic::Stage::Baking);
+        r.traffic = Some(traffic);
+        let text = serde_json::to_string(&RolloutJson::from(&r)).expect("serialise");
+        assert!(
+            text.contains(
+                r#""wait":{"kind":"baking","step":2,"share":"25%"},"traffic":{"strategy":"canary","steps":["5%","25%","50%","100%"],"step":2,"stage":"baking","counting_from":"2026-09-21T14:12:20Z","counting_from_ms":1789999940000,"bake_ends_at":"2026-09-21T14:25:20Z","bake_ends_at_ms":1790000720000,"looks":3,"last_look":null,"results":[]},"started_at":"#
+            ),
+            "{text}"
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! `drover rollout start|watch|status|list|pause|resume|abort|rollback`:
-//! rolling a service out to a new version and steering it while it runs.
+//! `drover rollout start|watch|status|list|pause|resume|abort|rollback|
+//! promote|analysis`: rolling a service out to a new version and steering
+//! it while it runs.
 //! The coordinator's engine does the work; this module builds the request,
 //! explains refusals and shows progress.
 
@@ -12,17 +13,20 @@ use clap::{Args, Subcommand};
 use drover_model::RolloutSpec;
 use drover_proto::v1::rollout_action_request::Action;
 use drover_proto::v1::{
-    GetRolloutRequest, ListHostsRequest, ListRolloutsRequest, RolloutActionRequest, RolloutPhase,
-    StartRolloutRequest,
+    GetRolloutAnalysisRequest, GetRolloutRequest, ListHostsRequest, ListRolloutsRequest,
+    RolloutActionRequest, RolloutPhase, StartRolloutRequest,
 };
 use tonic::{Code, Status};
 
 use crate::commands::Ctx;
+use crate::conn::status_text;
 use crate::error::usage;
+use crate::output::rollout::traffic::{analysis_text, traffic_line};
 use crate::output::rollout::{
-    PlanJson, RolloutFormat, RolloutJson, plan_text, rollout_detail, rollouts_table, to_json,
+    AnalysisJson, PlanJson, RolloutFormat, RolloutJson, plan_text, rollout_detail, rollouts_table,
+    to_json,
 };
-use crate::output::{now_ms, print};
+use crate::output::{ShowFormat, now_ms, print};
 
 pub use spec::SpecFlags;
 
@@ -36,13 +40,20 @@ put back in service. An instance is only taken down while the healthy instances 
 or above the floor (--min-healthy). Failures beyond --max-failures stop the rollout; \
 with --auto-rollback every updated instance then returns to its previous release.
 
+With --strategy canary the new release gets a growing share of traffic (5%, 25%, 50%, \
+100%) through HAProxy weights, each step judged live against the instances still on the \
+old release and rolled back on its own when it is worse; `promote` ends a step's bake \
+early and `analysis` shows every look.
+
 Examples:
   drover artifact push web-v2.tar.gz --service web --version v2
   drover rollout start --service web --version v2 --batch 1,25%,100% --min-healthy 80%
   drover rollout start -f rollout.toml --dry-run
   drover rollout list --service web
   drover rollout status web-7 --events
-  drover rollout rollback web-7";
+  drover rollout rollback web-7
+  drover rollout start --service web --version v2 --strategy canary
+  drover rollout analysis web-8";
 
 const START_AFTER_HELP: &str = "\
 Spec file (-f), the same fields as the flags; flags given override the file:
@@ -61,9 +72,30 @@ Spec file (-f), the same fields as the flags; flags given override the file:
   auto_rollback = true
   spread_by = \"zone:1\"        # or { label = \"zone\", max_unavailable = 1 }
   lost_hosts = \"wait\"         # or \"skip\"
+  strategy = \"canary\"         # rolling (default), canary or blue-green
+  steps = \"5%,25%,50%,100%\"   # shares of traffic; or [\"5%\", \"25%\", \"50%\", \"100%\"]
+  bake = \"30m\"                # each step watched this long
+  keep_old = \"60m\"            # blue-green only
+  pre_traffic_hook = \"smoke\"  # blue-green only
   [target]                    # instead of `version`; digest is optional and
   version = \"v2\"              # taken from the artifact store when left out
   digest = \"<sha256>\"
+  [analysis]                  # canary and blue-green; every key optional
+  interval = \"10s\"            # how often canary and baseline are compared
+  warmup = \"60s\"              # counting starts this long after the weights
+  max_analysis = \"30m\"        # too little traffic by then: inconclusive
+  on_inconclusive = \"pause\"   # or \"fail\" or \"pass\"
+  source = \"auto\"             # or \"haproxy\" or \"metrics\"
+  error_ratio = 2.0           # fail when errors are credibly above 2x the baseline's
+  alpha = 0.001               # per-look significance of that test
+  min_canary_errors = 5       # fewer canary errors never fail the test
+  min_difference = \"0.1%\"     # nor an error rate less than this above the baseline's
+  guard_error_rate = \"5%\"     # fail at once at this error rate ...
+  guard_min_requests = 100    # ... over at least this many requests
+  min_requests = 500          # fewer in either arm is not enough to pass
+  latency_ratio = 1.5         # fail when latency is 1.5x the baseline's ...
+  latency_min_delta = \"25ms\"  # ... and at least 25 ms slower ...
+  latency_windows = 3         # ... in 3 consecutive looks
 
 Examples:
   drover rollout start --service web --version v2
@@ -71,6 +103,8 @@ Examples:
   drover rollout start -f rollout.toml --max-failures 1 --dry-run
   drover rollout start -f rollout.toml --detach -o json
   drover rollout start --service web --version v1 --initial --batch 100%
+  drover rollout start --service web --version v2 --strategy canary --bake 10m
+  drover rollout start --service web --version v2 --strategy canary --steps 1%,10%,100% --dry-run
 
 First deploy: instances that never ran a release are not healthy, so no floor above 0 can \
 be met; start the first rollout with --initial (a floor of 0, refused if any target instance \
@@ -108,16 +142,20 @@ pub enum RolloutCommand {
     /// coordinator to start it. Then follows it like `drover rollout watch`
     /// and exits 0 only if it succeeded; --detach returns at once with its id.
     /// --dry-run prints the plan instead: instances, floor, skipped
-    /// instances, each batch and its waves, and the lowest forecast capacity.
+    /// instances, each batch and its waves, the lowest forecast capacity,
+    /// and for a canary each traffic step with the instances it updates,
+    /// their weight against the old release's, and its bake.
     #[command(after_long_help = START_AFTER_HELP, disable_version_flag = true)]
     Start(Box<StartArgs>),
     /// Follow a rollout until it finishes; exit 0 only if it succeeded
     ///
     /// On a terminal, shows an overall bar, the current batch, each instance
     /// in flight with its step, and capacity against the floor with the
-    /// reason for any wait. Into a pipe or log, prints one line per event
-    /// (times in UTC):
+    /// reason for any wait, and for a canary where its traffic is. Into a
+    /// pipe or log, prints one line per event, and for a canary one per new
+    /// traffic step or stage (times in UTC):
     ///   HH:MM:SS  INSTANCE  STEP  capacity C/floor F  MESSAGE
+    ///   HH:MM:SS  -  -  capacity C/floor F  traffic: step 2/4 (25%) baking, ...
     /// Ends with a summary: what was updated, failed, skipped and rolled
     /// back, and the lowest capacity reached. Ctrl-C stops watching, not the
     /// rollout. With -o json, prints only the final rollout object.
@@ -130,8 +168,11 @@ pub enum RolloutCommand {
     ///
     /// Shows the phase and why, the current batch, capacity with its floor
     /// and lowest point, what it waits for, and per instance its host, step,
-    /// release (now and before) and any note or error. --events adds the
-    /// event log. Exits 1 when the rollout failed, was rolled back or aborted.
+    /// release (now and before) and any note or error. A canary adds its
+    /// strategy, where its traffic is (step, share, stage, looks, when the
+    /// bake ends, the last look's verdict) and every traffic step with how
+    /// it ended. --events adds the event log. Exits 1 when the rollout
+    /// failed, was rolled back or aborted.
     ///
     /// Example:
     ///   drover rollout status web-7 --events
@@ -176,6 +217,33 @@ pub enum RolloutCommand {
     ///   drover rollout rollback web-7
     #[command(verbatim_doc_comment)]
     Rollback(IdArgs),
+    /// Canary: skip the rest of the current traffic step's bake: a human decision, recorded
+    ///
+    /// The step ends now as if its analysis had passed, recorded as
+    /// `promoted` in its results, and the next step starts. Refused when
+    /// the rollout is not baking a traffic step. Also ends a step held as
+    /// inconclusive.
+    ///
+    /// Example:
+    ///   drover rollout promote web-8
+    #[command(verbatim_doc_comment)]
+    Promote(IdArgs),
+    /// Canary: every look of the analysis, step by step, with its numbers
+    ///
+    /// One row per look: step and share, look number (`last` ends the
+    /// step), time (UTC), source (haproxy or metrics), errors/requests and
+    /// the error rate of the canary (instances on the new release) and the
+    /// baseline (those still on the old one), each arm's latency in ms,
+    /// the error test's p-value and the verdict (continue, pass, fail,
+    /// inconclusive). Then each step's last look with its reason. With
+    /// -o json, every field and the stored judgement (every number of
+    /// both tests). Exits 1 when the rollout is unknown or not a canary.
+    ///
+    /// Example:
+    ///   drover rollout analysis web-8
+    ///   drover rollout analysis web-8 -o json | jq '.looks[] | select(.verdict == "fail")'
+    #[command(verbatim_doc_comment)]
+    Analysis(AnalysisArgs),
 }
 
 #[derive(Debug, Args)]
@@ -231,6 +299,17 @@ pub struct IdArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct AnalysisArgs {
+    /// Rollout id, as printed by `drover rollout start` and `drover rollout list`
+    #[arg(value_name = "ID", value_parser = parse_id)]
+    pub id: String,
+    /// Output format: table (readable text) or json (the analysis object:
+    /// `id` and `looks`)
+    #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
+    pub output: ShowFormat,
+}
+
+#[derive(Debug, Args)]
 pub struct StatusArgs {
     #[command(flatten)]
     pub rollout: IdArgs,
@@ -274,6 +353,8 @@ pub async fn run(ctx: &Ctx, cmd: RolloutCommand) -> anyhow::Result<()> {
         RolloutCommand::Resume(args) => act(ctx, args, Action::Resume).await,
         RolloutCommand::Abort(args) => act(ctx, args, Action::Abort).await,
         RolloutCommand::Rollback(args) => act(ctx, args, Action::Rollback).await,
+        RolloutCommand::Promote(args) => act(ctx, args, Action::Promote).await,
+        RolloutCommand::Analysis(args) => analysis(ctx, args).await,
     }
 }
 
@@ -357,10 +438,11 @@ async fn start(ctx: &Ctx, args: StartArgs) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("coordinator at {} sent no rollout", session.addr))?;
     let version = rollout.target.as_ref().map(|t| t.version.as_str());
     let started = format!(
-        "rollout {} started: {} to {}\n",
+        "rollout {} started: {} to {}{}\n",
         rollout.id,
         rollout.service,
-        version.unwrap_or("?")
+        version.unwrap_or("?"),
+        strategy_note(&spec)
     );
     if json {
         eprint!("{started}");
@@ -381,6 +463,21 @@ async fn start(ctx: &Ctx, args: StartArgs) -> anyhow::Result<()> {
         args.follow.reconnect_for,
     )
     .await
+}
+
+/// ` (canary: 5%, 25%, 50%, 100%, bake 30m)` after `rollout ID started`;
+/// nothing for a rolling update.
+fn strategy_note(spec: &RolloutSpec) -> String {
+    if !spec.strategy.shifts_traffic() {
+        return String::new();
+    }
+    let steps: Vec<String> = spec.traffic_steps().iter().map(|s| s.to_string()).collect();
+    format!(
+        " ({}: {}, bake {})",
+        spec.strategy,
+        steps.join(", "),
+        humantime::format_duration(spec.bake_time())
+    )
 }
 
 async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<()> {
@@ -441,12 +538,60 @@ async fn act(ctx: &Ctx, args: IdArgs, action: Action) -> anyhow::Result<()> {
     };
     let r = match session.client.act_on_rollout(req).await {
         Ok(r) => r.into_inner(),
+        Err(status) if action == Action::Promote => {
+            let hint = format!(
+                "promote ends the bake of a canary's traffic step (or a step held as \
+                 inconclusive); `drover rollout status {}` shows where it is",
+                args.id
+            );
+            return Err(refused(&session, status, &hint));
+        }
         Err(status) => return Err(session.rpc_error(status)),
     };
     match args.output {
         RolloutFormat::Json => print(&to_json(&RolloutJson::from(&r))?),
-        RolloutFormat::Table => print(&format!("rollout {}: {}\n", r.id, r.phase_kind().as_text())),
+        RolloutFormat::Table => print(&action_text(&r, now_ms())),
     }
+}
+
+/// `rollout ID: PHASE`, and where a canary's traffic is.
+fn action_text(r: &drover_proto::v1::Rollout, now_ms: i64) -> String {
+    let mut text = format!("rollout {}: {}\n", r.id, r.phase_kind().as_text());
+    if let Some(t) = &r.traffic {
+        text.push_str(&format!("traffic: {}\n", traffic_line(t, now_ms)));
+    }
+    text
+}
+
+async fn analysis(ctx: &Ctx, args: AnalysisArgs) -> anyhow::Result<()> {
+    let mut session = ctx.session().await?;
+    let req = GetRolloutAnalysisRequest {
+        id: args.id.clone(),
+    };
+    let a = match session.client.get_rollout_analysis(req).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            let hint = format!(
+                "only canary and blue-green rollouts have an analysis; `drover rollout status \
+                 {}` shows this one's strategy",
+                args.id
+            );
+            return Err(refused(&session, status, &hint));
+        }
+    };
+    match args.output {
+        ShowFormat::Json => print(&to_json(&AnalysisJson::from(&a))?),
+        ShowFormat::Table => print(&analysis_text(&a)),
+    }
+}
+
+/// A refused `promote` or `analysis`: the coordinator's words (exit 1), and
+/// for a rollout that exists but has nothing to act on, what to do.
+fn refused(session: &crate::conn::Session, status: Status, hint: &str) -> anyhow::Error {
+    if status.code() == Code::FailedPrecondition {
+        return anyhow!("{}\nhint: {hint}", status_text(&status));
+    }
+    session.rpc_error(status)
 }
 
 #[cfg(test)]
@@ -500,6 +645,23 @@ mod tests {
                     "no drain configured",
                     "version = \"v2\"",
                     "Example",
+                    "--strategy",
+                    "--steps",
+                    "5%,25%,50%,100% for canary",
+                    "10%,25%,50%,100% for blue-green",
+                    "--bake",
+                    "30m for canary, 5m per step for blue-green",
+                    "--keep-old",
+                    "[default: 60m]",
+                    "--pre-traffic-hook",
+                    "--max-analysis",
+                    "--on-inconclusive",
+                    "[default: pause]",
+                    "--analysis-interval",
+                    "--warmup",
+                    "--analysis-source",
+                    "[analysis]",
+                    "latency_windows = 3",
                 ],
             ),
             (
@@ -520,6 +682,18 @@ mod tests {
             ("resume", &["ID", "Example"]),
             ("abort", &["ID", "Example"]),
             ("rollback", &["ID", "Example"]),
+            (
+                "promote",
+                &[
+                    "ID",
+                    "skip the rest of the current traffic step's bake: a human decision, recorded",
+                    "Example",
+                ],
+            ),
+            (
+                "analysis",
+                &["ID", "--output", "p-value", "baseline", "Example"],
+            ),
         ];
         for (sub, words) in cases {
             let h = help(&["rollout", sub]);
@@ -587,6 +761,13 @@ mod tests {
             ("--healthy-deadline", "0s"),
             ("--spread-by", "zone:0"),
             ("--lost-hosts", "maybe"),
+            ("--strategy", "sideways"),
+            ("--steps", "5,25,100"),
+            ("--bake", "0s"),
+            ("--keep-old", "soon"),
+            ("--on-inconclusive", "shrug"),
+            ("--analysis-source", "prometheus"),
+            ("--warmup", "later"),
         ] {
             let err = parse(&[
                 "rollout",
@@ -602,6 +783,40 @@ mod tests {
             assert_eq!(err.exit_code(), EXIT_USAGE, "{flag}");
             assert!(err.to_string().contains(flag), "{flag}: {err}");
         }
+    }
+
+    #[test]
+    fn a_started_canary_says_its_steps_and_bake() {
+        let rolling = RolloutSpec::default();
+        assert_eq!(strategy_note(&rolling), "");
+        let canary = RolloutSpec {
+            strategy: drover_model::Strategy::Canary,
+            ..RolloutSpec::default()
+        };
+        assert_eq!(
+            strategy_note(&canary),
+            " (canary: 5%, 25%, 50%, 100%, bake 30m)"
+        );
+        let blue_green = RolloutSpec {
+            strategy: drover_model::Strategy::BlueGreen,
+            ..RolloutSpec::default()
+        };
+        assert_eq!(
+            strategy_note(&blue_green),
+            " (blue-green: 10%, 25%, 50%, 100%, bake 5m)"
+        );
+    }
+
+    #[test]
+    fn an_action_on_a_canary_says_where_its_traffic_is() {
+        use crate::output::fixtures::NOW;
+        use crate::output::rollout::fixtures::{canary, rollout};
+        assert_eq!(action_text(&rollout(), NOW), "rollout r7: running\n");
+        assert_eq!(
+            action_text(&canary(), NOW),
+            "rollout r7: running\ntraffic: step 2/4 (25%) baking, 3 looks, ends in 12m — last: \
+             errors canary 3/612 (0.49%) vs baseline 9/2,390 (0.38%): pass\n"
+        );
     }
 
     #[test]

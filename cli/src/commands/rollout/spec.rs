@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
+use drover_model::strategy::parse_steps;
 use drover_model::{
-    Amount, DigestRule, RolloutSpec, SpecError, Spread, parse_batches, positive_rule, share_rule,
+    Amount, DigestRule, RolloutSpec, Share, SpecError, Spread, parse_batches, positive_rule,
+    share_rule,
 };
 use toml::{Table, Value};
 
@@ -86,11 +88,78 @@ pub struct SpecFlags {
     /// --max-unreachable) or `wait` for the host [default: wait] [spec: lost_hosts]
     #[arg(long, value_name = "POLICY", value_parser = ["skip", "wait"])]
     pub lost_hosts: Option<String>,
+    /// How traffic moves: `rolling` (batches drained and updated in place),
+    /// `canary` (a few instances on the new release get a growing share of
+    /// traffic through HAProxy weights, judged against the old release at
+    /// every step) or `blue-green` (the idle color of every host is
+    /// deployed, then traffic shifts to it step by step) [default: rolling]
+    /// [spec: strategy]
+    #[arg(long, value_name = "STRATEGY", value_parser = ["rolling", "canary", "blue-green"],
+          help_heading = "Canary and blue-green")]
+    pub strategy: Option<String>,
+    /// Shares of traffic the new release gets, step by step, growing to
+    /// 100%; each needs a `%` [default: 5%,25%,50%,100% for canary,
+    /// 10%,25%,50%,100% for blue-green] [spec: steps]
+    #[arg(long, value_name = "SHARES", value_parser = parse_steps_flag,
+          help_heading = "Canary and blue-green")]
+    pub steps: Option<Steps>,
+    /// How long each traffic step is watched by the analysis before the
+    /// next (`drover rollout promote` ends it early) [default: 30m for
+    /// canary, 5m per step for blue-green] [spec: bake]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration,
+          help_heading = "Canary and blue-green")]
+    pub bake: Option<Duration>,
+    /// Blue-green: how long the old color stays up, drained, after the
+    /// switch, so that `drover rollout rollback` moves traffic back at once
+    /// [default: 60m] [spec: keep_old]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration,
+          help_heading = "Canary and blue-green")]
+    pub keep_old: Option<Duration>,
+    /// Blue-green: a hook named in the coordinator's config, run against
+    /// the idle color before any traffic moves; a non-zero exit stops the
+    /// rollout [default: none] [spec: pre_traffic_hook]
+    #[arg(long, value_name = "NAME", value_parser = parse_name,
+          help_heading = "Canary and blue-green")]
+    pub pre_traffic_hook: Option<String>,
+    /// How long a step may look for enough traffic to judge before it is
+    /// inconclusive [default: 30m, or the bake when longer]
+    /// [spec: analysis.max_analysis]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration,
+          help_heading = "Canary and blue-green")]
+    pub max_analysis: Option<Duration>,
+    /// What an inconclusive step does: `pause` for a human to promote,
+    /// resume or roll back, `fail` (roll back) or `pass` (go on)
+    /// [default: pause] [spec: analysis.on_inconclusive]
+    #[arg(long, value_name = "ACTION", value_parser = ["pause", "fail", "pass"],
+          help_heading = "Canary and blue-green")]
+    pub on_inconclusive: Option<String>,
+    /// How often the analysis compares the new release with the old
+    /// [default: 10s] [spec: analysis.interval]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration,
+          help_heading = "Canary and blue-green")]
+    pub analysis_interval: Option<Duration>,
+    /// Counting starts this long after a step's weights are in place
+    /// [default: 60s, or a quarter of the bake when shorter]
+    /// [spec: analysis.warmup]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration,
+          help_heading = "Canary and blue-green")]
+    pub warmup: Option<Duration>,
+    /// Where requests, errors and latency are read: `haproxy` (its
+    /// per-server counters), `metrics` (each instance's own Prometheus
+    /// /metrics) or `auto` (metrics when every instance reports them)
+    /// [default: auto] [spec: analysis.source]
+    #[arg(long, value_name = "SOURCE", value_parser = ["auto", "haproxy", "metrics"],
+          help_heading = "Canary and blue-green")]
+    pub analysis_source: Option<String>,
 }
 
 /// `--batch`, parsed: a newtype so clap takes it as one value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batches(pub Vec<Amount>);
+
+/// `--steps`, parsed: a newtype so clap takes it as one value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Steps(pub Vec<Share>);
 
 /// Spec keys and the flags that set them, for error hints.
 const FLAG_OF: &[(&str, &str)] = &[
@@ -108,6 +177,16 @@ const FLAG_OF: &[(&str, &str)] = &[
     ("spread_by", "--spread-by"),
     ("lost_hosts", "--lost-hosts"),
     ("step_timeout", "--step-timeout"),
+    ("strategy", "--strategy"),
+    ("steps", "--steps"),
+    ("bake", "--bake"),
+    ("keep_old", "--keep-old"),
+    ("pre_traffic_hook", "--pre-traffic-hook"),
+    ("analysis.max_analysis", "--max-analysis"),
+    ("analysis.on_inconclusive", "--on-inconclusive"),
+    ("analysis.interval", "--analysis-interval"),
+    ("analysis.warmup", "--warmup"),
+    ("analysis.source", "--analysis-source"),
 ];
 
 fn parse_name(s: &str) -> Result<String, String> {
@@ -145,6 +224,18 @@ fn parse_batch_flag(s: &str) -> Result<Batches, String> {
             .map_err(|e| format!("each batch size {}", e.replacen("expected", "must be", 1)))?;
     }
     Ok(Batches(list))
+}
+
+/// `--steps`: shares with their `%` (so `5` is never read as five
+/// instances); whether they grow to 100% is the spec's rule, checked with
+/// the rest.
+fn parse_steps_flag(s: &str) -> Result<Steps, String> {
+    let steps =
+        parse_steps(s).map_err(|e| format!("{e}; steps are shares like 5%,25%,50%,100%"))?;
+    if steps.is_empty() {
+        return Err("expected shares of traffic like 5%,25%,50%,100%".into());
+    }
+    Ok(Steps(steps))
 }
 
 fn parse_min_healthy(s: &str) -> Result<Amount, String> {
@@ -217,6 +308,18 @@ fn target_mut<'t>(t: &'t mut Table, origin: &str) -> anyhow::Result<&'t mut Tabl
         .ok_or_else(|| {
             usage(format!(
                 "rollout spec{origin}: target: expected a table like {{ version = \"v2\" }}"
+            ))
+        })
+}
+
+/// The `analysis` table, created if missing.
+fn analysis_mut<'t>(t: &'t mut Table, origin: &str) -> anyhow::Result<&'t mut Table> {
+    t.entry("analysis")
+        .or_insert_with(|| Value::Table(Table::new()))
+        .as_table_mut()
+        .ok_or_else(|| {
+            usage(format!(
+                "rollout spec{origin}: analysis: expected a table like [analysis] interval = \"10s\""
             ))
         })
 }
@@ -294,6 +397,40 @@ fn apply(t: &mut Table, f: &SpecFlags, origin: &str) -> anyhow::Result<()> {
     if let Some(p) = &f.lost_hosts {
         set("lost_hosts", Value::String(p.clone()));
     }
+    if let Some(s) = &f.strategy {
+        set("strategy", Value::String(s.clone()));
+    }
+    if let Some(Steps(steps)) = &f.steps {
+        let list = steps.iter().map(|s| Value::String(s.to_string())).collect();
+        set("steps", Value::Array(list));
+    }
+    for (key, d) in [("bake", f.bake), ("keep_old", f.keep_old)] {
+        if let Some(d) = d {
+            set(key, duration_value(d));
+        }
+    }
+    if let Some(h) = &f.pre_traffic_hook {
+        set("pre_traffic_hook", Value::String(h.clone()));
+    }
+    let analysis: Vec<(&str, Value)> = [
+        ("max_analysis", f.max_analysis.map(duration_value)),
+        ("interval", f.analysis_interval.map(duration_value)),
+        ("warmup", f.warmup.map(duration_value)),
+        (
+            "on_inconclusive",
+            f.on_inconclusive.clone().map(Value::String),
+        ),
+        ("source", f.analysis_source.clone().map(Value::String)),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k, v?)))
+    .collect();
+    if !analysis.is_empty() {
+        let table = analysis_mut(t, origin)?;
+        for (k, v) in analysis {
+            table.insert(k.to_string(), v);
+        }
+    }
     if let Some(v) = &f.version {
         target_mut(t, origin)?.insert("version".into(), Value::String(v.clone()));
     }
@@ -310,7 +447,7 @@ fn apply(t: &mut Table, f: &SpecFlags, origin: &str) -> anyhow::Result<()> {
 /// given, and its name.
 fn flag_for(field: &str, f: &SpecFlags) -> Option<(&'static str, bool)> {
     let key = field.split(['[', '.']).next().unwrap_or(field);
-    let key = if field.starts_with("target.") {
+    let key = if field.starts_with("target.") || field.starts_with("analysis.") {
         field
     } else {
         key
@@ -331,6 +468,16 @@ fn flag_for(field: &str, f: &SpecFlags) -> Option<(&'static str, bool)> {
         "spread_by" => f.spread_by.is_some(),
         "lost_hosts" => f.lost_hosts.is_some(),
         "step_timeout" => f.step_timeout.is_some(),
+        "strategy" => f.strategy.is_some(),
+        "steps" => f.steps.is_some(),
+        "bake" => f.bake.is_some(),
+        "keep_old" => f.keep_old.is_some(),
+        "pre_traffic_hook" => f.pre_traffic_hook.is_some(),
+        "analysis.max_analysis" => f.max_analysis.is_some(),
+        "analysis.on_inconclusive" => f.on_inconclusive.is_some(),
+        "analysis.interval" => f.analysis_interval.is_some(),
+        "analysis.warmup" => f.warmup.is_some(),
+        "analysis.source" => f.analysis_source.is_some(),
         _ => false,
     };
     Some((flag, given))
@@ -567,6 +714,256 @@ mod tests {
         assert!(parse_spread("zone:x").is_err());
         assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
         assert!(parse_duration_or_zero("soon").is_err());
+    }
+
+    #[test]
+    fn canary_flags_make_the_spec_and_override_the_file() {
+        use drover_model::{MetricsSource, OnInconclusive, Strategy};
+        let f = SpecFlags {
+            strategy: Some("canary".into()),
+            steps: Some(parse_steps_flag("1%,10%,100%").expect("steps")),
+            bake: Some(Duration::from_secs(600)),
+            max_analysis: Some(Duration::from_secs(1200)),
+            on_inconclusive: Some("fail".into()),
+            analysis_interval: Some(Duration::from_secs(5)),
+            warmup: Some(Duration::from_secs(30)),
+            analysis_source: Some("haproxy".into()),
+            ..flags("web", "v2")
+        };
+        let spec = build(&f).expect("build");
+        assert_eq!(spec.strategy, Strategy::Canary);
+        assert_eq!(
+            spec.steps,
+            vec![Share::percent(1), Share::percent(10), Share::FULL]
+        );
+        assert_eq!(spec.bake, Some(Duration::from_secs(600)));
+        let a = &spec.analysis;
+        assert_eq!(a.max_analysis, Some(Duration::from_secs(1200)));
+        assert_eq!(a.on_inconclusive, OnInconclusive::Fail);
+        assert_eq!(a.interval, Duration::from_secs(5));
+        assert_eq!(a.warmup, Some(Duration::from_secs(30)));
+        assert_eq!(a.source, MetricsSource::Haproxy);
+        // Thresholds no flag sets keep their defaults.
+        assert_eq!(a.alpha, drover_model::AnalysisSpec::default().alpha);
+
+        // The file's [analysis] keeps what the flags do not set.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write(
+            &dir,
+            "service = \"web\"\nversion = \"v2\"\nstrategy = \"canary\"\n\
+             steps = [\"5%\", \"100%\"]\nbake = \"20m\"\n\
+             [analysis]\nalpha = 0.0005\nmin_difference = \"0.2%\"\ninterval = \"20s\"\n",
+        );
+        let f = SpecFlags {
+            file: Some(path.clone()),
+            bake: Some(Duration::from_secs(300)),
+            analysis_interval: Some(Duration::from_secs(15)),
+            ..SpecFlags::default()
+        };
+        let spec = build(&f).expect("build");
+        assert_eq!(spec.steps, vec![Share::percent(5), Share::FULL]);
+        assert_eq!(spec.bake, Some(Duration::from_secs(300)));
+        assert_eq!(spec.analysis.alpha.get(), 0.0005);
+        assert_eq!(spec.analysis.min_difference.get(), 0.002);
+        assert_eq!(spec.analysis.interval, Duration::from_secs(15));
+        // Blue-green takes keep_old and the hook.
+        let f = SpecFlags {
+            file: Some(path),
+            strategy: Some("blue-green".into()),
+            keep_old: Some(Duration::from_secs(1800)),
+            pre_traffic_hook: Some("smoke".into()),
+            ..SpecFlags::default()
+        };
+        let spec = build(&f).expect("build");
+        assert_eq!(spec.strategy, Strategy::BlueGreen);
+        assert_eq!(spec.keep_old_time(), Duration::from_secs(1800));
+        assert_eq!(spec.pre_traffic_hook.as_deref(), Some("smoke"));
+    }
+
+    #[test]
+    fn canary_mistakes_name_the_flag() {
+        // A share needs its %, so 5 is never read as five instances.
+        let err = parse_steps_flag("5").expect_err("no %");
+        assert!(err.contains("like 5% or 0.5%"), "{err}");
+        assert!(err.contains("\"5\""), "{err}");
+        assert!(
+            parse_steps_flag("5%,,100%").is_ok(),
+            "empty items are skipped"
+        );
+        assert!(parse_steps_flag(",").is_err());
+        assert!(parse_steps_flag("0%,100%").is_err());
+        assert!(parse_steps_flag("5%,101%").is_err());
+
+        let canary = |f: SpecFlags| SpecFlags {
+            strategy: Some("canary".into()),
+            ..f
+        };
+        for (f, want) in [
+            (
+                canary(SpecFlags {
+                    steps: Some(parse_steps_flag("25%,5%,100%").expect("steps")),
+                    ..flags("web", "v2")
+                }),
+                "rollout spec: steps[1]: expected shares that grow step by step, got 5% \
+                 (set by --steps)",
+            ),
+            (
+                canary(SpecFlags {
+                    steps: Some(parse_steps_flag("5%,50%").expect("steps")),
+                    ..flags("web", "v2")
+                }),
+                "rollout spec: steps: expected a last step of 100%, where every instance is \
+                 on the new release, got 50% (set by --steps)",
+            ),
+            (
+                SpecFlags {
+                    bake: Some(Duration::from_secs(60)),
+                    ..flags("web", "v2")
+                },
+                "rollout spec: bake: expected nothing for a rolling update (set strategy = \
+                 canary or blue-green), got a value (set by --bake)",
+            ),
+            (
+                canary(SpecFlags {
+                    keep_old: Some(Duration::from_secs(60)),
+                    ..flags("web", "v2")
+                }),
+                "rollout spec: keep_old: expected nothing unless strategy = blue-green, got a \
+                 value (set by --keep-old)",
+            ),
+            (
+                canary(SpecFlags {
+                    pre_traffic_hook: Some("smoke".into()),
+                    ..flags("web", "v2")
+                }),
+                "rollout spec: pre_traffic_hook: expected nothing unless strategy = \
+                 blue-green, got a value (set by --pre-traffic-hook)",
+            ),
+            (
+                canary(SpecFlags {
+                    bake: Some(Duration::from_secs(40)),
+                    warmup: Some(Duration::from_secs(60)),
+                    ..flags("web", "v2")
+                }),
+                "rollout spec: analysis.warmup: expected shorter than the bake (40s), got 1m \
+                 (set by --warmup)",
+            ),
+            (
+                canary(SpecFlags {
+                    bake: Some(Duration::from_secs(3600)),
+                    max_analysis: Some(Duration::from_secs(600)),
+                    ..flags("web", "v2")
+                }),
+                "rollout spec: analysis.max_analysis: expected at least the bake (1h), got \
+                 10m (set by --max-analysis)",
+            ),
+            (
+                canary(SpecFlags {
+                    bake: Some(Duration::from_secs(5)),
+                    ..flags("web", "v2")
+                }),
+                "rollout spec: bake: expected at least one analysis interval (10s), got 5s \
+                 (set by --bake)",
+            ),
+        ] {
+            assert_eq!(usage_msg(build(&f)), want);
+        }
+        // A field set in the file is named with the flag that changes it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = SpecFlags {
+            file: Some(write(
+                &dir,
+                "service = \"web\"\nversion = \"v2\"\nstrategy = \"canary\"\n\
+                 [analysis]\ninterval = \"0s\"\n",
+            )),
+            ..SpecFlags::default()
+        };
+        let msg = usage_msg(build(&f));
+        assert_eq!(
+            msg,
+            "rollout spec: analysis.interval: expected at least 1s, got 0s \
+             (change it with --analysis-interval)"
+        );
+        // A threshold no flag sets is named as the file's field.
+        let f = SpecFlags {
+            file: Some(write(
+                &dir,
+                "service = \"web\"\nversion = \"v2\"\nstrategy = \"canary\"\n\
+                 [analysis]\nalpha = 0.7\n",
+            )),
+            ..SpecFlags::default()
+        };
+        assert_eq!(
+            usage_msg(build(&f)),
+            "rollout spec: analysis.alpha: expected above 0 and below 0.5, got 0.7"
+        );
+        let f = SpecFlags {
+            file: Some(write(
+                &dir,
+                "service = \"web\"\nversion = \"v2\"\nanalysis = 3\n",
+            )),
+            warmup: Some(Duration::from_secs(5)),
+            ..SpecFlags::default()
+        };
+        assert!(usage_msg(build(&f)).contains("analysis: expected a table"));
+    }
+
+    /// Every key the documentation shows is one the spec reads, with a
+    /// value of the right form: the spec file in `rollout start --help`
+    /// and the one in the README.
+    #[test]
+    fn the_documented_spec_files_read() {
+        let read = |what: &str, text: &str| {
+            let mut t = parse_file(Path::new(what), text).expect("TOML");
+            lift_version(&mut t, "").expect("version");
+            apply(&mut t, &SpecFlags::default(), "").expect("no flags");
+            let spec: RolloutSpec = Value::Table(t)
+                .try_into()
+                .unwrap_or_else(|e: toml::de::Error| panic!("{what}: {e}\n{text}"));
+            spec
+        };
+        let help = super::super::START_AFTER_HELP;
+        let file: String = (help.lines())
+            .skip_while(|l| !l.starts_with("Spec file"))
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .map(|l| format!("{}\n", l.trim_start()))
+            .collect();
+        let spec = read("--help", &file);
+        assert_eq!(spec.strategy, drover_model::Strategy::Canary);
+        assert_eq!(spec.analysis.latency_windows, 3);
+        assert_eq!(spec.analysis.min_difference.get(), 0.001);
+
+        let readme = include_str!("../../../../README.md");
+        let block: String = (readme.lines())
+            .skip_while(|l| !l.starts_with("The spec can also come from a file"))
+            .skip_while(|l| *l != "```toml")
+            .skip(1)
+            .take_while(|l| *l != "```")
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let spec = read("README.md", &block);
+        assert!(
+            spec.analysis.alpha.get() == 0.001 && spec.bake.is_some(),
+            "{block}"
+        );
+        // Its values are the defaults it says they are.
+        assert_eq!(
+            spec.analysis,
+            drover_model::AnalysisSpec {
+                warmup: spec.analysis.warmup,
+                max_analysis: spec.analysis.max_analysis,
+                ..drover_model::AnalysisSpec::default()
+            }
+        );
+        assert_eq!(
+            spec.traffic_steps(),
+            drover_model::Strategy::Canary.default_steps()
+        );
+        assert_eq!(
+            spec.bake,
+            Some(drover_model::Strategy::Canary.default_bake())
+        );
     }
 
     #[test]

@@ -15,8 +15,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::conn::{Session, is_connectivity, status_text};
 use crate::error::LostContact;
+use crate::output::rollout::traffic::traffic_line;
 use crate::output::rollout::{
-    RolloutFormat, RolloutJson, event_line, in_flight, is_terminal, summary, to_json,
+    RolloutFormat, RolloutJson, clock, event_line, in_flight, is_terminal, summary, to_json,
 };
 use crate::output::{now_ms, print};
 
@@ -24,8 +25,9 @@ use crate::output::{now_ms, print};
 enum View {
     /// `-o json`: nothing until the end.
     Quiet,
-    /// Not a terminal: one line per event on stdout.
-    Lines,
+    /// Not a terminal: one line per event on stdout, and one where a
+    /// canary's traffic step or stage changes.
+    Lines(TrafficSeen),
     /// A terminal: bars on stderr, events scrolling above them.
     Live(Live),
 }
@@ -35,17 +37,21 @@ impl View {
         match format {
             RolloutFormat::Json => View::Quiet,
             RolloutFormat::Table if std::io::stderr().is_terminal() => View::Live(Live::new()),
-            RolloutFormat::Table => View::Lines,
+            RolloutFormat::Table => View::Lines(TrafficSeen::default()),
         }
     }
 
     fn show(&mut self, events: &[RolloutEvent], rollout: Option<&Rollout>) -> anyhow::Result<()> {
         match self {
             View::Quiet => Ok(()),
-            View::Lines => {
+            View::Lines(seen) => {
                 let mut text = String::new();
                 for e in events {
                     text.push_str(&event_line(e));
+                    text.push('\n');
+                }
+                if let Some(line) = rollout.and_then(|r| seen.line(r, now_ms())) {
+                    text.push_str(&line);
                     text.push('\n');
                 }
                 if text.is_empty() {
@@ -71,7 +77,7 @@ impl View {
     fn note(&self, line: &str) {
         match self {
             View::Live(live) => live.println(line),
-            View::Quiet | View::Lines => eprintln!("{line}"),
+            View::Quiet | View::Lines(_) => eprintln!("{line}"),
         }
     }
 
@@ -79,6 +85,32 @@ impl View {
         if let View::Live(live) = self {
             live.clear();
         }
+    }
+}
+
+/// Where a canary's traffic was when last printed into a pipe: its step,
+/// stage and finished steps.
+#[derive(Debug, Default)]
+struct TrafficSeen(Option<(u32, i32, usize)>);
+
+impl TrafficSeen {
+    /// The traffic line in the shape of a rollout event
+    /// (`HH:MM:SS  -  -  capacity C/floor F  traffic: ...`), when the
+    /// step or its stage changed since the last one.
+    fn line(&mut self, r: &Rollout, now_ms: i64) -> Option<String> {
+        let t = r.traffic.as_ref()?;
+        let key = (t.step, t.stage, t.results.len());
+        if self.0 == Some(key) {
+            return None;
+        }
+        self.0 = Some(key);
+        Some(format!(
+            "{}  -  -  capacity {}/floor {}  traffic: {}",
+            clock(now_ms),
+            r.capacity,
+            r.floor,
+            traffic_line(t, now_ms)
+        ))
     }
 }
 
@@ -114,6 +146,9 @@ struct Live {
     overall: ProgressBar,
     batch: ProgressBar,
     capacity: ProgressBar,
+    /// A canary's traffic line, drawn under the capacity once the rollout
+    /// has traffic steps; never for a rolling update.
+    traffic: Option<ProgressBar>,
     more: ProgressBar,
     instances: BTreeMap<String, ProgressBar>,
 }
@@ -144,6 +179,7 @@ impl Live {
             overall,
             batch,
             capacity,
+            traffic: None,
             more,
             instances: BTreeMap::new(),
         }
@@ -161,6 +197,13 @@ impl Live {
         self.overall.set_message(overall_text(r));
         self.batch.set_message(batch_text(r));
         self.capacity.set_message(capacity_text(r));
+        if let Some(t) = &r.traffic {
+            let bar = self.traffic.get_or_insert_with(|| {
+                self.multi
+                    .insert_after(&self.capacity, ProgressBar::new(0).with_style(line_style()))
+            });
+            bar.set_message(format!("traffic: {}", traffic_line(t, now_ms())));
+        }
 
         let (flying, more) = shown_in_flight(r);
         self.more.set_message(more_text(more));
@@ -188,7 +231,8 @@ impl Live {
         for bar in self.instances.values() {
             bar.finish_and_clear();
         }
-        for bar in [&self.overall, &self.batch, &self.capacity, &self.more] {
+        let lines = [&self.overall, &self.batch, &self.capacity, &self.more];
+        for bar in lines.into_iter().chain(self.traffic.as_ref()) {
             bar.finish_and_clear();
         }
         let _ = self.multi.clear();
@@ -505,6 +549,54 @@ mod tests {
             "web@h2  deploying (rolling back) (host unreachable)"
         );
         assert_eq!(finished(&r), 1);
+    }
+
+    #[test]
+    fn a_pipe_gets_a_traffic_line_when_the_step_or_stage_changes() {
+        use crate::output::fixtures::NOW;
+        use crate::output::rollout::fixtures::canary;
+        use drover_proto::v1::rollout_traffic::Stage;
+        let mut seen = TrafficSeen::default();
+        assert_eq!(seen.line(&rollout(), NOW), None, "a rolling update");
+        let mut r = canary();
+        assert_eq!(
+            seen.line(&r, NOW).as_deref(),
+            Some(
+                "14:13:20  -  -  capacity 2/floor 2  traffic: step 2/4 (25%) baking, 3 looks, \
+                 ends in 12m — last: errors canary 3/612 (0.49%) vs baseline 9/2,390 (0.38%): pass"
+            )
+        );
+        // Another look in the same bake: nothing new to say in a log.
+        if let Some(t) = r.traffic.as_mut() {
+            t.looks = 4;
+        }
+        assert_eq!(seen.line(&r, NOW + 10_000), None);
+        if let Some(t) = r.traffic.as_mut() {
+            t.set_stage(Stage::Held);
+        }
+        let held = seen.line(&r, NOW + 20_000).expect("held");
+        assert!(
+            held.contains("traffic: step 2/4 (25%) held: inconclusive"),
+            "{held}"
+        );
+    }
+
+    #[test]
+    fn a_terminal_draws_a_traffic_line_for_a_canary_only() {
+        use crate::output::rollout::fixtures::canary;
+        let mut rolling = Live::new();
+        rolling.update(&rollout());
+        assert!(rolling.traffic.is_none());
+        rolling.clear();
+        let mut live = Live::new();
+        live.update(&canary());
+        let msg = live.traffic.as_ref().map(ProgressBar::message);
+        assert!(
+            msg.as_deref()
+                .is_some_and(|m| m.starts_with("traffic: step 2/4 (25%) baking, 3 looks, ")),
+            "{msg:?}"
+        );
+        live.clear();
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Rollouts and plans as a coordinator would send them, for the output tests.
 
 use drover_proto::v1::{
-    Direction, InstanceStep, PlannedBatch, PlannedSkip, PlannedWave, Release, Rollout,
-    RolloutCounts, RolloutEvent, RolloutInstance, RolloutPhase, RolloutPlan,
+    AnalysisArm, AnalysisLook, Direction, InstanceStep, PlannedBatch, PlannedSkip,
+    PlannedTrafficStep, PlannedWave, Release, Rollout, RolloutAnalysis, RolloutCounts,
+    RolloutEvent, RolloutInstance, RolloutPhase, RolloutPlan, RolloutTraffic, Strategy,
+    TrafficStepResult, rollout_traffic,
 };
 
 use crate::output::fixtures::NOW;
@@ -16,7 +18,6 @@ pub fn release(v: &str) -> Option<Release> {
 
 pub fn rollout() -> Rollout {
     Rollout {
-        traffic: None,
         id: "r7".into(),
         service: "web".into(),
         selector: "env=prod".into(),
@@ -82,6 +83,7 @@ pub fn rollout() -> Rollout {
         started_by: "operator/alice".into(),
         wait: None,
         stop: None,
+        traffic: None,
     }
 }
 
@@ -99,7 +101,6 @@ pub fn event(at_ms: i64, instance: &str, step: &str, message: &str) -> RolloutEv
 
 pub fn plan() -> RolloutPlan {
     RolloutPlan {
-        traffic_steps: Vec::new(),
         service: "web".into(),
         target: release("v2"),
         total: 4,
@@ -139,5 +140,115 @@ pub fn plan() -> RolloutPlan {
         lowest_capacity: 3,
         stalls: String::new(),
         spec_toml: String::new(),
+        traffic_steps: Vec::new(),
+    }
+}
+
+/// A canary of 4 steps baking its second, 12 minutes to go, step 1 passed.
+pub fn baking_traffic() -> RolloutTraffic {
+    let mut t = RolloutTraffic {
+        steps_basis_points: vec![500, 2500, 5000, 10_000],
+        step: 2,
+        counting_from_ms: NOW - 60_000,
+        bake_ends_at_ms: NOW + 720_000,
+        looks: 3,
+        last_look: "errors canary 3/612 (0.49%) vs baseline 9/2,390 (0.38%): pass".into(),
+        results: vec![TrafficStepResult {
+            step: 1,
+            share_basis_points: 500,
+            verdict: "passed".into(),
+            at_ms: NOW - 120_000,
+            reason: "30 looks, errors canary 2/1,204 vs baseline 21/22,980".into(),
+        }],
+        ..RolloutTraffic::default()
+    };
+    t.set_strategy(Strategy::Canary);
+    t.set_stage(rollout_traffic::Stage::Baking);
+    t
+}
+
+/// [`rollout`] as a canary baking its second step.
+pub fn canary() -> Rollout {
+    let mut r = rollout();
+    r.wait_reason = "step 2/4 (25%) bakes until 14:25:20".into();
+    r.traffic = Some(baking_traffic());
+    r
+}
+
+/// A canary plan's traffic steps over [`plan`]'s 4 instances: 16 of 316
+/// is 5%, 100 of 400 is 25%.
+pub fn planned_steps() -> Vec<PlannedTrafficStep> {
+    let step = |number, bp, updated, new_weight, bake_ms| PlannedTrafficStep {
+        number,
+        share_basis_points: bp,
+        updated,
+        new_weight,
+        old_weight: 100,
+        bake_ms,
+    };
+    vec![
+        step(1, 500, 1, 16, 1_800_000),
+        step(2, 2500, 1, 100, 1_800_000),
+        step(3, 5000, 2, 100, 1_800_000),
+        step(4, 10_000, 4, 100, 0),
+    ]
+}
+
+/// Two steps' looks: step 1 passed on its second, step 2 failed on its
+/// first.
+pub fn analysis() -> RolloutAnalysis {
+    let arm = |attempts, errors, latency_ms| {
+        Some(AnalysisArm {
+            attempts,
+            errors,
+            latency_ms,
+        })
+    };
+    let look = AnalysisLook {
+        step: 1,
+        share_basis_points: 500,
+        look: 1,
+        at_ms: NOW - 60_000,
+        source: "haproxy".into(),
+        canary_instances: 1,
+        baseline_instances: 5,
+        canary: arm(100, 0, Some(40.0)),
+        baseline: arm(1900, 1, Some(39.5)),
+        p_value: Some(1.0),
+        verdict: "continue".into(),
+        reason: "errors canary 0/100 (0.00%) vs baseline 1/1,900 (0.05%)".into(),
+        last: false,
+        judgement_json: "{}".into(),
+    };
+    RolloutAnalysis {
+        id: "web-8".into(),
+        looks: vec![
+            look.clone(),
+            AnalysisLook {
+                look: 2,
+                at_ms: NOW,
+                canary: arm(612, 3, Some(41.5)),
+                baseline: arm(2390, 9, None),
+                p_value: Some(0.62),
+                verdict: "pass".into(),
+                reason: "errors canary 3/612 (0.49%) vs baseline 9/2,390 (0.38%)".into(),
+                last: true,
+                ..look.clone()
+            },
+            AnalysisLook {
+                step: 2,
+                share_basis_points: 2500,
+                look: 1,
+                at_ms: NOW + 60_000,
+                canary_instances: 2,
+                baseline_instances: 4,
+                canary: arm(150, 9, Some(42.0)),
+                baseline: arm(3400, 2, Some(40.1)),
+                p_value: Some(1.2e-9),
+                verdict: "fail".into(),
+                reason: "errors canary 9/150 (6.00%) vs baseline 2/3,400 (0.06%)".into(),
+                ..look
+            },
+        ],
     }
 }

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-pub use drover_proto::json::{PlanJson, RolloutJson};
+pub use drover_proto::json::{AnalysisJson, PlanJson, RolloutJson};
 
 /// Pretty JSON with a trailing newline.
 pub fn to_json<T: Serialize + ?Sized>(v: &T) -> anyhow::Result<String> {
@@ -50,6 +50,7 @@ mod tests {
                 "lowest_capacity",
                 "wait_reason",
                 "wait",
+                "traffic",
                 "started_at",
                 "started_at_ms",
                 "finished_at",
@@ -66,6 +67,8 @@ mod tests {
         assert!(v["reason"].is_null());
         assert!(v["wait_reason"].is_null());
         assert!(v["stop"].is_null() && v["wait"].is_null());
+        // A rolling update moves no traffic.
+        assert!(v["traffic"].is_null());
         assert!(v["finished_at"].is_null());
         assert!(v["finished_at_ms"].is_null());
         assert_eq!(v["started_at"], "2026-09-21T14:11:50Z");
@@ -193,7 +196,7 @@ mod tests {
 
     /// What `rollout status -o json` prints, to the byte: the keys scripts
     /// have read since before the views moved to `drover_proto::json`
-    /// (that file plus `stop` and `wait`), in the same order.
+    /// (that file plus `stop`, `wait` and `traffic`), in the same order.
     #[test]
     fn json_prints_the_same_bytes() {
         let printed = to_json(&RolloutJson::from(&rollout())).expect("json");

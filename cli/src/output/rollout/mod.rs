@@ -5,6 +5,7 @@
 #[cfg(test)]
 pub mod fixtures;
 pub mod json;
+pub mod traffic;
 
 use std::fmt::Write as _;
 
@@ -13,7 +14,7 @@ use drover_proto::v1::{
     RolloutPlan,
 };
 
-pub use json::{PlanJson, RolloutJson, to_json};
+pub use json::{AnalysisJson, PlanJson, RolloutJson, to_json};
 
 use super::{align, relative, rfc3339_ms, short_duration, table};
 
@@ -113,6 +114,7 @@ pub fn plan_text(p: &RolloutPlan) -> String {
     if p.batches.is_empty() {
         out.push_str("\nNo batches: nothing to update.\n");
     }
+    out.push_str(&traffic::plan_steps_text(&p.traffic_steps));
     if !p.stalls.is_empty() {
         let _ = writeln!(out, "\nstalls: {}", p.stalls);
     }
@@ -164,6 +166,9 @@ pub fn summary(r: &Rollout, now_ms: i64) -> String {
         r.lowest_capacity,
         r.floor
     );
+    if let Some(t) = &r.traffic {
+        out.push_str(&traffic::results_line(t));
+    }
     if !r.reason.is_empty() {
         let _ = writeln!(out, "reason: {}", r.reason);
     }
@@ -246,6 +251,10 @@ pub fn rollout_detail(r: &Rollout, now_ms: i64) -> String {
         ),
     );
     field("Waiting", dash(&r.wait_reason));
+    if let Some(t) = &r.traffic {
+        field("Strategy", traffic::strategy_text(t));
+        field("Traffic", traffic::traffic_line(t, now_ms));
+    }
     field("Started", when(now_ms, r.started_at_ms));
     field(
         "Finished",
@@ -263,6 +272,11 @@ pub fn rollout_detail(r: &Rollout, now_ms: i64) -> String {
     let mut out = align(&fields).join("\n");
     out.push_str("\n\n");
 
+    if let Some(t) = &r.traffic {
+        out.push_str("Traffic steps:\n");
+        out.push_str(&traffic::steps_table(t));
+        out.push('\n');
+    }
     if r.instances.is_empty() {
         out.push_str("Instances: none\n");
     } else {
@@ -345,7 +359,7 @@ pub fn rollouts_table(rollouts: &[Rollout], now_ms: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::fixtures::{event, plan, release, rollout};
+    use super::fixtures::{canary, event, plan, planned_steps, release, rollout};
     use super::*;
     use crate::output::fixtures::NOW;
     use drover_proto::v1::RolloutCounts;
@@ -374,6 +388,74 @@ mod tests {
         p.stalls = "floor 4 leaves no room to take anything down".into();
         assert!(
             plan_text(&p).ends_with("\nstalls: floor 4 leaves no room to take anything down\n")
+        );
+    }
+
+    #[test]
+    fn a_canary_plan_ends_with_its_traffic_steps() {
+        let mut p = plan();
+        p.traffic_steps = planned_steps();
+        p.stalls = "floor 6 leaves no room".into();
+        let text = plan_text(&p);
+        assert!(
+            text.contains(
+                "\x20 wave 2: web@h3\n\
+                 \n\
+                 Traffic steps:\n\
+                 \x20 step 1   5%     1 updated, weight 16 vs 100 on the old release, bake 30m\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "all on the new release, weights put back\n\nstalls: floor 6 leaves no room\n"
+            ),
+            "{text}"
+        );
+        // A rolling plan reads as before.
+        assert!(!plan_text(&plan()).contains("Traffic"));
+    }
+
+    #[test]
+    fn a_canarys_status_and_summary_show_its_traffic() {
+        let r = canary();
+        let text = rollout_detail(&r, NOW);
+        let lines: Vec<&str> = text.lines().collect();
+        let at = |prefix: &str| {
+            lines
+                .iter()
+                .position(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix:?} in\n{text}"))
+        };
+        assert_eq!(at("Strategy:") + 1, at("Traffic:"));
+        assert!(at("Waiting:") < at("Strategy:") && at("Traffic:") < at("Started:"));
+        assert_eq!(
+            lines[at("Traffic:")],
+            "Traffic:      step 2/4 (25%) baking, 3 looks, ends in 12m — last: errors canary \
+             3/612 (0.49%) vs baseline 9/2,390 (0.38%): pass"
+        );
+        assert_eq!(
+            lines[at("Strategy:")],
+            "Strategy:     canary, steps 5%, 25%, 50%, 100%"
+        );
+        // The steps come before the instances.
+        assert!(at("Traffic steps:") < at("INSTANCE "), "{text}");
+        assert!(lines[at("Traffic steps:") + 3].starts_with("2      25%     baking"));
+        // A rolling update's page has none of it.
+        let rolling = rollout_detail(&rollout(), NOW);
+        assert!(!rolling.contains("Traffic") && !rolling.contains("Strategy"));
+
+        let mut done = r;
+        done.set_phase(RolloutPhase::RolledBack);
+        done.finished_at_ms = NOW;
+        done.reason = "step 2 (25%): errors canary 9/150 (6.00%) vs baseline 2/3,400".into();
+        let s = summary(&done, NOW);
+        assert!(
+            s.ends_with(
+                "\ntraffic: 5% passed, 25% -, 50% -, 100% -\n\
+                 reason: step 2 (25%): errors canary 9/150 (6.00%) vs baseline 2/3,400\n"
+            ),
+            "{s}"
         );
     }
 
