@@ -27,6 +27,7 @@ mod rollout_lb;
 mod rollout_reconnect;
 mod sample;
 mod shutdown;
+mod traffic;
 
 use std::collections::BTreeSet;
 
