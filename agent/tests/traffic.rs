@@ -606,3 +606,43 @@ async fn hashing_is_left_to_haproxy_map_based_is_refused_and_consistent_is_taken
         })
         .await;
 }
+
+#[tokio::test]
+async fn counters_travel_at_the_traffic_interval_however_long_the_report_interval() {
+    let mut env = Env::new().await;
+    let (port, _) = http_backend(0).await;
+    let h = Haproxy::start(env.dir.path(), "a", "roundrobin", port).await;
+    let text = format!(
+        "traffic_interval = \"1s\"\n{}",
+        instance("web", &[&h.addr()], "")
+    );
+    let mut cfg = common::config(&env.dir.path().join("agent"), &env.coord.addr, &text);
+    // Left alone, the agent would report once an hour.
+    cfg.report_interval = Duration::from_secs(3600);
+    let agent = Agent::start(cfg);
+    let _kill = KillInstances::of(&agent.cfg);
+    env.coord.hello().await;
+    // A request at a time: each report must carry the count so far, and
+    // reports keep coming though nothing but counters changes.
+    let mut seen = Vec::new();
+    for i in 1..=5u64 {
+        assert_eq!(h.request().await, 200);
+        let got = env
+            .coord
+            .expect(&format!("a report counting request {i}"), |e| match e {
+                common::Event::Report(r) => r
+                    .instances
+                    .iter()
+                    .find(|s| s.name == "web")
+                    .and_then(|s| s.load_balancers.first())
+                    .and_then(|v| v.counters)
+                    .map(|c| c.requests)
+                    .filter(|n| *n >= i),
+                _ => None,
+            })
+            .await;
+        seen.push(got);
+    }
+    assert_eq!(seen, vec![1, 2, 3, 4, 5]);
+    drop(agent);
+}
