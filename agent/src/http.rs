@@ -54,7 +54,9 @@ pub async fn status(target: &HttpTarget) -> Result<u16, String> {
 }
 
 /// GETs `target` and reads the whole answer: Ok(body) for a 200, with at
-/// most `max_body` bytes (plain or chunked); Err says why not.
+/// most `max_body` bytes (plain or chunked); Err says why not. Reads
+/// until the body is complete (Content-Length, the last chunk) or the
+/// server closes, whichever comes first.
 pub async fn get_body(
     target: &HttpTarget,
     accept: &str,
@@ -76,36 +78,33 @@ pub async fn get_body(
             return Err(format!("response larger than {max_body} bytes"));
         }
         raw.extend_from_slice(&buf[..n]);
+        if let Some(head) = Head::parse(&raw) {
+            if head.content_length.is_some_and(|len| len > max_body) {
+                return Err(format!("response larger than {max_body} bytes"));
+            }
+            if head.complete(&raw[head.len..]) {
+                break;
+            }
+        }
     }
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| "response ended inside its headers".to_string())?;
-    let (head, body) = (&raw[..split], &raw[split + 4..]);
-    let status = parse_status_line(head)?;
+    let head = Head::parse(&raw).ok_or_else(|| {
+        if raw.is_empty() {
+            "connection closed before a response".to_string()
+        } else {
+            "response ended inside its headers".to_string()
+        }
+    })?;
+    let status = parse_status_line(&raw)?;
     if status != 200 {
         return Err(format!("HTTP status {status}, expected 200"));
     }
-    let head = String::from_utf8_lossy(head);
-    let header = |name: &str| {
-        head.lines().skip(1).find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
-        })
-    };
-    if header("content-encoding").is_some_and(|e| !e.eq_ignore_ascii_case("identity")) {
+    if head.encoded {
         return Err("the response is compressed; expected identity encoding".to_string());
     }
-    let body = if header("transfer-encoding")
-        .is_some_and(|t| t.to_ascii_lowercase().contains("chunked"))
-    {
+    let body = &raw[head.len..];
+    let body = if head.chunked {
         dechunk(body)?
-    } else if let Some(len) = header("content-length") {
-        let len: usize = len
-            .parse()
-            .map_err(|_| format!("bad Content-Length {len:?}"))?;
+    } else if let Some(len) = head.content_length {
         if body.len() < len {
             return Err(format!(
                 "response ended after {} of {len} body bytes",
@@ -120,6 +119,47 @@ pub async fn get_body(
         return Err(format!("response larger than {max_body} bytes"));
     }
     Ok(body)
+}
+
+/// What the headers say about the body.
+struct Head {
+    /// Bytes up to and including the blank line.
+    len: usize,
+    chunked: bool,
+    content_length: Option<usize>,
+    /// A content encoding other than identity.
+    encoded: bool,
+}
+
+impl Head {
+    /// None until the blank line ending the headers has arrived.
+    fn parse(raw: &[u8]) -> Option<Head> {
+        let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let text = String::from_utf8_lossy(&raw[..end]);
+        let header = |name: &str| {
+            text.lines().skip(1).find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_ascii_lowercase())
+            })
+        };
+        Some(Head {
+            len: end + 4,
+            chunked: header("transfer-encoding").is_some_and(|t| t.contains("chunked")),
+            content_length: header("content-length").and_then(|l| l.parse().ok()),
+            encoded: header("content-encoding").is_some_and(|e| e != "identity"),
+        })
+    }
+
+    /// Whether `body` (what came after the headers so far) is all of it.
+    fn complete(&self, body: &[u8]) -> bool {
+        if self.chunked {
+            body.ends_with(b"0\r\n\r\n") && dechunk(body).is_ok()
+        } else {
+            self.content_length.is_some_and(|len| body.len() >= len)
+        }
+    }
 }
 
 /// Decodes a chunked body (trailers ignored).
@@ -183,6 +223,51 @@ mod tests {
         );
         assert!(dechunk(b"5\r\nhel").is_err());
         assert!(dechunk(b"zz\r\n").is_err());
+    }
+
+    /// Answers one connection with `answer` and then holds it open.
+    async fn serve_and_hold(answer: &'static [u8]) -> HttpTarget {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 1024];
+            let _ = sock.read(&mut buf).await;
+            let _ = sock.write_all(answer).await;
+            // Held open: the client must stop at the end of the body.
+            let _ = sock.read(&mut buf).await;
+        });
+        HttpTarget {
+            host: "127.0.0.1".into(),
+            port,
+            path: "/metrics".into(),
+            expect_status: 200,
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_a_body_to_its_end_even_when_the_server_keeps_the_connection() {
+        let within = |f| tokio::time::timeout(std::time::Duration::from_secs(10), f);
+        let t = serve_and_hold(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").await;
+        let body = within(get_body(&t, "*/*", 100)).await.expect("in time");
+        assert_eq!(body.as_deref(), Ok(&b"hello"[..]));
+        let t = serve_and_hold(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        )
+        .await;
+        let body = within(get_body(&t, "*/*", 100)).await.expect("in time");
+        assert_eq!(body.as_deref(), Ok(&b"abcde"[..]));
+        let t = serve_and_hold(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n").await;
+        let e = within(get_body(&t, "*/*", 100)).await.expect("in time");
+        assert_eq!(e, Err("HTTP status 503, expected 200".to_string()));
+        let t = serve_and_hold(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n").await;
+        let e = within(get_body(&t, "*/*", 100)).await.expect("in time");
+        assert_eq!(e, Err("response larger than 100 bytes".to_string()));
     }
 
     #[test]

@@ -607,12 +607,21 @@ mod tests {
         assert_eq!(warm.kind, RecordKind::Other("warm".into()));
         j.start("r1/web@h1/verify/1", "web", RecordKind::Verify)
             .expect("start");
+        j.start("r1/web@h1/weight/1", "web", RecordKind::SetWeight)
+            .expect("start");
+        drop(j);
+        let j = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(
+            j.get("r1/web@h1/weight/1").map(|r| r.kind),
+            Some(RecordKind::SetWeight)
+        );
         drop(j);
         let written = fs::read_to_string(&path).expect("read journal");
         assert!(written.contains("\"kind\":\"undrain\""), "{written}");
         assert!(written.contains("\"kind\":\"stage\""), "{written}");
         assert!(written.contains("\"kind\":\"warm\""), "{written}");
         assert!(written.contains("\"kind\":\"verify\""), "{written}");
+        assert!(written.contains("\"kind\":\"set_weight\""), "{written}");
     }
 
     #[test]

@@ -563,3 +563,89 @@ impl InstanceTask {
         self.board.set(self.index, self.status.clone());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The green one of a blue-green pair.
+    fn green() -> InstanceConfig {
+        let text = r#"
+host_id = "h1"
+data_dir = "/tmp/x"
+coordinators = ["127.0.0.1:1"]
+[[instance]]
+name = "web-blue"
+service = "web"
+color = "blue"
+command = "/bin/true"
+deploy_dir = "/srv/blue"
+[[instance]]
+name = "web-green"
+service = "web"
+color = "green"
+command = "/bin/true"
+deploy_dir = "/srv/green"
+"#;
+        crate::config::Config::parse(text, Path::new("agent.toml"))
+            .expect("valid")
+            .instances
+            .remove(1)
+    }
+
+    #[test]
+    fn the_color_is_reported_and_command_owned_fields_survive_the_supervisors_updates() {
+        let status = initial_status(&green(), "h1");
+        assert_eq!(
+            (status.id.as_str(), status.color.as_str()),
+            ("web-green@h1", "green")
+        );
+        let board = StatusBoard::new(vec![status.clone()]);
+        let mut rx = board.subscribe();
+        rx.borrow_and_update();
+
+        // Metrics are no news; a held weight and a re-assertion are.
+        board.set_app_metrics(
+            0,
+            AppMetrics {
+                requests: 7,
+                ..AppMetrics::default()
+            },
+        );
+        assert!(!rx.has_changed().expect("open"));
+        board.set_desired_weight(0, Some(25));
+        assert!(rx.has_changed().expect("open"));
+        rx.borrow_and_update();
+        assert_eq!(board.desired_weight(0), Some(25));
+        board.set_desired_weight(0, Some(25));
+        assert!(
+            !rx.has_changed().expect("open"),
+            "the same weight is no news"
+        );
+        board.count_reasserted(0);
+        assert!(rx.has_changed().expect("open"));
+        rx.borrow_and_update();
+
+        // The supervisor publishes its own fields without undoing those.
+        let mut from_supervisor = status;
+        from_supervisor.restarts = 1;
+        board.set(0, from_supervisor);
+        let now = board.get(0).expect("slot");
+        assert_eq!(
+            (
+                now.restarts,
+                now.weight_set,
+                now.weight_held,
+                now.weight_reasserted
+            ),
+            (1, 25, true, 1)
+        );
+        assert_eq!(now.app_metrics.map(|m| m.requests), Some(7));
+        board.set_desired_weight(0, None);
+        assert_eq!(board.desired_weight(0), None);
+        assert_eq!(
+            board.get(0).map(|s| (s.weight_set, s.weight_held)),
+            Some((0, false))
+        );
+    }
+}

@@ -552,3 +552,97 @@ async fn haproxy_counters_and_the_instances_own_metrics_ride_along_with_reports(
     assert!((m.latency_sum - 1.25).abs() < 1e-9);
     drop(agent);
 }
+
+#[tokio::test]
+async fn hashing_is_left_to_haproxy_map_based_is_refused_and_consistent_is_taken() {
+    let mut env = Env::new().await;
+    let (port, _) = http_backend(0).await;
+    let map = Haproxy::start(env.dir.path(), "map", "source", port).await;
+    let consistent = Haproxy::start(
+        env.dir.path(),
+        "consistent",
+        "source\n    hash-type consistent",
+        port,
+    )
+    .await;
+    let agent = env.agent(&format!(
+        "{}{}",
+        instance("web", &[&map.addr()], ""),
+        instance("api", &[&consistent.addr()], "")
+    ));
+    let _kill = KillInstances::of(&agent.cfg);
+    env.coord.hello().await;
+
+    let refused = env.coord.run(weight("w/1", 50)).await;
+    assert_eq!(refused.phase(), Phase::Failed, "{refused:?}");
+    assert_eq!(
+        refused.message,
+        "backend web uses source hashing without `hash-type consistent`: HAProxy ignores weight changes; use roundrobin or leastconn (or add `hash-type consistent`)"
+    );
+    assert_eq!(map.weight().await, Some(100));
+    let s = env
+        .coord
+        .status_where("the refused weight not held", "web", |s| {
+            s.load_balancers
+                .first()
+                .is_some_and(|v| v.algorithm == "source")
+        })
+        .await;
+    assert!(!s.weight_held, "{s:?}");
+    assert!(!s.load_balancers[0].algorithm_dynamic);
+
+    let mut cmd = weight("w/2", 50);
+    cmd.instance = "api".into();
+    let done = env.coord.run(cmd).await;
+    assert_eq!(done.phase(), Phase::Succeeded, "{done:?}");
+    assert_eq!(consistent.weight().await, Some(50));
+    // Now HAProxy shows a weight only consistent hashing takes.
+    env.coord
+        .status_where("consistent hashing known as dynamic", "api", |s| {
+            s.weight_held
+                && s.load_balancers
+                    .first()
+                    .is_some_and(|v| v.algorithm_dynamic)
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn counters_travel_at_the_traffic_interval_however_long_the_report_interval() {
+    let mut env = Env::new().await;
+    let (port, _) = http_backend(0).await;
+    let h = Haproxy::start(env.dir.path(), "a", "roundrobin", port).await;
+    let text = format!(
+        "traffic_interval = \"1s\"\n{}",
+        instance("web", &[&h.addr()], "")
+    );
+    let mut cfg = common::config(&env.dir.path().join("agent"), &env.coord.addr, &text);
+    // Left alone, the agent would report once an hour.
+    cfg.report_interval = Duration::from_secs(3600);
+    let agent = Agent::start(cfg);
+    let _kill = KillInstances::of(&agent.cfg);
+    env.coord.hello().await;
+    // A request at a time: each report must carry the count so far, and
+    // reports keep coming though nothing but counters changes.
+    let mut seen = Vec::new();
+    for i in 1..=5u64 {
+        assert_eq!(h.request().await, 200);
+        let got = env
+            .coord
+            .expect(&format!("a report counting request {i}"), |e| match e {
+                common::Event::Report(r) => r
+                    .instances
+                    .iter()
+                    .find(|s| s.name == "web")
+                    .and_then(|s| s.load_balancers.first())
+                    .and_then(|v| v.counters)
+                    .map(|c| c.requests)
+                    .filter(|n| *n >= i),
+                _ => None,
+            })
+            .await;
+        seen.push(got);
+    }
+    assert_eq!(seen, vec![1, 2, 3, 4, 5]);
+    drop(agent);
+}

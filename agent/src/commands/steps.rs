@@ -173,15 +173,33 @@ async fn set_weight(ctx: &StepContext<'_>, w: &SetWeightCommand) -> Result<Strin
         haproxy::Weight::Absolute(n) => Some(n),
         haproxy::Weight::Configured => None,
     };
-    ctx.instance
-        .state
-        .update(move |s| s.weight = desired)
-        .await
-        .map_err(|e| format!("record the desired weight: {e}"))?;
-    board.set_desired_weight(index, desired);
-    let done = drain::weight::apply(h, weight, checked)
-        .await
-        .map_err(|e| e.to_string())?;
+    let previous = board.desired_weight(index);
+    let record = |w: Option<u32>| async move {
+        ctx.instance
+            .state
+            .update(move |s| s.weight = w)
+            .await
+            .map_err(|e| format!("record the desired weight: {e}"))?;
+        board.set_desired_weight(index, w);
+        Ok::<(), String>(())
+    };
+    record(desired).await?;
+    let done = match drain::weight::apply(
+        h,
+        weight,
+        checked,
+        previous.map_or(haproxy::Weight::Configured, haproxy::Weight::Absolute),
+    )
+    .await
+    {
+        Ok(done) => done,
+        // Nothing took: what was held before stays held.
+        Err(e @ drain::weight::WeightError::MapBasedHash { .. }) => {
+            record(previous).await?;
+            return Err(e.to_string());
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     ctx.instance
         .handle
         .set_load_balancers(done.views, done.asked);

@@ -293,7 +293,16 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Runs a command whose success is an empty answer.
 async fn quiet(addr: &HaproxyAddr, cmd: &str) -> Result<(), HaproxyError> {
-    let answer = command(addr, cmd).await?;
+    quiet_within(addr, cmd, COMMAND_TIMEOUT).await
+}
+
+/// [`quiet`], the exchange bounded by `timeout`.
+async fn quiet_within(
+    addr: &HaproxyAddr,
+    cmd: &str,
+    timeout: Duration,
+) -> Result<(), HaproxyError> {
+    let answer = command_within(addr, cmd, timeout).await?;
     let answer = answer.trim();
     if answer.is_empty() {
         Ok(())
@@ -345,9 +354,21 @@ pub async fn set_weight(
     server: &str,
     weight: Weight,
 ) -> Result<(), HaproxyError> {
-    quiet(
+    set_weight_within(addr, backend, server, weight, COMMAND_TIMEOUT).await
+}
+
+/// [`set_weight`], the exchange bounded by `timeout`.
+pub async fn set_weight_within(
+    addr: &HaproxyAddr,
+    backend: &str,
+    server: &str,
+    weight: Weight,
+    timeout: Duration,
+) -> Result<(), HaproxyError> {
+    quiet_within(
         addr,
         &format!("set server {backend}/{server} weight {weight}"),
+        timeout,
     )
     .await
 }

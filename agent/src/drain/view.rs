@@ -235,6 +235,9 @@ async fn read_loop(
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut failing = false;
+    // Per target: why setting its held weight again failed last time, so
+    // that a lasting refusal is logged once, not every round.
+    let mut refused: Vec<Option<String>> = vec![None; targets.len()];
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -268,55 +271,77 @@ async fn read_loop(
             .collect();
         board.set_views(&updates);
         if let Ok(snap) = &answer {
-            for t in &targets {
-                tokio::select! {
+            for (t, last) in targets.iter().zip(refused.iter_mut()) {
+                let outcome = tokio::select! {
                     _ = cancel.cancelled() => return,
-                    () = reassert(&addr, t, snap, &board, timeout) => {}
+                    o = reassert(&addr, t, snap, &board, timeout) => o,
+                };
+                match outcome {
+                    Reassert::Nothing => {}
+                    Reassert::Done { shown, held } => {
+                        tracing::warn!(haproxy = %addr, backend = %t.backend, server = %t.server, "HAProxy had weight {shown} instead of the held {held} (restarted or reloaded?); set it again");
+                        *last = None;
+                    }
+                    Reassert::Failed(why) => {
+                        if last.as_ref() != Some(&why) {
+                            tracing::warn!(haproxy = %addr, backend = %t.backend, server = %t.server, "{why}");
+                        }
+                        *last = Some(why);
+                    }
                 }
             }
         }
     }
 }
 
+/// What [`reassert`] did.
+enum Reassert {
+    /// Nothing to do (no weight held, HAProxy shows it, the server is
+    /// not listed, or a SetWeight step has the instance).
+    Nothing,
+    Done {
+        shown: u32,
+        held: u32,
+    },
+    Failed(String),
+}
+
 /// Sets the weight held for `t`'s instance again when `snap` (read
 /// before the held weight is looked at) shows another: HAProxy restarted
-/// or reloaded and lost its runtime weights. A SetWeight step under way
-/// has the instance's weight lock and sets the weight itself; then
-/// nothing is done this round.
+/// or reloaded and lost its runtime weights, or was unreachable when the
+/// weight was set. A SetWeight step under way has the instance's weight
+/// lock and sets the weight itself; then nothing is done this round.
 async fn reassert(
     addr: &HaproxyAddr,
     t: &Target,
     snap: &Snapshot,
     board: &StatusBoard,
     timeout: Duration,
-) {
+) -> Reassert {
     let Some(lock) = board.weight_lock(t.index) else {
-        return;
+        return Reassert::Nothing;
     };
     let Ok(_guard) = lock.try_lock() else {
-        return;
+        return Reassert::Nothing;
     };
     let Some(held) = board.desired_weight(t.index) else {
-        return;
+        return Reassert::Nothing;
     };
     let Some(shown) = snap.server(&t.backend, &t.server).and_then(|s| s.uweight) else {
-        return;
+        return Reassert::Nothing;
     };
     if shown == held {
-        return;
+        return Reassert::Nothing;
     }
-    let cmd = format!("set server {}/{} weight {held}", t.backend, t.server);
-    match haproxy::command_within(addr, &cmd, timeout).await {
-        Ok(answer) if answer.trim().is_empty() => {
-            tracing::warn!(haproxy = %addr, backend = %t.backend, server = %t.server, "HAProxy had weight {shown} instead of the held {held} (restarted or reloaded?); set it again");
+    let weight = haproxy::Weight::Absolute(held);
+    match haproxy::set_weight_within(addr, &t.backend, &t.server, weight, timeout).await {
+        Ok(()) => {
             board.count_reasserted(t.index);
+            Reassert::Done { shown, held }
         }
-        Ok(answer) => {
-            tracing::warn!(haproxy = %addr, backend = %t.backend, server = %t.server, "HAProxy has weight {shown} instead of the held {held} and refused `{cmd}`: {}", answer.trim());
-        }
-        Err(e) => {
-            tracing::warn!(haproxy = %addr, backend = %t.backend, server = %t.server, "HAProxy has weight {shown} instead of the held {held}; setting it again failed: {e}");
-        }
+        Err(e) => Reassert::Failed(format!(
+            "HAProxy has weight {shown} instead of the held {held}, and setting it again failed: {e}"
+        )),
     }
 }
 

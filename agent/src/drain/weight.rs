@@ -94,25 +94,37 @@ pub async fn check(h: &HaproxyDrain, weight: Weight) -> Result<Checked, WeightEr
     Ok(Checked { before })
 }
 
-/// [`check`], then [`apply`].
+/// [`check`], then [`apply`] (a refused hash puts back the configured
+/// weight where it was accepted).
 pub async fn set(h: &HaproxyDrain, weight: Weight) -> Result<Weighted, WeightError> {
     let checked = check(h, weight).await?;
-    apply(h, weight, checked).await
+    apply(h, weight, checked, Weight::Configured).await
 }
 
 /// Sets `weight` on every HAProxy of `h`, all of them even when one
-/// fails, then reads it back (see the module doc).
+/// fails, then reads it back (see the module doc). When an HAProxy
+/// refuses it because its backend hashes without `hash-type consistent`,
+/// those that took it get `previous` back (best effort) and nothing else
+/// is tried.
 pub async fn apply(
     h: &HaproxyDrain,
     weight: Weight,
     checked: Checked,
+    previous: Weight,
 ) -> Result<Weighted, WeightError> {
     let before = checked.before;
     let mut problems = Vec::new();
+    let mut took = Vec::new();
     for (addr, read) in h.sockets.iter().zip(&before) {
         match haproxy::set_weight(addr, &h.backend, &h.server, weight).await {
-            Ok(()) => {}
+            Ok(()) => took.push(addr),
             Err(HaproxyError::Refused { answer, .. }) if answer.contains(STATIC_REFUSAL) => {
+                for done in took {
+                    if let Err(e) = haproxy::set_weight(done, &h.backend, &h.server, previous).await
+                    {
+                        tracing::warn!(haproxy = %done, "put weight {previous} back on {}/{}: {e}", h.backend, h.server);
+                    }
+                }
                 let algorithm = read
                     .as_ref()
                     .ok()

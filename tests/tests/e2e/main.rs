@@ -28,6 +28,7 @@ mod rollout_lb;
 mod rollout_reconnect;
 mod sample;
 mod shutdown;
+mod traffic;
 
 use std::collections::BTreeSet;
 
