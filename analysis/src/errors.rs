@@ -257,13 +257,14 @@ mod tests {
     #[test]
     fn the_guard_fails_at_once_whatever_the_baseline() {
         let t = Thresholds::default();
-        // 5% over 100 canary requests, the baseline just as bad.
-        let test = error_test(&arm(100, 5), &arm(1_000, 50), &t);
+        assert_eq!(t.guard_min_requests, 200);
+        // 5% over 200 canary requests, the baseline just as bad.
+        let test = error_test(&arm(200, 10), &arm(1_000, 50), &t);
         assert!(test.guard_tripped && test.fails, "{test:?}");
         assert_eq!(test.finding, ErrorFinding::Guard);
         assert!(test.why.contains("guard"), "{}", test.why);
-        // Below 100 requests the guard waits.
-        let test = error_test(&arm(99, 5), &arm(1_000, 50), &t);
+        // Below 200 requests the guard waits.
+        let test = error_test(&arm(199, 10), &arm(1_000, 50), &t);
         assert!(!test.guard_tripped && !test.fails, "{test:?}");
         // No baseline traffic at all: the comparison cannot fail, the guard can.
         let test = error_test(&arm(50, 10), &arm(0, 0), &t);

@@ -382,12 +382,13 @@ mod tests {
         let s = Scenario::new(0.1, 1.0, 0.0);
         let o = simulate(&s, &Thresholds::default(), &FixedRule::default(), 1);
         assert_eq!(o.fixed.caught_at(), Some(3_000));
-        // The judge's guard at its first look: 100 requests, all failed.
+        // The judge at its first look: 100 requests, all failed, under the
+        // guard's 200 but far beyond twice the baseline's none.
         assert_eq!(
             o.judge,
             Decision::Rollback {
                 canary_requests: 100,
-                by_guard: true
+                by_guard: false
             }
         );
     }

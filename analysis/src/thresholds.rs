@@ -22,7 +22,7 @@ pub struct Thresholds {
     pub min_difference: f64,
     /// Absolute guard: a canary error rate at or above this (0.05) ...
     pub guard_error_rate: f64,
-    /// ... over at least this many canary attempts (100) fails at once,
+    /// ... over at least this many canary attempts (200) fails at once,
     /// whatever the baseline does.
     pub guard_min_requests: u64,
     /// Attempts each arm needs by the end of the bake for a pass (500);
@@ -53,7 +53,7 @@ impl Default for Thresholds {
             min_canary_errors: 5,
             min_difference: 0.001,
             guard_error_rate: 0.05,
-            guard_min_requests: 100,
+            guard_min_requests: 200,
             min_requests: 500,
             latency_ratio: 1.5,
             latency_min_delta_ms: 25.0,

@@ -462,13 +462,22 @@ impl RolloutSpec {
                     "a value",
                 ));
             }
+            if self.analysis != AnalysisSpec::default() {
+                return Err(SpecError::invalid(
+                    "analysis",
+                    "nothing for a rolling update: only canary and blue-green steps are judged \
+                     (set strategy = canary or blue-green)",
+                    "analysis settings",
+                ));
+            }
             return Ok(());
         }
         if self.batches != [Amount::Count(1)] {
             return Err(SpecError::invalid(
                 "batches",
                 &format!(
-                    "the default for {strategy}: its steps decide how many instances move                      (limit instances in flight with max_unavailable)"
+                    "the default for {strategy}: its steps decide how many instances move \
+                     (limit instances in flight with max_unavailable)"
                 ),
                 format!(
                     "\"{}\"",

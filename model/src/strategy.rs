@@ -435,7 +435,7 @@ impl Default for AnalysisSpec {
             min_canary_errors: 5,
             min_difference: Num(0.001),
             guard_error_rate: Num(0.05),
-            guard_min_requests: 100,
+            guard_min_requests: 200,
             min_requests: 500,
             latency_ratio: Num(1.5),
             latency_min_delta: Duration::from_millis(25),

@@ -857,11 +857,17 @@ fn check_weightable(instances: &[InstanceInfo]) -> Result<(), PlanError> {
                     b.backend, b.balancer
                 ));
             }
-            if !b.dynamic {
+            // HAProxy 2.6 does not say whether hashing is consistent, so a
+            // hash backend not yet seen to take a runtime weight passes
+            // here; a map-based one refuses the first weight, which fails
+            // that step with HAProxy's reason. The two algorithms that
+            // always ignore weights are refused now.
+            let algorithm = b.algorithm.as_str();
+            if !b.dynamic && matches!(algorithm, "static-rr" | "first") {
                 return refuse(format!(
-                    "backend {} in {} uses `balance {}`, which ignores weight changes; \
+                    "backend {} in {} uses `balance {algorithm}`, which ignores weight changes; \
                      use roundrobin, leastconn or random (or hash-type consistent)",
-                    b.backend, b.balancer, b.algorithm
+                    b.backend, b.balancer
                 ));
             }
         }
