@@ -72,6 +72,10 @@ mod tests {
             "drained",
             "drain",
             "load_balancers",
+            "color",
+            "weight_held",
+            "weight_reasserted",
+            "app_metrics",
         ];
         expected.sort_unstable();
         assert_eq!(inst_keys, expected);

@@ -53,6 +53,11 @@ struct UpOpts {
     /// Keep the fleet running until Ctrl-C.
     #[arg(long)]
     keep: bool,
+    /// What to show: `rolling` (a rolling update to v2) or `canary` (a
+    /// canary of a release failing 5% of requests, caught and rolled back
+    /// by the analysis, then a good canary promoted step by step).
+    #[arg(long, default_value = "rolling", value_parser = ["rolling", "canary"])]
+    strategy: String,
 }
 
 fn step(msg: &str) {
@@ -277,6 +282,135 @@ fn rolling_update(web: &WebFleet, opts: &UpOpts) -> Result<()> {
     Ok(())
 }
 
+/// The canary demo's spec: short bakes and frequent looks, so a bad canary
+/// is caught and a good one promoted in about a minute.
+const CANARY_SPEC: &str = "strategy = \"canary\"
+steps = \"10%,50%,100%\"
+bake = \"15s\"
+min_healthy = \"75%\"
+min_healthy_time = \"1s\"
+healthy_deadline = \"30s\"
+step_timeout = \"30s\"
+progress_deadline = \"2m\"
+
+[analysis]
+interval = \"1s\"
+warmup = \"2s\"
+min_requests = 100
+";
+
+/// Phase 2, canary: v2-bad (fails 5% of its requests) caught in its first
+/// step and rolled back by the analysis; v2 promoted step by step. Both
+/// under steady load through HAProxy, watched live.
+fn canary(web: &WebFleet, opts: &UpOpts) -> Result<()> {
+    if opts.agents < 3 {
+        bail!(
+            "--strategy canary needs --agents 3 or more: a canary step leaves instances on the old release to compare with"
+        );
+    }
+    step("pushing web v1, v2-bad (fails 5% of requests) and v2 (drover artifact push)");
+    web.push_release("v1", &[]);
+    web.push_release("v2-bad", &["--error-rate", "0.05"]);
+    web.push_release("v2", &[]);
+    step("deploying v1 to every instance (first deploy: --min-healthy 0 --batch 100%)");
+    let out = web.start_rollout("v1", &["--min-healthy", "0", "--batch", "100%"]);
+    if !out.success() {
+        bail!("the first deploy of v1 failed:\n{out}");
+    }
+    web.wait_all_serving("v1");
+    let spec = web.root.join("canary.toml");
+    std::fs::write(&spec, CANARY_SPEC).context("write canary.toml")?;
+    let spec = spec.display().to_string();
+    println!("    canary spec ({spec}):\n{CANARY_SPEC}");
+
+    let addr = web.haproxy.frontend_addr();
+    step(&format!(
+        "steady load through HAProxy (http://{addr}/): 3 clients, about 300 requests/s, bounded"
+    ));
+    let load = Load::start(
+        &addr,
+        LoadSpec {
+            max_duration: Duration::from_secs(150),
+            max_requests: 60_000,
+            ..LoadSpec::default()
+        },
+    );
+    let mut outcomes = Vec::new();
+    for (version, what) in [
+        ("v2-bad", "a bad canary: v2-bad fails 5% of its requests"),
+        ("v2", "a good canary: v2"),
+    ] {
+        step(&format!("{what}; canary 10% -> 50% -> 100%, watched live"));
+        let before = load.counts();
+        let started = Instant::now();
+        let args = [
+            "rollout",
+            "start",
+            "--service",
+            SERVICE,
+            "--version",
+            version,
+            "-f",
+            &spec,
+        ];
+        cli_live(web, &args)?;
+        let rollout = web.latest();
+        let after = load.counts();
+        println!(
+            "    rollout {} ({version}): {} in {:.1}s; {} requests meanwhile, {} failed",
+            rollout.id,
+            rollout.phase,
+            started.elapsed().as_secs_f64(),
+            after.0.saturating_sub(before.0),
+            after.2.saturating_sub(before.2),
+        );
+        if !rollout.reason_text().is_empty() {
+            println!("    why: {}", rollout.reason_text());
+        }
+        step(&format!("drover rollout analysis {}", rollout.id));
+        print!("{}", cli(web, &["rollout", "analysis", &rollout.id])?);
+        outcomes.push((version, rollout));
+    }
+    let report = load.stop();
+    step("summary");
+    println!(
+        "    requests through HAProxy: {} served, {} failed (all from v2-bad while it had its 10% share)",
+        report.ok, report.failed
+    );
+    println!(
+        "    answers by version: {}",
+        (report.versions.iter())
+            .map(|(v, n)| format!("{v} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let bad = &outcomes[0].1;
+    let good = &outcomes[1].1;
+    if bad.phase != "rolled_back" {
+        bail!(
+            "the bad canary was not rolled back: {} {}",
+            bad.phase,
+            bad.reason_text()
+        );
+    }
+    if good.phase != "succeeded" {
+        bail!(
+            "the good canary did not succeed: {} {}",
+            good.phase,
+            good.reason_text()
+        );
+    }
+    if report.failed * 10 > report.total.max(1) {
+        bail!(
+            "{} of {} requests failed: more than the canary's share",
+            report.failed,
+            report.total
+        );
+    }
+    println!("    v2-bad caught and rolled back by the analysis; v2 promoted to every instance");
+    Ok(())
+}
+
 fn wait_for_ctrl_c() -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -294,7 +428,10 @@ fn wait_for_ctrl_c() -> Result<()> {
 
 fn up(opts: &UpOpts) -> Result<()> {
     let mut web = start_fleet(opts)?;
-    let result = rolling_update(&web, opts);
+    let result = match opts.strategy.as_str() {
+        "canary" => canary(&web, opts),
+        _ => rolling_update(&web, opts),
+    };
     if result.is_ok() && opts.keep {
         step("fleet running; use the CLI against it with:");
         println!("{}", web.fleet.operator().exports());

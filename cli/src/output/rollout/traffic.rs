@@ -188,10 +188,14 @@ pub fn plan_steps_text(steps: &[PlannedTrafficStep]) -> String {
     format!("\nTraffic steps:\n{}\n", align(&rows).join("\n"))
 }
 
-/// `errors ... (0.38%): pass`: the look's reason, ending with its verdict.
+/// `errors ... (0.38%): pass`: the look's reason, with its verdict at one
+/// end (the coordinator's reasons start with it: `pass: errors ...`).
 fn reason_with_verdict(l: &AnalysisLook) -> String {
     let reason = l.reason.replace('\n', " ");
-    if l.verdict.is_empty() || reason.ends_with(&l.verdict) {
+    let said = reason.ends_with(&l.verdict)
+        || reason.starts_with(&format!("{}:", l.verdict))
+        || reason.starts_with(&format!("{} (", l.verdict));
+    if l.verdict.is_empty() || said {
         return dash(&reason);
     }
     if reason.is_empty() {
