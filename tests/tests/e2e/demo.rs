@@ -60,3 +60,29 @@ fn fleet_demo_rolls_v2_under_load_and_stops() {
     let out = run_cmd(refused, Duration::from_secs(60)).expect_failure();
     assert!(foreign.join("precious.txt").is_file(), "{out}");
 }
+
+/// `scripts/demo --strategy canary`: a bad canary caught and rolled back
+/// by the analysis, then a good one promoted, under load, live.
+#[test]
+fn canary_demo_catches_a_bad_canary_and_promotes_a_good_one() {
+    let mut cmd = Command::new(bin_path("drover-fleet"));
+    cmd.args(["up", "--strategy", "canary", "--agents", "4"]);
+    let out = run_cmd(cmd, Duration::from_secs(240)).expect_success();
+    for want in [
+        "a bad canary: v2-bad fails 5% of its requests",
+        "canary analysis failed at step 1 (10%)",
+        "rolled_back",
+        "drover rollout analysis",
+        "traffic: 10% passed, 50% passed",
+        "v2-bad caught and rolled back by the analysis; v2 promoted to every instance",
+    ] {
+        assert!(
+            out.stdout.contains(want),
+            "no `{want}` in the canary demo's output:\n{out}"
+        );
+    }
+    let mut small = Command::new(bin_path("drover-fleet"));
+    small.args(["up", "--strategy", "canary", "--agents", "2"]);
+    let out = run_cmd(small, Duration::from_secs(60)).expect_failure();
+    assert!(out.stderr.contains("--agents 3 or more"), "{out}");
+}
