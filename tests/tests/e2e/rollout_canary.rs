@@ -28,11 +28,14 @@ fn unix_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// One reading of the backend's servers, with the wall clock in unix ms.
+type Reading = (i64, Vec<ServerStat>);
+
 /// Every reading of the backend's servers, with the wall clock (the
 /// coordinator's events use the same clock).
 struct Sampler {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Vec<(i64, Vec<ServerStat>)>>>,
+    thread: Option<JoinHandle<Vec<Reading>>>,
 }
 
 impl Sampler {
@@ -66,7 +69,7 @@ impl Sampler {
         }
     }
 
-    fn stop(mut self) -> Vec<(i64, Vec<ServerStat>)> {
+    fn stop(mut self) -> Vec<Reading> {
         self.stop.store(true, Ordering::SeqCst);
         self.thread
             .take()
@@ -94,8 +97,8 @@ fn spec_file(web: &WebFleet, name: &str, steps: &str, bake: &str, analysis: &str
 
 /// Requests each server answered between `from` and `to` (unix ms), from
 /// the first and last readings in that window.
-fn answered(samples: &[(i64, Vec<ServerStat>)], from: i64, to: i64) -> BTreeMap<String, u64> {
-    let inside: Vec<&(i64, Vec<ServerStat>)> = (samples.iter())
+fn answered(samples: &[Reading], from: i64, to: i64) -> BTreeMap<String, u64> {
+    let inside: Vec<&Reading> = (samples.iter())
         .filter(|(at, _)| *at >= from && *at <= to)
         .collect();
     let (Some(first), Some(last)) = (inside.first(), inside.last()) else {

@@ -84,7 +84,7 @@ fn a_good_canary_is_promoted_through_every_step_and_weights_are_put_back() {
         "{t:#?}"
     );
     for j in &f.judgements {
-        seen.push((j.step, j.judgement.verdict.clone()));
+        seen.push((j.step, j.judgement.verdict));
     }
     assert!(
         seen.iter()

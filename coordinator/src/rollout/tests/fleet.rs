@@ -547,8 +547,8 @@ impl Fleet {
                 v2 += n;
             }
         }
-        if all > 0 {
-            load.v2_share.push((self.now, v2 * 1000 / all));
+        if let Some(share) = (v2 * 1000).checked_div(all) {
+            load.v2_share.push((self.now, share));
         }
         let reports: Vec<(String, (u64, u64), u32)> = (ids.iter())
             .filter(|id| !self.down.contains(&self.sim[*id].host))
