@@ -306,7 +306,9 @@ impl Engine {
         } else {
             return;
         };
-        let then = if self.st.spec.auto_rollback {
+        // A canary never fails in place: its traffic is split between two
+        // releases, so it goes back to the old one.
+        let then = if self.st.spec.auto_rollback || self.shifts_traffic() {
             Then::Rollback
         } else {
             Then::Fail

@@ -304,3 +304,26 @@ fn a_canary_needs_an_instance_left_on_the_old_release() {
     .expect_err("one instance");
     assert!(e.to_string().contains("strategy = rolling"), "{e}");
 }
+
+#[test]
+fn a_canary_that_exceeds_its_failure_budget_rolls_back_without_auto_rollback() {
+    let mut spec = canary_spec("10%,50%,100%");
+    assert!(!spec.auto_rollback);
+    spec.max_failures = Amount::Count(0);
+    let mut f = Fleet::start_with(spec, instances(10), |f| {
+        f.load = Some(Load::new(2_000, 5_000, 5_000));
+        // The second step's first canary never turns healthy.
+        f.bad.insert("web@h02".to_string());
+    });
+    f.run_to_end(20 * 60 * TICK);
+    assert!(
+        matches!(f.engine.outcome(), Some(Outcome::RolledBack { .. })),
+        "{:?}\n{}",
+        f.engine.outcome(),
+        f.tail()
+    );
+    for (id, s) in &f.sim {
+        assert_eq!(s.release, Some(v1()), "{id}");
+    }
+    no_weight_left(&f);
+}
