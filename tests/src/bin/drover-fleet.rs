@@ -166,6 +166,33 @@ fn floor(n: usize) -> String {
     }
 }
 
+/// The first deploy: v1 on every instance at once (nothing serves yet).
+fn deploy_v1(web: &WebFleet) -> Result<()> {
+    step("deploying v1 to every instance (first deploy: --min-healthy 0 --batch 100%)");
+    let out = web.start_rollout("v1", &["--min-healthy", "0", "--batch", "100%"]);
+    if !out.success() {
+        bail!("the first deploy of v1 failed:\n{out}");
+    }
+    web.wait_all_serving("v1");
+    Ok(())
+}
+
+/// About 300 requests a second through HAProxy, bounded in time and count.
+fn steady_load(web: &WebFleet, max_duration: Duration, max_requests: u64) -> Load {
+    let addr = web.haproxy.frontend_addr();
+    step(&format!(
+        "steady load through HAProxy (http://{addr}/): 3 clients, about 300 requests/s, bounded"
+    ));
+    Load::start(
+        &addr,
+        LoadSpec {
+            max_duration,
+            max_requests,
+            ..LoadSpec::default()
+        },
+    )
+}
+
 /// Phase 2: releases v1 and v2 pushed, v1 deployed everywhere, the fleet
 /// shown; then a rolling update to v2 under steady load through HAProxy.
 fn rolling_update(web: &WebFleet, opts: &UpOpts) -> Result<()> {
@@ -174,27 +201,10 @@ fn rolling_update(web: &WebFleet, opts: &UpOpts) -> Result<()> {
         let digest = web.push_release(v, &[]);
         println!("    web {v}: sha256 {}", &digest[..16]);
     }
-    step("deploying v1 to every instance (first deploy: --min-healthy 0 --batch 100%)");
-    let out = web.start_rollout("v1", &["--min-healthy", "0", "--batch", "100%"]);
-    if !out.success() {
-        bail!("the first deploy of v1 failed:\n{out}");
-    }
-    web.wait_all_serving("v1");
+    deploy_v1(web)?;
     step("drover agents -o wide");
     print!("{}", cli(web, &["agents", "-o", "wide"])?);
-
-    let addr = web.haproxy.frontend_addr();
-    step(&format!(
-        "steady load through HAProxy (http://{addr}/): 3 clients, about 300 requests/s, bounded"
-    ));
-    let load = Load::start(
-        &addr,
-        LoadSpec {
-            max_duration: Duration::from_secs(120),
-            max_requests: 40_000,
-            ..LoadSpec::default()
-        },
-    );
+    let load = steady_load(web, Duration::from_secs(120), 40_000);
     let sampler = CapacitySampler::start(
         web.haproxy.socket(),
         SERVICE,
@@ -312,29 +322,12 @@ fn canary(web: &WebFleet, opts: &UpOpts) -> Result<()> {
     web.push_release("v1", &[]);
     web.push_release("v2-bad", &["--error-rate", "0.05"]);
     web.push_release("v2", &[]);
-    step("deploying v1 to every instance (first deploy: --min-healthy 0 --batch 100%)");
-    let out = web.start_rollout("v1", &["--min-healthy", "0", "--batch", "100%"]);
-    if !out.success() {
-        bail!("the first deploy of v1 failed:\n{out}");
-    }
-    web.wait_all_serving("v1");
+    deploy_v1(web)?;
     let spec = web.root.join("canary.toml");
     std::fs::write(&spec, CANARY_SPEC).context("write canary.toml")?;
     let spec = spec.display().to_string();
     println!("    canary spec ({spec}):\n{CANARY_SPEC}");
-
-    let addr = web.haproxy.frontend_addr();
-    step(&format!(
-        "steady load through HAProxy (http://{addr}/): 3 clients, about 300 requests/s, bounded"
-    ));
-    let load = Load::start(
-        &addr,
-        LoadSpec {
-            max_duration: Duration::from_secs(150),
-            max_requests: 60_000,
-            ..LoadSpec::default()
-        },
-    );
+    let load = steady_load(web, Duration::from_secs(150), 60_000);
     let mut outcomes = Vec::new();
     for (version, what) in [
         ("v2-bad", "a bad canary: v2-bad fails 5% of its requests"),
