@@ -156,14 +156,41 @@ pub fn is_connectivity(status: &Status) -> bool {
     }
 }
 
+/// The coordinator could not be reached. `trust` is set when the TLS
+/// handshake failed on certificates (retrying will not help); otherwise it
+/// may be down or restarting.
+#[derive(Debug)]
+pub struct Unreachable {
+    pub addr: String,
+    pub chain: String,
+    pub trust: bool,
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hint = if self.trust {
+            "check that --ca is the drover CA that signed the coordinator's certificate, \
+             and that your certificate is from the same CA and not revoked"
+        } else {
+            "is drover-coordinator running and is --addr right?"
+        };
+        write!(
+            f,
+            "cannot reach coordinator at {}: {}; {hint}",
+            self.addr, self.chain
+        )
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
 fn unreachable(addr: &str, chain: &str) -> anyhow::Error {
-    let hint = if trust_problem(chain) {
-        "check that --ca is the drover CA that signed the coordinator's certificate, \
-         and that your certificate is from the same CA and not revoked"
-    } else {
-        "is drover-coordinator running and is --addr right?"
-    };
-    anyhow!("cannot reach coordinator at {addr}: {chain}; {hint}")
+    Unreachable {
+        addr: addr.to_string(),
+        chain: chain.to_string(),
+        trust: trust_problem(chain),
+    }
+    .into()
 }
 
 /// A status's message followed by its underlying cause, if any.

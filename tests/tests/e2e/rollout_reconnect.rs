@@ -189,3 +189,65 @@ fn rollout_start_exits_3_when_the_coordinator_stays_away() {
         "{text}"
     );
 }
+
+/// `drover rollout watch` started while the coordinator is down (mid
+/// restart): it keeps dialling, follows the rollout once the coordinator is
+/// back, and exits by its outcome; started when it stays away, it exits 3.
+#[test]
+fn rollout_watch_waits_for_a_coordinator_that_is_down_when_it_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut web = WebFleet::builder().hosts(2).fixed_ports().start();
+    web.deploy_initial("v1");
+    web.push_release("v2", &["--start-delay", "1s"]);
+    let started = web.start_detached("v2", &["--min-healthy", "50%", "--min-healthy-time", "2s"]);
+    let id = started.id.clone();
+    web.fleet.coordinator.kill();
+
+    // Gives up after --reconnect-for with exit 3, naming the rollout.
+    let short = dir.path().join("watch-short.log");
+    let cli = Proc::spawn(
+        "drover rollout watch",
+        web.fleet
+            .operator()
+            .command(&["rollout", "watch", &id, "--reconnect-for", "2s"]),
+        &short,
+    );
+    let status = cli.wait_exit(WAIT);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(3),
+        "{}",
+        cli.describe(20)
+    );
+    let text = read(&short);
+    assert!(
+        text.contains("cannot reach the coordinator") && text.contains(&id),
+        "{text}"
+    );
+
+    // Rides through: dialling until the coordinator is back.
+    let log = dir.path().join("watch.log");
+    let cli = Proc::spawn(
+        "drover rollout watch",
+        web.fleet.operator().command(&["rollout", "watch", &id]),
+        &log,
+    );
+    web.fleet.wait(WAIT, "the CLI says it keeps trying", || {
+        read(&log).contains("trying again for up to").then_some(())
+    });
+    web.fleet.coordinator.start();
+    let status = cli.wait_exit(FINISH);
+    let rollout = web.status(&id);
+    assert_eq!(rollout.phase, "succeeded", "{}", cli.describe(40));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        cli.describe(40)
+    );
+    assert!(
+        read(&log).contains(&format!("rollout {id} succeeded in ")),
+        "{}",
+        cli.describe(40)
+    );
+}

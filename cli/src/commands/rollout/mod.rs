@@ -343,9 +343,10 @@ pub async fn run(ctx: &Ctx, cmd: RolloutCommand) -> anyhow::Result<()> {
     match cmd {
         RolloutCommand::Start(args) => start(ctx, *args).await,
         RolloutCommand::Watch(args) => {
-            let mut session = ctx.session().await?;
             let (id, output) = (&args.rollout.id, args.rollout.output);
-            watch::follow(&mut session, id, output, args.follow.reconnect_for).await
+            let reconnect_for = args.follow.reconnect_for;
+            let mut session = watch::dial(ctx, id, reconnect_for).await?;
+            watch::follow(&mut session, id, output, reconnect_for).await
         }
         RolloutCommand::Status(args) => status(ctx, args).await,
         RolloutCommand::List(args) => list(ctx, args).await,

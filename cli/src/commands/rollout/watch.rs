@@ -428,6 +428,53 @@ async fn watch_once(
     }
 }
 
+/// Dials the coordinator to follow rollout `id`. A coordinator that is down
+/// or restarting is dialled again, as a lost watch is, for up to
+/// `reconnect_for`; then [`LostContact`] (exit 3). A certificate problem,
+/// a bad address or a bad config fails at once.
+pub async fn dial(
+    ctx: &crate::commands::Ctx,
+    id: &str,
+    reconnect_for: Duration,
+) -> anyhow::Result<Session> {
+    let mut reconnect = Reconnect::new(reconnect_for);
+    loop {
+        let e = match ctx.session().await {
+            Ok(s) => return Ok(s),
+            Err(e) => e,
+        };
+        let Some(down) = e
+            .downcast_ref::<crate::conn::Unreachable>()
+            .filter(|u| !u.trust)
+        else {
+            return Err(e);
+        };
+        let first = reconnect.lost_since.is_none();
+        let Some(pause) = reconnect.lost(Instant::now(), jitter) else {
+            return Err(LostContact(format!(
+                "could not reach the coordinator at {} within {} to follow rollout {id} \
+                 ({}); see `drover rollout status {id}` once it is up",
+                down.addr,
+                humantime::format_duration(reconnect_for),
+                down.chain
+            ))
+            .into());
+        };
+        if first {
+            eprintln!(
+                "cannot reach the coordinator at {} ({}); trying again for up to {}",
+                down.addr,
+                down.chain,
+                humantime::format_duration(reconnect_for)
+            );
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Err(stopped(id)),
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
 /// What Ctrl-C while following says.
 fn stopped(id: &str) -> anyhow::Error {
     anyhow!(
