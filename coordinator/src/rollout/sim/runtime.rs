@@ -19,8 +19,9 @@ use super::scenario::Scenario;
 use super::store::{SimStore, StoreKind};
 use super::trace::Trace;
 use super::world::{Agent, Inst};
+use crate::rollout::traffic::TrafficSample;
 use crate::rollout::{
-    CommandId, CommandKind, CommandOutcome, Engine, Input, Millis, Outcome, Output,
+    CommandId, CommandKind, CommandOutcome, Engine, Input, Millis, Outcome, Output, StopReason,
 };
 use crate::runner::driver::{
     AgentUpdate, Driver, Event, HostView, InstanceView, Observed, Outgoing, Pass, UpdateKind,
@@ -53,6 +54,10 @@ pub enum Msg {
     /// The registry's lost timer for a dropped session fired.
     Lost {
         host: usize,
+    },
+    /// An agent's load balancer counters for its instances (canary seeds).
+    Traffic {
+        samples: Vec<(usize, TrafficSample)>,
     },
 }
 
@@ -117,6 +122,10 @@ pub enum Ev {
     Rogue,
     Chaos,
     CoordUp,
+    /// A period of requests through the load balancer (canary seeds).
+    Traffic,
+    /// The operator looks at a canary (canary seeds).
+    Watch,
 }
 
 /// A host as the coordinator's registry holds it.
@@ -124,6 +133,8 @@ pub enum Ev {
 pub struct RegHost {
     pub connected: bool,
     pub seen: BTreeMap<usize, Observed>,
+    /// The latest counters its agent reported, per instance.
+    pub traffic: BTreeMap<usize, TrafficSample>,
 }
 
 pub struct Coord {
@@ -147,6 +158,8 @@ pub struct Summary {
     pub crashes: u32,
     pub writes: u64,
     pub commands: u64,
+    /// Canary seeds: how the canary ended, in a few words.
+    pub canary: Option<&'static str>,
 }
 
 pub struct Sim {
@@ -160,6 +173,9 @@ pub struct Sim {
     crash_rng: Rng,
     tick_rng: Rng,
     pub(super) rogue_rng: Rng,
+    /// Canary seeds' own streams: the requests, and the operator's promotes.
+    pub(super) traffic_rng: Rng,
+    pub(super) op_rng: Rng,
     /// Rogue words left to send (0 in most seeds).
     pub(super) rogues: u32,
     /// How much later than the agent's own check the load balancer's
@@ -228,6 +244,9 @@ impl Sim {
                 lb_up_at: m.info.healthy.then_some(0),
                 reported: None,
                 job: None,
+                weight: None,
+                requests: 0,
+                errors: 0,
             });
         }
         // Hosts unreachable at the start come back at some point.
@@ -254,6 +273,9 @@ impl Sim {
             0
         };
         let rogue_rng = extra.fork();
+        let mut canary = Rng::new(sc.seed ^ 0x3C6E_F372_FE94_F82B);
+        let traffic_rng = canary.fork();
+        let op_rng = canary.fork();
         let store = SimStore::open(store).map_err(|e| e.to_string())?;
         let mut sim = Sim {
             net_rng: rng.fork(),
@@ -262,6 +284,8 @@ impl Sim {
             crash_rng: rng.fork(),
             tick_rng: rng.fork(),
             rogue_rng,
+            traffic_rng,
+            op_rng,
             rogues,
             lb_lag,
             sc,
@@ -312,6 +336,14 @@ impl Sim {
         if sim.rogues > 0 {
             let at = sim.rogue_rng.range(1_000, 60_000);
             sim.push(at, Ev::Rogue);
+        }
+        if let Some(c) = sim.sc.canary.clone() {
+            let at = sim.traffic_rng.range(0, c.period_ms);
+            sim.push(at, Ev::Traffic);
+            if c.watch_ms > 0 {
+                let at = sim.op_rng.range(c.watch_ms / 2, c.watch_ms * 3 / 2);
+                sim.push(at, Ev::Watch);
+            }
         }
         for k in 0..sim.insts.len() {
             let seen = sim.observe(k);
@@ -502,6 +534,11 @@ impl Sim {
             crashes: self.crashes,
             writes: self.store.writes,
             commands: self.commands,
+            canary: self
+                .sc
+                .canary
+                .as_ref()
+                .map(|_| canary_end(end, self.outcome.as_ref())),
         }
     }
 
@@ -516,7 +553,7 @@ impl Sim {
                 .map(|(&k, seen)| InstanceView {
                     id: self.insts[k].id.clone(),
                     seen: seen.clone(),
-                    traffic: None,
+                    traffic: reg.traffic.get(&k).cloned(),
                 })
                 .collect(),
         })
@@ -543,6 +580,15 @@ impl Sim {
             Msg::Report { k, seen } => {
                 let h = self.insts[k].host;
                 c.registry[h].seen.insert(k, seen);
+                if c.registry[h].connected
+                    && let Some(view) = self.host_view(h)
+                {
+                    self.queue(Event::Host(view));
+                }
+            }
+            Msg::Traffic { samples } => {
+                let Some(h) = from else { return };
+                c.registry[h].traffic.extend(samples);
                 if c.registry[h].connected
                     && let Some(view) = self.host_view(h)
                 {
@@ -665,6 +711,13 @@ impl Sim {
                 }
             }
             Ev::CoordUp => self.coord_up()?,
+            Ev::Traffic => self.serve_traffic(),
+            Ev::Watch => {
+                self.watch();
+                if self.coord.as_ref().is_some_and(|c| c.driver.queued() > 0) {
+                    self.process()?;
+                }
+            }
         }
         Ok(())
     }
@@ -1017,6 +1070,15 @@ fn show_msg(sim: &Sim, from: Option<usize>, msg: &Msg) -> String {
         Msg::Result { id, outcome } => format!("{who}: result {id}: {outcome:?}"),
         Msg::Progress { id, text } => format!("{who}: progress {id}: {text}"),
         Msg::Lost { host } => format!("registry: {} lost", sim.agents[*host].name),
+        Msg::Traffic { samples } => format!(
+            "{who}: counters {:?}",
+            (samples.iter())
+                .filter_map(|(k, s)| {
+                    let b = s.balancers.first()?;
+                    Some((sim.insts[*k].id.as_str(), b.requests, b.responses_5xx))
+                })
+                .collect::<Vec<_>>()
+        ),
     }
 }
 
@@ -1071,4 +1133,44 @@ fn show_output(o: &Output) -> Option<String> {
         ),
         Output::Finished(outcome) => format!("FINISHED {outcome}"),
     })
+}
+
+/// How a canary seed ended, in a few words, for the sweep's figures.
+fn canary_end(end: &'static str, outcome: Option<&Outcome>) -> &'static str {
+    let reason = match outcome {
+        Some(
+            Outcome::RolledBack { reason }
+            | Outcome::Failed { reason }
+            | Outcome::Aborted { reason },
+        ) => Some(reason),
+        _ => None,
+    };
+    match (end, reason) {
+        ("succeeded", _) => "succeeded",
+        ("refused", _) => "refused",
+        ("rolled back", Some(StopReason::AnalysisFailed { .. })) => "rolled back on analysis",
+        ("rolled back", Some(StopReason::Inconclusive { .. })) => "rolled back inconclusive",
+        (
+            "rolled back",
+            Some(StopReason::ProgressDeadline {
+                waiting: Some(crate::rollout::Block::Inconclusive { .. }),
+                ..
+            }),
+        ) => "held inconclusive, rolled back on deadline",
+        ("rolled back", Some(StopReason::ProgressDeadline { .. })) => "rolled back on deadline",
+        ("rolled back", Some(StopReason::OperatorRollback)) => "rolled back by operator",
+        ("rolled back", Some(StopReason::Weights { .. })) => "rolled back on a weight",
+        ("rolled back", _) => "rolled back, other",
+        ("failed", Some(StopReason::WeightsNotRestored { .. })) => "failed, weights not restored",
+        (
+            "failed",
+            Some(StopReason::Incomplete {
+                unfinished: crate::rollout::Unfinished::Weights,
+                ..
+            }),
+        ) => "failed, weights not restored",
+        ("failed", _) => "failed",
+        ("aborted", _) => "aborted",
+        _ => "other",
+    }
 }

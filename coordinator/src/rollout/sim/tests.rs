@@ -35,6 +35,7 @@ fn sweep_shard(shard: u64) {
     let start = env_u64("SIM_SEED_START").unwrap_or(1);
     let clock = Instant::now();
     let mut ends: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut canary: BTreeMap<&str, u64> = BTreeMap::new();
     let (mut crashes, mut commands, mut ran) = (0u64, 0u64, 0u64);
     let mut slowest = (0.0f64, 0u64);
     for offset in (shard..count).step_by(usize::try_from(SHARDS).unwrap_or(1)) {
@@ -48,6 +49,9 @@ fn sweep_shard(shard: u64) {
         match result {
             Ok(s) => {
                 *ends.entry(s.end).or_insert(0) += 1;
+                if let Some(c) = s.canary {
+                    *canary.entry(c).or_insert(0) += 1;
+                }
                 crashes += u64::from(s.crashes);
                 commands += s.commands;
                 ran += 1;
@@ -57,10 +61,11 @@ fn sweep_shard(shard: u64) {
     }
     let secs = clock.elapsed().as_secs_f64();
     eprintln!(
-        "shard {shard}: {ran} seeds in {secs:.1}s ({:.0}/s, slowest seed {} {:.2}s), {commands} commands, {crashes} coordinator crashes, ends {ends:?}",
+        "shard {shard}: {ran} seeds in {secs:.1}s ({:.0}/s, slowest seed {} {:.2}s), {commands} commands, {crashes} coordinator crashes, ends {ends:?}, canary {} {canary:?}",
         ran as f64 / secs.max(1e-9),
         slowest.1,
-        slowest.0
+        slowest.0,
+        canary.values().sum::<u64>()
     );
 }
 
@@ -253,6 +258,9 @@ teeth!(
     catches_restore_forgetting_in_flight = RestoreForgetsInFlight,
     catches_paused_never_timing_out = PausedNeverTimesOut,
     catches_failures_counted_as_success = FailuresCountAsSuccess,
+    catches_a_step_passed_without_a_verdict = StepPassesWithoutVerdict,
+    catches_weights_kept_on_rollback = WeightsKeptOnRollback,
+    catches_a_weight_during_a_chain = WeightDuringChain,
     catches_reask_dropped_on_reconnect = ReaskDroppedOnReconnect,
     catches_results_from_any_host = ResultFromAnyHost,
     catches_progress_outside_the_rollout = ProgressOutsideRollout,
