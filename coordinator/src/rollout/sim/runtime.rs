@@ -200,6 +200,8 @@ pub struct Sim {
     outcome: Option<Outcome>,
     /// A promise the simulated world saw broken (a step run twice).
     pub(super) broken: Option<Violation>,
+    /// The canary's step and stage as the trace last showed them.
+    last_stage: String,
 }
 
 fn ms(d: std::time::Duration) -> u64 {
@@ -309,6 +311,7 @@ impl Sim {
             commands: 0,
             outcome: None,
             broken: None,
+            last_stage: String::new(),
         };
         // Instances unhealthy at the start mostly recover at some point;
         // not in a calm world, where nothing changes but by drover's hand.
@@ -745,6 +748,13 @@ impl Sim {
         }
         let pass = c.driver.pass(Millis(self.now));
         let reconnected = std::mem::take(&mut c.reconnected);
+        self.judge(&pass, reconnected)?;
+        self.perform(pass, may_crash)
+    }
+
+    /// The checker judges a pass: what the driver fed the engine and what
+    /// came out.
+    fn judge(&mut self, pass: &Pass, reconnected: BTreeSet<String>) -> Result<(), Violation> {
         for input in &pass.fed {
             if self.trace.on && !matches!(input, Input::Tick) {
                 sim_trace!(self, "-> {}", show_input(input));
@@ -786,8 +796,17 @@ impl Sim {
             }
         }
         self.check.outputs(self.now, &pass.outputs)?;
-        self.progress_bounded()?;
-        self.perform(pass, may_crash)
+        if self.trace.on
+            && let Some(c) = &self.coord
+            && let Some(t) = &c.driver.engine().state().traffic
+        {
+            let stage = format!("traffic step {} {:?}", t.step + 1, t.stage);
+            if stage != self.last_stage {
+                sim_trace!(self, "   ({stage})");
+                self.last_stage = stage;
+            }
+        }
+        self.progress_bounded()
     }
 
     /// The checker judges capacity by what the coordinator heard, with the
@@ -968,8 +987,15 @@ impl Sim {
                 what: "nothing stored to restore from".to_string(),
             });
         };
+        let stored = format!(
+            "{:?}",
+            state.traffic.as_ref().map(|t| (t.step + 1, &t.stage))
+        );
         let (engine, outs) = Engine::restore(state, Millis(self.now));
-        sim_trace!(self, "coordinator restarted; restored from the store");
+        sim_trace!(
+            self,
+            "coordinator restarted; restored from the store (traffic {stored})"
+        );
         if self.trace.on {
             for o in &outs {
                 if let Some(line) = show_output(o) {
@@ -1007,6 +1033,9 @@ impl Sim {
             let at = self.now + self.net_rng.range(50, 3_000);
             self.push(at, Ev::Connect { host: h });
         }
+        // The restored runtime's first pass is judged like any other: it
+        // may look at a bake that ended while the coordinator was down.
+        self.judge(&pass_now, BTreeSet::new())?;
         self.perform(pass_now, true)
     }
 
