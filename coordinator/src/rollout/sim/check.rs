@@ -344,7 +344,11 @@ impl Checker {
             idle_extra: if sc.canary.is_some() {
                 let a = &spec.analysis;
                 let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-                ms(a.max_analysis_for(spec.bake_time())) + ms(a.interval)
+                // A bake with no readings, then a step that waits out a
+                // progress deadline: the engine's progress, not the runtime's.
+                ms(a.max_analysis_for(spec.bake_time()))
+                    + ms(a.interval)
+                    + ms(spec.progress_deadline)
             } else {
                 0
             },

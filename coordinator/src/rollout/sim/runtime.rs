@@ -249,6 +249,7 @@ impl Sim {
                 weight: None,
                 requests: 0,
                 errors: 0,
+                sent: None,
             });
         }
         // Hosts unreachable at the start come back at some point.

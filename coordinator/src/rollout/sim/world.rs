@@ -61,6 +61,8 @@ pub struct Inst {
     /// Its load balancer's cumulative counters (canary seeds).
     pub requests: u64,
     pub errors: u64,
+    /// The counters last reported on the current session.
+    pub sent: Option<(u64, u64, u32)>,
 }
 
 /// The configured weight of every server in the simulated load balancer.
@@ -481,6 +483,7 @@ impl Sim {
         sim_trace!(self, "{name} connected");
         let mut seen = Vec::new();
         for k in self.agents[host].insts.clone() {
+            self.insts[k].sent = None;
             let o = self.observe(k);
             self.insts[k].reported = Some(o.clone());
             seen.push((k, o));
@@ -705,14 +708,21 @@ impl Sim {
             if a.session.is_none() || !a.up || a.gone {
                 continue;
             }
-            let samples = (a.insts.iter())
-                .map(|&k| {
-                    let i = &self.insts[k];
-                    let ms = if i.release.as_ref() == Some(&self.sc.spec.target) {
-                        c.v2_ms
-                    } else {
-                        c.v1_ms
-                    };
+            let mut samples = Vec::new();
+            for k in a.insts.clone() {
+                let i = &mut self.insts[k];
+                let ms = if i.release.as_ref() == Some(&self.sc.spec.target) {
+                    c.v2_ms
+                } else {
+                    c.v1_ms
+                };
+                // Only what changed: the driver would drop the rest.
+                let now = (i.requests, i.errors, ms);
+                if i.sent == Some(now) {
+                    continue;
+                }
+                i.sent = Some(now);
+                {
                     let sample = TrafficSample {
                         balancers: vec![BalancerCounters {
                             balancer: "lb1".to_string(),
@@ -725,10 +735,12 @@ impl Sim {
                         }],
                         app: None,
                     };
-                    (k, sample)
-                })
-                .collect();
-            self.agent_in_order(host, Msg::Traffic { samples });
+                    samples.push((k, sample));
+                }
+            }
+            if !samples.is_empty() {
+                self.agent_in_order(host, Msg::Traffic { samples });
+            }
         }
     }
 
