@@ -328,3 +328,40 @@ fn regression_seed_203_failed_instances_are_not_free_to_take() {
 fn regression_seed_633_due_steps_time_out_before_inputs() {
     stays_fixed(Bug::ResendPastDeadline, 633, 2);
 }
+
+/// Seed 87 (canary seeds since the simulator shifts traffic): a weight
+/// could not be set, the rollout stopped, and the rollback's first chain
+/// went to an instance whose weight command was still running (the agent
+/// answers "busy", invariant 8). Stopping now waits for weight commands
+/// as it waits for chains.
+#[test]
+fn regression_seed_87_stopping_waits_for_weight_commands() {
+    stays_fixed(Bug::StoppingIgnoresWeights, 87, 8);
+}
+
+/// Seed 206: a step still inconclusive when its bake ended looks on until
+/// `max_analysis`, but the bake's end stayed due, so the runtime woke and
+/// the engine stored a look every millisecond (invariant 4: no end within
+/// the run's bound). It now looks every interval.
+#[test]
+fn regression_seed_206_a_bake_over_looks_every_interval() {
+    stays_fixed(Bug::LooksEveryTickAfterBake, 206, 4);
+}
+
+/// A quarter of the seeds or so are canaries, and a seed that stays
+/// rolling draws what it always drew (its canary draws come from a stream
+/// of their own).
+#[test]
+fn canary_seeds_are_a_share_and_rolling_seeds_are_unchanged() {
+    let canary = (1..=2_000u64)
+        .filter(|&s| super::Scenario::generate(s).canary.is_some())
+        .count();
+    assert!(
+        (350..=650).contains(&canary),
+        "{canary} canary seeds of 2,000"
+    );
+    let sc = super::Scenario::generate(1);
+    assert!(sc.canary.is_none(), "seed 1 is expected to stay rolling");
+    assert_eq!(sc.spec.strategy, drover_model::Strategy::Rolling);
+    assert!(sc.fleet.iter().all(|m| m.info.balancers.is_empty()));
+}
