@@ -158,7 +158,8 @@ fn hunt() {
 /// tracing does not change the run.
 #[test]
 fn a_seed_replays_byte_for_byte() {
-    for seed in [1, 2, 3, 17, 99, 1000] {
+    // 25 and 87 are canary seeds.
+    for seed in [1, 2, 3, 17, 25, 87, 99, 1000] {
         let opts = Options::default();
         let a = super::trace_of(seed, &opts);
         let b = super::trace_of(seed, &opts);
@@ -364,4 +365,42 @@ fn canary_seeds_are_a_share_and_rolling_seeds_are_unchanged() {
     assert!(sc.canary.is_none(), "seed 1 is expected to stay rolling");
     assert_eq!(sc.spec.strategy, drover_model::Strategy::Rolling);
     assert!(sc.fleet.iter().all(|m| m.info.balancers.is_empty()));
+}
+
+/// A tool, not a check (so ignored by default): `SIM_SEEDS=N cargo test
+/// ... rollout::sim::tests::canary_figures -- --exact --nocapture
+/// --ignored` prints how the canary seeds ended, by world and release.
+#[test]
+#[ignore = "a tool: prints how canary seeds end"]
+fn canary_figures() {
+    let count = env_u64("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
+    let start = env_u64("SIM_SEED_START").unwrap_or(1);
+    let mut by: BTreeMap<String, BTreeMap<&str, u64>> = BTreeMap::new();
+    for seed in start..start + count {
+        let sc = super::Scenario::generate(seed);
+        let Some(c) = &sc.canary else { continue };
+        let world = if sc.profile.calm { "calm" } else { "storm" };
+        let release = if c.v2_ppm > c.v1_ppm {
+            "errors"
+        } else if c.v2_ms > c.v1_ms {
+            "slow"
+        } else {
+            "good"
+        };
+        let traffic = if c.rps <= 1 { "no traffic" } else { "traffic" };
+        let key = format!("{world}, {release}, {traffic}");
+        let end = match check(seed, None) {
+            Ok(s) => s.canary.unwrap_or("?"),
+            Err(f) => panic!("{}", report(&f, None)),
+        };
+        if std::env::var("SIM_SHOW")
+            .is_ok_and(|w| key.starts_with(&w[..w.find('/').unwrap_or(0)]) && w.ends_with(end))
+        {
+            eprintln!("seed {seed}: {key}: {end}");
+        }
+        *by.entry(key).or_default().entry(end).or_insert(0) += 1;
+    }
+    for (k, ends) in &by {
+        eprintln!("{k}: {} {ends:?}", ends.values().sum::<u64>());
+    }
 }
