@@ -393,8 +393,11 @@ fn canary_figures() {
             Ok(s) => s.canary.unwrap_or("?"),
             Err(f) => panic!("{}", report(&f, None)),
         };
-        if std::env::var("SIM_SHOW")
-            .is_ok_and(|w| key.starts_with(&w[..w.find('/').unwrap_or(0)]) && w.ends_with(end))
+        // SIM_SHOW="calm/succeeded" (or "/refused"): list the seeds of a kind.
+        let show = std::env::var("SIM_SHOW").ok();
+        if let Some((kind, how)) = show.as_deref().and_then(|w| w.split_once('/'))
+            && key.starts_with(kind)
+            && end == how
         {
             eprintln!("seed {seed}: {key}: {end}");
         }
