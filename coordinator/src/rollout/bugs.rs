@@ -32,6 +32,14 @@ pub enum Bug {
     PausedNeverTimesOut,
     /// Failures within the budget still end the rollout Succeeded.
     FailuresCountAsSuccess,
+    /// Canary: the bake's end passes the step even when its final look is
+    /// inconclusive or the analysis never looked.
+    StepPassesWithoutVerdict,
+    /// Canary: a rollback ends without putting the weights back.
+    WeightsKeptOnRollback,
+    /// Canary: a step's weights are sent once its chains started, while
+    /// they are still in flight (the updated instances among them).
+    WeightDuringChain,
     // Engine bugs the simulator found, fixed, and kept here as they were so
     // that their seeds stay regression tests that provably reach the bug.
     /// An abort that could not return a failed instance on a live host still
@@ -47,6 +55,15 @@ pub enum Bug {
     /// which the same call then timed out (the agent ran a step nobody
     /// waited for).
     ResendPastDeadline,
+    /// Stopping waited only for chains, not for weight commands: a
+    /// rollback's chain went to an instance whose weight command was still
+    /// running (the agent answers "busy").
+    StoppingIgnoresWeights,
+    /// A step still inconclusive at the end of its bake (looking on until
+    /// `max_analysis`) looked at every tick, not every interval: the bake's
+    /// end stayed due, so the runtime woke every millisecond and stored a
+    /// look each time.
+    LooksEveryTickAfterBake,
     // Broken variants of the runtime's driver (`runner/driver.rs`), which
     // the simulator runs as the coordinator does.
     /// A new agent session does not ask again for what was in flight on
@@ -66,7 +83,7 @@ pub enum Bug {
 impl Bug {
     /// The deliberately broken variants: the checker must catch each within
     /// a fixed number of seeds.
-    pub const DELIBERATE: [Bug; 12] = [
+    pub const DELIBERATE: [Bug; 15] = [
         Bug::CapacityOffByOne,
         Bug::NoPersistBeforeSend,
         Bug::RollbackIgnoresFloor,
@@ -75,6 +92,9 @@ impl Bug {
         Bug::RestoreForgetsInFlight,
         Bug::PausedNeverTimesOut,
         Bug::FailuresCountAsSuccess,
+        Bug::StepPassesWithoutVerdict,
+        Bug::WeightsKeptOnRollback,
+        Bug::WeightDuringChain,
         Bug::ReaskDroppedOnReconnect,
         Bug::ResultFromAnyHost,
         Bug::ProgressOutsideRollout,
@@ -82,10 +102,12 @@ impl Bug {
     ];
 
     /// Engine bugs the simulator found (fixed; see each variant).
-    pub const FOUND: [Bug; 3] = [
+    pub const FOUND: [Bug; 5] = [
         Bug::AbortedWhileStranded,
         Bug::FailedTakenForFree,
         Bug::ResendPastDeadline,
+        Bug::StoppingIgnoresWeights,
+        Bug::LooksEveryTickAfterBake,
     ];
 
     /// Every variant: the deliberate ones, then those found.

@@ -24,6 +24,10 @@ impl Engine {
     /// weight it set (see [`Mode::Unweighting`]).
     pub(super) fn finish(&mut self, cx: &mut Cx, outcome: Outcome) {
         let unweighted = matches!(self.st.mode, Mode::Unweighting { .. });
+        #[cfg(any(test, feature = "sim"))]
+        let unweighted = unweighted
+            || (bugs::on(Bug::WeightsKeptOnRollback)
+                && matches!(outcome, Outcome::RolledBack { .. }));
         if !unweighted && (self.weights_to_restore() || self.weights_in_flight() > 0) {
             cx.dirty = true;
             self.st.paused = false;
@@ -267,7 +271,15 @@ impl Engine {
                 wait: None,
             };
         };
-        let n = self.st.inflight();
+        // Weight commands too: a rollback's chain sent to an instance whose
+        // weight command still runs would be refused as busy.
+        let n = self.st.inflight() + self.weights_in_flight();
+        #[cfg(any(test, feature = "sim"))]
+        let n = if bugs::on(Bug::StoppingIgnoresWeights) {
+            self.st.inflight()
+        } else {
+            n
+        };
         if n > 0 {
             return Pass {
                 again: false,

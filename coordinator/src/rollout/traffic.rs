@@ -21,11 +21,14 @@
 //! weight change and every verdict is persisted before it acts.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use drover_analysis as judge;
 use drover_model::{MetricsSource, OnInconclusive, Share};
 use serde::{Deserialize, Serialize};
 
+#[cfg(any(test, feature = "sim"))]
+use super::bugs::{self, Bug};
 use super::engine::{Cx, Engine};
 use super::model::{CommandId, CommandKind, CommandOutcome, Millis, OperatorAction, Output, Step};
 use super::reason::{Block, StopReason};
@@ -551,9 +554,12 @@ impl Engine {
                 ends_at,
                 gives_up_at,
                 ..
-            }) if self.st.mode == Mode::Forward => {
-                Some((*next_look).min(*ends_at).min(*gives_up_at))
-            }
+            }) if self.st.mode == Mode::Forward => Some(look_due(
+                *next_look,
+                *ends_at,
+                *gives_up_at,
+                self.st.spec.analysis.interval,
+            )),
             _ => None,
         };
         weights.into_iter().chain(stage).min()
@@ -603,7 +609,10 @@ impl Engine {
                 let block = self.fill_batch(cx);
                 let pending = self.st.instances.iter().any(|i| i.step == Step::Pending);
                 let quota_met = self.st.batch_started >= t_quota(&self.st);
-                if self.st.inflight() > 0 || (!quota_met && pending) {
+                let chains = self.st.inflight() > 0;
+                #[cfg(any(test, feature = "sim"))]
+                let chains = chains && !(bugs::on(Bug::WeightDuringChain) && quota_met);
+                if chains || (!quota_met && pending) {
                     return block;
                 }
                 if !pending {
@@ -668,6 +677,18 @@ impl Engine {
     /// traffic, the rest keep [`BASE_WEIGHT`].
     fn start_weighting(&mut self, cx: &mut Cx) {
         let (canary, baseline) = self.arms();
+        #[cfg(any(test, feature = "sim"))]
+        let canary = if bugs::on(Bug::WeightDuringChain) {
+            // The step's instances still updating count as updated.
+            let mut c = canary;
+            c.extend((0..self.st.instances.len()).filter(|&n| {
+                let i = &self.st.instances[n];
+                i.inflight.is_some() && i.direction == super::model::Direction::Forward
+            }));
+            c
+        } else {
+            canary
+        };
         let Some(t) = &mut self.st.traffic else {
             return;
         };
@@ -763,10 +784,10 @@ impl Engine {
             return;
         };
         let now = cx.now;
-        if now < next_look && now < ends_at {
+        let interval = self.st.spec.analysis.interval;
+        if now < look_due(next_look, ends_at, gives_up_at, interval) {
             return;
         }
-        let interval = self.st.spec.analysis.interval;
         let bake_over = now >= ends_at;
         let last = now >= gives_up_at;
         let judgement = self.look(cx, bake_over);
@@ -777,6 +798,16 @@ impl Engine {
         // course, and max_analysis, not the progress deadline, ends a step
         // that gets no readings.
         self.progress(cx);
+        #[cfg(any(test, feature = "sim"))]
+        if bugs::on(Bug::StepPassesWithoutVerdict)
+            && bake_over
+            && judgement
+                .as_ref()
+                .is_none_or(|j| j.verdict != judge::Verdict::Fail)
+        {
+            self.pass_step(cx, StepVerdict::Passed, "the bake ended".to_string());
+            return;
+        }
         let Some(j) = judgement else {
             if last {
                 let why = "no traffic readings from both arms (do the agents report \
@@ -1120,6 +1151,22 @@ impl Engine {
                 (w.want.is_none() && !w.applied).then(|| format!("{}: {f}", i.id))
             })
             .collect()
+    }
+}
+
+/// When a baking step's next look is due: at `next_look`, or at the end of
+/// the bake if that comes first; once a look was taken at or after the
+/// bake's end (an inconclusive step looking on until `max_analysis`), at
+/// `next_look` or when the analysis gives up.
+fn look_due(next_look: Millis, ends_at: Millis, gives_up_at: Millis, interval: Duration) -> Millis {
+    let interval = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+    let looked_after_bake = next_look.0.saturating_sub(interval) >= ends_at.0;
+    #[cfg(any(test, feature = "sim"))]
+    let looked_after_bake = looked_after_bake && !bugs::on(Bug::LooksEveryTickAfterBake);
+    if looked_after_bake {
+        next_look.min(gives_up_at)
+    } else {
+        next_look.min(ends_at).min(gives_up_at)
     }
 }
 

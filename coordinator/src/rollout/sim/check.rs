@@ -25,8 +25,11 @@ use std::fmt;
 use super::scenario::Scenario;
 use crate::rollout::state::RolloutState;
 use crate::rollout::{
-    CommandKind, CommandOutcome, Direction, Input, LostHostPolicy, Output, Release, Step,
+    CommandKind, CommandOutcome, Direction, Input, LostHostPolicy, OperatorAction, Output, Release,
+    Step,
 };
+use drover_analysis::Verdict;
+use drover_model::OnInconclusive;
 
 /// One broken promise, numbered as in the issue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +48,7 @@ impl fmt::Display for Violation {
             5 => "end state",
             6 => "crash safety",
             7 => "runtime bounds",
+            8 => "traffic",
             _ => "simulator",
         };
         write!(f, "invariant {} ({name}): {}", self.invariant, self.what)
@@ -181,6 +185,83 @@ pub struct Checker {
     pub last_activity: u64,
     /// Progress events seen, for the hard bound on a rollout's length.
     pub activities: u64,
+    /// Canary seeds: the steps and their verdicts (invariant 8).
+    pub(super) canary: Option<CanaryCheck>,
+    /// Weight commands in flight per instance, as decided (`tentative`)
+    /// and as stored (`committed`).
+    weights: Vec<Option<WeightFlight>>,
+    weights_committed: Vec<Option<WeightFlight>>,
+    /// The last weight command of each instance failed or timed out.
+    pub(super) weight_failed: Vec<bool>,
+    /// How much longer than the progress deadline a canary may go without
+    /// a command: a bake looks for traffic up to `max_analysis`.
+    idle_extra: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WeightFlight {
+    generation: u32,
+    deadline: u64,
+    timeout: u64,
+}
+
+/// What invariant 8 keeps of a canary: its steps, planned from the spec
+/// alone, and the verdicts the runtime saw come out of the engine.
+#[derive(Debug, Clone)]
+pub(super) struct CanaryCheck {
+    /// Chains started by the end of each step (cumulative).
+    reach: Vec<u32>,
+    /// 0-based steps with a passing final look, an inconclusive final look
+    /// under `on_inconclusive = pass`, or a promote.
+    passed: BTreeSet<usize>,
+    /// 0-based steps with any look.
+    looked: BTreeSet<usize>,
+    pass_inconclusive: bool,
+}
+
+impl CanaryCheck {
+    fn new(sc: &Scenario) -> CanaryCheck {
+        let spec = &sc.spec;
+        let total = u32::try_from(sc.fleet.len()).unwrap_or(u32::MAX);
+        let on_target = (sc.fleet.iter())
+            .filter(|m| m.info.release.as_ref() == Some(&spec.target))
+            .count();
+        let on_target = u32::try_from(on_target).unwrap_or(u32::MAX);
+        let steps = spec.traffic_steps();
+        let mut prev = on_target;
+        let mut reach = Vec::with_capacity(steps.len());
+        for (k, s) in steps.iter().enumerate() {
+            let want = if k + 1 == steps.len() {
+                total
+            } else {
+                // The fewest instances that carry the share: at least one,
+                // and one left on the old release.
+                let n = (u64::from(s.basis_points()) * u64::from(total)).div_ceil(10_000);
+                let hi = total.saturating_sub(1).max(1);
+                u32::try_from(n).unwrap_or(u32::MAX).clamp(1, hi)
+            };
+            prev = want.max(prev);
+            reach.push(prev - on_target);
+        }
+        CanaryCheck {
+            reach,
+            passed: BTreeSet::new(),
+            looked: BTreeSet::new(),
+            pass_inconclusive: spec.analysis.on_inconclusive == OnInconclusive::Pass,
+        }
+    }
+
+    /// The step whose chains `started` chains reach into (0-based).
+    fn chains_step(&self, started: u32) -> usize {
+        (self.reach.iter())
+            .position(|&q| started <= q)
+            .unwrap_or(self.reach.len().saturating_sub(1))
+    }
+
+    /// Whether step `j` (0-based) may be left behind.
+    fn allowed(&self, j: usize) -> bool {
+        self.passed.contains(&j) || (self.pass_inconclusive && !self.looked.contains(&j))
+    }
 }
 
 fn resolve_up(a: crate::rollout::Amount, total: u32) -> u32 {
@@ -256,7 +337,42 @@ impl Checker {
             resend_due: Vec::new(),
             last_activity: now,
             activities: 0,
+            canary: sc.canary.as_ref().map(|_| CanaryCheck::new(sc)),
+            weights: vec![None; n],
+            weights_committed: vec![None; n],
+            weight_failed: vec![false; n],
+            idle_extra: if sc.canary.is_some() {
+                let a = &spec.analysis;
+                let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                // A bake with no readings, then a step that waits out a
+                // progress deadline: the engine's progress, not the runtime's.
+                ms(a.max_analysis_for(spec.bake_time()))
+                    + ms(a.interval)
+                    + ms(spec.progress_deadline)
+            } else {
+                0
+            },
         }
+    }
+
+    /// Chains started forward so far (attempt 1 or later).
+    fn started(&self) -> u32 {
+        let n = (self.tentative.iter())
+            .filter(|p| match p {
+                Pos::Idle { attempt, .. } | Pos::Busy { attempt, .. } => *attempt >= 1,
+            })
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// The canary step the runtime has seen the rollout reach: the step of
+    /// the chains started so far, past those already passed.
+    fn current_step(&self, c: &CanaryCheck) -> usize {
+        let mut j = c.chains_step(self.started());
+        while c.passed.contains(&j) {
+            j += 1;
+        }
+        j
     }
 
     pub fn floor(&self) -> u32 {
@@ -351,8 +467,18 @@ impl Checker {
                 self.activity(now);
             }
             Input::Operator(a) => {
-                if !matches!(a, crate::rollout::OperatorAction::Pause) {
+                if !matches!(a, OperatorAction::Pause) {
                     self.activity(now);
+                }
+                // A promote passes the step that bakes; none bakes while
+                // its chains are still running.
+                let updating =
+                    (self.tentative.iter()).any(|p| matches!(p, Pos::Busy { attempt: 1, .. }));
+                if *a == OperatorAction::Promote && !updating {
+                    let step = self.canary.as_ref().map(|c| self.current_step(c));
+                    if let (Some(c), Some(step)) = (self.canary.as_mut(), step) {
+                        c.passed.insert(step);
+                    }
                 }
             }
         }
@@ -366,6 +492,14 @@ impl Checker {
         let Some(&k) = self.index.get(instance) else {
             return;
         };
+        if verb == WEIGHT {
+            if self.weights[k].is_some_and(|f| f.generation == attempt) {
+                self.weights[k] = None;
+                self.weight_failed[k] = *outcome != CommandOutcome::Ok;
+                self.activity(now);
+            }
+            return;
+        }
         match self.tentative[k] {
             Pos::Busy {
                 attempt: a,
@@ -423,6 +557,11 @@ impl Checker {
                 };
                 self.activity(now);
             }
+            if self.weights[k].is_some_and(|f| f.deadline <= now) {
+                self.weights[k] = None;
+                self.weight_failed[k] = true;
+                self.activity(now);
+            }
         }
     }
 
@@ -454,6 +593,19 @@ impl Checker {
                 } => {
                     let timeout = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
                     self.send(now, &id.to_string(), instance, host, kind, timeout)?;
+                }
+                Output::Judgement(j) => {
+                    self.activity(now);
+                    if let Some(c) = self.canary.as_mut() {
+                        let step = usize::try_from(j.step.saturating_sub(1)).unwrap_or(usize::MAX);
+                        c.looked.insert(step);
+                        let v = &j.judgement.verdict;
+                        let passes = *v == Verdict::Pass
+                            || (*v == Verdict::Inconclusive && c.pass_inconclusive);
+                        if j.last && passes {
+                            c.passed.insert(step);
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -505,6 +657,9 @@ impl Checker {
         }
         if kind_verb(kind) != verb {
             return broke(2, format!("{id} carries a {kind:?} command"));
+        }
+        if verb == WEIGHT {
+            return self.send_weight(now, id, k, attempt, timeout);
         }
         if let CommandKind::Stage { release } | CommandKind::Deploy { release } = kind {
             let want = if attempt == 1 {
@@ -564,6 +719,18 @@ impl Checker {
                 }
             }
         }
+        if let Some(f) = self.weights[k] {
+            return broke(
+                8,
+                format!(
+                    "{id} sent while weight command {}/{inst}/weight/{} is in flight (the agent answers busy)",
+                    self.rollout, f.generation
+                ),
+            );
+        }
+        if verb == STAGE && attempt == 1 {
+            self.advance(id)?;
+        }
         // Judged at the stage, where the engine starts holding the
         // instance (it is busy, so uncounted, from then on).
         let costs = verb == STAGE && self.maybe_available(k);
@@ -617,6 +784,73 @@ impl Checker {
         Ok(())
     }
 
+    /// A new forward chain: the step it belongs to may start only once
+    /// every step before it passed (invariant 8).
+    fn advance(&self, id: &str) -> Result<(), Violation> {
+        let Some(c) = &self.canary else {
+            return Ok(());
+        };
+        let step = c.chains_step(self.started() + 1);
+        for j in 0..step {
+            if !c.allowed(j) {
+                return broke(
+                    8,
+                    format!(
+                        "{id} starts a chain of traffic step {} ({} chains by its end), but step {} had no passing verdict nor promote (steps passed: {:?}, looked at: {:?})",
+                        step + 1,
+                        c.reach[step],
+                        j + 1,
+                        c.passed.iter().map(|s| s + 1).collect::<Vec<_>>(),
+                        c.looked.iter().map(|s| s + 1).collect::<Vec<_>>(),
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A weight command: beside the chain, never while a chain command or
+    /// another weight command of the instance is in flight (invariant 8).
+    fn send_weight(
+        &mut self,
+        now: u64,
+        id: &str,
+        k: usize,
+        generation: u32,
+        timeout: u64,
+    ) -> Result<(), Violation> {
+        if let Pos::Busy { attempt, verb, .. } = self.tentative[k] {
+            return broke(
+                8,
+                format!(
+                    "{id} sent while {}/{}/{}/{attempt} is in flight (the agent answers busy)",
+                    self.rollout, self.names[k], VERBS[verb]
+                ),
+            );
+        }
+        match self.weights[k] {
+            Some(f) if f.generation == generation => return Ok(()), // asked again
+            Some(f) => {
+                return broke(
+                    8,
+                    format!(
+                        "{id} sent while weight generation {} of {} is still in flight",
+                        f.generation, self.names[k]
+                    ),
+                );
+            }
+            None => {}
+        }
+        self.weights[k] = Some(WeightFlight {
+            generation,
+            deadline: now.saturating_add(timeout),
+            timeout,
+        });
+        self.uncommitted.insert(k);
+        self.activity(now);
+        Ok(())
+    }
+
     /// The runtime is about to send `id`: its decision must be stored.
     pub fn sending(&self, id: &str) -> Result<(), Violation> {
         let Some((_, inst, ..)) = parse_id(id) else {
@@ -633,12 +867,14 @@ impl Checker {
 
     /// The store write of a pass completed.
     pub fn written(&mut self) {
+        self.weights_committed.clone_from(&self.weights);
         self.committed.clone_from(&self.tentative);
         self.uncommitted.clear();
     }
 
     /// The coordinator died: whatever it did since the last write is gone.
     pub fn crashed(&mut self) {
+        self.weights.clone_from(&self.weights_committed);
         self.tentative.clone_from(&self.committed);
         self.uncommitted.clear();
     }
@@ -726,13 +962,20 @@ impl Checker {
             }
         }
         self.tentative.clone_from(&self.committed);
+        for f in self.weights_committed.iter_mut().flatten() {
+            f.deadline = now.saturating_add(f.timeout);
+        }
+        self.weights.clone_from(&self.weights_committed);
         self.outputs(now, outs)
     }
 
     /// Nothing waits forever: some progress at least every progress_deadline.
     pub fn idle(&self, now: u64, slack: u64) -> Result<(), Violation> {
         let idle = now.saturating_sub(self.last_activity);
-        if idle > self.progress_deadline.saturating_add(slack) {
+        let limit = (self.progress_deadline)
+            .saturating_add(self.idle_extra)
+            .saturating_add(slack);
+        if idle > limit {
             return broke(
                 4,
                 format!(

@@ -4,7 +4,7 @@
 
 use super::check::{Checker, Last, Pos, STAGE, UNDRAIN, Violation};
 use crate::rollout::state::{RolloutState, SkipReason};
-use crate::rollout::{Fault, Outcome, Release, Step};
+use crate::rollout::{Fault, Outcome, Release, Step, StopReason, Unfinished};
 
 /// The world's truth about one instance at the end, from the simulated agents.
 #[derive(Debug, Clone)]
@@ -13,6 +13,8 @@ pub struct Truth {
     pub in_service: bool,
     pub running: bool,
     pub host_up: bool,
+    /// The weight drover left in its load balancer (`None`: configured).
+    pub weight: Option<u32>,
 }
 
 fn broke(what: String) -> Result<(), Violation> {
@@ -121,6 +123,51 @@ impl Checker {
                     }
                 }
                 Outcome::Failed { .. } => {}
+            }
+        }
+        self.weights_restored(outcome, truth)
+    }
+
+    /// Invariant 8: however a canary ends, every weight drover set is back
+    /// to the configured one, or the outcome names the instance; and it
+    /// names only instances whose weight is off, whose host is away, or
+    /// whose last weight command failed (it may have worked all the same).
+    fn weights_restored(&self, outcome: &Outcome, truth: &[Truth]) -> Result<(), Violation> {
+        let named: &[String] = match outcome {
+            Outcome::Failed {
+                reason: StopReason::WeightsNotRestored { who },
+            } => who,
+            Outcome::Failed {
+                reason:
+                    StopReason::Incomplete {
+                        unfinished: Unfinished::Weights,
+                        problems,
+                        ..
+                    },
+            } => problems,
+            _ => &[],
+        };
+        let names = |id: &str| named.iter().any(|n| n.starts_with(&format!("{id}:")));
+        for (id, &k) in &self.index {
+            let t = &truth[k];
+            let is_named = names(id);
+            if let Some(w) = t.weight
+                && !is_named
+            {
+                return Err(Violation {
+                    invariant: 8,
+                    what: format!(
+                        "the rollout ended ({outcome}) with {id} at weight {w} in its load balancer, and the outcome does not name it"
+                    ),
+                });
+            }
+            if is_named && t.weight.is_none() && t.host_up && !self.weight_failed[k] {
+                return Err(Violation {
+                    invariant: 8,
+                    what: format!(
+                        "the outcome ({outcome}) names {id} as not restored, but its configured weight is back and its last weight command succeeded"
+                    ),
+                });
             }
         }
         Ok(())

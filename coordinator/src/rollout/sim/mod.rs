@@ -54,6 +54,28 @@
 //!    result from a host that does not run the instance never reaches the
 //!    engine (invariant 2), and a new session is told to the engine as the
 //!    host being back (invariant 4).
+//! 8. traffic (canary seeds, about a quarter, drawn from a stream of their
+//!    own so rolling seeds run as they always did): a step's chains start
+//!    only once every earlier step had a passing final look, an
+//!    inconclusive one under `on_inconclusive = pass`, or a promote, as the
+//!    runtime saw them come out (`Checker::advance`, from the spec's plan
+//!    and the sends, never the engine's bookkeeping); no weight command goes
+//!    to an instance with a chain command or another weight command in
+//!    flight, nor a chain command beside a weight command
+//!    (`Checker::send_weight`); and at the end every weight drover set is
+//!    back in the load balancer or named by the outcome, which names no
+//!    other (`end_state.rs`, `Checker::weights_restored`).
+//!
+//! Canary seeds: every instance has one load balancer; a traffic clock
+//! serves requests to the instances it routes to (running, healthy, not
+//! drained, checked up, host there) in proportion to their weights, failed
+//! at each release's rate (a bad canary fails 5 to 20 times as often,
+//! some are 100 ms slower, some fleets get no traffic at all); agents
+//! report the cumulative counters on their sessions, the registry hands
+//! them to the real driver in `InstanceView.traffic`; the load balancer
+//! sometimes restarts and its counters start again from 0; weight
+//! commands fail and hang like any command; the operator also promotes,
+//! and may watch for a held step to promote, resume or roll back.
 //!
 //! A failing seed comes back as a [`Failure`] with the one-line command that
 //! replays it and the trace up to the violation.

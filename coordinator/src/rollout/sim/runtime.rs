@@ -19,8 +19,9 @@ use super::scenario::Scenario;
 use super::store::{SimStore, StoreKind};
 use super::trace::Trace;
 use super::world::{Agent, Inst};
+use crate::rollout::traffic::TrafficSample;
 use crate::rollout::{
-    CommandId, CommandKind, CommandOutcome, Engine, Input, Millis, Outcome, Output,
+    CommandId, CommandKind, CommandOutcome, Engine, Input, Millis, Outcome, Output, StopReason,
 };
 use crate::runner::driver::{
     AgentUpdate, Driver, Event, HostView, InstanceView, Observed, Outgoing, Pass, UpdateKind,
@@ -53,6 +54,10 @@ pub enum Msg {
     /// The registry's lost timer for a dropped session fired.
     Lost {
         host: usize,
+    },
+    /// An agent's load balancer counters for its instances (canary seeds).
+    Traffic {
+        samples: Vec<(usize, TrafficSample)>,
     },
 }
 
@@ -117,6 +122,10 @@ pub enum Ev {
     Rogue,
     Chaos,
     CoordUp,
+    /// A period of requests through the load balancer (canary seeds).
+    Traffic,
+    /// The operator looks at a canary (canary seeds).
+    Watch,
 }
 
 /// A host as the coordinator's registry holds it.
@@ -124,6 +133,8 @@ pub enum Ev {
 pub struct RegHost {
     pub connected: bool,
     pub seen: BTreeMap<usize, Observed>,
+    /// The latest counters its agent reported, per instance.
+    pub traffic: BTreeMap<usize, TrafficSample>,
 }
 
 pub struct Coord {
@@ -147,6 +158,8 @@ pub struct Summary {
     pub crashes: u32,
     pub writes: u64,
     pub commands: u64,
+    /// Canary seeds: how the canary ended, in a few words.
+    pub canary: Option<&'static str>,
 }
 
 pub struct Sim {
@@ -160,6 +173,9 @@ pub struct Sim {
     crash_rng: Rng,
     tick_rng: Rng,
     pub(super) rogue_rng: Rng,
+    /// Canary seeds' own streams: the requests, and the operator's promotes.
+    pub(super) traffic_rng: Rng,
+    pub(super) op_rng: Rng,
     /// Rogue words left to send (0 in most seeds).
     pub(super) rogues: u32,
     /// How much later than the agent's own check the load balancer's
@@ -184,6 +200,8 @@ pub struct Sim {
     outcome: Option<Outcome>,
     /// A promise the simulated world saw broken (a step run twice).
     pub(super) broken: Option<Violation>,
+    /// The canary's step and stage as the trace last showed them.
+    last_stage: String,
 }
 
 fn ms(d: std::time::Duration) -> u64 {
@@ -228,6 +246,10 @@ impl Sim {
                 lb_up_at: m.info.healthy.then_some(0),
                 reported: None,
                 job: None,
+                weight: None,
+                requests: 0,
+                errors: 0,
+                sent: None,
             });
         }
         // Hosts unreachable at the start come back at some point.
@@ -254,6 +276,9 @@ impl Sim {
             0
         };
         let rogue_rng = extra.fork();
+        let mut canary = Rng::new(sc.seed ^ 0x3C6E_F372_FE94_F82B);
+        let traffic_rng = canary.fork();
+        let op_rng = canary.fork();
         let store = SimStore::open(store).map_err(|e| e.to_string())?;
         let mut sim = Sim {
             net_rng: rng.fork(),
@@ -262,6 +287,8 @@ impl Sim {
             crash_rng: rng.fork(),
             tick_rng: rng.fork(),
             rogue_rng,
+            traffic_rng,
+            op_rng,
             rogues,
             lb_lag,
             sc,
@@ -285,6 +312,7 @@ impl Sim {
             commands: 0,
             outcome: None,
             broken: None,
+            last_stage: String::new(),
         };
         // Instances unhealthy at the start mostly recover at some point;
         // not in a calm world, where nothing changes but by drover's hand.
@@ -312,6 +340,14 @@ impl Sim {
         if sim.rogues > 0 {
             let at = sim.rogue_rng.range(1_000, 60_000);
             sim.push(at, Ev::Rogue);
+        }
+        if let Some(c) = sim.sc.canary.clone() {
+            let at = sim.traffic_rng.range(0, c.period_ms);
+            sim.push(at, Ev::Traffic);
+            if c.watch_ms > 0 {
+                let at = sim.op_rng.range(c.watch_ms / 2, c.watch_ms * 3 / 2);
+                sim.push(at, Ev::Watch);
+            }
         }
         for k in 0..sim.insts.len() {
             let seen = sim.observe(k);
@@ -502,6 +538,11 @@ impl Sim {
             crashes: self.crashes,
             writes: self.store.writes,
             commands: self.commands,
+            canary: self
+                .sc
+                .canary
+                .as_ref()
+                .map(|_| canary_end(end, self.outcome.as_ref())),
         }
     }
 
@@ -516,7 +557,7 @@ impl Sim {
                 .map(|(&k, seen)| InstanceView {
                     id: self.insts[k].id.clone(),
                     seen: seen.clone(),
-                    traffic: None,
+                    traffic: reg.traffic.get(&k).cloned(),
                 })
                 .collect(),
         })
@@ -543,6 +584,15 @@ impl Sim {
             Msg::Report { k, seen } => {
                 let h = self.insts[k].host;
                 c.registry[h].seen.insert(k, seen);
+                if c.registry[h].connected
+                    && let Some(view) = self.host_view(h)
+                {
+                    self.queue(Event::Host(view));
+                }
+            }
+            Msg::Traffic { samples } => {
+                let Some(h) = from else { return };
+                c.registry[h].traffic.extend(samples);
                 if c.registry[h].connected
                     && let Some(view) = self.host_view(h)
                 {
@@ -665,6 +715,13 @@ impl Sim {
                 }
             }
             Ev::CoordUp => self.coord_up()?,
+            Ev::Traffic => self.serve_traffic(),
+            Ev::Watch => {
+                self.watch();
+                if self.coord.as_ref().is_some_and(|c| c.driver.queued() > 0) {
+                    self.process()?;
+                }
+            }
         }
         Ok(())
     }
@@ -692,6 +749,13 @@ impl Sim {
         }
         let pass = c.driver.pass(Millis(self.now));
         let reconnected = std::mem::take(&mut c.reconnected);
+        self.judge(&pass, reconnected)?;
+        self.perform(pass, may_crash)
+    }
+
+    /// The checker judges a pass: what the driver fed the engine and what
+    /// came out.
+    fn judge(&mut self, pass: &Pass, reconnected: BTreeSet<String>) -> Result<(), Violation> {
         for input in &pass.fed {
             if self.trace.on && !matches!(input, Input::Tick) {
                 sim_trace!(self, "-> {}", show_input(input));
@@ -733,8 +797,17 @@ impl Sim {
             }
         }
         self.check.outputs(self.now, &pass.outputs)?;
-        self.progress_bounded()?;
-        self.perform(pass, may_crash)
+        if self.trace.on
+            && let Some(c) = &self.coord
+            && let Some(t) = &c.driver.engine().state().traffic
+        {
+            let stage = format!("traffic step {} {:?}", t.step + 1, t.stage);
+            if stage != self.last_stage {
+                sim_trace!(self, "   ({stage})");
+                self.last_stage = stage;
+            }
+        }
+        self.progress_bounded()
     }
 
     /// The checker judges capacity by what the coordinator heard, with the
@@ -915,8 +988,15 @@ impl Sim {
                 what: "nothing stored to restore from".to_string(),
             });
         };
+        let stored = format!(
+            "{:?}",
+            state.traffic.as_ref().map(|t| (t.step + 1, &t.stage))
+        );
         let (engine, outs) = Engine::restore(state, Millis(self.now));
-        sim_trace!(self, "coordinator restarted; restored from the store");
+        sim_trace!(
+            self,
+            "coordinator restarted; restored from the store (traffic {stored})"
+        );
         if self.trace.on {
             for o in &outs {
                 if let Some(line) = show_output(o) {
@@ -954,6 +1034,9 @@ impl Sim {
             let at = self.now + self.net_rng.range(50, 3_000);
             self.push(at, Ev::Connect { host: h });
         }
+        // The restored runtime's first pass is judged like any other: it
+        // may look at a bake that ended while the coordinator was down.
+        self.judge(&pass_now, BTreeSet::new())?;
         self.perform(pass_now, true)
     }
 
@@ -1017,6 +1100,15 @@ fn show_msg(sim: &Sim, from: Option<usize>, msg: &Msg) -> String {
         Msg::Result { id, outcome } => format!("{who}: result {id}: {outcome:?}"),
         Msg::Progress { id, text } => format!("{who}: progress {id}: {text}"),
         Msg::Lost { host } => format!("registry: {} lost", sim.agents[*host].name),
+        Msg::Traffic { samples } => format!(
+            "{who}: counters {:?}",
+            (samples.iter())
+                .filter_map(|(k, s)| {
+                    let b = s.balancers.first()?;
+                    Some((sim.insts[*k].id.as_str(), b.requests, b.responses_5xx))
+                })
+                .collect::<Vec<_>>()
+        ),
     }
 }
 
@@ -1071,4 +1163,44 @@ fn show_output(o: &Output) -> Option<String> {
         ),
         Output::Finished(outcome) => format!("FINISHED {outcome}"),
     })
+}
+
+/// How a canary seed ended, in a few words, for the sweep's figures.
+fn canary_end(end: &'static str, outcome: Option<&Outcome>) -> &'static str {
+    let reason = match outcome {
+        Some(
+            Outcome::RolledBack { reason }
+            | Outcome::Failed { reason }
+            | Outcome::Aborted { reason },
+        ) => Some(reason),
+        _ => None,
+    };
+    match (end, reason) {
+        ("succeeded", _) => "succeeded",
+        ("refused", _) => "refused",
+        ("rolled back", Some(StopReason::AnalysisFailed { .. })) => "rolled back on analysis",
+        ("rolled back", Some(StopReason::Inconclusive { .. })) => "rolled back inconclusive",
+        (
+            "rolled back",
+            Some(StopReason::ProgressDeadline {
+                waiting: Some(crate::rollout::Block::Inconclusive { .. }),
+                ..
+            }),
+        ) => "held inconclusive, rolled back on deadline",
+        ("rolled back", Some(StopReason::ProgressDeadline { .. })) => "rolled back on deadline",
+        ("rolled back", Some(StopReason::OperatorRollback)) => "rolled back by operator",
+        ("rolled back", Some(StopReason::Weights { .. })) => "rolled back on a weight",
+        ("rolled back", _) => "rolled back, other",
+        ("failed", Some(StopReason::WeightsNotRestored { .. })) => "failed, weights not restored",
+        (
+            "failed",
+            Some(StopReason::Incomplete {
+                unfinished: crate::rollout::Unfinished::Weights,
+                ..
+            }),
+        ) => "failed, weights not restored",
+        ("failed", _) => "failed",
+        ("aborted", _) => "aborted",
+        _ => "other",
+    }
 }

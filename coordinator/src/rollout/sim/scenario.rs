@@ -7,7 +7,12 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::rng::Rng;
-use crate::rollout::{Amount, InstanceInfo, LostHostPolicy, Release, RolloutSpec, Spread};
+use drover_model::strategy::parse_steps;
+use drover_model::{AnalysisSpec, OnInconclusive, Strategy};
+
+use crate::rollout::{
+    Amount, BalancerInfo, InstanceInfo, LostHostPolicy, Release, RolloutSpec, Spread,
+};
 
 pub const SERVICE: &str = "web";
 
@@ -122,7 +127,36 @@ pub struct Scenario {
     /// Per mille: a stage of the target release fails (1000: the artifact
     /// is bad, every host refuses it; less: unreachable from some hosts).
     pub stage_fail: u32,
+    /// A canary rollout: its traffic and its operator (`None`: rolling).
+    pub canary: Option<CanaryProfile>,
 }
+
+/// The requests a canary seed's fleet serves, and how each release answers.
+#[derive(Debug, Clone)]
+pub struct CanaryProfile {
+    /// Requests per second over the whole fleet (0 or tiny: inconclusive).
+    pub rps: u64,
+    /// Error rates, per million requests.
+    pub v1_ppm: u64,
+    pub v2_ppm: u64,
+    /// HAProxy's rtime per release, in ms.
+    pub v1_ms: u32,
+    pub v2_ms: u32,
+    /// Agents read and report their load balancer's counters this often.
+    pub period_ms: u64,
+    /// Per mille per period: the load balancer restarts and its counters
+    /// start again from 0 (the agents re-assert their weights).
+    pub counter_reset: u32,
+    /// A simulated operator looks at the rollout this often (0: never) and
+    /// promotes, resumes or rolls back a held step.
+    pub watch_ms: u64,
+    /// Per mille: an operator chaos action is a promote instead.
+    pub promote: u32,
+}
+
+/// The canary seeds' own stream: drawn from the seed apart from every
+/// other draw, so a seed that stays rolling draws what it always drew.
+const CANARY_STREAM: u64 = 0xBB67_AE85_84CA_A73B;
 
 fn amount(rng: &mut Rng, max_count: u32, percents: &[u32]) -> Amount {
     if rng.chance(500) {
@@ -152,13 +186,95 @@ impl Scenario {
         // Drawn last so every earlier draw, and so every older seed's
         // world, stays what it was.
         let stage_fail = *rng.pick(&[0, 0, 0, 0, 0, 0, 0, 0, 300, 1000]);
-        Scenario {
+        let mut sc = Scenario {
             seed,
             spec,
             fleet,
             profile,
             stage_fail,
+            canary: None,
+        };
+        let mut crng = Rng::new(seed ^ CANARY_STREAM);
+        if crng.chance(250) {
+            sc.make_canary(&mut crng);
         }
+        sc
+    }
+
+    /// Turns the seed's rolling update into a canary: strategy, steps,
+    /// bake and analysis from `rng`, one load balancer per instance, and
+    /// the traffic the fleet serves.
+    fn make_canary(&mut self, rng: &mut Rng) {
+        let steps = *rng.pick(&[
+            "10%,100%",
+            "5%,25%,50%,100%",
+            "20%,50%,100%",
+            "1%,100%",
+            "50%,100%",
+        ]);
+        let bake = rng.range(20, 180);
+        let interval = rng.range(2, 10);
+        let warmup = rng.range(0, bake / 2);
+        let max_analysis = bake + *rng.pick(&[0, 0, 30, 120]);
+        let on_inconclusive = *rng.pick(&[
+            OnInconclusive::Pause,
+            OnInconclusive::Pause,
+            OnInconclusive::Fail,
+            OnInconclusive::Pass,
+        ]);
+        let min_requests = rng.range(50, 500);
+        let spec = &mut self.spec;
+        spec.strategy = Strategy::Canary;
+        spec.batches = vec![Amount::Count(1)];
+        spec.steps = parse_steps(steps).unwrap_or_default();
+        spec.bake = Some(secs(bake));
+        spec.analysis = AnalysisSpec {
+            interval: secs(interval),
+            warmup: Some(secs(warmup)),
+            max_analysis: Some(secs(max_analysis)),
+            on_inconclusive,
+            min_requests,
+            ..AnalysisSpec::default()
+        };
+        // The bake's warm-up and first look are no lack of progress: a
+        // deadline shorter than them would roll back every canary.
+        let quiet = secs(warmup + 2 * interval + 10);
+        spec.progress_deadline = spec.progress_deadline.max(quiet);
+        for m in &mut self.fleet {
+            m.info.balancers = vec![BalancerInfo {
+                balancer: "lb1".to_string(),
+                backend: SERVICE.to_string(),
+                algorithm: "roundrobin".to_string(),
+                dynamic: true,
+            }];
+        }
+        let rps = *rng.pick(&[0, 1, 20, 200, 200, 500, 2_000]);
+        let v1_ppm = *rng.pick(&[0, 1_000, 5_000, 10_000]);
+        let bad = rng.chance(350);
+        let v2_ppm = if !bad {
+            v1_ppm
+        } else if v1_ppm == 0 {
+            rng.range(20_000, 100_000)
+        } else {
+            (v1_ppm * rng.range(5, 20)).min(1_000_000)
+        };
+        let v1_ms = rng.range_u32(5, 60);
+        let v2_ms = if rng.chance(150) { v1_ms + 100 } else { v1_ms };
+        self.canary = Some(CanaryProfile {
+            rps,
+            v1_ppm,
+            v2_ppm,
+            v1_ms,
+            v2_ms,
+            period_ms: rng.range(1_000, 5_000),
+            counter_reset: if self.profile.calm {
+                0
+            } else {
+                *rng.pick(&[0, 0, 5, 20])
+            },
+            watch_ms: *rng.pick(&[0, 20_000, 60_000]),
+            promote: *rng.pick(&[0, 200, 500]),
+        });
     }
 
     pub fn infos(&self) -> Vec<InstanceInfo> {
@@ -216,6 +332,32 @@ impl Scenario {
             p.crash_before_write,
             p.crash_between_sends
         );
+        if let Some(c) = &self.canary {
+            let a = &s.analysis;
+            let steps: Vec<String> = s.steps.iter().map(ToString::to_string).collect();
+            let _ = writeln!(
+                out,
+                "canary: steps {}, bake {:?}, interval {:?}, warmup {:?}, max_analysis {:?}, \
+                 on_inconclusive {:?}, min_requests {}; {} req/s, errors v1 {}ppm v2 {}ppm, \
+                 rtime v1 {}ms v2 {}ms, counters every {}ms (reset {}‰), operator watches every {}ms, promote {}‰",
+                steps.join(","),
+                s.bake_time(),
+                a.interval,
+                a.warmup,
+                a.max_analysis,
+                a.on_inconclusive,
+                a.min_requests,
+                c.rps,
+                c.v1_ppm,
+                c.v2_ppm,
+                c.v1_ms,
+                c.v2_ms,
+                c.period_ms,
+                c.counter_reset,
+                c.watch_ms,
+                c.promote
+            );
+        }
         for m in &self.fleet {
             let i = &m.info;
             let _ = writeln!(

@@ -10,6 +10,7 @@ use super::check::Violation;
 use super::end_state::Truth;
 use super::runtime::{Ev, Msg, Sim};
 use super::scenario::Chaos;
+use crate::rollout::traffic::{BalancerCounters, Stage, TrafficSample};
 use crate::rollout::{CommandId, CommandKind, CommandOutcome, OperatorAction, Release};
 use crate::runner::driver::{Event, Observed};
 
@@ -55,7 +56,17 @@ pub struct Inst {
     /// What the current session last reported.
     pub reported: Option<Observed>,
     pub job: Option<Job>,
+    /// The weight drover set in its load balancer; `None`: the configured one.
+    pub weight: Option<u32>,
+    /// Its load balancer's cumulative counters (canary seeds).
+    pub requests: u64,
+    pub errors: u64,
+    /// The counters last reported on the current session.
+    pub sent: Option<(u64, u64, u32)>,
 }
+
+/// The configured weight of every server in the simulated load balancer.
+const CONFIGURED_WEIGHT: u64 = 1;
 
 #[derive(Debug, Clone)]
 pub struct Agent {
@@ -97,6 +108,7 @@ impl Sim {
                     in_service: !i.drained,
                     running: i.running,
                     host_up: a.up && a.net && !a.gone,
+                    weight: i.weight,
                 }
             })
             .collect()
@@ -397,7 +409,7 @@ impl Sim {
             CommandKind::Start => i.running = true,
             CommandKind::Verify { .. } => {}
             CommandKind::Undrain => i.drained = false,
-            CommandKind::SetWeight { .. } => {}
+            CommandKind::SetWeight { weight } => i.weight = *weight,
         }
         self.report(k);
     }
@@ -471,6 +483,7 @@ impl Sim {
         sim_trace!(self, "{name} connected");
         let mut seen = Vec::new();
         for k in self.agents[host].insts.clone() {
+            self.insts[k].sent = None;
             let o = self.observe(k);
             self.insts[k].reported = Some(o.clone());
             seen.push((k, o));
@@ -616,10 +629,164 @@ impl Sim {
                     OperatorAction::Abort,
                     OperatorAction::Rollback,
                 ][self.chaos_rng.weighted(&[4, resume, 1, 1])];
+                // Drawn from the canary's own stream, so rolling seeds draw
+                // what they always drew.
+                let promote = self.sc.canary.as_ref().map_or(0, |c| c.promote);
+                let action = if promote > 0 && self.op_rng.chance(promote) {
+                    OperatorAction::Promote
+                } else {
+                    action
+                };
                 self.last_operator = Some(action);
                 sim_trace!(self, "operator: {action:?}");
                 self.queue(Event::Operator(action));
             }
         }
+    }
+}
+
+impl Sim {
+    /// Whether the load balancer sends requests to `k`: it runs, passes
+    /// its checks, is not drained, and its host is there.
+    fn routes(&self, k: usize) -> bool {
+        let i = &self.insts[k];
+        let a = &self.agents[i.host];
+        i.healthy(&self.sc.spec.target) && !i.drained && self.lb_routes(k) && a.up && !a.gone
+    }
+
+    /// One period of requests (canary seeds): spread over the instances
+    /// the load balancer routes to in proportion to their weights, failed
+    /// at their release's rate; then every connected agent reports its
+    /// instances' cumulative counters on its session.
+    pub(super) fn serve_traffic(&mut self) {
+        let Some(c) = self.sc.canary.clone() else {
+            return;
+        };
+        let next = self.now + c.period_ms;
+        self.push(next, Ev::Traffic);
+        if self.traffic_rng.chance(c.counter_reset) {
+            sim_trace!(
+                self,
+                "fault: the load balancer restarts; its counters start from 0"
+            );
+            for i in &mut self.insts {
+                i.requests = 0;
+                i.errors = 0;
+            }
+        }
+        let weight = |i: &Inst| i.weight.map_or(CONFIGURED_WEIGHT, u64::from);
+        let routed: Vec<usize> = (0..self.insts.len()).filter(|&k| self.routes(k)).collect();
+        let total_weight: u64 = routed.iter().map(|&k| weight(&self.insts[k])).sum();
+        let period = c.rps * c.period_ms + self.traffic_rng.below(1_000);
+        let requests = period / 1_000;
+        if total_weight > 0 {
+            for &k in &routed {
+                let w = weight(&self.insts[k]);
+                let n = (u128::from(requests) * u128::from(w)
+                    + u128::from(self.traffic_rng.below(total_weight)))
+                    / u128::from(total_weight);
+                let n = u64::try_from(n).unwrap_or(u64::MAX);
+                let ppm = if self.insts[k].release.as_ref() == Some(&self.sc.spec.target) {
+                    c.v2_ppm
+                } else {
+                    c.v1_ppm
+                };
+                let errors = if n <= 1_000 {
+                    (0..n)
+                        .filter(|_| self.traffic_rng.below(1_000_000) < ppm)
+                        .count() as u64
+                } else {
+                    (n * ppm + self.traffic_rng.below(1_000_000)) / 1_000_000
+                };
+                let i = &mut self.insts[k];
+                i.requests += n;
+                i.errors += errors;
+            }
+        }
+        for host in 0..self.agents.len() {
+            let a = &self.agents[host];
+            if a.session.is_none() || !a.up || a.gone {
+                continue;
+            }
+            let mut samples = Vec::new();
+            for k in a.insts.clone() {
+                let i = &mut self.insts[k];
+                let ms = if i.release.as_ref() == Some(&self.sc.spec.target) {
+                    c.v2_ms
+                } else {
+                    c.v1_ms
+                };
+                // Only what changed: the driver would drop the rest.
+                let now = (i.requests, i.errors, ms);
+                if i.sent == Some(now) {
+                    continue;
+                }
+                i.sent = Some(now);
+                {
+                    let sample = TrafficSample {
+                        balancers: vec![BalancerCounters {
+                            balancer: "lb1".to_string(),
+                            requests: i.requests,
+                            responses_5xx: i.errors,
+                            response_errors: 0,
+                            connection_errors: 0,
+                            responses: i.requests,
+                            response_time_ms: ms,
+                        }],
+                        app: None,
+                    };
+                    samples.push((k, sample));
+                }
+            }
+            if !samples.is_empty() {
+                self.agent_in_order(host, Msg::Traffic { samples });
+            }
+        }
+    }
+
+    /// A message on `host`'s session, in order after what it already
+    /// carries, drawing nothing from the network's randomness.
+    fn agent_in_order(&mut self, host: usize, msg: Msg) {
+        let Some(session) = self.agents[host].session else {
+            return;
+        };
+        let a = &mut self.agents[host];
+        let at = (self.now + self.sc.profile.delay.0).max(a.fifo_up);
+        a.fifo_up = at;
+        self.push(
+            at,
+            Ev::ToCoord {
+                life: self.life,
+                from: Some((host, session)),
+                msg,
+            },
+        );
+    }
+
+    /// A simulated operator who watches a canary: a step held as
+    /// inconclusive is promoted, baked again or rolled back.
+    pub(super) fn watch(&mut self) {
+        let Some(c) = self.sc.canary.as_ref() else {
+            return;
+        };
+        if c.watch_ms == 0 {
+            return;
+        }
+        let next = self.now + self.op_rng.range(c.watch_ms / 2, c.watch_ms * 3 / 2);
+        self.push(next, Ev::Watch);
+        let held = self.coord.as_ref().is_some_and(|c| {
+            let st = c.driver.engine().state();
+            (st.traffic.as_ref()).is_some_and(|t| matches!(t.stage, Stage::Held { .. }))
+        });
+        if !held {
+            return;
+        }
+        let action = [
+            OperatorAction::Promote,
+            OperatorAction::Resume,
+            OperatorAction::Rollback,
+        ][self.op_rng.weighted(&[5, 3, 2])];
+        sim_trace!(self, "operator (watching a held step): {action:?}");
+        self.queue(Event::Operator(action));
     }
 }
