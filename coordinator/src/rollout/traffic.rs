@@ -259,7 +259,19 @@ pub(crate) struct WeightSlot {
     pub inflight: Option<InFlight>,
     /// Why the last weight command failed.
     pub fault: Option<String>,
+    /// Commands sent for `want` so far (a failed one is tried again, up
+    /// to [`WEIGHT_TRIES`]).
+    #[serde(default)]
+    pub tries: u32,
+    /// When the next try goes out, while one is due.
+    #[serde(default)]
+    pub retry_at: Option<Millis>,
 }
+
+/// Tries of one weight before it counts as failed: a load balancer that
+/// blips (a reload, a full runtime API queue) should not roll a canary
+/// back, nor leave a weight behind at the end.
+pub const WEIGHT_TRIES: u32 = 3;
 
 /// One look of a step's analysis, as stored and shown by
 /// `drover rollout analysis`.
@@ -469,37 +481,58 @@ impl Engine {
     }
 
     fn settle_weight(&mut self, cx: &mut Cx, idx: usize, fault: Option<String>) {
-        let (want, ok) = self.edit(idx, |i| {
+        let reachable = self.st.instances[idx].observed.reachable;
+        let now = cx.now;
+        let (want, ok, retry) = self.edit(idx, |i| {
             let Some(w) = &mut i.weight else {
-                return (None, false);
+                return (None, false, None);
             };
             w.inflight = None;
             w.applied = fault.is_none();
             w.fault.clone_from(&fault);
-            (w.want, fault.is_none())
+            // Tried again a little later while its host is there.
+            let retry = (fault.is_some() && reachable && w.tries < WEIGHT_TRIES)
+                .then(|| now.plus(std::time::Duration::from_secs(u64::from(w.tries))));
+            w.retry_at = retry;
+            (w.want, fault.is_none(), retry.map(|_| w.tries))
         });
+        let Some(f) = fault else {
+            // Success goes unsaid per instance: the stage's own event says
+            // when every weight is in place.
+            return;
+        };
         let what = want.map_or_else(
             || "configured weight".to_string(),
             |w| format!("weight {w}"),
         );
-        let msg = match &fault {
-            None => format!("{what} set"),
-            Some(f) => format!("{what} not set: {f}"),
-        };
-        self.event(cx, Some(idx), Some(Step::Weighting), msg);
+        if let Some(tries) = retry {
+            let msg = format!("{what} not set (try {tries} of {WEIGHT_TRIES}): {f}; trying again");
+            self.event(cx, Some(idx), Some(Step::Weighting), msg);
+            return;
+        }
+        self.event(
+            cx,
+            Some(idx),
+            Some(Step::Weighting),
+            format!("{what} not set: {f}"),
+        );
         if !ok && self.st.mode == Mode::Forward {
-            let who = format!(
-                "{}: {}",
-                self.st.instances[idx].id,
-                fault.unwrap_or_default()
-            );
+            let who = format!("{}: {f}", self.st.instances[idx].id);
             self.stop(cx, StopReason::Weights { who: vec![who] }, Then::Rollback);
         }
     }
 
-    /// Weight commands past their deadline fail.
+    /// Weight commands past their deadline fail; tries that are due go out.
     pub(super) fn expire_weights(&mut self, cx: &mut Cx) {
         for idx in 0..self.st.instances.len() {
+            let retry = (self.st.instances[idx].weight.as_ref())
+                .filter(|w| w.inflight.is_none() && w.retry_at.is_some_and(|t| t <= cx.now))
+                .map(|w| (w.want, w.tries));
+            if let Some((want, tries)) = retry {
+                let generation = self.next_generation();
+                self.send_weight(cx, idx, want, generation, tries + 1);
+                continue;
+            }
             let due = (self.st.instances[idx].weight.as_ref())
                 .and_then(|w| w.inflight.as_ref())
                 .is_some_and(|f| f.deadline <= cx.now);
@@ -535,18 +568,33 @@ impl Engine {
         });
     }
 
+    /// Weight commands in flight or due to be tried again.
     pub(super) fn weights_in_flight(&self) -> u32 {
-        count(
-            (self.st.instances.iter())
-                .filter(|i| i.weight.as_ref().is_some_and(|w| w.inflight.is_some())),
-        )
+        count((self.st.instances.iter()).filter(|i| {
+            (i.weight.as_ref()).is_some_and(|w| w.inflight.is_some() || w.retry_at.is_some())
+        }))
+    }
+
+    /// A new weight generation: every command for a new or retried weight
+    /// has an id of its own.
+    fn next_generation(&mut self) -> u32 {
+        match &mut self.st.traffic {
+            Some(t) => {
+                t.generation += 1;
+                t.generation
+            }
+            None => 1,
+        }
     }
 
     /// Earliest weight-command deadline or traffic time, for
     /// [`Engine::next_deadline`].
     pub(super) fn traffic_deadline(&self) -> Option<Millis> {
         let weights = (self.st.instances.iter())
-            .filter_map(|i| i.weight.as_ref()?.inflight.as_ref().map(|f| f.deadline))
+            .filter_map(|i| {
+                let w = i.weight.as_ref()?;
+                w.inflight.as_ref().map(|f| f.deadline).or(w.retry_at)
+            })
             .min();
         let stage = match self.st.traffic.as_ref().map(|t| &t.stage) {
             Some(Stage::Baking {
@@ -565,7 +613,14 @@ impl Engine {
         weights.into_iter().chain(stage).min()
     }
 
-    fn send_weight(&mut self, cx: &mut Cx, idx: usize, want: Option<u32>, generation: u32) {
+    fn send_weight(
+        &mut self,
+        cx: &mut Cx,
+        idx: usize,
+        want: Option<u32>,
+        generation: u32,
+        tries: u32,
+    ) {
         let rollout = self.st.id.clone();
         let timeout = self.st.spec.step_timeout;
         let kind = CommandKind::SetWeight { weight: want };
@@ -582,6 +637,8 @@ impl Engine {
                     deadline: cx.now.plus(timeout),
                 }),
                 fault: None,
+                tries,
+                retry_at: None,
             });
             id
         });
@@ -720,7 +777,7 @@ impl Engine {
         let held = (self.st.instances[idx].weight.as_ref())
             .is_some_and(|w| w.want == want && w.applied && w.inflight.is_none());
         if !held {
-            self.send_weight(cx, idx, want, generation);
+            self.send_weight(cx, idx, want, generation, 1);
         }
     }
 
@@ -1134,7 +1191,7 @@ impl Engine {
             ),
         );
         for idx in todo {
-            self.send_weight(cx, idx, None, generation);
+            self.send_weight(cx, idx, None, generation, 1);
         }
         Some(Block::Unweighting {
             instances: self.weights_in_flight(),

@@ -330,14 +330,14 @@ fn regression_seed_633_due_steps_time_out_before_inputs() {
     stays_fixed(Bug::ResendPastDeadline, 633, 2);
 }
 
-/// Seed 87 (canary seeds since the simulator shifts traffic): a weight
-/// could not be set, the rollout stopped, and the rollback's first chain
-/// went to an instance whose weight command was still running (the agent
-/// answers "busy", invariant 8). Stopping now waits for weight commands
-/// as it waits for chains.
+/// Seed 627 (87 until failed weights were tried again; canary seeds since
+/// the simulator shifts traffic): the rollout stopped while a weight
+/// command was still running, and the rollback's first chain went to that
+/// instance (the agent answers "busy", invariant 8). Stopping now waits
+/// for weight commands as it waits for chains.
 #[test]
-fn regression_seed_87_stopping_waits_for_weight_commands() {
-    stays_fixed(Bug::StoppingIgnoresWeights, 87, 8);
+fn regression_seed_627_stopping_waits_for_weight_commands() {
+    stays_fixed(Bug::StoppingIgnoresWeights, 627, 8);
 }
 
 /// Seed 206: a step still inconclusive when its bake ended looks on until

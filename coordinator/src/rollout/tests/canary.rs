@@ -327,3 +327,25 @@ fn a_canary_that_exceeds_its_failure_budget_rolls_back_without_auto_rollback() {
     }
     no_weight_left(&f);
 }
+
+#[test]
+fn a_load_balancer_that_blips_gets_the_weight_on_a_later_try() {
+    let mut f = Fleet::start_with(canary_spec("10%,100%"), instances(10), |f| {
+        f.load = Some(Load::new(2_000, 5_000, 5_000));
+        // Refuses twice, then takes it: within the tries a weight gets.
+        f.weight_flaky.insert("web@h05".to_string(), 2);
+        f.weight_flaky.insert("web@h01".to_string(), 2);
+    });
+    f.run_to_end(20 * 60 * TICK);
+    assert_eq!(
+        f.engine.outcome(),
+        Some(&Outcome::Succeeded),
+        "{}",
+        f.tail()
+    );
+    no_weight_left(&f);
+    let retried = (f.log.iter())
+        .filter(|l| l.contains("trying again"))
+        .count();
+    assert!(retried >= 2, "{}", f.tail());
+}

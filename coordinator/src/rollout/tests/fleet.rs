@@ -115,6 +115,9 @@ pub struct Fleet {
     pub chaos: Option<Chaos>,
     /// Instances whose load balancer refuses weight changes.
     pub weight_refused: BTreeSet<String>,
+    /// Instances whose load balancer refuses this many weight changes
+    /// first (a reload, a blip), then takes them.
+    pub weight_flaky: BTreeMap<String, u32>,
     /// Every analysis look, in order.
     pub judgements: Vec<crate::rollout::traffic::StepJudgement>,
     /// Requests flowing through the load balancer, if any.
@@ -236,6 +239,7 @@ impl Fleet {
             faults: false,
             chaos: None,
             weight_refused: BTreeSet::new(),
+            weight_flaky: BTreeMap::new(),
             judgements: Vec::new(),
             load: None,
         };
@@ -423,7 +427,13 @@ impl Fleet {
     fn run(&mut self, instance: &str, kind: &CommandKind) -> CommandOutcome {
         let bad = self.bad.contains(instance);
         let bad_artifact = self.bad_artifact.contains(instance);
-        let weight_refused = self.weight_refused.contains(instance);
+        let weight_refused = self.weight_refused.contains(instance)
+            || (matches!(kind, CommandKind::SetWeight { .. })
+                && self.weight_flaky.get_mut(instance).is_some_and(|n| {
+                    let refuse = *n > 0;
+                    *n = n.saturating_sub(1);
+                    refuse
+                }));
         let Some(s) = self.sim.get_mut(instance) else {
             return CommandOutcome::Failed("no such instance".to_string());
         };
