@@ -247,7 +247,7 @@ impl Engine {
                     instances: count(instances.iter()),
                 });
             }
-            check_weightable(&instances)?;
+            check_weightable(&instances, spec.analysis.source)?;
         }
         if id.trim().is_empty() || id.contains('/') {
             return Err(PlanError::BadId(id.to_string()));
@@ -836,7 +836,10 @@ impl Engine {
 
 /// Every target instance must sit behind load balancers that apply weight
 /// changes at run time: a canary's traffic share is made of weights.
-fn check_weightable(instances: &[InstanceInfo]) -> Result<(), PlanError> {
+fn check_weightable(
+    instances: &[InstanceInfo],
+    source: drover_model::MetricsSource,
+) -> Result<(), PlanError> {
     for i in instances {
         let refuse = |why: String| {
             Err(PlanError::NotWeightable {
@@ -867,6 +870,16 @@ fn check_weightable(instances: &[InstanceInfo]) -> Result<(), PlanError> {
                 return refuse(format!(
                     "backend {} in {} uses `balance {algorithm}`, which ignores weight changes; \
                      use roundrobin, leastconn or random (or hash-type consistent)",
+                    b.backend, b.balancer
+                ));
+            }
+            // Judged on HAProxy's counters: without them every step would
+            // end inconclusive.
+            if source != drover_model::MetricsSource::Metrics && !b.counted {
+                return refuse(format!(
+                    "its agent reports no counters for backend {} in {} (an agent older \
+                     than canary support, or HAProxy's stats could not be read); upgrade it, \
+                     or judge on the instances' own metrics (analysis.source = \"metrics\")",
                     b.backend, b.balancer
                 ));
             }

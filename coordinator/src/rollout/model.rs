@@ -63,6 +63,10 @@ pub struct BalancerInfo {
     pub algorithm: String,
     /// Whether weights changed at run time take effect with it.
     pub dynamic: bool,
+    /// Whether its agent reports the server's counters there (an agent
+    /// older than canary support does not).
+    #[serde(default)]
+    pub counted: bool,
 }
 
 /// Where an instance is in its chain. Rollback walks the same steps toward

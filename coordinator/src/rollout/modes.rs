@@ -208,7 +208,11 @@ impl Engine {
     pub(super) fn fill_batch(&mut self, cx: &mut Cx) -> Option<Block> {
         // A canary's batches are its traffic steps: the traffic drive
         // moves to the next one once the step passed.
-        let traffic = self.st.traffic.as_ref().map(super::traffic::Traffic::quota);
+        let traffic = self
+            .st
+            .traffic
+            .as_ref()
+            .map(|_| self.st.batch_started.saturating_add(self.traffic_needed()));
         if traffic.is_none() && self.st.batch_started >= self.st.limits.batch_size(self.st.batch) {
             if self.st.inflight() > 0 {
                 return None;

@@ -232,6 +232,10 @@ pub(crate) struct Traffic {
     pub steps: Vec<Share>,
     /// Instances each step updates (its batch quota).
     pub sizes: Vec<u32>,
+    /// Instances on the new release each step needs (cumulative): a chain
+    /// that fails does not carry traffic, so the step updates another.
+    #[serde(default)]
+    pub targets: Vec<u32>,
     /// 0-based index of the current step; the rollout's batch is the same.
     pub step: usize,
     pub stage: Stage,
@@ -320,6 +324,7 @@ impl Traffic {
             count((st.instances.iter()).filter(|i| i.skipped == Some(SkipReason::OnTarget)));
         let mut prev = on_target;
         let mut sizes = Vec::with_capacity(steps.len());
+        let mut targets = Vec::with_capacity(steps.len());
         for (k, s) in steps.iter().enumerate() {
             let last = k + 1 == steps.len();
             let want = if last {
@@ -329,11 +334,13 @@ impl Traffic {
             };
             let reach = want.max(prev);
             sizes.push(reach - prev);
+            targets.push(reach);
             prev = reach;
         }
         Traffic {
             steps,
             sizes,
+            targets,
             step: 0,
             stage: Stage::Updating,
             generation: 0,
@@ -378,6 +385,14 @@ impl Traffic {
     pub(crate) fn quota(&self) -> u32 {
         self.sizes.get(self.step).copied().unwrap_or(0)
     }
+
+    /// Instances on the new release the current step needs: its carriers.
+    fn target(&self, on_target: u32) -> u32 {
+        match self.targets.get(self.step) {
+            Some(t) => *t,
+            None => on_target.saturating_add(self.sizes.iter().take(self.step + 1).sum::<u32>()),
+        }
+    }
 }
 
 fn thresholds(a: &drover_model::AnalysisSpec) -> judge::Thresholds {
@@ -413,6 +428,23 @@ impl Engine {
             step: u32::try_from(t.step + 1).unwrap_or(u32::MAX),
             share: t.share(),
         })
+    }
+
+    /// How many more chains the current step must start to have its
+    /// carriers: instances on the new release, or on their way to it.
+    pub(super) fn traffic_needed(&self) -> u32 {
+        let Some(t) = &self.st.traffic else {
+            return 0;
+        };
+        let on_target =
+            count((self.st.instances.iter()).filter(|i| i.skipped == Some(SkipReason::OnTarget)));
+        let (canary, _) = self.arms();
+        let moving =
+            count((self.st.instances.iter()).filter(|i| {
+                i.inflight.is_some() && i.direction == super::model::Direction::Forward
+            }));
+        t.target(on_target)
+            .saturating_sub(count(canary.iter()).saturating_add(moving))
     }
 
     /// Whether this rollout moves traffic.
@@ -665,7 +697,7 @@ impl Engine {
             Stage::Updating => {
                 let block = self.fill_batch(cx);
                 let pending = self.st.instances.iter().any(|i| i.step == Step::Pending);
-                let quota_met = self.st.batch_started >= t_quota(&self.st);
+                let quota_met = self.traffic_needed() == 0;
                 let chains = self.st.inflight() > 0;
                 #[cfg(any(test, feature = "sim"))]
                 let chains = chains && !(bugs::on(Bug::WeightDuringChain) && quota_met);
@@ -1225,8 +1257,4 @@ fn look_due(next_look: Millis, ends_at: Millis, gives_up_at: Millis, interval: D
     } else {
         next_look.min(ends_at).min(gives_up_at)
     }
-}
-
-fn t_quota(st: &RolloutState) -> u32 {
-    st.traffic.as_ref().map_or(0, Traffic::quota)
 }

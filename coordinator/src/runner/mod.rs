@@ -210,6 +210,7 @@ pub fn target_instances(registry: &Registry, spec: &RolloutSpec) -> Vec<Instance
                         backend: lb.backend.clone(),
                         algorithm: lb.algorithm.clone(),
                         dynamic: lb.algorithm_dynamic,
+                        counted: lb.counters.is_some(),
                     })
                     .collect(),
             });

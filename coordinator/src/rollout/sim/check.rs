@@ -356,9 +356,16 @@ impl Checker {
     }
 
     /// Chains started forward so far (attempt 1 or later).
-    fn started(&self) -> u32 {
+    /// Forward chains that may carry traffic: started and not failed. A
+    /// canary step whose chain failed updates another instance instead, so
+    /// a failed chain does not count toward its step.
+    fn carrying(&self) -> u32 {
         let n = (self.tentative.iter())
             .filter(|p| match p {
+                Pos::Idle {
+                    attempt: 1,
+                    last: Last::Failed(_),
+                } => false,
                 Pos::Idle { attempt, .. } | Pos::Busy { attempt, .. } => *attempt >= 1,
             })
             .count();
@@ -366,9 +373,9 @@ impl Checker {
     }
 
     /// The canary step the runtime has seen the rollout reach: the step of
-    /// the chains started so far, past those already passed.
+    /// the chains that may carry traffic so far, past those already passed.
     fn current_step(&self, c: &CanaryCheck) -> usize {
-        let mut j = c.chains_step(self.started());
+        let mut j = c.chains_step(self.carrying());
         while c.passed.contains(&j) {
             j += 1;
         }
@@ -790,7 +797,7 @@ impl Checker {
         let Some(c) = &self.canary else {
             return Ok(());
         };
-        let step = c.chains_step(self.started() + 1);
+        let step = c.chains_step(self.carrying() + 1);
         for j in 0..step {
             if !c.allowed(j) {
                 return broke(

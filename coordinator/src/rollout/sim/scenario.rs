@@ -246,6 +246,7 @@ impl Scenario {
                 backend: SERVICE.to_string(),
                 algorithm: "roundrobin".to_string(),
                 dynamic: true,
+                counted: true,
             }];
         }
         let rps = *rng.pick(&[0, 1, 20, 200, 200, 500, 2_000]);

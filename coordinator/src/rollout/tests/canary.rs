@@ -272,6 +272,13 @@ fn a_backend_that_ignores_weights_is_refused_before_anything_moves() {
         "{text}"
     );
     let mut infos = instances(4);
+    infos[1].balancers[0].counted = false;
+    let e = crate::rollout::Engine::plan(&canary_spec("10%,100%"), infos).expect_err("no counters");
+    assert!(
+        e.to_string().contains("web@h02") && e.to_string().contains("no counters"),
+        "{e}"
+    );
+    let mut infos = instances(4);
     infos[0].balancers.clear();
     let e = crate::rollout::Engine::plan(&canary_spec("10%,100%"), infos)
         .expect_err("no load balancer");
@@ -348,4 +355,41 @@ fn a_load_balancer_that_blips_gets_the_weight_on_a_later_try() {
         .filter(|l| l.contains("trying again"))
         .count();
     assert!(retried >= 2, "{}", f.tail());
+}
+
+#[test]
+fn a_step_whose_canary_fails_updates_another_to_carry_its_share() {
+    let mut spec = canary_spec("10%,100%");
+    spec.max_failures = Amount::Count(1);
+    let mut f = Fleet::start_with(spec, instances(10), |f| {
+        f.load = Some(Load::new(2_000, 5_000, 5_000));
+        // The first canary never turns healthy on v2; within the budget,
+        // the step updates the next instance instead of baking without one.
+        f.bad.insert("web@h01".to_string());
+    });
+    let baking = f.run_until(10 * 60 * TICK, |f| {
+        f.status()
+            .wait_reason
+            .is_some_and(|w| w.to_string().contains("baking"))
+    });
+    assert!(baking, "{}", f.tail());
+    assert_eq!(f.step("web@h01"), crate::rollout::Step::Failed);
+    assert_eq!(
+        f.step("web@h02"),
+        crate::rollout::Step::Done,
+        "{}",
+        f.tail()
+    );
+    assert!(
+        v2_weight_share(&f) > 50,
+        "the second canary carries the share"
+    );
+    f.run_to_end(20 * 60 * TICK);
+    // Every instance but the failed one on v2; the failure is reported.
+    assert!(
+        matches!(f.engine.outcome(), Some(Outcome::Failed { .. })),
+        "{:?}",
+        f.engine.outcome()
+    );
+    no_weight_left(&f);
 }

@@ -44,6 +44,7 @@ pub fn instances(n: usize) -> Vec<InstanceInfo> {
                     backend: "web".to_string(),
                     algorithm: "roundrobin".to_string(),
                     dynamic: true,
+                    counted: true,
                 }],
             }
         })
