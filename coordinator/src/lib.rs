@@ -231,6 +231,12 @@ impl Started {
         let registry = ctx.registry.clone();
         let metrics = ctx.metrics.clone();
         tasks.spawn(registry.clone().run_background(shutdown.clone()));
+        tasks.spawn(runner::strays::run(
+            ctx.rollouts.clone(),
+            registry.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
         let http = tasks.spawn(http::serve(
             listeners.http,
             metrics.clone(),

@@ -75,6 +75,7 @@ pub struct Metrics {
     /// Commands not handed to a session because its queue was full (asked
     /// again shortly).
     pub commands_undelivered: Counter,
+    pub stray_weights_released: Counter,
     /// Command updates ignored: not from the host that runs the instance,
     /// or for an instance outside the rollout.
     pub updates_ignored: Counter,
@@ -110,6 +111,7 @@ impl Metrics {
         let renewals = Counter::default();
         let rollout_store_failures = Counter::default();
         let commands_undelivered = Counter::default();
+        let stray_weights_released = Counter::default();
         let updates_ignored = Counter::default();
         let enrolling_connections = Gauge::default();
         let artifacts_corrupt = Counter::default();
@@ -153,6 +155,11 @@ impl Metrics {
             "rollout_store_failures",
             "Rollouts halted because the store refused their state for good",
             rollout_store_failures.clone(),
+        );
+        registry.register(
+            "stray_weights_released",
+            "Weights held by agents that no running rollout owns (left by a canary that could not reach the host), sent back to the configured weight",
+            stray_weights_released.clone(),
         );
         registry.register(
             "commands_undelivered",
@@ -203,6 +210,7 @@ impl Metrics {
             renewals,
             rollout_store_failures,
             commands_undelivered,
+            stray_weights_released,
             updates_ignored,
             enrolling_connections,
             artifacts_corrupt,

@@ -13,6 +13,7 @@
 //! same ids, and the agents answer them from their journals.
 
 pub mod driver;
+pub mod strays;
 mod task;
 pub mod wire;
 
@@ -464,6 +465,14 @@ impl Rollouts {
         all
     }
 
+    /// Services with a rollout running now.
+    pub fn running_services(&self) -> BTreeSet<String> {
+        (lock(&self.inner).rollouts.values())
+            .filter(|e| e.tx.is_some())
+            .map(|e| e.service.clone())
+            .collect()
+    }
+
     /// A receiver that sees every new snapshot.
     pub fn subscribe(&self, id: &str) -> Result<watch::Receiver<Arc<Snapshot>>, RunnerError> {
         lock(&self.inner)
@@ -541,6 +550,12 @@ impl Rollouts {
             tracing::debug!(host = %host_id, "ignoring an update that names no drover command");
             return;
         };
+        if update.id.rollout == strays::OWNER {
+            if let driver::UpdateKind::Result(outcome) = &update.kind {
+                tracing::info!(host = %host_id, instance = %update.id.instance, ?outcome, "configured weight put back (no rollout owned the held weight)");
+            }
+            return;
+        }
         let Some(tx) = self.sender(&update.id.rollout) else {
             // Finished, or not ours: a late or replayed answer.
             return;

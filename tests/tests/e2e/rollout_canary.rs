@@ -413,3 +413,67 @@ fn canary_latency_is_judged_on_the_instances_histograms() {
         assert_weights_restored(&web, &diag);
     }
 }
+
+/// A canary that ends while a host is away cannot put back that host's
+/// weight and says so; once the host is back, the coordinator sees its
+/// agent still holding a weight no rollout owns and puts the configured
+/// one back.
+#[test]
+fn a_weight_left_on_an_absent_host_is_put_back_when_it_returns() {
+    let mut web = WebFleet::builder().hosts(4).start();
+    web.deploy_initial("v1");
+    web.push_release("v2", &[]);
+    let load = Load::start(&web.haproxy.frontend_addr(), load_spec());
+    web.fleet
+        .wait(WAIT, "load flows through HAProxy", || load.counts().1 >= 30);
+    let spec = spec_file(&web, "canary", "25%,50%,100%", "60s", "");
+    let started = web.start_detached("v2", &["-f", &spec]);
+    let id = started.id.clone();
+    web.wait_rollout(&id, "bakes its first step", WAIT * 2, |r| {
+        r.wait_reason
+            .as_deref()
+            .is_some_and(|w| w.contains("baking"))
+    });
+    assert_eq!(
+        lb_weight(&web, "h4"),
+        Some(100),
+        "the baseline's weight while baking"
+    );
+    // h4's agent goes away (its instance keeps serving), then the
+    // operator rolls the canary back.
+    web.fleet.agent_mut("h4").kill();
+    let out = web.rollout(&["rollback", &id]);
+    assert!(out.success(), "{out}");
+    let rollout = web.wait_finished(&id, Duration::from_secs(90));
+    let diag = format!("{}\n{}", rollout.timeline(), web.diagnostics_for(&id));
+    assert_eq!(rollout.phase, "failed", "{diag}");
+    assert!(
+        rollout
+            .reason_text()
+            .contains("configured weights not put back")
+            && rollout.reason_text().contains("web@h4"),
+        "{diag}"
+    );
+    assert_eq!(
+        lb_weight(&web, "h4"),
+        Some(100),
+        "nobody could reach h4's agent"
+    );
+    for h in ["h1", "h2", "h3"] {
+        assert_eq!(lb_weight(&web, h), Some(1), "{h}\n{diag}");
+    }
+
+    web.fleet.agent_mut("h4").restart();
+    web.fleet.wait(WAIT * 2, "h4's weight is put back", || {
+        (lb_weight(&web, "h4") == Some(1)).then_some(())
+    });
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{report}\n{diag}");
+}
+
+/// The weight HAProxy has for `server` now.
+fn lb_weight(web: &WebFleet, server: &str) -> Option<u64> {
+    (web.haproxy.servers().ok()?.into_iter())
+        .find(|s| s.server == server)
+        .and_then(|s| s.weight)
+}
