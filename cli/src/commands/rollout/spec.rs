@@ -92,8 +92,8 @@ pub struct SpecFlags {
     /// `canary` (a few instances on the new release get a growing share of
     /// traffic through HAProxy weights, judged against the old release at
     /// every step) or `blue-green` (the idle color of every host is
-    /// deployed, then traffic shifts to it step by step) [default: rolling]
-    /// [spec: strategy]
+    /// deployed, then traffic shifts to it step by step; not run yet: the
+    /// coordinator refuses it, see README) [default: rolling] [spec: strategy]
     #[arg(long, value_name = "STRATEGY", value_parser = ["rolling", "canary", "blue-green"],
           help_heading = "Canary and blue-green")]
     pub strategy: Option<String>,
