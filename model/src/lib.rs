@@ -19,4 +19,4 @@ pub use amount::{Amount, AmountError, parse_batches};
 pub use spec::{
     DigestRule, LostHostPolicy, Release, RolloutSpec, SpecError, Spread, positive_rule, share_rule,
 };
-pub use strategy::{AnalysisSpec, MetricsSource, Num, OnInconclusive, Share, Strategy};
+pub use strategy::{AnalysisSpec, Color, MetricsSource, Num, OnInconclusive, Share, Strategy};

@@ -77,6 +77,8 @@ pub enum PlanError {
          but service {service} has {instances} matching instance(s); use strategy = rolling"
     )]
     CanaryNeedsBaseline { service: String, instances: u32 },
+    #[error("blue-green: {why}")]
+    BlueGreen { why: String },
     #[error("{instance}: {why}; a canary moves traffic by load balancer weights")]
     NotWeightable { instance: String, why: String },
     #[error("{unreachable} instance(s) on lost hosts ({hosts}) exceed max_unreachable {max}")]
@@ -238,6 +240,9 @@ impl Engine {
     ) -> Result<(Engine, Vec<Output>), PlanError> {
         spec.validate()?;
         if spec.strategy == drover_model::Strategy::BlueGreen {
+            // What can be checked is, so the operator can prepare the
+            // pairs; the rollout itself is not run yet.
+            super::bluegreen::plan_colors(&instances)?;
             return Err(PlanError::StrategyNotRun(spec.strategy));
         }
         if spec.strategy == drover_model::Strategy::Canary {

@@ -66,6 +66,7 @@
 //! - After a crash, [`Engine::restore`] from the last persisted state and feed
 //!   fresh `Health` for every instance: nothing new starts until they report.
 
+pub mod bluegreen;
 #[cfg(any(test, feature = "sim"))]
 pub mod bugs;
 mod chain;

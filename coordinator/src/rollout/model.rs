@@ -51,6 +51,9 @@ pub struct InstanceInfo {
     /// them: a canary weights it through every one of them.
     #[serde(default)]
     pub balancers: Vec<BalancerInfo>,
+    /// Blue-green: which of its host's pair it is.
+    #[serde(default)]
+    pub color: Option<drover_model::Color>,
 }
 
 /// One load balancer an instance is registered with.

@@ -39,6 +39,7 @@ fn infos(service: &str, n: usize) -> Vec<InstanceInfo> {
             in_service: true,
             reachable: true,
             balancers: Vec::new(),
+            color: None,
         })
         .collect()
 }

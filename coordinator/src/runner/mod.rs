@@ -214,6 +214,7 @@ pub fn target_instances(registry: &Registry, spec: &RolloutSpec) -> Vec<Instance
                         counted: lb.counters.is_some(),
                     })
                     .collect(),
+                color: drover_model::Color::parse(&inst.color),
             });
         }
     }

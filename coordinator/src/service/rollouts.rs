@@ -516,6 +516,7 @@ mod tests {
                 in_service: true,
                 reachable: true,
                 balancers: Vec::new(),
+                color: None,
             })
             .collect();
         let spec = RolloutSpec {

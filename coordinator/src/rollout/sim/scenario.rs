@@ -430,6 +430,7 @@ fn fleet(rng: &mut Rng, n: u32) -> Vec<Member> {
                 in_service: true,
                 reachable,
                 balancers: Vec::new(),
+                color: None,
             },
             bad,
         });

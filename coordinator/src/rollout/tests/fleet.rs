@@ -46,6 +46,7 @@ pub fn instances(n: usize) -> Vec<InstanceInfo> {
                     dynamic: true,
                     counted: true,
                 }],
+                color: None,
             }
         })
         .collect()

@@ -23,6 +23,7 @@ fn infos(n: usize) -> Vec<InstanceInfo> {
             in_service: true,
             reachable: true,
             balancers: Vec::new(),
+            color: None,
         })
         .collect()
 }
