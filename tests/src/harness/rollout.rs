@@ -55,6 +55,7 @@ pub struct WebFleetBuilder {
     dir: Option<PathBuf>,
     instance_toml: String,
     instance_metrics: bool,
+    colors: bool,
     haproxy_checks: Checks,
 }
 
@@ -69,6 +70,7 @@ impl Default for WebFleetBuilder {
             max_unpacked_bytes: MAX_UNPACKED_BYTES,
             instance_toml: String::new(),
             instance_metrics: false,
+            colors: false,
             dir: None,
             haproxy_checks: Checks::default(),
         }
@@ -133,6 +135,15 @@ impl WebFleetBuilder {
         self
     }
 
+    /// Blue-green pairs: every host runs `web-blue` and `web-green`
+    /// (service `web`, `color` blue and green), each on its own port and
+    /// deploy dir, both servers of HAProxy's `web` backend (`hN-blue`,
+    /// `hN-green`). [`WebFleet::ports`] is then keyed by server name.
+    pub fn colors(mut self) -> Self {
+        self.colors = true;
+        self
+    }
+
     /// Every `web` instance's own Prometheus metrics are scraped by its
     /// agent (`[instance.metrics]` on the sample's `/metrics`).
     pub fn instance_metrics(mut self) -> Self {
@@ -174,42 +185,59 @@ impl WebFleetBuilder {
         let mut ports: BTreeMap<String, u16> = BTreeMap::new();
         let mut specs = Vec::new();
         for (host, labels) in &self.hosts {
-            let port = loop {
-                let p = free_port();
-                if !ports.values().any(|q| *q == p) {
-                    break p;
-                }
-            };
-            ports.insert(host.clone(), port);
             let mut spec = AgentSpec::new(host).report_interval(&self.report_interval);
             spec.labels = labels.clone();
             // Traffic counters and instance metrics every second: a canary's
             // looks in these tests come every second.
             spec.extra_top.push_str("traffic_interval = \"1s\"\n");
-            let mut web = web_instance(
-                host,
-                port,
-                &deploy_dir(&root, host),
-                &socket,
-                &self.drain_timeout,
-                self.max_unpacked_bytes,
-            );
-            if let Some(every) = &self.health_interval {
-                web.health_interval.clone_from(every);
+            spec.instances.clear();
+            let colors: &[Option<&str>] = if self.colors {
+                &[Some("blue"), Some("green")]
+            } else {
+                &[None]
+            };
+            for color in colors {
+                let port = loop {
+                    let p = free_port();
+                    if !ports.values().any(|q| *q == p) {
+                        break p;
+                    }
+                };
+                let (name, server) = match color {
+                    Some(c) => (format!("{SERVICE}-{c}"), format!("{host}-{c}")),
+                    None => (SERVICE.to_string(), host.clone()),
+                };
+                ports.insert(server.clone(), port);
+                let mut web = web_instance(
+                    &server,
+                    port,
+                    &root.join("deploy").join(host).join(&name),
+                    &socket,
+                    &self.drain_timeout,
+                    self.max_unpacked_bytes,
+                );
+                if let Some(c) = color {
+                    web.name = name.clone();
+                    web.service = SERVICE.to_string();
+                    web.extra_toml = format!("color = \"{c}\"\n{}", web.extra_toml);
+                }
+                if let Some(every) = &self.health_interval {
+                    web.health_interval.clone_from(every);
+                }
+                if !self.instance_toml.is_empty() {
+                    web.extra_toml.push('\n');
+                    web.extra_toml.push_str(&self.instance_toml);
+                }
+                if self.instance_metrics {
+                    web.extra_toml.push_str(&format!(
+                        "\n[instance.metrics]\n\
+                         url = \"http://127.0.0.1:{port}/metrics\"\n\
+                         requests = \"http_requests_total\"\n\
+                         latency = \"http_request_duration_seconds\"\n"
+                    ));
+                }
+                spec.instances.push(web);
             }
-            if !self.instance_toml.is_empty() {
-                web.extra_toml.push('\n');
-                web.extra_toml.push_str(&self.instance_toml);
-            }
-            if self.instance_metrics {
-                web.extra_toml.push_str(&format!(
-                    "\n[instance.metrics]\n\
-                     url = \"http://127.0.0.1:{port}/metrics\"\n\
-                     requests = \"http_requests_total\"\n\
-                     latency = \"http_request_duration_seconds\"\n"
-                ));
-            }
-            spec.instances = vec![web];
             specs.push(spec);
         }
         let servers: Vec<Server> = ports.iter().map(|(h, p)| Server::new(h, *p)).collect();
@@ -224,7 +252,7 @@ impl WebFleetBuilder {
             builder = builder.agent(spec);
         }
         let fleet = builder.start();
-        let ids: Vec<&str> = ports.keys().map(String::as_str).collect();
+        let ids: Vec<&str> = self.hosts.iter().map(|(h, _)| h.as_str()).collect();
         fleet.wait_connected(&ids);
         WebFleet {
             fleet,

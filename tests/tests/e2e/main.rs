@@ -18,6 +18,7 @@ mod lifecycle;
 mod restart;
 mod rollout;
 mod rollout_artifacts;
+mod rollout_bluegreen;
 mod rollout_canary;
 mod rollout_control;
 mod rollout_crash;
