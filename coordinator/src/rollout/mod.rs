@@ -52,6 +52,11 @@
 //!   ends Failed rather than Aborted (Aborted promises every instance on its
 //!   old or new release and in service, unless its host is lost).
 //!   Failures within the budget let the rollout go on, but it ends Failed.
+//! - Canary (`strategy = canary`, see [`traffic`]): the batches are traffic
+//!   steps, each followed by weights and a bake judged by `drover-analysis`;
+//!   a canary never fails in place (budget, deadline and analysis failures
+//!   roll it back) and puts every weight back before it ends. Blue-green is
+//!   refused after its pairs are checked (see [`bluegreen`]).
 
 //! # What the runtime must do
 //!

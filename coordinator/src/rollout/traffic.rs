@@ -15,10 +15,16 @@
 //! release; before the rollout ends, however it ends, every weight drover
 //! set is put back to the configured weight.
 //!
+//! A step counts its carriers, not its chains: when a canary's chain fails
+//! (within the failure budget) the step updates another instance, so no
+//! step bakes without a canary.
+//!
 //! Weight commands go beside the chains, one slot per instance, with ids
-//! `<rollout>/<instance>/weight/<generation>`: a new set of weights is a
-//! new generation, so a late answer to an older one is ignored. Every
-//! weight change and every verdict is persisted before it acts.
+//! `<rollout>/<instance>/weight/<generation>`: a new set of weights, or a
+//! new try of a failed one (up to [`WEIGHT_TRIES`], while the host is
+//! connected), is a new generation, so a late answer to an older one is
+//! ignored. Every weight change and every verdict is persisted before it
+//! acts. The simulator holds all this to invariant 8 (see `sim`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
