@@ -15,22 +15,9 @@ const DEFAULT_REQUESTS_METRIC: &str = "http_requests_total";
 const DEFAULT_LATENCY_METRIC: &str = "http_request_duration_seconds";
 const DEFAULT_METRICS_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Blue-green: which of a service's two instances on a host this is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Color {
-    Blue,
-    Green,
-}
-
-impl Color {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Color::Blue => "blue",
-            Color::Green => "green",
-        }
-    }
-}
+/// Blue-green: which of a service's two instances on a host this is; the
+/// same type the coordinator reads it back into.
+pub use drover_model::Color;
 
 /// Where the instance's own Prometheus metrics are, and which of them
 /// drover reads.
