@@ -64,6 +64,11 @@ pub enum Bug {
     /// end stayed due, so the runtime woke every millisecond and stored a
     /// look each time.
     LooksEveryTickAfterBake,
+    /// A canary step counted the chains it started, not the instances that
+    /// carry its share: when its canary's chain failed (within the budget)
+    /// the step baked with no canary at all, and the next steps did too,
+    /// each until `max_analysis`, looking at nothing.
+    StepCountsChainsNotCarriers,
     // Broken variants of the runtime's driver (`runner/driver.rs`), which
     // the simulator runs as the coordinator does.
     /// A new agent session does not ask again for what was in flight on
@@ -102,12 +107,13 @@ impl Bug {
     ];
 
     /// Engine bugs the simulator found (fixed; see each variant).
-    pub const FOUND: [Bug; 5] = [
+    pub const FOUND: [Bug; 6] = [
         Bug::AbortedWhileStranded,
         Bug::FailedTakenForFree,
         Bug::ResendPastDeadline,
         Bug::StoppingIgnoresWeights,
         Bug::LooksEveryTickAfterBake,
+        Bug::StepCountsChainsNotCarriers,
     ];
 
     /// Every variant: the deliberate ones, then those found.

@@ -213,6 +213,12 @@ impl Engine {
             .traffic
             .as_ref()
             .map(|_| self.st.batch_started.saturating_add(self.traffic_needed()));
+        #[cfg(any(test, feature = "sim"))]
+        let traffic = if bugs::on(Bug::StepCountsChainsNotCarriers) {
+            self.st.traffic.as_ref().map(super::traffic::Traffic::quota)
+        } else {
+            traffic
+        };
         if traffic.is_none() && self.st.batch_started >= self.st.limits.batch_size(self.st.batch) {
             if self.st.inflight() > 0 {
                 return None;

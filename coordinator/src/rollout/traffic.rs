@@ -704,6 +704,12 @@ impl Engine {
                 let block = self.fill_batch(cx);
                 let pending = self.st.instances.iter().any(|i| i.step == Step::Pending);
                 let quota_met = self.traffic_needed() == 0;
+                #[cfg(any(test, feature = "sim"))]
+                let quota_met = if bugs::on(Bug::StepCountsChainsNotCarriers) {
+                    self.st.batch_started >= self.st.traffic.as_ref().map_or(0, Traffic::quota)
+                } else {
+                    quota_met
+                };
                 let chains = self.st.inflight() > 0;
                 #[cfg(any(test, feature = "sim"))]
                 let chains = chains && !(bugs::on(Bug::WeightDuringChain) && quota_met);

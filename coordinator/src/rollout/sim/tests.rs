@@ -407,3 +407,13 @@ fn canary_figures() {
         eprintln!("{k}: {} {ends:?}", ends.values().sum::<u64>());
     }
 }
+
+/// Seed 73154 (found by the 100,000-seed sweep): a canary step whose only
+/// canary failed (within the budget) baked with no canary arm, looking at
+/// nothing until `max_analysis`, and so did every step after it (invariant
+/// 4: nothing happened for longer than the progress deadline). A step now
+/// counts the instances that carry its share and updates another.
+#[test]
+fn regression_seed_73154_a_step_updates_another_when_its_canary_fails() {
+    stays_fixed(Bug::StepCountsChainsNotCarriers, 73154, 4);
+}
