@@ -38,18 +38,28 @@ fn haproxy_load_and_capacity_sampler_see_drains_and_deaths() {
         .command("set server web/h1 state drain")
         .expect("runtime API");
     assert_eq!(answer.trim(), "", "set state drain refused");
-    let drained = fleet.wait(WAIT, "h1 is DRAIN and capacity 2", || {
+    // Drained, and the request it was serving when drained (if any) done.
+    let h1 = |s: &[drover_tests::ServerStat]| s.iter().find(|s| s.server == "h1").cloned();
+    let drained = fleet.wait(WAIT, "h1 is DRAIN with no session, capacity 2", || {
         let s = h.servers().ok()?;
-        let h1 = s.iter().find(|s| s.server == "h1")?;
-        (h1.state == ServerState::Drain && h.capacity().ok()? == 2).then_some(s)
+        let one = h1(&s)?;
+        (one.state == ServerState::Drain && one.scur == 0 && h.capacity().ok()? == 2).then_some(s)
     });
     let sent_while_drained = load.counts().0;
     fleet.wait(WAIT, "50 more requests while h1 is drained", || {
         load.counts().0 >= sent_while_drained + 50
     });
-    let h1_total =
-        |s: &[drover_tests::ServerStat]| s.iter().find(|s| s.server == "h1").map(|s| s.scur);
-    assert_eq!(h1_total(&drained), Some(0), "{}", format_servers(&drained));
+    // None of them went to h1.
+    let after = h.servers().expect("show stat");
+    assert_eq!(
+        h1(&after).map(|s| s.req_tot),
+        h1(&drained).map(|s| s.req_tot),
+        "a drained server got new requests
+{}
+{}",
+        format_servers(&drained),
+        format_servers(&after)
+    );
     h.command("set server web/h1 state ready")
         .expect("runtime API");
     h.wait_serving(3, WAIT);
