@@ -572,6 +572,28 @@ impl Registry {
         hosts
     }
 
+    /// `(host, instance id, instance name, service)` of every instance on a
+    /// connected host that reports holding a weight drover set, read under
+    /// the lock without copying the fleet.
+    pub fn held_weights(&self) -> Vec<(String, String, String, String)> {
+        let st = self.lock();
+        let mut out = Vec::new();
+        for e in st.hosts.values() {
+            if status_of(&e.host) != HostStatus::Connected {
+                continue;
+            }
+            for i in e.host.instances.iter().filter(|i| i.weight_held) {
+                out.push((
+                    e.host.host_id.clone(),
+                    i.id.clone(),
+                    i.name.clone(),
+                    i.service.clone(),
+                ));
+            }
+        }
+        out
+    }
+
     /// Sends a message to the host's live session, if any.
     pub fn session_sender(&self, host_id: &str) -> Option<SessionSender> {
         self.lock()

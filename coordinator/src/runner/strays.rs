@@ -10,9 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use drover_model::selector::Selector;
 use drover_proto::v1::{
-    Command, CoordinatorMessage, Host, HostStatus, SetWeightCommand, command, coordinator_message,
+    Command, CoordinatorMessage, SetWeightCommand, command, coordinator_message,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -30,21 +29,17 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// so none is this).
 pub const OWNER: &str = "stray-weights";
 
-/// `(host, instance id, instance name)` of every connected instance that
-/// holds a weight while no rollout of its service runs.
-pub fn strays(hosts: &[Host], busy: &BTreeSet<String>) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    for h in hosts {
-        if h.status != HostStatus::Connected as i32 {
-            continue;
-        }
-        for i in &h.instances {
-            if i.weight_held && !busy.contains(&i.service) {
-                out.push((h.host_id.clone(), i.id.clone(), i.name.clone()));
-            }
-        }
-    }
-    out
+/// `(host, instance id, instance name)` of the instances in `held` (as
+/// [`Registry::held_weights`] lists them) whose service has no rollout
+/// running.
+pub fn strays(
+    held: Vec<(String, String, String, String)>,
+    busy: &BTreeSet<String>,
+) -> Vec<(String, String, String)> {
+    (held.into_iter())
+        .filter(|(_, _, _, service)| !busy.contains(service))
+        .map(|(host, id, name, _)| (host, id, name))
+        .collect()
 }
 
 fn restore(id: String, instance: String) -> CoordinatorMessage {
@@ -69,14 +64,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut told: BTreeMap<String, Instant> = BTreeMap::new();
-    let everyone = Selector::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(SWEEP_EVERY) => {}
         }
         let busy = rollouts.running_services();
-        let found = strays(&registry.list(&everyone), &busy);
+        let found = strays(registry.held_weights(), &busy);
         told.retain(|id, at| at.elapsed() < RETELL_AFTER && found.iter().any(|s| &s.1 == id));
         let stamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -100,44 +94,24 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use drover_proto::v1::InstanceStatus;
-
     use super::*;
 
-    fn host(id: &str, status: HostStatus, held: &[(&str, &str, bool)]) -> Host {
-        Host {
-            host_id: id.to_string(),
-            status: status as i32,
-            instances: (held.iter())
-                .map(|(name, service, held)| InstanceStatus {
-                    id: format!("{name}@{id}"),
-                    name: name.to_string(),
-                    service: service.to_string(),
-                    weight_held: *held,
-                    ..InstanceStatus::default()
-                })
-                .collect(),
-            ..Host::default()
-        }
-    }
-
     #[test]
-    fn only_held_weights_of_services_without_a_rollout_on_connected_hosts() {
-        let hosts = [
-            host(
-                "h1",
-                HostStatus::Connected,
-                &[
-                    ("web", "web", true),
-                    ("api", "api", true),
-                    ("db", "db", false),
-                ],
-            ),
-            host("h2", HostStatus::Lost, &[("web", "web", true)]),
-        ];
+    fn only_held_weights_of_services_without_a_rollout() {
+        let held = |h: &str, name: &str, service: &str| {
+            (
+                h.to_string(),
+                format!("{name}@{h}"),
+                name.to_string(),
+                service.to_string(),
+            )
+        };
         let busy = BTreeSet::from(["api".to_string()]);
         assert_eq!(
-            strays(&hosts, &busy),
+            strays(
+                vec![held("h1", "web", "web"), held("h1", "api", "api")],
+                &busy
+            ),
             [("h1".to_string(), "web@h1".to_string(), "web".to_string())]
         );
     }
