@@ -519,3 +519,80 @@ web,BACKEND,0,0,2,2,26,9,0,0,0,0,,0,0,0,0,UP,2,2,0,,0,10,0,,1,3,0,,9,,1,0,,2,,\n
         assert!(request_failed(none));
     }
 }
+
+/// One reading of a backend's servers: when (since the recorder started,
+/// and on the wall clock, which the coordinator's events use too) and what.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    pub at: Duration,
+    pub unix_ms: i64,
+    pub servers: Vec<ServerStat>,
+}
+
+/// Reads `show stat` for one backend every `every` on its own thread and
+/// keeps every reading (at most `max`, failed reads counted), for tests
+/// that check what HAProxy saw over a whole rollout.
+pub struct StatRecorder {
+    started: Instant,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<(Vec<Reading>, Vec<String>)>>,
+}
+
+impl StatRecorder {
+    pub fn start(socket: &Path, backend: &str, every: Duration, max: usize) -> StatRecorder {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let socket = socket.to_path_buf();
+        let backend = backend.to_string();
+        let started = Instant::now();
+        let thread = std::thread::spawn(move || {
+            let (mut readings, mut errors) = (Vec::new(), Vec::new());
+            let mut last = false;
+            loop {
+                let read = command(&socket, "show stat").and_then(|t| parse_show_stat(&t));
+                match read {
+                    Ok(all) => readings.push(Reading {
+                        at: started.elapsed(),
+                        unix_ms: std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                        servers: (all.into_iter())
+                            .filter(|s| s.backend == backend && s.is_server())
+                            .collect(),
+                    }),
+                    Err(e) => errors.push(e),
+                }
+                if last || readings.len() + errors.len() >= max {
+                    break;
+                }
+                // The next reading is due in `every`; asked to stop (or the
+                // recorder gone), one more at once, so the last sees the end.
+                match rx.recv_timeout(every) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => last = true,
+                }
+            }
+            (readings, errors)
+        });
+        StatRecorder {
+            started,
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Time since the recorder started, on the readings' clock.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Stops after one last reading; every reading, and the read errors.
+    pub fn stop(mut self) -> (Vec<Reading>, Vec<String>) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_else(|| (Vec::new(), vec!["the recorder panicked".to_string()]))
+    }
+}

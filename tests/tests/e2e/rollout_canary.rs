@@ -7,13 +7,9 @@
 //! versions at the end.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use drover_tests::harness::haproxy::{self, ServerStat};
+use drover_tests::harness::haproxy::{Reading, StatRecorder};
 use drover_tests::harness::rollout::SERVICE;
 use drover_tests::{Load, LoadSpec, RolloutView, WAIT, WebFleet, free_port};
 
@@ -21,68 +17,6 @@ use drover_tests::{Load, LoadSpec, RolloutView, WAIT, WebFleet, free_port};
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// Three minutes of samples at most.
 const MAX_SAMPLES: usize = 1_800;
-
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// One reading of the backend's servers, with the wall clock in unix ms.
-type Reading = (i64, Vec<ServerStat>);
-
-/// Every reading of the backend's servers, with the wall clock (the
-/// coordinator's events use the same clock).
-struct Sampler {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Vec<Reading>>>,
-}
-
-impl Sampler {
-    fn start(socket: &Path) -> Sampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let socket: PathBuf = socket.to_path_buf();
-        let thread = {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                let mut out = Vec::new();
-                while out.len() < MAX_SAMPLES && !stop.load(Ordering::SeqCst) {
-                    if let Ok(all) = haproxy::command(&socket, "show stat")
-                        .and_then(|t| haproxy::parse_show_stat(&t))
-                    {
-                        let servers = all
-                            .into_iter()
-                            .filter(|s| s.backend == SERVICE && s.server != "BACKEND")
-                            .filter(|s| s.server != "FRONTEND")
-                            .collect();
-                        out.push((unix_ms(), servers));
-                    }
-                    // Paces the readings; nothing waits on it.
-                    std::thread::sleep(SAMPLE_EVERY);
-                }
-                out
-            })
-        };
-        Sampler {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(mut self) -> Vec<Reading> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread
-            .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Sampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
 
 /// A canary spec file: `steps`, a short bake, looks every second.
 fn spec_file(web: &WebFleet, name: &str, steps: &str, bake: &str, analysis: &str) -> String {
@@ -99,15 +33,15 @@ fn spec_file(web: &WebFleet, name: &str, steps: &str, bake: &str, analysis: &str
 /// the first and last readings in that window.
 fn answered(samples: &[Reading], from: i64, to: i64) -> BTreeMap<String, u64> {
     let inside: Vec<&Reading> = (samples.iter())
-        .filter(|(at, _)| *at >= from && *at <= to)
+        .filter(|r| r.unix_ms >= from && r.unix_ms <= to)
         .collect();
     let (Some(first), Some(last)) = (inside.first(), inside.last()) else {
         return BTreeMap::new();
     };
-    let before: BTreeMap<&str, u64> = (first.1.iter())
+    let before: BTreeMap<&str, u64> = (first.servers.iter())
         .map(|s| (s.server.as_str(), s.req_tot))
         .collect();
-    (last.1.iter())
+    (last.servers.iter())
         .map(|s| {
             let was = before.get(s.server.as_str()).copied().unwrap_or(0);
             (s.server.clone(), s.req_tot.saturating_sub(was))
@@ -169,7 +103,7 @@ fn a_good_canary_is_promoted_step_by_step_with_each_share_seen_at_haproxy() {
     let web = WebFleet::builder().hosts(5).start();
     web.deploy_initial("v1");
     web.push_release("v2", &[]);
-    let sampler = Sampler::start(web.haproxy.socket());
+    let sampler = StatRecorder::start(web.haproxy.socket(), SERVICE, SAMPLE_EVERY, MAX_SAMPLES);
     let load = Load::start(&web.haproxy.frontend_addr(), load_spec());
     web.fleet
         .wait(WAIT, "load flows through HAProxy", || load.counts().1 >= 30);
@@ -178,7 +112,7 @@ fn a_good_canary_is_promoted_step_by_step_with_each_share_seen_at_haproxy() {
     let started = web.start_detached("v2", &["-f", &spec]);
     let rollout = web.wait_finished(&started.id, Duration::from_secs(120));
     let report = load.stop();
-    let samples = sampler.stop();
+    let (samples, _) = sampler.stop();
     let diag = || {
         format!(
             "{}\n{report}\n{}",

@@ -6,13 +6,11 @@
 //! until HAProxy routes to it again, and the floor holds as HAProxy
 //! counts it.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use drover_tests::harness::haproxy::{self, Checks, ServerStat, capacity, format_servers};
+use drover_tests::harness::haproxy::{
+    Checks, Reading, ServerStat, StatRecorder, capacity, format_servers,
+};
 use drover_tests::harness::rollout::SERVICE;
 use drover_tests::{Load, LoadSpec, WAIT, WebFleet, wait_until};
 
@@ -21,79 +19,7 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// Two minutes of samples at most.
 const MAX_SAMPLES: usize = 2_400;
 
-/// One reading of `show stat`: the backend's servers, and when.
-struct Sample {
-    at: Duration,
-    servers: Vec<ServerStat>,
-}
-
-/// Reads HAProxy's `show stat` every [`SAMPLE_EVERY`] on its own thread
-/// and keeps every reading (at most [`MAX_SAMPLES`]).
-struct Sampler {
-    started: Instant,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<(Vec<Sample>, Vec<String>)>>,
-}
-
-impl Sampler {
-    fn start(socket: &Path) -> Sampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let socket: PathBuf = socket.to_path_buf();
-        let started = Instant::now();
-        let thread = {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                let (mut samples, mut errors) = (Vec::new(), Vec::new());
-                while samples.len() + errors.len() < MAX_SAMPLES {
-                    let read = haproxy::command(&socket, "show stat")
-                        .and_then(|t| haproxy::parse_show_stat(&t));
-                    match read {
-                        Ok(all) => samples.push(Sample {
-                            at: started.elapsed(),
-                            servers: all
-                                .into_iter()
-                                .filter(|s| {
-                                    s.backend == SERVICE
-                                        && s.server != "BACKEND"
-                                        && s.server != "FRONTEND"
-                                })
-                                .collect(),
-                        }),
-                        Err(e) => errors.push(e),
-                    }
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    // Paces the readings; nothing waits on it.
-                    std::thread::sleep(SAMPLE_EVERY);
-                }
-                (samples, errors)
-            })
-        };
-        Sampler {
-            started,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops after one last reading; every reading, and the errors.
-    fn stop(mut self) -> (Vec<Sample>, Vec<String>) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread
-            .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or_else(|| (Vec::new(), vec!["the sampler panicked".to_string()]))
-    }
-}
-
-impl Drop for Sampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-fn serving(s: &Sample, server: &str) -> Option<bool> {
+fn serving(s: &Reading, server: &str) -> Option<bool> {
     s.servers
         .iter()
         .find(|x| x.server == server)
@@ -112,7 +38,7 @@ fn serving(s: &Sample, server: &str) -> Option<bool> {
 /// the mark is counted with `killed` as it was before the mark: drover
 /// could not have known of a fall that had not happened yet.
 fn drains_under_floor(
-    samples: &[Sample],
+    samples: &[Reading],
     floor: u32,
     killed: &str,
     marked: Duration,
@@ -143,7 +69,7 @@ fn drains_under_floor(
 }
 
 /// Each server's status changes, with times, for failure messages.
-fn transitions(samples: &[Sample]) -> String {
+fn transitions(samples: &[Reading]) -> String {
     let mut out = String::new();
     let mut last: std::collections::BTreeMap<String, String> = Default::default();
     for s in samples {
@@ -181,7 +107,7 @@ fn a_restarted_instance_counts_only_once_haproxy_routes_to_it_again() {
     web.push_release("v2", &[]);
     let floor = 3;
 
-    let sampler = Sampler::start(web.haproxy.socket());
+    let sampler = StatRecorder::start(web.haproxy.socket(), SERVICE, SAMPLE_EVERY, MAX_SAMPLES);
     let load = Load::start(
         &web.haproxy.frontend_addr(),
         LoadSpec {
@@ -226,7 +152,7 @@ fn a_restarted_instance_counts_only_once_haproxy_routes_to_it_again() {
     // it is marked down first so that no request goes to a dead server
     // meanwhile (with `retries 0` those would fail, and this test counts
     // failed requests). It stays down until its checks rise again.
-    let marked_at = sampler.started.elapsed();
+    let marked_at = sampler.elapsed();
     let answer = web
         .haproxy
         .command("set server web/h1 health down")
