@@ -194,11 +194,10 @@ pub(crate) enum Stage {
     Updating,
     /// This step's weights are being set (generation `Traffic::generation`).
     Weighting,
-    /// Weights in place since `weights_at`; counting from `count_from`,
-    /// a look every interval, the bake ends at `ends_at` and the
-    /// analysis gives up at `gives_up_at`.
+    /// Weights in place: counting from `count_from`, the next look at
+    /// `next_look` (then every interval), the bake ends at `ends_at` and
+    /// the analysis gives up at `gives_up_at`.
     Baking {
-        weights_at: Millis,
         count_from: Millis,
         next_look: Millis,
         ends_at: Millis,
@@ -843,7 +842,6 @@ impl Engine {
         };
         let count_from = now.plus(warmup);
         t.stage = Stage::Baking {
-            weights_at: now,
             count_from,
             next_look: count_from.plus(interval),
             ends_at: now.plus(bake),
@@ -875,7 +873,6 @@ impl Engine {
             return;
         };
         let Stage::Baking {
-            weights_at,
             count_from,
             next_look,
             ends_at,
@@ -918,15 +915,7 @@ impl Engine {
                 return;
             }
             // Not counting yet: the warm-up, or no reading since it ended.
-            if let Some(t) = &mut self.st.traffic {
-                t.stage = Stage::Baking {
-                    weights_at,
-                    count_from,
-                    next_look: now.max(count_from).plus(interval),
-                    ends_at,
-                    gives_up_at,
-                };
-            }
+            self.look_again_at(now.max(count_from).plus(interval));
             cx.dirty = true;
             return;
         };
@@ -943,16 +932,19 @@ impl Engine {
             judge::Verdict::Pass => self.pass_step(cx, StepVerdict::Passed, reason),
             judge::Verdict::Inconclusive if last => self.inconclusive(cx, step32, share, reason),
             judge::Verdict::Continue | judge::Verdict::Inconclusive => {
-                if let Some(t) = &mut self.st.traffic {
-                    t.stage = Stage::Baking {
-                        weights_at,
-                        count_from,
-                        next_look: now.plus(interval),
-                        ends_at,
-                        gives_up_at,
-                    };
-                }
+                self.look_again_at(now.plus(interval));
             }
+        }
+    }
+
+    /// Schedules the baking step's next look.
+    fn look_again_at(&mut self, at: Millis) {
+        if let Some(Traffic {
+            stage: Stage::Baking { next_look, .. },
+            ..
+        }) = &mut self.st.traffic
+        {
+            *next_look = at;
         }
     }
 
