@@ -39,11 +39,33 @@ pub struct CoordinatorConfig {
     pub agents: AgentsConfig,
     #[serde(default)]
     pub artifacts: ArtifactsConfig,
+    /// Blue-green: commands a rollout may run against the idle color
+    /// before any traffic moves, by the name its spec gives
+    /// (`pre_traffic_hook = "smoke"` runs `[pre_traffic_hooks.smoke]`).
+    /// Only the coordinator's own config says what runs, never a spec.
+    #[serde(default)]
+    pub pre_traffic_hooks: std::collections::BTreeMap<String, HookConfig>,
     /// How long a graceful stop (first SIGTERM) may take: sessions end,
     /// every task is joined and the store flushed within it, or the
     /// coordinator exits anyway.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+}
+
+/// One pre-traffic hook: a program run without a shell, whose exit code
+/// decides (0 lets the traffic move).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// Killed, and counted as failed, after this long.
+    #[serde(default = "default_hook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(5 * 60)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -235,6 +257,32 @@ impl CoordinatorConfig {
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::field(path, "data_dir", "must not be empty"));
+        }
+        for (name, hook) in &self.pre_traffic_hooks {
+            let field = format!("pre_traffic_hooks.{name}");
+            let valid = !name.is_empty()
+                && (name.bytes()).all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid {
+                return Err(ConfigError::field(
+                    path,
+                    &field,
+                    "a hook name is letters, digits, `-` and `_`",
+                ));
+            }
+            if hook.command.first().is_none_or(|p| p.trim().is_empty()) {
+                return Err(ConfigError::field(
+                    path,
+                    &format!("{field}.command"),
+                    "must name a program, e.g. command = [\"/usr/local/bin/smoke\", \"--quick\"]",
+                ));
+            }
+            if hook.timeout < Duration::from_secs(1) {
+                return Err(ConfigError::field(
+                    path,
+                    &format!("{field}.timeout"),
+                    "must be at least 1s",
+                ));
+            }
         }
         let a = &self.agents;
         if a.lost_timeout < Duration::from_millis(500) {

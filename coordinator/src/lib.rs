@@ -169,7 +169,10 @@ pub async fn start(
         store.clone(),
         registry.clone(),
         metrics.clone(),
-        config.agents.lost_timeout,
+        runner::Settings {
+            lost_timeout: config.agents.lost_timeout,
+            hooks: config.pre_traffic_hooks.clone(),
+        },
         shutdown.clone(),
         tasks.clone(),
     )

@@ -29,6 +29,10 @@ impl Engine {
             self.on_weight_result(cx, idx, id, outcome);
             return;
         }
+        if id.attempt >= super::bluegreen::SIDE_ATTEMPTS {
+            self.on_side_result(cx, idx, id, outcome);
+            return;
+        }
         let current = self.st.instances[idx].inflight.as_ref();
         if current.is_none_or(|f| &f.id != id) {
             // An answer to a step already timed out, or to an older chain.
@@ -55,6 +59,7 @@ impl Engine {
     /// Turns commands past their deadline into failures.
     pub(super) fn expire(&mut self, cx: &mut Cx) {
         self.expire_weights(cx);
+        self.expire_sides(cx);
         for idx in 0..self.st.instances.len() {
             let i = &self.st.instances[idx];
             let Some(flight) = i.inflight.as_ref().filter(|f| f.deadline <= cx.now) else {
@@ -192,6 +197,7 @@ impl Engine {
         weights.dedup();
         for idx in weights {
             self.resend_weight(cx, idx);
+            self.resend_side(cx, idx);
         }
     }
 

@@ -70,13 +70,17 @@ pub enum PlanError {
         total: u32,
         pending: u32,
     },
-    #[error("strategy {0} is not run by this coordinator yet; use strategy = rolling")]
-    StrategyNotRun(drover_model::Strategy),
     #[error(
         "a canary compares instances on the new release with instances on the old one, \
          but service {service} has {instances} matching instance(s); use strategy = rolling"
     )]
     CanaryNeedsBaseline { service: String, instances: u32 },
+    #[error(
+        "pre_traffic_hook `{name}` is not in this coordinator's config (it has: {}); add \
+         [pre_traffic_hooks.{name}] with its command to coordinator.toml",
+        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+    )]
+    UnknownHook { name: String, known: Vec<String> },
     #[error("blue-green: {why}")]
     BlueGreen { why: String },
     #[error("{instance}: {why}; a canary moves traffic by load balancer weights")]
@@ -239,12 +243,14 @@ impl Engine {
         now: Millis,
     ) -> Result<(Engine, Vec<Output>), PlanError> {
         spec.validate()?;
-        if spec.strategy == drover_model::Strategy::BlueGreen {
-            // What can be checked is, so the operator can prepare the
-            // pairs; the rollout itself is not run yet.
-            super::bluegreen::plan_colors(&instances)?;
-            return Err(PlanError::StrategyNotRun(spec.strategy));
-        }
+        let colors = match spec.strategy {
+            drover_model::Strategy::BlueGreen => {
+                let plan = super::bluegreen::plan_colors(&instances)?;
+                check_weightable(&instances, spec.analysis.source)?;
+                Some(plan)
+            }
+            _ => None,
+        };
         if spec.strategy == drover_model::Strategy::Canary {
             if instances.len() < 2 {
                 return Err(PlanError::CanaryNeedsBaseline {
@@ -273,7 +279,17 @@ impl Engine {
             }
         }
         let ordered = plan_order(instances, spec.spread_by.as_ref().map(|s| s.label.as_str()));
-        let total = count(ordered.iter());
+        // Blue-green counts one color: the floor, the budgets and the
+        // batches are about the color that serves, then the one that will.
+        let total = match &colors {
+            Some(c) => count(c.idle_ids.iter()),
+            None => count(ordered.iter()),
+        };
+        let serving_color = |id: &str| {
+            colors
+                .as_ref()
+                .is_some_and(|c| c.active_ids.iter().any(|a| a == id))
+        };
         let limits = Limits {
             total,
             floor: spec.min_healthy.resolve_up(total),
@@ -291,7 +307,9 @@ impl Engine {
         let states: Vec<InstanceState> = ordered
             .into_iter()
             .map(|i| {
-                let skipped = if i.release.as_ref() == Some(&spec.target) {
+                let skipped = if serving_color(&i.id) {
+                    Some(SkipReason::ServingColor)
+                } else if i.release.as_ref() == Some(&spec.target) {
                     Some(SkipReason::OnTarget)
                 } else if !i.reachable && spec.lost_hosts == LostHostPolicy::Skip {
                     Some(SkipReason::Unreachable)
@@ -326,6 +344,7 @@ impl Engine {
                     left: None,
                     weight: None,
                     meter: None,
+                    side: None,
                 }
             })
             .collect();
@@ -347,8 +366,9 @@ impl Engine {
             finished_at: None,
             traffic: None,
         };
-        if st.spec.strategy == drover_model::Strategy::Canary {
-            st.traffic = Some(super::traffic::Traffic::plan(&st));
+        if st.spec.strategy != drover_model::Strategy::Rolling {
+            let active = colors.as_ref().map(|c| c.active);
+            st.traffic = Some(super::traffic::Traffic::plan(&st, active));
         }
         let capacity = st.capacity();
         st.lowest_capacity = capacity;
@@ -369,6 +389,9 @@ impl Engine {
             let why = match i.skipped {
                 Some(SkipReason::OnTarget) => "skipped: already on the target release",
                 Some(SkipReason::Unreachable) => "skipped: host lost (counted as unreachable)",
+                Some(SkipReason::ServingColor) => {
+                    "the serving color: keeps its release and carries the traffic until the switch"
+                }
                 None => continue,
             };
             eng.event(&mut cx, Some(idx), Some(Step::Skipped), why.to_string());
@@ -407,6 +430,9 @@ impl Engine {
             if let Some(f) = i.weight.as_mut().and_then(|w| w.inflight.as_mut()) {
                 f.deadline = now.plus(f.timeout);
             }
+            if let Some(f) = i.side.as_mut().and_then(|s| s.inflight.as_mut()) {
+                f.deadline = now.plus(f.timeout);
+            }
         }
         let n = eng.st.inflight();
         eng.event(
@@ -422,6 +448,7 @@ impl Engine {
             .collect();
         cx.resend_weights = (0..eng.st.instances.len()).collect();
         eng.flush_resends(&mut cx);
+        eng.rerun_hook(&mut cx);
         eng.settle(&mut cx);
         (eng, cx.into_outputs())
     }
@@ -520,7 +547,8 @@ impl Engine {
     pub fn instance(&self, id: &str) -> Option<(&str, bool)> {
         let i = &self.st.instances[*self.index.get(id)?];
         let weighing = i.weight.as_ref().is_some_and(|w| w.inflight.is_some());
-        Some((i.host.as_str(), i.inflight.is_some() || weighing))
+        let side = i.side.as_ref().is_some_and(|s| s.inflight.is_some());
+        Some((i.host.as_str(), i.inflight.is_some() || weighing || side))
     }
 
     pub fn state(&self) -> &RolloutState {
@@ -608,6 +636,11 @@ impl Engine {
                 Input::HostBack { host } => self.on_host_back(&mut cx, &host),
                 Input::Operator(action) => self.on_operator(&mut cx, action),
                 Input::Traffic { instance, sample } => self.on_traffic(&instance, &sample),
+                Input::HookDone {
+                    attempt,
+                    ok,
+                    detail,
+                } => self.on_hook_done(&mut cx, attempt, ok, &detail),
             }
         }
         self.expire(&mut cx);
@@ -937,7 +970,9 @@ fn check_startable(st: &RolloutState, capacity: u32) -> Result<(), PlanError> {
             disconnected: disconnected.into_iter().map(str::to_string).collect(),
         });
     }
-    if lim.floor == lim.total {
+    // Blue-green takes down only instances that serve nothing.
+    let colors = st.traffic.as_ref().is_some_and(|t| t.colors.is_some());
+    if lim.floor == lim.total && !colors {
         return Err(PlanError::NoRoom {
             floor: lim.floor,
             total: lim.total,

@@ -401,6 +401,13 @@ pub enum Input {
         instance: String,
         sample: super::traffic::TrafficSample,
     },
+    /// Blue-green: how run `attempt` of the pre-traffic hook ended
+    /// (`ok` = exit code 0); `detail` says what it printed or why it failed.
+    HookDone {
+        attempt: u32,
+        ok: bool,
+        detail: String,
+    },
 }
 
 /// One line of the rollout's history, with the numbers a capacity timeline needs.
@@ -474,6 +481,16 @@ pub enum Output {
     /// in the same write as the Persist of the batch (the verdict acts
     /// only after that write).
     Judgement(Box<super::traffic::StepJudgement>),
+    /// Blue-green: run the pre-traffic hook `name` from the coordinator's
+    /// configuration against the idle color (`instances`, about to serve
+    /// `release`), then feed [`Input::HookDone`] with the same `attempt`.
+    RunHook {
+        name: String,
+        attempt: u32,
+        color: drover_model::Color,
+        instances: Vec<String>,
+        release: Release,
+    },
     /// The rollout reached its terminal state; nothing follows.
     Finished(Outcome),
 }

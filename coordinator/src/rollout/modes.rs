@@ -151,8 +151,19 @@ impl Engine {
     }
 
     fn drive_forward(&mut self, cx: &mut Cx) -> Pass {
-        let pending = self.st.instances.iter().any(|i| i.step == Step::Pending);
-        if !pending && self.st.inflight() == 0 && self.weights_in_flight() == 0 {
+        if self.is_blue_green() {
+            if self.colors_retired() && self.sides_in_flight() == 0 {
+                let outcome = self.retired_outcome();
+                self.finish(cx, outcome);
+                return Pass {
+                    again: true,
+                    wait: None,
+                };
+            }
+        } else if self.st.instances.iter().all(|i| i.step != Step::Pending)
+            && self.st.inflight() == 0
+            && self.weights_in_flight() == 0
+        {
             let failed: Vec<String> = (self.st.instances.iter())
                 .filter(|i| i.step == Step::Failed)
                 .map(|i| match &i.fault {
@@ -188,7 +199,10 @@ impl Engine {
             // The traffic drive stopped it (a weight that could not be set).
             return Pass { again: true, wait };
         }
-        if self.deadline_passed(cx.now) {
+        // Keeping the old color is waiting by design, for as long as
+        // keep_old says.
+        let keeping = matches!(wait, Some(Block::KeepingOld { .. }));
+        if self.deadline_passed(cx.now) && !keeping {
             let reason =
                 StopReason::progress_deadline(self.st.spec.progress_deadline, wait.clone());
             let then = if self.shifts_traffic() {
@@ -283,7 +297,7 @@ impl Engine {
         };
         // Weight commands too: a rollback's chain sent to an instance whose
         // weight command still runs would be refused as busy.
-        let n = self.st.inflight() + self.weights_in_flight();
+        let n = self.st.inflight() + self.weights_in_flight() + self.sides_in_flight();
         #[cfg(any(test, feature = "sim"))]
         let n = if bugs::on(Bug::StoppingIgnoresWeights) {
             self.st.inflight()
@@ -355,6 +369,9 @@ impl Engine {
             };
         };
         let (reason, kind) = (reason.clone(), *kind);
+        if self.is_blue_green() {
+            return self.drive_switch_back(cx, reason, kind);
+        }
         let skip_lost = self.st.spec.lost_hosts == LostHostPolicy::Skip;
         for idx in self.restore_candidates(kind) {
             let i = &self.st.instances[idx];

@@ -99,8 +99,12 @@ impl Engine {
         let mut queue = VecDeque::new();
         let mut outputs = first;
         let mut now = 0u64;
-        // Every instance takes seven commands; anything beyond is a bug, not a plan.
-        let limit = 8 * u64::from(plan.total) + 16;
+        // Every instance takes seven commands (blue-green: its pair a few
+        // weights, a drain and a stop more); anything beyond is a bug, not
+        // a plan.
+        let instances = u64::try_from(eng.state().instances.len()).unwrap_or(u64::MAX);
+        let limit = 16 * instances + 16;
+        let mut answered = 0_u64;
         loop {
             plan.record(&eng, &outputs, &mut queue);
             if eng.is_finished() {
@@ -109,17 +113,36 @@ impl Engine {
             let Some(id) = queue.pop_front() else {
                 // A canary step bakes: take its weights, then pass it as
                 // if its analysis had, to plan the next one.
-                if let Some(super::reason::Block::Baking { .. }) = eng.status().wait_reason {
-                    plan.traffic_steps.extend(eng.planned_step());
-                    now += 1;
-                    outputs = eng.handle(Millis(now), Input::Operator(OperatorAction::Promote));
-                    continue;
+                match eng.status().wait_reason {
+                    Some(super::reason::Block::Baking { .. }) => {
+                        plan.traffic_steps.extend(eng.planned_step());
+                        now += 1;
+                        outputs = eng.handle(Millis(now), Input::Operator(OperatorAction::Promote));
+                        continue;
+                    }
+                    // Blue-green: the hook passes, the switch's last
+                    // weights are the plan's last step, keep-old ends.
+                    Some(super::reason::Block::Hook { .. }) => {
+                        now += 1;
+                        let attempt = eng.colors().map_or(0, |c| c.hook_attempt);
+                        let done = super::bluegreen::hook_done(attempt, true, "dry run");
+                        outputs = eng.handle(Millis(now), done);
+                        continue;
+                    }
+                    Some(super::reason::Block::KeepingOld { until, .. }) => {
+                        plan.traffic_steps.extend(eng.planned_step());
+                        now = now.max(until.0);
+                        outputs = eng.handle(Millis(now), Input::Tick);
+                        continue;
+                    }
+                    _ => {}
                 }
                 plan.stalls = eng.status().wait_reason.map(|b| b.to_string());
                 break;
             };
             now += 1;
-            if now > limit {
+            answered += 1;
+            if answered > limit {
                 plan.stalls = Some("the dry run did not converge".to_string());
                 break;
             }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use drover_model::Share;
 
 use super::engine::{list, show};
+use super::model::Millis;
 
 /// Why nothing more starts right now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +71,23 @@ pub enum Block {
     Unweighting {
         instances: u32,
     },
+    /// Blue-green: `what` is under way on `instances` instance(s) (taking
+    /// the idle color out of traffic, draining or stopping the old one,
+    /// switching back).
+    Colors {
+        what: String,
+        instances: u32,
+    },
+    /// Blue-green: the pre-traffic hook `name` runs against the idle color.
+    Hook {
+        name: String,
+    },
+    /// Blue-green: traffic switched; the old color `color` is drained and
+    /// kept running until `until`, for an instant rollback.
+    KeepingOld {
+        color: String,
+        until: Millis,
+    },
     /// Stored by a coordinator before wait reasons were typed.
     Text(String),
 }
@@ -123,6 +141,16 @@ impl fmt::Display for Block {
             Block::Unweighting { instances } => write!(
                 f,
                 "putting back the configured weight of {instances} instance(s)"
+            ),
+            Block::Colors { what, instances } => write!(f, "{what}: {instances} instance(s)"),
+            Block::Hook { name } => write!(
+                f,
+                "running the pre-traffic hook `{name}` against the idle color; no traffic moved yet"
+            ),
+            Block::KeepingOld { color, .. } => write!(
+                f,
+                "traffic switched; keeping the old color ({color}) drained and running until keep-old \
+                 ends (`drover rollout rollback` moves traffic back)"
             ),
             Block::Text(s) => f.write_str(s),
         }
@@ -206,6 +234,12 @@ pub enum StopReason {
     WeightsNotRestored {
         who: Vec<String>,
     },
+    /// Blue-green: why the switch could not go on or end cleanly, and the
+    /// instances concerned (`id: why`).
+    BlueGreen {
+        why: String,
+        who: Vec<String>,
+    },
     /// Stored by a coordinator before stop reasons were typed.
     Text(String),
 }
@@ -283,6 +317,8 @@ impl fmt::Display for StopReason {
                 "every instance updated, but configured weights not put back: {}",
                 list(who)
             ),
+            StopReason::BlueGreen { why, who } if who.is_empty() => f.write_str(why),
+            StopReason::BlueGreen { why, who } => write!(f, "{why}: {}", list(who)),
             StopReason::Halted { why } | StopReason::Text(why) => f.write_str(why),
         }
     }

@@ -55,6 +55,10 @@ pub(crate) struct Observed {
 pub(crate) enum SkipReason {
     OnTarget,
     Unreachable,
+    /// Blue-green: an instance of the color that serves; it takes no new
+    /// release, carries the baseline, and is drained and stopped once the
+    /// traffic switched.
+    ServingColor,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +100,9 @@ pub(crate) struct InstanceState {
     /// Canary: what it served since its step's counting began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meter: Option<super::traffic::Meter>,
+    /// Blue-green: a drain, undrain or stop sent outside any chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub side: Option<super::bluegreen::SideSlot>,
 }
 
 impl InstanceState {

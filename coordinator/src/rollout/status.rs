@@ -66,6 +66,10 @@ pub struct TrafficStatus {
     pub looks: u32,
     pub last_look: Option<String>,
     pub results: Vec<super::traffic::StepResult>,
+    /// Blue-green: the color that served at start (the old one).
+    pub active_color: Option<drover_model::Color>,
+    /// Blue-green: when keep-old ends, while the old color is kept.
+    pub keep_old_until: Option<Millis>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +80,17 @@ pub enum TrafficStage {
     Baking,
     Held,
     Passed,
+    /// Blue-green: taking the idle color out of traffic.
+    Isolating,
+    /// Blue-green: the pre-traffic hook runs.
+    Hook,
+    /// Blue-green: all traffic on the new color, the old one drained and
+    /// kept (`bake_ends_at` is when keep-old ends, once known).
+    Switched,
+    /// Blue-green: stopping the old color.
+    Retiring,
+    /// Blue-green: the old color is stopped.
+    Retired,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +172,7 @@ impl Engine {
                     match s {
                         super::state::SkipReason::OnTarget => "already on the target release",
                         super::state::SkipReason::Unreachable => "host lost",
+                        super::state::SkipReason::ServingColor => "the serving color (old)",
                     }
                     .to_string()
                 })

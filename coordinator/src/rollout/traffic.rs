@@ -208,6 +208,19 @@ pub(crate) enum Stage {
     Held { why: String },
     /// The step passed (or was promoted); the next step's updates may start.
     Passed,
+    /// Blue-green: the idle color is being taken out of traffic (weight 0)
+    /// before anything is deployed on it.
+    Isolating,
+    /// Blue-green: the pre-traffic hook runs (run `attempt`).
+    Hook { attempt: u32 },
+    /// Blue-green: all traffic on the new color; draining the old one.
+    DrainingOld,
+    /// Blue-green: the old color stays up, drained, until `until`.
+    KeepingOld { until: Millis },
+    /// Blue-green: keep-old is over; stopping the old color.
+    StoppingOld,
+    /// Blue-green: the old color is stopped; the rollout ends.
+    Retired,
 }
 
 /// How a step ended.
@@ -256,6 +269,9 @@ pub(crate) struct Traffic {
     /// The last look's one line, for status.
     #[serde(default)]
     pub last_look: Option<String>,
+    /// Blue-green: the colors and where the switch is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub colors: Option<super::bluegreen::Colors>,
 }
 
 /// One weight drover keeps on an instance.
@@ -322,8 +338,43 @@ impl Traffic {
     /// Steps and their batch quotas for `st`'s instances: step k's updated
     /// instances are the fewest that carry its share, at least 1, and
     /// leave at least one on the old release until the last step.
-    pub(crate) fn plan(st: &RolloutState) -> Traffic {
+    pub(crate) fn plan(st: &RolloutState, active: Option<drover_model::Color>) -> Traffic {
         let steps = st.spec.traffic_steps();
+        if let Some(active) = active {
+            // Blue-green: step 1 updates the whole idle color; the steps
+            // after it only move traffic.
+            let idle =
+                (st.instances.iter()).filter(|i| i.skipped != Some(SkipReason::ServingColor));
+            let (mut pending, mut total) = (0, 0);
+            for i in idle {
+                total += 1;
+                pending += u32::from(i.step == Step::Pending);
+            }
+            let mut sizes = vec![0; steps.len()];
+            if let Some(first) = sizes.first_mut() {
+                *first = pending;
+            }
+            return Traffic {
+                targets: vec![total; steps.len()],
+                sizes,
+                steps,
+                step: 0,
+                stage: Stage::Isolating,
+                generation: 0,
+                analysis: None,
+                looks: 0,
+                source: None,
+                results: Vec::new(),
+                last_look: None,
+                colors: Some(super::bluegreen::Colors {
+                    active,
+                    hook_passed: false,
+                    hook_attempt: 0,
+                    back: None,
+                    sides: 0,
+                }),
+            };
+        }
         let total = st.limits.total;
         let on_target =
             count((st.instances.iter()).filter(|i| i.skipped == Some(SkipReason::OnTarget)));
@@ -354,6 +405,7 @@ impl Traffic {
             source: None,
             results: Vec::new(),
             last_look: None,
+            colors: None,
         }
     }
 
@@ -370,6 +422,12 @@ impl Traffic {
             } => (S::Baking, Some(*count_from), Some(*ends_at)),
             Stage::Held { .. } => (S::Held, None, None),
             Stage::Passed => (S::Passed, None, None),
+            Stage::Isolating => (S::Isolating, None, None),
+            Stage::Hook { .. } => (S::Hook, None, None),
+            Stage::DrainingOld => (S::Switched, None, None),
+            Stage::KeepingOld { .. } => (S::Switched, None, None),
+            Stage::StoppingOld => (S::Retiring, None, None),
+            Stage::Retired => (S::Retired, None, None),
         };
         super::status::TrafficStatus {
             steps: self.steps.clone(),
@@ -380,6 +438,11 @@ impl Traffic {
             looks: self.looks,
             last_look: self.last_look.clone(),
             results: self.results.clone(),
+            active_color: self.colors.as_ref().map(|c| c.active),
+            keep_old_until: match self.stage {
+                Stage::KeepingOld { until } => Some(until),
+                _ => None,
+            },
         }
     }
 
@@ -466,6 +529,7 @@ impl Engine {
                 Step::Done => canary.push(n),
                 Step::Skipped if i.skipped == Some(SkipReason::OnTarget) => canary.push(n),
                 Step::Pending => baseline.push(n),
+                Step::Skipped if i.skipped == Some(SkipReason::ServingColor) => baseline.push(n),
                 _ => {}
             }
         }
@@ -614,7 +678,7 @@ impl Engine {
 
     /// A new weight generation: every command for a new or retried weight
     /// has an id of its own.
-    fn next_generation(&mut self) -> u32 {
+    pub(super) fn next_generation(&mut self) -> u32 {
         match &mut self.st.traffic {
             Some(t) => {
                 t.generation += 1;
@@ -647,10 +711,12 @@ impl Engine {
             )),
             _ => None,
         };
-        weights.into_iter().chain(stage).min()
+        (weights.into_iter().chain(stage))
+            .chain(self.colors_deadline())
+            .min()
     }
 
-    fn send_weight(
+    pub(super) fn send_weight(
         &mut self,
         cx: &mut Cx,
         idx: usize,
@@ -715,7 +781,11 @@ impl Engine {
                 if chains || (!quota_met && pending) {
                     return block;
                 }
-                if !pending {
+                if self.is_blue_green() {
+                    if let Some(wait) = self.colors_ready(cx) {
+                        return wait;
+                    }
+                } else if !pending {
                     // Nothing left on the old release: the end (drive_forward finishes).
                     return None;
                 }
@@ -742,9 +812,22 @@ impl Engine {
                         instances: n,
                     });
                 }
+                if self.is_blue_green() && share.is_full() {
+                    // Nothing left to compare the new color against.
+                    self.start_retiring(cx);
+                    return self.drive_retiring(cx);
+                }
                 self.start_baking(cx);
                 Some(Block::Baking { step, share })
             }
+            Stage::Isolating => self.drive_isolating(cx),
+            Stage::Hook { .. } => Some(Block::Hook {
+                name: self.st.spec.pre_traffic_hook.clone().unwrap_or_default(),
+            }),
+            Stage::DrainingOld | Stage::KeepingOld { .. } | Stage::StoppingOld => {
+                self.drive_retiring(cx)
+            }
+            Stage::Retired => None,
             Stage::Baking { .. } => Some(Block::Baking { step, share }),
             Stage::Held { .. } => Some(Block::Inconclusive { step, share }),
             Stage::Passed => {
@@ -797,6 +880,12 @@ impl Engine {
         let (generation, share) = (t.generation, t.share());
         let (nc, nb) = (count(canary.iter()), count(baseline.iter()));
         let w = canary_weight(share, nc.max(1), nb);
+        // Blue-green's last step takes the old color out of traffic.
+        let old = if share.is_full() && self.is_blue_green() {
+            0
+        } else {
+            BASE_WEIGHT
+        };
         cx.dirty = true;
         self.progress(cx);
         self.event(
@@ -804,14 +893,14 @@ impl Engine {
             None,
             None,
             format!(
-                "traffic {share}: weight {w} on {nc} updated instance(s), {BASE_WEIGHT} on {nb} on the old release"
+                "traffic {share}: weight {w} on {nc} updated instance(s), {old} on {nb} on the old release"
             ),
         );
         for idx in canary {
             self.weigh(cx, idx, Some(w), generation);
         }
         for idx in baseline {
-            self.weigh(cx, idx, Some(BASE_WEIGHT), generation);
+            self.weigh(cx, idx, Some(old), generation);
         }
     }
 
@@ -1140,6 +1229,13 @@ impl Engine {
         if self.st.mode != Mode::Forward {
             return false;
         }
+        if matches!(action, OperatorAction::Rollback | OperatorAction::Abort)
+            && self.colors_past_return()
+        {
+            let msg = "rollback refused: keep-old is over and the old color is being stopped;                        start a rollout to the old release instead";
+            self.event(cx, None, None, msg.to_string());
+            return true;
+        }
         let Some(t) = &self.st.traffic else {
             return false;
         };
@@ -1178,7 +1274,12 @@ impl Engine {
             updated: count(canary.iter()),
             new_weight: want(&canary).unwrap_or(BASE_WEIGHT),
             old_weight: want(&baseline).unwrap_or(BASE_WEIGHT),
-            bake: self.st.spec.bake_time(),
+            // Blue-green's 100% has nothing left to compare against.
+            bake: if self.is_blue_green() && t.share().is_full() {
+                Duration::ZERO
+            } else {
+                self.st.spec.bake_time()
+            },
         })
     }
 

@@ -173,7 +173,10 @@ async fn stored_rollouts_of_the_earlier_layout_still_load() {
         store,
         registry,
         metrics,
-        Duration::from_secs(30),
+        super::Settings {
+            lost_timeout: Duration::from_secs(30),
+            hooks: Default::default(),
+        },
         shutdown.clone(),
         tasks.clone(),
     )

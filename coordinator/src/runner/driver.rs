@@ -136,6 +136,12 @@ pub enum Event {
     Operator(OperatorAction),
     /// The runtime's timer fired.
     Tick,
+    /// A pre-traffic hook run ended.
+    HookDone {
+        attempt: u32,
+        ok: bool,
+        detail: String,
+    },
 }
 
 /// A command to hand to a host's session.
@@ -158,6 +164,8 @@ pub struct Pass {
     pub writes: Vec<(String, Vec<u8>)>,
     pub events: Vec<RolloutEvent>,
     pub sends: Vec<Outgoing>,
+    /// Pre-traffic hooks to run, once the write is done.
+    pub hooks: Vec<super::hooks::HookRun>,
     pub acted: usize,
     pub publish: bool,
     pub finished: bool,
@@ -304,6 +312,15 @@ impl Driver {
             }
             Event::Operator(a) => self.actions.push(a),
             Event::Tick => self.inputs.push(Input::Tick),
+            Event::HookDone {
+                attempt,
+                ok,
+                detail,
+            } => self.inputs.push(Input::HookDone {
+                attempt,
+                ok,
+                detail,
+            }),
         }
     }
 
@@ -512,6 +529,7 @@ impl Driver {
             pass.writes.clear();
             pass.events.clear();
             pass.sends.clear();
+            pass.hooks.clear();
             pass.publish = true;
             return pass;
         }
@@ -559,6 +577,19 @@ impl Driver {
                     let key = judgement_key(self.engine.id(), j.step, j.look);
                     judgements.push((key, bytes));
                 }
+                Output::RunHook {
+                    name,
+                    attempt,
+                    color,
+                    instances,
+                    release,
+                } => pass.hooks.push(super::hooks::HookRun {
+                    name,
+                    attempt,
+                    color,
+                    instances,
+                    release,
+                }),
                 Output::WaitReason(_) | Output::Finished(_) => {}
             }
         }

@@ -13,6 +13,7 @@
 //! same ids, and the agents answer them from their journals.
 
 pub mod driver;
+pub mod hooks;
 pub mod strays;
 mod task;
 pub mod wire;
@@ -134,6 +135,16 @@ struct Inner {
 }
 
 /// Every rollout this coordinator knows, running or finished.
+/// What the coordinator's config says about running rollouts.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// How long a host may stay away after a coordinator restart before
+    /// its rollouts treat it as lost.
+    pub lost_timeout: Duration,
+    /// Blue-green's pre-traffic hooks.
+    pub hooks: hooks::Hooks,
+}
+
 pub struct Rollouts {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
@@ -146,6 +157,8 @@ pub struct Rollouts {
     /// How long a host may stay away after a coordinator restart before its
     /// rollouts treat it as lost.
     lost_timeout: Duration,
+    /// Blue-green's pre-traffic hooks, from the coordinator's config.
+    hooks: Arc<hooks::Hooks>,
     shutdown: CancellationToken,
     /// Owns every rollout task; the coordinator waits on it at shutdown.
     tasks: TaskTracker,
@@ -228,7 +241,7 @@ impl Rollouts {
         store: Arc<dyn Store>,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
-        lost_timeout: Duration,
+        settings: Settings,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Result<Arc<Rollouts>, RunnerError> {
@@ -237,7 +250,7 @@ impl Rollouts {
             registry,
             metrics,
             Arc::new(SystemClock),
-            lost_timeout,
+            settings,
             shutdown,
             tasks,
         )
@@ -250,11 +263,16 @@ impl Rollouts {
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
-        lost_timeout: Duration,
+        settings: Settings,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Result<Arc<Rollouts>, RunnerError> {
+        let Settings {
+            lost_timeout,
+            hooks,
+        } = settings;
         let this = Arc::new(Rollouts {
+            hooks: Arc::new(hooks),
             store: store.clone(),
             registry,
             metrics,
@@ -346,6 +364,7 @@ impl Rollouts {
                 });
             }
             let id = next_id(&inner.rollouts, &spec.service);
+            hooks::check(&spec, &self.hooks)?;
             let instances = target_instances(&self.registry, &spec);
             let (engine, outputs) = Engine::start(&id, spec, instances, self.clock.now())?;
             (engine, outputs, id)
@@ -428,6 +447,11 @@ impl Rollouts {
             this.finished(&id);
         });
         snapshot
+    }
+
+    /// The pre-traffic hooks of the coordinator's config.
+    pub fn hooks(&self) -> &hooks::Hooks {
+        &self.hooks
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<Snapshot>, RunnerError> {

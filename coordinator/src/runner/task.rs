@@ -46,6 +46,8 @@ pub(super) struct Task {
     meta: Meta,
     events: Arc<Mutex<Vec<RolloutEvent>>>,
     snap_tx: watch::Sender<Arc<Snapshot>>,
+    /// Pre-traffic hooks running: `(attempt, ok, detail)` when done.
+    hooks: tokio::task::JoinSet<(u32, bool, String)>,
 }
 
 impl Task {
@@ -62,6 +64,7 @@ impl Task {
             meta,
             events,
             snap_tx,
+            hooks: tokio::task::JoinSet::new(),
         }
     }
 
@@ -132,6 +135,9 @@ impl Task {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wake) => self.driver.push(Event::Tick),
+                Some(done) = self.hooks.join_next(), if !self.hooks.is_empty() => {
+                    self.driver.push(hook_event(done));
+                }
                 msg = rx.recv() => match msg {
                     Some(m) => self.take(m, &mut replies),
                     None => return,
@@ -211,6 +217,17 @@ impl Task {
         lock(&self.events).extend(pass.events);
         for send in &pass.sends {
             self.send(send);
+        }
+        for run in pass.hooks {
+            let hooks = self.rollouts.hooks.clone();
+            let (rollout, service) = (
+                self.driver.engine().id().to_string(),
+                self.driver.service().to_string(),
+            );
+            self.hooks.spawn(async move {
+                let (ok, detail) = super::hooks::run(&rollout, &service, &run, &hooks).await;
+                (run.attempt, ok, detail)
+            });
         }
         if pass.publish {
             self.publish();
@@ -300,4 +317,23 @@ impl Task {
 enum Stop {
     Shutdown,
     Terminal(String),
+}
+
+/// A finished hook run as the driver takes it; a run that panicked or was
+/// cancelled failed.
+fn hook_event(done: Result<(u32, bool, String), tokio::task::JoinError>) -> Event {
+    match done {
+        Ok((attempt, ok, detail)) => Event::HookDone {
+            attempt,
+            ok,
+            detail,
+        },
+        Err(e) => Event::HookDone {
+            // Unknown run: the engine ignores it, and the progress
+            // deadline ends a hook that never answers.
+            attempt: 0,
+            ok: false,
+            detail: format!("the hook's task ended: {e}"),
+        },
+    }
 }

@@ -116,7 +116,10 @@ async fn setup() -> Setup {
         store.clone(),
         registry,
         metrics.clone(),
-        Duration::from_secs(30),
+        super::Settings {
+            lost_timeout: Duration::from_secs(30),
+            hooks: Default::default(),
+        },
         shutdown.clone(),
         tasks.clone(),
     )

@@ -60,10 +60,13 @@ pub async fn resolve_spec(
 
 pub fn plan(ctx: &Ctx, spec: &RolloutSpec) -> Result<pb::RolloutPlan, Status> {
     let instances = target_instances(&ctx.registry, spec);
-    let plan = Engine::plan(spec, instances).map_err(|e| match e {
-        PlanError::Spec(_) | PlanError::BadId(_) => Status::invalid_argument(e.to_string()),
-        _ => Status::failed_precondition(e.to_string()),
-    })?;
+    let plan = crate::runner::hooks::check(spec, ctx.rollouts.hooks());
+    let plan = plan
+        .and_then(|()| Engine::plan(spec, instances))
+        .map_err(|e| match e {
+            PlanError::Spec(_) | PlanError::BadId(_) => Status::invalid_argument(e.to_string()),
+            _ => Status::failed_precondition(e.to_string()),
+        })?;
     Ok(plan_to_proto(plan, spec.to_toml()))
 }
 
@@ -186,6 +189,18 @@ pub fn wait(b: &Block) -> pb::RolloutWait {
             w.instances = *instances;
             Kind::Unweighting
         }
+        Block::Colors { what, instances } => {
+            (w.label, w.instances) = (what.clone(), *instances);
+            Kind::Colors
+        }
+        Block::Hook { name } => {
+            w.label.clone_from(name);
+            Kind::Hook
+        }
+        Block::KeepingOld { color, until } => {
+            (w.label, w.until_ms) = (color.clone(), ms(*until));
+            Kind::KeepingOld
+        }
         Block::Text(_) => Kind::Other,
     };
     w.set_kind(kind);
@@ -251,6 +266,11 @@ pub fn stop(r: &StopReason) -> pb::RolloutStop {
         StopReason::WeightsNotRestored { who } => {
             s.instances.clone_from(who);
             Kind::WeightsNotRestored
+        }
+        StopReason::BlueGreen { why, who } => {
+            s.why.clone_from(why);
+            s.instances.clone_from(who);
+            Kind::BlueGreen
         }
         StopReason::Halted { .. } => Kind::Halted,
         StopReason::Text(_) => Kind::Other,
@@ -396,9 +416,22 @@ pub fn traffic(t: &crate::rollout::TrafficStatus) -> pb::RolloutTraffic {
         S::Baking => Stage::Baking,
         S::Held => Stage::Held,
         S::Passed => Stage::Passed,
+        S::Isolating => Stage::Isolating,
+        S::Hook => Stage::Hook,
+        S::Switched => Stage::Switched,
+        S::Retiring => Stage::Retiring,
+        S::Retired => Stage::Retired,
     };
     pb::RolloutTraffic {
-        strategy: pb::Strategy::Canary as i32,
+        strategy: match t.active_color {
+            Some(_) => pb::Strategy::BlueGreen,
+            None => pb::Strategy::Canary,
+        } as i32,
+        active_color: t
+            .active_color
+            .map(|c| c.as_str().to_string())
+            .unwrap_or_default(),
+        keep_old_until_ms: t.keep_old_until.map(ms).unwrap_or(0),
         steps_basis_points: t.steps.iter().map(|s| s.basis_points()).collect(),
         step: t.step,
         stage: stage as i32,

@@ -66,6 +66,22 @@ pub enum WaitJson {
     Unweighting {
         instances: u32,
     },
+    /// Blue-green: `what` is under way on `instances` instances.
+    Colors {
+        what: String,
+        instances: u32,
+    },
+    /// Blue-green: the pre-traffic hook `hook` runs against the idle color.
+    Hook {
+        hook: String,
+    },
+    /// Blue-green: the old color `color` is kept drained and running until
+    /// `until` (keep-old); `drover rollout rollback` moves the traffic back.
+    KeepingOld {
+        color: String,
+        until: Option<String>,
+        until_ms: i64,
+    },
     Other,
 }
 
@@ -90,6 +106,7 @@ impl From<&RolloutWait> for WaitJson {
             hosts,
             step,
             share_basis_points,
+            until_ms,
         } = w;
         let (capacity, floor, in_progress, max, down, instances, step) = (
             *capacity,
@@ -130,6 +147,18 @@ impl From<&RolloutWait> for WaitJson {
                 share: share(),
             },
             Kind::Unweighting => WaitJson::Unweighting { instances },
+            Kind::Colors => WaitJson::Colors {
+                what: label.clone(),
+                instances,
+            },
+            Kind::Hook => WaitJson::Hook {
+                hook: label.clone(),
+            },
+            Kind::KeepingOld => WaitJson::KeepingOld {
+                color: label.clone(),
+                until: super::rfc3339_ms(*until_ms),
+                until_ms: *until_ms,
+            },
             Kind::Other | Kind::Unspecified => WaitJson::Other,
         }
     }
@@ -203,6 +232,12 @@ pub enum StopKindJson {
     WeightsNotRestored {
         instances: Vec<String>,
     },
+    /// Blue-green: the switch could not go on or end cleanly (`why`); the
+    /// instances concerned as `id: why`.
+    BlueGreen {
+        why: String,
+        instances: Vec<String>,
+    },
     Other,
 }
 
@@ -272,6 +307,10 @@ impl From<&RolloutStop> for StopJson {
             Kind::WeightsNotRestored => StopKindJson::WeightsNotRestored {
                 instances: instances.clone(),
             },
+            Kind::BlueGreen => StopKindJson::BlueGreen {
+                why: why.clone(),
+                instances: instances.clone(),
+            },
             Kind::Other | Kind::Unspecified => StopKindJson::Other,
         };
         StopJson {
@@ -307,7 +346,7 @@ mod tests {
     #[test]
     fn every_wait_kind_is_named_after_its_enum_and_carries_only_its_fields() {
         use rollout_wait::Kind;
-        let expected: [(Kind, &[&str]); 12] = [
+        let expected: [(Kind, &[&str]); 15] = [
             (Kind::Floor, &["capacity", "floor"]),
             (Kind::MaxUnavailable, &["in_progress", "max"]),
             (Kind::Spread, &["label", "value", "down", "max"]),
@@ -320,6 +359,9 @@ mod tests {
             (Kind::Baking, &["step", "share"]),
             (Kind::Inconclusive, &["step", "share"]),
             (Kind::Unweighting, &["instances"]),
+            (Kind::Colors, &["what", "instances"]),
+            (Kind::Hook, &["hook"]),
+            (Kind::KeepingOld, &["color", "until", "until_ms"]),
         ];
         // Every kind the proto has is listed above.
         let listed: Vec<i32> = expected.iter().map(|(k, _)| *k as i32).collect();
@@ -344,6 +386,7 @@ mod tests {
                 hosts: vec!["h2".into()],
                 step: 2,
                 share_basis_points: 50,
+                until_ms: 1_700_000_000_000,
             };
             let v = to_value(&WaitJson::from(&w));
             assert_eq!(v["kind"], proto_word(kind.as_str_name()), "{v}");
@@ -360,7 +403,8 @@ mod tests {
             assert_eq!(keys, want, "{v}");
             let wire = json!({"capacity": 1, "floor": 2, "in_progress": 3, "max": 4,
                 "label": "zone", "value": "a", "down": 5, "instances": 6, "hosts": ["h2"],
-                "step": 2, "share": "0.5%"});
+                "step": 2, "share": "0.5%", "what": "zone", "hook": "zone", "color": "zone",
+                "until_ms": 1_700_000_000_000_i64, "until": "2023-11-14T22:13:20Z"});
             for f in fields {
                 assert_eq!(v[f], wire[f], "{} carries {f}", kind.as_str_name());
             }
@@ -383,7 +427,8 @@ mod tests {
     #[test]
     fn every_stop_kind_is_named_after_its_enum_and_carries_only_its_fields() {
         use rollout_stop::Kind;
-        let expected: [(Kind, &[&str]); 12] = [
+        let expected: [(Kind, &[&str]); 13] = [
+            (Kind::BlueGreen, &["why", "instances"]),
             (Kind::FailureBudget, &["count", "max", "instances"]),
             (Kind::UnreachableBudget, &["count", "max", "instances"]),
             (Kind::ProgressDeadline, &["after_ms", "waiting"]),

@@ -34,6 +34,11 @@ pub fn stage_word(raw: i32) -> Option<&'static str> {
         Stage::Baking => Some("baking"),
         Stage::Held => Some("held"),
         Stage::Passed => Some("passed"),
+        Stage::Isolating => Some("isolating"),
+        Stage::Hook => Some("hook"),
+        Stage::Switched => Some("switched"),
+        Stage::Retiring => Some("retiring"),
+        Stage::Retired => Some("retired"),
     }
 }
 
@@ -50,7 +55,8 @@ pub struct TrafficJson {
     pub steps: Vec<String>,
     /// 1-based step in progress (or the last one reached).
     pub step: u32,
-    /// updating | weighting | baking | held | passed.
+    /// updating | weighting | baking | held | passed; blue-green also
+    /// isolating | hook | switched | retiring | retired.
     pub stage: Option<String>,
     /// While baking: when counting began and when the bake ends.
     pub counting_from: Option<String>,
@@ -63,6 +69,12 @@ pub struct TrafficJson {
     pub last_look: Option<String>,
     /// How each finished step ended.
     pub results: Vec<TrafficResultJson>,
+    /// Blue-green: the color that served at start (the old one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_color: Option<String>,
+    /// Blue-green: when keep-old ends, while the old color is kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_old_until: Option<String>,
 }
 
 impl From<&RolloutTraffic> for TrafficJson {
@@ -77,6 +89,8 @@ impl From<&RolloutTraffic> for TrafficJson {
             looks,
             last_look,
             results,
+            active_color,
+            keep_old_until_ms,
         } = t;
         let ms = |v: i64| (v > 0).then_some(v);
         TrafficJson {
@@ -94,6 +108,8 @@ impl From<&RolloutTraffic> for TrafficJson {
             looks: *looks,
             last_look: non_empty(last_look),
             results: results.iter().map(TrafficResultJson::from).collect(),
+            active_color: non_empty(active_color),
+            keep_old_until: rfc3339_ms(*keep_old_until_ms),
         }
     }
 }

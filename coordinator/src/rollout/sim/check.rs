@@ -429,7 +429,7 @@ impl Checker {
         // A deadline at or before `now` beats any input handled at `now`.
         self.expire(now);
         match input {
-            Input::Tick | Input::Traffic { .. } => {}
+            Input::Tick | Input::Traffic { .. } | Input::HookDone { .. } => {}
             Input::Health {
                 instance,
                 healthy,

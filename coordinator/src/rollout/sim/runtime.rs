@@ -1130,6 +1130,11 @@ fn show_input(input: &Input) -> String {
         Input::HostLost { host } => format!("host lost {host}"),
         Input::HostBack { host } => format!("host back {host}"),
         Input::Operator(a) => format!("operator {a:?}"),
+        Input::HookDone {
+            attempt,
+            ok,
+            detail,
+        } => format!("hook run {attempt}: ok={ok} {detail}"),
         Input::Traffic { instance, sample } => format!(
             "traffic {instance}: {:?}",
             (sample.balancers.iter())
@@ -1162,6 +1167,7 @@ fn show_output(o: &Output) -> Option<String> {
             j.step, j.look, j.judgement.verdict, j.judgement.reason
         ),
         Output::Finished(outcome) => format!("FINISHED {outcome}"),
+        Output::RunHook { name, attempt, .. } => format!("run hook {name} (run {attempt})"),
     })
 }
 

@@ -75,8 +75,14 @@ pub struct Sim {
 }
 
 impl Sim {
+    /// Healthy and routed to: in service at a weight above 0 (what the
+    /// agents report as in service).
     pub fn serving(&self) -> bool {
-        self.healthy && self.in_service
+        self.healthy && self.routed()
+    }
+
+    pub fn routed(&self) -> bool {
+        self.in_service && self.weight != Some(0)
     }
 }
 
@@ -122,6 +128,8 @@ pub struct Fleet {
     pub weight_flaky: BTreeMap<String, u32>,
     /// Every analysis look, in order.
     pub judgements: Vec<crate::rollout::traffic::StepJudgement>,
+    /// Blue-green: the pre-traffic hook runs asked for, by attempt.
+    pub hooks: Vec<u32>,
     /// Requests flowing through the load balancer, if any.
     pub load: Option<Load>,
 }
@@ -243,6 +251,7 @@ impl Fleet {
             weight_refused: BTreeSet::new(),
             weight_flaky: BTreeMap::new(),
             judgements: Vec::new(),
+            hooks: Vec::new(),
             load: None,
         };
         setup(&mut f);
@@ -312,6 +321,7 @@ impl Fleet {
                 }
                 Output::WaitReason(w) => self.waits.push(w.as_ref().map(ToString::to_string)),
                 Output::Judgement(j) => self.judgements.push((**j).clone()),
+                Output::RunHook { attempt, .. } => self.hooks.push(*attempt),
                 Output::Event(_) | Output::Finished(_) => {}
             }
         }
@@ -474,7 +484,7 @@ impl Fleet {
         self.feed(Input::Health {
             instance: instance.to_string(),
             healthy: s.healthy,
-            in_service: s.in_service,
+            in_service: s.routed(),
             release: s.release,
         });
     }

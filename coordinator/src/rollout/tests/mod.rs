@@ -1,5 +1,6 @@
 //! Engine tests without sockets: a fake fleet answers the engine's commands.
 
+mod bluegreen;
 mod canary;
 mod fleet;
 mod found;
