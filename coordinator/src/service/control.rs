@@ -451,6 +451,23 @@ impl ControlService for ControlSvc {
                 return Err(Status::failed_precondition(what));
             }
         }
+        if matches!(action, OperatorAction::Rollback | OperatorAction::Abort) {
+            let snap = self.ctx.rollouts.get(&req.id)?;
+            let past_return = snap.status.traffic.as_ref().is_some_and(|t| {
+                matches!(
+                    t.stage,
+                    crate::rollout::TrafficStage::Retiring | crate::rollout::TrafficStage::Retired
+                )
+            });
+            if !snap.status.phase.is_terminal() && past_return {
+                return Err(Status::failed_precondition(format!(
+                    "rollout {}: keep-old is over and the old color is being stopped, so there \
+                     is no color to switch back to; once it ends, start a rollout to the old \
+                     release",
+                    req.id
+                )));
+            }
+        }
         let snap = self.ctx.rollouts.act(&req.id, action).await?;
         tracing::info!(by = %caller.cert.identity, rollout = %req.id, action = crate::runner::action_name(action), phase = %crate::runner::phase_name(snap.status.phase), "rollout action");
         Ok(Response::new(rollouts::to_proto(&snap, &[], Listed::All)))

@@ -69,8 +69,27 @@ fn looks_word(n: u32) -> &'static str {
 
 /// What the step is doing, in words.
 fn stage_text(t: &RolloutTraffic) -> String {
+    let idle = match t.active_color.as_str() {
+        "blue" => "green",
+        "green" => "blue",
+        _ => "idle",
+    };
     match t.stage() {
         Stage::Held => "held: inconclusive, paused for you to promote, resume or roll back".into(),
+        Stage::Isolating => format!("isolating: taking the idle color ({idle}) out of traffic"),
+        Stage::Hook => format!("hook: the pre-traffic hook runs against {idle}; no traffic moved"),
+        Stage::Switched => format!(
+            "switched: all traffic on {idle}, the old color ({}) drained and kept",
+            dash(&t.active_color)
+        ),
+        Stage::Retiring => format!(
+            "retiring: stopping the old color ({})",
+            dash(&t.active_color)
+        ),
+        Stage::Retired => format!(
+            "retired: the old color ({}) is stopped",
+            dash(&t.active_color)
+        ),
         _ => dash(stage_word(t.stage).unwrap_or("")),
     }
 }
@@ -95,6 +114,13 @@ pub fn traffic_line(t: &RolloutTraffic, now_ms: i64) -> String {
         } else if t.bake_ends_at_ms > 0 {
             line.push_str(", bake over");
         }
+    }
+    if t.keep_old_until_ms > now_ms {
+        let _ = write!(
+            line,
+            ", keep-old ends {} (`drover rollout rollback` switches back until then)",
+            relative(now_ms, t.keep_old_until_ms)
+        );
     }
     if !t.last_look.is_empty() {
         let _ = write!(line, " — last: {}", t.last_look.replace('\n', " "));
