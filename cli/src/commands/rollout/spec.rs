@@ -91,9 +91,10 @@ pub struct SpecFlags {
     /// How traffic moves: `rolling` (batches drained and updated in place),
     /// `canary` (a few instances on the new release get a growing share of
     /// traffic through HAProxy weights, judged against the old release at
-    /// every step) or `blue-green` (the idle color of every host is
-    /// deployed, then traffic shifts to it step by step; not run yet: the
-    /// coordinator refuses it, see README) [default: rolling] [spec: strategy]
+    /// every step) or `blue-green` (the idle color of every host gets the
+    /// release and, after the pre-traffic hook, the traffic step by step;
+    /// the old color is kept drained for --keep-old, then stopped)
+    /// [default: rolling] [spec: strategy]
     #[arg(long, value_name = "STRATEGY", value_parser = ["rolling", "canary", "blue-green"],
           help_heading = "Canary and blue-green")]
     pub strategy: Option<String>,
@@ -115,9 +116,10 @@ pub struct SpecFlags {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration,
           help_heading = "Canary and blue-green")]
     pub keep_old: Option<Duration>,
-    /// Blue-green: a hook named in the coordinator's config, run against
-    /// the idle color before any traffic moves; a non-zero exit stops the
-    /// rollout [default: none] [spec: pre_traffic_hook]
+    /// Blue-green: a hook named in the coordinator's config
+    /// (`[pre_traffic_hooks.NAME]`), run against the idle color before any
+    /// traffic moves; a non-zero exit rolls the switch back [default: none]
+    /// [spec: pre_traffic_hook]
     #[arg(long, value_name = "NAME", value_parser = parse_name,
           help_heading = "Canary and blue-green")]
     pub pre_traffic_hook: Option<String>,
