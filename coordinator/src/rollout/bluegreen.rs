@@ -736,15 +736,6 @@ impl Engine {
                     self.set_back(Back::OldUp);
                     let msg = format!("switching traffic back to the old color ({old})");
                     self.event(cx, None, None, msg);
-                    let generation = self.next_generation();
-                    for idx in self.serving_color() {
-                        let drained = (self.st.instances[idx].side.as_ref())
-                            .is_some_and(|s| s.action == Side::Drain);
-                        if drained {
-                            self.send_side(cx, idx, Side::Undrain, 1);
-                        }
-                        self.send_weight(cx, idx, Some(BASE_WEIGHT), generation, 1);
-                    }
                 } else {
                     self.start_drain_new(cx);
                 }
@@ -753,10 +744,13 @@ impl Engine {
                     wait: None,
                 }
             }
-            Some(Back::OldUp) if busy > 0 => wait(
-                format!("moving traffic back to the old color ({old})"),
-                busy,
-            ),
+            Some(Back::OldUp) if self.old_color_up(cx) > 0 => {
+                let busy = self.weights_in_flight() + self.sides_in_flight();
+                wait(
+                    format!("moving traffic back to the old color ({old})"),
+                    busy,
+                )
+            }
             Some(Back::OldUp) => {
                 let serving = self.serving_color();
                 let ready = count(serving.iter().filter(|&&n| {
@@ -827,6 +821,37 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Undrains the old color's drained instances, then gives each its
+    /// weight: one command per instance at a time, as the agents run them.
+    /// Returns the commands still under way.
+    fn old_color_up(&mut self, cx: &mut Cx) -> u32 {
+        let mut generation = None;
+        for idx in self.serving_color() {
+            let i = &self.st.instances[idx];
+            let side_busy =
+                (i.side.as_ref()).is_some_and(|s| s.inflight.is_some() || s.retry_at.is_some());
+            let weight_busy =
+                (i.weight.as_ref()).is_some_and(|w| w.inflight.is_some() || w.retry_at.is_some());
+            if side_busy || weight_busy {
+                continue;
+            }
+            let drained = (i.side.as_ref()).is_some_and(|s| s.action == Side::Drain);
+            if drained {
+                self.send_side(cx, idx, Side::Undrain, 1);
+                continue;
+            }
+            let weighted = (i.weight.as_ref()).is_some_and(|w| w.want == Some(BASE_WEIGHT));
+            if !weighted && i.observed.reachable {
+                let g = match generation {
+                    Some(g) => g,
+                    None => *generation.insert(self.next_generation()),
+                };
+                self.send_weight(cx, idx, Some(BASE_WEIGHT), g, 1);
+            }
+        }
+        self.weights_in_flight() + self.sides_in_flight()
     }
 
     fn set_back(&mut self, back: Back) {

@@ -178,9 +178,10 @@ fn a_switch_moves_traffic_step_by_step_and_rollback_during_keep_old_moves_it_bac
     let rollout = web.wait_finished(&id, Duration::from_secs(60));
     // Some traffic after the end, to see where it goes.
     let served = load.counts().1;
-    web.fleet.wait(WAIT, "more requests after the rollback", || {
-        load.counts().1 >= served + 100
-    });
+    web.fleet
+        .wait(WAIT, "more requests after the rollback", || {
+            load.counts().1 >= served + 100
+        });
     let report = load.stop();
     let (samples, _) = sampler.stop();
     let diag = || {
