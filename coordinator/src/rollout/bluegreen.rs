@@ -582,6 +582,27 @@ impl Engine {
         }
     }
 
+    /// Blue-green's last step, once the new color holds its weights: the
+    /// old color to weight 0. `Some(commands under way)` while it waits.
+    pub(super) fn old_color_out(&mut self, cx: &mut Cx) -> Option<u32> {
+        let todo: Vec<usize> = (self.serving_color().into_iter())
+            .filter(|&n| (self.st.instances[n].weight.as_ref()).is_none_or(|w| w.want != Some(0)))
+            .collect();
+        if !todo.is_empty() {
+            let generation = self.next_generation();
+            let (old, _) = self.color_names();
+            let msg = format!("taking the old color ({old}) out of traffic: weight 0");
+            self.event(cx, None, None, msg);
+            for idx in todo {
+                self.send_weight(cx, idx, Some(0), generation, 1);
+            }
+        }
+        match self.weights_in_flight() {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
     /// Every weight at 100% is in place: the old color is drained.
     pub(super) fn start_retiring(&mut self, cx: &mut Cx) {
         if let Some(t) = &mut self.st.traffic {

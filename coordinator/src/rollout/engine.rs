@@ -307,9 +307,12 @@ impl Engine {
         let states: Vec<InstanceState> = ordered
             .into_iter()
             .map(|i| {
+                // Blue-green redeploys the idle color even when it is on the
+                // target already: it must be verified and undrained before
+                // it takes traffic.
                 let skipped = if serving_color(&i.id) {
                     Some(SkipReason::ServingColor)
-                } else if i.release.as_ref() == Some(&spec.target) {
+                } else if i.release.as_ref() == Some(&spec.target) && colors.is_none() {
                     Some(SkipReason::OnTarget)
                 } else if !i.reachable && spec.lost_hosts == LostHostPolicy::Skip {
                     Some(SkipReason::Unreachable)

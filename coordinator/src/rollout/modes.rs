@@ -195,8 +195,9 @@ impl Engine {
             None if self.shifts_traffic() => self.drive_traffic(cx),
             None => self.fill_batch(cx),
         };
-        if self.st.mode != Mode::Forward {
-            // The traffic drive stopped it (a weight that could not be set).
+        if self.st.mode != Mode::Forward || (self.is_blue_green() && self.colors_retired()) {
+            // The traffic drive stopped it (a weight that could not be
+            // set), or a blue-green switch came to its end.
             return Pass { again: true, wait };
         }
         // Keeping the old color is waiting by design, for as long as

@@ -790,18 +790,9 @@ impl Engine {
                     return None;
                 }
                 self.start_weighting(cx);
-                match self.weights_in_flight() {
-                    // Every instance already holds its weight.
-                    0 => {
-                        self.start_baking(cx);
-                        Some(Block::Baking { step, share })
-                    }
-                    n => Some(Block::Weighting {
-                        step,
-                        share,
-                        instances: n,
-                    }),
-                }
+                // Stage::Weighting now: it waits for the weights, or (every
+                // instance already holding its weight) goes on at once.
+                self.drive_traffic(cx)
             }
             Stage::Weighting => {
                 let n = self.weights_in_flight();
@@ -813,6 +804,16 @@ impl Engine {
                     });
                 }
                 if self.is_blue_green() && share.is_full() {
+                    if let Some(n) = self.old_color_out(cx) {
+                        return Some(Block::Weighting {
+                            step,
+                            share,
+                            instances: n,
+                        });
+                    }
+                    if self.st.mode != Mode::Forward {
+                        return None;
+                    }
                     // Nothing left to compare the new color against.
                     self.start_retiring(cx);
                     return self.drive_retiring(cx);
@@ -898,6 +899,11 @@ impl Engine {
         );
         for idx in canary {
             self.weigh(cx, idx, Some(w), generation);
+        }
+        if old == 0 {
+            // The old color goes to 0 only once the new one takes traffic
+            // (see `old_color_out`): never both out at once.
+            return;
         }
         for idx in baseline {
             self.weigh(cx, idx, Some(old), generation);

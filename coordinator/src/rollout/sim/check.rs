@@ -49,6 +49,7 @@ impl fmt::Display for Violation {
             6 => "crash safety",
             7 => "runtime bounds",
             8 => "traffic",
+            9 => "blue-green",
             _ => "simulator",
         };
         write!(f, "invariant {} ({name}): {}", self.invariant, self.what)
@@ -62,6 +63,11 @@ fn broke(invariant: u8, what: String) -> Result<(), Violation> {
 pub const VERBS: [&str; 8] = [
     "stage", "drain", "stop", "deploy", "start", "verify", "undrain", "weight",
 ];
+/// A drain, undrain or stop outside a chain (blue-green's side commands).
+fn is_side(verb: usize, attempt: u32) -> bool {
+    attempt >= crate::rollout::bluegreen::SIDE_ATTEMPTS && matches!(verb, DRAIN | UNDRAIN | STOP)
+}
+
 /// The first command of every chain: from here on the engine holds the
 /// instance, so this is where taking it is judged.
 pub(super) const STAGE: usize = 0;
@@ -196,6 +202,32 @@ pub struct Checker {
     /// How much longer than the progress deadline a canary may go without
     /// a command: a bake looks for traffic up to `max_analysis`.
     idle_extra: u64,
+    /// Blue-green seeds: drains, undrains and stops sent outside a chain,
+    /// as decided and as stored.
+    sides: Vec<Option<SideFlight>>,
+    sides_committed: Vec<Option<SideFlight>>,
+    /// Blue-green seeds: the colors and the hook (invariant 9).
+    pub(super) blue_green: Option<BlueGreenCheck>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SideFlight {
+    verb: usize,
+    attempt: u32,
+    deadline: u64,
+    timeout: u64,
+}
+
+/// What invariant 9 keeps of a blue-green switch.
+#[derive(Debug, Clone)]
+pub(super) struct BlueGreenCheck {
+    /// Per instance: of the idle color (gets the release).
+    pub idle: Vec<bool>,
+    /// The spec names a pre-traffic hook.
+    hook: bool,
+    /// The last run asked for, and whether a run answered ok.
+    hook_asked: Option<u32>,
+    hook_passed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,6 +317,12 @@ fn resolve_down(a: crate::rollout::Amount, total: u32) -> u32 {
 impl Checker {
     pub fn new(sc: &Scenario, rollout: &str, now: u64) -> Checker {
         let total = u32::try_from(sc.fleet.len()).unwrap_or(u32::MAX);
+        // Blue-green counts one color.
+        let total = if sc.blue_green.is_some() {
+            total / 2
+        } else {
+            total
+        };
         let spec = &sc.spec;
         let label = spec.spread_by.as_ref().map(|s| s.label.clone());
         let n = sc.fleet.len();
@@ -337,7 +375,9 @@ impl Checker {
             resend_due: Vec::new(),
             last_activity: now,
             activities: 0,
-            canary: sc.canary.as_ref().map(|_| CanaryCheck::new(sc)),
+            canary: (sc.canary.as_ref())
+                .filter(|_| sc.blue_green.is_none())
+                .map(|_| CanaryCheck::new(sc)),
             weights: vec![None; n],
             weights_committed: vec![None; n],
             weight_failed: vec![false; n],
@@ -349,9 +389,24 @@ impl Checker {
                 ms(a.max_analysis_for(spec.bake_time()))
                     + ms(a.interval)
                     + ms(spec.progress_deadline)
+                    // Blue-green: keep-old is waiting by design, and a
+                    // hook runs as long as it runs.
+                    + sc.blue_green.as_ref().map_or(0, |b| {
+                        ms(spec.keep_old_time()) + b.hook_ms.1
+                    })
             } else {
                 0
             },
+            sides: vec![None; n],
+            sides_committed: vec![None; n],
+            blue_green: sc.blue_green.as_ref().map(|_| BlueGreenCheck {
+                idle: (sc.fleet.iter())
+                    .map(|m| m.info.color == Some(drover_model::Color::Green))
+                    .collect(),
+                hook: spec.pre_traffic_hook.is_some(),
+                hook_asked: None,
+                hook_passed: false,
+            }),
         }
     }
 
@@ -429,7 +484,16 @@ impl Checker {
         // A deadline at or before `now` beats any input handled at `now`.
         self.expire(now);
         match input {
-            Input::Tick | Input::Traffic { .. } | Input::HookDone { .. } => {}
+            Input::Tick | Input::Traffic { .. } => {}
+            Input::HookDone { attempt, ok, .. } => {
+                if let Some(b) = self.blue_green.as_mut()
+                    && *ok
+                    && b.hook_asked == Some(*attempt)
+                {
+                    b.hook_passed = true;
+                }
+                self.activity(now);
+            }
             Input::Health {
                 instance,
                 healthy,
@@ -458,6 +522,13 @@ impl Checker {
                         let id = format!(
                             "{}/{}/{}/{attempt}",
                             self.rollout, self.names[k], VERBS[verb]
+                        );
+                        self.resend_due.push(id);
+                    }
+                    if let Some(s) = self.sides[k] {
+                        let id = format!(
+                            "{}/{}/{}/{}",
+                            self.rollout, self.names[k], VERBS[s.verb], s.attempt
                         );
                         self.resend_due.push(id);
                     }
@@ -499,6 +570,22 @@ impl Checker {
         let Some(&k) = self.index.get(instance) else {
             return;
         };
+        if is_side(verb, attempt) {
+            if self.sides[k].is_some_and(|s| (s.verb, s.attempt) == (verb, attempt)) {
+                self.sides[k] = None;
+                let f = &mut self.facts[k];
+                match outcome {
+                    CommandOutcome::Ok => match verb {
+                        DRAIN => f.in_service = Tri::No,
+                        STOP => f.healthy = Tri::No,
+                        _ => f.in_service = Tri::Unknown,
+                    },
+                    _ => Self::unsure(f, verb),
+                }
+                self.activity(now);
+            }
+            return;
+        }
         if verb == WEIGHT {
             if self.weights[k].is_some_and(|f| f.generation == attempt) {
                 self.weights[k] = None;
@@ -569,6 +656,13 @@ impl Checker {
                 self.weight_failed[k] = true;
                 self.activity(now);
             }
+            if let Some(s) = self.sides[k]
+                && s.deadline <= now
+            {
+                Self::unsure(&mut self.facts[k], s.verb);
+                self.sides[k] = None;
+                self.activity(now);
+            }
         }
     }
 
@@ -600,6 +694,12 @@ impl Checker {
                 } => {
                     let timeout = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
                     self.send(now, &id.to_string(), instance, host, kind, timeout)?;
+                }
+                Output::RunHook { attempt, .. } => {
+                    self.activity(now);
+                    if let Some(b) = self.blue_green.as_mut() {
+                        b.hook_asked = Some(*attempt);
+                    }
                 }
                 Output::Judgement(j) => {
                     self.activity(now);
@@ -665,7 +765,22 @@ impl Checker {
         if kind_verb(kind) != verb {
             return broke(2, format!("{id} carries a {kind:?} command"));
         }
+        if is_side(verb, attempt) {
+            return self.send_side(now, id, k, verb, attempt, timeout);
+        }
+        if let Some(s) = self.sides[k] {
+            return broke(
+                8,
+                format!(
+                    "{id} sent while {}/{}/{}/{} is in flight (the agent answers busy)",
+                    self.rollout, self.names[k], VERBS[s.verb], s.attempt
+                ),
+            );
+        }
         if verb == WEIGHT {
+            if let CommandKind::SetWeight { weight } = kind {
+                self.weight_to_idle(id, k, *weight)?;
+            }
             return self.send_weight(now, id, k, attempt, timeout);
         }
         if let CommandKind::Stage { release } | CommandKind::Deploy { release } = kind {
@@ -858,6 +973,109 @@ impl Checker {
         Ok(())
     }
 
+    /// A drain, undrain or stop outside a chain (blue-green): never while a
+    /// chain command, a weight command or another of its kind is in flight
+    /// on the instance.
+    fn send_side(
+        &mut self,
+        now: u64,
+        id: &str,
+        k: usize,
+        verb: usize,
+        attempt: u32,
+        timeout: u64,
+    ) -> Result<(), Violation> {
+        if self.blue_green.is_none() {
+            return broke(
+                2,
+                format!("{id}: a command outside any chain in a rollout that has none"),
+            );
+        }
+        if let Pos::Busy {
+            attempt: a,
+            verb: v,
+            ..
+        } = self.tentative[k]
+        {
+            return broke(
+                9,
+                format!(
+                    "{id} sent while {}/{}/{}/{a} is in flight (the agent answers busy)",
+                    self.rollout, self.names[k], VERBS[v]
+                ),
+            );
+        }
+        if let Some(f) = self.weights[k] {
+            return broke(
+                9,
+                format!(
+                    "{id} sent while weight generation {} of {} is in flight",
+                    f.generation, self.names[k]
+                ),
+            );
+        }
+        match self.sides[k] {
+            Some(s) if (s.verb, s.attempt) == (verb, attempt) => return Ok(()), // asked again
+            Some(s) => {
+                return broke(
+                    9,
+                    format!(
+                        "{id} sent while {}/{}/{}/{} is in flight",
+                        self.rollout, self.names[k], VERBS[s.verb], s.attempt
+                    ),
+                );
+            }
+            None => {}
+        }
+        self.sides[k] = Some(SideFlight {
+            verb,
+            attempt,
+            deadline: now.saturating_add(timeout),
+            timeout,
+        });
+        self.uncommitted.insert(k);
+        self.activity(now);
+        Ok(())
+    }
+
+    /// Invariant 9: the idle color gets traffic (a weight above 0) only
+    /// once it is whole (every instance of it updated, or on the target
+    /// from the start) and the pre-traffic hook, if any, passed.
+    fn weight_to_idle(&self, id: &str, k: usize, weight: Option<u32>) -> Result<(), Violation> {
+        let Some(b) = &self.blue_green else {
+            return Ok(());
+        };
+        if !b.idle[k] || weight.is_none_or(|w| w == 0) {
+            return Ok(());
+        }
+        if b.hook && !b.hook_passed {
+            return broke(
+                9,
+                format!("{id} gives the idle color traffic before the pre-traffic hook passed"),
+            );
+        }
+        for j in (0..self.names.len()).filter(|&j| b.idle[j]) {
+            let updated = matches!(
+                self.tentative[j],
+                Pos::Idle {
+                    attempt: 1,
+                    last: Last::Ok(UNDRAIN)
+                }
+            ) || (matches!(self.tentative[j], Pos::Idle { attempt: 0, .. })
+                && self.initial[j].as_ref() == Some(&self.target));
+            if !updated {
+                return broke(
+                    9,
+                    format!(
+                        "{id} gives the idle color traffic while {} is not updated ({:?})",
+                        self.names[j], self.tentative[j]
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The runtime is about to send `id`: its decision must be stored.
     pub fn sending(&self, id: &str) -> Result<(), Violation> {
         let Some((_, inst, ..)) = parse_id(id) else {
@@ -874,6 +1092,7 @@ impl Checker {
 
     /// The store write of a pass completed.
     pub fn written(&mut self) {
+        self.sides_committed.clone_from(&self.sides);
         self.weights_committed.clone_from(&self.weights);
         self.committed.clone_from(&self.tentative);
         self.uncommitted.clear();
@@ -881,6 +1100,7 @@ impl Checker {
 
     /// The coordinator died: whatever it did since the last write is gone.
     pub fn crashed(&mut self) {
+        self.sides.clone_from(&self.sides_committed);
         self.weights.clone_from(&self.weights_committed);
         self.tentative.clone_from(&self.committed);
         self.uncommitted.clear();
@@ -922,7 +1142,11 @@ impl Checker {
                     inflight.is_none()
                         && match (attempt, last) {
                             (0, Last::Nothing) => matches!(i.step, Step::Pending | Step::Skipped),
-                            (1, Last::Ok(UNDRAIN)) => i.step == Step::Done,
+                            (1, Last::Ok(UNDRAIN)) => {
+                                i.step == Step::Done
+                                    // Blue-green: switched back, drained.
+                                    || (self.blue_green.is_some() && i.step == Step::RolledBack)
+                            }
                             (2, Last::Ok(UNDRAIN)) => i.step == Step::RolledBack,
                             // Nothing to return after a failed stage.
                             (1, Last::Failed(STAGE)) => {
@@ -972,6 +1196,21 @@ impl Checker {
         for f in self.weights_committed.iter_mut().flatten() {
             f.deadline = now.saturating_add(f.timeout);
         }
+        for (k, s) in self.sides_committed.iter_mut().enumerate() {
+            let Some(s) = s else { continue };
+            let id = format!(
+                "{}/{}/{}/{}",
+                self.rollout, self.names[k], VERBS[s.verb], s.attempt
+            );
+            if !state.is_finished() && !resent.contains(&id) {
+                return broke(
+                    6,
+                    format!("{id} was in flight but not asked again on restore"),
+                );
+            }
+            s.deadline = now.saturating_add(s.timeout);
+        }
+        self.sides.clone_from(&self.sides_committed);
         self.weights.clone_from(&self.weights_committed);
         self.outputs(now, outs)
     }

@@ -30,6 +30,10 @@ impl Checker {
         state: &RolloutState,
         truth: &[Truth],
     ) -> Result<(), Violation> {
+        if self.blue_green.is_some() {
+            self.colors_end(outcome, state, truth)?;
+            return self.weights_restored(outcome, truth);
+        }
         for i in &state.instances {
             let Some(&k) = self.index.get(&i.id) else {
                 return broke(format!("unknown instance {}", i.id));
@@ -128,6 +132,73 @@ impl Checker {
             }
         }
         self.weights_restored(outcome, truth)
+    }
+
+    /// Invariants 5 and 9 for a blue-green switch: a success leaves the new
+    /// color serving the target and the old one drained and stopped; a
+    /// rollback or an abort leaves the old color in service and the new
+    /// one drained. Hosts that are away promise nothing.
+    fn colors_end(
+        &self,
+        outcome: &Outcome,
+        state: &RolloutState,
+        truth: &[Truth],
+    ) -> Result<(), Violation> {
+        let Some(b) = &self.blue_green else {
+            return Ok(());
+        };
+        for i in &state.instances {
+            let Some(&k) = self.index.get(&i.id) else {
+                return broke(format!("unknown instance {}", i.id));
+            };
+            let t = &truth[k];
+            let serving_color = i.skipped == Some(SkipReason::ServingColor);
+            if serving_color == b.idle[k] {
+                return broke(format!(
+                    "{} is {} but the engine has it as {}",
+                    i.id,
+                    if b.idle[k] {
+                        "idle"
+                    } else {
+                        "the serving color"
+                    },
+                    if serving_color {
+                        "the serving color"
+                    } else {
+                        "idle"
+                    }
+                ));
+            }
+            if !t.host_up {
+                continue;
+            }
+            let what = match outcome {
+                Outcome::Succeeded if b.idle[k] => {
+                    (t.release.as_ref() == Some(&self.target) && t.in_service && t.running)
+                        .then_some(())
+                        .ok_or("serving the target")
+                }
+                Outcome::Succeeded => (!t.in_service && !t.running)
+                    .then_some(())
+                    .ok_or("drained and stopped"),
+                Outcome::RolledBack { .. } | Outcome::Aborted { .. } if b.idle[k] => {
+                    (!t.in_service).then_some(()).ok_or("drained")
+                }
+                Outcome::RolledBack { .. } | Outcome::Aborted { .. } => (t.in_service
+                    && t.release.as_ref() == self.initial[k].as_ref())
+                .then_some(())
+                .ok_or("in service on its release"),
+                Outcome::Failed { .. } => Ok(()),
+            };
+            if let Err(want) = what {
+                return broke(format!(
+                    "blue-green {outcome}: {} ({}) should be {want}, the agent has {t:?}",
+                    i.id,
+                    if b.idle[k] { "new color" } else { "old color" }
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Invariant 8: however a canary ends, every weight drover set is back

@@ -126,6 +126,13 @@ pub enum Ev {
     Traffic,
     /// The operator looks at a canary (canary seeds).
     Watch,
+    /// A run of the pre-traffic hook ends (blue-green seeds); for the
+    /// coordinator of that life only.
+    Hook {
+        life: u32,
+        attempt: u32,
+        ok: bool,
+    },
 }
 
 /// A host as the coordinator's registry holds it.
@@ -176,6 +183,8 @@ pub struct Sim {
     /// Canary seeds' own streams: the requests, and the operator's promotes.
     pub(super) traffic_rng: Rng,
     pub(super) op_rng: Rng,
+    /// Blue-green seeds: how the hook's runs end.
+    hook_rng: Rng,
     /// Rogue words left to send (0 in most seeds).
     pub(super) rogues: u32,
     /// How much later than the agent's own check the load balancer's
@@ -279,6 +288,7 @@ impl Sim {
         let mut canary = Rng::new(sc.seed ^ 0x3C6E_F372_FE94_F82B);
         let traffic_rng = canary.fork();
         let op_rng = canary.fork();
+        let hook_rng = canary.fork();
         let store = SimStore::open(store).map_err(|e| e.to_string())?;
         let mut sim = Sim {
             net_rng: rng.fork(),
@@ -289,6 +299,7 @@ impl Sim {
             rogue_rng,
             traffic_rng,
             op_rng,
+            hook_rng,
             rogues,
             lb_lag,
             sc,
@@ -722,6 +733,18 @@ impl Sim {
                     self.process()?;
                 }
             }
+            Ev::Hook { life, attempt, ok } => {
+                if life == self.life && self.coord.is_some() {
+                    let detail = if ok { "exit 0" } else { "exit 3" }.to_string();
+                    sim_trace!(self, "hook run {attempt} ends: {detail}");
+                    self.queue(Event::HookDone {
+                        attempt,
+                        ok,
+                        detail,
+                    });
+                    self.process()?;
+                }
+            }
         }
         Ok(())
     }
@@ -891,6 +914,15 @@ impl Sim {
             }
             self.check.sending(&send.id.to_string())?;
             self.send(send);
+        }
+        for run in pass.hooks {
+            let Some(bg) = self.sc.blue_green.clone() else {
+                continue;
+            };
+            let at = self.now + self.hook_rng.range(bg.hook_ms.0, bg.hook_ms.1);
+            let ok = !self.hook_rng.chance(bg.hook_fail);
+            let (life, attempt) = (self.life, run.attempt);
+            self.push(at, Ev::Hook { life, attempt, ok });
         }
         if pass.finished {
             if !persist {

@@ -128,7 +128,22 @@ pub struct Scenario {
     /// is bad, every host refuses it; less: unreachable from some hosts).
     pub stage_fail: u32,
     /// A canary rollout: its traffic and its operator (`None`: rolling).
+    /// Blue-green seeds have one too: their traffic is a canary's.
     pub canary: Option<CanaryProfile>,
+    /// A blue-green rollout: its hook and its operator (`None`: not one).
+    pub blue_green: Option<BlueGreenProfile>,
+}
+
+/// How a blue-green seed's hook answers and what its operator does.
+#[derive(Debug, Clone)]
+pub struct BlueGreenProfile {
+    /// Per mille: a run of the pre-traffic hook fails.
+    pub hook_fail: u32,
+    /// How long a run of the hook takes, in ms.
+    pub hook_ms: (u64, u64),
+    /// Per mille per look while the old color is kept: the operator rolls
+    /// back.
+    pub rollback_in_keep: u32,
 }
 
 /// The requests a canary seed's fleet serves, and how each release answers.
@@ -157,6 +172,9 @@ pub struct CanaryProfile {
 /// The canary seeds' own stream: drawn from the seed apart from every
 /// other draw, so a seed that stays rolling draws what it always drew.
 const CANARY_STREAM: u64 = 0xBB67_AE85_84CA_A73B;
+/// The blue-green seeds' own stream, drawn only for seeds that are not
+/// canaries, so canary seeds stay what they were.
+const BLUE_GREEN_STREAM: u64 = 0x510E_527F_ADE6_82D1;
 
 fn amount(rng: &mut Rng, max_count: u32, percents: &[u32]) -> Amount {
     if rng.chance(500) {
@@ -193,12 +211,88 @@ impl Scenario {
             profile,
             stage_fail,
             canary: None,
+            blue_green: None,
         };
         let mut crng = Rng::new(seed ^ CANARY_STREAM);
         if crng.chance(250) {
             sc.make_canary(&mut crng);
+        } else {
+            let mut brng = Rng::new(seed ^ BLUE_GREEN_STREAM);
+            if brng.chance(150) {
+                sc.make_canary(&mut brng);
+                sc.make_blue_green(&mut brng);
+            }
         }
         sc
+    }
+
+    /// Turns a canary seed into a blue-green one: each host keeps one
+    /// instance, doubled into a blue one (as drawn: it serves, or not) and a
+    /// green one (idle: drained, healthy, on the release drawn or the old
+    /// one); the spec gets keep-old, maybe a hook, and a floor of one color.
+    fn make_blue_green(&mut self, rng: &mut Rng) {
+        let mut pairs = Vec::new();
+        let mut hosts = std::collections::BTreeSet::new();
+        for m in &self.fleet {
+            if pairs.len() >= 2 * 40 || !hosts.insert(m.info.host.clone()) {
+                continue;
+            }
+            let blue = Member {
+                info: InstanceInfo {
+                    id: format!("{SERVICE}-blue@{}", m.info.host),
+                    color: Some(drover_model::Color::Blue),
+                    ..m.info.clone()
+                },
+                bad: false,
+            };
+            let green = Member {
+                info: InstanceInfo {
+                    id: format!("{SERVICE}-green@{}", m.info.host),
+                    color: Some(drover_model::Color::Green),
+                    in_service: false,
+                    healthy: true,
+                    release: if rng.chance(100) {
+                        Some(target())
+                    } else {
+                        m.info.release.clone().or_else(|| Some(old()))
+                    },
+                    ..m.info.clone()
+                },
+                bad: m.bad,
+            };
+            pairs.push(blue);
+            pairs.push(green);
+        }
+        self.fleet = pairs;
+        let colors = u32::try_from(self.fleet.len() / 2).unwrap_or(1);
+        let spec = &mut self.spec;
+        spec.strategy = Strategy::BlueGreen;
+        spec.steps =
+            parse_steps(*rng.pick(&["10%,50%,100%", "10%,25%,50%,100%", "100%", "50%,100%"]))
+                .unwrap_or_default();
+        spec.keep_old = Some(secs(rng.range(5, 300)));
+        spec.pre_traffic_hook = rng.chance(600).then(|| "smoke".to_string());
+        spec.min_healthy = match rng.below(4) {
+            0 => Amount::Percent(100),
+            1 => Amount::Count(colors),
+            2 => Amount::Percent(*rng.pick(&[50, 75, 90])),
+            _ => Amount::Count(rng.range_u32(0, colors + 1)),
+        };
+        // The hook and keep-old are no lack of progress for the checker.
+        self.blue_green = Some(BlueGreenProfile {
+            hook_fail: *rng.pick(&[0, 0, 100, 300, 1000]),
+            hook_ms: (rng.range(10, 500), rng.range(500, 20_000)),
+            rollback_in_keep: *rng.pick(&[0, 0, 100, 500]),
+        });
+        if let Some(c) = &mut self.canary
+            && c.watch_ms == 0
+            && self
+                .blue_green
+                .as_ref()
+                .is_some_and(|b| b.rollback_in_keep > 0)
+        {
+            c.watch_ms = 20_000;
+        }
     }
 
     /// Turns the seed's rolling update into a canary: strategy, steps,
@@ -357,6 +451,18 @@ impl Scenario {
                 c.counter_reset,
                 c.watch_ms,
                 c.promote
+            );
+        }
+        if let Some(b) = &self.blue_green {
+            let _ = writeln!(
+                out,
+                "blue-green: keep_old {:?}, pre_traffic_hook {:?} (fails {}‰, runs {:?}ms), \
+                 operator rolls back {}‰ per look while the old color is kept",
+                s.keep_old_time(),
+                s.pre_traffic_hook,
+                b.hook_fail,
+                b.hook_ms,
+                b.rollback_in_keep
             );
         }
         for m in &self.fleet {

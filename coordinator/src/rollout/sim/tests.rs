@@ -354,12 +354,22 @@ fn regression_seed_206_a_bake_over_looks_every_interval() {
 /// of their own).
 #[test]
 fn canary_seeds_are_a_share_and_rolling_seeds_are_unchanged() {
-    let canary = (1..=2_000u64)
-        .filter(|&s| super::Scenario::generate(s).canary.is_some())
-        .count();
+    let (mut canary, mut blue_green) = (0, 0);
+    for s in 1..=2_000u64 {
+        let sc = super::Scenario::generate(s);
+        match (&sc.canary, &sc.blue_green) {
+            (Some(_), None) => canary += 1,
+            (Some(_), Some(_)) => blue_green += 1,
+            _ => {}
+        }
+    }
     assert!(
         (350..=650).contains(&canary),
         "{canary} canary seeds of 2,000"
+    );
+    assert!(
+        (150..=320).contains(&blue_green),
+        "{blue_green} blue-green seeds of 2,000"
     );
     let sc = super::Scenario::generate(1);
     assert!(sc.canary.is_none(), "seed 1 is expected to stay rolling");

@@ -212,7 +212,9 @@ impl Sim {
     /// instance is registered with none, which the runtime counts as routed.
     pub(super) fn lb_routes(&self, k: usize) -> bool {
         let i = &self.insts[k];
-        self.lb_lag == 0 || (!i.drained && i.lb_up_at.is_some_and(|t| self.now >= t))
+        // Weight 0 (blue-green's idle color): up, but sent nothing.
+        i.weight != Some(0)
+            && (self.lb_lag == 0 || (!i.drained && i.lb_up_at.is_some_and(|t| self.now >= t)))
     }
 
     /// What the agent would report of `k` now (updating when it became
@@ -774,11 +776,18 @@ impl Sim {
         }
         let next = self.now + self.op_rng.range(c.watch_ms / 2, c.watch_ms * 3 / 2);
         self.push(next, Ev::Watch);
-        let held = self.coord.as_ref().is_some_and(|c| {
+        let stage = self.coord.as_ref().and_then(|c| {
             let st = c.driver.engine().state();
-            (st.traffic.as_ref()).is_some_and(|t| matches!(t.stage, Stage::Held { .. }))
+            st.traffic.as_ref().map(|t| t.stage.clone())
         });
-        if !held {
+        if let (Some(Stage::KeepingOld { .. }), Some(bg)) = (&stage, &self.sc.blue_green)
+            && self.op_rng.chance(bg.rollback_in_keep)
+        {
+            sim_trace!(self, "operator (the old color is kept): Rollback");
+            self.queue(Event::Operator(OperatorAction::Rollback));
+            return;
+        }
+        if !matches!(stage, Some(Stage::Held { .. })) {
             return;
         }
         let action = [
