@@ -6,6 +6,8 @@
 //! until the condition holds and panic with what was awaited (and any
 //! diagnostics) at the deadline.
 
+pub mod etcd;
+
 use std::time::{Duration, Instant};
 
 /// How often [`wait_until`] polls.

@@ -1,0 +1,269 @@
+//! The etcd store against a real etcd (Debian `etcd-server`), started by each test on free
+//! loopback ports. Without an `etcd` binary these fail, naming the package to install.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drover_testkit::etcd::EtcdCluster;
+
+use super::*;
+use crate::store::conformance;
+
+/// Connects to `cluster` under `prefix` with a short request deadline.
+async fn store(cluster: &EtcdCluster, prefix: &str, timeout: Duration) -> EtcdStore {
+    let mut options = EtcdOptions::new(cluster.endpoints(), prefix);
+    options.timeout = timeout;
+    EtcdStore::connect(options)
+        .await
+        .unwrap_or_else(|e| panic!("connect to etcd: {e}\n{}", cluster.describe(30)))
+}
+
+fn bytes(s: &str) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}
+
+#[tokio::test]
+async fn conformance_suite() {
+    let cluster = EtcdCluster::start(1);
+    conformance::run(&store(&cluster, "/drover/", DEFAULT_TIMEOUT).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cas() {
+    let cluster = EtcdCluster::start(1);
+    let store = store(&cluster, "/drover/", DEFAULT_TIMEOUT).await;
+    conformance::concurrent_cas(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn installations_with_different_prefixes_share_one_etcd() {
+    let cluster = EtcdCluster::start(1);
+    let a = store(&cluster, "/drover/", DEFAULT_TIMEOUT).await;
+    let b = store(&cluster, "/drover-dr/", DEFAULT_TIMEOUT).await;
+    a.put("hosts/h1", bytes("a")).await.expect("put a");
+    b.put("hosts/h1", bytes("b")).await.expect("put b");
+    assert_eq!(a.get("hosts/h1").await.expect("get"), Some(bytes("a")));
+    assert_eq!(b.get("hosts/h1").await.expect("get"), Some(bytes("b")));
+    assert_eq!(
+        a.scan_prefix("").await.expect("scan"),
+        vec![("hosts/h1".to_string(), bytes("a"))],
+        "a scan of everything stays inside the installation's prefix"
+    );
+    assert!(b.delete("hosts/h1").await.expect("delete"));
+    assert_eq!(a.get("hosts/h1").await.expect("get"), Some(bytes("a")));
+}
+
+#[tokio::test]
+async fn scans_page_through_many_keys_and_large_values() {
+    let cluster = EtcdCluster::start(1);
+    let store = store(&cluster, "/drover/", DEFAULT_TIMEOUT).await;
+    // More keys than one page, written out of order.
+    let n = 3 * SCAN_PAGE as usize + 7;
+    let mut items: Vec<(String, Vec<u8>)> = (0..n)
+        .rev()
+        .map(|i| (format!("many/{i:05}"), i.to_string().into_bytes()))
+        .collect();
+    while !items.is_empty() {
+        let rest = items.split_off(items.len().min(store.max_put_many()));
+        store.put_many(items).await.expect("put_many");
+        items = rest;
+    }
+    let got = store.scan_prefix("many/").await.expect("scan");
+    assert_eq!(got.len(), n);
+    for (i, (k, v)) in got.iter().enumerate() {
+        assert_eq!(k, &format!("many/{i:05}"));
+        assert_eq!(v, &i.to_string().into_bytes());
+    }
+    // More bytes than a gRPC response carries by default (4 MiB): values near etcd's
+    // request limit are still read whole.
+    let big: Vec<u8> = (0..=255u8).cycle().take(1024 * 1024).collect();
+    for i in 0..6 {
+        store
+            .put(&format!("big/{i}"), big.clone())
+            .await
+            .expect("put 1 MiB");
+    }
+    let got = store.scan_prefix("big/").await.expect("scan big");
+    assert_eq!(got.len(), 6);
+    assert!(got.iter().all(|(_, v)| v == &big));
+}
+
+#[tokio::test]
+async fn put_many_beyond_the_transaction_limit_is_refused_whole() {
+    let cluster = EtcdCluster::start(1);
+    let store = store(&cluster, "/drover/", DEFAULT_TIMEOUT).await;
+    assert_eq!(store.max_put_many(), DEFAULT_MAX_TXN_OPS);
+    let items: Vec<(String, Vec<u8>)> = (0..=DEFAULT_MAX_TXN_OPS)
+        .map(|i| (format!("batch/{i:04}"), bytes("x")))
+        .collect();
+    let err = store.put_many(items).await.expect_err("over the limit");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("max-txn-ops"), "{err}");
+    assert!(
+        store.scan_prefix("batch/").await.expect("scan").is_empty(),
+        "nothing of a refused batch is written"
+    );
+
+    // If the configured limit is above etcd's own, etcd's refusal says the same.
+    let mut options = EtcdOptions::new(cluster.endpoints(), "/drover/");
+    options.max_txn_ops = 1000;
+    let lax = EtcdStore::connect(options).await.expect("connect");
+    let items: Vec<(String, Vec<u8>)> = (0..200)
+        .map(|i| (format!("batch/{i:04}"), bytes("x")))
+        .collect();
+    let err = lax.put_many(items).await.expect_err("etcd refuses");
+    assert!(err.to_string().contains("max-txn-ops"), "{err}");
+    assert!(store.scan_prefix("batch/").await.expect("scan").is_empty());
+}
+
+#[tokio::test]
+async fn guarded_writes_are_refused_once_the_guard_key_changed() {
+    let cluster = EtcdCluster::start(1);
+    let store = store(&cluster, "/drover/", DEFAULT_TIMEOUT).await;
+    let leader = store.raw_key("leader");
+    store.put("leader", bytes("c1")).await.expect("put leader");
+    let rev = store
+        .mod_revision(&leader)
+        .await
+        .expect("revision")
+        .expect("leader key present");
+    let c1 = Guard {
+        key: leader.clone(),
+        revision: rev,
+    };
+
+    // While the guard holds, guarded writes go through.
+    store
+        .put_many_guarded(vec![("state/r1".into(), bytes("step 1"))], Some(&c1))
+        .await
+        .expect("guarded put_many");
+    assert!(
+        store
+            .compare_and_swap_guarded(
+                "state/r1",
+                Some(b"step 1"),
+                Some(bytes("step 2")),
+                Some(&c1)
+            )
+            .await
+            .expect("guarded cas")
+    );
+    assert!(
+        !store
+            .compare_and_swap_guarded("state/r1", Some(b"stale"), Some(bytes("x")), Some(&c1))
+            .await
+            .expect("guarded cas, value mismatch"),
+        "a value mismatch under a holding guard is a plain `false`"
+    );
+
+    // Another coordinator takes the leader key over.
+    store.put("leader", bytes("c2")).await.expect("take over");
+    let err = store
+        .put_many_guarded(
+            vec![
+                ("state/r1".into(), bytes("step 3")),
+                ("state/r2".into(), bytes("new")),
+            ],
+            Some(&c1),
+        )
+        .await
+        .expect_err("fenced put_many");
+    assert!(
+        matches!(err, StoreError::Fenced { revision, .. } if revision == rev),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+    let err = store
+        .compare_and_swap_guarded("state/r1", Some(b"step 2"), None, Some(&c1))
+        .await
+        .expect_err("fenced cas");
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    assert_eq!(
+        store.scan_prefix("state/").await.expect("scan"),
+        vec![("state/r1".to_string(), bytes("step 2"))],
+        "a fenced coordinator changed nothing"
+    );
+
+    // A guard on a key that is gone does not hold either.
+    assert!(store.delete("leader").await.expect("delete"));
+    let err = store
+        .put_many_guarded(vec![("state/r1".into(), bytes("x"))], Some(&c1))
+        .await
+        .expect_err("fenced after delete");
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn unreachable_etcd_is_unavailable_at_connect() {
+    // A port nothing listens on: etcd's own data dir is not even created.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let mut options = EtcdOptions::new(vec![format!("http://127.0.0.1:{port}")], "/drover/");
+    options.timeout = Duration::from_secs(1);
+    let err = tokio::time::timeout(Duration::from_secs(30), EtcdStore::connect(options))
+        .await
+        .expect("connect must give up by itself, not hang")
+        .expect_err("nothing listens there");
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains(&port.to_string()), "{err}");
+}
+
+/// Three members, two killed: every operation ends with `Unavailable` after about the
+/// configured deadline instead of hanging, and works again once the members are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_quorum_is_unavailable_then_recovers() {
+    let mut cluster = EtcdCluster::start(3);
+    let timeout = Duration::from_secs(2);
+    let store = store(&cluster, "/drover/", timeout).await;
+    store.put("k", bytes("before")).await.expect("put");
+
+    cluster.kill(1);
+    cluster.kill(2);
+    // Bounded far above the deadline: the assertion is "returns", not "is fast".
+    let hang = timeout * 10;
+    for attempt in 0..3 {
+        let started = Instant::now();
+        let put = tokio::time::timeout(hang, store.put("k", bytes("during")))
+            .await
+            .unwrap_or_else(|_| panic!("put hung for {hang:?} without quorum"));
+        let err = put.expect_err("a write without quorum cannot succeed");
+        assert!(
+            matches!(err, StoreError::Unavailable(_)),
+            "attempt {attempt}: {err}"
+        );
+        assert!(started.elapsed() < hang);
+        let get = tokio::time::timeout(hang, store.get("k"))
+            .await
+            .unwrap_or_else(|_| panic!("get hung for {hang:?} without quorum"));
+        assert!(
+            matches!(get, Err(StoreError::Unavailable(_))),
+            "a linearizable read without quorum: {get:?}"
+        );
+        let scan = tokio::time::timeout(hang, store.scan_prefix(""))
+            .await
+            .unwrap_or_else(|_| panic!("scan hung for {hang:?} without quorum"));
+        assert!(matches!(scan, Err(StoreError::Unavailable(_))), "{scan:?}");
+    }
+
+    cluster.restart(1);
+    cluster.restart(2);
+    cluster.wait_healthy(drover_testkit::etcd::START_TIMEOUT);
+    // The client reconnects on its own; retry as a caller would, with a deadline.
+    let value = drover_testkit::wait_until_async(
+        Duration::from_secs(30),
+        "the store answers again once quorum is back",
+        async || match store.put("k", bytes("after")).await {
+            Ok(()) => store.get("k").await.ok().flatten(),
+            Err(_) => None,
+        },
+        || cluster.describe(20),
+    )
+    .await;
+    assert_eq!(
+        value,
+        bytes("after"),
+        "the write made without quorum must not have landed"
+    );
+}
