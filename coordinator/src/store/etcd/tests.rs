@@ -267,3 +267,58 @@ async fn lost_quorum_is_unavailable_then_recovers() {
         "the write made without quorum must not have landed"
     );
 }
+
+/// The registry writes every changed host at each flush; a fleet larger than one etcd
+/// transaction must still be stored (in chunks), not refused every 5 s.
+#[tokio::test]
+async fn a_registry_larger_than_one_transaction_flushes() {
+    use std::time::SystemTime;
+
+    use drover_net::transport::PeerCert;
+    use drover_proto::identity::{Identity, Role};
+    use drover_proto::v1 as pb;
+
+    use crate::metrics::Metrics;
+    use crate::registry::Registry;
+    use crate::tls::RevocationList;
+
+    let cluster = EtcdCluster::start(1);
+    let store: Arc<dyn Store> = Arc::new(store(&cluster, "/drover/", DEFAULT_TIMEOUT).await);
+    let registry = Registry::load(
+        store.clone(),
+        Arc::new(Metrics::new()),
+        Arc::new(RevocationList::default()),
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("load registry");
+    let hosts = 2 * DEFAULT_MAX_TXN_OPS + 5;
+    let mut sessions = Vec::new();
+    for i in 0..hosts {
+        let id = format!("h{i:04}");
+        let cert = PeerCert {
+            identity: Identity {
+                role: Role::Agent,
+                name: id.clone(),
+            },
+            serial: format!("{i:04x}"),
+            not_before: SystemTime::now(),
+            not_after: SystemTime::now() + Duration::from_secs(3600),
+        };
+        let hello = pb::Hello {
+            host_id: id,
+            ..Default::default()
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        registry.connect(&cert, None, hello, tx);
+        sessions.push(rx);
+    }
+    let written = registry.flush().await.expect("flush a large fleet to etcd");
+    assert!(written >= hosts, "{written} writes for {hosts} hosts");
+    assert_eq!(
+        store.scan_prefix("hosts/").await.expect("scan hosts").len(),
+        hosts,
+        "every host is in etcd"
+    );
+    drop(sessions);
+}
