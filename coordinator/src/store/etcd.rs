@@ -479,7 +479,9 @@ fn map_err(e: etcd_client::Error, what: &str) -> StoreError {
     match e {
         etcd_client::Error::GRpcStatus(status) => {
             let msg = status.message();
-            let detail = format!("{what}: {msg}");
+            // tonic puts the cause of a failed connection (refused, TLS alert, bad
+            // certificate) in the source, behind a bare "transport error".
+            let detail = format!("{what}: {msg}{}", causes(&status));
             match status.code() {
                 Code::InvalidArgument if msg.contains("too many operations") => {
                     StoreError::Backend(format!(
@@ -514,11 +516,29 @@ fn map_err(e: etcd_client::Error, what: &str) -> StoreError {
             }
         }
         etcd_client::Error::TransportError(e) => {
-            StoreError::Unavailable(format!("{what}: transport error: {e}"))
+            StoreError::Unavailable(format!("{what}: transport error: {e}{}", causes(&e)))
         }
         etcd_client::Error::IoError(e) => StoreError::Unavailable(format!("{what}: {e}")),
         other => StoreError::Backend(format!("{what}: {other}")),
     }
+}
+
+/// `: cause: its cause...` for every source below `e`, skipping repeats of the text already
+/// shown.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = String::new();
+    let mut last = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !last.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        last = text;
+        next = cause.source();
+    }
+    out
 }
 
 #[cfg(test)]
