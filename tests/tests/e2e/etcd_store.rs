@@ -114,10 +114,12 @@ fn reaches_etcd_over_tls_with_a_client_certificate() {
         "started without a client certificate:\n{}",
         out.combined()
     );
+    // With TLS 1.3 the refusal shows as a bad-certificate alert or as a closed connection,
+    // depending on timing: assert what was being done and where, not the wording.
     let text = out.combined();
     assert!(
-        text.contains("open store") && text.to_lowercase().contains("certificate"),
-        "the error must say the store could not be opened and why:\n{text}"
+        text.contains("open store") && text.contains(&etcd.endpoints()[0]),
+        "the error must say the store at etcd could not be opened:\n{text}"
     );
 }
 
