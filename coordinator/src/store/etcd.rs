@@ -488,7 +488,11 @@ fn map_err(e: etcd_client::Error, what: &str) -> StoreError {
                         "{detail}; raise --max-txn-ops on every etcd member and [store] max_txn_ops to match"
                     ))
                 }
-                Code::InvalidArgument if msg.contains("request is too large") => {
+                // etcd refuses a request over --max-request-bytes itself, and its gRPC layer
+                // one larger still (that limit plus some slack) before etcd sees it.
+                Code::InvalidArgument | Code::ResourceExhausted
+                    if msg.contains("request is too large") || msg.contains("larger than max") =>
+                {
                     StoreError::Backend(format!(
                         "{detail}; raise --max-request-bytes on every etcd member"
                     ))

@@ -116,6 +116,43 @@ async fn put_many_beyond_the_transaction_limit_is_refused_whole() {
     assert!(store.scan_prefix("batch/").await.expect("scan").is_empty());
 }
 
+/// A batch over etcd's request size limit (1.5 MiB by default) is refused whole, and the error
+/// says which limit.
+#[tokio::test]
+async fn put_many_over_the_request_size_limit_is_refused_whole() {
+    let cluster = EtcdCluster::start(1);
+    let store = store(&cluster, "/drover/", DEFAULT_TIMEOUT).await;
+    let mb: Vec<u8> = vec![7; 1024 * 1024];
+    store
+        .put("big/one", mb.clone())
+        .await
+        .expect("1 MiB fits in one request");
+    let err = store
+        .put_many(vec![
+            ("big/a".into(), mb.clone()),
+            ("big/b".into(), mb.clone()),
+        ])
+        .await
+        .expect_err("2 MiB in one request");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("max-request-bytes"), "{err}");
+    // Between etcd's limit and its gRPC layer's: refused by etcd itself.
+    let err = store
+        .put_many(vec![
+            ("big/a".into(), mb.clone()),
+            ("big/c".into(), vec![7; 700 * 1024]),
+        ])
+        .await
+        .expect_err("1.7 MiB in one request");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("max-request-bytes"), "{err}");
+    assert_eq!(
+        store.scan_prefix("big/").await.expect("scan").len(),
+        1,
+        "nothing of the refused batch was written"
+    );
+}
+
 #[tokio::test]
 async fn guarded_writes_are_refused_once_the_guard_key_changed() {
     let cluster = EtcdCluster::start(1);
