@@ -112,6 +112,15 @@ impl Guard {
     }
 }
 
+/// Whether a request may be sent again when its fate is unknown.
+#[derive(Debug, Clone, Copy)]
+enum Replay {
+    /// Applying it twice leaves the same state and answer (reads, puts).
+    Idempotent,
+    /// Only when it certainly never reached etcd (compare-and-swap, delete).
+    OnlyUnsent,
+}
+
 pub struct EtcdStore {
     kv: KvClient,
     prefix: String,
@@ -186,10 +195,15 @@ impl EtcdStore {
         };
         let probe = store.raw_key("");
         store
-            .call("reach etcd", |mut kv| async move {
-                kv.get(probe, Some(GetOptions::new().with_count_only()))
-                    .await
-            })
+            .call(
+                "reach etcd",
+                Replay::Idempotent,
+                probe,
+                |mut kv, probe| async move {
+                    kv.get(probe, Some(GetOptions::new().with_count_only()))
+                        .await
+                },
+            )
             .await?;
         Ok(store)
     }
@@ -210,28 +224,84 @@ impl EtcdStore {
     pub async fn mod_revision(&self, raw_key: &[u8]) -> Result<Option<i64>, StoreError> {
         let key = raw_key.to_vec();
         let resp = self
-            .call("read a key's revision", |mut kv| async move {
+            .call("read a key's revision", Replay::Idempotent, key, |mut kv, key| async move {
                 kv.get(key, Some(GetOptions::new().with_keys_only())).await
             })
             .await?;
         Ok(resp.kvs().first().map(|kv| kv.mod_revision()))
     }
 
-    /// Runs one request with the deadline, mapping failures to [`StoreError`]s that say what
-    /// was being done.
-    async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
+    /// Runs one request to etcd within [`EtcdOptions::timeout`], mapping failures to
+    /// [`StoreError`]s that say what was being done.
+    ///
+    /// With one member of three gone, etcd-client still sends some requests to the dead
+    /// member's address; such a request (and one refused for "no leader") never reached etcd,
+    /// so it is sent again, to whichever member answers, until the deadline. Requests whose
+    /// fate is unknown (a timeout, a dropped connection) are sent again only when `replay` is
+    /// [`Replay::Idempotent`].
+    async fn call<R, T, F, Fut>(
+        &self,
+        what: &str,
+        replay: Replay,
+        req: R,
+        f: F,
+    ) -> Result<T, StoreError>
     where
-        F: FnOnce(KvClient) -> Fut,
+        R: Clone,
+        F: Fn(KvClient, R) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        match tokio::time::timeout(self.timeout, f(self.kv.clone())).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(map_err(e, &format!("{what} (etcd at {})", self.endpoints))),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "{what}: etcd at {} did not answer within {} (is a quorum of its members up?)",
-                self.endpoints,
-                humantime::format_duration(self.timeout)
-            ))),
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.timeout;
+        // An idempotent request stuck on a member that lost its leader gets more than one
+        // chance within the deadline.
+        let attempt_for = match replay {
+            Replay::Idempotent => (self.timeout / 3).max(Duration::from_millis(300)),
+            Replay::OnlyUnsent => self.timeout,
+        };
+        let mut backoff = Duration::from_millis(20);
+        let mut first: Option<String> = None;
+        loop {
+            let attempt_deadline = (tokio::time::Instant::now() + attempt_for).min(deadline);
+            let (err, again) =
+                match tokio::time::timeout_at(attempt_deadline, f(self.kv.clone(), req.clone()))
+                    .await
+                {
+                    Ok(Ok(v)) => return Ok(v),
+                    Ok(Err(e)) => {
+                        let unsent = never_sent(&e);
+                        let err = map_err(e, &format!("{what} (etcd at {})", self.endpoints));
+                        let again =
+                            err.is_retryable() && (unsent || matches!(replay, Replay::Idempotent));
+                        (err, again)
+                    }
+                    Err(_) => (
+                        StoreError::Unavailable(format!(
+                            "{what}: etcd at {} did not answer",
+                            self.endpoints
+                        )),
+                        matches!(replay, Replay::Idempotent),
+                    ),
+                };
+            if !again {
+                return Err(err);
+            }
+            if tokio::time::Instant::now() + backoff >= deadline {
+                // The first and the last failure: e.g. "no leader" from a live member, then
+                // a refused connection from a dead one.
+                let earlier = match first {
+                    Some(f) if f != err.to_string() => format!("; first error: {f}"),
+                    _ => String::new(),
+                };
+                return Err(StoreError::Unavailable(format!(
+                    "{what}: etcd at {} did not answer within {} (is a quorum of its members up?); last error: {err}{earlier}",
+                    self.endpoints,
+                    humantime::format_duration(self.timeout)
+                )));
+            }
+            first.get_or_insert_with(|| err.to_string());
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
         }
     }
 
@@ -273,7 +343,14 @@ impl EtcdStore {
             None => Txn::new().and_then(ops),
         };
         let resp = self
-            .call("write keys", |mut kv| async move { kv.txn(txn).await })
+            // Writing the same values again is harmless, and the guard compares a key this
+            // write does not touch.
+            .call(
+                "write keys",
+                Replay::Idempotent,
+                txn,
+                |mut kv, txn| async move { kv.txn(txn).await },
+            )
             .await?;
         match guard {
             Some(g) if !resp.succeeded() => Err(g.fenced()),
@@ -306,10 +383,14 @@ impl EtcdStore {
         };
         let swap = Txn::new().when([compare]).and_then(ops);
         let Some(g) = guard else {
+            // A swap that may have happened must not be tried again: it would report a
+            // mismatch against its own write.
             let resp = self
                 .call(
                     "compare and swap",
-                    |mut kv| async move { kv.txn(swap).await },
+                    Replay::OnlyUnsent,
+                    swap,
+                    |mut kv, txn| async move { kv.txn(txn).await },
                 )
                 .await?;
             return Ok(resp.succeeded());
@@ -319,7 +400,9 @@ impl EtcdStore {
         let resp = self
             .call(
                 "compare and swap",
-                |mut kv| async move { kv.txn(txn).await },
+                Replay::OnlyUnsent,
+                txn,
+                |mut kv, txn| async move { kv.txn(txn).await },
             )
             .await?;
         if !resp.succeeded() {
@@ -341,7 +424,9 @@ impl Store for EtcdStore {
         let mut resp = self
             .call(
                 "read a key",
-                |mut kv| async move { kv.get(raw, None).await },
+                Replay::Idempotent,
+                raw,
+                |mut kv, raw| async move { kv.get(raw, None).await },
             )
             .await?;
         Ok(resp.take_kvs().into_iter().next().map(|kv| {
@@ -352,9 +437,12 @@ impl Store for EtcdStore {
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
         let raw = self.raw_key(key);
-        self.call("write a key", |mut kv| async move {
-            kv.put(raw, value, None).await
-        })
+        self.call(
+            "write a key",
+            Replay::Idempotent,
+            (raw, value),
+            |mut kv, (raw, value)| async move { kv.put(raw, value, None).await },
+        )
         .await?;
         Ok(())
     }
@@ -366,9 +454,13 @@ impl Store for EtcdStore {
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         let raw = self.raw_key(key);
         let resp = self
-            .call("delete a key", |mut kv| async move {
-                kv.delete(raw, None).await
-            })
+            // Deleting again would report "was absent" for a key this call deleted.
+            .call(
+                "delete a key",
+                Replay::OnlyUnsent,
+                raw,
+                |mut kv, raw| async move { kv.delete(raw, None).await },
+            )
             .await?;
         Ok(resp.deleted() > 0)
     }
@@ -388,9 +480,12 @@ impl Store for EtcdStore {
             }
             let key = from.clone();
             let result = self
-                .call("scan keys", |mut kv| async move {
-                    kv.get(key, Some(options)).await
-                })
+                .call(
+                    "scan keys",
+                    Replay::Idempotent,
+                    (key, options),
+                    |mut kv, (key, options)| async move { kv.get(key, Some(options)).await },
+                )
                 .await;
             let mut resp = match result {
                 Ok(resp) => resp,
@@ -525,6 +620,45 @@ fn map_err(e: etcd_client::Error, what: &str) -> StoreError {
         etcd_client::Error::IoError(e) => StoreError::Unavailable(format!("{what}: {e}")),
         other => StoreError::Backend(format!("{what}: {other}")),
     }
+}
+
+/// Whether a failed request certainly never reached etcd's key-value store: the connection
+/// could not be made, or the member refused it up front for having no leader (etcd checks
+/// that before anything else when the client requires a leader) or for being overloaded.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    use std::io::ErrorKind;
+    let root: &dyn std::error::Error = match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            let msg = status.message();
+            if msg.contains("no leader") || msg.contains("too many requests") {
+                return true;
+            }
+            status
+        }
+        etcd_client::Error::TransportError(t) => t,
+        _ => return false,
+    };
+    let mut next = Some(root);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::NotConnected
+                    | ErrorKind::AddrNotAvailable
+                    | ErrorKind::HostUnreachable
+                    | ErrorKind::NetworkUnreachable
+            )
+        {
+            return true;
+        }
+        // hyper-util's connector: the TCP connection was never established.
+        if err.to_string().starts_with("tcp connect error") {
+            return true;
+        }
+        next = err.source();
+    }
+    false
 }
 
 /// `: cause: its cause...` for every source below `e`, skipping repeats of the text already
