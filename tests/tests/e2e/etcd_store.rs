@@ -67,6 +67,31 @@ fn registry_lives_in_etcd_not_in_the_data_dir() {
     assert_eq!(ids(&fleet.agents_json()), set(&["h1", "h2"]));
 }
 
+/// With one member of a three-member etcd killed, the coordinator goes on as before: a
+/// host enrols (token, certificate, registry writes), and a restart on an empty data dir
+/// still finds every host.
+#[test]
+fn one_etcd_member_down_changes_nothing_visible() {
+    let mut etcd = EtcdCluster::start(3);
+    let mut fleet = Fleet::builder()
+        .fixed_ports()
+        .coordinator(|c| c.extra_toml = store_toml(&etcd, "/drover/"))
+        .agent(AgentSpec::new("h1"))
+        .start();
+    etcd.kill(0);
+
+    fleet.add_agent(AgentSpec::new("h2").label("env", "prod"));
+    fleet.wait_healthy(&["h1", "h2"]);
+
+    fleet.coordinator.kill();
+    let data_dir = fleet.coordinator.data_dir.clone();
+    std::fs::remove_dir_all(&data_dir)
+        .unwrap_or_else(|e| panic!("remove {}: {e}", data_dir.display()));
+    fleet.coordinator.start();
+    assert_eq!(ids(&fleet.agents_json()), set(&["h1", "h2"]));
+    fleet.wait_healthy(&["h1", "h2"]);
+}
+
 /// The coordinator reaches etcd over TLS with a client certificate (etcd with
 /// `--client-cert-auth`, its own CA), and refuses to start without one.
 #[test]
