@@ -49,8 +49,9 @@ pub enum RunError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    // The message is shown inline, not as a source as well: `{:#}` would print it twice.
     #[error("open store: {0}")]
-    Store(#[from] store::StoreError),
+    Store(store::StoreError),
     #[error("load registry: {0}")]
     Registry(#[from] registry::RegistryError),
     #[error("load the CA from {} and {}: {source}", cert.display(), key.display())]
@@ -78,6 +79,12 @@ pub enum RunError {
     Serve(#[from] tonic::transport::Error),
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
+}
+
+impl From<store::StoreError> for RunError {
+    fn from(e: store::StoreError) -> Self {
+        RunError::Store(e)
+    }
 }
 
 /// The two bound sockets.

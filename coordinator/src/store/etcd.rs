@@ -260,6 +260,7 @@ impl EtcdStore {
             Replay::OnlyUnsent => self.timeout,
         };
         let mut backoff = Duration::from_millis(20);
+        let context = format!("{what} (etcd at {})", self.endpoints);
         let mut first: Option<String> = None;
         loop {
             let attempt_deadline = (tokio::time::Instant::now() + attempt_for).min(deadline);
@@ -270,7 +271,7 @@ impl EtcdStore {
                     Ok(Ok(v)) => return Ok(v),
                     Ok(Err(e)) => {
                         let unsent = never_sent(&e);
-                        let err = map_err(e, &format!("{what} (etcd at {})", self.endpoints));
+                        let err = map_err(e, &context);
                         let again =
                             err.is_retryable() && (unsent || matches!(replay, Replay::Idempotent));
                         (err, again)
@@ -289,17 +290,18 @@ impl EtcdStore {
             if tokio::time::Instant::now() + backoff >= deadline {
                 // The first and the last failure: e.g. "no leader" from a live member, then
                 // a refused connection from a dead one.
+                let last = cause(&err, &context);
                 let earlier = match first {
-                    Some(f) if f != err.to_string() => format!("; first error: {f}"),
+                    Some(f) if f != last => format!("; first error: {f}"),
                     _ => String::new(),
                 };
                 return Err(StoreError::Unavailable(format!(
-                    "{what}: etcd at {} did not answer within {} (is a quorum of its members up?); last error: {err}{earlier}",
+                    "{what}: etcd at {} did not answer within {} (is a quorum of its members up?); last error: {last}{earlier}",
                     self.endpoints,
                     humantime::format_duration(self.timeout)
                 )));
             }
-            first.get_or_insert_with(|| err.to_string());
+            first.get_or_insert_with(|| cause(&err, &context));
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(500));
         }
@@ -619,6 +621,21 @@ fn map_err(e: etcd_client::Error, what: &str) -> StoreError {
         }
         etcd_client::Error::IoError(e) => StoreError::Unavailable(format!("{what}: {e}")),
         other => StoreError::Backend(format!("{what}: {other}")),
+    }
+}
+
+/// What went wrong in `err`, without the context [`map_err`] put in front.
+fn cause(err: &StoreError, context: &str) -> String {
+    let text = match err {
+        StoreError::Unavailable(m)
+        | StoreError::Backend(m)
+        | StoreError::Io(m)
+        | StoreError::Corrupted(m) => m.clone(),
+        other => other.to_string(),
+    };
+    match text.strip_prefix(context) {
+        Some(rest) => rest.trim_start_matches(": ").to_string(),
+        None => text,
     }
 }
 
