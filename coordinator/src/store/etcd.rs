@@ -1,19 +1,23 @@
 //! The highly available [`Store`]: etcd v3, through `etcd-client`.
 //!
-//! Several coordinators share one etcd cluster; every key lives under a configurable prefix
-//! (`/drover/` by default) so that two drover installations can share an etcd too. Reads are
-//! linearizable (etcd's default), writes are durable on a quorum when they return.
+//! Meant to be shared by several coordinators (leader election comes on top of it); every key
+//! lives under a configurable prefix (`/drover/` by default) so that two drover installations
+//! can share an etcd too. Reads are linearizable (etcd's default), writes are durable on a
+//! quorum when they return.
 //!
-//! Every request to etcd has a deadline ([`EtcdOptions::timeout`]): a cluster that lost its
-//! quorum answers nothing (or "no leader"), and the coordinator must see
-//! [`StoreError::Unavailable`] rather than hang. Connection failures, timeouts and leader
-//! trouble are all `Unavailable` (retryable); a refused request (too many operations, too
-//! large, no space, permission) is terminal and says which etcd limit or setting to look at.
+//! Every operation has a deadline ([`EtcdOptions::timeout`]): a cluster that lost its quorum
+//! answers nothing (or "no leader"), and the coordinator must see [`StoreError::Unavailable`]
+//! rather than hang. Within the deadline a request that never reached etcd (a dead member's
+//! address, "no leader" during an election) is sent again, so losing one member of three is
+//! not seen by callers. Connection failures, timeouts and leader trouble are `Unavailable`
+//! (retryable); a refused request (too many operations, too large, no space, permission) is
+//! terminal and says which etcd limit or setting to look at.
 //!
 //! `put_many` is one etcd transaction. etcd caps a transaction at `--max-txn-ops` operations
-//! (128 by default), so a `put_many` with more items is refused with a clear error instead of
-//! being split: the trait promises all or nothing. [`Store::max_put_many`] tells callers whose
-//! items need not be atomic together (the registry's flush) how to split them.
+//! in all (128 by default, nested transactions included), so a `put_many` with more items is
+//! refused with a clear error instead of being split: the trait promises all or nothing.
+//! [`Store::max_put_many`] tells callers whose items need not be atomic together (the
+//! registry's flush) how to split them.
 //!
 //! The fencing the leader needs is here as inherent methods taking a [`Guard`]: a write that
 //! goes through only while a given key still has a given mod revision.
@@ -34,7 +38,7 @@ const SCAN_PAGE: i64 = 256;
 /// Largest response accepted from etcd. One value is at most etcd's request limit (1.5 MiB by
 /// default), so a page of one key always fits.
 const DECODE_LIMIT: usize = 64 * 1024 * 1024;
-/// Below this, a scan page shrinks no further (the limit is not the page size's fault).
+/// The smallest scan page: a single key whose response is still too large is an error.
 const MIN_SCAN_PAGE: i64 = 1;
 
 /// Client TLS towards etcd, as PEM.
@@ -91,8 +95,10 @@ pub const DEFAULT_MAX_TXN_OPS: usize = 128;
 /// it; use [`EtcdStore::raw_key`] for a store key) still has mod revision `revision`.
 ///
 /// A coordinator that was leader at revision R writes under `Guard { leader key, R }`; once
-/// another coordinator has taken the leader key over, the write is refused with
-/// [`StoreError::Fenced`] and changes nothing.
+/// another coordinator has taken the leader key over (or it was deleted or rewritten), the
+/// write is refused with [`StoreError::Fenced`] and changes nothing. etcd's own election
+/// compares the key's create revision; for a leader key that is never proclaimed again the
+/// two are equal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Guard {
     pub key: Vec<u8>,
