@@ -30,8 +30,11 @@ pub struct CoordinatorConfig {
     /// Name used in logs and in the Welcome message; defaults to the hostname.
     #[serde(default = "default_name")]
     pub name: String,
-    /// Where the embedded store (`drover.redb`) lives.
+    /// Where the embedded store (`drover.redb`) and the artifacts live.
     pub data_dir: PathBuf,
+    /// Where the coordinator keeps its state: redb in `data_dir` (default) or etcd.
+    #[serde(default)]
+    pub store: StoreConfig,
     #[serde(default)]
     pub listen: ListenConfig,
     pub tls: TlsConfig,
@@ -66,6 +69,219 @@ pub struct HookConfig {
 
 fn default_hook_timeout() -> Duration {
     Duration::from_secs(5 * 60)
+}
+
+/// `[store]`: `type = "redb"` (one file in `data_dir`, the default) or `type = "etcd"`
+/// (shared by several coordinators).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(try_from = "RawStoreConfig")]
+pub enum StoreConfig {
+    #[default]
+    Redb,
+    Etcd(EtcdStoreConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct EtcdStoreConfig {
+    /// Client URLs of the etcd members: `http://host:2379`, or `https://...` with `ca_cert`.
+    pub endpoints: Vec<String>,
+    /// Every key drover writes lives under this prefix, so that two installations can share
+    /// one etcd. Must end with `/`.
+    pub prefix: String,
+    /// Deadline of each request to etcd: past it (lost quorum, unreachable members) the
+    /// operation fails as unavailable instead of hanging.
+    pub timeout: Duration,
+    /// etcd's `--max-txn-ops`; raise both together.
+    pub max_txn_ops: usize,
+    /// CA of the etcd members' server certificates; required for `https://` endpoints.
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate and key, for etcd with `--client-cert-auth`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StoreKind {
+    #[default]
+    Redb,
+    Etcd,
+}
+
+/// `[store]` as written: a plain struct, so that a bad value is reported at its own key
+/// (an internally tagged enum would point at the section only).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStoreConfig {
+    #[serde(rename = "type", default)]
+    kind: StoreKind,
+    endpoints: Option<Vec<String>>,
+    prefix: Option<String>,
+    #[serde(default, with = "humantime_serde::option")]
+    timeout: Option<Duration>,
+    max_txn_ops: Option<usize>,
+    ca_cert: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+impl TryFrom<RawStoreConfig> for StoreConfig {
+    type Error = String;
+
+    fn try_from(raw: RawStoreConfig) -> Result<Self, String> {
+        match raw.kind {
+            StoreKind::Redb => {
+                let etcd_only = [
+                    ("endpoints", raw.endpoints.is_some()),
+                    ("prefix", raw.prefix.is_some()),
+                    ("timeout", raw.timeout.is_some()),
+                    ("max_txn_ops", raw.max_txn_ops.is_some()),
+                    ("ca_cert", raw.ca_cert.is_some()),
+                    ("cert", raw.cert.is_some()),
+                    ("key", raw.key.is_some()),
+                ];
+                match etcd_only.iter().find(|(_, set)| *set) {
+                    Some((field, _)) => Err(format!(
+                        "field `store.{field}`: only for type = \"etcd\" (this store is redb)"
+                    )),
+                    None => Ok(StoreConfig::Redb),
+                }
+            }
+            StoreKind::Etcd => Ok(StoreConfig::Etcd(EtcdStoreConfig {
+                endpoints: raw.endpoints.ok_or_else(|| {
+                    "field `store.endpoints`: required with type = \"etcd\", e.g. [\"http://127.0.0.1:2379\"]"
+                        .to_string()
+                })?,
+                prefix: raw.prefix.unwrap_or_else(default_etcd_prefix),
+                timeout: raw.timeout.unwrap_or_else(default_etcd_timeout),
+                max_txn_ops: raw.max_txn_ops.unwrap_or_else(default_max_txn_ops),
+                ca_cert: raw.ca_cert,
+                cert: raw.cert,
+                key: raw.key,
+            })),
+        }
+    }
+}
+
+fn default_etcd_prefix() -> String {
+    "/drover/".to_string()
+}
+fn default_etcd_timeout() -> Duration {
+    crate::store::etcd::DEFAULT_TIMEOUT
+}
+fn default_max_txn_ops() -> usize {
+    crate::store::etcd::DEFAULT_MAX_TXN_OPS
+}
+
+impl EtcdStoreConfig {
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        if self.endpoints.is_empty() {
+            return Err(ConfigError::field(
+                path,
+                "store.endpoints",
+                "list at least one etcd client URL, e.g. [\"http://127.0.0.1:2379\"]",
+            ));
+        }
+        let mut https = None;
+        for e in &self.endpoints {
+            let secure = if let Some(rest) = e.strip_prefix("https://") {
+                (true, rest)
+            } else if let Some(rest) = e.strip_prefix("http://") {
+                (false, rest)
+            } else {
+                return Err(ConfigError::field(
+                    path,
+                    "store.endpoints",
+                    format!(
+                        "`{e}` is not an etcd client URL: expected http://host:port or https://host:port"
+                    ),
+                ));
+            };
+            if secure.1.is_empty() || secure.1.contains('/') {
+                return Err(ConfigError::field(
+                    path,
+                    "store.endpoints",
+                    format!(
+                        "`{e}` is not an etcd client URL: expected http://host:port or https://host:port"
+                    ),
+                ));
+            }
+            if https.is_some_and(|h| h != secure.0) {
+                return Err(ConfigError::field(
+                    path,
+                    "store.endpoints",
+                    "mixes http:// and https://; use one scheme for every member",
+                ));
+            }
+            https = Some(secure.0);
+        }
+        let https = https.unwrap_or(false);
+        if https && self.ca_cert.is_none() {
+            return Err(ConfigError::field(
+                path,
+                "store.ca_cert",
+                "required with https:// endpoints: the CA that signed the etcd members' certificates",
+            ));
+        }
+        if !https && (self.ca_cert.is_some() || self.cert.is_some() || self.key.is_some()) {
+            return Err(ConfigError::field(
+                path,
+                "store.endpoints",
+                "TLS files are set but the endpoints are http://; use https:// endpoints",
+            ));
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(ConfigError::field(
+                path,
+                if self.cert.is_some() {
+                    "store.key"
+                } else {
+                    "store.cert"
+                },
+                "set both store.cert and store.key (a client certificate needs its key)",
+            ));
+        }
+        for (field, file) in [
+            ("store.ca_cert", &self.ca_cert),
+            ("store.cert", &self.cert),
+            ("store.key", &self.key),
+        ] {
+            if let Some(file) = file
+                && let Err(e) = std::fs::metadata(file)
+            {
+                return Err(ConfigError::field(
+                    path,
+                    field,
+                    format!("cannot read {}: {e}", file.display()),
+                ));
+            }
+        }
+        if self.prefix.is_empty() || !self.prefix.ends_with('/') {
+            return Err(ConfigError::field(
+                path,
+                "store.prefix",
+                format!(
+                    "`{}` must be non-empty and end with `/`, so that no installation's keys fall under another's (e.g. \"/drover/\")",
+                    self.prefix
+                ),
+            ));
+        }
+        if self.timeout < Duration::from_millis(100) {
+            return Err(ConfigError::field(
+                path,
+                "store.timeout",
+                "must be at least 100ms",
+            ));
+        }
+        if self.max_txn_ops == 0 {
+            return Err(ConfigError::field(
+                path,
+                "store.max_txn_ops",
+                "must be at least 1 (etcd's default is 128)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -240,6 +456,16 @@ impl CoordinatorConfig {
                 *p = base.join(&*p);
             }
         }
+        if let StoreConfig::Etcd(etcd) = &mut config.store {
+            for p in [&mut etcd.ca_cert, &mut etcd.cert, &mut etcd.key]
+                .into_iter()
+                .flatten()
+            {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
         config.validate(path)?;
         Ok(config)
     }
@@ -283,6 +509,9 @@ impl CoordinatorConfig {
                     "must be at least 1s",
                 ));
             }
+        }
+        if let StoreConfig::Etcd(etcd) = &self.store {
+            etcd.validate(path)?;
         }
         let a = &self.agents;
         if a.lost_timeout < Duration::from_millis(500) {
@@ -377,6 +606,90 @@ mod tests {
         assert_eq!(c.agents.enroll_timeout, Duration::from_secs(10));
         assert_eq!(c.agents.max_enrolling_connections, 256);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        assert!(
+            matches!(c.store, StoreConfig::Redb),
+            "redb stays the default"
+        );
+    }
+
+    #[test]
+    fn etcd_store_section() {
+        let c = parse(&format!(
+            "data_dir = \"d\"\n{TLS}[store]\ntype = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\", \"http://10.0.0.2:2379\"]\n"
+        ))
+        .expect("valid");
+        let StoreConfig::Etcd(etcd) = c.store else {
+            panic!("not etcd: {:?}", c.store);
+        };
+        assert_eq!(etcd.endpoints.len(), 2);
+        assert_eq!(etcd.prefix, "/drover/");
+        assert_eq!(etcd.timeout, Duration::from_secs(5));
+        assert_eq!(etcd.max_txn_ops, 128);
+
+        let c = parse(&format!(
+            "data_dir = \"d\"\n{TLS}[store]\ntype = \"etcd\"\nendpoints = [\"https://etcd1:2379\"]\nprefix = \"/drover-dr/\"\ntimeout = \"2s\"\nca_cert = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\n"
+        ))
+        .expect("valid with TLS");
+        let StoreConfig::Etcd(etcd) = c.store else {
+            panic!("not etcd");
+        };
+        assert!(etcd.ca_cert.is_some_and(|p| p.is_absolute()));
+        assert_eq!(etcd.timeout, Duration::from_secs(2));
+
+        let c = parse(&format!(
+            "data_dir = \"d\"\n{TLS}[store]\ntype = \"redb\"\n"
+        ))
+        .expect("explicit redb");
+        assert!(matches!(c.store, StoreConfig::Redb));
+    }
+
+    #[test]
+    fn etcd_store_errors_name_the_field() {
+        let etcd = |body: &str| {
+            parse(&format!(
+                "data_dir = \"d\"\n{TLS}[store]\ntype = \"etcd\"\n{body}"
+            ))
+            .expect_err("invalid")
+        };
+        let e = parse(&format!(
+            "data_dir = \"d\"\n{TLS}[store]\ntype = \"postgres\"\n"
+        ))
+        .expect_err("unknown type");
+        assert!(e.contains("postgres") && e.contains("etcd"), "{e}");
+        let e = etcd("endpoints = [\"http://a:2379\"]\nendpoint = 1\n");
+        assert!(e.contains("endpoint"), "unknown key: {e}");
+        let e = parse(&format!(
+            "data_dir = \"d\"\n{TLS}[store]\ntype = \"redb\"\nendpoints = []\n"
+        ))
+        .expect_err("etcd key on redb");
+        assert!(e.contains("endpoints"), "{e}");
+        let e = etcd("");
+        assert!(e.contains("endpoints"), "missing: {e}");
+        let e = etcd("endpoints = []\n");
+        assert!(e.contains("store.endpoints"), "{e}");
+        let e = etcd("endpoints = [\"127.0.0.1:2379\"]\n");
+        assert!(
+            e.contains("store.endpoints") && e.contains("127.0.0.1:2379"),
+            "{e}"
+        );
+        let e = etcd("endpoints = [\"http://a:2379\", \"https://b:2379\"]\nca_cert = \"ca.pem\"\n");
+        assert!(e.contains("store.endpoints"), "{e}");
+        let e = etcd("endpoints = [\"https://a:2379\"]\n");
+        assert!(e.contains("store.ca_cert"), "{e}");
+        let e = etcd("endpoints = [\"http://a:2379\"]\nca_cert = \"ca.pem\"\n");
+        assert!(e.contains("https://"), "{e}");
+        let e = etcd("endpoints = [\"https://a:2379\"]\nca_cert = \"ca.pem\"\ncert = \"c.pem\"\n");
+        assert!(e.contains("store.key"), "{e}");
+        let e = etcd("endpoints = [\"https://a:2379\"]\nca_cert = \"nope.pem\"\n");
+        assert!(e.contains("store.ca_cert") && e.contains("nope.pem"), "{e}");
+        let e = etcd("endpoints = [\"http://a:2379\"]\nprefix = \"/drover\"\n");
+        assert!(e.contains("store.prefix"), "{e}");
+        let e = etcd("endpoints = [\"http://a:2379\"]\ntimeout = \"soon\"\n");
+        assert!(e.contains("timeout"), "{e}");
+        let e = etcd("endpoints = [\"http://a:2379\"]\ntimeout = \"10ms\"\n");
+        assert!(e.contains("store.timeout"), "{e}");
+        let e = etcd("endpoints = [\"http://a:2379\"]\nmax_txn_ops = 0\n");
+        assert!(e.contains("store.max_txn_ops"), "{e}");
     }
 
     #[test]

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authorizer;
-use crate::config::CoordinatorConfig;
+use crate::config::{CoordinatorConfig, StoreConfig};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::service::Ctx;
@@ -49,8 +49,9 @@ pub enum RunError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    // The message is shown inline, not as a source as well: `{:#}` would print it twice.
     #[error("open store: {0}")]
-    Store(#[from] store::StoreError),
+    Store(store::StoreError),
     #[error("load registry: {0}")]
     Registry(#[from] registry::RegistryError),
     #[error("load the CA from {} and {}: {source}", cert.display(), key.display())]
@@ -78,6 +79,12 @@ pub enum RunError {
     Serve(#[from] tonic::transport::Error),
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
+}
+
+impl From<store::StoreError> for RunError {
+    fn from(e: store::StoreError) -> Self {
+        RunError::Store(e)
+    }
 }
 
 /// The two bound sockets.
@@ -121,6 +128,39 @@ impl std::fmt::Debug for Started {
     }
 }
 
+/// Opens the store `[store]` names: redb in the data dir, or etcd (reached once here, so an
+/// unreachable cluster fails the start within `[store] timeout`).
+async fn open_store(config: &CoordinatorConfig) -> Result<Arc<dyn store::Store>, RunError> {
+    let etcd = match &config.store {
+        StoreConfig::Redb => {
+            return Ok(Arc::new(store::RedbStore::open(
+                &config.data_dir.join(STORE_FILE),
+            )?));
+        }
+        StoreConfig::Etcd(etcd) => etcd,
+    };
+    let tls = match &etcd.ca_cert {
+        Some(ca) => Some(store::EtcdTls {
+            ca_cert_pem: read(ca)?,
+            identity: match (&etcd.cert, &etcd.key) {
+                (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+                _ => None,
+            },
+        }),
+        None => None,
+    };
+    tracing::info!(endpoints = ?etcd.endpoints, prefix = %etcd.prefix, "opening the etcd store");
+    let store = store::EtcdStore::connect(store::EtcdOptions {
+        endpoints: etcd.endpoints.clone(),
+        prefix: etcd.prefix.clone(),
+        timeout: etcd.timeout,
+        max_txn_ops: etcd.max_txn_ops,
+        tls,
+    })
+    .await?;
+    Ok(Arc::new(store))
+}
+
 /// Loads the CA and TLS material first (a bad file fails here, before
 /// anything is announced), then the store, registry and rollouts.
 pub async fn start(
@@ -152,8 +192,7 @@ pub async fn start(
         path: config.data_dir.clone(),
         source,
     })?;
-    let store: Arc<dyn store::Store> =
-        Arc::new(store::RedbStore::open(&config.data_dir.join(STORE_FILE))?);
+    let store = open_store(&config).await?;
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(
         Registry::load(

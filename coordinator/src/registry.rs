@@ -637,8 +637,12 @@ impl Registry {
             }
         }
         let n = writes.len();
-        if n > 0 {
+        // Hosts need not land together: split what one store transaction cannot carry (etcd).
+        let max = self.store.max_put_many().max(1);
+        while !writes.is_empty() {
+            let rest = writes.split_off(writes.len().min(max));
             self.store.put_many(writes).await?;
+            writes = rest;
         }
         Ok(n)
     }

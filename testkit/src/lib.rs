@@ -4,7 +4,10 @@
 //! Tests wait on conditions, never on fixed sleeps: [`wait_until`] from
 //! plain threads, [`wait_until_async`] inside a tokio runtime. Both poll
 //! until the condition holds and panic with what was awaited (and any
-//! diagnostics) at the deadline.
+//! diagnostics) at the deadline. [`etcd`] starts a real etcd cluster on
+//! loopback for the etcd store's tests.
+
+pub mod etcd;
 
 use std::time::{Duration, Instant};
 

@@ -2,15 +2,17 @@
 //! compare-and-swap.
 //!
 //! The interface is deliberately the intersection of what an embedded database (redb, one file
-//! in the data dir, the default) and etcd (HA, later) both do well, so the rest of the
+//! in the data dir, the default) and etcd (HA, [`etcd`]) both do well, so the rest of the
 //! coordinator never learns which one it runs on. Keys are `/`-separated paths such as
 //! `hosts/h1`; values are opaque bytes (the callers choose the encoding).
 
+pub mod etcd;
 pub mod memory;
 pub mod redb;
 
 use std::path::PathBuf;
 
+pub use self::etcd::{EtcdOptions, EtcdStore, EtcdTls};
 pub use self::memory::MemoryStore;
 pub use self::redb::RedbStore;
 
@@ -35,6 +37,12 @@ pub enum StoreError {
     /// timeout, a runtime shutting down); the same request may succeed later.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A guarded write (etcd) was refused because its guard key no longer has the revision it
+    /// was taken at: another coordinator has taken over, and this one must stop acting.
+    #[error(
+        "write refused: {key} is no longer at revision {revision} (another coordinator has taken over)"
+    )]
+    Fenced { key: String, revision: i64 },
     /// Any other backend failure.
     #[error("store error: {0}")]
     Backend(String),
@@ -51,6 +59,7 @@ impl StoreError {
             StoreError::InUse { .. }
             | StoreError::Io(_)
             | StoreError::Corrupted(_)
+            | StoreError::Fenced { .. }
             | StoreError::Backend(_) => false,
         }
     }
@@ -66,8 +75,15 @@ pub trait Store: Send + Sync + 'static {
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError>;
 
-    /// Writes all items in one durable transaction (all or nothing).
+    /// Writes all items in one durable transaction (all or nothing). More than
+    /// [`Store::max_put_many`] items are refused, never split.
     async fn put_many(&self, items: Vec<(String, Vec<u8>)>) -> Result<(), StoreError>;
+
+    /// The most items one `put_many` may carry (etcd: its `--max-txn-ops`). Callers whose
+    /// items need not be written together split larger batches into chunks of this size.
+    fn max_put_many(&self) -> usize {
+        usize::MAX
+    }
 
     /// Returns whether the key existed.
     async fn delete(&self, key: &str) -> Result<bool, StoreError>;
@@ -354,6 +370,12 @@ mod tests {
         assert!(!StoreError::Io("disk full".into()).is_retryable());
         assert!(!StoreError::Corrupted("bad header".into()).is_retryable());
         assert!(!StoreError::Backend("x".into()).is_retryable());
+        let fenced = StoreError::Fenced {
+            key: "/drover/leader/1".into(),
+            revision: 7,
+        };
+        assert!(!fenced.is_retryable(), "a fenced coordinator must stop");
+        assert!(fenced.to_string().contains("/drover/leader/1"));
         let in_use = StoreError::InUse {
             path: "/var/lib/drover/drover.redb".into(),
         };

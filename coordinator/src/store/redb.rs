@@ -237,7 +237,7 @@ fn with_context(e: StoreError, context: &str) -> StoreError {
         StoreError::Corrupted(msg) => StoreError::Corrupted(format!("{context}: {msg}")),
         StoreError::Unavailable(msg) => StoreError::Unavailable(format!("{context}: {msg}")),
         StoreError::Backend(msg) => StoreError::Backend(format!("{context}: {msg}")),
-        in_use @ StoreError::InUse { .. } => in_use,
+        kept @ (StoreError::InUse { .. } | StoreError::Fenced { .. }) => kept,
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cli;
 pub mod coordinator;
+pub mod etcd;
 pub mod fleet;
 pub mod haproxy;
 pub mod load;

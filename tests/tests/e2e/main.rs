@@ -9,6 +9,7 @@ mod bench_smoke;
 mod certs;
 mod demo;
 mod enrolling;
+mod etcd_store;
 mod first_deploy;
 mod fleet;
 mod fleetsim;
