@@ -268,7 +268,7 @@ impl Scenario {
         let spec = &mut self.spec;
         spec.strategy = Strategy::BlueGreen;
         spec.steps =
-            parse_steps(*rng.pick(&["10%,50%,100%", "10%,25%,50%,100%", "100%", "50%,100%"]))
+            parse_steps(rng.pick(&["10%,50%,100%", "10%,25%,50%,100%", "100%", "50%,100%"]))
                 .unwrap_or_default();
         spec.keep_old = Some(secs(rng.range(5, 300)));
         spec.pre_traffic_hook = rng.chance(600).then(|| "smoke".to_string());
