@@ -267,7 +267,7 @@ impl Scenario {
         let colors = u32::try_from(self.fleet.len() / 2).unwrap_or(1);
         let spec = &mut self.spec;
         spec.strategy = Strategy::BlueGreen;
-        let steps: &str = rng.pick(&["10%,50%,100%", "10%,25%,50%,100%", "100%", "50%,100%"]);
+        let steps = *rng.pick(&["10%,50%,100%", "10%,25%,50%,100%", "100%", "50%,100%"]);
         spec.steps = parse_steps(steps).unwrap_or_default();
         spec.keep_old = Some(secs(rng.range(5, 300)));
         spec.pre_traffic_hook = rng.chance(600).then(|| "smoke".to_string());
