@@ -261,6 +261,8 @@ impl Session {
                 sent_at_ms: unix_ms(SystemTime::now()),
                 host: self.host_metrics(),
                 instances: self.snapshot(),
+                epoch: 0,
+                commands_fenced: 0,
             })),
         }
     }

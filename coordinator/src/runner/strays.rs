@@ -48,6 +48,7 @@ fn restore(id: String, instance: String) -> CoordinatorMessage {
             id,
             instance,
             timeout_ms: u32::try_from(TIMEOUT.as_millis()).unwrap_or(u32::MAX),
+            epoch: 0,
             kind: Some(command::Kind::SetWeight(SetWeightCommand {
                 weight: 0,
                 restore: true,

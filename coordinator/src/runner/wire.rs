@@ -167,6 +167,7 @@ pub fn command(send: &Outgoing) -> CoordinatorMessage {
             id: send.id.to_string(),
             instance: send.instance.clone(),
             timeout_ms: ms(send.timeout).max(1),
+            epoch: 0,
             kind: Some(kind),
         })),
     }
