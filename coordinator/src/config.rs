@@ -93,6 +93,9 @@ pub struct EtcdStoreConfig {
     pub timeout: Duration,
     /// etcd's `--max-txn-ops`; raise both together.
     pub max_txn_ops: usize,
+    /// The leader's lease: a leader that cannot renew it stops acting within
+    /// three quarters of it, and a standby takes over once it expires.
+    pub lease_ttl: Duration,
     /// CA of the etcd members' server certificates; required for `https://` endpoints.
     pub ca_cert: Option<PathBuf>,
     /// Client certificate and key, for etcd with `--client-cert-auth`.
@@ -120,6 +123,8 @@ struct RawStoreConfig {
     #[serde(default, with = "humantime_serde::option")]
     timeout: Option<Duration>,
     max_txn_ops: Option<usize>,
+    #[serde(default, with = "humantime_serde::option")]
+    lease_ttl: Option<Duration>,
     ca_cert: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
@@ -136,6 +141,7 @@ impl TryFrom<RawStoreConfig> for StoreConfig {
                     ("prefix", raw.prefix.is_some()),
                     ("timeout", raw.timeout.is_some()),
                     ("max_txn_ops", raw.max_txn_ops.is_some()),
+                    ("lease_ttl", raw.lease_ttl.is_some()),
                     ("ca_cert", raw.ca_cert.is_some()),
                     ("cert", raw.cert.is_some()),
                     ("key", raw.key.is_some()),
@@ -155,6 +161,7 @@ impl TryFrom<RawStoreConfig> for StoreConfig {
                 prefix: raw.prefix.unwrap_or_else(default_etcd_prefix),
                 timeout: raw.timeout.unwrap_or_else(default_etcd_timeout),
                 max_txn_ops: raw.max_txn_ops.unwrap_or_else(default_max_txn_ops),
+                lease_ttl: raw.lease_ttl.unwrap_or(Duration::from_secs(10)),
                 ca_cert: raw.ca_cert,
                 cert: raw.cert,
                 key: raw.key,
@@ -175,6 +182,13 @@ fn default_max_txn_ops() -> usize {
 
 impl EtcdStoreConfig {
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        if self.lease_ttl < Duration::from_secs(2) || self.lease_ttl > Duration::from_secs(300) {
+            return Err(ConfigError::field(
+                path,
+                "store.lease_ttl",
+                "must be between 2s and 5m (etcd counts leases in whole seconds)",
+            ));
+        }
         if self.endpoints.is_empty() {
             return Err(ConfigError::field(
                 path,
@@ -331,6 +345,11 @@ pub struct ListenConfig {
     /// Plain HTTP side port: `/healthz`, `/metrics`.
     #[serde(default = "default_http")]
     pub http: SocketAddr,
+    /// HA: the address other coordinators' standbys send agents and
+    /// operators to when this one leads (`HOST:PORT`); default: the gRPC
+    /// listen address, with the host name for an unspecified IP.
+    #[serde(default)]
+    pub advertise: Option<String>,
 }
 
 impl Default for ListenConfig {
@@ -338,6 +357,7 @@ impl Default for ListenConfig {
         ListenConfig {
             grpc: default_grpc(),
             http: default_http(),
+            advertise: None,
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod artifacts;
 pub mod auth;
 pub mod config;
+pub mod ha;
 pub mod http;
 pub mod metrics;
 pub mod registry;
@@ -79,6 +80,8 @@ pub enum RunError {
     Serve(#[from] tonic::transport::Error),
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
+    #[error("gRPC listener: {0}")]
+    Listener(std::io::Error),
 }
 
 impl From<store::StoreError> for RunError {
@@ -116,6 +119,8 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, RunError> {
 pub struct Started {
     config: CoordinatorConfig,
     listeners: Listeners,
+    /// HA: this coordinator's hold on the election (it leads).
+    leadership: Option<ha::Leadership>,
     shutdown: CancellationToken,
     ctx: Arc<Ctx>,
     tls_config: Arc<rustls::ServerConfig>,
@@ -128,14 +133,20 @@ impl std::fmt::Debug for Started {
     }
 }
 
+/// The store as opened: redb, or etcd (which the election uses too).
+enum Opened {
+    Redb(Arc<dyn store::Store>),
+    Etcd(Arc<store::EtcdStore>),
+}
+
 /// Opens the store `[store]` names: redb in the data dir, or etcd (reached once here, so an
 /// unreachable cluster fails the start within `[store] timeout`).
-async fn open_store(config: &CoordinatorConfig) -> Result<Arc<dyn store::Store>, RunError> {
+async fn open_store(config: &CoordinatorConfig) -> Result<Opened, RunError> {
     let etcd = match &config.store {
         StoreConfig::Redb => {
-            return Ok(Arc::new(store::RedbStore::open(
+            return Ok(Opened::Redb(Arc::new(store::RedbStore::open(
                 &config.data_dir.join(STORE_FILE),
-            )?));
+            )?)));
         }
         StoreConfig::Etcd(etcd) => etcd,
     };
@@ -158,16 +169,90 @@ async fn open_store(config: &CoordinatorConfig) -> Result<Arc<dyn store::Store>,
         tls,
     })
     .await?;
-    Ok(Arc::new(store))
+    Ok(Opened::Etcd(Arc::new(store)))
+}
+
+/// Where other coordinators send clients when this one leads.
+fn advertised(config: &CoordinatorConfig, grpc: SocketAddr) -> String {
+    if let Some(a) = &config.listen.advertise {
+        return a.clone();
+    }
+    if grpc.ip().is_unspecified() {
+        let host = config::hostname().unwrap_or_else(|| "localhost".to_string());
+        return format!("{host}:{}", grpc.port());
+    }
+    grpc.to_string()
+}
+
+/// HA: serves as a standby (every call answered with where the leader is)
+/// and campaigns until elected (`Some`) or shut down (`None`).
+/// `on_standby` runs once the standby serves: the coordinator is ready, as
+/// a standby.
+async fn stand_by(
+    config: &CoordinatorConfig,
+    etcd: &store::EtcdStore,
+    listener: TcpListener,
+    tls_config: Arc<rustls::ServerConfig>,
+    shutdown: &CancellationToken,
+    on_standby: impl FnOnce(),
+) -> Result<(TcpListener, Option<ha::Leadership>), RunError> {
+    let StoreConfig::Etcd(etcd_config) = &config.store else {
+        return Ok((listener, None));
+    };
+    let grpc = listener.local_addr().map_err(RunError::Listener)?;
+    let me = ha::Member {
+        name: config.name.clone(),
+        grpc: advertised(config, grpc),
+        since_ms: 0,
+    };
+    let election = ha::Election::new(etcd, me.clone(), etcd_config.lease_ttl);
+    if let Err(e) = election.clear_own_stale_lead().await {
+        tracing::warn!(error = %e, "could not check for a stale lead of this coordinator");
+    }
+    let leader = election.leader().await.ok().flatten();
+    let (role_tx, role_rx) = tokio::sync::watch::channel(ha::Role::Standby { leader });
+    // The standby answers on a second handle of the same socket; the
+    // leader's server takes the socket over once it is elected.
+    let std_listener = listener.into_std().map_err(RunError::Listener)?;
+    let dup = std_listener.try_clone().map_err(RunError::Listener)?;
+    let listener = TcpListener::from_std(std_listener).map_err(RunError::Listener)?;
+    let standby_listener = TcpListener::from_std(dup).map_err(RunError::Listener)?;
+    let stop = CancellationToken::new();
+    let standby = tokio::spawn(ha::serve_standby(
+        standby_listener,
+        tls_config,
+        role_rx,
+        config.name.clone(),
+        stop.clone(),
+    ));
+    tracing::info!(name = %me.name, grpc = %me.grpc, "standby: campaigning for the leadership");
+    on_standby();
+    let won = election.campaign(&role_tx, shutdown).await;
+    stop.cancel();
+    if tokio::time::timeout(std::time::Duration::from_secs(2), standby)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the standby server did not stop within 2s");
+    }
+    if let Some(l) = &won {
+        tracing::info!(epoch = l.epoch, "elected leader");
+    }
+    Ok((listener, won))
 }
 
 /// Loads the CA and TLS material first (a bad file fails here, before
 /// anything is announced), then the store, registry and rollouts.
+///
+/// On etcd the coordinator first stands by: it serves as a standby,
+/// calls `on_standby`, and campaigns; it loads the registry and the
+/// rollouts only once elected. `None`: shut down before it was elected.
 pub async fn start(
     config: CoordinatorConfig,
     listeners: Listeners,
     shutdown: CancellationToken,
-) -> Result<Started, RunError> {
+    on_standby: impl FnOnce(),
+) -> Result<Option<Started>, RunError> {
     let ca = pki::Ca::load_files(&config.tls.ca_cert, &config.tls.ca_key).map_err(|source| {
         RunError::Ca {
             cert: config.tls.ca_cert.clone(),
@@ -192,7 +277,30 @@ pub async fn start(
         path: config.data_dir.clone(),
         source,
     })?;
-    let store = open_store(&config).await?;
+    let tls_config = Arc::new(tls_config);
+    let mut listeners = listeners;
+    let (store, leadership): (Arc<dyn store::Store>, _) = match open_store(&config).await? {
+        Opened::Redb(s) => (s, None),
+        Opened::Etcd(etcd) => {
+            let Listeners { grpc, http } = listeners;
+            let (grpc, won) = stand_by(
+                &config,
+                &etcd,
+                grpc,
+                tls_config.clone(),
+                &shutdown,
+                on_standby,
+            )
+            .await?;
+            listeners = Listeners { grpc, http };
+            let Some(leadership) = won else {
+                return Ok(None);
+            };
+            let fenced = ha::FencedStore::new(etcd, leadership.guard());
+            (Arc::new(fenced), Some(leadership))
+        }
+    };
+    let epoch = leadership.as_ref().map_or(0, |l| l.epoch);
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(
         Registry::load(
@@ -211,6 +319,7 @@ pub async fn start(
         runner::Settings {
             lost_timeout: config.agents.lost_timeout,
             hooks: config.pre_traffic_hooks.clone(),
+            epoch,
         },
         shutdown.clone(),
         tasks.clone(),
@@ -219,6 +328,7 @@ pub async fn start(
 
     let ctx = Arc::new(Ctx {
         name: config.name.clone(),
+        epoch,
         registry: registry.clone(),
         rollouts,
         tokens: Tokens::new(store.clone()),
@@ -247,17 +357,27 @@ pub async fn start(
             metrics,
         ),
     });
-    Ok(Started {
+    Ok(Some(Started {
         config,
         listeners,
+        leadership,
         shutdown,
         ctx,
-        tls_config: Arc::new(tls_config),
+        tls_config,
         tasks,
-    })
+    }))
 }
 
 impl Started {
+    /// `single` (no election) or `leader` (elected on etcd).
+    pub fn role(&self) -> &'static str {
+        if self.leadership.is_some() {
+            "leader"
+        } else {
+            "single"
+        }
+    }
+
     /// Serves until `shutdown` fires, then stops accepting, ends agent
     /// sessions, joins every task and flushes the store, all within
     /// `shutdown_timeout`; past it, gives up waiting (logged) and returns.
@@ -265,11 +385,30 @@ impl Started {
         let Started {
             config,
             listeners,
+            leadership,
             shutdown,
             ctx,
             tls_config,
             tasks,
         } = self;
+        if let Some(l) = &leadership {
+            // A leader that lost its lease stops acting at once: another
+            // coordinator may lead already, and the agents and the store
+            // refuse it anyway. Its supervisor starts it again as a standby.
+            let lost = l.lost.clone();
+            let stopping = shutdown.clone();
+            let epoch = l.epoch;
+            tokio::spawn(async move {
+                lost.cancelled().await;
+                if !stopping.is_cancelled() {
+                    tracing::error!(
+                        epoch,
+                        "lost the leadership (no lease renewal in time); exiting"
+                    );
+                    std::process::exit(i32::from(ha::EXIT_LOST_LEADERSHIP));
+                }
+            });
+        }
         let registry = ctx.registry.clone();
         let metrics = ctx.metrics.clone();
         tasks.spawn(registry.clone().run_background(shutdown.clone()));
@@ -336,6 +475,9 @@ impl Started {
                 return Ok(());
             }
         };
+        if let Some(l) = leadership {
+            l.resign(std::time::Duration::from_secs(1)).await;
+        }
         served?;
         if let Ok(Err(e)) = http.await {
             return Err(RunError::Http(e));
@@ -352,5 +494,8 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    start(config, listeners, shutdown).await?.serve().await
+    match start(config, listeners, shutdown, || {}).await? {
+        Some(started) => started.serve().await,
+        None => Ok(()),
+    }
 }

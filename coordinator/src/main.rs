@@ -78,18 +78,39 @@ async fn serve(config: CoordinatorConfig, ready_file: Option<PathBuf>) -> anyhow
     let signals = tokio::spawn(watch_signals(shutdown.clone()));
     // Everything that can be wrong with the CA, the TLS files or the store
     // shows here, before readiness is announced.
-    let started = start(config, listeners, shutdown.clone())
-        .await
-        .context("start coordinator")?;
-    tracing::info!(%grpc, %http, "listening");
-    if let Some(path) = ready_file {
-        let body = serde_json::json!({"grpc": grpc.to_string(), "http": http.to_string(), "pid": std::process::id()});
-        drover_coordinator::pki::write_atomic(&path, body.to_string().as_bytes(), false)
-            .context("write ready file")?;
+    // Ready once serving: at once for one coordinator, or as a standby
+    // (HA on etcd) before the election is won.
+    let announced = std::sync::Mutex::new(None);
+    // `role`: single (no election), standby, or leader (written again on
+    // promotion).
+    let announce = |role: &str| -> anyhow::Result<()> {
+        tracing::info!(%grpc, %http, role, "listening");
+        if let Some(path) = &ready_file {
+            let body = serde_json::json!({"grpc": grpc.to_string(), "http": http.to_string(), "pid": std::process::id(), "role": role});
+            drover_coordinator::pki::write_atomic(path, body.to_string().as_bytes(), false)
+                .context("write ready file")?;
+        }
+        if let Err(e) = drover_net::sd_notify::notify("READY=1") {
+            tracing::warn!(error = %e, "sd_notify READY failed");
+        }
+        Ok(())
+    };
+    let started = start(config, listeners, shutdown.clone(), || {
+        *announced.lock().unwrap_or_else(|p| p.into_inner()) = Some(announce("standby"));
+    })
+    .await
+    .context("start coordinator")?;
+    if let Some(result) = announced.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        result?;
     }
-    if let Err(e) = drover_net::sd_notify::notify("READY=1") {
-        tracing::warn!(error = %e, "sd_notify READY failed");
+    if let Some(s) = &started {
+        announce(s.role())?;
     }
+    let Some(started) = started else {
+        signals.abort();
+        tracing::info!("stopped while standing by");
+        return Ok(());
+    };
     let result = started.serve().await;
     let _ = drover_net::sd_notify::notify("STOPPING=1");
     signals.abort();

@@ -278,6 +278,7 @@ impl AgentService for Fake {
                 msg: Some(coordinator_message::Msg::Welcome(Welcome {
                     coordinator_name: "c1".into(),
                     server_time_ms: 0,
+                    epoch: 0,
                 })),
             }))
             .await;
@@ -517,6 +518,7 @@ pub fn command(id: &str, instance: &str, kind: drover_proto::v1::command::Kind) 
         id: id.to_string(),
         instance: instance.to_string(),
         timeout_ms: 20_000,
+        epoch: 0,
         kind: Some(kind),
     }
 }

@@ -176,6 +176,7 @@ async fn stored_rollouts_of_the_earlier_layout_still_load() {
         super::Settings {
             lost_timeout: Duration::from_secs(30),
             hooks: Default::default(),
+            epoch: 0,
         },
         shutdown.clone(),
         tasks.clone(),

@@ -143,6 +143,8 @@ pub struct Settings {
     pub lost_timeout: Duration,
     /// Blue-green's pre-traffic hooks.
     pub hooks: hooks::Hooks,
+    /// HA: the fencing epoch every command carries (0: no election).
+    pub epoch: u64,
 }
 
 pub struct Rollouts {
@@ -159,6 +161,8 @@ pub struct Rollouts {
     lost_timeout: Duration,
     /// Blue-green's pre-traffic hooks, from the coordinator's config.
     hooks: Arc<hooks::Hooks>,
+    /// HA: the fencing epoch every command carries.
+    epoch: u64,
     shutdown: CancellationToken,
     /// Owns every rollout task; the coordinator waits on it at shutdown.
     tasks: TaskTracker,
@@ -270,9 +274,11 @@ impl Rollouts {
         let Settings {
             lost_timeout,
             hooks,
+            epoch,
         } = settings;
         let this = Arc::new(Rollouts {
             hooks: Arc::new(hooks),
+            epoch,
             store: store.clone(),
             registry,
             metrics,
@@ -447,6 +453,11 @@ impl Rollouts {
             this.finished(&id);
         });
         snapshot
+    }
+
+    /// The fencing epoch the commands carry (0: no election).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// The pre-traffic hooks of the coordinator's config.

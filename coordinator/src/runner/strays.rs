@@ -42,13 +42,13 @@ pub fn strays(
         .collect()
 }
 
-fn restore(id: String, instance: String) -> CoordinatorMessage {
+fn restore(id: String, instance: String, epoch: u64) -> CoordinatorMessage {
     CoordinatorMessage {
         msg: Some(coordinator_message::Msg::Command(Command {
             id,
             instance,
             timeout_ms: u32::try_from(TIMEOUT.as_millis()).unwrap_or(u32::MAX),
-            epoch: 0,
+            epoch,
             kind: Some(command::Kind::SetWeight(SetWeightCommand {
                 weight: 0,
                 restore: true,
@@ -84,7 +84,10 @@ pub async fn run(
                 continue;
             };
             let command_id = format!("{OWNER}/{id}/weight/{stamp}");
-            if tx.try_send(Ok(restore(command_id, name))).is_ok() {
+            if tx
+                .try_send(Ok(restore(command_id, name, rollouts.epoch())))
+                .is_ok()
+            {
                 tracing::info!(instance = %id, "no rollout owns the weight this instance holds; putting back its configured weight");
                 metrics.stray_weights_released.inc();
                 told.insert(id, Instant::now());

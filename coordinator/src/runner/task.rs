@@ -279,7 +279,7 @@ impl Task {
             return;
         };
         tracing::debug!(command = %send.id, host = %send.host, "sending command");
-        match tx.try_send(Ok(wire::command(send))) {
+        match tx.try_send(Ok(wire::command(send, self.rollouts.epoch))) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.rollouts.metrics.commands_undelivered.inc();

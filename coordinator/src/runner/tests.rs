@@ -119,6 +119,7 @@ async fn setup() -> Setup {
         super::Settings {
             lost_timeout: Duration::from_secs(30),
             hooks: Default::default(),
+            epoch: 0,
         },
         shutdown.clone(),
         tasks.clone(),

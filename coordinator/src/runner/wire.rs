@@ -134,7 +134,7 @@ fn ms(d: Duration) -> u32 {
 }
 
 /// The command as the agent receives it.
-pub fn command(send: &Outgoing) -> CoordinatorMessage {
+pub fn command(send: &Outgoing, epoch: u64) -> CoordinatorMessage {
     let release = |r: &crate::rollout::Release| pb::Release {
         version: r.version.clone(),
         digest: r.digest.clone(),
@@ -167,7 +167,7 @@ pub fn command(send: &Outgoing) -> CoordinatorMessage {
             id: send.id.to_string(),
             instance: send.instance.clone(),
             timeout_ms: ms(send.timeout).max(1),
-            epoch: 0,
+            epoch,
             kind: Some(kind),
         })),
     }

@@ -165,7 +165,7 @@ impl AgentService for AgentSvc {
             msg: Some(CoordMsg::Welcome(Welcome {
                 coordinator_name: ctx.name.clone(),
                 server_time_ms: now_ms(),
-                epoch: 0,
+                epoch: ctx.epoch,
             })),
         };
         let _ = tx.try_send(Ok(welcome));

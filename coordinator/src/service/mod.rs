@@ -24,6 +24,8 @@ use crate::tokens::Tokens;
 #[derive(Debug)]
 pub struct Ctx {
     pub name: String,
+    /// HA: the fencing epoch this coordinator leads with (0: no election).
+    pub epoch: u64,
     pub registry: Arc<Registry>,
     pub rollouts: Arc<Rollouts>,
     pub tokens: Tokens,

@@ -100,7 +100,7 @@ pub const DEFAULT_MAX_TXN_OPS: usize = 128;
 /// compares the key's create revision; for a leader key that is never proclaimed again the
 /// two are equal.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Guard {
+pub struct Guard {
     pub key: Vec<u8>,
     pub revision: i64,
 }
@@ -128,6 +128,8 @@ enum Replay {
 }
 
 pub struct EtcdStore {
+    /// The connection, for the election and leases (HA).
+    client: Client,
     kv: KvClient,
     prefix: String,
     timeout: Duration,
@@ -194,6 +196,7 @@ impl EtcdStore {
         };
         let store = EtcdStore {
             kv: client.kv_client().max_decoding_message_size(DECODE_LIMIT),
+            client,
             prefix: options.prefix,
             timeout: options.timeout,
             max_txn_ops: options.max_txn_ops.max(1),
@@ -364,6 +367,39 @@ impl EtcdStore {
             Some(g) if !resp.succeeded() => Err(g.fenced()),
             _ => Ok(()),
         }
+    }
+
+    /// The etcd connection, for the election and its lease.
+    pub(crate) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// [`Store::delete`], refused with [`StoreError::Fenced`] (deleting nothing) unless
+    /// `guard` holds.
+    pub(crate) async fn delete_guarded(
+        &self,
+        key: &str,
+        guard: &Guard,
+    ) -> Result<bool, StoreError> {
+        let txn = Txn::new()
+            .when([guard.compare()])
+            .and_then([TxnOp::delete(self.raw_key(key), None)]);
+        let resp = self
+            // Deleting again would report "was absent" for a key this call deleted.
+            .call(
+                "delete a key",
+                Replay::OnlyUnsent,
+                txn,
+                |mut kv, txn| async move { kv.txn(txn).await },
+            )
+            .await?;
+        if !resp.succeeded() {
+            return Err(guard.fenced());
+        }
+        Ok(match resp.op_responses().into_iter().next() {
+            Some(TxnOpResponse::Delete(d)) => d.deleted() > 0,
+            _ => false,
+        })
     }
 
     /// [`Store::compare_and_swap`], refused with [`StoreError::Fenced`] (changing nothing)

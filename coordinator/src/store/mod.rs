@@ -12,6 +12,7 @@ pub mod redb;
 
 use std::path::PathBuf;
 
+pub use self::etcd::Guard;
 pub use self::etcd::{EtcdOptions, EtcdStore, EtcdTls};
 pub use self::memory::MemoryStore;
 pub use self::redb::RedbStore;

@@ -25,6 +25,9 @@ pub struct CoordinatorSpec {
     pub max_message_bytes: Option<u64>,
     /// Extra TOML appended to the generated config (later issues' sections).
     pub extra_toml: String,
+    /// HA: the coordinator counts as started once it serves as a standby
+    /// (by default only once it leads or runs alone).
+    pub standby: bool,
 }
 
 impl Default for CoordinatorSpec {
@@ -38,6 +41,7 @@ impl Default for CoordinatorSpec {
             max_token_ttl: None,
             max_message_bytes: None,
             extra_toml: String::new(),
+            standby: false,
         }
     }
 }
@@ -48,6 +52,9 @@ pub struct ReadyFile {
     pub grpc: String,
     pub http: String,
     pub pid: u32,
+    /// `single`, `standby` or `leader` (HA on etcd).
+    #[serde(default)]
+    pub role: String,
 }
 
 #[derive(Debug)]
@@ -156,6 +163,7 @@ impl Coordinator {
         cmd.env("NO_COLOR", "1");
         let proc = Proc::spawn("drover-coordinator", cmd, &self.log);
         let ready_file = self.ready_file.clone();
+        let accept_standby = self.spec.standby;
         let log = self.log.clone();
         let ready = wait_until_with(
             READY_TIMEOUT,
@@ -171,7 +179,11 @@ impl Coordinator {
                     );
                 }
                 let text = std::fs::read_to_string(&ready_file).ok()?;
-                serde_json::from_str::<ReadyFile>(&text).ok()
+                // A standby is ready once it leads, unless the test wants
+                // standbys (HA tests start several coordinators).
+                serde_json::from_str::<ReadyFile>(&text)
+                    .ok()
+                    .filter(|r| r.role != "standby" || accept_standby)
             },
             || {
                 format!(

@@ -1,0 +1,161 @@
+//! Highly available coordinators on etcd (issue 12): two coordinators share
+//! a three-member etcd; one leads, the other stands by and tells every
+//! caller where the leader is; when the leader dies the standby takes over
+//! from the state in etcd within the lease's TTL, and a graceful stop hands
+//! over at once.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use drover_tests::harness::coordinator::ReadyFile;
+use drover_tests::harness::etcd::{EtcdCluster, store_toml};
+use drover_tests::{AgentSpec, Cli, Coordinator, CoordinatorSpec, Fleet, free_port};
+
+/// The leader's lease in these tests.
+const TTL: Duration = Duration::from_secs(3);
+
+/// `n` distinct free ports.
+fn ports(n: usize) -> Vec<u16> {
+    let mut out: Vec<u16> = Vec::new();
+    while out.len() < n {
+        let p = free_port();
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The role the coordinator's ready file says it has now.
+fn role(c: &Coordinator) -> String {
+    std::fs::read_to_string(&c.ready_file)
+        .ok()
+        .and_then(|t| serde_json::from_str::<ReadyFile>(&t).ok())
+        .map(|r| r.role)
+        .unwrap_or_default()
+}
+
+/// Polls `c`'s role until it leads; the time it took.
+fn wait_leader(c: &Coordinator, within: Duration) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if role(c) == "leader" {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "{} did not take the lead within {within:?}:\n{}",
+        c.spec.name,
+        c.describe(60)
+    );
+}
+
+#[test]
+fn a_standby_points_to_the_leader_and_takes_over_when_it_dies_or_steps_down() {
+    let etcd = EtcdCluster::start(3);
+    let p = ports(4);
+    let store = format!("{}lease_ttl = \"3s\"\n", store_toml(&etcd, "/drover/"));
+    let addrs = vec![format!("127.0.0.1:{}", p[0]), format!("127.0.0.1:{}", p[2])];
+    let agent = |id: &str| {
+        let mut a = AgentSpec::new(id);
+        a.coordinators = Some(addrs.clone());
+        a
+    };
+    let (s1, s2) = (store.clone(), store.clone());
+    let mut fleet = Fleet::builder()
+        .lost_timeout("3s")
+        .coordinator(|c| {
+            c.name = "c1".to_string();
+            c.grpc_port = p[0];
+            c.http_port = p[1];
+            c.extra_toml = s1;
+        })
+        .agent(agent("h1"))
+        .agent(agent("h2"))
+        .start();
+    assert_eq!(role(&fleet.coordinator), "leader");
+
+    // c2: the same CA and etcd, started as a standby.
+    let mut c2 = Coordinator::create(
+        &fleet.dir.join("c2"),
+        &fleet.pki,
+        CoordinatorSpec {
+            name: "c2".to_string(),
+            grpc_port: p[2],
+            http_port: p[3],
+            extra_toml: s2,
+            standby: true,
+            ..CoordinatorSpec::default()
+        },
+    );
+    c2.start();
+    assert_eq!(role(&c2), "standby");
+    let at_c2 = Cli::new(
+        &c2.grpc_addr(),
+        &fleet.pki.ca_cert(),
+        Some(fleet.operator_cert.clone()),
+        &fleet.home,
+    );
+    // The standby answers, and says where the leader is.
+    let out = at_c2.run(&["agents", "-o", "json"]);
+    assert!(!out.success(), "{out}");
+    assert!(
+        out.stderr.contains(&format!(
+            "coordinator c2 is a standby; the leader is c1 at {}",
+            addrs[0]
+        )),
+        "{out}"
+    );
+
+    // The leader dies: the standby takes over once the lease expires,
+    // with the registry from etcd, and the agents come to it.
+    fleet.coordinator.kill();
+    let took = wait_leader(&c2, TTL + Duration::from_secs(10));
+    assert!(
+        took <= TTL + Duration::from_secs(2),
+        "takeover took {took:?} with a {TTL:?} lease"
+    );
+    fleet.wait(Duration::from_secs(30), "h1 and h2 connected to c2", || {
+        at_c2
+            .try_agents(None)
+            .ok()
+            .filter(|hosts| hosts.len() == 2 && hosts.iter().all(|h| h.connected()))
+    });
+    assert!(
+        c2.log_text().contains("elected leader"),
+        "{}",
+        c2.describe(40)
+    );
+
+    // c1 comes back as a standby; a graceful stop of c2 hands over at once.
+    fleet.coordinator.spec.standby = true;
+    fleet.coordinator.start();
+    assert_eq!(role(&fleet.coordinator), "standby");
+    let pid = c2.pid().expect("c2 runs");
+    let asked = Instant::now();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+    wait_leader(&fleet.coordinator, Duration::from_secs(10));
+    let handover = asked.elapsed();
+    assert!(
+        c2.terminate(Duration::from_secs(10)),
+        "c2 did not stop cleanly:\n{}",
+        c2.describe(40)
+    );
+    assert!(
+        handover < Duration::from_secs(1),
+        "a graceful stop handed over in {handover:?}"
+    );
+    fleet.wait(Duration::from_secs(30), "h1 and h2 back on c1", || {
+        fleet
+            .operator()
+            .try_agents(None)
+            .ok()
+            .filter(|hosts| hosts.len() == 2 && hosts.iter().all(|h| h.connected()))
+    });
+    eprintln!("takeover after SIGKILL: {took:?} (lease {TTL:?}); graceful handover: {handover:?}");
+}
