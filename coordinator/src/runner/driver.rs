@@ -601,13 +601,16 @@ impl Driver {
                 .map_err(|e| format!("encoding the rollout's state: {e}"))?;
             pass.writes.extend(writes);
         }
-        let id = self.engine.id().to_string();
-        for (n, e) in pass.events.iter().enumerate() {
-            let bytes = serde_json::to_vec(e).map_err(|e| format!("encoding an event: {e}"))?;
-            pass.writes
-                .push((event_key(&id, self.events_stored + n), bytes));
+        // A pass's events go in one record (under the sequence number of
+        // its first): one store operation, however many instances moved,
+        // so a pass fits in one etcd transaction.
+        if !pass.events.is_empty() {
+            let id = self.engine.id().to_string();
+            let bytes = serde_json::to_vec(&pass.events)
+                .map_err(|e| format!("encoding the events: {e}"))?;
+            pass.writes.push((event_key(&id, self.events_stored), bytes));
+            self.events_stored += pass.events.len();
         }
-        self.events_stored += pass.events.len();
         pass.writes.extend(judgements);
         Ok(())
     }

@@ -12,6 +12,10 @@
 //! restored from the store; its in-flight commands go out again with the
 //! same ids, and the agents answer them from their journals.
 
+/// Records a pass writes beside its instances: the head, one of events,
+/// a few judgements.
+const WRITE_OVERHEAD: usize = 8;
+
 pub mod driver;
 pub mod hooks;
 pub mod strays;
@@ -71,6 +75,17 @@ pub enum RunnerError {
     Corrupt { key: String, reason: String },
     #[error("the coordinator is shutting down")]
     ShuttingDown,
+    #[error(
+        "this rollout has {instances} instances and may store up to {needed} records in one \
+         write, but the store takes at most {max} in one transaction: raise --max-txn-ops on \
+         every etcd member and [store] max_txn_ops to at least {needed} (and \
+         --max-request-bytes for large fleets), or select fewer instances"
+    )]
+    TooLargeForStore {
+        instances: usize,
+        needed: usize,
+        max: usize,
+    },
 }
 
 impl From<RunnerError> for tonic::Status {
@@ -80,7 +95,9 @@ impl From<RunnerError> for tonic::Status {
             RunnerError::Plan(PlanError::Spec(_)) | RunnerError::Plan(PlanError::BadId(_)) => {
                 tonic::Status::invalid_argument(msg)
             }
-            RunnerError::Plan(_) | RunnerError::Finished { .. } => {
+            RunnerError::Plan(_)
+            | RunnerError::Finished { .. }
+            | RunnerError::TooLargeForStore { .. } => {
                 tonic::Status::failed_precondition(msg)
             }
             RunnerError::Busy { .. } => tonic::Status::already_exists(msg),
@@ -308,7 +325,14 @@ impl Rollouts {
                 .scan_prefix(&format!("{}{id}/", driver::EVENTS))
                 .await?
             {
-                events.push(serde_json::from_slice(&b).map_err(|e| corrupt(&k, e))?);
+                // One pass's events in one record; a record of one event
+                // from before they were grouped.
+                match serde_json::from_slice::<Vec<RolloutEvent>>(&b) {
+                    Ok(pass) => events.extend(pass),
+                    Err(_) => {
+                        events.push(serde_json::from_slice(&b).map_err(|e| corrupt(&k, e))?);
+                    }
+                }
             }
             let (engine, outputs) = Engine::restore(state, this.clock.now());
             if engine.is_finished() {
@@ -372,6 +396,7 @@ impl Rollouts {
             let id = next_id(&inner.rollouts, &spec.service);
             hooks::check(&spec, &self.hooks)?;
             let instances = target_instances(&self.registry, &spec);
+            self.fits(instances.len())?;
             let (engine, outputs) = Engine::start(&id, spec, instances, self.clock.now())?;
             (engine, outputs, id)
         };
@@ -453,6 +478,23 @@ impl Rollouts {
             this.finished(&id);
         });
         snapshot
+    }
+
+    /// Refuses a rollout whose largest write would not fit in one store
+    /// transaction: a pass stores the head, every instance it changed, one
+    /// record of events and a few judgements together, and etcd takes at
+    /// most `--max-txn-ops` operations in one.
+    pub fn fits(&self, instances: usize) -> Result<(), RunnerError> {
+        let max = self.store.max_put_many();
+        let needed = instances.saturating_add(WRITE_OVERHEAD);
+        if needed > max {
+            return Err(RunnerError::TooLargeForStore {
+                instances,
+                needed,
+                max,
+            });
+        }
+        Ok(())
     }
 
     /// The fencing epoch the commands carry (0: no election).

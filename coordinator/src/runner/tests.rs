@@ -19,6 +19,8 @@ use crate::tls::RevocationList;
 struct Breakable {
     inner: MemoryStore,
     broken: AtomicBool,
+    /// Items one put_many may carry, as etcd's --max-txn-ops (0: any).
+    max: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait::async_trait]
@@ -33,7 +35,20 @@ impl Store for Breakable {
         if self.broken.load(Ordering::SeqCst) {
             return Err(StoreError::Io("disk full".to_string()));
         }
+        let max = self.max.load(Ordering::SeqCst);
+        if max > 0 && items.len() > max {
+            return Err(StoreError::Backend(format!(
+                "{} operations in one transaction, more than {max}",
+                items.len()
+            )));
+        }
         self.inner.put_many(items).await
+    }
+    fn max_put_many(&self) -> usize {
+        match self.max.load(Ordering::SeqCst) {
+            0 => usize::MAX,
+            n => n,
+        }
     }
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         self.inner.delete(key).await
@@ -184,6 +199,42 @@ async fn a_command_goes_out_only_after_the_step_is_stored() {
         text.iter().any(|t| t.contains(&cmd.id)),
         "the stage in flight was stored before it was sent: {text:?}"
     );
+    s.shutdown.cancel();
+    s.tasks.close();
+    tokio::time::timeout(Duration::from_secs(10), s.tasks.wait())
+        .await
+        .expect("the rollout task stops at shutdown");
+}
+
+/// etcd takes a bounded number of operations per transaction: a rollout
+/// whose passes could exceed it is refused up front, naming the setting,
+/// and one that fits stores every pass in one transaction to its end.
+#[tokio::test]
+async fn a_rollout_is_refused_when_its_writes_could_not_fit_one_store_transaction() {
+    let mut s = setup().await;
+    s.store.max.store(8, Ordering::SeqCst);
+    let e = s
+        .rollouts
+        .start(spec(), "operator/test".to_string())
+        .await
+        .expect_err("1 instance + 8 records > 8");
+    let text = e.to_string();
+    assert!(
+        text.contains("raise --max-txn-ops") && text.contains("at least 9"),
+        "{text}"
+    );
+    assert!(s.session.try_recv().is_err(), "nothing went out");
+    // With room for the largest pass, the rollout runs: its first pass
+    // (head, the instance, the events' record) fits the limit.
+    s.store.max.store(9, Ordering::SeqCst);
+    let snap = s
+        .rollouts
+        .start(spec(), "operator/test".to_string())
+        .await
+        .expect("start");
+    assert_ne!(snap.status.phase, Phase::Failed, "{:?}", snap.status.reason);
+    let cmd = next_command(&mut s.session).await;
+    assert!(cmd.id.ends_with("/stage/1"), "{}", cmd.id);
     s.shutdown.cancel();
     s.tasks.close();
     tokio::time::timeout(Duration::from_secs(10), s.tasks.wait())

@@ -60,6 +60,9 @@ pub async fn resolve_spec(
 
 pub fn plan(ctx: &Ctx, spec: &RolloutSpec) -> Result<pb::RolloutPlan, Status> {
     let instances = target_instances(&ctx.registry, spec);
+    ctx.rollouts
+        .fits(instances.len())
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
     let plan = crate::runner::hooks::check(spec, ctx.rollouts.hooks());
     let plan = plan
         .and_then(|()| Engine::plan(spec, instances))
