@@ -308,6 +308,52 @@ impl Artifacts {
         })
     }
 
+    /// The same artifact dir seen through another store (the HA leader's
+    /// fenced one); nothing on disk is touched.
+    pub fn with_store(&self, store: Arc<dyn Store>) -> Artifacts {
+        Artifacts {
+            dir: self.dir.clone(),
+            store,
+            max_size: self.max_size,
+            limits: self.limits,
+            verified: Mutex::new(HashMap::new()),
+            recheck_after: self.recheck_after,
+        }
+    }
+
+    /// Whether the blob `digest` is here and still hashes to its name.
+    pub async fn has_blob(&self, digest: &str) -> bool {
+        match self.path_of(digest) {
+            Ok(p) if p.exists() => self.verify_blob(digest).await.is_ok(),
+            _ => false,
+        }
+    }
+
+    /// Every digest bound to a (service, version).
+    pub async fn bound_digests(&self) -> Result<std::collections::BTreeSet<String>, ArtifactError> {
+        Ok(self.list("").await?.into_iter().map(|a| a.digest).collect())
+    }
+
+    /// Puts a blob copied from another coordinator in place, once its
+    /// bytes hash to `digest` (the copy's only proof); nothing is bound.
+    pub async fn install(&self, mut upload: Upload, digest: &str) -> Result<(), ArtifactError> {
+        let final_path = self.path_of(digest)?;
+        upload.file.flush().await.map_err(io_err(&upload.path))?;
+        upload.file.sync_all().await.map_err(io_err(&upload.path))?;
+        let actual = hex::encode(std::mem::take(&mut upload.hasher).finalize());
+        if actual != digest {
+            return Err(ArtifactError::Mismatch {
+                expected: digest.to_string(),
+                actual,
+            });
+        }
+        tokio::fs::rename(&upload.path, &final_path)
+            .await
+            .map_err(io_err(&final_path))?;
+        self.mark_verified(digest, &final_path).await;
+        Ok(())
+    }
+
     /// Completes an upload and binds it to (service, version).
     pub async fn finish(
         &self,

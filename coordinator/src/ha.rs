@@ -133,6 +133,8 @@ pub struct Election {
     client: Client,
     /// The election's name: `<prefix>leader`.
     name: Vec<u8>,
+    /// Where this coordinator is listed, on its lease: `<prefix>members/<name>`.
+    member_key: Vec<u8>,
     me: Member,
     ttl: Duration,
 }
@@ -142,6 +144,8 @@ impl Election {
         Election {
             client: store.client(),
             name: format!("{}leader", store.prefix()).into_bytes(),
+            member_key: format!("{}{}{}", store.prefix(), crate::replicate::MEMBERS, me.name)
+                .into_bytes(),
             me,
             ttl,
         }
@@ -248,6 +252,17 @@ impl Election {
             .await
             .map_err(|e| etcd_err("grant a lease", e))?
             .id();
+        // Listed among the members for as long as the lease holds.
+        let value = serde_json::to_vec(&self.me).unwrap_or_default();
+        self.client
+            .kv_client()
+            .put(
+                self.member_key.clone(),
+                value,
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map_err(|e| etcd_err("list this coordinator among the members", e))?;
         let lost = CancellationToken::new();
         let keeper = tokio::spawn(keep_alive(
             self.client.clone(),
@@ -465,17 +480,85 @@ pub fn standby_status(role: &Role, me: &str) -> tonic::Status {
     tonic::Status::with_metadata(tonic::Code::Unavailable, msg, md)
 }
 
-/// A standby's gRPC server: every call of every service is answered with
-/// [`standby_status`] for the role `role` says now, until `stop`.
+/// What a standby serves: another coordinator copying an artifact; every
+/// other call is answered with [`standby_status`].
+struct StandbyAgent {
+    role: watch::Receiver<Role>,
+    me: String,
+    artifacts: Arc<crate::artifacts::Artifacts>,
+    authz: crate::auth::Authorizer,
+    stop: CancellationToken,
+}
+
+#[tonic::async_trait]
+impl drover_proto::v1::agent_service_server::AgentService for StandbyAgent {
+    async fn enroll(
+        &self,
+        _: tonic::Request<drover_proto::v1::EnrollRequest>,
+    ) -> Result<tonic::Response<drover_proto::v1::EnrollResponse>, tonic::Status> {
+        Err(standby_status(&self.role.borrow(), &self.me))
+    }
+
+    type SessionStream = std::pin::Pin<
+        Box<
+            dyn tokio_stream::Stream<
+                    Item = Result<drover_proto::v1::CoordinatorMessage, tonic::Status>,
+                > + Send,
+        >,
+    >;
+
+    async fn session(
+        &self,
+        _: tonic::Request<tonic::Streaming<drover_proto::v1::AgentMessage>>,
+    ) -> Result<tonic::Response<Self::SessionStream>, tonic::Status> {
+        Err(standby_status(&self.role.borrow(), &self.me))
+    }
+
+    type FetchArtifactStream = crate::service::agent::FetchStream;
+
+    async fn fetch_artifact(
+        &self,
+        request: tonic::Request<drover_proto::v1::FetchArtifactRequest>,
+    ) -> Result<tonic::Response<Self::FetchArtifactStream>, tonic::Status> {
+        let role = self.role.borrow().clone();
+        let caller = (self.authz)
+            .require(&request, &[drover_proto::identity::Role::Coordinator])
+            .map_err(|_| standby_status(&role, &self.me))?;
+        let metrics = self.authz.metrics.clone();
+        crate::service::agent::fetch_stream(
+            &self.artifacts,
+            &metrics,
+            &self.stop,
+            &caller.cert.identity.name,
+            request.into_inner(),
+        )
+        .await
+    }
+}
+
+/// A standby's gRPC server until `stop`: other coordinators may copy
+/// artifacts from it; every other call of every service is answered with
+/// [`standby_status`] for the role `role` says now.
 pub async fn serve_standby(
     listener: tokio::net::TcpListener,
     tls_config: Arc<rustls::ServerConfig>,
     role: watch::Receiver<Role>,
     me: String,
+    artifacts: Arc<crate::artifacts::Artifacts>,
     stop: CancellationToken,
 ) {
     use crate::metrics::Metrics;
     let metrics = Arc::new(Metrics::new());
+    let agent = StandbyAgent {
+        role: role.clone(),
+        me: me.clone(),
+        artifacts,
+        authz: crate::auth::Authorizer {
+            metrics: metrics.clone(),
+            revoked: Arc::new(crate::tls::RevocationList::default()),
+        },
+        stop: stop.clone(),
+    };
     let tasks = tokio_util::task::TaskTracker::new();
     let enrolling = crate::tls::Enrolling::new(64, Duration::from_secs(10), metrics.clone());
     let incoming = crate::tls::incoming(
@@ -487,16 +570,16 @@ pub async fn serve_standby(
         stop.clone(),
     );
     let state = Arc::new((role, me));
-    let router = axum::Router::new()
-        .fallback(
-            |axum::extract::State(state): axum::extract::State<
-                Arc<(watch::Receiver<Role>, String)>,
-            >| async move {
+    let agent = drover_proto::v1::agent_service_server::AgentServiceServer::new(agent);
+    let router = tonic::service::Routes::new(agent)
+        .into_axum_router()
+        .fallback(move || {
+            let state = state.clone();
+            async move {
                 let role = state.0.borrow().clone();
                 standby_status(&role, &state.1).into_http::<axum::body::Body>()
-            },
-        )
-        .with_state(state);
+            }
+        });
     let served = tonic::transport::Server::builder()
         .add_routes(tonic::service::Routes::from(router))
         .serve_with_incoming_shutdown(incoming, stop.cancelled())

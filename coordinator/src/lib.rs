@@ -11,6 +11,7 @@ pub mod ha;
 pub mod http;
 pub mod metrics;
 pub mod registry;
+pub mod replicate;
 pub mod rollout;
 pub mod runner;
 pub mod service;
@@ -82,6 +83,8 @@ pub enum RunError {
     Http(std::io::Error),
     #[error("gRPC listener: {0}")]
     Listener(std::io::Error),
+    #[error("client TLS towards other coordinators: {0}")]
+    Replicas(String),
 }
 
 impl From<store::StoreError> for RunError {
@@ -193,6 +196,7 @@ async fn stand_by(
     etcd: &store::EtcdStore,
     listener: TcpListener,
     tls_config: Arc<rustls::ServerConfig>,
+    artifacts: Arc<artifacts::Artifacts>,
     shutdown: &CancellationToken,
     on_standby: impl FnOnce(),
 ) -> Result<(TcpListener, Option<ha::Leadership>), RunError> {
@@ -223,6 +227,7 @@ async fn stand_by(
         tls_config,
         role_rx,
         config.name.clone(),
+        artifacts,
         stop.clone(),
     ));
     tracing::info!(name = %me.name, grpc = %me.grpc, "standby: campaigning for the leadership");
@@ -279,27 +284,57 @@ pub async fn start(
     })?;
     let tls_config = Arc::new(tls_config);
     let mut listeners = listeners;
-    let (store, leadership): (Arc<dyn store::Store>, _) = match open_store(&config).await? {
-        Opened::Redb(s) => (s, None),
-        Opened::Etcd(etcd) => {
-            let Listeners { grpc, http } = listeners;
-            let (grpc, won) = stand_by(
-                &config,
-                &etcd,
-                grpc,
-                tls_config.clone(),
-                &shutdown,
-                on_standby,
-            )
-            .await?;
-            listeners = Listeners { grpc, http };
-            let Some(leadership) = won else {
-                return Ok(None);
-            };
-            let fenced = ha::FencedStore::new(etcd, leadership.guard());
-            (Arc::new(fenced), Some(leadership))
-        }
+    let open_artifacts = |store: Arc<dyn store::Store>| -> Result<artifacts::Artifacts, RunError> {
+        Ok(
+            artifacts::Artifacts::open(&config.data_dir, store, config.artifacts.max_size_bytes)?
+                .with_unpack_limits(drover_archive::Limits {
+                    max_bytes: config.artifacts.max_unpacked_bytes,
+                    max_entries: config.artifacts.max_entries,
+                }),
+        )
     };
+    let (store, leadership, artifacts, replicas): (Arc<dyn store::Store>, _, _, _) =
+        match open_store(&config).await? {
+            Opened::Redb(s) => {
+                let artifacts = open_artifacts(s.clone())?;
+                (s, None, artifacts, None)
+            }
+            Opened::Etcd(etcd) => {
+                // Artifacts are copied between coordinators from the
+                // start, standby or not.
+                let shared = Arc::new(open_artifacts(etcd.clone())?);
+                let replicas = replicate::Replicas {
+                    store: etcd.clone(),
+                    artifacts: shared.clone(),
+                    me: config.name.clone(),
+                    tls: drover_net::transport::ClientTls::from_pem(
+                        ca.cert_pem().as_bytes(),
+                        Some((&read(&config.tls.cert)?, &read(&config.tls.key)?)),
+                    )
+                    .map_err(|e| RunError::Replicas(e.to_string()))?,
+                };
+                tokio::spawn(replicas.clone().run(shutdown.clone()));
+                let Listeners { grpc, http } = listeners;
+                let (grpc, won) = stand_by(
+                    &config,
+                    &etcd,
+                    grpc,
+                    tls_config.clone(),
+                    shared.clone(),
+                    &shutdown,
+                    on_standby,
+                )
+                .await?;
+                listeners = Listeners { grpc, http };
+                let Some(leadership) = won else {
+                    return Ok(None);
+                };
+                let fenced: Arc<dyn store::Store> =
+                    Arc::new(ha::FencedStore::new(etcd, leadership.guard()));
+                let artifacts = shared.with_store(fenced.clone());
+                (fenced, Some(leadership), artifacts, Some(replicas))
+            }
+        };
     let epoch = leadership.as_ref().map_or(0, |l| l.epoch);
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(
@@ -332,15 +367,8 @@ pub async fn start(
         registry: registry.clone(),
         rollouts,
         tokens: Tokens::new(store.clone()),
-        artifacts: artifacts::Artifacts::open(
-            &config.data_dir,
-            store.clone(),
-            config.artifacts.max_size_bytes,
-        )?
-        .with_unpack_limits(drover_archive::Limits {
-            max_bytes: config.artifacts.max_unpacked_bytes,
-            max_entries: config.artifacts.max_entries,
-        }),
+        artifacts,
+        replicas,
         ca,
         authz: Authorizer {
             metrics: metrics.clone(),

@@ -608,7 +608,8 @@ impl Driver {
             let id = self.engine.id().to_string();
             let bytes = serde_json::to_vec(&pass.events)
                 .map_err(|e| format!("encoding the events: {e}"))?;
-            pass.writes.push((event_key(&id, self.events_stored), bytes));
+            pass.writes
+                .push((event_key(&id, self.events_stored), bytes));
             self.events_stored += pass.events.len();
         }
         pass.writes.extend(judgements);

@@ -97,9 +97,7 @@ impl From<RunnerError> for tonic::Status {
             }
             RunnerError::Plan(_)
             | RunnerError::Finished { .. }
-            | RunnerError::TooLargeForStore { .. } => {
-                tonic::Status::failed_precondition(msg)
-            }
+            | RunnerError::TooLargeForStore { .. } => tonic::Status::failed_precondition(msg),
             RunnerError::Busy { .. } => tonic::Status::already_exists(msg),
             RunnerError::NotFound(_) => tonic::Status::not_found(msg),
             RunnerError::Store(ref s) if s.is_retryable() => tonic::Status::unavailable(msg),

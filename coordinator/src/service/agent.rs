@@ -237,59 +237,83 @@ impl AgentService for AgentSvc {
         ))
     }
 
-    type FetchArtifactStream = Pin<Box<dyn Stream<Item = Result<ArtifactChunk, Status>> + Send>>;
+    type FetchArtifactStream = FetchStream;
 
     async fn fetch_artifact(
         &self,
         request: Request<FetchArtifactRequest>,
     ) -> Result<Response<Self::FetchArtifactStream>, Status> {
-        let caller = self.ctx.authz.require(&request, &[Role::Agent])?;
+        // Agents, and other coordinators copying a blob (HA).
+        let caller = (self.ctx.authz).require(&request, &[Role::Agent, Role::Coordinator])?;
+        let ctx = &self.ctx;
         let req = request.into_inner();
-        let (mut reader, size) = match self.ctx.artifacts.open_at(&req.digest, req.offset).await {
-            Ok(opened) => opened,
-            Err(e @ crate::artifacts::ArtifactError::CorruptBlob { .. }) => {
-                self.ctx.metrics.artifacts_corrupt.inc();
-                tracing::error!(host = %caller.cert.identity.name, digest = %req.digest, error = %e, "refused to serve a corrupt artifact");
-                return Err(e.into());
-            }
-            Err(e) => return Err(e.into()),
-        };
-        tracing::debug!(host = %caller.cert.identity.name, digest = %req.digest, offset = req.offset, "artifact fetch");
-        // At most this many chunks wait per fetch: a slow agent holds a
-        // bounded amount of the coordinator's memory.
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let shutdown = self.ctx.shutdown.clone();
-        tokio::spawn(async move {
-            let mut offset = req.offset;
-            loop {
-                let data = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    data = reader.next_chunk(super::control::CHUNK_BYTES) => data,
-                };
-                let data = match data {
-                    Ok(d) if d.is_empty() => return,
-                    Ok(d) => d,
-                    Err(e) => {
-                        let _ = tx
-                            .send(Err(Status::internal(format!("read artifact: {e}"))))
-                            .await;
-                        return;
-                    }
-                };
-                let n = data.len() as u64;
-                let chunk = ArtifactChunk {
-                    offset,
-                    data,
-                    size_bytes: size,
-                };
-                offset += n;
-                if tx.send(Ok(chunk)).await.is_err() {
+        fetch_stream(
+            &ctx.artifacts,
+            &ctx.metrics,
+            &ctx.shutdown,
+            &caller.cert.identity.name,
+            req,
+        )
+        .await
+    }
+}
+
+/// An artifact's bytes on the wire.
+pub type FetchStream = Pin<Box<dyn Stream<Item = Result<ArtifactChunk, Status>> + Send>>;
+
+/// Streams the blob `req` asks for from `artifacts`, from its offset, once
+/// it is verified (a corrupt one is refused and counted).
+pub async fn fetch_stream(
+    artifacts: &crate::artifacts::Artifacts,
+    metrics: &crate::metrics::Metrics,
+    shutdown: &tokio_util::sync::CancellationToken,
+    caller: &str,
+    req: FetchArtifactRequest,
+) -> Result<Response<FetchStream>, Status> {
+    let (mut reader, size) = match artifacts.open_at(&req.digest, req.offset).await {
+        Ok(opened) => opened,
+        Err(e @ crate::artifacts::ArtifactError::CorruptBlob { .. }) => {
+            metrics.artifacts_corrupt.inc();
+            tracing::error!(host = %caller, digest = %req.digest, error = %e, "refused to serve a corrupt artifact");
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    tracing::debug!(host = %caller, digest = %req.digest, offset = req.offset, "artifact fetch");
+    // At most this many chunks wait per fetch: a slow agent holds a
+    // bounded amount of the coordinator's memory.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let mut offset = req.offset;
+        loop {
+            let data = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                data = reader.next_chunk(super::control::CHUNK_BYTES) => data,
+            };
+            let data = match data {
+                Ok(d) if d.is_empty() => return,
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(Status::internal(format!("read artifact: {e}"))))
+                        .await;
                     return;
                 }
+            };
+            let n = data.len() as u64;
+            let chunk = ArtifactChunk {
+                offset,
+                data,
+                size_bytes: size,
+            };
+            offset += n;
+            if tx.send(Ok(chunk)).await.is_err() {
+                return;
             }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
+        }
+    });
+    Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
 }
 
 async fn renew_cert(ctx: &Ctx, host_id: &str, csr_pem: &str) -> RenewResponse {

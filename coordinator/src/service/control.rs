@@ -227,6 +227,19 @@ impl ControlService for ControlSvc {
             }
             Err(e) => return Err(e.into()),
         };
+        if let Some(replicas) = &self.ctx.replicas {
+            // HA: not done until another coordinator holds a verified copy.
+            let held = replicas
+                .confirm(&artifact.digest, crate::replicate::CONFIRM_WITHIN)
+                .await
+                .map_err(|why| {
+                    Status::unavailable(format!(
+                        "{}/{} is stored, but {why}; push it again once the other coordinators are back",
+                        artifact.service, artifact.version
+                    ))
+                })?;
+            tracing::info!(digest = %artifact.digest, on = ?held, "artifact copies confirmed");
+        }
         tracing::info!(by = %caller.cert.identity, service = %artifact.service, version = %artifact.version, digest = %artifact.digest, size = artifact.size_bytes, "artifact pushed");
         Ok(Response::new(artifact))
     }

@@ -26,6 +26,8 @@ pub struct Ctx {
     pub name: String,
     /// HA: the fencing epoch this coordinator leads with (0: no election).
     pub epoch: u64,
+    /// HA: the other coordinators' copies of artifacts.
+    pub replicas: Option<crate::replicate::Replicas>,
     pub registry: Arc<Registry>,
     pub rollouts: Arc<Rollouts>,
     pub tokens: Tokens,

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use drover_tests::harness::coordinator::ReadyFile;
 use drover_tests::harness::etcd::{EtcdCluster, store_toml};
-use drover_tests::{AgentSpec, Cli, Coordinator, CoordinatorSpec, Fleet, free_port};
+use drover_tests::{
+    AgentSpec, Cli, Coordinator, CoordinatorSpec, Fleet, free_port, sample_release,
+};
 
 /// The leader's lease in these tests.
 const TTL: Duration = Duration::from_secs(3);
@@ -108,6 +110,26 @@ fn a_standby_points_to_the_leader_and_takes_over_when_it_dies_or_steps_down() {
         "{out}"
     );
 
+    // A push returns once the standby holds a verified copy too.
+    let release = fleet.dir.join("web-v2.tar.gz");
+    std::fs::write(&release, sample_release("v2", &[])).expect("write the release");
+    let digest = fleet.push_artifact(&release, "web", "v2");
+    let copy = c2.data_dir.join("artifacts").join("sha256").join(&digest);
+    assert!(
+        copy.exists(),
+        "c2 has no copy of {digest} once the push returned"
+    );
+    let sum = Command::new("sha256sum")
+        .arg(&copy)
+        .output()
+        .expect("sha256sum");
+    let sum = String::from_utf8_lossy(&sum.stdout);
+    assert_eq!(
+        sum.split_whitespace().next(),
+        Some(digest.as_str()),
+        "c2's copy"
+    );
+
     // The leader dies: the standby takes over once the lease expires,
     // with the registry from etcd, and the agents come to it.
     fleet.coordinator.kill();
@@ -126,6 +148,14 @@ fn a_standby_points_to_the_leader_and_takes_over_when_it_dies_or_steps_down() {
         c2.log_text().contains("elected leader"),
         "{}",
         c2.describe(40)
+    );
+    // The artifact pushed to the dead leader is there, and an agent can
+    // fetch it from the new one (through a dry run's check of the spec,
+    // and the listing).
+    let listed = at_c2.run(&["artifact", "ls", "-o", "json"]);
+    assert!(
+        listed.success() && listed.stdout.contains(&digest),
+        "{listed}"
     );
 
     // c1 comes back as a standby; a graceful stop of c2 hands over at once.
