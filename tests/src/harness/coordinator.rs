@@ -197,6 +197,16 @@ impl Coordinator {
         self.proc = Some(proc);
     }
 
+    /// What its ready file says now: `single`, `standby` or `leader` ("" when
+    /// none).
+    pub fn role(&self) -> String {
+        std::fs::read_to_string(&self.ready_file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<ReadyFile>(&t).ok())
+            .map(|r| r.role)
+            .unwrap_or_default()
+    }
+
     pub fn is_running(&self) -> bool {
         self.proc.as_ref().is_some_and(|p| p.is_running())
     }

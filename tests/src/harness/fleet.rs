@@ -105,6 +105,7 @@ impl FleetBuilder {
             home,
             pki,
             coordinator,
+            standbys: Vec::new(),
             agents: Vec::new(),
             operator_cert,
             viewer_cert,
@@ -130,6 +131,8 @@ pub struct Fleet {
     pub home: PathBuf,
     pub pki: Pki,
     pub coordinator: Coordinator,
+    /// HA: more coordinators on the same etcd, started as standbys.
+    pub standbys: Vec<Coordinator>,
     pub agents: Vec<Agent>,
     pub operator_cert: CertPair,
     pub viewer_cert: CertPair,
@@ -152,10 +155,21 @@ impl Fleet {
         self.cli_as(Some(self.viewer_cert.clone()))
     }
 
-    /// The CLI with any certificate (or none).
+    /// The gRPC address of the coordinator that leads now: with standbys
+    /// (HA), the one whose ready file says so; else the only one.
+    pub fn leader_addr(&self) -> String {
+        std::iter::once(&self.coordinator)
+            .chain(&self.standbys)
+            .filter(|c| c.is_running())
+            .find(|c| c.role() == "leader")
+            .unwrap_or(&self.coordinator)
+            .grpc_addr()
+    }
+
+    /// The CLI with any certificate (or none), at the leader.
     pub fn cli_as(&self, identity: Option<CertPair>) -> Cli {
         Cli::new(
-            &self.coordinator.grpc_addr(),
+            &self.leader_addr(),
             &self.pki.ca_cert(),
             identity,
             &self.home,

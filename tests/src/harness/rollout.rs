@@ -57,6 +57,8 @@ pub struct WebFleetBuilder {
     instance_metrics: bool,
     colors: bool,
     haproxy_checks: Checks,
+    /// HA: `[store]` of a shared etcd; a second coordinator stands by.
+    ha: Option<String>,
 }
 
 impl Default for WebFleetBuilder {
@@ -73,6 +75,7 @@ impl Default for WebFleetBuilder {
             colors: false,
             dir: None,
             haproxy_checks: Checks::default(),
+            ha: None,
         }
     }
 }
@@ -107,6 +110,21 @@ impl WebFleetBuilder {
         self.coordinator(|c| {
             c.grpc_port = free_port();
             c.http_port = free_port();
+        })
+    }
+
+    /// Two coordinators on `etcd` (a 3 s lease): `c1` leads, `c2` stands by
+    /// (in [`Fleet::standbys`]); the agents know both, and the CLI goes to
+    /// whichever leads.
+    pub fn ha(mut self, etcd: &super::etcd::EtcdCluster) -> Self {
+        let store = format!(
+            "{}lease_ttl = \"3s\"\n",
+            super::etcd::store_toml(etcd, "/drover/")
+        );
+        self.ha = Some(store.clone());
+        self.fixed_ports().coordinator(|c| {
+            c.name = "c1".to_string();
+            c.extra_toml.push_str(&store);
         })
     }
 
@@ -240,6 +258,34 @@ impl WebFleetBuilder {
             }
             specs.push(spec);
         }
+        // HA: the standby's ports are known up front, for the agents.
+        let standby = self.ha.as_ref().map(|store| {
+            let (grpc, http) = loop {
+                let (a, b) = (free_port(), free_port());
+                let taken = [self.coordinator.grpc_port, self.coordinator.http_port];
+                if a != b && !taken.contains(&a) && !taken.contains(&b) {
+                    break (a, b);
+                }
+            };
+            CoordinatorSpec {
+                name: "c2".to_string(),
+                grpc_port: grpc,
+                http_port: http,
+                lost_timeout: self.coordinator.lost_timeout.clone(),
+                extra_toml: store.clone(),
+                standby: true,
+                ..CoordinatorSpec::default()
+            }
+        });
+        if let Some(s) = &standby {
+            let both = vec![
+                format!("127.0.0.1:{}", self.coordinator.grpc_port),
+                format!("127.0.0.1:{}", s.grpc_port),
+            ];
+            for spec in &mut specs {
+                spec.coordinators = Some(both.clone());
+            }
+        }
         let servers: Vec<Server> = ports.iter().map(|(h, p)| Server::new(h, *p)).collect();
         let haproxy = Haproxy::start_with(&haproxy_dir, SERVICE, &servers, &self.haproxy_checks);
         assert_eq!(haproxy.socket(), socket, "HAProxy's socket moved");
@@ -251,7 +297,13 @@ impl WebFleetBuilder {
         for spec in specs {
             builder = builder.agent(spec);
         }
-        let fleet = builder.start();
+        let mut fleet = builder.start();
+        if let Some(spec) = standby {
+            let mut c2 =
+                super::coordinator::Coordinator::create(&fleet.dir.join("c2"), &fleet.pki, spec);
+            c2.start();
+            fleet.standbys.push(c2);
+        }
         let ids: Vec<&str> = self.hosts.iter().map(|(h, _)| h.as_str()).collect();
         fleet.wait_connected(&ids);
         WebFleet {

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use drover_tests::harness::coordinator::ReadyFile;
 use drover_tests::harness::etcd::{EtcdCluster, store_toml};
 use drover_tests::{
-    AgentSpec, Cli, Coordinator, CoordinatorSpec, Fleet, free_port, sample_release,
+    AgentSpec, Cli, Coordinator, CoordinatorSpec, Fleet, Load, LoadSpec, WAIT, WebFleet, free_port,
+    sample_release,
 };
 
 /// The leader's lease in these tests.
@@ -188,4 +189,81 @@ fn a_standby_points_to_the_leader_and_takes_over_when_it_dies_or_steps_down() {
             .filter(|hosts| hosts.len() == 2 && hosts.iter().all(|h| h.connected()))
     });
     eprintln!("takeover after SIGKILL: {took:?} (lease {TTL:?}); graceful handover: {handover:?}");
+}
+
+/// The ids of the commands each agent ran, from the agents' logs ("running
+/// command" is logged once per execution).
+fn executions(fleet: &Fleet) -> Vec<String> {
+    let mut ran = Vec::new();
+    for a in &fleet.agents {
+        let log = std::fs::read_to_string(&a.log).unwrap_or_default();
+        for line in log.lines().filter(|l| l.contains("running command")) {
+            if let Some(id) = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("command="))
+            {
+                ran.push(id.trim_matches('"').to_string());
+            }
+        }
+    }
+    ran
+}
+
+#[test]
+fn a_rolling_update_under_load_survives_its_leader_being_killed() {
+    let etcd = EtcdCluster::start(3);
+    let mut web = WebFleet::builder().hosts(4).ha(&etcd).start();
+    web.deploy_initial("v1");
+    web.push_release("v2", &[]);
+    let load = Load::start(
+        &web.haproxy.frontend_addr(),
+        LoadSpec {
+            max_requests: 60_000,
+            max_duration: Duration::from_secs(150),
+            ..LoadSpec::default()
+        },
+    );
+    web.fleet
+        .wait(WAIT, "load flows through HAProxy", || load.counts().1 >= 30);
+    let started = web.start_detached("v2", &["--batch", "1", "--min-healthy", "75%"]);
+    let id = started.id.clone();
+    web.wait_rollout(&id, "updates its first instance", WAIT * 2, |r| {
+        r.counts.done >= 1
+    });
+    // The leader dies mid-rollout; the standby resumes it from etcd.
+    web.fleet.coordinator.kill();
+    let took = wait_leader(&web.fleet.standbys[0], TTL + Duration::from_secs(10));
+    let rollout = web.wait_finished(&id, Duration::from_secs(120));
+    let report = load.stop();
+    let diag = || {
+        format!(
+            "{}\n{report}\n{}",
+            rollout.timeline(),
+            web.diagnostics_for(&id)
+        )
+    };
+    assert_eq!(rollout.phase, "succeeded", "{}", diag());
+    assert_eq!(report.failed, 0, "failed requests\n{}", diag());
+    assert!(
+        took <= TTL + Duration::from_secs(2),
+        "takeover took {took:?} with a {TTL:?} lease"
+    );
+    assert!(
+        (rollout.events.iter()).any(|e| e.message.contains("resumed after a coordinator restart")),
+        "{}",
+        diag()
+    );
+    for (iid, v) in rollout.versions() {
+        assert_eq!(v.as_deref(), Some("v2"), "{iid}\n{}", diag());
+    }
+    // No step ran twice: every command id of this rollout ran once.
+    let ran: Vec<String> = (executions(&web.fleet).into_iter())
+        .filter(|c| c.starts_with(&format!("{id}/")))
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for c in &ran {
+        assert!(seen.insert(c), "{c} ran twice\n{}", diag());
+    }
+    assert!(ran.len() >= 4 * 7, "{} executions: {ran:?}", ran.len());
+    eprintln!("rollout takeover after SIGKILL: {took:?} (lease {TTL:?})");
 }
