@@ -212,7 +212,13 @@ fn executions(fleet: &Fleet) -> Vec<String> {
 #[test]
 fn a_rolling_update_under_load_survives_its_leader_being_killed() {
     let etcd = EtcdCluster::start(3);
-    let mut web = WebFleet::builder().hosts(4).ha(&etcd).start();
+    // Agents find the new leader by trying the coordinators in turn with a
+    // growing backoff: give them lost_timeout to come back to it.
+    let mut web = WebFleet::builder()
+        .hosts(4)
+        .coordinator(|c| c.lost_timeout = "20s".to_string())
+        .ha(&etcd)
+        .start();
     web.deploy_initial("v1");
     web.push_release("v2", &[]);
     let load = Load::start(
