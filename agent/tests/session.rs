@@ -120,6 +120,7 @@ impl AgentService for Fake {
                 msg: Some(coordinator_message::Msg::Welcome(Welcome {
                     coordinator_name: "c1".into(),
                     server_time_ms: 0,
+                    epoch: 0,
                 })),
             }))
             .await;

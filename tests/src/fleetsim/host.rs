@@ -364,6 +364,8 @@ impl SimHost {
                 sent_at_ms: unix_ms(),
                 host: Some(self.metrics(seq)),
                 instances: self.instances.clone(),
+                epoch: 0,
+                commands_fenced: 0,
             })),
         };
         let c = &self.shared.counters;

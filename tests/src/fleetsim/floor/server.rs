@@ -174,6 +174,7 @@ impl AgentService for FloorSvc {
             msg: Some(coordinator_message::Msg::Welcome(Welcome {
                 coordinator_name: "floor".to_string(),
                 server_time_ms: unix_ms(),
+                epoch: 0,
             })),
         };
         let _ = tx.try_send(Ok(welcome));
@@ -299,6 +300,7 @@ fn command(id: String, host: &str, step: usize, release: &Release) -> Coordinato
             id,
             instance: format!("web@{host}"),
             timeout_ms: STEP_TIMEOUT_MS,
+            epoch: 0,
             kind: Some(kind),
         })),
     }
