@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use common::{Agent, Ca, Coordinator, Event, KillInstances, command, kinds};
 use drover_agent::config::Config;
+use drover_agent::deploy::fetch::{Cache, GrpcSource};
 use drover_agent::fencing::EPOCH_FILE;
 use drover_agent::journal;
+use drover_net::transport::ConnectOptions;
 use drover_proto::v1::command_update::Phase;
 use drover_proto::v1::{Command, HealthReport};
 
@@ -192,4 +194,30 @@ async fn a_welcome_from_a_deposed_leader_sends_the_agent_elsewhere() {
     deposed.hello().await;
     leader.hello().await;
     report_where(&mut leader, "a report at epoch 57", |r| r.epoch == 57).await;
+}
+
+#[tokio::test]
+async fn artifacts_are_fetched_from_the_leader_a_standby_names() {
+    let ca = Ca::new("test CA");
+    let mut leader = Coordinator::start(&ca).await;
+    let digest = leader.add_artifact(b"release bytes".to_vec());
+    let standby = Coordinator::start(&ca).await;
+    standby.set_standby(Some(Some(leader.addr.clone())));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = common::enrol_directly(&ca, dir.path(), "h1", Duration::from_secs(3600));
+    let source = GrpcSource::new(files, vec![standby.addr.clone()], ConnectOptions::default());
+    let cache = Cache::new(dir.path());
+    let (path, downloaded) = cache
+        .get(&digest, &source, &|_| {})
+        .await
+        .expect("fetched through the standby's hint");
+    assert!(downloaded);
+    assert_eq!(std::fs::read(&path).expect("read"), b"release bytes");
+    assert_eq!(standby.refused(), 1);
+    leader
+        .expect("the fetch at the leader", |e| match e {
+            Event::Fetch { offset, .. } => Some(*offset),
+            _ => None,
+        })
+        .await;
 }

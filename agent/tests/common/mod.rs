@@ -181,6 +181,24 @@ struct Fake {
     events: mpsc::UnboundedSender<Event>,
 }
 
+impl Fake {
+    /// What a coordinator that does not lead answers every call with.
+    fn refuse_as_standby(&self) -> Result<(), Status> {
+        let standby = self.shared.standby.lock().expect("lock").clone();
+        let Some(leader) = standby else {
+            return Ok(());
+        };
+        *self.shared.refused.lock().expect("lock") += 1;
+        let mut status = Status::unavailable("this coordinator is not the leader");
+        if let Some(leader) = leader {
+            status
+                .metadata_mut()
+                .insert("drover-leader", leader.parse().expect("metadata value"));
+        }
+        Err(status)
+    }
+}
+
 type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -189,6 +207,7 @@ impl AgentService for Fake {
         &self,
         _req: Request<EnrollRequest>,
     ) -> Result<Response<EnrollResponse>, Status> {
+        self.refuse_as_standby()?;
         Err(Status::unimplemented("not in this fake"))
     }
 
@@ -201,6 +220,7 @@ impl AgentService for Fake {
         if req.peer_certs().is_none() {
             return Err(Status::unauthenticated("no client certificate"));
         }
+        self.refuse_as_standby()?;
         let req = req.into_inner();
         let _ = self.events.send(Event::Fetch {
             digest: req.digest.clone(),
