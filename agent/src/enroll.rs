@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use drover_net::transport::{self, ClientTls, ConnectOptions, TransportError, Trust};
-use drover_proto::v1::EnrollRequest;
 use drover_proto::v1::agent_service_client::AgentServiceClient;
+use drover_proto::v1::{EnrollRequest, EnrollResponse};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
@@ -27,7 +27,9 @@ pub const ENROLLMENT_FILE: &str = "enrollment.json";
 /// `drover-agent enroll` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EnrollOptions {
-    /// Coordinator address, HOST:PORT.
+    /// Coordinator address, HOST:PORT; several, comma-separated, are tried
+    /// in turn (HA: a coordinator that does not lead names the leader,
+    /// which is asked next).
     #[arg(long)]
     pub coordinator: String,
     /// Join token from `drover token create`.
@@ -111,7 +113,7 @@ struct EnrollmentRecord {
 pub async fn enroll(config: &Config, opts: &EnrollOptions) -> Result<Enrolled, EnrollError> {
     let pin = transport::normalize_fingerprint(&opts.ca_fingerprint)
         .ok_or_else(|| EnrollError::BadFingerprint(opts.ca_fingerprint.clone()))?;
-    transport::parse_addr(&opts.coordinator).map_err(EnrollError::BadAddress)?;
+    let addrs = coordinator_list(&opts.coordinator)?;
     let token = opts.token.trim();
     if token.is_empty() {
         return Err(EnrollError::EmptyToken);
@@ -132,21 +134,7 @@ pub async fn enroll(config: &Config, opts: &EnrollOptions) -> Result<Enrolled, E
         host_id: config.host_id.clone(),
         csr_pem: key.csr_pem.clone(),
     };
-    let exchange = async {
-        let channel =
-            transport::connect(&opts.coordinator, &tls_config, &ConnectOptions::default())
-                .await
-                .map_err(EnrollError::Connect)?;
-        AgentServiceClient::new(channel)
-            .enroll(request)
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| EnrollError::Refused(status_message(&s)))
-    };
-    let reply = tokio::time::timeout(ENROLL_TIMEOUT, exchange)
-        .await
-        .map_err(|_| EnrollError::Timeout)??;
-
+    let (answered, reply) = exchange(&addrs, &tls_config, &request).await?;
     let ca = transport::certs_from_pem("CA certificate", reply.ca_pem.as_bytes())
         .map_err(|e| EnrollError::BadReply(e.to_string()))?;
     let got = transport::fingerprint(&ca[0]);
@@ -160,7 +148,7 @@ pub async fn enroll(config: &Config, opts: &EnrollOptions) -> Result<Enrolled, E
     let labels: BTreeMap<String, String> = reply.labels.into_iter().collect();
     let record = EnrollmentRecord {
         host_id: config.host_id.clone(),
-        coordinator: opts.coordinator.clone(),
+        coordinator: answered,
         enrolled_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         labels: labels.clone(),
     };
@@ -177,6 +165,75 @@ pub async fn enroll(config: &Config, opts: &EnrollOptions) -> Result<Enrolled, E
         not_after: peer.not_after,
         labels,
     })
+}
+
+/// `--coordinator A,B,...`, each checked.
+fn coordinator_list(arg: &str) -> Result<Vec<String>, EnrollError> {
+    let addrs: Vec<String> = arg
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(String::from)
+        .collect();
+    if addrs.is_empty() {
+        return Err(EnrollError::BadAddress(TransportError::Address {
+            addr: arg.to_string(),
+            reason: "expected HOST:PORT (several: comma-separated)".into(),
+        }));
+    }
+    for a in &addrs {
+        transport::parse_addr(a).map_err(EnrollError::BadAddress)?;
+    }
+    Ok(addrs)
+}
+
+/// Asks the coordinators in turn: one that cannot be reached, or does not
+/// lead, passes to the next; a leader named by one that does not lead is
+/// asked next (once). An answer (a certificate, or a refusal of the token)
+/// ends it. Returns the address that answered and its reply.
+async fn exchange(
+    addrs: &[String],
+    tls: &ClientTls,
+    request: &EnrollRequest,
+) -> Result<(String, EnrollResponse), EnrollError> {
+    let mut queue: std::collections::VecDeque<String> = addrs.iter().cloned().collect();
+    let mut followed = false;
+    let mut last = EnrollError::Timeout;
+    while let Some(addr) = queue.pop_front() {
+        let attempt = async {
+            let channel = transport::connect(&addr, tls, &ConnectOptions::default())
+                .await
+                .map_err(|e| Err(EnrollError::Connect(e)))?;
+            AgentServiceClient::new(channel)
+                .enroll(request.clone())
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(Ok)
+        };
+        let error = match tokio::time::timeout(ENROLL_TIMEOUT, attempt).await {
+            Ok(Ok(reply)) => return Ok((addr, reply)),
+            Err(_) => EnrollError::Timeout,
+            Ok(Err(Err(connect))) => connect,
+            Ok(Err(Ok(status))) => {
+                if status.code() != tonic::Code::Unavailable {
+                    return Err(EnrollError::Refused(status_message(&status)));
+                }
+                if let Some(leader) = crate::session::leader_hint(&status)
+                    && !std::mem::replace(&mut followed, true)
+                    && leader != addr
+                {
+                    tracing::info!(coordinator = %addr, leader = %leader, "this coordinator does not lead; asking the leader");
+                    queue.push_front(leader);
+                }
+                EnrollError::Refused(format!("{addr}: {}", status_message(&status)))
+            }
+        };
+        if !queue.is_empty() {
+            tracing::warn!(coordinator = %addr, "enrolment: {error}; trying the next coordinator");
+        }
+        last = error;
+    }
+    Err(last)
 }
 
 /// Labels the operator attached to the join token, if enrolment recorded

@@ -12,6 +12,7 @@ pub mod config;
 pub mod deploy;
 pub mod drain;
 pub mod enroll;
+pub mod fencing;
 pub mod fsutil;
 pub mod health;
 pub mod hooks;
@@ -71,6 +72,8 @@ pub enum AgentError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Fs(#[from] fsutil::FsError),
+    #[error(transparent)]
+    Fencing(#[from] fencing::FencingError),
     #[error("start instance {name}: {source}")]
     Instance {
         name: String,
@@ -80,10 +83,12 @@ pub enum AgentError {
 
 impl AgentError {
     /// 2 when the operator has to fix the setup (not enrolled, wrong host
-    /// id), 1 otherwise.
+    /// id, a damaged epoch file), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            AgentError::NotEnrolled { .. } | AgentError::HostMismatch { .. } => 2,
+            AgentError::NotEnrolled { .. }
+            | AgentError::HostMismatch { .. }
+            | AgentError::Fencing(fencing::FencingError::Corrupt { .. }) => 2,
             _ => 1,
         }
     }
@@ -128,6 +133,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             path: journal::Journal::dir(&config.data_dir),
             source: std::io::Error::other(format!("journal task failed: {e}")),
         })??;
+
+    let epoch_dir = config.data_dir.clone();
+    let fencing = tokio::task::spawn_blocking(move || fencing::Fencing::open(&epoch_dir))
+        .await
+        .map_err(|e| fsutil::FsError::Io {
+            path: config.data_dir.join(fencing::EPOCH_FILE),
+            source: std::io::Error::other(format!("epoch reader task failed: {e}")),
+        })??;
+    if fencing.highest() > 0 {
+        tracing::info!(epoch = fencing.highest(), path = %fencing.path().display(), "following coordinator epoch");
+    }
 
     let board = StatusBoard::new(
         config
@@ -183,6 +199,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             &data_dir,
             instances,
             journal,
+            fencing,
             Arc::new(source),
             command_stop,
         )

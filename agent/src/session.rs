@@ -5,6 +5,12 @@
 //!
 //! The TLS files are read at every connect, so a renewed (or re-enrolled)
 //! certificate is used without restarting the agent.
+//!
+//! With several coordinators (HA), only the leader serves sessions: the
+//! others answer UNAVAILABLE with the leader's address in the
+//! `drover-leader` metadata, which is dialled next; the configured list is
+//! kept for when the leader goes away. A Welcome carries the leader's
+//! fencing epoch (see [`crate::fencing`]).
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -40,6 +46,9 @@ const RENEW_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 const METRICS_MAX_AGE: Duration = Duration::from_secs(1);
 /// Outbound messages buffered before reports are skipped.
 const OUTBOUND_QUEUE: usize = 16;
+/// Response metadata a coordinator that does not lead sets to the
+/// leader's gRPC address (HOST:PORT).
+pub const LEADER_METADATA: &str = "drover-leader";
 
 /// Everything the session loop needs to know.
 #[derive(Debug, Clone)]
@@ -83,6 +92,13 @@ pub enum SessionError {
     NoWelcome,
     #[error("protocol error: {0}")]
     Protocol(String),
+    #[error(
+        "the coordinator leads epoch {coordinator}, but this agent follows epoch {agent}: \
+         it was deposed; trying another"
+    )]
+    Deposed { coordinator: u64, agent: u64 },
+    #[error("save the coordinator epoch: {0}")]
+    Epoch(crate::fsutil::FsError),
 }
 
 impl SessionError {
@@ -93,11 +109,27 @@ impl SessionError {
         }
     }
 
+    /// Where the leader is, when a coordinator that does not lead refused
+    /// the session (UNAVAILABLE with `drover-leader`).
+    pub fn leader_hint(&self) -> Option<String> {
+        leader_hint(self.status()?)
+    }
+
     /// The coordinator refused this agent (revoked, or host id mismatch).
     pub fn is_permission_denied(&self) -> bool {
         self.status()
             .is_some_and(|s| s.code() == tonic::Code::PermissionDenied)
     }
+}
+
+/// The leader's address from a refusal by a coordinator that does not
+/// lead: UNAVAILABLE with `drover-leader` metadata.
+pub fn leader_hint(s: &tonic::Status) -> Option<String> {
+    if s.code() != tonic::Code::Unavailable {
+        return None;
+    }
+    let addr = s.metadata().get(LEADER_METADATA)?.to_str().ok()?.trim();
+    (!addr.is_empty()).then(|| addr.to_string())
 }
 
 fn status_text(s: &tonic::Status) -> String {
@@ -147,17 +179,28 @@ pub async fn run(
         commands,
         last_metrics: None,
         failures: FailureLog::default(),
+        leader: None,
     };
     let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_CAP);
     let mut next = 0usize;
+    // The leader a standby named, dialled next; and whether the last
+    // attempt already followed such a hint (two in a row, as during an
+    // election, wait out the backoff instead of bouncing between them).
+    let mut redirect: Option<String> = None;
+    let mut followed = false;
     loop {
         let n = s.cfg.coordinators.len().max(1);
-        let addr = s
-            .cfg
-            .coordinators
-            .get(next % n)
-            .cloned()
-            .unwrap_or_default();
+        let (addr, hinted) = match redirect.take() {
+            Some(leader) => (leader, true),
+            None => (
+                s.cfg
+                    .coordinators
+                    .get(next % n)
+                    .cloned()
+                    .unwrap_or_default(),
+                false,
+            ),
+        };
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
             outcome = s.once(&addr) => outcome,
@@ -172,9 +215,25 @@ pub async fn run(
                 if established && lasted >= STABLE_SESSION {
                     backoff.reset();
                 }
+                if established {
+                    followed = false;
+                }
+                if let Some(leader) = error.leader_hint().filter(|l| *l != addr) {
+                    if s.leader.as_deref() != Some(leader.as_str()) {
+                        tracing::info!(coordinator = %addr, leader = %leader, "this coordinator does not lead; dialling the leader");
+                    }
+                    redirect = Some(leader);
+                    if !std::mem::replace(&mut followed, true) {
+                        continue;
+                    }
+                } else {
+                    followed = false;
+                }
                 let delay = backoff.next_delay();
                 s.log_failure(&addr, established, &error, delay);
-                next = next.wrapping_add(1);
+                if !hinted {
+                    next = next.wrapping_add(1);
+                }
                 delay
             }
         };
@@ -192,6 +251,9 @@ struct Session {
     commands: Executor,
     last_metrics: Option<(Instant, HostMetrics)>,
     failures: FailureLog,
+    /// The address of the coordinator the last session was with, to log
+    /// when the leader changes.
+    leader: Option<String>,
 }
 
 /// A renewal in flight: the new key waits here for its certificate.
@@ -261,8 +323,8 @@ impl Session {
                 sent_at_ms: unix_ms(SystemTime::now()),
                 host: self.host_metrics(),
                 instances: self.snapshot(),
-                epoch: 0,
-                commands_fenced: 0,
+                epoch: self.commands.fencing().highest(),
+                commands_fenced: self.commands.fencing().commands_fenced(),
             })),
         }
     }
@@ -339,7 +401,29 @@ impl Session {
             }
             None => return Err(SessionError::Closed),
         };
+        let fencing = self.commands.fencing();
+        let agent_epoch = fencing.highest();
+        if welcome.epoch > 0 && welcome.epoch < agent_epoch {
+            return Err(SessionError::Deposed {
+                coordinator: welcome.epoch,
+                agent: agent_epoch,
+            });
+        }
+        if fencing.observe(welcome.epoch) {
+            fencing.save_async().await.map_err(SessionError::Epoch)?;
+        }
         *established = true;
+        if welcome.epoch > 0 && self.leader.as_deref() != Some(addr) {
+            tracing::info!(
+                coordinator = %addr,
+                name = %welcome.coordinator_name,
+                epoch = welcome.epoch,
+                "coordinator {} leads (epoch {})",
+                welcome.coordinator_name,
+                welcome.epoch
+            );
+        }
+        self.leader = Some(addr.to_string());
         if self.failures.count() > 0 {
             tracing::info!(
                 coordinator = %addr,

@@ -485,3 +485,53 @@ async fn enrol_refuses_a_returned_ca_that_is_not_the_pinned_one() {
     assert!(matches!(err, EnrollError::CaMismatch { .. }), "{err}");
     assert!(TlsFiles::new(dir.path()).any_present().is_none());
 }
+
+#[tokio::test]
+async fn enrols_through_a_list_past_a_dead_address_and_a_standby() {
+    let ca = Arc::new(Ca::new("test CA"));
+    let mut leader = Coordinator::start(ca.clone(), None).await;
+    let standby = common::Coordinator::start(&ca).await;
+    standby.set_standby(Some(Some(leader.addr.clone())));
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), &[&standby.addr], "");
+    let done = enroll::enroll(
+        &cfg,
+        &EnrollOptions {
+            coordinator: format!("{dead}, {}", standby.addr),
+            token: "good-token".into(),
+            ca_fingerprint: ca.fingerprint(),
+            force: false,
+        },
+    )
+    .await
+    .expect("enrolled by the leader the standby named");
+    assert_eq!(done.host_id, "h1");
+    assert_eq!(standby.refused(), 1);
+    leader
+        .expect("Enroll at the leader", |e| {
+            matches!(e, Event::Enroll(_)).then_some(())
+        })
+        .await;
+    assert!(TlsFiles::new(dir.path()).missing().is_none());
+    let record = std::fs::read_to_string(dir.path().join(enroll::ENROLLMENT_FILE))
+        .expect("enrollment record");
+    assert!(record.contains(&leader.addr), "{record}");
+
+    // A list of nothing but commas is refused as typed.
+    let err = enroll::enroll(
+        &cfg,
+        &EnrollOptions {
+            coordinator: " , ".into(),
+            token: "good-token".into(),
+            ca_fingerprint: ca.fingerprint(),
+            force: true,
+        },
+    )
+    .await
+    .expect_err("no address");
+    assert_eq!(err.exit_code(), 2, "{err}");
+}

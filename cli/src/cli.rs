@@ -26,6 +26,11 @@ Example ~/.config/drover/cli.toml:
   cert = \"alice.pem\"
   key  = \"alice.key\"
 
+Several coordinators (HA): --addr c1:7443,c2:7443 (DROVER_ADDR the same), or in the file \
+addr = [\"c1:7443\", \"c2:7443\"]. Each call tries them in order: one that cannot be \
+reached passes to the next, and one that does not lead names the leader, which takes the \
+call instead. `drover rollout watch` finds the leader again the same way after a failover.
+
 Exit codes: 0 ok, 1 failure (refused, not found, unreachable; a rollout that failed, \
 was rolled back or aborted), 2 usage error, 3 lost contact with the coordinator while \
 following a rollout for longer than --reconnect-for (the rollout's outcome is unknown).";
@@ -50,8 +55,9 @@ pub struct Cli {
 #[derive(Debug, Clone, Default, Args)]
 #[command(next_help_heading = "Connection (commands that talk to the coordinator)")]
 pub struct ConnFlags {
-    /// Coordinator gRPC address, HOST:PORT [env: DROVER_ADDR] [config: addr]
-    #[arg(long, global = true, value_name = "HOST:PORT")]
+    /// Coordinator gRPC address, HOST:PORT; several (HA), comma-separated, are tried in
+    /// order and the leader is found from them [env: DROVER_ADDR] [config: addr]
+    #[arg(long, global = true, value_name = "HOST:PORT[,...]")]
     pub addr: Option<String>,
     /// The drover CA certificate (ca.pem from `drover ca init`) [env: DROVER_CA] [config: ca]
     #[arg(long, global = true, value_name = "PATH")]
@@ -143,6 +149,10 @@ mod tests {
         assert!(h.contains("DROVER_CONFIG"), "{h}");
         assert!(h.contains("Exit codes"), "{h}");
         assert!(h.contains("3 lost contact with the coordinator"), "{h}");
+        // Several coordinators: how to give them and what drover does.
+        assert!(h.contains("--addr c1:7443,c2:7443"), "{h}");
+        assert!(h.contains("names the leader"), "{h}");
+        assert!(h.contains("HOST:PORT[,...]"), "{h}");
     }
 
     #[test]

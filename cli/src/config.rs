@@ -6,6 +6,10 @@
 //! relative to the file's directory, so a config directory can be copied
 //! around with its certificates. The environment is passed in as a map so
 //! tests never touch the process environment.
+//!
+//! `addr` may name several coordinators (HA): comma-separated in the flag
+//! and the environment, a string or an array of strings in the file. They
+//! are tried in order (see `conn::open`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,10 +40,37 @@ pub fn process_env() -> Env {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    addr: Option<String>,
+    addr: Option<FileAddr>,
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
+}
+
+/// `addr` in the file: one string (which may hold a comma-separated list)
+/// or an array of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileAddr {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl FileAddr {
+    fn into_list(self) -> Vec<String> {
+        match self {
+            FileAddr::One(s) => split_addrs(&s),
+            FileAddr::Many(v) => v.iter().flat_map(|s| split_addrs(s)).collect(),
+        }
+    }
+}
+
+/// `a:1, b:2` as `["a:1", "b:2"]`; empty entries dropped.
+pub fn split_addrs(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// Where a setting came from, shown in error messages so an operator can
@@ -70,7 +101,8 @@ pub struct Setting<T> {
 /// Everything needed to open a session with a coordinator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnSettings {
-    pub addr: Setting<String>,
+    /// One coordinator or several (tried in order); never empty.
+    pub addr: Setting<Vec<String>>,
     pub ca: Setting<PathBuf>,
     pub cert: Setting<PathBuf>,
     pub key: Setting<PathBuf>,
@@ -94,7 +126,7 @@ fn config_path(env: &Env) -> Option<(PathBuf, bool)> {
 
 /// Parses a config file's text; `path` is only for messages and for
 /// resolving relative paths.
-fn parse_file(path: &Path, text: &str) -> anyhow::Result<FileConfig> {
+fn parse_file(path: &Path, text: &str) -> anyhow::Result<(FileConfig, Option<Vec<String>>)> {
     let mut cfg: FileConfig = toml::from_str(text).map_err(|e| {
         let line = e
             .span()
@@ -104,6 +136,13 @@ fn parse_file(path: &Path, text: &str) -> anyhow::Result<FileConfig> {
             None => usage(format!("{}: {}", path.display(), e.message())),
         }
     })?;
+    let addr = cfg.addr.take().map(FileAddr::into_list);
+    if addr.as_ref().is_some_and(Vec::is_empty) {
+        return Err(usage(format!(
+            "{}: field `addr`: expected HOST:PORT or a list of them, got nothing",
+            path.display()
+        )));
+    }
     let base = path.parent().unwrap_or(Path::new("."));
     for p in [&mut cfg.ca, &mut cfg.cert, &mut cfg.key]
         .into_iter()
@@ -113,23 +152,22 @@ fn parse_file(path: &Path, text: &str) -> anyhow::Result<FileConfig> {
             *p = base.join(&*p);
         }
     }
-    if cfg.addr.as_deref() == Some("") {
-        return Err(usage(format!(
-            "{}: field `addr`: expected HOST:PORT, got an empty string",
-            path.display()
-        )));
-    }
-    Ok(cfg)
+    Ok((cfg, addr))
 }
 
-fn load_file(env: &Env) -> anyhow::Result<(Option<PathBuf>, FileConfig)> {
+type Loaded = (Option<PathBuf>, FileConfig, Option<Vec<String>>);
+
+fn load_file(env: &Env) -> anyhow::Result<Loaded> {
     let Some((path, required)) = config_path(env) else {
-        return Ok((None, FileConfig::default()));
+        return Ok((None, FileConfig::default(), None));
     };
     match std::fs::read_to_string(&path) {
-        Ok(text) => Ok((Some(path.clone()), parse_file(&path, &text)?)),
+        Ok(text) => {
+            let (cfg, addr) = parse_file(&path, &text)?;
+            Ok((Some(path.clone()), cfg, addr))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
-            Ok((Some(path), FileConfig::default()))
+            Ok((Some(path), FileConfig::default(), None))
         }
         Err(e) => Err(usage(format!(
             "{}: {e} (named by ${ENV_CONFIG})",
@@ -156,16 +194,24 @@ fn pick<T>(
 /// Picks each setting by precedence flag > env > file; reports every
 /// missing one at once, with all three ways to set it.
 pub fn resolve(flags: &ConnFlags, env: &Env) -> anyhow::Result<ConnSettings> {
-    let (file_path, file) = load_file(env)?;
+    let (file_path, file, file_addr) = load_file(env)?;
     let var = |name: &str| env.get(name).filter(|v| !v.is_empty()).cloned();
     let path_var = |name: &str| var(name).map(PathBuf::from);
     let fp = file_path.as_ref();
 
+    let list = |s: Option<String>| s.map(|s| split_addrs(&s));
     let addr = pick(
-        (flags.addr.clone(), "addr"),
-        (var(ENV_ADDR), ENV_ADDR),
-        (file.addr, fp),
+        (list(flags.addr.clone()), "addr"),
+        (list(var(ENV_ADDR)), ENV_ADDR),
+        (file_addr, fp),
     );
+    if let Some(a) = addr.as_ref().filter(|a| a.value.is_empty()) {
+        return Err(usage(format!(
+            "coordinator address (set by {}): expected HOST:PORT or several, comma-separated; \
+             got no address",
+            a.source
+        )));
+    }
     let ca = pick(
         (flags.ca.clone(), "ca"),
         (path_var(ENV_CA), ENV_CA),
@@ -259,7 +305,7 @@ mod tests {
             ..ConnFlags::default()
         };
         let s = resolve(&flags, &env).expect("resolve");
-        assert_eq!(s.addr.value, "flag:1");
+        assert_eq!(s.addr.value, ["flag:1"]);
         assert_eq!(s.addr.source, Source::Flag("addr"));
         assert_eq!(s.cert.value, PathBuf::from("env.pem"));
         assert_eq!(s.cert.source, Source::Env(ENV_CERT));
@@ -269,7 +315,7 @@ mod tests {
         assert_eq!(s.key.value, dir.path().join("keys/op.key"));
 
         let s = resolve(&ConnFlags::default(), &env).expect("resolve");
-        assert_eq!(s.addr.value, "env:1");
+        assert_eq!(s.addr.value, ["env:1"]);
     }
 
     #[test]
@@ -281,7 +327,7 @@ mod tests {
         );
         let env = env(&[(ENV_CONFIG, path.to_str().expect("utf8")), (ENV_ADDR, "")]);
         let s = resolve(&ConnFlags::default(), &env).expect("resolve");
-        assert_eq!(s.addr.value, "file:1");
+        assert_eq!(s.addr.value, ["file:1"]);
     }
 
     #[test]
@@ -295,7 +341,7 @@ mod tests {
         );
         let env = env(&[("HOME", home.path().to_str().expect("utf8"))]);
         let s = resolve(&ConnFlags::default(), &env).expect("resolve");
-        assert_eq!(s.addr.value, "h:1");
+        assert_eq!(s.addr.value, ["h:1"]);
         assert_eq!(s.ca.value, dir.join("ca.pem"));
     }
 
@@ -339,5 +385,58 @@ mod tests {
         let err = resolve(&ConnFlags::default(), &env).expect_err("missing file");
         assert_eq!(exit_code(&err), EXIT_USAGE);
         assert!(err.to_string().contains("nope.toml"));
+    }
+
+    #[test]
+    fn several_coordinators_from_flag_env_or_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_config(
+            dir.path(),
+            "addr = [\"c1:7443\", \"c2:7443\"]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+        );
+        let mut e = env(&[(ENV_CONFIG, path.to_str().expect("utf8"))]);
+        let s = resolve(&ConnFlags::default(), &e).expect("resolve");
+        assert_eq!(s.addr.value, ["c1:7443", "c2:7443"]);
+        e.insert(ENV_ADDR.into(), "e1:1, e2:2,".into());
+        let s = resolve(&ConnFlags::default(), &e).expect("resolve");
+        assert_eq!(s.addr.value, ["e1:1", "e2:2"]);
+        let flags = ConnFlags {
+            addr: Some("f1:1,f2:2,f3:3".into()),
+            ..ConnFlags::default()
+        };
+        let s = resolve(&flags, &e).expect("resolve");
+        assert_eq!(s.addr.value, ["f1:1", "f2:2", "f3:3"]);
+        // A string in the file may hold a list too.
+        write_config(
+            dir.path(),
+            "addr = \"c1:1,c2:2\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+        );
+        e.remove(ENV_ADDR);
+        let s = resolve(&ConnFlags::default(), &e).expect("resolve");
+        assert_eq!(s.addr.value, ["c1:1", "c2:2"]);
+    }
+
+    #[test]
+    fn an_empty_address_list_is_a_usage_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_config(
+            dir.path(),
+            "addr = []\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+        );
+        let e = env(&[(ENV_CONFIG, path.to_str().expect("utf8"))]);
+        let err = resolve(&ConnFlags::default(), &e).expect_err("empty list");
+        assert_eq!(exit_code(&err), EXIT_USAGE);
+        assert!(err.to_string().contains("field `addr`"), "{err}");
+        write_config(
+            dir.path(),
+            "addr = \"c:1\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+        );
+        let flags = ConnFlags {
+            addr: Some(" , ".into()),
+            ..ConnFlags::default()
+        };
+        let err = resolve(&flags, &e).expect_err("no address");
+        assert_eq!(exit_code(&err), EXIT_USAGE);
+        assert!(err.to_string().contains("set by --addr"), "{err}");
     }
 }

@@ -1,5 +1,10 @@
 //! Opening a session with the coordinator and explaining its failures.
 //!
+//! With several coordinators (HA), [`open`] dials them in the order given
+//! and keeps the first that answers; every call then follows the leader
+//! (see [`crate::leader`]), so each command reaches it whichever
+//! coordinator it dialled first.
+//!
 //! Problems an operator can fix locally (expired certificate, wrong file,
 //! bad address) are caught before dialling. Failures from the coordinator
 //! are turned into messages that say what to do next.
@@ -14,11 +19,12 @@ use drover_net::transport::{
 use drover_proto::identity::{Identity, Role};
 use drover_proto::v1::control_service_client::ControlServiceClient;
 
+use crate::leader::{LeaderChannel, leader_hint};
+
 /// Largest answer the CLI accepts. tonic's default of 4 MiB is less than
 /// `drover agents -o json` needs for a fleet of 10,000 hosts (about 5 MB);
 /// this leaves room for fleets ten times that size.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::config::{ConnSettings, Setting};
@@ -27,10 +33,10 @@ use crate::output::{relative, rfc3339_ms, system_time_ms};
 
 /// A connected control-API client plus what is needed to explain errors.
 pub struct Session {
-    pub addr: String,
     pub identity: Identity,
     pub cert_path: String,
-    pub client: ControlServiceClient<Channel>,
+    pub client: ControlServiceClient<LeaderChannel>,
+    channel: LeaderChannel,
 }
 
 fn date(t: SystemTime) -> String {
@@ -109,20 +115,50 @@ pub async fn open(settings: &ConnSettings) -> anyhow::Result<Session> {
             settings.key.value.display()
         )
     })?;
-    let addr = settings.addr.value.clone();
-    let channel = match transport::connect(&addr, &tls, &ConnectOptions::default()).await {
-        Ok(c) => c,
-        Err(e @ TransportError::Address { .. }) => {
-            return Err(usage(format!("{e} (set by {})", settings.addr.source)));
+    // In order; one that cannot be reached passes to the next.
+    let mut failures: Vec<(String, String)> = Vec::new();
+    for addr in &settings.addr.value {
+        let channel = match transport::connect(addr, &tls, &ConnectOptions::default()).await {
+            Ok(c) => c,
+            Err(e @ TransportError::Address { .. }) => {
+                return Err(usage(format!("{e} (set by {})", settings.addr.source)));
+            }
+            Err(e) => {
+                failures.push((addr.clone(), error_chain(&e)));
+                continue;
+            }
+        };
+        let channel = LeaderChannel::new(addr.clone(), channel, tls.clone());
+        return Ok(Session {
+            identity: peer.identity,
+            cert_path: cert_path.display().to_string(),
+            client: ControlServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_RESPONSE_BYTES),
+            channel,
+        });
+    }
+    Err(unreachable_all(&failures))
+}
+
+/// None of the coordinators could be reached: each with its reason.
+fn unreachable_all(failures: &[(String, String)]) -> anyhow::Error {
+    match failures {
+        [(addr, chain)] => unreachable(addr, chain),
+        _ => Unreachable {
+            addr: failures
+                .iter()
+                .map(|(a, _)| a.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            chain: failures
+                .iter()
+                .map(|(a, c)| format!("{a}: {c}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+            trust: failures.iter().any(|(_, c)| trust_problem(c)),
         }
-        Err(e) => return Err(unreachable(&addr, &error_chain(&e))),
-    };
-    Ok(Session {
-        addr,
-        identity: peer.identity,
-        cert_path: cert_path.display().to_string(),
-        client: ControlServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES),
-    })
+        .into(),
+    }
 }
 
 /// Whether an error text is about TLS trust (a certificate refused on
@@ -193,6 +229,16 @@ fn unreachable(addr: &str, chain: &str) -> anyhow::Error {
     .into()
 }
 
+/// A refusal by a coordinator that does not lead: UNAVAILABLE from the
+/// coordinator itself (no transport error behind it) naming the leader,
+/// or saying it is not the leader.
+fn is_standby(status: &Status) -> bool {
+    if std::error::Error::source(status).is_some() {
+        return false;
+    }
+    leader_hint(status).is_some() || status.message().contains("not the leader")
+}
+
 /// A status's message followed by its underlying cause, if any.
 pub fn status_text(status: &Status) -> String {
     let mut text = status.message().to_string();
@@ -212,10 +258,16 @@ pub fn status_text(status: &Status) -> String {
 }
 
 impl Session {
+    /// The coordinator in use: the first that answered, or the leader it
+    /// named.
+    pub fn addr(&self) -> String {
+        self.channel.addr()
+    }
+
     /// Turns a failed call into an actionable error. `InvalidArgument`
     /// exits 2, since the request as typed was wrong.
     pub fn rpc_error(&self, status: Status) -> anyhow::Error {
-        rpc_error(&self.addr, &self.identity, &self.cert_path, status)
+        rpc_error(&self.addr(), &self.identity, &self.cert_path, status)
     }
 }
 
@@ -227,6 +279,19 @@ pub fn rpc_error(
 ) -> anyhow::Error {
     let text = status_text(&status);
     match status.code() {
+        Code::Unavailable if is_standby(&status) => {
+            let leader = match leader_hint(&status) {
+                Some(l) => format!("; the leader is at {l}"),
+                None => "; it knows no leader yet (an election may be under way): try again in \
+                         a few seconds"
+                    .to_string(),
+            };
+            anyhow!(
+                "coordinator at {addr} does not lead: {text}{leader}\nhint: list every \
+                 coordinator in --addr (or DROVER_ADDR, or `addr` in cli.toml), \
+                 comma-separated, so drover can find the leader"
+            )
+        }
         Code::Unavailable => unreachable(addr, &text),
         Code::PermissionDenied | Code::Unauthenticated => {
             let hint = match identity.role {

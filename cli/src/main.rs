@@ -8,6 +8,7 @@ mod config;
 mod conn;
 mod error;
 mod labels;
+mod leader;
 mod output;
 
 use clap::Parser;

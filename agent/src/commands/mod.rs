@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::InstanceConfig;
 use crate::deploy::fetch::{ArtifactSource, Cache};
+use crate::fencing::Fencing;
 use crate::journal::{Journal, JournalError, Outcome, Phase, RecordKind};
 use crate::state::StateFile;
 use crate::supervisor::InstanceHandle;
@@ -84,6 +85,9 @@ struct Shared {
     cache: Cache,
     source: Arc<dyn ArtifactSource>,
     outbox: Outbox,
+    /// The highest coordinator epoch seen: commands from lower ones are
+    /// refused.
+    fencing: Fencing,
     /// instance name -> the command running on it.
     running: Mutex<HashMap<String, Busy>>,
     /// Woken whenever a command ends, for those waiting on its instance.
@@ -161,6 +165,7 @@ impl Executor {
         data_dir: &Path,
         instances: Vec<(InstanceConfig, InstanceHandle)>,
         journal: Journal,
+        fencing: Fencing,
         source: Arc<dyn ArtifactSource>,
         shutdown: CancellationToken,
     ) -> Executor {
@@ -179,6 +184,7 @@ impl Executor {
                 cache: Cache::new(data_dir),
                 source,
                 outbox: Outbox::default(),
+                fencing,
                 running: Mutex::new(HashMap::new()),
                 freed: tokio::sync::Notify::new(),
                 shutdown,
@@ -200,6 +206,10 @@ impl Executor {
 
     pub fn journal(&self) -> &Journal {
         &self.shared.journal
+    }
+
+    pub fn fencing(&self) -> &Fencing {
+        &self.shared.fencing
     }
 
     /// Commands started by an earlier run of the agent that never
@@ -262,6 +272,18 @@ impl Executor {
         };
         if id.is_empty() {
             return refuse("command without an id".into());
+        }
+        // Before the journal: a command from a deposed coordinator is
+        // neither run nor recorded, so the same id from the leader runs.
+        if let Some(why) = shared.fencing.admit(cmd.epoch).refusal() {
+            tracing::warn!(
+                command = %id,
+                instance = %cmd.instance,
+                fenced_total = shared.fencing.commands_fenced(),
+                "refused: {why}"
+            );
+            shared.outbox.push(update(&id, WirePhase::Failed, why));
+            return;
         }
         let Some(kind) = cmd.kind.clone() else {
             return refuse("command without a step (unknown to this agent version?)".into());
@@ -384,7 +406,27 @@ impl Executor {
         let kname = kind_name(&kind);
         let journal = shared.journal.clone();
         let (jid, jinst, jkind) = (id.clone(), instance.cfg.name.clone(), kname.clone());
-        let started = tokio::task::spawn_blocking(move || journal.start(&jid, &jinst, jkind)).await;
+        // The epoch this command raised is on disk before it acts, so a
+        // restarted agent still refuses the coordinator it deposed.
+        let fencing = shared.fencing.clone();
+        let started = tokio::task::spawn_blocking(move || {
+            fencing.save()?;
+            Ok::<_, crate::fsutil::FsError>(journal.start(&jid, &jinst, jkind))
+        })
+        .await;
+        let started = match started {
+            Ok(Err(e)) => {
+                tracing::error!(command = %id, "save the coordinator epoch: {e}");
+                shared.outbox.push(update(
+                    &id,
+                    WirePhase::Failed,
+                    format!("cannot save the coordinator epoch, so the command was not run: {e}"),
+                ));
+                return;
+            }
+            Ok(Ok(r)) => Ok(r),
+            Err(e) => Err(e),
+        };
         match started {
             Ok(Ok(())) => {}
             Ok(Err(JournalError::Duplicate(_))) => {

@@ -78,30 +78,40 @@ impl GrpcSource {
         }
     }
 
+    async fn dial(
+        &self,
+        addr: &str,
+        tls: &transport::ClientTls,
+    ) -> Result<tonic::transport::Channel, String> {
+        let budget = self.connect.connect_timeout * 2;
+        match tokio::time::timeout(budget, transport::connect(addr, tls, &self.connect)).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(format!("{addr}: {}", transport::error_chain(&e))),
+            Err(_) => Err(format!("{addr}: timed out connecting")),
+        }
+    }
+
+    fn load_tls(&self) -> Result<transport::ClientTls, FetchError> {
+        self.tls
+            .load()
+            .map(|l| l.client)
+            .map_err(|e| FetchError::Unavailable(format!("load TLS files: {e}")))
+    }
+
     async fn channel(&self) -> Result<tonic::transport::Channel, FetchError> {
         let mut slot = self.channel.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let loaded = self
-            .tls
-            .load()
-            .map_err(|e| FetchError::Unavailable(format!("load TLS files: {e}")))?;
+        let tls = self.load_tls()?;
         let mut errors = Vec::new();
         for addr in &self.coordinators {
-            let budget = self.connect.connect_timeout * 2;
-            match tokio::time::timeout(
-                budget,
-                transport::connect(addr, &loaded.client, &self.connect),
-            )
-            .await
-            {
-                Ok(Ok(c)) => {
+            match self.dial(addr, &tls).await {
+                Ok(c) => {
                     *slot = Some(c.clone());
                     return Ok(c);
                 }
-                Ok(Err(e)) => errors.push(format!("{addr}: {}", transport::error_chain(&e))),
-                Err(_) => errors.push(format!("{addr}: timed out connecting")),
+                Err(e) => errors.push(e),
             }
         }
         Err(FetchError::Unavailable(format!(
@@ -109,33 +119,51 @@ impl GrpcSource {
             errors.join("; ")
         )))
     }
+
+    async fn fetch(
+        channel: tonic::transport::Channel,
+        digest: &str,
+        offset: u64,
+    ) -> Result<ChunkStream, tonic::Status> {
+        let r = AgentServiceClient::new(channel)
+            .fetch_artifact(FetchArtifactRequest {
+                digest: digest.to_string(),
+                offset,
+            })
+            .await?;
+        let digest = digest.to_string();
+        let stream = r
+            .into_inner()
+            .map(move |item| item.map_err(|s| status_error(s, &digest)));
+        Ok(Box::pin(stream))
+    }
 }
 
 #[async_trait::async_trait]
 impl ArtifactSource for GrpcSource {
     async fn open(&self, digest: &str, offset: u64) -> Result<ChunkStream, FetchError> {
         let channel = self.channel().await?;
-        let mut client = AgentServiceClient::new(channel);
-        let resp = client
-            .fetch_artifact(FetchArtifactRequest {
-                digest: digest.to_string(),
-                offset,
-            })
-            .await;
-        match resp {
-            Ok(r) => {
-                let digest = digest.to_string();
-                let stream = r
-                    .into_inner()
-                    .map(move |item| item.map_err(|s| status_error(s, &digest)));
-                Ok(Box::pin(stream))
-            }
-            Err(s) => {
-                // A broken channel is made anew next time.
-                *self.channel.lock().await = None;
-                Err(status_error(s, digest))
+        let mut status = match Self::fetch(channel, digest, offset).await {
+            Ok(s) => return Ok(s),
+            Err(s) => s,
+        };
+        // A coordinator that does not lead names the leader: ask it once,
+        // and keep its channel for the next fetch.
+        if let Some(leader) = crate::session::leader_hint(&status) {
+            let tls = self.load_tls()?;
+            if let Ok(channel) = self.dial(&leader, &tls).await {
+                match Self::fetch(channel.clone(), digest, offset).await {
+                    Ok(s) => {
+                        *self.channel.lock().await = Some(channel);
+                        return Ok(s);
+                    }
+                    Err(s) => status = s,
+                }
             }
         }
+        // A broken channel is made anew next time.
+        *self.channel.lock().await = None;
+        Err(status_error(status, digest))
     }
 }
 

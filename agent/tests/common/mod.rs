@@ -165,12 +165,38 @@ struct Shared {
     artifacts: Mutex<HashMap<String, Vec<u8>>>,
     behaviour: Mutex<FetchBehaviour>,
     fetches: Mutex<u32>,
+    /// The fencing epoch sent in Welcome.
+    epoch: Mutex<u64>,
+    /// Set: this coordinator does not lead; it refuses every session with
+    /// UNAVAILABLE and this address in `drover-leader` (None inside: no
+    /// leader known).
+    standby: Mutex<Option<Option<String>>>,
+    /// Sessions refused as a standby.
+    refused: Mutex<u32>,
 }
 
 #[derive(Clone)]
 struct Fake {
     shared: Arc<Shared>,
     events: mpsc::UnboundedSender<Event>,
+}
+
+impl Fake {
+    /// What a coordinator that does not lead answers every call with.
+    fn refuse_as_standby(&self) -> Result<(), Status> {
+        let standby = self.shared.standby.lock().expect("lock").clone();
+        let Some(leader) = standby else {
+            return Ok(());
+        };
+        *self.shared.refused.lock().expect("lock") += 1;
+        let mut status = Status::unavailable("this coordinator is not the leader");
+        if let Some(leader) = leader {
+            status
+                .metadata_mut()
+                .insert("drover-leader", leader.parse().expect("metadata value"));
+        }
+        Err(status)
+    }
 }
 
 type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
@@ -181,6 +207,7 @@ impl AgentService for Fake {
         &self,
         _req: Request<EnrollRequest>,
     ) -> Result<Response<EnrollResponse>, Status> {
+        self.refuse_as_standby()?;
         Err(Status::unimplemented("not in this fake"))
     }
 
@@ -193,6 +220,7 @@ impl AgentService for Fake {
         if req.peer_certs().is_none() {
             return Err(Status::unauthenticated("no client certificate"));
         }
+        self.refuse_as_standby()?;
         let req = req.into_inner();
         let _ = self.events.send(Event::Fetch {
             digest: req.digest.clone(),
@@ -261,6 +289,17 @@ impl AgentService for Fake {
         if req.peer_certs().is_none() {
             return Err(Status::unauthenticated("no client certificate"));
         }
+        let standby = self.shared.standby.lock().expect("lock").clone();
+        if let Some(leader) = standby {
+            *self.shared.refused.lock().expect("lock") += 1;
+            let mut status = Status::unavailable("this coordinator is not the leader");
+            if let Some(leader) = leader {
+                status
+                    .metadata_mut()
+                    .insert("drover-leader", leader.parse().expect("metadata value"));
+            }
+            return Err(status);
+        }
         let mut inbound = req.into_inner();
         let hello = match inbound.message().await? {
             Some(AgentMessage {
@@ -273,12 +312,13 @@ impl AgentService for Fake {
             }
         };
         let (tx, rx) = mpsc::channel(64);
+        let epoch = *self.shared.epoch.lock().expect("lock");
         let _ = tx
             .send(Ok(CoordinatorMessage {
                 msg: Some(coordinator_message::Msg::Welcome(Welcome {
                     coordinator_name: "c1".into(),
                     server_time_ms: 0,
-                    epoch: 0,
+                    epoch,
                 })),
             }))
             .await;
@@ -376,6 +416,33 @@ impl Coordinator {
             .lock()
             .expect("lock")
             .insert(digest.to_string(), bytes);
+    }
+
+    /// The epoch the next Welcome carries.
+    pub fn set_epoch(&self, epoch: u64) {
+        *self.shared.epoch.lock().expect("lock") = epoch;
+    }
+
+    /// Some: refuse sessions as a standby naming `leader` (or none);
+    /// None: serve them.
+    pub fn set_standby(&self, leader: Option<Option<String>>) {
+        *self.shared.standby.lock().expect("lock") = leader;
+    }
+
+    /// Sessions refused as a standby so far.
+    pub fn refused(&self) -> u32 {
+        *self.shared.refused.lock().expect("lock")
+    }
+
+    /// Ends the current session from the coordinator's side.
+    pub fn end_session(&self) {
+        self.shared.session.lock().expect("lock").take();
+    }
+
+    /// Whether the fake holds a session (it may have ended on the agent's
+    /// side without the fake knowing).
+    pub fn has_session(&self) -> bool {
+        self.shared.session.lock().expect("lock").is_some()
     }
 
     pub fn set_fetch(&self, b: FetchBehaviour) {

@@ -269,7 +269,7 @@ async fn watch(ctx: &Ctx, selector: String, output: ListFormat) -> anyhow::Resul
                     Ok(None) => {
                         return Err(anyhow!(
                             "coordinator at {} ended the watch (is it shutting down?)",
-                            session.addr
+                            session.addr()
                         ));
                     }
                     Err(status) => return Err(session.rpc_error(status)),
@@ -291,7 +291,7 @@ async fn watch(ctx: &Ctx, selector: String, output: ListFormat) -> anyhow::Resul
             _ = tick.tick(), if tty => {
                 let stale = last_draw.elapsed() >= Duration::from_secs(1);
                 if (dirty && fleet.synced) || stale {
-                    print(&screen(&fleet, &session.addr, &selector, wide))?;
+                    print(&screen(&fleet, &session.addr(), &selector, wide))?;
                     dirty = false;
                     last_draw = Instant::now();
                 }

@@ -148,15 +148,49 @@ async fn push(ctx: &Ctx, args: PushArgs) -> anyhow::Result<()> {
     let digest = tokio::task::spawn_blocking(move || check_and_hash(&path, limits))
         .await
         .context("check the archive")??;
+    let mut session = ctx.session().await?;
+    let mut result = upload(&mut session, &args, &digest).await?;
+    // A coordinator that does not lead refuses an upload too large to be
+    // resent for us; the session has moved to the leader it named, so
+    // send it again, once.
+    if let Err(status) = &result
+        && crate::leader::leader_hint(status).is_some()
+    {
+        result = upload(&mut session, &args, &digest).await?;
+    }
+    let artifact = match result {
+        Ok(r) => r,
+        Err(status) => return Err(session.rpc_error(status)),
+    };
+    match args.output {
+        ShowFormat::Json => print(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&ArtifactJson::from(&artifact))?
+        )),
+        ShowFormat::Table => print(&format!(
+            "pushed {} {}: sha256:{} ({})\n",
+            artifact.service,
+            artifact.version,
+            artifact.digest,
+            bytes(artifact.size_bytes)
+        )),
+    }
+}
+
+/// One upload of the file: the coordinator's answer, or its refusal.
+async fn upload(
+    session: &mut crate::conn::Session,
+    args: &PushArgs,
+    digest: &str,
+) -> anyhow::Result<Result<Artifact, tonic::Status>> {
     let mut file = tokio::fs::File::open(&args.file)
         .await
         .with_context(|| format!("open {}", args.file.display()))?;
-    let mut session = ctx.session().await?;
     let header = PushArtifactRequest {
         msg: Some(Msg::Header(Header {
             service: args.service.clone(),
             version: args.version.clone(),
-            expected_digest: digest,
+            expected_digest: digest.to_string(),
         })),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -187,23 +221,7 @@ async fn push(ctx: &Ctx, args: PushArgs) -> anyhow::Result<()> {
         .push_artifact(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await;
     reader.await.context("upload task")??;
-    let artifact = match result {
-        Ok(r) => r.into_inner(),
-        Err(status) => return Err(session.rpc_error(status)),
-    };
-    match args.output {
-        ShowFormat::Json => print(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&ArtifactJson::from(&artifact))?
-        )),
-        ShowFormat::Table => print(&format!(
-            "pushed {} {}: sha256:{} ({})\n",
-            artifact.service,
-            artifact.version,
-            artifact.digest,
-            bytes(artifact.size_bytes)
-        )),
-    }
+    Ok(result.map(tonic::Response::into_inner))
 }
 
 async fn ls(ctx: &Ctx, args: LsArgs) -> anyhow::Result<()> {

@@ -125,7 +125,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<()> {
             };
             println!("{}", serde_json::to_string_pretty(&json)?);
         }
-        TokenFormat::Text => print!("{}", render_text(&resp, &session.addr, now_ms())),
+        TokenFormat::Text => print!("{}", render_text(&resp, &session.addr(), now_ms())),
     }
     Ok(())
 }

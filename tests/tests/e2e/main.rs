@@ -14,6 +14,7 @@ mod first_deploy;
 mod fleet;
 mod fleetsim;
 mod grpc;
+mod ha_clients;
 mod ha_election;
 mod hostile;
 mod lifecycle;

@@ -113,9 +113,10 @@ already serves a release), or --min-healthy 0.
 Instances of a service with several instances and no drain configured in their agent.toml \
 are named in a warning: requests in flight when each is stopped will fail.
 
-Following a rollout rides through a coordinator restart or a dropped connection: \
-drover tries again (with backoff) for up to --reconnect-for, then carries on where it \
-was without printing an event twice.
+Following a rollout rides through a coordinator restart, a dropped connection or a \
+failover to another coordinator (HA, with several in --addr): drover tries again (with \
+backoff) for up to --reconnect-for, each time dialling the coordinators in turn and \
+following the leader, then carries on where it was without printing an event twice.
 
 Exit codes: 0 the rollout succeeded (or the dry run's plan finishes, or --detach); \
 1 it failed, was rolled back or aborted, or the coordinator refused it (no instances \
@@ -127,7 +128,9 @@ unknown (see `drover rollout status ID`).";
 const WATCH_AFTER_HELP: &str = "\
 When the coordinator restarts or the connection drops, watch tries again with backoff \
 for up to --reconnect-for (default 5m) and resumes from the rollout's current state; \
-events already printed are not printed again.
+events already printed are not printed again. With several coordinators (HA: \
+--addr c1:7443,c2:7443) each attempt dials them in turn and follows the leader, so a \
+watch keeps following across a failover.
 
 Exit codes: 0 the rollout succeeded; 1 it failed, was rolled back or aborted, or the \
 coordinator refused the watch (no such rollout, certificate refused); 2 usage error; \
@@ -346,7 +349,7 @@ pub async fn run(ctx: &Ctx, cmd: RolloutCommand) -> anyhow::Result<()> {
             let (id, output) = (&args.rollout.id, args.rollout.output);
             let reconnect_for = args.follow.reconnect_for;
             let mut session = watch::dial(ctx, id, reconnect_for).await?;
-            watch::follow(&mut session, id, output, reconnect_for).await
+            watch::follow(ctx, &mut session, id, output, reconnect_for).await
         }
         RolloutCommand::Status(args) => status(ctx, args).await,
         RolloutCommand::List(args) => list(ctx, args).await,
@@ -420,7 +423,7 @@ async fn start(ctx: &Ctx, args: StartArgs) -> anyhow::Result<()> {
     if args.dry_run {
         let plan = resp
             .plan
-            .ok_or_else(|| anyhow!("coordinator at {} sent no plan", session.addr))?;
+            .ok_or_else(|| anyhow!("coordinator at {} sent no plan", session.addr()))?;
         if json {
             print(&to_json(&PlanJson::from(&plan))?)?;
         } else {
@@ -436,7 +439,7 @@ async fn start(ctx: &Ctx, args: StartArgs) -> anyhow::Result<()> {
     }
     let rollout = resp
         .rollout
-        .ok_or_else(|| anyhow!("coordinator at {} sent no rollout", session.addr))?;
+        .ok_or_else(|| anyhow!("coordinator at {} sent no rollout", session.addr()))?;
     let version = rollout.target.as_ref().map(|t| t.version.as_str());
     let started = format!(
         "rollout {} started: {} to {}{}\n",
@@ -458,6 +461,7 @@ async fn start(ctx: &Ctx, args: StartArgs) -> anyhow::Result<()> {
         };
     }
     watch::follow(
+        ctx,
         &mut session,
         &rollout.id,
         args.output,
@@ -497,7 +501,7 @@ async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<()> {
     }
     match r.phase_kind() {
         RolloutPhase::Failed | RolloutPhase::RolledBack | RolloutPhase::Aborted => {
-            watch::outcome(&r, &session.addr)
+            watch::outcome(&r, &session.addr())
         }
         _ => Ok(()),
     }

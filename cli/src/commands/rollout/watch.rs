@@ -415,7 +415,7 @@ async fn watch_once(
         if reconnect.back() {
             view.note(&format!(
                 "reconnected to the coordinator at {}; following rollout {id} again",
-                session.addr
+                session.addr()
             ));
         }
         let skip = already_printed(*printed, seen, update.events.len());
@@ -484,11 +484,14 @@ fn stopped(id: &str) -> anyhow::Error {
 }
 
 /// Follows rollout `id` until it finishes; Ok only if it succeeded. When
-/// the coordinator restarts or the connection drops, tries again for up to
+/// the coordinator restarts, the connection drops or the leader changes
+/// (each attempt dials the configured coordinators afresh and follows the
+/// leader), tries again for up to
 /// `reconnect_for` (counted from the loss of contact) and carries on where
 /// it was; then gives up with [`LostContact`] (exit 3). Refusals and
 /// certificate problems fail at once.
 pub async fn follow(
+    ctx: &crate::commands::Ctx,
     session: &mut Session,
     id: &str,
     format: RolloutFormat,
@@ -516,7 +519,7 @@ pub async fn follow(
                 "lost contact with the coordinator at {} while following rollout {id} and \
                  could not reach it again within {} ({reason}); the rollout goes on without \
                  you and its outcome is unknown: see `drover rollout status {id}`",
-                session.addr,
+                session.addr(),
                 humantime::format_duration(reconnect_for)
             ))
             .into());
@@ -524,13 +527,28 @@ pub async fn follow(
         if first {
             view.note(&format!(
                 "lost contact with the coordinator at {} ({reason}); trying again for up to {}",
-                session.addr,
+                session.addr(),
                 humantime::format_duration(reconnect_for)
             ));
         }
         tokio::select! {
             _ = &mut ctrl_c => break Err(stopped(id)),
             _ = tokio::time::sleep(pause) => {}
+        }
+        // Dial afresh, through every configured coordinator: the one that
+        // led may be gone for good and another lead now (HA failover).
+        // While none answers, the old session's next attempt fails fast
+        // and counts against the budget like any other.
+        let redial = tokio::select! {
+            _ = &mut ctrl_c => break Err(stopped(id)),
+            s = ctx.session() => s,
+        };
+        match redial {
+            Ok(s) => *session = s,
+            Err(e)
+                if e.downcast_ref::<crate::conn::Unreachable>()
+                    .is_some_and(|u| !u.trust) => {}
+            Err(e) => break Err(e),
         }
     };
     view.clear();
@@ -539,7 +557,7 @@ pub async fn follow(
         RolloutFormat::Json => print(&to_json(&RolloutJson::from(&r))?)?,
         RolloutFormat::Table => print(&summary(&r, now_ms()))?,
     }
-    outcome(&r, &session.addr)
+    outcome(&r, &session.addr())
 }
 
 /// Ok for a succeeded rollout; otherwise the error `drover` exits 1 with.
