@@ -31,6 +31,9 @@ use crate::commands::Executor;
 use crate::host_metrics::HostMetricsCollector;
 use crate::tls::{self, LoadedTls, NewKey, TlsError, TlsFiles};
 
+/// The pause before the next coordinator after a standby answered.
+pub const STANDBY_RETRY: Duration = Duration::from_millis(300);
+
 /// First reconnect delay, doubling (with jitter) to [`BACKOFF_CAP`].
 pub const BACKOFF_START: Duration = Duration::from_millis(500);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
@@ -113,6 +116,14 @@ impl SessionError {
     /// the session (UNAVAILABLE with `drover-leader`).
     pub fn leader_hint(&self) -> Option<String> {
         leader_hint(self.status()?)
+    }
+
+    /// A live coordinator that does not lead answered (a standby, with or
+    /// without the leader's address): an election may be under way.
+    pub fn from_standby(&self) -> bool {
+        self.status().is_some_and(|s| {
+            s.code() == tonic::Code::Unavailable && s.message().contains("not the leader")
+        })
     }
 
     /// The coordinator refused this agent (revoked, or host id mismatch).
@@ -229,7 +240,15 @@ pub async fn run(
                 } else {
                     followed = false;
                 }
-                let delay = backoff.next_delay();
+                // A standby answered: the cluster is there and a leader is
+                // (being) elected, so look again soon instead of backing
+                // off as from a dead coordinator; a takeover then costs
+                // the agent a fraction of a second, not a doubling backoff.
+                let delay = if error.from_standby() {
+                    STANDBY_RETRY
+                } else {
+                    backoff.next_delay()
+                };
                 s.log_failure(&addr, established, &error, delay);
                 if !hinted {
                     next = next.wrapping_add(1);

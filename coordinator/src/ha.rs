@@ -69,8 +69,12 @@ pub enum Role {
     Single,
     /// It leads, with this fencing epoch.
     Leader { epoch: u64 },
-    /// Another coordinator leads (if known).
-    Standby { leader: Option<Member> },
+    /// Another coordinator leads (if known); `trouble`: why the campaign
+    /// cannot get through to etcd, while it cannot.
+    Standby {
+        leader: Option<Member>,
+        trouble: Option<String>,
+    },
 }
 
 /// The leader's hold on the election.
@@ -230,6 +234,10 @@ impl Election {
                 Ok(None) => return None,
                 Err(e) => {
                     tracing::warn!(error = %e, "campaign failed; trying again");
+                    seen.send_replace(Role::Standby {
+                        leader: None,
+                        trouble: Some(e.to_string()),
+                    });
                     tokio::select! {
                         () = stop.cancelled() => return None,
                         () = tokio::time::sleep(pause) => {}
@@ -391,7 +399,10 @@ async fn watch_leader(
                         let leader = resp
                             .kv()
                             .and_then(|kv| serde_json::from_slice::<Member>(kv.value()).ok());
-                        seen.send_replace(Role::Standby { leader });
+                        seen.send_replace(Role::Standby {
+                            leader,
+                            trouble: None,
+                        });
                     }
                     _ => break,
                 }
@@ -466,16 +477,26 @@ pub fn standby_status(role: &Role, me: &str) -> tonic::Status {
     let msg = match role {
         Role::Standby {
             leader: Some(leader),
+            ..
         } => {
             if let Ok(v) = leader.grpc.parse() {
                 md.insert(LEADER_METADATA, v);
             }
             format!(
-                "coordinator {me} is a standby; the leader is {} at {}",
+                "coordinator {me} is not the leader (it stands by); the leader is {} at {}",
                 leader.name, leader.grpc
             )
         }
-        _ => format!("coordinator {me} is a standby and no leader is elected yet; try again"),
+        Role::Standby {
+            leader: None,
+            trouble: Some(why),
+        } => format!(
+            "coordinator {me} is not the leader (it stands by) and no leader can be elected: \
+             etcd: {why}; rollouts wait, and go on once etcd answers again"
+        ),
+        _ => format!(
+            "coordinator {me} is not the leader (it stands by) and no leader is elected yet; try again"
+        ),
     };
     tonic::Status::with_metadata(tonic::Code::Unavailable, msg, md)
 }
@@ -615,7 +636,11 @@ mod tests {
     }
 
     fn role() -> watch::Sender<Role> {
-        watch::channel(Role::Standby { leader: None }).0
+        watch::channel(Role::Standby {
+            leader: None,
+            trouble: None,
+        })
+        .0
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -642,7 +667,7 @@ mod tests {
         let campaign = tokio::spawn(async move { c2.campaign(&seen, &stop2).await });
         let sees_c1 = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
-                if matches!(&*seen_rx.borrow_and_update(), Role::Standby { leader: Some(m) } if m.name == "c1") {
+                if matches!(&*seen_rx.borrow_and_update(), Role::Standby { leader: Some(m), .. } if m.name == "c1") {
                     return;
                 }
                 let _ = seen_rx.changed().await;
@@ -723,13 +748,14 @@ mod tests {
         let s = standby_status(
             &Role::Standby {
                 leader: Some(member("c1")),
+                trouble: None,
             },
             "c2",
         );
         assert_eq!(s.code(), tonic::Code::Unavailable);
         assert_eq!(
             s.message(),
-            "coordinator c2 is a standby; the leader is c1 at c1.example:7443"
+            "coordinator c2 is not the leader (it stands by); the leader is c1 at c1.example:7443"
         );
         assert_eq!(
             s.metadata()
@@ -737,7 +763,13 @@ mod tests {
                 .and_then(|v| v.to_str().ok()),
             Some("c1.example:7443")
         );
-        let none = standby_status(&Role::Standby { leader: None }, "c2");
+        let none = standby_status(
+            &Role::Standby {
+                leader: None,
+                trouble: None,
+            },
+            "c2",
+        );
         assert!(none.metadata().get(LEADER_METADATA).is_none());
         assert!(none.message().contains("no leader is elected yet"));
     }

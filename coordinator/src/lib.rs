@@ -214,7 +214,10 @@ async fn stand_by(
         tracing::warn!(error = %e, "could not check for a stale lead of this coordinator");
     }
     let leader = election.leader().await.ok().flatten();
-    let (role_tx, role_rx) = tokio::sync::watch::channel(ha::Role::Standby { leader });
+    let (role_tx, role_rx) = tokio::sync::watch::channel(ha::Role::Standby {
+        leader,
+        trouble: None,
+    });
     // The standby answers on a second handle of the same socket; the
     // leader's server takes the socket over once it is elected.
     let std_listener = listener.into_std().map_err(RunError::Listener)?;
