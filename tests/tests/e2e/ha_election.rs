@@ -265,3 +265,75 @@ fn a_rolling_update_under_load_survives_its_leader_being_killed() {
     assert!(ran.len() >= 4 * 7, "{} executions: {ran:?}", ran.len());
     eprintln!("rollout takeover after SIGKILL: {took:?} (lease {TTL:?})");
 }
+
+#[test]
+fn without_etcd_quorum_the_leader_stops_and_the_rollout_goes_on_when_quorum_is_back() {
+    let mut etcd = EtcdCluster::start(3);
+    let web = WebFleet::builder().hosts(4).ha(&etcd).start();
+    web.deploy_initial("v1");
+    web.push_release("v2", &[]);
+    let load = Load::start(
+        &web.haproxy.frontend_addr(),
+        LoadSpec {
+            max_requests: 80_000,
+            max_duration: Duration::from_secs(150),
+            ..LoadSpec::default()
+        },
+    );
+    web.fleet
+        .wait(WAIT, "load flows through HAProxy", || load.counts().1 >= 30);
+    let started = web.start_detached("v2", &["--batch", "1", "--min-healthy", "75%"]);
+    let id = started.id.clone();
+    web.wait_rollout(&id, "updates its first instance", WAIT * 2, |r| {
+        r.counts.done >= 1
+    });
+    // Two members of three down: no quorum. The leader cannot renew its
+    // lease, so it stops acting within the TTL (it exits; its supervisor
+    // would start it again as a standby).
+    etcd.kill(1);
+    etcd.kill(2);
+    web.fleet.wait(TTL * 3, "the leader stops acting", || {
+        !web.fleet.coordinator.is_running()
+    });
+    assert!(
+        web.fleet
+            .coordinator
+            .log_text()
+            .contains("lost the leadership"),
+        "{}",
+        web.fleet.coordinator.describe(30)
+    );
+    // The standby says why nothing moves.
+    let c2 = &web.fleet.standbys[0];
+    let at_c2 = Cli::new(
+        &c2.grpc_addr(),
+        &web.fleet.pki.ca_cert(),
+        Some(web.fleet.operator_cert.clone()),
+        &web.fleet.home,
+    );
+    let out = at_c2.run(&["rollout", "status", &id]);
+    assert!(!out.success(), "{out}");
+    assert!(
+        out.stderr.contains("not the leader") && out.stderr.contains("no leader"),
+        "{out}"
+    );
+    eprintln!("without quorum the standby says: {}", out.stderr.trim());
+    // Quorum back: the standby leads and the rollout finishes.
+    etcd.restart(1);
+    etcd.restart(2);
+    wait_leader(c2, Duration::from_secs(60));
+    let rollout = web.wait_finished(&id, Duration::from_secs(120));
+    let report = load.stop();
+    let diag = || {
+        format!(
+            "{}\n{report}\n{}",
+            rollout.timeline(),
+            web.diagnostics_for(&id)
+        )
+    };
+    assert_eq!(rollout.phase, "succeeded", "{}", diag());
+    assert_eq!(report.failed, 0, "failed requests\n{}", diag());
+    for (iid, v) in rollout.versions() {
+        assert_eq!(v.as_deref(), Some("v2"), "{iid}\n{}", diag());
+    }
+}
