@@ -251,37 +251,22 @@ impl Engine {
             }
             None => return,
         };
-        let rollout = self.st.id.clone();
-        let timeout = self.st.spec.step_timeout;
-        let kind = action.kind();
-        let id = self.edit(idx, |i| {
-            let id = CommandId::new(&rollout, &i.id, action.step(), SIDE_ATTEMPTS + n);
+        let i = &self.st.instances[idx];
+        let id = CommandId::new(&self.st.id, &i.id, action.step(), SIDE_ATTEMPTS + n);
+        let flight = InFlight::new(id, action.kind(), self.st.spec.step_timeout, cx.now);
+        let sent = flight.clone();
+        self.edit(idx, |i| {
             i.side = Some(SideSlot {
                 action,
                 done: false,
-                inflight: Some(InFlight {
-                    id: id.clone(),
-                    kind: kind.clone(),
-                    timeout,
-                    sent_at: cx.now,
-                    deadline: cx.now.plus(timeout),
-                }),
+                inflight: Some(flight),
                 fault: None,
                 tries,
                 retry_at: None,
             });
-            id
         });
         cx.dirty = true;
-        let i = &self.st.instances[idx];
-        let (instance, host) = (i.id.clone(), i.host.clone());
-        cx.out.push(Output::Send {
-            id,
-            instance,
-            host,
-            kind,
-            timeout,
-        });
+        self.send_flight(cx, idx, &sent);
     }
 
     /// Sends `action` to `idx` unless it was already asked for.
@@ -364,25 +349,6 @@ impl Engine {
                 self.settle_side(cx, idx, Some(why.to_string()));
             }
         }
-    }
-
-    /// The side command of `idx` again, same id (after a reconnect or a
-    /// restore), unless it is already past its deadline.
-    pub(super) fn resend_side(&self, cx: &mut Cx, idx: usize) {
-        let i = &self.st.instances[idx];
-        let Some(f) = i.side.as_ref().and_then(|s| s.inflight.as_ref()) else {
-            return;
-        };
-        if f.deadline <= cx.now {
-            return;
-        }
-        cx.out.push(Output::Send {
-            id: f.id.clone(),
-            instance: i.id.clone(),
-            host: i.host.clone(),
-            kind: f.kind.clone(),
-            timeout: f.timeout,
-        });
     }
 
     /// Side commands in flight or due to be tried again.

@@ -140,26 +140,16 @@ impl Engine {
             CommandKind::Verify { .. } => self.st.spec.longest_command(),
             _ => self.st.spec.step_timeout,
         };
-        let rollout = self.st.id.clone();
-        let id = self.edit(idx, |i| {
-            let id = CommandId::new(&rollout, &i.id, step, i.attempt);
+        let i = &self.st.instances[idx];
+        let id = CommandId::new(&self.st.id, &i.id, step, i.attempt);
+        let flight = InFlight::new(id, kind.clone(), timeout, cx.now);
+        let sent = flight.clone();
+        self.edit(idx, |i| {
             i.step = step;
-            i.inflight = Some(InFlight {
-                id: id.clone(),
-                kind: kind.clone(),
-                timeout,
-                sent_at: cx.now,
-                deadline: cx.now.plus(timeout),
-            });
-            id
+            i.inflight = Some(flight);
         });
         let i = &self.st.instances[idx];
-        let (instance, host, direction, batch) = (
-            i.id.clone(),
-            i.host.clone(),
-            i.direction,
-            i.batch.unwrap_or(0),
-        );
+        let (direction, batch) = (i.direction, i.batch.unwrap_or(0));
         cx.dirty = true;
         let what = match &kind {
             CommandKind::Stage { release } => format!("staging {release}"),
@@ -172,13 +162,7 @@ impl Engine {
             (Direction::Forward, _) => what,
         };
         self.event(cx, Some(idx), Some(step), msg);
-        cx.out.push(Output::Send {
-            id,
-            instance,
-            host,
-            kind,
-            timeout,
-        });
+        self.send_flight(cx, idx, &sent);
     }
 
     /// Sends again, same ids, the commands in `cx.resend` that are still in
@@ -196,8 +180,9 @@ impl Engine {
         weights.sort_unstable();
         weights.dedup();
         for idx in weights {
-            self.resend_weight(cx, idx);
-            self.resend_side(cx, idx);
+            let i = &self.st.instances[idx];
+            self.resend_flight(cx, idx, i.weight.as_ref().and_then(|w| w.inflight.as_ref()));
+            self.resend_flight(cx, idx, i.side.as_ref().and_then(|s| s.inflight.as_ref()));
         }
     }
 
@@ -212,6 +197,12 @@ impl Engine {
         if due {
             return;
         }
+        self.send_flight(cx, idx, f);
+    }
+
+    /// Hands `f`, a command of instance `idx`, to the runtime.
+    pub(super) fn send_flight(&self, cx: &mut Cx, idx: usize, f: &InFlight) {
+        let i = &self.st.instances[idx];
         cx.out.push(Output::Send {
             id: f.id.clone(),
             instance: i.id.clone(),
@@ -219,6 +210,14 @@ impl Engine {
             kind: f.kind.clone(),
             timeout: f.timeout,
         });
+    }
+
+    /// [`Engine::send_flight`] again after a reconnect or a restore, unless
+    /// it is already past its deadline.
+    pub(super) fn resend_flight(&self, cx: &mut Cx, idx: usize, f: Option<&InFlight>) {
+        if let Some(f) = f.filter(|f| f.deadline > cx.now) {
+            self.send_flight(cx, idx, f);
+        }
     }
 
     fn step_ok(&mut self, cx: &mut Cx, idx: usize, step: Step, kind: &CommandKind) {

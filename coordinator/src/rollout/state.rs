@@ -70,6 +70,19 @@ pub(crate) struct InFlight {
     pub deadline: Millis,
 }
 
+impl InFlight {
+    /// `kind` sent now as `id`, given up on after `timeout`.
+    pub fn new(id: CommandId, kind: CommandKind, timeout: Duration, now: Millis) -> InFlight {
+        InFlight {
+            id,
+            kind,
+            timeout,
+            sent_at: now,
+            deadline: now.plus(timeout),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct InstanceState {
     pub id: String,

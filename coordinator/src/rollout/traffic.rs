@@ -650,25 +650,6 @@ impl Engine {
         }
     }
 
-    /// The weight command of `idx` again, same id (after a reconnect or a
-    /// restore), unless it is already past its deadline.
-    pub(super) fn resend_weight(&self, cx: &mut Cx, idx: usize) {
-        let i = &self.st.instances[idx];
-        let Some(f) = i.weight.as_ref().and_then(|w| w.inflight.as_ref()) else {
-            return;
-        };
-        if f.deadline <= cx.now {
-            return;
-        }
-        cx.out.push(Output::Send {
-            id: f.id.clone(),
-            instance: i.id.clone(),
-            host: i.host.clone(),
-            kind: f.kind.clone(),
-            timeout: f.timeout,
-        });
-    }
-
     /// Weight commands in flight or due to be tried again.
     pub(super) fn weights_in_flight(&self) -> u32 {
         count((self.st.instances.iter()).filter(|i| {
@@ -724,37 +705,23 @@ impl Engine {
         generation: u32,
         tries: u32,
     ) {
-        let rollout = self.st.id.clone();
-        let timeout = self.st.spec.step_timeout;
+        let i = &self.st.instances[idx];
+        let id = CommandId::new(&self.st.id, &i.id, Step::Weighting, generation);
         let kind = CommandKind::SetWeight { weight: want };
-        let id = self.edit(idx, |i| {
-            let id = CommandId::new(&rollout, &i.id, Step::Weighting, generation);
+        let flight = InFlight::new(id, kind, self.st.spec.step_timeout, cx.now);
+        let sent = flight.clone();
+        self.edit(idx, |i| {
             i.weight = Some(WeightSlot {
                 want,
                 applied: false,
-                inflight: Some(InFlight {
-                    id: id.clone(),
-                    kind: kind.clone(),
-                    timeout,
-                    sent_at: cx.now,
-                    deadline: cx.now.plus(timeout),
-                }),
+                inflight: Some(flight),
                 fault: None,
                 tries,
                 retry_at: None,
             });
-            id
         });
         cx.dirty = true;
-        let i = &self.st.instances[idx];
-        let (instance, host) = (i.id.clone(), i.host.clone());
-        cx.out.push(Output::Send {
-            id,
-            instance,
-            host,
-            kind,
-            timeout,
-        });
+        self.send_flight(cx, idx, &sent);
     }
 
     // ---- the forward drive ----

@@ -379,6 +379,16 @@ impl WebFleet {
         WebFleetBuilder::default()
     }
 
+    /// Starts `spec`'s load through HAProxy and waits until it flows (30
+    /// requests answered).
+    #[track_caller]
+    pub fn start_load(&self, spec: super::load::LoadSpec) -> super::load::Load {
+        let load = super::load::Load::start(&self.haproxy.frontend_addr(), spec);
+        self.fleet
+            .wait(WAIT, "load flows through HAProxy", || load.counts().1 >= 30);
+        load
+    }
+
     /// Host ids, sorted.
     pub fn hosts(&self) -> Vec<String> {
         self.ports.keys().cloned().collect()

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use drover_tests::harness::coordinator::ReadyFile;
 use drover_tests::harness::etcd::{EtcdCluster, store_toml};
 use drover_tests::{
-    AgentSpec, Cli, Coordinator, CoordinatorSpec, Fleet, Load, LoadSpec, WAIT, WebFleet, free_port,
+    AgentSpec, Cli, Coordinator, CoordinatorSpec, Fleet, LoadSpec, WAIT, WebFleet, free_port,
     sample_release,
 };
 
@@ -213,16 +213,11 @@ fn a_rolling_update_under_load_survives_its_leader_being_killed() {
     let mut web = WebFleet::builder().hosts(4).ha(&etcd).start();
     web.deploy_initial("v1");
     web.push_release("v2", &[]);
-    let load = Load::start(
-        &web.haproxy.frontend_addr(),
-        LoadSpec {
-            max_requests: 60_000,
-            max_duration: Duration::from_secs(150),
-            ..LoadSpec::default()
-        },
-    );
-    web.fleet
-        .wait(WAIT, "load flows through HAProxy", || load.counts().1 >= 30);
+    let load = web.start_load(LoadSpec {
+        max_requests: 60_000,
+        max_duration: Duration::from_secs(150),
+        ..LoadSpec::default()
+    });
     let started = web.start_detached("v2", &["--batch", "1", "--min-healthy", "75%"]);
     let id = started.id.clone();
     web.wait_rollout(&id, "updates its first instance", WAIT * 2, |r| {
@@ -272,16 +267,11 @@ fn without_etcd_quorum_the_leader_stops_and_the_rollout_goes_on_when_quorum_is_b
     let web = WebFleet::builder().hosts(4).ha(&etcd).start();
     web.deploy_initial("v1");
     web.push_release("v2", &[]);
-    let load = Load::start(
-        &web.haproxy.frontend_addr(),
-        LoadSpec {
-            max_requests: 80_000,
-            max_duration: Duration::from_secs(150),
-            ..LoadSpec::default()
-        },
-    );
-    web.fleet
-        .wait(WAIT, "load flows through HAProxy", || load.counts().1 >= 30);
+    let load = web.start_load(LoadSpec {
+        max_requests: 80_000,
+        max_duration: Duration::from_secs(150),
+        ..LoadSpec::default()
+    });
     let started = web.start_detached("v2", &["--batch", "1", "--min-healthy", "75%"]);
     let id = started.id.clone();
     web.wait_rollout(&id, "updates its first instance", WAIT * 2, |r| {

@@ -7,17 +7,14 @@
 //! requests, failed requests, how fast a rollback moves the traffic back,
 //! weights and drains at the end.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use drover_tests::harness::haproxy::{Reading, ServerState, StatRecorder};
 use drover_tests::harness::rollout::SERVICE;
-use drover_tests::{Load, LoadSpec, RolloutView, WAIT, WebFleet, free_port};
-
-/// HAProxy's `show stat`, read this often.
-const SAMPLE_EVERY: Duration = Duration::from_millis(100);
-/// Three minutes of samples at most.
-const MAX_SAMPLES: usize = 1_800;
+use drover_tests::harness::traffic::{
+    MAX_SAMPLES, SAMPLE_EVERY, answered, assert_weights_restored, bakes, load_spec,
+};
+use drover_tests::{Load, RolloutView, WAIT, WebFleet, free_port};
 
 /// A pre-traffic hook that checks what drover tells it, then passes.
 const GOOD_HOOK: &str = "[pre_traffic_hooks.smoke]\n\
@@ -46,14 +43,6 @@ fn spec_file(web: &WebFleet, keep_old: &str, hook: bool) -> String {
     path.display().to_string()
 }
 
-fn load_spec() -> LoadSpec {
-    LoadSpec {
-        max_requests: 60_000,
-        max_duration: Duration::from_secs(150),
-        ..LoadSpec::default()
-    }
-}
-
 /// Blue and green on `hosts` hosts, both colors on v1 (the first release
 /// goes everywhere), v2 pushed, load flowing.
 fn fleet(hosts: usize, hook: Option<&str>) -> (WebFleet, Load) {
@@ -72,30 +61,8 @@ fn fleet(hosts: usize, hook: Option<&str>) -> (WebFleet, Load) {
     let web = builder.start();
     web.deploy_initial("v1");
     web.push_release("v2", &[]);
-    let load = Load::start(&web.haproxy.frontend_addr(), load_spec());
-    web.fleet
-        .wait(WAIT, "load flows through HAProxy", || load.counts().1 >= 30);
+    let load = web.start_load(load_spec());
     (web, load)
-}
-
-/// Requests each server answered between `from` and `to` (unix ms), from
-/// the first and last readings in that window.
-fn answered(samples: &[Reading], from: i64, to: i64) -> BTreeMap<String, u64> {
-    let inside: Vec<&Reading> = (samples.iter())
-        .filter(|r| r.unix_ms >= from && r.unix_ms <= to)
-        .collect();
-    let (Some(first), Some(last)) = (inside.first(), inside.last()) else {
-        return BTreeMap::new();
-    };
-    let before: BTreeMap<&str, u64> = (first.servers.iter())
-        .map(|s| (s.server.as_str(), s.req_tot))
-        .collect();
-    (last.servers.iter())
-        .map(|s| {
-            let was = before.get(s.server.as_str()).copied().unwrap_or(0);
-            (s.server.clone(), s.req_tot.saturating_sub(was))
-        })
-        .collect()
 }
 
 /// Green's share (percent) of the requests answered in the window, and
@@ -110,38 +77,10 @@ fn green_share(samples: &[Reading], from: i64, to: i64) -> (f64, u64) {
     (100.0 * green as f64 / total.max(1) as f64, total)
 }
 
-/// When each traffic step's bake began and ended, from the events.
-fn bakes(rollout: &RolloutView) -> Vec<(i64, i64)> {
-    let starts: Vec<i64> = (rollout.events.iter())
-        .filter(|e| e.message.contains("in place: baking"))
-        .map(|e| e.at_ms)
-        .collect();
-    let ends: Vec<i64> = (rollout.events.iter())
-        .filter(|e| e.message.starts_with("traffic step") && e.message.contains(" passed"))
-        .map(|e| e.at_ms)
-        .collect();
-    starts.into_iter().zip(ends).collect()
-}
-
 fn event_at(rollout: &RolloutView, what: &str) -> Option<i64> {
     (rollout.events.iter())
         .find(|e| e.message.contains(what))
         .map(|e| e.at_ms)
-}
-
-/// Every server is back at its configured weight (1 in the test HAProxy).
-fn assert_weights_restored(web: &WebFleet, diag: &dyn Fn() -> String) {
-    let servers = web.haproxy.servers().expect("show stat");
-    for s in servers.iter().filter(|s| s.server != "BACKEND") {
-        assert_eq!(
-            s.weight,
-            Some(1),
-            "{} keeps weight {:?}\n{}",
-            s.server,
-            s.weight,
-            diag()
-        );
-    }
 }
 
 fn now_ms() -> i64 {

@@ -6,17 +6,14 @@
 //! the new release answers at each step, failed requests, weights and
 //! versions at the end.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use drover_tests::harness::haproxy::{Reading, StatRecorder};
+use drover_tests::harness::haproxy::StatRecorder;
 use drover_tests::harness::rollout::SERVICE;
+use drover_tests::harness::traffic::{
+    MAX_SAMPLES, SAMPLE_EVERY, answered, assert_weights_restored, bakes, load_spec,
+};
 use drover_tests::{Load, LoadSpec, RolloutView, WAIT, WebFleet, free_port};
-
-/// HAProxy's `show stat`, read this often.
-const SAMPLE_EVERY: Duration = Duration::from_millis(100);
-/// Three minutes of samples at most.
-const MAX_SAMPLES: usize = 1_800;
 
 /// A canary spec file: `steps`, a short bake, looks every second.
 fn spec_file(web: &WebFleet, name: &str, steps: &str, bake: &str, analysis: &str) -> String {
@@ -27,41 +24,6 @@ fn spec_file(web: &WebFleet, name: &str, steps: &str, bake: &str, analysis: &str
     );
     std::fs::write(&path, text).expect("write the rollout spec");
     path.display().to_string()
-}
-
-/// Requests each server answered between `from` and `to` (unix ms), from
-/// the first and last readings in that window.
-fn answered(samples: &[Reading], from: i64, to: i64) -> BTreeMap<String, u64> {
-    let inside: Vec<&Reading> = (samples.iter())
-        .filter(|r| r.unix_ms >= from && r.unix_ms <= to)
-        .collect();
-    let (Some(first), Some(last)) = (inside.first(), inside.last()) else {
-        return BTreeMap::new();
-    };
-    let before: BTreeMap<&str, u64> = (first.servers.iter())
-        .map(|s| (s.server.as_str(), s.req_tot))
-        .collect();
-    (last.servers.iter())
-        .map(|s| {
-            let was = before.get(s.server.as_str()).copied().unwrap_or(0);
-            (s.server.clone(), s.req_tot.saturating_sub(was))
-        })
-        .collect()
-}
-
-/// Every server is back at its configured weight (1 in the test HAProxy).
-fn assert_weights_restored(web: &WebFleet, diag: &dyn Fn() -> String) {
-    let servers = web.haproxy.servers().expect("show stat");
-    for s in servers.iter().filter(|s| s.server != "BACKEND") {
-        assert_eq!(
-            s.weight,
-            Some(1),
-            "{} keeps weight {:?}\n{}",
-            s.server,
-            s.weight,
-            diag()
-        );
-    }
 }
 
 /// The hosts whose instance finished its update before `at` (unix ms).
@@ -77,36 +39,13 @@ fn updated_before(rollout: &RolloutView, at: i64) -> Vec<String> {
         .collect()
 }
 
-/// When each step's bake began and ended, from the rollout's events.
-fn bakes(rollout: &RolloutView) -> Vec<(i64, i64)> {
-    let starts: Vec<i64> = (rollout.events.iter())
-        .filter(|e| e.message.contains("in place: baking"))
-        .map(|e| e.at_ms)
-        .collect();
-    let ends: Vec<i64> = (rollout.events.iter())
-        .filter(|e| e.message.starts_with("traffic step") && e.message.contains(" passed"))
-        .map(|e| e.at_ms)
-        .collect();
-    starts.into_iter().zip(ends).collect()
-}
-
-fn load_spec() -> LoadSpec {
-    LoadSpec {
-        max_requests: 60_000,
-        max_duration: Duration::from_secs(150),
-        ..LoadSpec::default()
-    }
-}
-
 #[test]
 fn a_good_canary_is_promoted_step_by_step_with_each_share_seen_at_haproxy() {
     let web = WebFleet::builder().hosts(5).start();
     web.deploy_initial("v1");
     web.push_release("v2", &[]);
     let sampler = StatRecorder::start(web.haproxy.socket(), SERVICE, SAMPLE_EVERY, MAX_SAMPLES);
-    let load = Load::start(&web.haproxy.frontend_addr(), load_spec());
-    web.fleet
-        .wait(WAIT, "load flows through HAProxy", || load.counts().1 >= 30);
+    let load = web.start_load(load_spec());
 
     let spec = spec_file(&web, "canary", "10%,50%,100%", "8s", "");
     let started = web.start_detached("v2", &["-f", &spec]);
@@ -158,9 +97,7 @@ fn a_canary_with_5_percent_errors_is_rolled_back_in_its_first_step() {
     let web = WebFleet::builder().hosts(5).start();
     web.deploy_initial("v1");
     web.push_release("v2", &["--error-rate", "0.05"]);
-    let load = Load::start(&web.haproxy.frontend_addr(), load_spec());
-    web.fleet
-        .wait(WAIT, "load flows through HAProxy", || load.counts().1 >= 30);
+    let load = web.start_load(load_spec());
 
     let spec = spec_file(&web, "canary", "10%,50%,100%", "30s", "");
     let started = web.start_detached("v2", &["-f", &spec]);
@@ -214,14 +151,11 @@ fn a_canary_with_too_little_traffic_ends_paused_as_inconclusive() {
     web.deploy_initial("v1");
     web.push_release("v2", &[]);
     // One request every 200 ms: nowhere near 100 per arm in the time allowed.
-    let load = Load::start(
-        &web.haproxy.frontend_addr(),
-        LoadSpec {
-            threads: 1,
-            gap: Duration::from_millis(200),
-            ..load_spec()
-        },
-    );
+    let load = web.start_load(LoadSpec {
+        threads: 1,
+        gap: Duration::from_millis(200),
+        ..load_spec()
+    });
     web.fleet
         .wait(WAIT, "load flows through HAProxy", || load.counts().1 >= 3);
     let spec = spec_file(
@@ -283,8 +217,6 @@ fn a_canary_survives_a_coordinator_sigkill_mid_bake() {
     web.deploy_initial("v1");
     web.push_release("v2", &[]);
     let load = Load::start(&web.haproxy.frontend_addr(), load_spec());
-    web.fleet
-        .wait(WAIT, "load flows through HAProxy", || load.counts().1 >= 30);
     let spec = spec_file(&web, "canary", "25%,50%,100%", "8s", "");
     let started = web.start_detached("v2", &["-f", &spec]);
     let id = started.id.clone();
@@ -325,9 +257,7 @@ fn canary_latency_is_judged_on_the_instances_histograms() {
         let web = WebFleet::builder().hosts(4).instance_metrics().start();
         web.deploy_initial("v1");
         web.push_release("v2", &["--latency", latency]);
-        let load = Load::start(&web.haproxy.frontend_addr(), load_spec());
-        web.fleet
-            .wait(WAIT, "load flows through HAProxy", || load.counts().1 >= 30);
+        let load = web.start_load(load_spec());
         let spec = spec_file(&web, "canary", "25%,100%", "10s", "source = \"metrics\"\n");
         let started = web.start_detached("v2", &["-f", &spec]);
         let rollout = web.wait_finished(&started.id, Duration::from_secs(120));
@@ -357,9 +287,7 @@ fn a_weight_left_on_an_absent_host_is_put_back_when_it_returns() {
     let mut web = WebFleet::builder().hosts(4).start();
     web.deploy_initial("v1");
     web.push_release("v2", &[]);
-    let load = Load::start(&web.haproxy.frontend_addr(), load_spec());
-    web.fleet
-        .wait(WAIT, "load flows through HAProxy", || load.counts().1 >= 30);
+    let load = web.start_load(load_spec());
     let spec = spec_file(&web, "canary", "25%,50%,100%", "60s", "");
     let started = web.start_detached("v2", &["-f", &spec]);
     let id = started.id.clone();
