@@ -340,6 +340,13 @@ pub async fn start(
         };
     let epoch = leadership.as_ref().map_or(0, |l| l.epoch);
     let metrics = Arc::new(Metrics::new());
+    metrics.leader.set(1);
+    metrics.epoch.set(i64::try_from(epoch).unwrap_or(i64::MAX));
+    metrics.leader_since.set(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+    );
     let registry = Arc::new(
         Registry::load(
             store.clone(),

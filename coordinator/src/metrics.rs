@@ -85,6 +85,12 @@ pub struct Metrics {
     pub artifacts_corrupt: Counter,
     /// Pushes refused because the archive failed the unpacking rules.
     pub artifacts_refused: Counter,
+    /// 1 while this coordinator leads (always, without an election).
+    pub leader: Gauge,
+    /// The fencing epoch it leads with (0 without an election).
+    pub epoch: Gauge,
+    /// When it took the lead (unix seconds).
+    pub leader_since: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -116,6 +122,24 @@ impl Metrics {
         let enrolling_connections = Gauge::default();
         let artifacts_corrupt = Counter::default();
         let artifacts_refused = Counter::default();
+        let leader = Gauge::default();
+        let epoch = Gauge::default();
+        let leader_since = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this coordinator leads (HA on etcd: it won the election; alone: always)",
+            leader.clone(),
+        );
+        registry.register(
+            "epoch",
+            "The fencing epoch this coordinator leads with: the revision of its election key (0 without an election)",
+            epoch.clone(),
+        );
+        registry.register(
+            "leader_since_timestamp_seconds",
+            "When this coordinator took the lead, in unix seconds",
+            leader_since.clone(),
+        );
         registry.register(
             "agents_connected",
             "Agents with a live session",
@@ -213,6 +237,9 @@ impl Metrics {
             stray_weights_released,
             updates_ignored,
             enrolling_connections,
+            leader,
+            epoch,
+            leader_since,
             artifacts_corrupt,
             artifacts_refused,
         }

@@ -38,6 +38,15 @@ fn role(c: &Coordinator) -> String {
         .unwrap_or_default()
 }
 
+/// `drover_epoch` on `c`'s /metrics.
+fn epoch(c: &Coordinator) -> u64 {
+    let text = c.metrics();
+    (text.lines())
+        .find_map(|l| l.strip_prefix("drover_epoch "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no drover_epoch in {}'s metrics:\n{text}", c.spec.name))
+}
+
 /// Polls `c`'s role until it leads; the time it took.
 fn wait_leader(c: &Coordinator, within: Duration) -> Duration {
     let start = Instant::now();
@@ -157,6 +166,10 @@ fn a_standby_points_to_the_leader_and_takes_over_when_it_dies_or_steps_down() {
         "{listed}"
     );
 
+    let second = epoch(&c2);
+    assert!(second > 0, "c2 leads with epoch {second}");
+    assert!(c2.metrics().contains("drover_leader 1"));
+
     // c1 comes back as a standby; a graceful stop of c2 hands over at once.
     fleet.coordinator.spec.standby = true;
     fleet.coordinator.start();
@@ -178,6 +191,11 @@ fn a_standby_points_to_the_leader_and_takes_over_when_it_dies_or_steps_down() {
     assert!(
         handover < Duration::from_secs(1),
         "a graceful stop handed over in {handover:?}"
+    );
+    let third = epoch(&fleet.coordinator);
+    assert!(
+        third > second,
+        "epochs grow with every leader: {second} then {third}"
     );
     fleet.wait(Duration::from_secs(30), "h1 and h2 back on c1", || {
         fleet
