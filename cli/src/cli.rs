@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::commands::{agents, artifact, ca, cert, rollout, token};
+use crate::commands::{agents, artifact, ca, cert, coordinators, rollout, token};
 
 const ABOUT: &str = "drover: rolling deployments for fleets of hosts.\n\n\
 This CLI creates the drover CA and certificates, enrols hosts (join tokens), \
@@ -93,6 +93,9 @@ pub enum Command {
     /// Roll a service out to a new version; follow, pause, abort or roll back rollouts
     #[command(subcommand, long_about = rollout::ROLLOUT_LONG_ABOUT)]
     Rollout(rollout::RolloutCommand),
+    /// List the coordinators, which one leads (epoch, since when) and etcd's members
+    #[command(long_about = coordinators::COORDINATORS_LONG_ABOUT)]
+    Coordinators(coordinators::CoordinatorsArgs),
 }
 
 /// clap value parser for durations such as `90s`, `1h`, `8760h`, `30d`.

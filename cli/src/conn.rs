@@ -258,6 +258,11 @@ pub fn status_text(status: &Status) -> String {
 }
 
 impl Session {
+    /// The connection, for services beside the control API.
+    pub fn channel(&self) -> LeaderChannel {
+        self.channel.clone()
+    }
+
     /// The coordinator in use: the first that answered, or the leader it
     /// named.
     pub fn addr(&self) -> String {

@@ -80,6 +80,9 @@ pub enum Role {
 /// The leader's hold on the election.
 pub struct Leadership {
     pub epoch: u64,
+    /// This coordinator's member record, and where it lives.
+    member: Member,
+    member_key: Vec<u8>,
     key: LeaderKey,
     lease: i64,
     client: Client,
@@ -103,6 +106,25 @@ impl Leadership {
         Guard {
             key: self.key.key().to_vec(),
             revision: self.key.rev(),
+        }
+    }
+
+    /// Records in its member entry when this coordinator took the lead
+    /// (for `drover coordinators`). Best effort.
+    pub async fn announce(&self) {
+        let mut me = self.member.clone();
+        me.since_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let value = serde_json::to_vec(&me).unwrap_or_default();
+        let mut kv = self.client.kv_client();
+        let put = kv.put(
+            self.member_key.clone(),
+            value,
+            Some(etcd_client::PutOptions::new().with_lease(self.lease)),
+        );
+        if let Err(e) = put.await {
+            tracing::warn!(error = %e, "could not record when this coordinator took the lead");
         }
     }
 
@@ -318,6 +340,8 @@ impl Election {
         let epoch = u64::try_from(key.rev()).unwrap_or(0);
         Ok(Some(Leadership {
             epoch,
+            member: self.me.clone(),
+            member_key: self.member_key.clone(),
             key,
             lease,
             client: self.client.clone(),
@@ -566,10 +590,19 @@ pub async fn serve_standby(
     role: watch::Receiver<Role>,
     me: String,
     artifacts: Arc<crate::artifacts::Artifacts>,
+    etcd: Arc<crate::store::EtcdStore>,
     stop: CancellationToken,
 ) {
     use crate::metrics::Metrics;
     let metrics = Arc::new(Metrics::new());
+    let coordinators = crate::service::coordinators::CoordinatorsSvc {
+        name: me.clone(),
+        etcd: Some(etcd),
+        authz: crate::auth::Authorizer {
+            metrics: metrics.clone(),
+            revoked: Arc::new(crate::tls::RevocationList::default()),
+        },
+    };
     let agent = StandbyAgent {
         role: role.clone(),
         me: me.clone(),
@@ -593,6 +626,11 @@ pub async fn serve_standby(
     let state = Arc::new((role, me));
     let agent = drover_proto::v1::agent_service_server::AgentServiceServer::new(agent);
     let router = tonic::service::Routes::new(agent)
+        .add_service(
+            drover_proto::v1::coordinator_service_server::CoordinatorServiceServer::new(
+                coordinators,
+            ),
+        )
         .into_axum_router()
         .fallback(move || {
             let state = state.clone();

@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use drover_proto::v1::agent_service_server::AgentServiceServer;
 use drover_proto::v1::control_service_server::ControlServiceServer;
+use drover_proto::v1::coordinator_service_server::CoordinatorServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -193,7 +194,7 @@ fn advertised(config: &CoordinatorConfig, grpc: SocketAddr) -> String {
 /// a standby.
 async fn stand_by(
     config: &CoordinatorConfig,
-    etcd: &store::EtcdStore,
+    etcd: &Arc<store::EtcdStore>,
     listener: TcpListener,
     tls_config: Arc<rustls::ServerConfig>,
     artifacts: Arc<artifacts::Artifacts>,
@@ -231,6 +232,7 @@ async fn stand_by(
         role_rx,
         config.name.clone(),
         artifacts,
+        etcd.clone(),
         stop.clone(),
     ));
     tracing::info!(name = %me.name, grpc = %me.grpc, "standby: campaigning for the leadership");
@@ -245,6 +247,7 @@ async fn stand_by(
     }
     if let Some(l) = &won {
         tracing::info!(epoch = l.epoch, "elected leader");
+        l.announce().await;
     }
     Ok((listener, won))
 }
@@ -468,6 +471,15 @@ impl Started {
         let control_svc =
             ControlServiceServer::new(service::control::ControlSvc { ctx: ctx.clone() })
                 .max_decoding_message_size(max);
+        let coordinators_svc =
+            CoordinatorServiceServer::new(service::coordinators::CoordinatorsSvc {
+                name: ctx.name.clone(),
+                etcd: ctx.replicas.as_ref().map(|r| r.store.clone()),
+                authz: Authorizer {
+                    metrics: metrics.clone(),
+                    revoked: ctx.authz.revoked.clone(),
+                },
+            });
         let incoming = tls::incoming(
             listeners.grpc,
             tls_config,
@@ -483,6 +495,7 @@ impl Started {
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
             .add_service(agent_svc)
             .add_service(control_svc)
+            .add_service(coordinators_svc)
             .serve_with_incoming_shutdown(incoming, async move {
                 grpc_shutdown.cancelled().await;
                 registry_for_close.close_sessions();

@@ -5,6 +5,7 @@ pub mod agents;
 pub mod artifact;
 pub mod ca;
 pub mod cert;
+pub mod coordinators;
 pub mod rollout;
 pub mod token;
 
@@ -39,5 +40,6 @@ pub async fn run(cli: Cli, env: Env) -> anyhow::Result<()> {
         Command::Agent(cmd) => agents::run(&ctx, cmd).await,
         Command::Artifact(cmd) => artifact::run(&ctx, cmd).await,
         Command::Rollout(cmd) => rollout::run(&ctx, cmd).await,
+        Command::Coordinators(args) => coordinators::list(&ctx, args).await,
     }
 }

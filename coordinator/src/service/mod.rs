@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod control;
+pub mod coordinators;
 pub mod rollouts;
 
 use std::sync::Arc;

@@ -118,6 +118,28 @@ fn a_standby_points_to_the_leader_and_takes_over_when_it_dies_or_steps_down() {
         "{out}"
     );
 
+    // Any coordinator says who is there and who leads: here the standby.
+    let out = at_c2.run(&["coordinators", "-o", "json"]);
+    assert!(out.success(), "{out}");
+    let listed: serde_json::Value = serde_json::from_str(&out.stdout).expect("coordinators JSON");
+    assert_eq!(listed["answered_by"], "c2", "{out}");
+    assert_eq!(listed["leader"], "c1", "{out}");
+    assert!(listed["epoch"].as_u64().is_some_and(|e| e > 0), "{out}");
+    let names: Vec<&str> = (listed["coordinators"].as_array().expect("a list").iter())
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, ["c1", "c2"], "{out}");
+    assert_eq!(
+        listed["etcd"]["members"].as_array().map(Vec::len),
+        Some(3),
+        "{out}"
+    );
+    let text = at_c2.run(&["coordinators"]);
+    assert!(
+        text.success() && text.stdout.contains("leader: c1, epoch"),
+        "{text}"
+    );
+
     // A push returns once the standby holds a verified copy too.
     let release = fleet.dir.join("web-v2.tar.gz");
     std::fs::write(&release, sample_release("v2", &[])).expect("write the release");
