@@ -91,6 +91,11 @@ pub struct Metrics {
     pub epoch: Gauge,
     /// When it took the lead (unix seconds).
     pub leader_since: Gauge,
+    /// Commands agents refused as coming from a deposed leader (a lower
+    /// epoch), as their reports count them.
+    agent_commands_fenced: Counter,
+    /// Each host's last reported count, to add only what is new.
+    fenced_seen: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -125,6 +130,12 @@ impl Metrics {
         let leader = Gauge::default();
         let epoch = Gauge::default();
         let leader_since = Gauge::default();
+        let agent_commands_fenced = Counter::default();
+        registry.register(
+            "agent_commands_fenced",
+            "Commands agents refused because they came from a deposed leader (an epoch lower than the highest they saw)",
+            agent_commands_fenced.clone(),
+        );
         registry.register(
             "leader",
             "1 while this coordinator leads (HA on etcd: it won the election; alone: always)",
@@ -240,6 +251,8 @@ impl Metrics {
             leader,
             epoch,
             leader_since,
+            agent_commands_fenced,
+            fenced_seen: std::sync::Mutex::new(std::collections::HashMap::new()),
             artifacts_corrupt,
             artifacts_refused,
         }
@@ -263,6 +276,24 @@ impl Metrics {
     }
 
     /// Text exposition format.
+    /// An agent's report says it refused `total` commands from deposed
+    /// leaders since it started: counts what is new (all of it after the
+    /// agent restarted and its count began again).
+    pub fn agent_fenced(&self, host: &str, total: u64) {
+        let mut seen = self
+            .fenced_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if total == 0 && !seen.contains_key(host) {
+            return;
+        }
+        let last = seen.insert(host.to_string(), total).unwrap_or(0);
+        let new = if total >= last { total - last } else { total };
+        if new > 0 {
+            self.agent_commands_fenced.inc_by(new);
+        }
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
@@ -291,5 +322,26 @@ mod tests {
             text.contains("drover_enrollments_total{result=\"ok\"} 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn fenced_commands_count_what_each_report_adds() {
+        let m = Metrics::new();
+        let count = |m: &Metrics| {
+            (m.encode().lines())
+                .find_map(|l| l.strip_prefix("drover_agent_commands_fenced_total "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(u64::MAX)
+        };
+        assert_eq!(count(&m), 0);
+        m.agent_fenced("h1", 2);
+        m.agent_fenced("h1", 2); // the same report again: nothing new
+        m.agent_fenced("h2", 1);
+        assert_eq!(count(&m), 3);
+        m.agent_fenced("h1", 5);
+        assert_eq!(count(&m), 6);
+        // h1's agent restarted: its count began again, all of it is new.
+        m.agent_fenced("h1", 1);
+        assert_eq!(count(&m), 7);
     }
 }

@@ -200,6 +200,7 @@ impl AgentService for AgentSvc {
                 match msg {
                     Ok(Some(AgentMessage { msg: Some(msg) })) => match msg {
                         AgentMsg::Health(report) => {
+                            ctx.metrics.agent_fenced(&host_id, report.commands_fenced);
                             ctx.registry.report(&host_id, session_id, report)
                         }
                         AgentMsg::Renew(renew) => {

@@ -192,6 +192,22 @@ fn a_standby_points_to_the_leader_and_takes_over_when_it_dies_or_steps_down() {
     assert!(second > 0, "c2 leads with epoch {second}");
     assert!(c2.metrics().contains("drover_leader 1"));
 
+    // Enrolment goes on across the failover: the new leader creates the
+    // token and signs the new host's certificate.
+    let token = at_c2
+        .try_token(Some("10m"), &[])
+        .unwrap_or_else(|e| panic!("a token from the new leader: {e}"));
+    let h3 = fleet.create_agent(agent("h3"));
+    let out = fleet.agents[h3].enroll(&c2.grpc_addr(), &token.token, &token.ca_fingerprint);
+    assert!(out.success(), "enrolment at the new leader:\n{out}");
+    fleet.agents[h3].start();
+    fleet.wait(Duration::from_secs(30), "h3 connected to c2", || {
+        at_c2
+            .try_agents(None)
+            .ok()
+            .filter(|hosts| hosts.iter().any(|h| h.host_id == "h3" && h.connected()))
+    });
+
     // c1 comes back as a standby; a graceful stop of c2 hands over at once.
     fleet.coordinator.spec.standby = true;
     fleet.coordinator.start();
@@ -219,12 +235,12 @@ fn a_standby_points_to_the_leader_and_takes_over_when_it_dies_or_steps_down() {
         third > second,
         "epochs grow with every leader: {second} then {third}"
     );
-    fleet.wait(Duration::from_secs(30), "h1 and h2 back on c1", || {
+    fleet.wait(Duration::from_secs(30), "h1, h2 and h3 back on c1", || {
         fleet
             .operator()
             .try_agents(None)
             .ok()
-            .filter(|hosts| hosts.len() == 2 && hosts.iter().all(|h| h.connected()))
+            .filter(|hosts| hosts.len() == 3 && hosts.iter().all(|h| h.connected()))
     });
     eprintln!("takeover after SIGKILL: {took:?} (lease {TTL:?}); graceful handover: {handover:?}");
 }
