@@ -31,14 +31,21 @@ use crate::commands::Executor;
 use crate::host_metrics::HostMetricsCollector;
 use crate::tls::{self, LoadedTls, NewKey, TlsError, TlsFiles};
 
-/// The pause before the next coordinator after a standby answered.
+/// The pause before the next coordinator after a standby answered, or the
+/// leader it named did not: an election is under way, so look again soon.
 pub const STANDBY_RETRY: Duration = Duration::from_millis(300);
+/// Quick looks in a row before the usual backoff again: 20 × 300 ms covers
+/// an election on a lease of several seconds.
+const QUICK_LOOKS: u32 = 20;
 
 /// First reconnect delay, doubling (with jitter) to [`BACKOFF_CAP`].
 pub const BACKOFF_START: Duration = Duration::from_millis(500);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
-/// A session that lasted longer than this resets the backoff.
-pub const STABLE_SESSION: Duration = Duration::from_secs(30);
+/// A session that lasted longer than this resets the backoff: it worked,
+/// so its end (a coordinator restart, a leader's takeover) starts a fresh
+/// search; one that ends sooner (a coordinator that drops sessions at once)
+/// keeps backing off.
+pub const STABLE_SESSION: Duration = Duration::from_secs(5);
 /// Minimum spacing of change-triggered reports: bursts coalesce into one.
 pub const COALESCE: Duration = Duration::from_millis(100);
 /// How long to wait for the Welcome after opening the stream.
@@ -199,6 +206,10 @@ pub async fn run(
     // election, wait out the backoff instead of bouncing between them).
     let mut redirect: Option<String> = None;
     let mut followed = false;
+    // Quick looks in a row during an election (see STANDBY_RETRY), and
+    // addresses that failed in the current round of the list.
+    let mut quick = 0u32;
+    let mut round = 0usize;
     loop {
         let n = s.cfg.coordinators.len().max(1);
         let (addr, hinted) = match redirect.take() {
@@ -228,6 +239,8 @@ pub async fn run(
                 }
                 if established {
                     followed = false;
+                    quick = 0;
+                    round = 0;
                 }
                 if let Some(leader) = error.leader_hint().filter(|l| *l != addr) {
                     if s.leader.as_deref() != Some(leader.as_str()) {
@@ -244,9 +257,24 @@ pub async fn run(
                 // (being) elected, so look again soon instead of backing
                 // off as from a dead coordinator; a takeover then costs
                 // the agent a fraction of a second, not a doubling backoff.
-                let delay = if error.from_standby() {
+                // So is a leader a standby named that does not answer: the
+                // standby still names the one that just died until its
+                // lease expires. A bounded number of quick looks in a row,
+                // then the usual backoff (a standby naming a leader this
+                // host cannot reach, say across a partition).
+                let quick_look = (error.from_standby() || hinted) && quick < QUICK_LOOKS;
+                // With several coordinators, one that cannot be reached
+                // passes to the next at once; the backoff grows once per
+                // round of them all, not once per address.
+                let next_in_round = !established && round + 1 < n;
+                let delay = if quick_look {
+                    quick += 1;
+                    STANDBY_RETRY
+                } else if next_in_round {
+                    round += 1;
                     STANDBY_RETRY
                 } else {
+                    round = 0;
                     backoff.next_delay()
                 };
                 s.log_failure(&addr, established, &error, delay);

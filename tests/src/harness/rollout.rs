@@ -125,6 +125,9 @@ impl WebFleetBuilder {
         self.fixed_ports().coordinator(|c| {
             c.name = "c1".to_string();
             c.extra_toml.push_str(&store);
+            // Agents come to a new leader within a few seconds, once in a
+            // while more: a restored rollout gives them this long.
+            c.lost_timeout = "10s".to_string();
         })
     }
 

@@ -383,3 +383,78 @@ fn without_etcd_quorum_the_leader_stops_and_the_rollout_goes_on_when_quorum_is_b
         assert_eq!(v.as_deref(), Some("v2"), "{iid}\n{}", diag());
     }
 }
+
+/// A benchmark, not a test (ignored by default): `HA_TRIALS=10 cargo
+/// nextest run -p drover-tests --run-ignored only ha_takeover_trials
+/// --no-capture` kills the leader in the middle of each of `HA_TRIALS`
+/// rolling updates under load and prints each takeover time (kill to the
+/// standby's `leader` role), their median and max, and the failed
+/// requests; BENCHMARKS.md records them.
+#[test]
+#[ignore = "a benchmark: kills the leader mid-rollout HA_TRIALS times and prints the takeover times"]
+fn ha_takeover_trials() {
+    let trials: usize = std::env::var("HA_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let etcd = EtcdCluster::start(3);
+    let mut web = WebFleet::builder().hosts(4).ha(&etcd).start();
+    web.deploy_initial("v1");
+    let mut took = Vec::new();
+    let mut failed = 0;
+    for t in 0..trials {
+        let version = format!("v{}", t + 2);
+        web.push_release(&version, &[]);
+        let load = web.start_load(LoadSpec {
+            max_requests: 60_000,
+            max_duration: Duration::from_secs(150),
+            ..LoadSpec::default()
+        });
+        let started = web.start_detached(&version, &["--batch", "1", "--min-healthy", "75%"]);
+        let id = started.id.clone();
+        web.wait_rollout(&id, "updates its first instance", WAIT * 2, |r| {
+            r.counts.done >= 1
+        });
+        // Kill whichever leads; the other takes over.
+        let leader_is_c1 = web.fleet.coordinator.role() == "leader";
+        let killed = Instant::now();
+        let standby = if leader_is_c1 {
+            web.fleet.coordinator.kill();
+            &web.fleet.standbys[0]
+        } else {
+            web.fleet.standbys[0].kill();
+            &web.fleet.coordinator
+        };
+        wait_leader(standby, TTL + Duration::from_secs(10));
+        let took_ms = killed.elapsed();
+        let rollout = web.wait_finished(&id, Duration::from_secs(120));
+        let report = load.stop();
+        assert_eq!(
+            rollout.phase,
+            "succeeded",
+            "trial {t}: {}\n--- h2:\n{}",
+            rollout.timeline(),
+            std::fs::read_to_string(&web.fleet.agent("h2").log).unwrap_or_default()
+        );
+        failed += report.failed;
+        took.push(took_ms);
+        eprintln!(
+            "trial {t}: takeover {took_ms:?}, failed requests {}",
+            report.failed
+        );
+        // The killed one comes back as a standby.
+        let dead = if leader_is_c1 {
+            &mut web.fleet.coordinator
+        } else {
+            &mut web.fleet.standbys[0]
+        };
+        dead.spec.standby = true;
+        dead.start();
+    }
+    took.sort();
+    let median = took[took.len() / 2];
+    let max = took[took.len() - 1];
+    eprintln!(
+        "{trials} takeovers with a {TTL:?} lease: median {median:?}, max {max:?}, all {took:?}; failed requests {failed}"
+    );
+}
