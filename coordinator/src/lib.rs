@@ -226,7 +226,7 @@ async fn stand_by(
     let listener = TcpListener::from_std(std_listener).map_err(RunError::Listener)?;
     let standby_listener = TcpListener::from_std(dup).map_err(RunError::Listener)?;
     let stop = CancellationToken::new();
-    let standby = tokio::spawn(ha::serve_standby(
+    let mut standby = tokio::spawn(ha::serve_standby(
         standby_listener,
         tls_config,
         role_rx,
@@ -238,12 +238,16 @@ async fn stand_by(
     tracing::info!(name = %me.name, grpc = %me.grpc, "standby: campaigning for the leadership");
     on_standby();
     let won = election.campaign(&role_tx, shutdown).await;
+    // Whoever still talks to the standby is cut off rather than waited
+    // for: an agent held on a standby's connection would not reach the
+    // leader until its own timeouts.
     stop.cancel();
-    if tokio::time::timeout(std::time::Duration::from_secs(2), standby)
+    if tokio::time::timeout(std::time::Duration::from_millis(300), &mut standby)
         .await
         .is_err()
     {
-        tracing::warn!("the standby server did not stop within 2s");
+        standby.abort();
+        tracing::info!("the standby's connections were cut to serve as leader");
     }
     if let Some(l) = &won {
         tracing::info!(epoch = l.epoch, "elected leader");
