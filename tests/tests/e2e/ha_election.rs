@@ -7,11 +7,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use drover_tests::harness::coordinator::ReadyFile;
 use drover_tests::harness::etcd::{EtcdCluster, store_toml};
 use drover_tests::{
-    AgentSpec, Cli, Coordinator, CoordinatorSpec, Fleet, LoadSpec, WAIT, WebFleet, free_port,
-    sample_release,
+    AgentSpec, Cli, Coordinator, CoordinatorSpec, Fleet, Load, LoadSpec, WAIT, WebFleet, free_port,
+    sample_release, wait_until_with,
 };
 
 /// The leader's lease in these tests.
@@ -29,15 +28,6 @@ fn ports(n: usize) -> Vec<u16> {
     out
 }
 
-/// The role the coordinator's ready file says it has now.
-fn role(c: &Coordinator) -> String {
-    std::fs::read_to_string(&c.ready_file)
-        .ok()
-        .and_then(|t| serde_json::from_str::<ReadyFile>(&t).ok())
-        .map(|r| r.role)
-        .unwrap_or_default()
-}
-
 /// `drover_epoch` on `c`'s /metrics.
 fn epoch(c: &Coordinator) -> u64 {
     let text = c.metrics();
@@ -50,17 +40,13 @@ fn epoch(c: &Coordinator) -> u64 {
 /// Polls `c`'s role until it leads; the time it took.
 fn wait_leader(c: &Coordinator, within: Duration) -> Duration {
     let start = Instant::now();
-    while start.elapsed() < within {
-        if role(c) == "leader" {
-            return start.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!(
-        "{} did not take the lead within {within:?}:\n{}",
-        c.spec.name,
-        c.describe(60)
+    wait_until_with(
+        within,
+        &format!("{} takes the lead", c.spec.name),
+        || c.role() == "leader",
+        || c.describe(60),
     );
+    start.elapsed()
 }
 
 #[test]
@@ -86,7 +72,7 @@ fn a_standby_points_to_the_leader_and_takes_over_when_it_dies_or_steps_down() {
         .agent(agent("h1"))
         .agent(agent("h2"))
         .start();
-    assert_eq!(role(&fleet.coordinator), "leader");
+    assert_eq!(fleet.coordinator.role(), "leader");
 
     // c2: the same CA and etcd, started as a standby.
     let mut c2 = Coordinator::create(
@@ -102,7 +88,7 @@ fn a_standby_points_to_the_leader_and_takes_over_when_it_dies_or_steps_down() {
         },
     );
     c2.start();
-    assert_eq!(role(&c2), "standby");
+    assert_eq!(c2.role(), "standby");
     let at_c2 = Cli::new(
         &c2.grpc_addr(),
         &fleet.pki.ca_cert(),
@@ -211,7 +197,7 @@ fn a_standby_points_to_the_leader_and_takes_over_when_it_dies_or_steps_down() {
     // c1 comes back as a standby; a graceful stop of c2 hands over at once.
     fleet.coordinator.spec.standby = true;
     fleet.coordinator.start();
-    assert_eq!(role(&fleet.coordinator), "standby");
+    assert_eq!(fleet.coordinator.role(), "standby");
     let pid = c2.pid().expect("c2 runs");
     let asked = Instant::now();
     let sent = Command::new("kill")
@@ -263,22 +249,28 @@ fn executions(fleet: &Fleet) -> Vec<String> {
     ran
 }
 
+/// Starts load and a rolling update to `version` one instance at a time,
+/// and returns once its first instance is updated: mid-rollout.
+fn mid_rollout(web: &WebFleet, version: &str) -> (Load, String) {
+    let load = web.start_load(LoadSpec {
+        max_requests: 80_000,
+        max_duration: Duration::from_secs(150),
+        ..LoadSpec::default()
+    });
+    let started = web.start_detached(version, &["--batch", "1", "--min-healthy", "75%"]);
+    web.wait_rollout(&started.id, "updates its first instance", WAIT * 2, |r| {
+        r.counts.done >= 1
+    });
+    (load, started.id)
+}
+
 #[test]
 fn a_rolling_update_under_load_survives_its_leader_being_killed() {
     let etcd = EtcdCluster::start(3);
     let mut web = WebFleet::builder().hosts(4).ha(&etcd).start();
     web.deploy_initial("v1");
     web.push_release("v2", &[]);
-    let load = web.start_load(LoadSpec {
-        max_requests: 60_000,
-        max_duration: Duration::from_secs(150),
-        ..LoadSpec::default()
-    });
-    let started = web.start_detached("v2", &["--batch", "1", "--min-healthy", "75%"]);
-    let id = started.id.clone();
-    web.wait_rollout(&id, "updates its first instance", WAIT * 2, |r| {
-        r.counts.done >= 1
-    });
+    let (load, id) = mid_rollout(&web, "v2");
     // The leader dies mid-rollout; the standby resumes it from etcd.
     web.fleet.coordinator.kill();
     let took = wait_leader(&web.fleet.standbys[0], TTL + Duration::from_secs(10));
@@ -323,16 +315,7 @@ fn without_etcd_quorum_the_leader_stops_and_the_rollout_goes_on_when_quorum_is_b
     let web = WebFleet::builder().hosts(4).ha(&etcd).start();
     web.deploy_initial("v1");
     web.push_release("v2", &[]);
-    let load = web.start_load(LoadSpec {
-        max_requests: 80_000,
-        max_duration: Duration::from_secs(150),
-        ..LoadSpec::default()
-    });
-    let started = web.start_detached("v2", &["--batch", "1", "--min-healthy", "75%"]);
-    let id = started.id.clone();
-    web.wait_rollout(&id, "updates its first instance", WAIT * 2, |r| {
-        r.counts.done >= 1
-    });
+    let (load, id) = mid_rollout(&web, "v2");
     // Two members of three down: no quorum. The leader cannot renew its
     // lease, so it stops acting within the TTL (it exits; its supervisor
     // would start it again as a standby).
@@ -405,16 +388,7 @@ fn ha_takeover_trials() {
     for t in 0..trials {
         let version = format!("v{}", t + 2);
         web.push_release(&version, &[]);
-        let load = web.start_load(LoadSpec {
-            max_requests: 60_000,
-            max_duration: Duration::from_secs(150),
-            ..LoadSpec::default()
-        });
-        let started = web.start_detached(&version, &["--batch", "1", "--min-healthy", "75%"]);
-        let id = started.id.clone();
-        web.wait_rollout(&id, "updates its first instance", WAIT * 2, |r| {
-            r.counts.done >= 1
-        });
+        let (load, id) = mid_rollout(&web, &version);
         // Kill whichever leads; the other takes over.
         let leader_is_c1 = web.fleet.coordinator.role() == "leader";
         let killed = Instant::now();
