@@ -110,9 +110,15 @@ impl Fencing {
         self.inner.highest.load(Ordering::SeqCst)
     }
 
-    /// Commands refused since the agent started.
+    /// Commands refused since the agent started, and sessions: a deposed
+    /// coordinator's Welcome is refused before it can send any command.
     pub fn commands_fenced(&self) -> u64 {
         self.inner.fenced.load(Ordering::SeqCst)
+    }
+
+    /// Counts a session refused at its Welcome (a deposed coordinator).
+    pub fn refuse_session(&self) {
+        self.inner.fenced.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Notes `epoch` (from a Welcome or a command about to be accepted);

@@ -218,7 +218,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         traffic_interval: config.has_traffic().then_some(config.traffic_interval),
         labels,
         tls: tls_files,
-        connect: ConnectOptions::default(),
+        connect: ConnectOptions::session(),
     };
     let tasks = tokio_util::task::TaskTracker::new();
     // HAProxy's view of the instances, read beside the health checks.

@@ -451,6 +451,7 @@ impl Session {
         let fencing = self.commands.fencing();
         let agent_epoch = fencing.highest();
         if welcome.epoch > 0 && welcome.epoch < agent_epoch {
+            fencing.refuse_session();
             return Err(SessionError::Deposed {
                 coordinator: welcome.epoch,
                 agent: agent_epoch,

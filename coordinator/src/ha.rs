@@ -277,6 +277,9 @@ impl Election {
     ) -> Result<Option<Leadership>, HaError> {
         let ttl_secs = i64::try_from(self.ttl.as_secs().max(2)).unwrap_or(10);
         let mut leases = self.client.lease_client();
+        // The lease's TTL runs from when etcd grants it, which is after
+        // this instant: counting from here errs on the safe side.
+        let asked = tokio::time::Instant::now();
         let lease = leases
             .grant(ttl_secs, None)
             .await
@@ -299,6 +302,7 @@ impl Election {
             lease,
             self.ttl,
             lost.clone(),
+            asked,
         ));
         // While campaigning: who leads, for the redirects.
         let watcher = tokio::spawn(watch_leader(
@@ -354,15 +358,32 @@ impl Election {
 /// Keeps `lease` alive every third of `ttl`; cancels `lost` once no
 /// keep-alive succeeded for three quarters of it, or etcd says the lease is
 /// gone. Three quarters: the leader stops before etcd can let the lease
-/// expire and elect another.
-async fn keep_alive(client: Client, lease: i64, ttl: Duration, lost: CancellationToken) {
+/// expire and elect another. A renewal counts from when it was sent, not
+/// when etcd's answer came back: etcd renewed the lease somewhere between
+/// the two, so a slow answer cannot stretch the leader's belief past the
+/// lease. `granted` is when the lease was asked for.
+async fn keep_alive(
+    client: Client,
+    lease: i64,
+    ttl: Duration,
+    lost: CancellationToken,
+    granted: tokio::time::Instant,
+) {
     let every = ttl / 3;
     let give_up = ttl * 3 / 4;
-    let mut last_ok = tokio::time::Instant::now();
+    let mut last_ok = granted;
     let mut leases = client.lease_client();
     let mut stream = None;
     loop {
         if last_ok.elapsed() >= give_up {
+            if fault_ignore_lease_loss() {
+                tracing::warn!(
+                    lease,
+                    "no lease keep-alive for {give_up:?}, ignored: \
+                     DROVER_FAULT_IGNORE_LEASE_LOSS is set (fault injection for tests)"
+                );
+                return;
+            }
             tracing::error!(
                 lease,
                 "no lease keep-alive for {give_up:?}: the leadership is lost"
@@ -378,6 +399,7 @@ async fn keep_alive(client: Client, lease: i64, ttl: Duration, lost: Cancellatio
         }
         if let Some((keeper, answers)) = stream.as_mut() {
             let left = give_up.saturating_sub(last_ok.elapsed()).min(every);
+            let asked = tokio::time::Instant::now();
             let sent = keeper.keep_alive().await.is_ok();
             let answer = if sent {
                 tokio::time::timeout(left, answers.message()).await.ok()
@@ -385,7 +407,7 @@ async fn keep_alive(client: Client, lease: i64, ttl: Duration, lost: Cancellatio
                 None
             };
             match answer {
-                Some(Ok(Some(r))) if r.ttl() > 0 => last_ok = tokio::time::Instant::now(),
+                Some(Ok(Some(r))) if r.ttl() > 0 => last_ok = asked,
                 Some(Ok(Some(_))) => {
                     tracing::error!(lease, "etcd says the lease expired: the leadership is lost");
                     lost.cancel();
@@ -440,17 +462,40 @@ async fn watch_leader(
     }
 }
 
+/// Fault injection for the fencing tests, honoured by debug builds only:
+/// with `DROVER_FAULT_IGNORE_LEASE_LOSS=1` a leader's lease watchdog never
+/// gives up, as if its clock or its process had stalled, so a test can show
+/// that etcd and the agents still refuse it once another leads. Release
+/// builds ignore it.
+fn fault_ignore_lease_loss() -> bool {
+    cfg!(debug_assertions)
+        && std::env::var_os("DROVER_FAULT_IGNORE_LEASE_LOSS").is_some_and(|v| v == "1")
+}
+
 /// The leader's store: every write compares the leader's election key in
 /// the same etcd transaction, so a deposed leader writes nothing
-/// ([`StoreError::Fenced`]). Reads go straight to etcd.
+/// ([`StoreError::Fenced`]). Reads go straight to etcd. A refused write
+/// means another coordinator leads (or may): it cancels `lost`, so the
+/// coordinator stops acting at once, whatever its lease watchdog believes.
 pub struct FencedStore {
     inner: Arc<EtcdStore>,
     guard: Guard,
+    lost: CancellationToken,
 }
 
 impl FencedStore {
-    pub fn new(inner: Arc<EtcdStore>, guard: Guard) -> FencedStore {
-        FencedStore { inner, guard }
+    pub fn new(inner: Arc<EtcdStore>, guard: Guard, lost: CancellationToken) -> FencedStore {
+        FencedStore { inner, guard, lost }
+    }
+
+    fn check<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e @ StoreError::Fenced { .. }) = &r
+            && !self.lost.is_cancelled()
+        {
+            tracing::error!("etcd refused a write: {e}; this coordinator no longer leads");
+            self.lost.cancel();
+        }
+        r
     }
 }
 
@@ -461,17 +506,19 @@ impl Store for FencedStore {
     }
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
-        (self.inner)
-            .put_many_guarded(vec![(key.to_string(), value)], Some(&self.guard))
-            .await
+        self.check(
+            (self.inner)
+                .put_many_guarded(vec![(key.to_string(), value)], Some(&self.guard))
+                .await,
+        )
     }
 
     async fn put_many(&self, items: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
-        self.inner.put_many_guarded(items, Some(&self.guard)).await
+        self.check(self.inner.put_many_guarded(items, Some(&self.guard)).await)
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        self.inner.delete_guarded(key, &self.guard).await
+        self.check(self.inner.delete_guarded(key, &self.guard).await)
     }
 
     async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
@@ -484,9 +531,11 @@ impl Store for FencedStore {
         expected: Option<&[u8]>,
         new: Option<Vec<u8>>,
     ) -> Result<bool, StoreError> {
-        (self.inner)
-            .compare_and_swap_guarded(key, expected, new, Some(&self.guard))
-            .await
+        self.check(
+            (self.inner)
+                .compare_and_swap_guarded(key, expected, new, Some(&self.guard))
+                .await,
+        )
     }
 
     fn max_put_many(&self) -> usize {
@@ -690,7 +739,7 @@ mod tests {
         let c1 = Election::new(&store, member("c1"), ttl);
         let first = c1.campaign(&role(), &stop).await.expect("c1 elected");
         assert_eq!(c1.leader().await.expect("leader"), Some(member("c1")));
-        let as_first = FencedStore::new(store.clone(), first.guard());
+        let as_first = FencedStore::new(store.clone(), first.guard(), first.lost.clone());
         as_first
             .put("k", b"1".to_vec())
             .await
@@ -730,9 +779,14 @@ mod tests {
         );
 
         // The deposed leader's writes change nothing, whatever they are.
-        let deposed = FencedStore::new(store.clone(), stale);
+        let deposed_lost = CancellationToken::new();
+        let deposed = FencedStore::new(store.clone(), stale, deposed_lost.clone());
         let fenced = |r: Result<(), StoreError>| matches!(r, Err(StoreError::Fenced { .. }));
         assert!(fenced(deposed.put("k", b"2".to_vec()).await));
+        assert!(
+            deposed_lost.is_cancelled(),
+            "a refused write tells the deposed leader it lost the lead"
+        );
         assert!(fenced(
             deposed.put_many(vec![("k".into(), b"3".to_vec())]).await
         ));
@@ -747,7 +801,7 @@ mod tests {
             Err(StoreError::Fenced { .. })
         ));
         assert_eq!(store.get("k").await.expect("get"), Some(b"1".to_vec()));
-        let as_second = FencedStore::new(store.clone(), second.guard());
+        let as_second = FencedStore::new(store.clone(), second.guard(), second.lost.clone());
         as_second
             .put("k", b"5".to_vec())
             .await

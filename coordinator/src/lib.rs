@@ -339,8 +339,11 @@ pub async fn start(
                 let Some(leadership) = won else {
                     return Ok(None);
                 };
-                let fenced: Arc<dyn store::Store> =
-                    Arc::new(ha::FencedStore::new(etcd, leadership.guard()));
+                let fenced: Arc<dyn store::Store> = Arc::new(ha::FencedStore::new(
+                    etcd,
+                    leadership.guard(),
+                    leadership.lost.clone(),
+                ));
                 let artifacts = shared.with_store(fenced.clone());
                 (fenced, Some(leadership), artifacts, Some(replicas))
             }

@@ -28,6 +28,13 @@ pub struct CoordinatorSpec {
     /// HA: the coordinator counts as started once it serves as a standby
     /// (by default only once it leads or runs alone).
     pub standby: bool,
+    /// The address it listens on (and its certificate names): 127.0.0.1
+    /// unless it runs in a network namespace or must be reached from one.
+    pub listen_ip: String,
+    /// Runs the process under this argv prefix (`ip netns exec NS`).
+    pub prefix: Vec<String>,
+    /// Extra environment of the process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for CoordinatorSpec {
@@ -42,6 +49,9 @@ impl Default for CoordinatorSpec {
             max_message_bytes: None,
             extra_toml: String::new(),
             standby: false,
+            listen_ip: "127.0.0.1".to_string(),
+            prefix: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -83,7 +93,11 @@ impl Coordinator {
     /// does not start it.
     pub fn create(dir: &Path, pki: &Pki, spec: CoordinatorSpec) -> Coordinator {
         std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-        let tls = pki.issue("coordinator", &spec.name, &["127.0.0.1", "localhost"], None);
+        let mut sans = vec!["127.0.0.1", "localhost"];
+        if !sans.contains(&spec.listen_ip.as_str()) {
+            sans.push(&spec.listen_ip);
+        }
+        let tls = pki.issue("coordinator", &spec.name, &sans, None);
         let coordinator = Coordinator {
             dir: dir.to_path_buf(),
             config_path: dir.join("coordinator.toml"),
@@ -106,8 +120,8 @@ impl Coordinator {
              data_dir = {data}\n\
              \n\
              [listen]\n\
-             grpc = \"127.0.0.1:{grpc}\"\n\
-             http = \"127.0.0.1:{http}\"\n\
+             grpc = \"{ip}:{grpc}\"\n\
+             http = \"{ip}:{http}\"\n\
              \n\
              [tls]\n\
              ca_cert = {ca_cert}\n\
@@ -118,6 +132,7 @@ impl Coordinator {
              [agents]\n\
              lost_timeout = {lost}\n",
             name = quoted(&s.name),
+            ip = s.listen_ip,
             data = path_str(&self.data_dir),
             grpc = s.grpc_port,
             http = s.http_port,
@@ -151,7 +166,14 @@ impl Coordinator {
         assert!(self.proc.is_none(), "coordinator already started");
         let _ = std::fs::remove_file(&self.ready_file);
         self.ready = None;
-        let mut cmd = Command::new(bin_path("drover-coordinator"));
+        let mut cmd = match self.spec.prefix.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(bin_path("drover-coordinator"));
+                cmd
+            }
+            None => Command::new(bin_path("drover-coordinator")),
+        };
         cmd.arg("--config")
             .arg(&self.config_path)
             .arg("--ready-file")
@@ -161,6 +183,7 @@ impl Coordinator {
         }
         // Plain log files, without colour codes.
         cmd.env("NO_COLOR", "1");
+        cmd.envs(self.spec.env.iter().map(|(k, v)| (k, v)));
         let proc = Proc::spawn("drover-coordinator", cmd, &self.log);
         let ready_file = self.ready_file.clone();
         let accept_standby = self.spec.standby;
@@ -244,6 +267,11 @@ impl Coordinator {
         self.ready
             .as_ref()
             .expect("coordinator has not been started")
+    }
+
+    /// The process, for signals and its exit status.
+    pub fn process(&self) -> Option<&Proc> {
+        self.proc.as_ref()
     }
 
     /// gRPC (mTLS) address, `127.0.0.1:PORT`.

@@ -11,7 +11,13 @@ fn quoted(s: &str) -> String {
 /// The `[store]` section of coordinator.toml that puts a coordinator's state in `cluster`
 /// under `prefix` (for [`crate::CoordinatorSpec::extra_toml`]).
 pub fn store_toml(cluster: &EtcdCluster, prefix: &str) -> String {
-    let endpoints: Vec<String> = cluster.endpoints().iter().map(|e| quoted(e)).collect();
+    store_toml_for(&cluster.endpoints(), prefix)
+}
+
+/// [`store_toml`] with the members reached at `endpoints` (`http://IP:PORT`,
+/// through proxies say).
+pub fn store_toml_for(endpoints: &[String], prefix: &str) -> String {
+    let endpoints: Vec<String> = endpoints.iter().map(|e| quoted(e)).collect();
     format!(
         "[store]\ntype = \"etcd\"\nendpoints = [{}]\nprefix = {}\ntimeout = \"3s\"\n",
         endpoints.join(", "),

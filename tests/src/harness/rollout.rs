@@ -59,6 +59,8 @@ pub struct WebFleetBuilder {
     haproxy_checks: Checks,
     /// HA: `[store]` of a shared etcd; a second coordinator stands by.
     ha: Option<String>,
+    /// HA with `c1` in a network namespace: where the standby listens.
+    standby_ip: String,
 }
 
 impl Default for WebFleetBuilder {
@@ -76,6 +78,7 @@ impl Default for WebFleetBuilder {
             dir: None,
             haproxy_checks: Checks::default(),
             ha: None,
+            standby_ip: "127.0.0.1".to_string(),
         }
     }
 }
@@ -128,6 +131,31 @@ impl WebFleetBuilder {
             // Agents come to a new leader within a few seconds, once in a
             // while more: a restored rollout gives them this long.
             c.lost_timeout = "10s".to_string();
+        })
+    }
+
+    /// Like [`WebFleetBuilder::ha`], with `c1` (the leader) running in the
+    /// network namespace `ns`, so a test can cut it off from etcd, the
+    /// standby and the agents while its process keeps running. `c1`
+    /// reaches etcd at `c1_etcd` (proxies on `ns.host_ip()`, which a test
+    /// can also cut on their own), listens on `ns.ns_ip()`; `c2` listens on
+    /// `ns.host_ip()`, where `c1` reaches it.
+    pub fn ha_in(
+        self,
+        etcd: &super::etcd::EtcdCluster,
+        ns: &drover_testkit::netns::Netns,
+        c1_etcd: &[String],
+    ) -> Self {
+        let mut this = self.ha(etcd);
+        this.standby_ip = ns.host_ip().to_string();
+        let store = format!(
+            "{}lease_ttl = \"3s\"\n",
+            super::etcd::store_toml_for(c1_etcd, "/drover/")
+        );
+        this.coordinator(|c| {
+            c.extra_toml = store;
+            c.listen_ip = ns.ns_ip().to_string();
+            c.prefix = ns.prefix();
         })
     }
 
@@ -277,13 +305,17 @@ impl WebFleetBuilder {
                 lost_timeout: self.coordinator.lost_timeout.clone(),
                 extra_toml: store.clone(),
                 standby: true,
+                listen_ip: self.standby_ip.clone(),
                 ..CoordinatorSpec::default()
             }
         });
         if let Some(s) = &standby {
             let both = vec![
-                format!("127.0.0.1:{}", self.coordinator.grpc_port),
-                format!("127.0.0.1:{}", s.grpc_port),
+                format!(
+                    "{}:{}",
+                    self.coordinator.listen_ip, self.coordinator.grpc_port
+                ),
+                format!("{}:{}", s.listen_ip, s.grpc_port),
             ];
             for spec in &mut specs {
                 spec.coordinators = Some(both.clone());

@@ -14,7 +14,7 @@ use drover_tests::{
 };
 
 /// The leader's lease in these tests.
-const TTL: Duration = Duration::from_secs(3);
+pub(crate) const TTL: Duration = Duration::from_secs(3);
 
 /// `n` distinct free ports.
 fn ports(n: usize) -> Vec<u16> {
@@ -29,7 +29,7 @@ fn ports(n: usize) -> Vec<u16> {
 }
 
 /// `drover_epoch` on `c`'s /metrics.
-fn epoch(c: &Coordinator) -> u64 {
+pub(crate) fn epoch(c: &Coordinator) -> u64 {
     let text = c.metrics();
     (text.lines())
         .find_map(|l| l.strip_prefix("drover_epoch "))
@@ -38,7 +38,7 @@ fn epoch(c: &Coordinator) -> u64 {
 }
 
 /// Polls `c`'s role until it leads; the time it took.
-fn wait_leader(c: &Coordinator, within: Duration) -> Duration {
+pub(crate) fn wait_leader(c: &Coordinator, within: Duration) -> Duration {
     let start = Instant::now();
     wait_until_with(
         within,
@@ -233,7 +233,7 @@ fn a_standby_points_to_the_leader_and_takes_over_when_it_dies_or_steps_down() {
 
 /// The ids of the commands each agent ran, from the agents' logs ("running
 /// command" is logged once per execution).
-fn executions(fleet: &Fleet) -> Vec<String> {
+pub(crate) fn executions(fleet: &Fleet) -> Vec<String> {
     let mut ran = Vec::new();
     for a in &fleet.agents {
         let log = std::fs::read_to_string(&a.log).unwrap_or_default();
@@ -251,7 +251,7 @@ fn executions(fleet: &Fleet) -> Vec<String> {
 
 /// Starts load and a rolling update to `version` one instance at a time,
 /// and returns once its first instance is updated: mid-rollout.
-fn mid_rollout(web: &WebFleet, version: &str) -> (Load, String) {
+pub(crate) fn mid_rollout(web: &WebFleet, version: &str) -> (Load, String) {
     let load = web.start_load(LoadSpec {
         max_requests: 80_000,
         max_duration: Duration::from_secs(150),

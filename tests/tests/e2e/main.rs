@@ -16,6 +16,7 @@ mod fleetsim;
 mod grpc;
 mod ha_clients;
 mod ha_election;
+mod ha_partition;
 mod hostile;
 mod lifecycle;
 mod restart;
