@@ -303,6 +303,7 @@ impl WebFleetBuilder {
                 grpc_port: grpc,
                 http_port: http,
                 lost_timeout: self.coordinator.lost_timeout.clone(),
+                cert_lifetime: self.coordinator.cert_lifetime.clone(),
                 extra_toml: store.clone(),
                 standby: true,
                 listen_ip: self.standby_ip.clone(),

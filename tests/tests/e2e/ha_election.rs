@@ -432,3 +432,72 @@ fn ha_takeover_trials() {
         "{trials} takeovers with a {TTL:?} lease: median {median:?}, max {max:?}, all {took:?}; failed requests {failed}"
     );
 }
+
+/// Agent certificates keep renewing across a failover (the new leader signs
+/// them with the same CA), and a host revoked at the old leader stays out
+/// at the new one.
+#[test]
+fn certificates_renew_and_revocations_hold_across_a_failover() {
+    use drover_tests::harness::pki::parse_cert_file;
+    use std::collections::BTreeSet;
+
+    let etcd = EtcdCluster::start(3);
+    let mut web = WebFleet::builder()
+        .hosts(3)
+        .ha(&etcd)
+        .coordinator(|c| c.cert_lifetime = Some("8s".to_string()))
+        .start();
+    let fleet = &web.fleet;
+    fleet.cli(&["agent", "revoke", "h3"]).expect_success();
+    fleet.wait_status("h3", "revoked", WAIT);
+    let pid = fleet.agent("h1").pid().expect("h1 runs");
+    let cert_path = fleet.agent("h1").tls().cert;
+
+    web.fleet.coordinator.kill();
+    let c2 = &web.fleet.standbys[0];
+    wait_leader(c2, TTL + Duration::from_secs(10));
+    let fleet = &web.fleet;
+    let h1 = fleet.agent("h1");
+    // Two renewals after the takeover, so from the new leader: 8 s
+    // certificates renew every ~5 s.
+    let mut renewed = BTreeSet::new();
+    let before = parse_cert_file(&cert_path)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .serial;
+    fleet.wait(
+        Duration::from_secs(60),
+        "h1's certificate is renewed twice after the failover",
+        || {
+            if let Ok(cert) = parse_cert_file(&cert_path)
+                && cert.serial != before
+            {
+                renewed.insert(cert.serial);
+            }
+            assert!(h1.is_running(), "h1 exited:\n{}", h1.describe(40));
+            renewed.len() >= 2
+        },
+    );
+    assert_eq!(h1.pid(), Some(pid), "h1 was restarted");
+    fleet.wait(
+        WAIT,
+        "c2 sees h1 connected on a certificate it renewed",
+        || {
+            if let Ok(cert) = parse_cert_file(&cert_path)
+                && cert.serial != before
+            {
+                renewed.insert(cert.serial);
+            }
+            let h = fleet.host("h1")?;
+            (h.status == "connected" && renewed.contains(&h.cert_serial)).then_some(())
+        },
+    );
+    // The revocation is in etcd: c2 keeps h3 out.
+    let h3 = fleet.host("h3").expect("c2 lists h3");
+    assert_eq!(h3.status, "revoked", "{h3:?}");
+    let log = std::fs::read_to_string(&fleet.agent("h3").log).unwrap_or_default();
+    assert!(
+        log.contains("revoked"),
+        "h3's log does not say it was refused:\n{}",
+        fleet.agent("h3").describe(30)
+    );
+}
