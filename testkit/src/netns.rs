@@ -18,7 +18,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
 
-/// Subnets `10.200.0.0/16`-`10.215.255.252/30`: 16,384 slots of 4 addresses.
+/// `10.200.0.0/16` in 16,384 slots of 4 addresses (a /30 each).
 const SLOTS: u32 = 16_384;
 
 /// A network namespace and its veth pair; deleted on drop.
