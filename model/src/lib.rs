@@ -9,6 +9,7 @@
 
 pub mod amount;
 pub mod cert;
+pub mod drill;
 pub mod identity;
 pub mod pki;
 pub mod selector;
