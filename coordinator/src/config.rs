@@ -48,6 +48,9 @@ pub struct CoordinatorConfig {
     /// Only the coordinator's own config says what runs, never a spec.
     #[serde(default)]
     pub pre_traffic_hooks: std::collections::BTreeMap<String, HookConfig>,
+    /// Disaster-recovery drills.
+    #[serde(default)]
+    pub drills: DrillsConfig,
     /// How long a graceful stop (first SIGTERM) may take: sessions end,
     /// every task is joined and the store flushed within it, or the
     /// coordinator exits anyway.
@@ -65,6 +68,17 @@ pub struct HookConfig {
     /// Killed, and counted as failed, after this long.
     #[serde(default = "default_hook_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+}
+
+/// `[drills]`: what DR plans may run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillsConfig {
+    /// The directory a plan's commands come from: a plan names a program
+    /// (`promote = ["pg-promote", "--port", "5433"]`) and the coordinator
+    /// runs `<commands_dir>/pg-promote`, nothing else. Without it, plans
+    /// that name commands are refused.
+    pub commands_dir: Option<PathBuf>,
 }
 
 fn default_hook_timeout() -> Duration {
@@ -503,6 +517,18 @@ impl CoordinatorConfig {
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::field(path, "data_dir", "must not be empty"));
+        }
+        if let Some(dir) = &self.drills.commands_dir
+            && !dir.is_absolute()
+        {
+            return Err(ConfigError::field(
+                path,
+                "drills.commands_dir",
+                format!(
+                    "must be an absolute path, like \"/etc/drover/dr\", got {:?}",
+                    dir.display().to_string()
+                ),
+            ));
         }
         for (name, hook) in &self.pre_traffic_hooks {
             let field = format!("pre_traffic_hooks.{name}");

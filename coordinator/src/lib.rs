@@ -7,6 +7,8 @@
 pub mod artifacts;
 pub mod auth;
 pub mod config;
+pub mod drill;
+pub mod exec;
 pub mod ha;
 pub mod http;
 pub mod metrics;

@@ -3,7 +3,8 @@
 //!
 //! Bytes stream straight to `<digest>.partial` (never the whole artifact in
 //! memory). A stream that drops resumes from the partial file's length; a
-//! few attempts in a row without progress give up. The sha256 is checked
+//! few attempts in a row without progress, over at least
+//! [`FETCH_PATIENCE`], give up. The sha256 is checked
 //! before the file is renamed to its digest, and again before a cached
 //! file is reused.
 
@@ -23,8 +24,13 @@ use sha2::{Digest, Sha256};
 
 use crate::tls::TlsFiles;
 
-/// Attempts in a row that bring no new bytes before giving up.
+/// Attempts in a row that bring no new bytes before giving up...
 pub const MAX_ATTEMPTS_WITHOUT_PROGRESS: u32 = 5;
+/// ...and for at least this long: a coordinator failover (the leader's
+/// lease, 10 s by default, then the election) must not fail a fetch that
+/// was under way when the leader died; the standby answers UNAVAILABLE
+/// until it leads.
+pub const FETCH_PATIENCE: Duration = Duration::from_secs(30);
 const RETRY_START: Duration = Duration::from_millis(200);
 const RETRY_CAP: Duration = Duration::from_secs(5);
 
@@ -273,6 +279,7 @@ impl Cache {
             FetchError::Io(format!("{what} {}: {e}", partial.display()))
         };
         let mut fruitless = 0u32;
+        let mut last_progress = tokio::time::Instant::now();
         let mut restarted = false;
         let mut delay = RETRY_START;
         loop {
@@ -287,6 +294,7 @@ impl Cache {
             };
             if got > offset {
                 fruitless = 0;
+                last_progress = tokio::time::Instant::now();
                 delay = RETRY_START;
             }
             match ended {
@@ -318,9 +326,14 @@ impl Cache {
                 }
                 Err(e) => {
                     fruitless += 1;
-                    if fruitless >= MAX_ATTEMPTS_WITHOUT_PROGRESS {
+                    if fruitless >= MAX_ATTEMPTS_WITHOUT_PROGRESS
+                        && last_progress.elapsed() >= FETCH_PATIENCE
+                    {
                         return Err(FetchError::Unavailable(format!(
-                            "fetch artifact {digest}: {e} ({fruitless} attempts without progress, {got} bytes kept for later)"
+                            "fetch artifact {digest}: {e} ({fruitless} attempts without progress in {}, {got} bytes kept for later)",
+                            humantime::format_duration(Duration::from_secs(
+                                last_progress.elapsed().as_secs()
+                            ))
                         )));
                     }
                     tracing::warn!(%digest, bytes = got, "artifact fetch interrupted: {e}; resuming");

@@ -13,20 +13,14 @@
 //! It runs without a shell, with no stdin, killed at its timeout. What it
 //! printed last (on stderr, else stdout) goes into the rollout's events.
 
-use std::collections::BTreeMap;
-use std::process::Stdio;
-use std::time::Instant;
-
 use drover_model::Color;
+use std::collections::BTreeMap;
 
 use crate::config::HookConfig;
 use crate::rollout::{PlanError, Release, RolloutSpec};
 
 /// The hooks of the coordinator's config, by name.
 pub type Hooks = BTreeMap<String, HookConfig>;
-
-/// How much of a hook's output is kept in the event that ends it.
-const OUTPUT_TAIL: usize = 400;
 
 /// Refuses a spec that names a hook the coordinator's config lacks.
 pub fn check(spec: &RolloutSpec, hooks: &Hooks) -> Result<(), PlanError> {
@@ -75,60 +69,9 @@ pub async fn run(rollout: &str, service: &str, run: &HookRun, hooks: &Hooks) -> 
         .env("DROVER_DIGEST", &run.release.digest)
         .env("DROVER_COLOR", run.color.as_str())
         .env("DROVER_INSTANCES", run.instances.join(" "))
-        .env("DROVER_HOSTS", hosts.join(" "))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let started = Instant::now();
-    let child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return (false, format!("cannot run {program}: {e}")),
-    };
-    let out = match tokio::time::timeout(hook.timeout, child.wait_with_output()).await {
-        Ok(Ok(out)) => out,
-        Ok(Err(e)) => return (false, format!("waiting for {program}: {e}")),
-        Err(_) => {
-            return (
-                false,
-                format!(
-                    "timed out after {} (killed)",
-                    humantime::format_duration(hook.timeout)
-                ),
-            );
-        }
-    };
-    let took = humantime::format_duration(std::time::Duration::from_millis(
-        u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-    ));
-    let said = tail(&out.stderr)
-        .or_else(|| tail(&out.stdout))
-        .map(|t| format!(": {t}"))
-        .unwrap_or_default();
-    match out.status.code() {
-        Some(0) => (true, format!("exit 0 after {took}{said}")),
-        Some(code) => (false, format!("exit {code} after {took}{said}")),
-        None => (false, format!("killed by a signal after {took}{said}")),
-    }
-}
-
-/// The last [`OUTPUT_TAIL`] bytes of `bytes`, trimmed, on one line.
-fn tail(bytes: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    if text.is_empty() {
-        return None;
-    }
-    let start = text.len().saturating_sub(OUTPUT_TAIL);
-    let start = (start..text.len())
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(0);
-    Some(
-        text[start..]
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" "),
-    )
+        .env("DROVER_HOSTS", hosts.join(" "));
+    let ran = crate::exec::run(cmd, program, hook.timeout).await;
+    (ran.ok, ran.detail)
 }
 
 #[cfg(test)]
