@@ -557,8 +557,12 @@ fn up(opts: &UpOpts) -> Result<()> {
             web.latest().id
         );
         if opts.ha {
+            let pids: Vec<String> = coordinators_of(&web)
+                .map(|c| format!("{} {} pid {}", c.spec.name, c.role(), c.pid().unwrap_or(0)))
+                .collect();
             println!(
-                "    `target/debug/drover coordinators`; kill the leader (its pid is in its ready.json) and watch the other take over"
+                "    `target/debug/drover coordinators`; `kill -9` the leader ({}) and watch the other take over",
+                pids.join(", ")
             );
         }
         let logs: Vec<String> = coordinators_of(&web)

@@ -272,11 +272,10 @@ pub fn restart_as_standbys(web: &mut WebFleet) -> Result<()> {
     for c in dead {
         c.spec.standby = true;
         c.start();
-        println!(
-            "    {} started again: it stands by ({})",
-            c.spec.name,
-            c.role()
-        );
+        match c.role().as_str() {
+            "standby" => println!("    {} started again: it stands by", c.spec.name),
+            role => println!("    {} started again ({role})", c.spec.name),
+        }
     }
     show_coordinators(web, "both running again")?;
     Ok(())
