@@ -142,7 +142,11 @@ pub fn ha_rolling_update(web: &mut WebFleet, opts: &UpOpts) -> Result<()> {
             .spawn()
             .context("run drover rollout start")?,
     );
-    // The moment to kill: one instance updated, the others still to come.
+    // The moment to kill: one instance updated and the next one out of
+    // service, verifying its new release (for the 2 s of
+    // --min-healthy-time, so the poll sees it), the others still to come.
+    // Not while the next one stages: an agent fetching the artifact then
+    // gives up before the standby leads (reported to issue 12).
     let id = poll(Duration::from_secs(30), "the rolling update starts", || {
         if live.exited()?.is_some() {
             bail!("`drover rollout start` ended before the rollout started");
@@ -155,7 +159,7 @@ pub fn ha_rolling_update(web: &mut WebFleet, opts: &UpOpts) -> Result<()> {
     })?;
     let mid = poll(
         Duration::from_secs(60),
-        "the rolling update has updated its first instance",
+        "the rolling update has updated an instance and verifies the next",
         || {
             let r = web.try_status(&id).ok();
             if let Some(r) = r.as_ref().filter(|r| r.is_terminal()) {
@@ -165,7 +169,9 @@ pub fn ha_rolling_update(web: &mut WebFleet, opts: &UpOpts) -> Result<()> {
                     r.reason_text()
                 );
             }
-            Ok(r.filter(|r| r.counts.done >= 1))
+            Ok(r.filter(|r| {
+                r.counts.done >= 1 && (r.instances.iter()).any(|i| i.step == "verifying")
+            }))
         },
     )?;
     let Some(leader) = std::iter::once(&mut web.fleet.coordinator)
