@@ -8,6 +8,11 @@
 //! non-zero unless the update succeeded with no failed request. `--keep`
 //! leaves the fleet running until Ctrl-C and prints the settings to use the
 //! CLI against it.
+//!
+//! `--ha` runs the same update on two coordinators sharing a 3-member etcd
+//! and SIGKILLs the leader in the middle of it: the standby takes the
+//! rollout over and finishes it, and the demo shows who leads before and
+//! after, the takeover time and the epochs.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,8 +21,16 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use std::process::Stdio;
 
+use drover_tests::harness::etcd::EtcdCluster;
 use drover_tests::harness::rollout::SERVICE;
-use drover_tests::{CapacitySampler, Load, LoadSpec, WebFleet};
+use drover_tests::{
+    CapacityReport, CapacitySampler, Cli, Coordinator, Load, LoadReport, LoadSpec, RolloutView,
+    WebFleet,
+};
+
+#[path = "drover-fleet/ha.rs"]
+mod ha;
+use ha::{ha_rolling_update, restart_as_standbys, start_etcd};
 
 /// Marks a dir as made by drover-fleet, so a later run may wipe it.
 const MARKER: &str = ".drover-fleet";
@@ -58,6 +71,11 @@ struct UpOpts {
     /// by the analysis, then a good canary promoted step by step).
     #[arg(long, default_value = "rolling", value_parser = ["rolling", "canary"])]
     strategy: String,
+    /// High availability: 3 etcd members and 2 coordinators on them (one
+    /// leads, one stands by); the leader is SIGKILLed in the middle of the
+    /// rolling update and the standby takes it over and finishes it.
+    #[arg(long)]
+    ha: bool,
 }
 
 fn step(msg: &str) {
@@ -90,8 +108,9 @@ fn prepare_dir(dir: &Path) -> Result<()> {
 
 /// Phase 1: CA, coordinator, HAProxy and agents h1..hN (zones a, b, c),
 /// each supervising a `web` instance that runs whatever release is
-/// deployed, behind HAProxy.
-fn start_fleet(opts: &UpOpts) -> Result<WebFleet> {
+/// deployed, behind HAProxy. With `etcd` (`--ha`), two coordinators on it:
+/// c1 leads, c2 stands by, and the agents know both.
+fn start_fleet(opts: &UpOpts, etcd: Option<&EtcdCluster>) -> Result<WebFleet> {
     if opts.agents < 2 {
         bail!(
             "--agents must be at least 2: with a single instance, updating it takes the only server out of HAProxy"
@@ -107,16 +126,30 @@ fn start_fleet(opts: &UpOpts) -> Result<WebFleet> {
         let zone = ["a", "b", "c"][(i - 1) % 3];
         builder = builder.host(&format!("h{i}"), &[("env", "demo"), ("zone", zone)]);
     }
+    let coordinators = match etcd {
+        Some(etcd) => {
+            builder = builder.ha(etcd);
+            "2 coordinators on etcd (c1 leads, c2 stands by)"
+        }
+        None => "a coordinator",
+    };
     step(&format!(
-        "starting a CA, a coordinator, HAProxy and {} agents (h1..h{}), each supervising a `web` instance behind HAProxy",
+        "starting a CA, {coordinators}, HAProxy and {} agents (h1..h{}), each supervising a `web` instance behind HAProxy",
         opts.agents, opts.agents
     ));
     let web = builder.start();
-    println!(
-        "    coordinator: grpc {} (mTLS), http http://{}/metrics",
-        web.fleet.coordinator.grpc_addr(),
-        web.fleet.coordinator.http_addr()
-    );
+    for c in coordinators_of(&web) {
+        let role = match c.role().as_str() {
+            "" | "single" => String::new(),
+            r => format!(" [{r}]"),
+        };
+        println!(
+            "    coordinator {}{role}: grpc {} (mTLS), http http://{}/metrics",
+            c.spec.name,
+            c.grpc_addr(),
+            c.http_addr()
+        );
+    }
     println!(
         "    HAProxy: http://{}/ in front of {}",
         web.haproxy.frontend_addr(),
@@ -127,12 +160,35 @@ fn start_fleet(opts: &UpOpts) -> Result<WebFleet> {
             .join(", ")
     );
     println!("    files in {}", web.root.display());
+    let knowing = if etcd.is_some() {
+        " (each knows both coordinators)"
+    } else {
+        ""
+    };
     println!(
-        "    {} agents enrolled with join tokens and connected after {:.1}s",
+        "    {} agents enrolled with join tokens and connected{knowing} after {:.1}s",
         opts.agents,
         started.elapsed().as_secs_f64()
     );
     Ok(web)
+}
+
+/// Every coordinator of the fleet: c1, then the standbys.
+fn coordinators_of(web: &WebFleet) -> impl Iterator<Item = &Coordinator> {
+    std::iter::once(&web.fleet.coordinator).chain(&web.fleet.standbys)
+}
+
+/// The CLI as the operator, given every coordinator's address (as an
+/// operator of an HA fleet sets DROVER_ADDR): it finds the leader itself.
+fn cli_all(web: &WebFleet) -> Cli {
+    let addr = coordinators_of(web)
+        .map(|c| c.grpc_addr())
+        .collect::<Vec<_>>()
+        .join(",");
+    Cli {
+        addr,
+        ..web.fleet.operator()
+    }
 }
 
 fn cli(web: &WebFleet, args: &[&str]) -> Result<String> {
@@ -193,9 +249,8 @@ fn steady_load(web: &WebFleet, max_duration: Duration, max_requests: u64) -> Loa
     )
 }
 
-/// Phase 2: releases v1 and v2 pushed, v1 deployed everywhere, the fleet
-/// shown; then a rolling update to v2 under steady load through HAProxy.
-fn rolling_update(web: &WebFleet, opts: &UpOpts) -> Result<()> {
+/// Releases v1 and v2 pushed, v1 deployed everywhere, the fleet shown.
+fn prepare_v1(web: &WebFleet) -> Result<()> {
     step("pushing releases v1 and v2 of service web (drover artifact push)");
     for v in ["v1", "v2"] {
         let digest = web.push_release(v, &[]);
@@ -204,19 +259,13 @@ fn rolling_update(web: &WebFleet, opts: &UpOpts) -> Result<()> {
     deploy_v1(web)?;
     step("drover agents -o wide");
     print!("{}", cli(web, &["agents", "-o", "wide"])?);
-    let load = steady_load(web, Duration::from_secs(120), 40_000);
-    let sampler = CapacitySampler::start(
-        web.haproxy.socket(),
-        SERVICE,
-        Duration::from_millis(50),
-        2_400,
-    );
-    let floor = floor(opts.agents);
-    step(&format!(
-        "rolling update v1 -> v2, batches 1,25%,100%, floor {floor}, watched live"
-    ));
-    let started = Instant::now();
-    let args = [
+    Ok(())
+}
+
+/// `drover rollout start` of v2 with `batch` under `floor`, each instance
+/// healthy for `min_healthy_time` before it counts.
+fn update_args(batch: &str, floor: &str, min_healthy_time: &str) -> Vec<String> {
+    [
         "rollout",
         "start",
         "--service",
@@ -224,70 +273,129 @@ fn rolling_update(web: &WebFleet, opts: &UpOpts) -> Result<()> {
         "--version",
         "v2",
         "--batch",
-        "1,25%,100%",
+        batch,
         "--min-healthy",
-        &floor,
+        floor,
         "--min-healthy-time",
-        "1s",
+        min_healthy_time,
         "--healthy-deadline",
         "30s",
         "--step-timeout",
         "30s",
         "--progress-deadline",
         "2m",
-    ];
-    let succeeded = cli_live(web, &args)?;
-    let took = started.elapsed();
-    let capacity = sampler.stop();
-    let report = load.stop();
-    let rollout = web.latest();
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
 
-    step("summary");
-    println!(
-        "    rollout {}: {} in {:.1}s, {} of {} instances updated",
-        rollout.id,
-        rollout.phase,
-        took.as_secs_f64(),
-        rollout.counts.done,
-        rollout.counts.total
-    );
-    println!(
-        "    requests through HAProxy: {} served, {} failed",
-        report.ok, report.failed
-    );
-    for f in report.failures.iter().take(5) {
-        println!("      {f}");
-    }
-    println!(
-        "    answers by version: {}",
-        report
-            .versions
-            .iter()
-            .map(|(v, n)| format!("{v} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    println!(
-        "    lowest capacity: {} in service by HAProxy's count, {} by drover's; floor {} of {}",
-        capacity
-            .min_capacity()
-            .map_or_else(|| "?".to_string(), |c| c.to_string()),
-        rollout.lowest_capacity,
-        rollout.floor,
-        rollout.counts.total
-    );
-    if !succeeded || rollout.phase != "succeeded" {
-        bail!(
-            "the rolling update did not succeed: {}",
-            rollout.reason_text()
+/// What a rolling update under load came to.
+struct Update {
+    succeeded: bool,
+    took: Duration,
+    rollout: RolloutView,
+    report: LoadReport,
+    capacity: CapacityReport,
+}
+
+impl Update {
+    /// The summary's rollout line.
+    fn print_rollout(&self, on: &str) {
+        let r = &self.rollout;
+        println!(
+            "    rollout {}: {} in {:.1}s, {} of {} instances updated{on}",
+            r.id,
+            r.phase,
+            self.took.as_secs_f64(),
+            r.counts.done,
+            r.counts.total
         );
     }
-    if report.failed > 0 {
-        bail!("{} requests failed during the update", report.failed);
+
+    /// The summary's lines on requests, versions and capacity.
+    fn print_load(&self) {
+        let report = &self.report;
+        println!(
+            "    requests through HAProxy: {} served, {} failed",
+            report.ok, report.failed
+        );
+        for f in report.failures.iter().take(5) {
+            println!("      {f}");
+        }
+        println!(
+            "    answers by version: {}",
+            report
+                .versions
+                .iter()
+                .map(|(v, n)| format!("{v} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!(
+            "    lowest capacity: {} in service by HAProxy's count, {} by drover's; floor {} of {}",
+            self.capacity
+                .min_capacity()
+                .map_or_else(|| "?".to_string(), |c| c.to_string()),
+            self.rollout.lowest_capacity,
+            self.rollout.floor,
+            self.rollout.counts.total
+        );
     }
-    if capacity.min_capacity().is_some_and(|c| c < rollout.floor) {
-        bail!("HAProxy saw capacity under the floor:\n{capacity}");
+
+    /// Fails unless the update succeeded with no failed request and
+    /// HAProxy never saw capacity under the floor.
+    fn check(&self) -> Result<()> {
+        let rollout = &self.rollout;
+        if !self.succeeded || rollout.phase != "succeeded" {
+            bail!(
+                "the rolling update did not succeed: {}",
+                rollout.reason_text()
+            );
+        }
+        if self.report.failed > 0 {
+            bail!("{} requests failed during the update", self.report.failed);
+        }
+        if (self.capacity.min_capacity()).is_some_and(|c| c < rollout.floor) {
+            bail!("HAProxy saw capacity under the floor:\n{}", self.capacity);
+        }
+        Ok(())
     }
+}
+
+/// Samples HAProxy's count of servers in service every 50 ms, bounded.
+fn sample_capacity(web: &WebFleet, max_duration: Duration) -> CapacitySampler {
+    let every = Duration::from_millis(50);
+    let samples = (max_duration.as_millis() / every.as_millis()) as u64;
+    CapacitySampler::start(web.haproxy.socket(), SERVICE, every, samples)
+}
+
+/// Phase 2: releases v1 and v2 pushed, v1 deployed everywhere, the fleet
+/// shown; then a rolling update to v2 under steady load through HAProxy.
+fn rolling_update(web: &WebFleet, opts: &UpOpts) -> Result<()> {
+    prepare_v1(web)?;
+    let load = steady_load(web, Duration::from_secs(120), 40_000);
+    let sampler = sample_capacity(web, Duration::from_secs(120));
+    let floor = floor(opts.agents);
+    step(&format!(
+        "rolling update v1 -> v2, batches 1,25%,100%, floor {floor}, watched live"
+    ));
+    let started = Instant::now();
+    let args = update_args("1,25%,100%", &floor, "1s");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let succeeded = cli_live(web, &args)?;
+    let took = started.elapsed();
+    let update = Update {
+        succeeded,
+        took,
+        capacity: sampler.stop(),
+        report: load.stop(),
+        rollout: web.latest(),
+    };
+    step("summary");
+    update.print_rollout("");
+    update.print_load();
+    update.check()?;
     println!("    every instance on v2; no request failed; capacity never under the floor");
     Ok(())
 }
@@ -420,29 +528,64 @@ fn wait_for_ctrl_c() -> Result<()> {
 }
 
 fn up(opts: &UpOpts) -> Result<()> {
-    let mut web = start_fleet(opts)?;
+    if opts.ha && opts.strategy == "canary" {
+        bail!(
+            "--ha shows a leader killed in the middle of a rolling update; it does not run with \
+             --strategy canary: run `scripts/demo --ha` and `scripts/demo --strategy canary` apart"
+        );
+    }
+    // Before the fleet, so that it outlives the coordinators on it.
+    let etcd = if opts.ha { Some(start_etcd()?) } else { None };
+    let mut web = start_fleet(opts, etcd.as_ref())?;
     let result = match opts.strategy.as_str() {
         "canary" => canary(&web, opts),
+        _ if opts.ha => ha_rolling_update(&mut web, opts),
         _ => rolling_update(&web, opts),
     };
     if result.is_ok() && opts.keep {
+        let cli = if opts.ha {
+            restart_as_standbys(&mut web)?;
+            cli_all(&web)
+        } else {
+            web.fleet.operator()
+        };
         step("fleet running; use the CLI against it with:");
-        println!("{}", web.fleet.operator().exports());
+        println!("{}", cli.exports());
         println!(
             "    e.g. `target/debug/drover agents -o wide`, `target/debug/drover rollout list`, \
              `target/debug/drover rollout status {}`",
             web.latest().id
         );
+        if opts.ha {
+            let pids: Vec<String> = coordinators_of(&web)
+                .map(|c| format!("{} {} pid {}", c.spec.name, c.role(), c.pid().unwrap_or(0)))
+                .collect();
+            println!(
+                "    `target/debug/drover coordinators`; `kill -9` the leader ({}) and watch the other take over",
+                pids.join(", ")
+            );
+        }
+        let logs: Vec<String> = coordinators_of(&web)
+            .map(|c| c.log.display().to_string())
+            .collect();
         println!(
-            "    logs: {}/fleet/coordinator/coordinator.log, {}/fleet/agents/*/agent.log",
-            web.root.display(),
+            "    logs: {}, {}/fleet/agents/*/agent.log",
+            logs.join(", "),
             web.root.display()
         );
         println!("    press Ctrl-C to stop");
         wait_for_ctrl_c()?;
     }
-    step("stopping agents, instances, coordinator and HAProxy");
+    let what = if opts.ha {
+        "coordinators, HAProxy and etcd"
+    } else {
+        "coordinator and HAProxy"
+    };
+    step(&format!("stopping agents, instances, {what}"));
     web.fleet.shutdown(Duration::from_secs(5));
+    for standby in &mut web.fleet.standbys {
+        standby.terminate(Duration::from_secs(5));
+    }
     if opts.dir.is_none() {
         println!("    removed {}", web.root.display());
     }
