@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::commands::{agents, artifact, ca, cert, coordinators, rollout, token};
+use crate::commands::{agents, artifact, ca, cert, coordinators, drill, rollout, token};
 
 const ABOUT: &str = "drover: rolling deployments for fleets of hosts.\n\n\
 This CLI creates the drover CA and certificates, enrols hosts (join tokens), \
@@ -96,6 +96,9 @@ pub enum Command {
     /// List the coordinators, which one leads (epoch, since when) and etcd's members
     #[command(long_about = coordinators::COORDINATORS_LONG_ABOUT)]
     Coordinators(coordinators::CoordinatorsArgs),
+    /// Disaster-recovery drills: check a DR plan against the fleet
+    #[command(subcommand, long_about = drill::DRILL_LONG_ABOUT)]
+    Drill(drill::DrillCommand),
 }
 
 /// clap value parser for durations such as `90s`, `1h`, `8760h`, `30d`.

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use drover_proto::v1::agent_service_server::AgentServiceServer;
 use drover_proto::v1::control_service_server::ControlServiceServer;
 use drover_proto::v1::coordinator_service_server::CoordinatorServiceServer;
+use drover_proto::v1::drill_service_server::DrillServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -382,6 +383,13 @@ pub async fn start(
         tasks.clone(),
     )
     .await?;
+    let peaks = drill::Peaks::load(store.as_ref()).await;
+    peaks.sample(&registry, registry::now_ms());
+    tasks.spawn(
+        peaks
+            .clone()
+            .run(registry.clone(), store.clone(), shutdown.clone()),
+    );
 
     let ctx = Arc::new(Ctx {
         name: config.name.clone(),
@@ -406,6 +414,8 @@ pub async fn start(
             config.agents.enroll_timeout,
             metrics,
         ),
+        peaks,
+        drills: config.drills.clone(),
     });
     Ok(Some(Started {
         config,
@@ -480,6 +490,8 @@ impl Started {
         let control_svc =
             ControlServiceServer::new(service::control::ControlSvc { ctx: ctx.clone() })
                 .max_decoding_message_size(max);
+        let drill_svc = DrillServiceServer::new(service::drills::DrillSvc { ctx: ctx.clone() })
+            .max_decoding_message_size(max);
         let coordinators_svc =
             CoordinatorServiceServer::new(service::coordinators::CoordinatorsSvc {
                 name: ctx.name.clone(),
@@ -505,6 +517,7 @@ impl Started {
             .add_service(agent_svc)
             .add_service(control_svc)
             .add_service(coordinators_svc)
+            .add_service(drill_svc)
             .serve_with_incoming_shutdown(incoming, async move {
                 grpc_shutdown.cancelled().await;
                 registry_for_close.close_sessions();

@@ -6,6 +6,7 @@ pub mod artifact;
 pub mod ca;
 pub mod cert;
 pub mod coordinators;
+pub mod drill;
 pub mod rollout;
 pub mod token;
 
@@ -41,5 +42,6 @@ pub async fn run(cli: Cli, env: Env) -> anyhow::Result<()> {
         Command::Artifact(cmd) => artifact::run(&ctx, cmd).await,
         Command::Rollout(cmd) => rollout::run(&ctx, cmd).await,
         Command::Coordinators(args) => coordinators::list(&ctx, args).await,
+        Command::Drill(cmd) => drill::run(&ctx, cmd).await,
     }
 }

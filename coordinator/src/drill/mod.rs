@@ -1,1 +1,9 @@
-//! Disaster-recovery drills (issue 13).
+//! Disaster-recovery drills (issue 13): a service's DR plan, checked
+//! against the fleet ([`precheck`]), with the serving peaks the capacity
+//! check sizes the DR site against ([`peaks`]).
+
+pub mod peaks;
+pub mod precheck;
+
+pub use peaks::Peaks;
+pub use precheck::{Check, Fleet};

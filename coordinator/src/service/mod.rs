@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod control;
 pub mod coordinators;
+pub mod drills;
 pub mod rollouts;
 
 use std::sync::Arc;
@@ -43,4 +44,7 @@ pub struct Ctx {
     pub tasks: TaskTracker,
     /// Cert-less connections: `Enroll` marks its connection as done.
     pub enrolling: Arc<Enrolling>,
+    /// DR drills: the serving peaks, and where plan commands come from.
+    pub peaks: crate::drill::Peaks,
+    pub drills: crate::config::DrillsConfig,
 }

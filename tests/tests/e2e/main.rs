@@ -8,6 +8,7 @@ mod bad_config;
 mod bench_smoke;
 mod certs;
 mod demo;
+mod drill;
 mod enrolling;
 mod etcd_store;
 mod first_deploy;

@@ -1,0 +1,190 @@
+//! `drover drill`: disaster-recovery drills (issue 13). `drill plan` checks
+//! a DR plan (`dr.toml`) against the fleet, changing nothing.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use drover_model::drill::DrillPlan;
+use drover_proto::v1::drill_service_client::DrillServiceClient;
+use drover_proto::v1::{CheckDrillPlanRequest, DrillPlanReport};
+use serde::Serialize;
+
+use crate::commands::Ctx;
+use crate::error::usage;
+use crate::output::{ShowFormat, print, rfc3339_ms, table};
+
+pub const DRILL_LONG_ABOUT: &str = "\
+Disaster-recovery drills: move a service to its DR site and back
+
+A DR plan (dr.toml) names the service, its sites (host labels, site=primary
+and site=dr by default), the RTO and RPO, the pre-checks, and the commands
+for what drover does not drive itself (reading the replication lag,
+stopping writes, promoting the replica). Commands are bare names: the
+coordinator runs them from its [drills] commands_dir, nothing else.
+
+Example dr.toml:
+  service = \"web\"
+  version = \"2026-12-05.1\"
+  rto = \"15m\"
+  rpo = \"5s\"
+  [checks]
+  capacity = \"100%\"     # DR ready instances vs the primary's serving peak
+  peak_window = \"24h\"
+  [database]
+  lag = [\"pg-lag\", \"--port\", \"5433\"]      # prints lag_bytes=N lag_seconds=F
+  stop_writes = [\"pg-stop-writes\", \"--port\", \"5432\"]
+  promote = [\"pg-promote\", \"--port\", \"5433\"]";
+
+#[derive(Debug, Subcommand)]
+pub enum DrillCommand {
+    /// Check a DR plan against the fleet, changing nothing
+    ///
+    /// Prints each pre-check with what was measured and what the plan asks
+    /// for: the DR site's ready instances against the primary's serving
+    /// peak, the releases on both sites, the replication lag (the plan's
+    /// lag command) against the RPO, whether the traffic switch is
+    /// possible, and whether the plan's commands are installed. Exits 0
+    /// when every check passes, 1 when one fails (a run would be refused),
+    /// 2 when the plan itself is malformed.
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The DR plan (TOML)
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: PathBuf,
+    /// Output format
+    #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
+    pub output: ShowFormat,
+}
+
+/// Reads and checks a plan file; a mistake exits 2, naming the file.
+pub fn read_plan(path: &std::path::Path) -> anyhow::Result<(String, DrillPlan)> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| usage(format!("read the DR plan {}: {e}", path.display())))?;
+    let plan =
+        DrillPlan::from_toml(&text).map_err(|e| usage(format!("{}: {e}", path.display())))?;
+    Ok((text, plan))
+}
+
+#[derive(Debug, Serialize)]
+struct ReportJson<'a> {
+    service: &'a str,
+    plan_version: &'a str,
+    plan_digest: &'a str,
+    primary: &'a str,
+    dr: &'a str,
+    passed: bool,
+    checked_at: Option<String>,
+    checks: Vec<CheckJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct CheckJson<'a> {
+    name: &'a str,
+    passed: bool,
+    value: &'a str,
+    want: &'a str,
+    detail: &'a str,
+}
+
+fn to_json(r: &DrillPlanReport) -> ReportJson<'_> {
+    ReportJson {
+        service: &r.service,
+        plan_version: &r.plan_version,
+        plan_digest: &r.plan_digest,
+        primary: &r.primary,
+        dr: &r.dr,
+        passed: r.passed,
+        checked_at: rfc3339_ms(r.checked_at_ms),
+        checks: (r.checks.iter())
+            .map(|c| CheckJson {
+                name: &c.name,
+                passed: c.passed,
+                value: &c.value,
+                want: &c.want,
+                detail: &c.detail,
+            })
+            .collect(),
+    }
+}
+
+fn render(r: &DrillPlanReport) -> String {
+    let version = if r.plan_version.is_empty() {
+        String::new()
+    } else {
+        format!(" version {}", r.plan_version)
+    };
+    let mut out = format!(
+        "DR plan for {}{version} (sha256 {}): {} -> {}\n\n",
+        r.service,
+        r.plan_digest.get(..12).unwrap_or(&r.plan_digest),
+        r.primary,
+        r.dr
+    );
+    let rows: Vec<Vec<String>> = (r.checks.iter())
+        .map(|c| {
+            vec![
+                c.name.clone(),
+                if c.passed { "ok" } else { "FAILED" }.to_string(),
+                c.value.clone(),
+                c.want.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["CHECK", "RESULT", "MEASURED", "WANTED"], &rows));
+    for c in r.checks.iter().filter(|c| !c.detail.is_empty()) {
+        out.push_str(&format!("  {}: {}\n", c.name, c.detail));
+    }
+    out.push('\n');
+    if r.passed {
+        out.push_str("every pre-check passed\n");
+    } else {
+        let failed: Vec<&str> = (r.checks.iter())
+            .filter(|c| !c.passed)
+            .map(|c| c.name.as_str())
+            .collect();
+        out.push_str(&format!(
+            "a drill would be refused: {} failed\n",
+            failed.join(", ")
+        ));
+    }
+    out
+}
+
+pub async fn run(ctx: &Ctx, cmd: DrillCommand) -> anyhow::Result<()> {
+    match cmd {
+        DrillCommand::Plan(args) => plan(ctx, args).await,
+    }
+}
+
+async fn plan(ctx: &Ctx, args: PlanArgs) -> anyhow::Result<()> {
+    let (text, _plan) = read_plan(&args.file)?;
+    let session = ctx.session().await?;
+    let mut client = DrillServiceClient::new(session.channel());
+    let report = match client
+        .check_drill_plan(CheckDrillPlanRequest { plan_toml: text })
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(status) => return Err(session.rpc_error(status)),
+    };
+    match args.output {
+        ShowFormat::Json => print(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&to_json(&report)).context("encode the report")?
+        ))?,
+        ShowFormat::Table => print(&render(&report))?,
+    }
+    if report.passed {
+        Ok(())
+    } else {
+        let failed: Vec<String> = (report.checks.iter())
+            .filter(|c| !c.passed)
+            .map(|c| format!("{}: {} (wanted {})", c.name, c.value, c.want))
+            .collect();
+        anyhow::bail!("pre-checks failed: {}", failed.join("; "))
+    }
+}
