@@ -8,6 +8,7 @@
 //! loopback for the etcd store's tests.
 
 pub mod etcd;
+pub mod postgres;
 
 use std::time::{Duration, Instant};
 
