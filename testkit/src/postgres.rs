@@ -702,6 +702,12 @@ impl PgNode {
         text.lines().next()?.trim().parse().ok()
     }
 
+    /// The System V segment id from `postmaster.pid` (line 7: key, id).
+    fn shm_id(&self) -> Option<i32> {
+        let text = fs::read_to_string(self.data.join("postmaster.pid")).ok()?;
+        text.lines().nth(6)?.split_whitespace().nth(1)?.parse().ok()
+    }
+
     /// `pg_ctl stop -m fast`: a clean shutdown (a final checkpoint, replicas sent all WAL).
     fn stop_clean(&mut self) -> Result<(), PgError> {
         if !self.is_running() {
@@ -733,6 +739,11 @@ impl PgNode {
             pids.push(pm);
             for pid in pids {
                 signal(pid, libc::SIGKILL);
+            }
+            // A killed postmaster leaves its small System V segment behind, as a crashed
+            // host would not: remove it (it goes once the dying processes detach).
+            if let Some(id) = self.shm_id() {
+                remove_shm(id);
             }
         }
         if let Some(mut child) = self.child.take() {
@@ -770,6 +781,16 @@ fn signal(pid: i32, sig: i32) {
     #[allow(unsafe_code)]
     unsafe {
         libc::kill(pid, sig);
+    }
+}
+
+/// Marks System V shared memory segment `id` for removal.
+fn remove_shm(id: i32) {
+    // SAFETY: IPC_RMID takes no buffer (null is allowed); `id` is the segment our own
+    // postmaster recorded in postmaster.pid while it ran.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
     }
 }
 

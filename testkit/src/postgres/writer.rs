@@ -290,6 +290,21 @@ fn record_error(shared: &Mutex<Shared>, message: String) {
     }
 }
 
+/// tokio-postgres shows "db error" and keeps postgres's message in its source.
+fn explain(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 async fn connect(target: &PgEndpoint) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::Config::new()
         .host(target.host.to_string())
@@ -334,7 +349,10 @@ async fn write_loop(
     let (client, mut next) = match setup.await {
         Ok(v) => v,
         Err(e) => {
-            let _ = ready.send(Err(format!("connect to {first} and create {TABLE}: {e}")));
+            let _ = ready.send(Err(format!(
+                "connect to {first} and create {TABLE}: {}",
+                explain(&e)
+            )));
             return;
         }
     };
@@ -356,7 +374,7 @@ async fn write_loop(
             match connect(&endpoint).await {
                 Ok(c) => client = Some(c),
                 Err(e) => {
-                    record_error(shared, format!("connect to {endpoint}: {e}"));
+                    record_error(shared, format!("connect to {endpoint}: {}", explain(&e)));
                     idle(&mut stop, Duration::from_millis(50).max(options.pause)).await;
                 }
             }
@@ -377,7 +395,7 @@ async fn write_loop(
                 if e.is_closed() || e.as_db_error().is_none() {
                     client = None;
                 }
-                record_error(shared, format!("insert {id}: {e}"));
+                record_error(shared, format!("insert {id}: {}", explain(&e)));
             }
             Err(_) => {
                 lock(shared).log.failed.push(id as u64);
