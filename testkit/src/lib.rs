@@ -5,7 +5,8 @@
 //! plain threads, [`wait_until_async`] inside a tokio runtime. Both poll
 //! until the condition holds and panic with what was awaited (and any
 //! diagnostics) at the deadline. [`etcd`] starts a real etcd cluster on
-//! loopback for the etcd store's tests.
+//! loopback for the etcd store's tests; [`postgres`] a real PostgreSQL primary
+//! with a streaming replica for the disaster-recovery drills.
 
 pub mod etcd;
 pub mod postgres;

@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use drover_testkit::postgres::{
-    DataLoss, PgError, PgNode, PgPair, Rejoin, Role, WriteLog, Writer, WriterOptions,
+    DataLoss, NodeOptions, PgEndpoint, PgError, PgNode, PgPair, PgPairOptions, Rejoin, Role,
+    WriteLog, Writer, WriterOptions,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -72,7 +73,46 @@ fn assert_consistent(log: &WriteLog, loss: &DataLoss) {
 
 #[test]
 fn the_replica_streams_and_its_lag_returns_to_zero() {
-    let pair = start();
+    // b listens elsewhere and runs every process under a prefix, as a DR site's node in
+    // its own network namespace would (`ip netns exec dr`); here the prefix logs each
+    // command and execs it.
+    let logdir = tempfile::tempdir().expect("a temp dir");
+    let prefix_log = logdir.path().join("prefix.log");
+    let options = PgPairOptions {
+        b: NodeOptions {
+            listen: std::net::IpAddr::from([127, 0, 0, 2]),
+            prefix: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo \"$*\" >> \"$0\"; exec \"$@\"".into(),
+                prefix_log.clone().into(),
+            ],
+            ..NodeOptions::default()
+        },
+        ..PgPairOptions::default()
+    };
+    let pair = PgPair::start_with(options).unwrap_or_else(|e| panic!("start a postgres pair: {e}"));
+    assert_eq!(pair.replica().endpoint().host.to_string(), "127.0.0.2");
+    let run: Vec<String> = std::fs::read_to_string(&prefix_log)
+        .expect("the prefix ran")
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .find(|w| w.contains("/bin/"))
+                .unwrap_or(l)
+                .to_string()
+        })
+        .collect();
+    for tool in ["pg_basebackup", "postgres", "psql"] {
+        assert!(
+            run.iter().any(|p| p.ends_with(&format!("/bin/{tool}"))),
+            "{tool} did not run under b's prefix: {run:?}"
+        );
+    }
+    assert!(
+        !run.iter().any(|p| p.ends_with("/bin/initdb")),
+        "a's initdb ran under b's prefix"
+    );
     assert_eq!(pair.primary().role(), Role::Primary);
     assert_eq!(pair.replica().role(), Role::Replica);
     assert!(ok!(&pair, "ask b", pair.replica().in_recovery()));
@@ -311,4 +351,119 @@ fn the_old_primary_rejoins_and_a_switch_back_loses_nothing() {
         count(pair.replica(), "drover_writes"),
         count(pair.primary(), "drover_writes")
     );
+}
+
+/// Runs `examples/dr/NAME ARGS` against `target` (as PG* variables); (success, stdout, stderr).
+fn helper(name: &str, target: &PgEndpoint, args: &[&str]) -> (bool, String, String) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/dr")
+        .join(name);
+    let mut cmd = std::process::Command::new(&path);
+    for var in [
+        "PGHOST",
+        "PGPORT",
+        "PGUSER",
+        "PGPASSWORD",
+        "PGDATABASE",
+        "PGOPTIONS",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = cmd
+        .envs(target.env())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", path.display()));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+/// `key=value` from a helper's one-line result.
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+}
+
+#[test]
+fn the_dr_plan_helpers_measure_stop_writes_and_promote() {
+    let pair = start();
+    let (a, b) = (pair.primary().endpoint(), pair.replica().endpoint());
+    ok!(
+        pair,
+        "write on a",
+        pair.primary().query_each(&[
+            "CREATE TABLE t (id bigint PRIMARY KEY)",
+            "INSERT INTO t SELECT generate_series(1, 2000)",
+        ])
+    );
+
+    let (ok_, out, err) = helper("pg-health", &a, &["--expect", "writable"]);
+    assert!(ok_, "{err}");
+    assert_eq!(field(&out, "role"), "primary");
+    assert_eq!(field(&out, "writable"), "yes");
+    let (ok_, out, err) = helper("pg-health", &b, &["--expect", "primary"]);
+    assert!(!ok_ && out.starts_with("role=replica"), "{out}");
+    assert!(err.contains("is a replica, expected a primary"), "{err}");
+
+    // Lag from the primary, then waiting until it is 0; not from the replica.
+    let (ok_, out, err) = helper("pg-lag", &a, &[]);
+    assert!(ok_, "{err}");
+    let bytes: u64 = field(&out, "lag_bytes")
+        .parse()
+        .expect("lag_bytes is a number");
+    let seconds: f64 = field(&out, "lag_seconds")
+        .parse()
+        .expect("lag_seconds is a number");
+    assert!(seconds >= 0.0 && bytes < 1 << 30, "{out}");
+    let (ok_, out, err) = helper("pg-lag", &a, &["--wait-caught-up", "20", "--standby", "b"]);
+    assert!(ok_, "{err}");
+    assert_eq!(field(&out, "lag_bytes"), "0", "{out}");
+    let (ok_, _, err) = helper("pg-lag", &b, &[]);
+    assert!(!ok_ && err.contains("is a replica"), "{err}");
+    let (ok_, _, err) = helper("pg-lag", &a, &["--standby", "nobody"]);
+    assert!(!ok_ && err.contains("no replica named nobody"), "{err}");
+
+    // Writes stop: an insert is refused, the health check says so.
+    let (ok_, out, err) = helper("pg-stop-writes", &a, &[]);
+    assert!(ok_, "{err}");
+    assert!(out.starts_with("writes_stopped lsn="), "{out}");
+    let refused = pair.primary().query("INSERT INTO t VALUES (0)");
+    assert!(
+        matches!(&refused, Err(PgError::Command { stderr, .. }) if stderr.contains("read-only")),
+        "{refused:?}"
+    );
+    let (ok_, out, _) = helper("pg-health", &a, &["--expect", "writable"]);
+    assert!(!ok_ && field(&out, "writable") == "no", "{out}");
+    let (ok_, out, err) = helper("pg-lag", &a, &["--wait-caught-up", "20"]);
+    assert!(ok_ && field(&out, "lag_bytes") == "0", "{out} {err}");
+
+    // Promotion, given by flags this time; running it again is harmless.
+    let flags = ["--host", &b.host.to_string(), "--port", &b.port.to_string()];
+    let (ok_, out, err) = helper("pg-promote", &a, &flags);
+    assert!(ok_, "{err}");
+    assert_eq!(field(&out, "promoted"), "yes", "{out}");
+    let (ok_, out, err) = helper("pg-health", &b, &["--expect", "writable"]);
+    assert!(ok_ && field(&out, "role") == "primary", "{out} {err}");
+    ok!(
+        pair,
+        "write on b",
+        pair.replica().query("INSERT INTO t VALUES (0)")
+    );
+    assert_eq!(count(pair.replica(), "t"), 2001);
+    let (ok_, out, err) = helper("pg-promote", &b, &[]);
+    assert!(ok_ && field(&out, "promoted") == "already", "{out} {err}");
+
+    // No database, or none listening: a message naming it, exit 1.
+    let mut nowhere = b.clone();
+    nowhere.host = std::net::IpAddr::from([127, 0, 0, 1]);
+    nowhere.port = 1;
+    let (ok_, _, err) = helper("pg-health", &nowhere, &[]);
+    assert!(!ok_ && err.starts_with("pg-health: 127.0.0.1:1: "), "{err}");
+    let (ok_, _, err) = helper("pg-lag", &a, &["--host", ""]);
+    assert!(!ok_ && err.contains("no database given"), "{err}");
 }
