@@ -15,8 +15,10 @@
 //! (the server, the tools, and the `psql` the kit asks it with) under an argv prefix such as
 //! `ip netns exec SITE`, so that a site's database lives in the site's network namespace. The
 //! prefix must exec its command (as `ip netns exec` does), so that the process the kit signals
-//! is postgres itself. Authentication: trust from loopback and from the two nodes' own
-//! addresses, a password (scram-sha-256, [`PgEndpoint::password`]) from anywhere else.
+//! is postgres itself. As the kit asks a node from inside its prefix, a node whose site was
+//! cut off can still be inspected, stopped and rejoined; the [`Writer`], a client, connects
+//! from the test's own namespace. Authentication: trust from loopback and from the two nodes'
+//! own addresses, a password (scram-sha-256, [`PgEndpoint::password`]) from anywhere else.
 //!
 //! Spawn from the test's own thread (a `#[tokio::test]` body runs there): servers are killed
 //! when the thread that started them ends, so a test killed by its runner leaves no postgres.

@@ -265,6 +265,10 @@ impl PgNode {
              wal_keep_size = '256MB'\n\
              # replay positions reach pg_stat_replication within a second\n\
              wal_receiver_status_interval = '1s'\n\
+             # a peer cut off is dropped after 10 s (default 60 s): pg_stat_replication\n\
+             # stops listing it, and a clean stop of the old primary waits for it 10 s at most\n\
+             wal_sender_timeout = '10s'\n\
+             wal_receiver_timeout = '10s'\n\
              shared_buffers = '16MB'\n\
              max_connections = 40\n\
              include_if_exists = '{REPLICA_CONF}'\n"
