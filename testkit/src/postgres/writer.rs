@@ -66,20 +66,12 @@ pub struct WriteLog {
 impl WriteLog {
     /// Compares the acknowledged ids with the rows `new_primary` has: what a failover lost.
     pub fn lost_after_promotion(&self, new_primary: &PgNode) -> Result<DataLoss, PgError> {
-        let (Some(first), Some(last)) = (
-            self.acked
-                .first()
-                .map(|a| a.id)
-                .into_iter()
-                .chain(self.failed.iter().copied())
-                .min(),
-            self.acked
-                .last()
-                .map(|a| a.id)
-                .into_iter()
-                .chain(self.failed.iter().copied())
-                .max(),
-        ) else {
+        // Every id it tried: acknowledged or not, a row may be there.
+        let tried = || {
+            let acked = self.acked.iter().map(|a| a.id);
+            acked.chain(self.failed.iter().copied())
+        };
+        let (Some(first), Some(last)) = (tried().min(), tried().max()) else {
             return Ok(DataLoss::default());
         };
         let sql = format!("SELECT id FROM {TABLE} WHERE id BETWEEN {first} AND {last} ORDER BY id");
@@ -196,8 +188,12 @@ impl Writer {
         match ready_rx.recv_timeout(Duration::from_secs(30)) {
             Ok(Ok(())) => Ok(writer),
             Ok(Err(e)) => Err(PgError::Writer(e)),
-            Err(_) => Err(PgError::Writer(
-                "no first connection and table within 30 s".to_string(),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(PgError::Writer(format!(
+                "no first connection and table at {} within 30 s",
+                *writer.target.borrow()
+            ))),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(PgError::Writer(
+                "its thread ended before connecting".to_string(),
             )),
         }
     }
