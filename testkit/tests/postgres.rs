@@ -253,6 +253,19 @@ fn an_ungraceful_failover_measures_what_it_lost() {
     let log = w.stop();
     let after = ok!(&pair, "measure", log.lost_after_promotion(pair.primary()));
     assert_eq!(after.lost, loss.lost, "only the failover lost writes");
+
+    // The old primary's disk lost its control file: pg_rewind cannot use it, so it is
+    // copied afresh, and it follows b.
+    let control = pair.replica().data_dir().join("global/pg_control");
+    std::fs::remove_file(&control).unwrap_or_else(|e| panic!("remove {}: {e}", control.display()));
+    let rejoin = ok!(pair, "rejoin a", pair.rejoin_old_primary_as_replica());
+    assert!(matches!(rejoin, Rejoin::Recloned { .. }), "{rejoin:?}");
+    assert_eq!(pair.replica().role(), Role::Replica);
+    ok!(pair, "a catches up", pair.wait_caught_up(WAIT));
+    assert_eq!(
+        count(pair.replica(), "drover_writes"),
+        count(pair.primary(), "drover_writes")
+    );
 }
 
 #[test]
