@@ -565,7 +565,9 @@ impl PgPair {
 
     /// Promotes the replica (`SELECT pg_promote()`, waiting until it has left recovery) and
     /// lets it take writes; the old primary becomes [`Role::Former`]. Returns how long it
-    /// took from the request until the new primary took writes.
+    /// took from the request until the new primary took writes. A replica promoted outside
+    /// the kit (a drill's `pg-promote` step) is not promoted again, only recorded as the
+    /// primary, so that [`PgPair::rejoin_old_primary_as_replica`] can follow.
     pub fn promote(&mut self) -> Result<Duration, PgError> {
         let new = 1 - self.primary;
         if self.nodes[new].role != Role::Replica {
@@ -577,7 +579,7 @@ impl PgPair {
         let started = Instant::now();
         let node = &self.nodes[new];
         let sql = format!("SELECT pg_promote(true, {})", PROMOTE_TIMEOUT.as_secs());
-        if !node.query_bool(&sql)? {
+        if node.in_recovery()? && !node.query_bool(&sql)? {
             return Err(PgError::Timeout {
                 node: node.name.to_string(),
                 what: "pg_promote() ended recovery".to_string(),

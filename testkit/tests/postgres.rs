@@ -404,7 +404,7 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 
 #[test]
 fn the_dr_plan_helpers_measure_stop_writes_and_promote() {
-    let pair = start();
+    let mut pair = start();
     let (a, b) = (pair.primary().endpoint(), pair.replica().endpoint());
     ok!(
         pair,
@@ -470,6 +470,12 @@ fn the_dr_plan_helpers_measure_stop_writes_and_promote() {
     assert_eq!(count(pair.replica(), "t"), 2001);
     let (ok_, out, err) = helper("pg-promote", &b, &[]);
     assert!(ok_ && field(&out, "promoted") == "already", "{out} {err}");
+    // The kit takes note of a promotion done without it, and a can rejoin b.
+    ok!(pair, "record b's promotion", pair.promote());
+    assert_eq!(pair.primary().name(), "b");
+    ok!(pair, "rejoin a", pair.rejoin_old_primary_as_replica());
+    ok!(pair, "a catches up", pair.wait_caught_up(WAIT));
+    assert_eq!(count(pair.replica(), "t"), 2001);
 
     // No database, or none listening: a message naming it, exit 1.
     let mut nowhere = b.clone();
