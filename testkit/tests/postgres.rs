@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use drover_testkit::postgres::{
-    DataLoss, NodeOptions, PgEndpoint, PgError, PgNode, PgPair, PgPairOptions, Rejoin, Role,
-    WriteLog, Writer, WriterOptions,
+    DataLoss, NodeOptions, PORT_TAKEN, PgEndpoint, PgError, PgNode, PgPair, PgPairOptions, Rejoin,
+    Role, WriteLog, Writer, WriterOptions,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -68,6 +68,26 @@ fn assert_consistent(log: &WriteLog, loss: &DataLoss) {
     }
     for id in &loss.unacknowledged_kept {
         assert!(log.failed.contains(id), "{id} was never attempted");
+    }
+}
+
+#[test]
+fn a_port_given_and_taken_fails_with_postgres_saying_so() {
+    // The kit retries a port it picked when postgres logs PORT_TAKEN; a given one it cannot.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let port = held.local_addr().expect("its address").port();
+    let options = PgPairOptions {
+        a: NodeOptions {
+            port: Some(port),
+            ..NodeOptions::default()
+        },
+        ..PgPairOptions::default()
+    };
+    match PgPair::start_with(options) {
+        Err(e @ PgError::Exited { .. }) => {
+            assert!(e.to_string().contains(PORT_TAKEN), "{e}");
+        }
+        other => panic!("started on a taken port: {other:?}"),
     }
 }
 

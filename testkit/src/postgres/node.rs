@@ -135,6 +135,13 @@ impl PgNode {
         out
     }
 
+    /// The server log from byte `from` on.
+    pub(super) fn log_since(&self, from: u64) -> String {
+        let text = fs::read(&self.log).unwrap_or_default();
+        let from = usize::try_from(from).unwrap_or(usize::MAX).min(text.len());
+        String::from_utf8_lossy(&text[from..]).into_owned()
+    }
+
     pub(super) fn query_bool(&self, sql: &str) -> Result<bool, PgError> {
         match self.query(sql)?.as_str() {
             "t" => Ok(true),
@@ -360,14 +367,11 @@ impl PgNode {
         Ok(())
     }
 
-    /// Polls `SELECT 1` until the server answers.
+    /// Waits until the server it started says `ready` in its own `postmaster.pid` (so that a
+    /// foreign server on the same port cannot pass for it), then answers `SELECT 1`.
     pub(super) fn wait_ready(&mut self, timeout: Duration, when: &str) -> Result<(), PgError> {
         let start = Instant::now();
         loop {
-            let last = match self.query("SELECT 1") {
-                Ok(_) => return Ok(()),
-                Err(e) => e,
-            };
             if let Some(status) = self
                 .child
                 .as_mut()
@@ -381,6 +385,14 @@ impl PgNode {
                     log: self.describe(30),
                 });
             }
+            let last = if self.says_ready() {
+                match self.query("SELECT 1") {
+                    Ok(_) => return Ok(()),
+                    Err(e) => e.to_string(),
+                }
+            } else {
+                "postmaster.pid does not say ready (the prefix must exec postgres)".to_string()
+            };
             if start.elapsed() >= timeout {
                 return Err(PgError::Timeout {
                     node: self.name.to_string(),
@@ -391,6 +403,20 @@ impl PgNode {
             }
             pause(POLL);
         }
+    }
+
+    /// `postmaster.pid` names the process the kit started and its status line says `ready`
+    /// (accepting connections; read-only ones on a replica).
+    fn says_ready(&self) -> bool {
+        let Some(child) = self.child.as_ref() else {
+            return false;
+        };
+        let Ok(text) = fs::read_to_string(self.data.join("postmaster.pid")) else {
+            return false;
+        };
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        lines.first().and_then(|pid| pid.parse::<u32>().ok()) == Some(child.id())
+            && lines.get(7) == Some(&"ready")
     }
 
     /// The postmaster's pid from `postmaster.pid`, while the kit's server runs.
