@@ -461,10 +461,18 @@ fn the_dr_plan_helpers_measure_stop_writes_and_promote() {
     let (ok_, _, err) = helper("pg-lag", &a, &["--standby", "nobody"]);
     assert!(!ok_ && err.contains("no replica named nobody"), "{err}");
 
-    // Writes stop: an insert is refused, the health check says so.
+    // Writes stop under load: an insert is refused, the health check says so.
+    let w = writer(&pair);
+    ok!(pair, "writes on a", w.wait_acknowledged(200, WAIT));
     let (ok_, out, err) = helper("pg-stop-writes", &a, &[]);
     assert!(ok_, "{err}");
     assert!(out.starts_with("writes_stopped lsn="), "{out}");
+    assert_ne!(
+        field(&out, "terminated"),
+        "0",
+        "the writer's session: {out}"
+    );
+    let at_stop = w.acknowledged();
     let refused = pair.primary().query("INSERT INTO t VALUES (0)");
     assert!(
         matches!(&refused, Err(PgError::Command { stderr, .. }) if stderr.contains("read-only")),
@@ -482,6 +490,17 @@ fn the_dr_plan_helpers_measure_stop_writes_and_promote() {
     assert_eq!(field(&out, "promoted"), "yes", "{out}");
     let (ok_, out, err) = helper("pg-health", &b, &["--expect", "writable"]);
     assert!(ok_ && field(&out, "role") == "primary", "{out} {err}");
+    // The graceful path through the helpers lost nothing, and b takes the load.
+    let loss = ok!(pair, "measure", w.lost_after_promotion(pair.replica()));
+    assert_consistent(&w.log(), &loss);
+    assert!(loss.lost.is_empty() && loss.kept == at_stop, "{loss:?}");
+    w.retarget(b.clone());
+    ok!(
+        pair,
+        "writes on b",
+        w.wait_acknowledged(at_stop + 100, WAIT)
+    );
+    drop(w.stop());
     ok!(
         pair,
         "write on b",
