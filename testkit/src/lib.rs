@@ -5,12 +5,14 @@
 //! plain threads, [`wait_until_async`] inside a tokio runtime. Both poll
 //! until the condition holds and panic with what was awaited (and any
 //! diagnostics) at the deadline. [`etcd`] starts a real etcd cluster on
-//! loopback for the etcd store's tests; [`netns`] puts processes in a
-//! network namespace whose link a test can cut, and [`tcp_proxy`] cuts a
-//! single peer.
+//! loopback for the etcd store's tests; [`postgres`] a real PostgreSQL primary
+//! with a streaming replica for the disaster-recovery drills; [`netns`] puts
+//! processes in a network namespace whose link a test can cut, and
+//! [`tcp_proxy`] cuts a single peer.
 
 pub mod etcd;
 pub mod netns;
+pub mod postgres;
 pub mod tcp_proxy;
 
 use std::time::{Duration, Instant};
