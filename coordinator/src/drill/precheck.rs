@@ -330,16 +330,26 @@ pub async fn check(plan: &DrillPlan, fleet: &Fleet<'_>) -> Vec<Check> {
         } else {
             match parse_lag(&ran.stdout) {
                 Ok(lag) => {
-                    let passed = lag.seconds <= rpo;
+                    // No byte behind is caught up, whatever the seconds
+                    // say (PostgreSQL's replay_lag is the last replayed
+                    // transaction's, kept a while after it). Bytes behind
+                    // count by their seconds against the RPO; an RPO of 0
+                    // allows none.
+                    let passed = lag.bytes == 0 || (rpo > 0.0 && lag.seconds <= rpo);
+                    let value = if lag.bytes == 0 {
+                        "caught up (0 bytes behind)".to_string()
+                    } else {
+                        lag.to_string()
+                    };
                     checks.push(Check::new(
                         "replication_lag",
                         passed,
-                        lag.to_string(),
+                        value,
                         want,
                         if passed {
                             String::new()
                         } else {
-                            format!("the replica is {:.3} s behind, past the RPO", lag.seconds)
+                            format!("the replica is {lag} behind, past the RPO")
                         },
                     ));
                 }

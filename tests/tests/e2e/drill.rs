@@ -140,3 +140,86 @@ fn drill_plan_refuses_a_malformed_plan_and_commands_it_cannot_run() {
         "{out}"
     );
 }
+
+/// The replication-lag pre-check runs the plan's lag command (the example
+/// plan's `pg-lag`, from the coordinator's commands_dir) against a real
+/// PostgreSQL primary with a streaming replica.
+#[test]
+fn drill_plan_measures_the_real_replication_lag_against_the_rpo() {
+    use drover_testkit::postgres::PgPair;
+
+    let pair = PgPair::start().unwrap_or_else(|e| panic!("start PostgreSQL: {e}"));
+    pair.wait_streaming(std::time::Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", pair.describe(40)));
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("examples")
+        .join("dr")
+        .canonicalize()
+        .expect("examples/dr");
+    let web = two_sites(&format!(
+        "[drills]\ncommands_dir = {}\n",
+        toml::Value::String(examples.display().to_string())
+    ));
+    let primary = pair.primary().endpoint();
+    let plan_text = |rpo: &str| {
+        format!(
+            "{PLAN}rpo = \"{rpo}\"\n[database]\n\
+             lag = [\"pg-lag\", \"--host\", \"{host}\", \"--port\", \"{port}\"]\n\
+             stop_writes = [\"pg-stop-writes\", \"--host\", \"{host}\", \"--port\", \"{port}\"]\n\
+             promote = [\"pg-promote\", \"--port\", \"{replica}\"]\n",
+            host = primary.host,
+            port = primary.port,
+            replica = pair.replica().endpoint().port,
+        )
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = write(dir.path(), "dr.toml", &plan_text("0s"));
+    let plan_arg = plan.to_str().expect("utf-8 path");
+    pair.wait_caught_up(std::time::Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = web
+        .fleet
+        .cli(&["drill", "plan", "-f", plan_arg])
+        .expect_success();
+    for want in [
+        "replication_lag",
+        "caught up (0 bytes behind)",
+        "at most 0s (the RPO)",
+        "commands",
+        "3 of 3 installed",
+        "every pre-check passed",
+    ] {
+        assert!(out.stdout.contains(want), "no {want:?} in:\n{out}");
+    }
+
+    // Replay paused on the replica and rows written: it falls behind, and
+    // an RPO of 0 refuses it, with the bytes.
+    (pair.replica().query("SELECT pg_wal_replay_pause()")).unwrap_or_else(|e| panic!("{e}"));
+    pair.primary()
+        .query("CREATE TABLE drill_lag AS SELECT g AS n, repeat('x', 100) AS pad FROM generate_series(1, 20000) g")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = web.fleet.cli(&["drill", "plan", "-f", plan_arg]);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stdout.contains("replication_lag   FAILED")
+            && out.stdout.contains("the replica is ")
+            && out.stdout.contains("behind, past the RPO"),
+        "{out}"
+    );
+    (pair.replica().query("SELECT pg_wal_replay_resume()")).unwrap_or_else(|e| panic!("{e}"));
+    // A replica that does not stream at all: not measured, and why.
+    pair.pause_replication().unwrap_or_else(|e| panic!("{e}"));
+    let relaxed = write(dir.path(), "relaxed.toml", &plan_text("5s"));
+    let out = web
+        .fleet
+        .cli(&["drill", "plan", "-f", relaxed.to_str().expect("utf-8")]);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stdout.contains("not measured")
+            && out.stdout.contains("the lag command failed: exit 1")
+            && out.stdout.contains("no replica is streaming"),
+        "{out}"
+    );
+    pair.resume_replication().unwrap_or_else(|e| panic!("{e}"));
+}
