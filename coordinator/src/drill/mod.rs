@@ -2,6 +2,7 @@
 //! against the fleet ([`precheck`]), with the serving peaks the capacity
 //! check sizes the DR site against ([`peaks`]).
 
+pub mod engine;
 pub mod peaks;
 pub mod precheck;
 

@@ -1,0 +1,757 @@
+//! The drill engine: where a drill, a fail-back or a real failover is, and
+//! what it does next. Pure: the runner ([`super::runner`]) carries out the
+//! [`Action`]s and feeds back what came of them; nothing here waits, reads a
+//! clock or touches the network. Every state change is returned to be
+//! persisted before the next action, so a coordinator that dies anywhere
+//! resumes from the last stored state and runs the step it was in again
+//! (plan commands must be safe to run twice, as the example ones are).
+//!
+//! The steps, in order (a plan without a database skips its three):
+//!
+//! 1. `approval`: a graceful run whose plan asks for it waits for
+//!    `drover drill approve` by an operator other than the starter.
+//! 2. `stop_writes` (graceful, when the plan has one): the primary's
+//!    database stops taking writes.
+//! 3. `catch_up` (graceful): the lag command until the replica is 0 bytes
+//!    behind, within `catch_up_timeout`. Ungraceful: one measurement,
+//!    which may fail (the primary is gone); the lag at cutover is what it
+//!    said, or unknown.
+//! 4. `promote`: the DR replica becomes the primary.
+//! 5. `switch`: traffic moves to the DR site (HAProxy weights, or the
+//!    plan's switch command).
+//! 6. `verify`: every DR instance healthy and routed to, continuously for
+//!    `verify.hold`, within `verify.timeout`.
+//!
+//! The recovery time runs from the first step after the approval to the
+//! moment the DR site was first seen serving whole (the start of the hold
+//! that then held). A failed step ends the drill `failed` with its reason;
+//! traffic that had moved stays where it is until `drover drill abort`,
+//! which moves it back (the database's promotion cannot be undone by
+//! drover: the report says so).
+
+use std::time::Duration;
+
+use drover_model::drill::{DrillPlan, Lag, TrafficVia};
+use serde::{Deserialize, Serialize};
+
+/// Unix milliseconds.
+pub type Ms = i64;
+
+fn ms(d: Duration) -> Ms {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+/// What the operation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A rehearsal: primary to DR, measured and reported.
+    Drill,
+    /// The real emergency: the same steps, recorded as an incident.
+    Failover,
+    /// Back from DR to the primary.
+    Failback,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Drill => "drill",
+            Kind::Failover => "failover",
+            Kind::Failback => "failback",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The primary is up: writes stop and the replica catches up first.
+    Graceful,
+    /// The primary is assumed gone: nothing waits for it.
+    Ungraceful,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepName {
+    Approval,
+    StopWrites,
+    CatchUp,
+    Promote,
+    Switch,
+    Verify,
+}
+
+impl StepName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepName::Approval => "approval",
+            StepName::StopWrites => "stop_writes",
+            StepName::CatchUp => "catch_up",
+            StepName::Promote => "promote",
+            StepName::Switch => "switch",
+            StepName::Verify => "verify",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Pending,
+    Running,
+    Done,
+    Failed,
+    Skipped,
+}
+
+/// One step's record, for the timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub name: StepName,
+    pub state: StepState,
+    pub started_ms: Option<Ms>,
+    pub ended_ms: Option<Ms>,
+    /// Runs of its command (or looks, for catch_up and verify).
+    pub attempts: u32,
+    /// What its command said last, or what was seen.
+    pub output: String,
+}
+
+impl StepRecord {
+    fn new(name: StepName) -> StepRecord {
+        StepRecord {
+            name,
+            state: StepState::Pending,
+            started_ms: None,
+            ended_ms: None,
+            attempts: 0,
+            output: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Waiting for the approval.
+    Approval,
+    Running,
+    Succeeded,
+    Failed,
+    /// `drill abort`: traffic moving back.
+    Aborting,
+    Aborted,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Approval => "awaiting_approval",
+            Phase::Running => "running",
+            Phase::Succeeded => "succeeded",
+            Phase::Failed => "failed",
+            Phase::Aborting => "aborting",
+            Phase::Aborted => "aborted",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed | Phase::Aborted)
+    }
+}
+
+/// Which way traffic goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Toward {
+    /// To the site the operation moves to.
+    Target,
+    /// Back to the site it moves from.
+    Source,
+}
+
+/// A timestamped line of what happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub at_ms: Ms,
+    pub message: String,
+}
+
+/// A pre-check as recorded at the start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRecord {
+    pub name: String,
+    pub passed: bool,
+    pub value: String,
+    pub want: String,
+    pub detail: String,
+}
+
+/// The whole persisted operation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Drill {
+    pub id: String,
+    pub kind: Kind,
+    pub mode: Mode,
+    pub plan_text: String,
+    pub plan: DrillPlan,
+    pub plan_digest: String,
+    pub started_by: String,
+    pub started_ms: Ms,
+    /// `--force REASON`: pre-checks that failed were overridden.
+    pub forced: Option<String>,
+    pub prechecks: Vec<CheckRecord>,
+    pub approved_by: Option<String>,
+    pub approved_ms: Option<Ms>,
+    pub phase: Phase,
+    pub steps: Vec<StepRecord>,
+    /// Where `steps` is.
+    pub current: usize,
+    /// The first step after the approval began: the recovery clock starts.
+    pub switch_started_ms: Option<Ms>,
+    /// The target site first seen serving whole, in the hold that held.
+    pub serving_ms: Option<Ms>,
+    pub verified_ms: Option<Ms>,
+    pub lag_at_cutover: Option<Lag>,
+    /// Traffic was sent toward the target (an abort sends it back).
+    pub traffic_moved: bool,
+    pub ended_ms: Option<Ms>,
+    /// Why it failed or was aborted.
+    pub reason: String,
+    pub aborted_by: Option<String>,
+    pub events: Vec<Event>,
+}
+
+/// What the runner is to do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Nothing until this time (or an input).
+    WaitUntil(Ms),
+    /// Nothing until an input (an approval).
+    WaitForInput,
+    /// Run the plan command at `field` (`database.promote`).
+    Run {
+        field: &'static str,
+        argv: Vec<String>,
+        timeout: Duration,
+    },
+    /// Run the lag command and answer [`Drill::on_lag`].
+    MeasureLag {
+        argv: Vec<String>,
+        timeout: Duration,
+    },
+    /// Move traffic and answer [`Drill::on_switched`].
+    Switch(Toward),
+    /// Look whether every target instance serves; answer
+    /// [`Drill::on_serving`].
+    CheckServing,
+    /// Nothing more: the operation has ended.
+    Done,
+}
+
+/// How often catch_up measures the lag, and verify looks.
+pub const LOOK_EVERY: Duration = Duration::from_millis(500);
+/// A weight switch that has not answered in this long fails its step.
+pub const SWITCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Drill {
+    /// A new operation, its steps laid out from the plan.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: String,
+        kind: Kind,
+        mode: Mode,
+        plan_text: String,
+        plan: DrillPlan,
+        plan_digest: String,
+        started_by: String,
+        now: Ms,
+        forced: Option<String>,
+        prechecks: Vec<CheckRecord>,
+    ) -> Drill {
+        let db = plan.database.as_ref();
+        let mut steps = Vec::new();
+        let approve = plan.approval.required && mode == Mode::Graceful;
+        steps.push(StepRecord {
+            state: if approve {
+                StepState::Pending
+            } else {
+                StepState::Skipped
+            },
+            ..StepRecord::new(StepName::Approval)
+        });
+        let skip_unless = |name: StepName, on: bool| StepRecord {
+            state: if on {
+                StepState::Pending
+            } else {
+                StepState::Skipped
+            },
+            ..StepRecord::new(name)
+        };
+        let graceful = mode == Mode::Graceful;
+        steps.push(skip_unless(
+            StepName::StopWrites,
+            graceful && db.is_some_and(|d| !d.stop_writes.is_empty()) && kind != Kind::Failback,
+        ));
+        steps.push(skip_unless(StepName::CatchUp, db.is_some()));
+        steps.push(skip_unless(StepName::Promote, db.is_some()));
+        steps.push(StepRecord::new(StepName::Switch));
+        steps.push(StepRecord::new(StepName::Verify));
+        let mut d = Drill {
+            id,
+            kind,
+            mode,
+            plan_text,
+            plan,
+            plan_digest,
+            started_by,
+            started_ms: now,
+            forced,
+            prechecks,
+            approved_by: None,
+            approved_ms: None,
+            phase: if approve {
+                Phase::Approval
+            } else {
+                Phase::Running
+            },
+            steps,
+            current: 0,
+            switch_started_ms: None,
+            serving_ms: None,
+            verified_ms: None,
+            lag_at_cutover: None,
+            traffic_moved: false,
+            ended_ms: None,
+            reason: String::new(),
+            aborted_by: None,
+            events: Vec::new(),
+        };
+        let what = format!(
+            "{} {} of {} started by {}",
+            match mode {
+                Mode::Graceful => "graceful",
+                Mode::Ungraceful => "ungraceful",
+            },
+            kind.as_str(),
+            d.plan.service,
+            d.started_by
+        );
+        d.event(now, what);
+        if let Some(why) = &d.forced {
+            let why = why.clone();
+            d.event(now, format!("pre-checks overridden (--force): {why}"));
+        }
+        if approve {
+            d.event(now, "waiting for an approval (drover drill approve)");
+        }
+        d
+    }
+
+    fn event(&mut self, at_ms: Ms, message: impl Into<String>) {
+        self.events.push(Event {
+            at_ms,
+            message: message.into(),
+        });
+    }
+
+    pub fn step(&self, name: StepName) -> Option<&StepRecord> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+
+    /// Milliseconds from switch start to the target serving, when known.
+    pub fn recovery_ms(&self) -> Option<Ms> {
+        Some(self.serving_ms? - self.switch_started_ms?)
+    }
+
+    /// The command of the current step, if it has one.
+    fn command_of(&self, name: StepName) -> Option<(&'static str, Vec<String>)> {
+        let db = self.plan.database.as_ref();
+        match name {
+            StepName::StopWrites => db.map(|d| ("database.stop_writes", d.stop_writes.clone())),
+            StepName::Promote => {
+                let d = db?;
+                if self.kind == Kind::Failback {
+                    Some(("database.fail_back", d.fail_back.clone()))
+                } else {
+                    Some(("database.promote", d.promote.clone()))
+                }
+            }
+            _ => None,
+        }
+    }
+
+    fn timeout_of(&self) -> Duration {
+        self.plan
+            .database
+            .as_ref()
+            .map_or(Duration::from_secs(60), |d| d.timeout)
+    }
+
+    /// Moves past skipped steps, starts the current one; what to do now.
+    pub fn next(&mut self, now: Ms) -> Action {
+        loop {
+            match self.phase {
+                Phase::Succeeded | Phase::Failed | Phase::Aborted => return Action::Done,
+                Phase::Aborting => {
+                    return if self.traffic_moved {
+                        Action::Switch(Toward::Source)
+                    } else {
+                        self.finish_abort(now);
+                        Action::Done
+                    };
+                }
+                Phase::Approval => return Action::WaitForInput,
+                Phase::Running => {}
+            }
+            let Some(step) = self.steps.get(self.current) else {
+                self.phase = Phase::Succeeded;
+                self.ended_ms = Some(now);
+                let rto = ms(self.plan.rto);
+                let took = self.recovery_ms().unwrap_or(0);
+                let verdict = if took <= rto { "within" } else { "over" };
+                self.event(
+                    now,
+                    format!(
+                        "{} succeeded: recovery time {:.1} s, {verdict} the RTO of {}",
+                        self.kind.as_str(),
+                        took as f64 / 1000.0,
+                        humantime::format_duration(self.plan.rto)
+                    ),
+                );
+                return Action::Done;
+            };
+            let name = step.name;
+            match step.state {
+                StepState::Skipped | StepState::Done => {
+                    self.current += 1;
+                    continue;
+                }
+                StepState::Failed => return Action::Done,
+                StepState::Pending => {
+                    if name != StepName::Approval && self.switch_started_ms.is_none() {
+                        self.switch_started_ms = Some(now);
+                    }
+                    let s = &mut self.steps[self.current];
+                    s.state = StepState::Running;
+                    s.started_ms = Some(now);
+                    self.event(now, format!("{}: started", name.as_str()));
+                }
+                StepState::Running => {}
+            }
+            return self.act(name, now);
+        }
+    }
+
+    fn act(&mut self, name: StepName, now: Ms) -> Action {
+        let started = self.steps[self.current].started_ms.unwrap_or(now);
+        match name {
+            StepName::Approval => Action::WaitForInput,
+            StepName::StopWrites | StepName::Promote => match self.command_of(name) {
+                Some((field, argv)) if !argv.is_empty() => Action::Run {
+                    field,
+                    argv,
+                    timeout: self.timeout_of(),
+                },
+                _ => {
+                    self.complete(now, "nothing to run");
+                    self.next(now)
+                }
+            },
+            StepName::CatchUp => {
+                let Some(db) = self.plan.database.as_ref() else {
+                    self.complete(now, "no database");
+                    return self.next(now);
+                };
+                if self.mode == Mode::Graceful && now - started > ms(db.catch_up_timeout) {
+                    let last = self.steps[self.current].output.clone();
+                    return self.fail(
+                        now,
+                        format!(
+                            "the replica did not catch up within {} (last: {last})",
+                            humantime::format_duration(db.catch_up_timeout)
+                        ),
+                    );
+                }
+                Action::MeasureLag {
+                    argv: db.lag.clone(),
+                    timeout: db.timeout,
+                }
+            }
+            StepName::Switch => {
+                if now - started > ms(SWITCH_TIMEOUT) {
+                    return self.fail(now, "the traffic switch did not finish in time");
+                }
+                Action::Switch(Toward::Target)
+            }
+            StepName::Verify => {
+                if now - started > ms(self.plan.verify.timeout) {
+                    return self.fail(
+                        now,
+                        format!(
+                            "the {} site was not seen serving whole for {} within {}",
+                            self.target_site(),
+                            humantime::format_duration(self.plan.verify.hold),
+                            humantime::format_duration(self.plan.verify.timeout)
+                        ),
+                    );
+                }
+                Action::CheckServing
+            }
+        }
+    }
+
+    /// The site the operation moves traffic to.
+    pub fn target_site(&self) -> String {
+        let s = &self.plan.sites;
+        match self.kind {
+            Kind::Failback => format!("{}={}", s.label, s.primary),
+            _ => format!("{}={}", s.label, s.dr),
+        }
+    }
+
+    pub fn source_site(&self) -> String {
+        let s = &self.plan.sites;
+        match self.kind {
+            Kind::Failback => format!("{}={}", s.label, s.dr),
+            _ => format!("{}={}", s.label, s.primary),
+        }
+    }
+
+    fn complete(&mut self, now: Ms, output: impl Into<String>) {
+        let output = output.into();
+        let s = &mut self.steps[self.current];
+        s.state = StepState::Done;
+        s.ended_ms = Some(now);
+        s.output.clone_from(&output);
+        let name = s.name;
+        self.event(now, format!("{}: done: {output}", name.as_str()));
+        self.current += 1;
+    }
+
+    fn fail(&mut self, now: Ms, why: impl Into<String>) -> Action {
+        let why = why.into();
+        let s = &mut self.steps[self.current];
+        s.state = StepState::Failed;
+        s.ended_ms = Some(now);
+        let name = s.name;
+        self.phase = Phase::Failed;
+        self.ended_ms = Some(now);
+        self.reason = format!("{}: {why}", name.as_str());
+        let tail = if self.traffic_moved {
+            "; traffic stays where it is: `drover drill abort` moves it back"
+        } else {
+            ""
+        };
+        self.event(
+            now,
+            format!("{} failed: {}{tail}", self.kind.as_str(), self.reason),
+        );
+        Action::Done
+    }
+
+    /// The answer to [`Action::Run`].
+    pub fn on_command(&mut self, now: Ms, ok: bool, detail: &str) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        let s = &mut self.steps[self.current];
+        s.attempts += 1;
+        s.output = detail.to_string();
+        if ok {
+            self.complete(now, detail.to_string());
+        } else {
+            self.fail(now, detail.to_string());
+        }
+    }
+
+    /// The answer to [`Action::MeasureLag`]; `Err` when the command failed
+    /// or said nothing readable. Returns when to look again, if at all.
+    pub fn on_lag(&mut self, now: Ms, lag: Result<Lag, String>) -> Option<Ms> {
+        if self.phase != Phase::Running {
+            return None;
+        }
+        let s = &mut self.steps[self.current];
+        s.attempts += 1;
+        match (self.mode, lag) {
+            (_, Ok(lag)) if lag.bytes == 0 => {
+                self.lag_at_cutover = Some(lag);
+                self.complete(now, format!("caught up ({lag})"));
+                None
+            }
+            (Mode::Graceful, Ok(lag)) => {
+                s.output = format!("{lag} behind");
+                Some(now + ms(LOOK_EVERY))
+            }
+            (Mode::Graceful, Err(e)) => {
+                s.output = e;
+                Some(now + ms(LOOK_EVERY))
+            }
+            (Mode::Ungraceful, Ok(lag)) => {
+                self.lag_at_cutover = Some(lag);
+                self.complete(now, format!("{lag} behind at cutover"));
+                None
+            }
+            (Mode::Ungraceful, Err(e)) => {
+                self.complete(
+                    now,
+                    format!("lag not measured (the primary is assumed gone): {e}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// The answer to [`Action::Switch`].
+    pub fn on_switched(&mut self, now: Ms, toward: Toward, result: Result<String, String>) {
+        match (self.phase, toward) {
+            (Phase::Running, Toward::Target) => {
+                let s = &mut self.steps[self.current];
+                s.attempts += 1;
+                match result {
+                    Ok(detail) => {
+                        self.traffic_moved = true;
+                        self.complete(now, detail);
+                    }
+                    Err(e) => {
+                        // Some may have moved: an abort moves all back.
+                        self.traffic_moved = true;
+                        self.fail(now, e);
+                    }
+                }
+            }
+            (Phase::Aborting, Toward::Source) => match result {
+                Ok(detail) => {
+                    self.traffic_moved = false;
+                    self.event(
+                        now,
+                        format!("traffic back on {}: {detail}", self.source_site()),
+                    );
+                    self.finish_abort(now);
+                }
+                Err(e) => {
+                    self.event(
+                        now,
+                        format!("moving traffic back failed: {e}; trying again"),
+                    );
+                }
+            },
+            _ => {}
+        }
+    }
+
+    fn finish_abort(&mut self, now: Ms) {
+        self.phase = Phase::Aborted;
+        self.ended_ms = Some(now);
+        let db = if self
+            .step(StepName::Promote)
+            .is_some_and(|s| s.state == StepState::Done)
+        {
+            "; the database promotion stays: fail back with `drover failback`"
+        } else {
+            ""
+        };
+        self.event(now, format!("aborted{db}"));
+    }
+
+    /// The answer to [`Action::CheckServing`]: whether every target
+    /// instance serves, and what was seen. Returns when to look again.
+    pub fn on_serving(&mut self, now: Ms, whole: bool, seen: &str) -> Option<Ms> {
+        if self.phase != Phase::Running {
+            return None;
+        }
+        let hold = ms(self.plan.verify.hold);
+        let s = &mut self.steps[self.current];
+        s.attempts += 1;
+        s.output = seen.to_string();
+        if !whole {
+            self.serving_ms = None;
+            return Some(now + ms(LOOK_EVERY));
+        }
+        let since = *self.serving_ms.get_or_insert(now);
+        if now - since >= hold {
+            self.verified_ms = Some(now);
+            let target = self.target_site();
+            self.complete(
+                now,
+                format!(
+                    "{target} served whole for {} ({seen})",
+                    humantime::format_duration(self.plan.verify.hold)
+                ),
+            );
+            return None;
+        }
+        Some(now + ms(LOOK_EVERY).min(hold - (now - since)).max(1))
+    }
+
+    /// `drover drill approve`: by someone other than the starter.
+    pub fn approve(&mut self, now: Ms, by: &str) -> Result<(), String> {
+        if self.phase != Phase::Approval {
+            return Err(format!(
+                "{} is {}, not waiting for an approval",
+                self.id,
+                self.phase.as_str()
+            ));
+        }
+        if by == self.started_by {
+            return Err(format!(
+                "{by} started {} and cannot approve it too: another operator must",
+                self.id
+            ));
+        }
+        self.approved_by = Some(by.to_string());
+        self.approved_ms = Some(now);
+        let s = &mut self.steps[self.current];
+        s.state = StepState::Done;
+        s.started_ms.get_or_insert(self.started_ms);
+        s.ended_ms = Some(now);
+        s.output = format!("approved by {by}");
+        self.phase = Phase::Running;
+        self.event(now, format!("approved by {by}"));
+        Ok(())
+    }
+
+    /// `drover drill abort`: stops where it is and moves traffic back.
+    pub fn abort(&mut self, now: Ms, by: &str) -> Result<(), String> {
+        if self.phase.is_terminal() && !(self.phase == Phase::Failed && self.traffic_moved) {
+            return Err(format!(
+                "{} has ended ({}){}",
+                self.id,
+                self.phase.as_str(),
+                if self.phase == Phase::Succeeded {
+                    ": fail back with `drover failback` instead"
+                } else {
+                    ""
+                }
+            ));
+        }
+        if self.phase == Phase::Aborting {
+            return Ok(());
+        }
+        if let Some(s) = self.steps.get_mut(self.current)
+            && s.state == StepState::Running
+        {
+            s.state = StepState::Failed;
+            s.ended_ms = Some(now);
+            s.output = format!("aborted by {by}");
+        }
+        self.aborted_by = Some(by.to_string());
+        if self.reason.is_empty() {
+            self.reason = format!("aborted by {by}");
+        }
+        self.phase = Phase::Aborting;
+        self.event(now, format!("abort asked by {by}"));
+        Ok(())
+    }
+
+    /// Whether traffic of the plan's service is held by this operation
+    /// (moved and not moved back), so nothing else may reset its weights.
+    pub fn holds_traffic(&self) -> bool {
+        self.traffic_moved && self.plan.traffic.via == TrafficVia::Haproxy
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,383 @@
+//! The drill engine's unit tests and its seeded simulator: random plans,
+//! outcomes, crashes (the engine rebuilt from its stored JSON), approvals
+//! and aborts, with the invariants checked after every action.
+
+use super::*;
+use drover_model::drill::DrillPlan;
+
+const PLAN_DB: &str = r#"
+service = "web"
+rto = "2m"
+rpo = "5s"
+[database]
+lag = ["pg-lag"]
+stop_writes = ["pg-stop-writes"]
+promote = ["pg-promote"]
+catch_up_timeout = "10s"
+[verify]
+hold = "2s"
+timeout = "20s"
+"#;
+
+fn drill(text: &str, mode: Mode) -> Drill {
+    let plan = DrillPlan::from_toml(text).expect("plan");
+    Drill::new(
+        "dr-1".into(),
+        Kind::Drill,
+        mode,
+        text.into(),
+        plan,
+        "d".into(),
+        "alice".into(),
+        1_000,
+        None,
+        Vec::new(),
+    )
+}
+
+fn lag(bytes: u64) -> Result<Lag, String> {
+    Ok(Lag {
+        bytes,
+        seconds: bytes as f64 / 1e6,
+    })
+}
+
+#[test]
+fn a_graceful_drill_runs_its_steps_in_order_and_measures_the_recovery() {
+    let mut d = drill(PLAN_DB, Mode::Graceful);
+    assert_eq!(d.next(1_000), Action::WaitForInput);
+    assert!(
+        d.approve(1_500, "alice").is_err(),
+        "the starter cannot approve"
+    );
+    d.approve(2_000, "bob").expect("approved");
+    let mut t = 2_000;
+    assert!(matches!(
+        d.next(t),
+        Action::Run {
+            field: "database.stop_writes",
+            ..
+        }
+    ));
+    assert_eq!(d.switch_started_ms, Some(2_000));
+    t += 100;
+    d.on_command(t, true, "writes_stopped");
+    assert!(matches!(d.next(t), Action::MeasureLag { .. }));
+    let again = d.on_lag(t, lag(4096)).expect("looks again");
+    assert!(matches!(d.next(again), Action::MeasureLag { .. }));
+    d.on_lag(again, lag(0));
+    t = again;
+    assert!(matches!(
+        d.next(t),
+        Action::Run {
+            field: "database.promote",
+            ..
+        }
+    ));
+    d.on_command(t + 200, true, "promoted=yes");
+    t += 200;
+    assert_eq!(d.next(t), Action::Switch(Toward::Target));
+    d.on_switched(
+        t + 50,
+        Toward::Target,
+        Ok("2 instances at weight 100".into()),
+    );
+    t += 50;
+    assert_eq!(d.next(t), Action::CheckServing);
+    // Not whole, then whole for the hold.
+    let at = d.on_serving(t, false, "1 of 2").expect("again");
+    let at = d.on_serving(at, true, "2 of 2").expect("again");
+    let serving = d.serving_ms.expect("serving since");
+    let mut at = at;
+    while let Some(next) = d.on_serving(at, true, "2 of 2") {
+        at = next;
+    }
+    assert_eq!(d.next(at), Action::Done);
+    assert_eq!(d.phase, Phase::Succeeded, "{:?}", d.events);
+    assert_eq!(d.recovery_ms(), Some(serving - 2_000));
+    assert!(d.verified_ms.expect("verified") - serving >= 2_000);
+    assert_eq!(d.lag_at_cutover.map(|l| l.bytes), Some(0));
+    assert!(
+        d.events
+            .iter()
+            .any(|e| e.message.contains("within the RTO"))
+    );
+}
+
+#[test]
+fn a_failed_step_stops_and_abort_moves_traffic_back() {
+    let mut d = drill(PLAN_DB, Mode::Ungraceful);
+    // Ungraceful: no approval, no stop_writes; a lag that cannot be read is
+    // noted, not waited on.
+    assert!(matches!(d.next(0), Action::MeasureLag { .. }));
+    d.on_lag(10, Err("the primary does not answer".into()));
+    assert!(
+        d.step(StepName::CatchUp)
+            .expect("step")
+            .output
+            .contains("not measured")
+    );
+    assert!(matches!(
+        d.next(10),
+        Action::Run {
+            field: "database.promote",
+            ..
+        }
+    ));
+    d.on_command(20, true, "promoted");
+    assert_eq!(d.next(20), Action::Switch(Toward::Target));
+    d.on_switched(30, Toward::Target, Ok("moved".into()));
+    // The DR site never serves whole: verify times out, the drill fails,
+    // traffic stays on DR until the abort moves it back.
+    let mut t = 30;
+    loop {
+        match d.next(t) {
+            Action::CheckServing => {
+                t = d.on_serving(t, false, "0 of 2").unwrap_or(t);
+            }
+            Action::Done => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(d.phase, Phase::Failed);
+    assert!(d.reason.starts_with("verify:"), "{}", d.reason);
+    d.abort(t, "bob")
+        .expect("abort a failed drill that moved traffic");
+    assert_eq!(d.next(t), Action::Switch(Toward::Source));
+    d.on_switched(t + 5, Toward::Source, Err("h1 did not answer".into()));
+    assert_eq!(d.next(t + 5), Action::Switch(Toward::Source));
+    d.on_switched(t + 9, Toward::Source, Ok("back".into()));
+    assert_eq!(d.next(t + 9), Action::Done);
+    assert_eq!(d.phase, Phase::Aborted);
+    assert!(!d.traffic_moved);
+    assert!(
+        d.events
+            .iter()
+            .any(|e| e.message.contains("promotion stays"))
+    );
+    assert!(d.abort(t + 10, "bob").is_err(), "an aborted drill is over");
+}
+
+/// A tiny deterministic generator (xorshift), so seeds replay exactly.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    fn chance(&mut self, pct: u64) -> bool {
+        self.next() % 100 < pct
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+fn random_plan(r: &mut Rng) -> String {
+    let mut text = String::from("service = \"web\"\nrto = \"1m\"\nrpo = \"2s\"\n");
+    if r.chance(30) {
+        text.push_str("[approval]\nrequired = false\n");
+    }
+    if r.chance(30) {
+        text.push_str("[traffic]\nvia = \"command\"\nswitch = [\"dns\", \"dr\"]\nswitch_back = [\"dns\", \"primary\"]\n");
+    }
+    if r.chance(75) {
+        text.push_str("[database]\nlag = [\"pg-lag\"]\npromote = [\"pg-promote\"]\ncatch_up_timeout = \"5s\"\n");
+        if r.chance(70) {
+            text.push_str("stop_writes = [\"pg-stop-writes\"]\n");
+        }
+    }
+    text.push_str("[verify]\nhold = \"1s\"\ntimeout = \"8s\"\n");
+    text
+}
+
+/// Runs one seed; panics with the trace on a broken invariant.
+fn simulate(seed: u64) {
+    let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let text = random_plan(&mut r);
+    let mode = if r.chance(30) {
+        Mode::Ungraceful
+    } else {
+        Mode::Graceful
+    };
+    let mut d = drill(&text, mode);
+    let mut now: Ms = 1_000;
+    let mut trace: Vec<String> = Vec::new();
+    let abort_at = r
+        .chance(25)
+        .then(|| 1_000 + i64::try_from(r.below(20_000)).unwrap_or(0));
+    let mut aborted = false;
+    let mut switched_to_target_at: Option<Ms> = None;
+    for _ in 0..10_000 {
+        // A crash: the engine comes back from what was stored.
+        if r.chance(5) {
+            let stored = serde_json::to_string(&d).expect("encode");
+            d = serde_json::from_str(&stored).expect("decode");
+            trace.push("crash".into());
+        }
+        if let Some(at) = abort_at
+            && now >= at
+            && !aborted
+        {
+            aborted = true;
+            let ok = d.abort(now, "bob").is_ok();
+            trace.push(format!("abort -> {ok}"));
+        }
+        let action = d.next(now);
+        trace.push(format!("{now}: {action:?} [{:?}]", d.phase));
+        let check = |cond: bool, what: &str, trace: &[String]| {
+            assert!(
+                cond,
+                "seed {seed}: {what}\nplan:\n{text}\ntrace:\n{}",
+                trace.join("\n")
+            );
+        };
+        match &action {
+            Action::Switch(Toward::Target) => {
+                // Never before the approval, the catch-up and the promotion.
+                check(
+                    !(d.plan.approval.required && mode == Mode::Graceful)
+                        || d.approved_by.is_some(),
+                    "traffic moved before the approval",
+                    &trace,
+                );
+                for name in [StepName::StopWrites, StepName::CatchUp, StepName::Promote] {
+                    let s = d.step(name).expect("step");
+                    check(
+                        matches!(s.state, StepState::Done | StepState::Skipped),
+                        &format!("traffic moved before {} was done", name.as_str()),
+                        &trace,
+                    );
+                }
+                if mode == Mode::Graceful && d.plan.database.is_some() {
+                    check(
+                        d.lag_at_cutover.is_some_and(|l| l.bytes == 0),
+                        "graceful switch with the replica behind",
+                        &trace,
+                    );
+                }
+                check(
+                    d.phase == Phase::Running,
+                    "switched while not running",
+                    &trace,
+                );
+                switched_to_target_at.get_or_insert(now);
+            }
+            Action::Switch(Toward::Source) => {
+                check(
+                    d.phase == Phase::Aborting,
+                    "moved back while not aborting",
+                    &trace,
+                );
+            }
+            _ => {}
+        }
+        match action {
+            Action::Done => break,
+            Action::WaitForInput => {
+                // An approval comes, sometimes first from the starter.
+                now += 300;
+                let by = if r.chance(20) { "alice" } else { "bob" };
+                let ok = d.approve(now, by);
+                check(
+                    by != "alice" || ok.is_err(),
+                    "the starter approved their own drill",
+                    &trace,
+                );
+            }
+            Action::WaitUntil(t) => now = now.max(t),
+            Action::Run { .. } => {
+                now += i64::try_from(r.below(400)).unwrap_or(0);
+                let ok = !r.chance(8);
+                d.on_command(now, ok, if ok { "exit 0" } else { "exit 1: refused" });
+            }
+            Action::MeasureLag { .. } => {
+                now += 50;
+                let answer = if r.chance(10) {
+                    Err("exit 1".to_string())
+                } else if r.chance(40) {
+                    lag(0)
+                } else {
+                    lag(r.below(100_000) + 1)
+                };
+                if let Some(t) = d.on_lag(now, answer) {
+                    now = t;
+                }
+            }
+            Action::Switch(toward) => {
+                now += i64::try_from(r.below(200)).unwrap_or(0);
+                let result = if r.chance(10) {
+                    Err("h3 did not answer".into())
+                } else {
+                    Ok("moved".into())
+                };
+                d.on_switched(now, toward, result);
+            }
+            Action::CheckServing => {
+                now += 20;
+                let whole = r.chance(85);
+                if let Some(t) = d.on_serving(now, whole, if whole { "2 of 2" } else { "1 of 2" }) {
+                    now = t;
+                }
+            }
+        }
+    }
+    let done =
+        |trace: &[String]| format!("seed {seed}\nplan:\n{text}\ntrace:\n{}", trace.join("\n"));
+    assert!(
+        d.phase.is_terminal() || d.phase == Phase::Aborting,
+        "did not end: {}",
+        done(&trace)
+    );
+    assert_eq!(d.next(now), Action::Done, "{}", done(&trace));
+    match d.phase {
+        Phase::Succeeded => {
+            assert!(
+                d.verified_ms.is_some() && d.recovery_ms().is_some_and(|r| r >= 0),
+                "{}",
+                done(&trace)
+            );
+            assert!(switched_to_target_at.is_some(), "{}", done(&trace));
+            assert!(
+                d.steps
+                    .iter()
+                    .all(|s| matches!(s.state, StepState::Done | StepState::Skipped)),
+                "{}",
+                done(&trace)
+            );
+        }
+        Phase::Aborted => assert!(
+            !d.traffic_moved,
+            "aborted with traffic moved: {}",
+            done(&trace)
+        ),
+        Phase::Failed => assert!(!d.reason.is_empty(), "{}", done(&trace)),
+        _ => {}
+    }
+    for s in &d.steps {
+        if let (Some(a), Some(b)) = (s.started_ms, s.ended_ms) {
+            assert!(
+                a <= b,
+                "{} ended before it started: {}",
+                s.name.as_str(),
+                done(&trace)
+            );
+        }
+    }
+}
+
+#[test]
+fn the_simulator_holds_every_invariant_over_many_seeds() {
+    let n: u64 = std::env::var("DRILL_SIM_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    for seed in 0..n {
+        simulate(seed);
+    }
+}
