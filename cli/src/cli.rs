@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::commands::{agents, artifact, ca, cert, coordinators, drill, rollout, token};
+use crate::commands::{agents, artifact, ca, cert, coordinators, drill, drill_run, rollout, token};
 
 const ABOUT: &str = "drover: rolling deployments for fleets of hosts.\n\n\
 This CLI creates the drover CA and certificates, enrols hosts (join tokens), \
@@ -99,6 +99,17 @@ pub enum Command {
     /// Disaster-recovery drills: check a DR plan against the fleet
     #[command(subcommand, long_about = drill::DRILL_LONG_ABOUT)]
     Drill(drill::DrillCommand),
+    /// The real emergency: move a service to its DR site (recorded as an incident)
+    ///
+    /// The same engine as `drover drill run`, with the same plan; usually
+    /// with --ungraceful when the primary site is gone.
+    Failover(drill_run::RunArgs),
+    /// Move a service back from its DR site to its primary
+    ///
+    /// Runs the plan the other way: the plan's database.fail_back command
+    /// (the old primary becomes a replica, then the roles switch back),
+    /// then the traffic returns to the primary at its configured weights.
+    Failback(drill_run::RunArgs),
 }
 
 /// clap value parser for durations such as `90s`, `1h`, `8760h`, `30d`.

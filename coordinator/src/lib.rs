@@ -383,6 +383,16 @@ pub async fn start(
         tasks.clone(),
     )
     .await?;
+    let drill_runs = drill::runner::Drills::load(
+        store.clone(),
+        registry.clone(),
+        config.drills.commands_dir.clone(),
+        epoch,
+        shutdown.clone(),
+        tasks.clone(),
+    )
+    .await?;
+    let _ = rollouts.drills.set(drill_runs.clone());
     let peaks = drill::Peaks::load(store.as_ref()).await;
     peaks.sample(&registry, registry::now_ms());
     tasks.spawn(
@@ -415,6 +425,7 @@ pub async fn start(
             metrics,
         ),
         peaks,
+        drill_runs,
         drills: config.drills.clone(),
     });
     Ok(Some(Started {

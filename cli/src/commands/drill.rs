@@ -10,7 +10,7 @@ use drover_proto::v1::drill_service_client::DrillServiceClient;
 use drover_proto::v1::{CheckDrillPlanRequest, DrillPlanReport};
 use serde::Serialize;
 
-use crate::commands::Ctx;
+use crate::commands::{Ctx, drill_run};
 use crate::error::usage;
 use crate::output::{ShowFormat, print, rfc3339_ms, table};
 
@@ -48,6 +48,32 @@ pub enum DrillCommand {
     /// when every check passes, 1 when one fails (a run would be refused),
     /// 2 when the plan itself is malformed.
     Plan(PlanArgs),
+    /// Run a drill: move the service to its DR site, measured and reported
+    ///
+    /// Checks the plan (refused when a pre-check fails, unless --force
+    /// REASON), then runs it on the coordinator as a tracked operation:
+    /// the approval (graceful runs whose plan asks for one: another
+    /// operator runs `drover drill approve ID`), stop writes, wait for the
+    /// replica to catch up, promote it, move traffic to the DR site, verify
+    /// it serves for the plan's hold. Follows it like `drill watch`; exits
+    /// 0 only if it succeeded. `drover drill report ID` is the report.
+    Run(drill_run::RunArgs),
+    /// Approve a drill that waits for it (not the operator who started it)
+    Approve(drill_run::IdArgs),
+    /// Stop a drill and move the traffic back to where it came from
+    Abort(drill_run::IdArgs),
+    /// Follow a drill's steps live until it ends
+    Watch(drill_run::IdArgs),
+    /// List drills, failovers and fail-backs, and the age of the last good drill
+    List(drill_run::ListArgs),
+    /// The after-action report of a drill: -o md (default) or json
+    ///
+    /// The plan (version and sha256), who started and approved it, each
+    /// pre-check with its value, the timeline of steps with durations,
+    /// attempts and outputs, the recovery time against the RTO, the
+    /// data-loss window (replication lag at cutover) against the RPO, and
+    /// the findings.
+    Report(drill_run::ReportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +183,12 @@ fn render(r: &DrillPlanReport) -> String {
 pub async fn run(ctx: &Ctx, cmd: DrillCommand) -> anyhow::Result<()> {
     match cmd {
         DrillCommand::Plan(args) => plan(ctx, args).await,
+        DrillCommand::Run(args) => drill_run::start(ctx, args, "drill").await,
+        DrillCommand::Approve(args) => drill_run::act(ctx, args, "approve").await,
+        DrillCommand::Abort(args) => drill_run::act(ctx, args, "abort").await,
+        DrillCommand::Watch(args) => drill_run::watch(ctx, args).await,
+        DrillCommand::List(args) => drill_run::list(ctx, args).await,
+        DrillCommand::Report(args) => drill_run::report(ctx, args).await,
     }
 }
 

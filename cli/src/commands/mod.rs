@@ -7,6 +7,7 @@ pub mod ca;
 pub mod cert;
 pub mod coordinators;
 pub mod drill;
+pub mod drill_run;
 pub mod rollout;
 pub mod token;
 
@@ -43,5 +44,7 @@ pub async fn run(cli: Cli, env: Env) -> anyhow::Result<()> {
         Command::Rollout(cmd) => rollout::run(&ctx, cmd).await,
         Command::Coordinators(args) => coordinators::list(&ctx, args).await,
         Command::Drill(cmd) => drill::run(&ctx, cmd).await,
+        Command::Failover(args) => drill_run::start(&ctx, args, "failover").await,
+        Command::Failback(args) => drill_run::start(&ctx, args, "failback").await,
     }
 }

@@ -5,6 +5,7 @@
 pub mod engine;
 pub mod peaks;
 pub mod precheck;
+pub mod runner;
 
 pub use peaks::Peaks;
 pub use precheck::{Check, Fleet};

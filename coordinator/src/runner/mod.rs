@@ -181,6 +181,9 @@ pub struct Rollouts {
     shutdown: CancellationToken,
     /// Owns every rollout task; the coordinator waits on it at shutdown.
     tasks: TaskTracker,
+    /// DR drills: their weight commands' answers go there, and their
+    /// services are busy (set once, at start).
+    pub drills: std::sync::OnceLock<Arc<crate::drill::runner::Drills>>,
 }
 
 impl std::fmt::Debug for Rollouts {
@@ -303,6 +306,7 @@ impl Rollouts {
             lost_timeout,
             shutdown,
             tasks,
+            drills: std::sync::OnceLock::new(),
         });
         let heads = store.scan_prefix(persist::STATE).await?;
         for (key, head) in heads {
@@ -389,6 +393,20 @@ impl Rollouts {
                     id: id.clone(),
                     service: spec.service.clone(),
                     phase,
+                });
+            }
+            if let Some(drill) = (self.drills.get())
+                .and_then(|d| d.running_services().contains(&spec.service).then_some(d))
+                .and_then(|d| {
+                    d.list()
+                        .into_iter()
+                        .find(|x| x.plan.service == spec.service && !x.phase.is_terminal())
+                })
+            {
+                return Err(RunnerError::Busy {
+                    id: drill.id.clone(),
+                    service: spec.service.clone(),
+                    phase: format!("{} ({})", drill.phase.as_str(), drill.kind.as_str()),
                 });
             }
             let id = next_id(&inner.rollouts, &spec.service);
@@ -542,6 +560,17 @@ impl Rollouts {
     }
 
     /// Services with a rollout running now.
+    /// Services whose held weights something owns: a running rollout, or
+    /// a drill that moved the traffic (and has not moved it back).
+    pub fn weight_owners(&self) -> BTreeSet<String> {
+        let mut owners = self.running_services();
+        if let Some(d) = self.drills.get() {
+            owners.extend(d.holding());
+            owners.extend(d.running_services());
+        }
+        owners
+    }
+
     pub fn running_services(&self) -> BTreeSet<String> {
         (lock(&self.inner).rollouts.values())
             .filter(|e| e.tx.is_some())
@@ -626,6 +655,16 @@ impl Rollouts {
             tracing::debug!(host = %host_id, "ignoring an update that names no drover command");
             return;
         };
+        if update
+            .id
+            .rollout
+            .starts_with(crate::drill::runner::COMMAND_OWNER)
+        {
+            if let Some(drills) = self.drills.get() {
+                drills.command_update(update);
+            }
+            return;
+        }
         if update.id.rollout == strays::OWNER {
             if let driver::UpdateKind::Result(outcome) = &update.kind {
                 tracing::info!(host = %host_id, instance = %update.id.instance, ?outcome, "configured weight put back (no rollout owned the held weight)");

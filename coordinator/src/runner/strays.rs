@@ -70,7 +70,7 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(SWEEP_EVERY) => {}
         }
-        let busy = rollouts.running_services();
+        let busy = rollouts.weight_owners();
         let found = strays(registry.held_weights(), &busy);
         told.retain(|id, at| at.elapsed() < RETELL_AFTER && found.iter().any(|s| &s.1 == id));
         let stamp = SystemTime::now()

@@ -5,11 +5,15 @@ use std::sync::Arc;
 use drover_model::drill::{DrillPlan, plan_digest};
 use drover_proto::identity::Role;
 use drover_proto::v1::drill_service_server::DrillService;
-use drover_proto::v1::{CheckDrillPlanRequest, DrillPlanReport};
+use drover_proto::v1::{
+    self as pb, CheckDrillPlanRequest, DrillActionRequest, DrillPlanReport, GetDrillRequest,
+    ListDrillsRequest, ListDrillsResponse, StartDrillRequest,
+};
 use tonic::{Request, Response, Status};
 
 use super::Ctx;
-use crate::drill::{Fleet, precheck};
+use crate::drill::engine::{CheckRecord, Drill, Kind, Mode, StepState};
+use crate::drill::{Check, Fleet, precheck};
 use crate::registry::now_ms;
 use crate::selector::Selector;
 
@@ -31,8 +35,253 @@ pub fn parse_plan(text: &str) -> Result<DrillPlan, Status> {
     DrillPlan::from_toml(text).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+fn ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The wire view of a drill.
+pub fn to_wire(d: &Drill) -> pb::Drill {
+    let lag = d.lag_at_cutover;
+    pb::Drill {
+        id: d.id.clone(),
+        kind: d.kind.as_str().to_string(),
+        mode: match d.mode {
+            Mode::Graceful => "graceful",
+            Mode::Ungraceful => "ungraceful",
+        }
+        .to_string(),
+        service: d.plan.service.clone(),
+        phase: d.phase.as_str().to_string(),
+        plan_version: d.plan.version.clone(),
+        plan_digest: d.plan_digest.clone(),
+        plan_toml: d.plan_text.clone(),
+        started_by: d.started_by.clone(),
+        started_ms: d.started_ms,
+        forced_reason: d.forced.clone().unwrap_or_default(),
+        approved_by: d.approved_by.clone().unwrap_or_default(),
+        approved_ms: d.approved_ms.unwrap_or(0),
+        prechecks: (d.prechecks.iter())
+            .map(|c| pb::DrillCheck {
+                name: c.name.clone(),
+                passed: c.passed,
+                value: c.value.clone(),
+                want: c.want.clone(),
+                detail: c.detail.clone(),
+            })
+            .collect(),
+        steps: (d.steps.iter())
+            .map(|s| pb::DrillStep {
+                name: s.name.as_str().to_string(),
+                state: match s.state {
+                    StepState::Pending => "pending",
+                    StepState::Running => "running",
+                    StepState::Done => "done",
+                    StepState::Failed => "failed",
+                    StepState::Skipped => "skipped",
+                }
+                .to_string(),
+                started_ms: s.started_ms.unwrap_or(0),
+                ended_ms: s.ended_ms.unwrap_or(0),
+                attempts: s.attempts,
+                output: s.output.clone(),
+            })
+            .collect(),
+        source_site: d.source_site(),
+        target_site: d.target_site(),
+        switch_started_ms: d.switch_started_ms.unwrap_or(0),
+        serving_ms: d.serving_ms.unwrap_or(0),
+        verified_ms: d.verified_ms.unwrap_or(0),
+        rto_ms: ms(d.plan.rto),
+        rpo_ms: ms(d.plan.rpo),
+        lag_measured: lag.is_some(),
+        lag_bytes: lag.map_or(0, |l| l.bytes),
+        lag_seconds: lag.map_or(0.0, |l| l.seconds),
+        traffic_moved: d.traffic_moved,
+        ended_ms: d.ended_ms.unwrap_or(0),
+        reason: d.reason.clone(),
+        aborted_by: d.aborted_by.clone().unwrap_or_default(),
+        events: (d.events.iter())
+            .map(|e| pb::DrillEvent {
+                at_ms: e.at_ms,
+                message: e.message.clone(),
+            })
+            .collect(),
+    }
+}
+
+impl DrillSvc {
+    async fn prechecks(&self, plan: &DrillPlan) -> Vec<Check> {
+        let hosts = self.ctx.registry.list(&Selector::everything());
+        precheck::check(
+            plan,
+            &Fleet {
+                hosts: &hosts,
+                peaks: &self.ctx.peaks,
+                now_ms: now_ms(),
+                commands_dir: self.ctx.drills.commands_dir.as_deref(),
+            },
+        )
+        .await
+    }
+}
+
 #[tonic::async_trait]
 impl DrillService for DrillSvc {
+    async fn start_drill(
+        &self,
+        request: Request<StartDrillRequest>,
+    ) -> Result<Response<pb::Drill>, Status> {
+        let caller = self.ctx.authz.require(&request, &[Role::Operator])?;
+        let by = caller.cert.identity.name.clone();
+        let req = request.into_inner();
+        let kind = match req.kind.as_str() {
+            "" | "drill" => Kind::Drill,
+            "failover" => Kind::Failover,
+            "failback" => Kind::Failback,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "kind must be drill, failover or failback, got {other:?}"
+                )));
+            }
+        };
+        let plan = parse_plan(&req.plan_toml)?;
+        if kind == Kind::Failback
+            && plan.database.is_some()
+            && plan
+                .database
+                .as_ref()
+                .is_some_and(|d| d.fail_back.is_empty())
+        {
+            return Err(Status::invalid_argument(
+                "a fail-back needs the plan's database.fail_back command (it makes the old primary a replica and switches the roles back)",
+            ));
+        }
+        let mut checks = self.prechecks(&plan).await;
+        // A fail-back moves toward the primary: its capacity and release
+        // checks are the DR plan's, read the other way; the lag check
+        // still applies. An ungraceful run does not wait on the primary's
+        // lag command.
+        if kind == Kind::Failback {
+            checks.retain(|c| c.name != "capacity" && c.name != "release");
+        }
+        if req.ungraceful {
+            checks.retain(|c| c.name != "replication_lag");
+        }
+        let failed: Vec<String> = (checks.iter())
+            .filter(|c| !c.passed)
+            .map(|c| {
+                format!(
+                    "{}: {} (wanted {}){}",
+                    c.name,
+                    c.value,
+                    c.want,
+                    if c.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {}", c.detail)
+                    }
+                )
+            })
+            .collect();
+        let force = req.force_reason.trim().to_string();
+        if !failed.is_empty() && force.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "refused: pre-checks failed: {} (fix them, or --force REASON to run anyway; the reason is recorded)",
+                failed.join("; ")
+            )));
+        }
+        let records: Vec<CheckRecord> = (checks.iter())
+            .map(|c| CheckRecord {
+                name: c.name.to_string(),
+                passed: c.passed,
+                value: c.value.clone(),
+                want: c.want.clone(),
+                detail: c.detail.clone(),
+            })
+            .collect();
+        let mode = if req.ungraceful {
+            Mode::Ungraceful
+        } else {
+            Mode::Graceful
+        };
+        let digest = plan_digest(&req.plan_toml);
+        let text = req.plan_toml.clone();
+        let busy = self.ctx.rollouts.running_services().contains(&plan.service);
+        let forced = (!force.is_empty()).then_some(force);
+        let d = self
+            .ctx
+            .drill_runs
+            .start(
+                |id| {
+                    Drill::new(
+                        id,
+                        kind,
+                        mode,
+                        text,
+                        plan,
+                        digest,
+                        by,
+                        now_ms(),
+                        forced,
+                        records,
+                    )
+                },
+                busy,
+            )
+            .await?;
+        Ok(Response::new(to_wire(&d)))
+    }
+
+    async fn get_drill(
+        &self,
+        request: Request<GetDrillRequest>,
+    ) -> Result<Response<pb::Drill>, Status> {
+        self.ctx
+            .authz
+            .require(&request, &[Role::Operator, Role::Viewer])?;
+        let id = request.into_inner().id;
+        let d = self.ctx.drill_runs.get(&id)?;
+        Ok(Response::new(to_wire(&d)))
+    }
+
+    async fn list_drills(
+        &self,
+        request: Request<ListDrillsRequest>,
+    ) -> Result<Response<ListDrillsResponse>, Status> {
+        self.ctx
+            .authz
+            .require(&request, &[Role::Operator, Role::Viewer])?;
+        Ok(Response::new(ListDrillsResponse {
+            drills: (self.ctx.drill_runs.list().iter())
+                .map(|d| {
+                    let mut w = to_wire(d);
+                    w.events.clear();
+                    w.plan_toml.clear();
+                    w
+                })
+                .collect(),
+        }))
+    }
+
+    async fn act_on_drill(
+        &self,
+        request: Request<DrillActionRequest>,
+    ) -> Result<Response<pb::Drill>, Status> {
+        let caller = self.ctx.authz.require(&request, &[Role::Operator])?;
+        let by = caller.cert.identity.name.clone();
+        let req = request.into_inner();
+        let d = match req.action.as_str() {
+            "approve" => self.ctx.drill_runs.approve(&req.id, &by).await?,
+            "abort" => self.ctx.drill_runs.abort(&req.id, &by).await?,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "action must be approve or abort, got {other:?}"
+                )));
+            }
+        };
+        Ok(Response::new(to_wire(&d)))
+    }
+
     async fn check_drill_plan(
         &self,
         request: Request<CheckDrillPlanRequest>,
@@ -41,18 +290,8 @@ impl DrillService for DrillSvc {
         self.ctx.authz.require(&request, &[Role::Operator])?;
         let text = request.into_inner().plan_toml;
         let plan = parse_plan(&text)?;
-        let hosts = self.ctx.registry.list(&Selector::everything());
         let now = now_ms();
-        let checks = precheck::check(
-            &plan,
-            &Fleet {
-                hosts: &hosts,
-                peaks: &self.ctx.peaks,
-                now_ms: now,
-                commands_dir: self.ctx.drills.commands_dir.as_deref(),
-            },
-        )
-        .await;
+        let checks = self.prechecks(&plan).await;
         Ok(Response::new(DrillPlanReport {
             service: plan.service.clone(),
             plan_version: plan.version.clone(),

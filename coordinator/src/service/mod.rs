@@ -46,5 +46,6 @@ pub struct Ctx {
     pub enrolling: Arc<Enrolling>,
     /// DR drills: the serving peaks, and where plan commands come from.
     pub peaks: crate::drill::Peaks,
+    pub drill_runs: Arc<crate::drill::runner::Drills>,
     pub drills: crate::config::DrillsConfig,
 }

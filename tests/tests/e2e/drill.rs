@@ -223,3 +223,157 @@ fn drill_plan_measures_the_real_replication_lag_against_the_rpo() {
     );
     pair.resume_replication().unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// What `drover drill report ID -o json` says.
+fn report(web: &WebFleet, id: &str) -> serde_json::Value {
+    let out = web
+        .fleet
+        .cli(&["drill", "report", id, "-o", "json"])
+        .expect_success();
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("report json: {e}\n{out}"))
+}
+
+/// Done-when 1 (on loopback, one namespace): a graceful drill under load
+/// through HAProxy moves every request to the DR site with none failed,
+/// the database fully replicated at the cutover (RPO 0, and not one
+/// acknowledged write missing on the promoted replica), and a report with
+/// the measured recovery time.
+#[test]
+fn a_graceful_drill_moves_all_traffic_to_dr_with_no_failed_request_and_no_lost_write() {
+    use drover_testkit::postgres::{PgPair, Writer, WriterOptions};
+    use std::time::Duration;
+
+    let mut pair = PgPair::start().unwrap_or_else(|e| panic!("start PostgreSQL: {e}"));
+    pair.wait_streaming(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", pair.describe(40)));
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/dr")
+        .canonicalize()
+        .expect("examples/dr");
+    let web = two_sites(&format!(
+        "[drills]\ncommands_dir = {}\n",
+        toml::Value::String(examples.display().to_string())
+    ));
+    // The DR site waits at weight 0: registered, healthy, taking nothing.
+    for h in ["h3", "h4"] {
+        web.haproxy
+            .command(&format!("set server web/{h} weight 0"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let (a, b) = (pair.primary().endpoint(), pair.replica().endpoint());
+    let plan_text = format!(
+        "service = \"web\"\nversion = \"2026-12-05.1\"\nrto = \"5m\"\nrpo = \"0s\"\n\
+         [database]\n\
+         lag = [\"pg-lag\", \"--host\", \"{ah}\", \"--port\", \"{ap}\"]\n\
+         stop_writes = [\"pg-stop-writes\", \"--host\", \"{ah}\", \"--port\", \"{ap}\"]\n\
+         promote = [\"pg-promote\", \"--host\", \"{bh}\", \"--port\", \"{bp}\"]\n\
+         timeout = \"30s\"\ncatch_up_timeout = \"30s\"\n\
+         [verify]\nhold = \"3s\"\ntimeout = \"60s\"\n",
+        ah = a.host,
+        ap = a.port,
+        bh = b.host,
+        bp = b.port,
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = write(dir.path(), "dr.toml", &plan_text);
+    let plan_arg = plan.to_str().expect("utf-8 path");
+
+    let load = web.start_load(drover_tests::LoadSpec {
+        max_requests: 60_000,
+        max_duration: Duration::from_secs(120),
+        ..drover_tests::LoadSpec::default()
+    });
+    let writer = Writer::start(a.clone(), WriterOptions::default())
+        .unwrap_or_else(|e| panic!("writer: {e}"));
+    writer
+        .wait_acknowledged(50, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let before: std::collections::BTreeMap<String, u64> = (web.haproxy.servers().expect("stats"))
+        .into_iter()
+        .map(|s| (s.server.clone(), s.req_tot))
+        .collect();
+
+    let started = web
+        .fleet
+        .cli(&["drill", "run", "-f", plan_arg, "--yes", "--detach"])
+        .expect_success();
+    assert!(
+        started.stdout.contains("dr-1 drill of web started"),
+        "{started}"
+    );
+    // The plan asks for an approval, by someone else.
+    let own = web.fleet.cli(&["drill", "approve", "dr-1"]);
+    assert_eq!(own.code, Some(1), "{own}");
+    assert!(own.stderr.contains("cannot approve it too"), "{own}");
+    let bob = web.fleet.pki.issue("operator", "bob", &[], None);
+    web.fleet
+        .cli_as(Some(bob))
+        .run(&["drill", "approve", "dr-1"])
+        .expect_success();
+    // Follow it to its end (exit 0 only if it succeeded).
+    let watched = web.fleet.cli(&["drill", "watch", "dr-1"]);
+    let r = report(&web, "dr-1");
+    assert!(watched.success(), "{watched}\n{r:#}\n{}", web.diagnostics());
+    // The new primary takes the writer's load; nothing acknowledged is lost.
+    pair.promote().unwrap_or_else(|e| panic!("{e}"));
+    writer.retarget(pair.primary().endpoint());
+    writer
+        .wait_acknowledged(writer.acknowledged() + 20, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("writes on the new primary: {e}"));
+    let log = writer.stop();
+    let loss = log
+        .lost_after_promotion(pair.primary())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(loss.lost.is_empty(), "lost writes: {loss:?}");
+    // All traffic on DR: the primary's servers answer nothing more.
+    let mid: std::collections::BTreeMap<String, u64> = (web.haproxy.servers().expect("stats"))
+        .into_iter()
+        .map(|s| (s.server.clone(), s.req_tot))
+        .collect();
+    let count_after = load.counts().1;
+    web.fleet.wait(WAIT, "more requests flow", || {
+        load.counts().1 >= count_after + 200
+    });
+    let report_load = load.stop();
+    let end: std::collections::BTreeMap<String, u64> = (web.haproxy.servers().expect("stats"))
+        .into_iter()
+        .map(|s| (s.server.clone(), s.req_tot))
+        .collect();
+    assert_eq!(
+        report_load.failed, 0,
+        "failed requests during the drill\n{report_load}"
+    );
+    for h in ["h1", "h2"] {
+        assert_eq!(
+            end[h], mid[h],
+            "{h} (primary) still got requests after the switch"
+        );
+    }
+    for h in ["h3", "h4"] {
+        assert!(end[h] > before[h], "{h} (DR) got no requests");
+    }
+    assert_eq!(r["phase"], "succeeded", "{r:#}");
+    assert_eq!(r["approved_by"], "bob", "{r:#}");
+    assert_eq!(r["data_loss"]["bytes"], 0, "{r:#}");
+    let recovery = r["recovery_ms"].as_i64().expect("recovery measured");
+    assert!(recovery > 0, "{r:#}");
+    let md = web.fleet.cli(&["drill", "report", "dr-1"]).expect_success();
+    for want in [
+        "# DR drill dr-1: web (succeeded)",
+        "| Recovery time | **",
+        "against an RTO of 300.0 s: met",
+        "| Data-loss window | 0 bytes",
+        "## Pre-checks",
+        "## Timeline",
+        "| promote | done |",
+        "## Findings",
+    ] {
+        assert!(
+            md.stdout.contains(want),
+            "no {want:?} in the report:\n{}",
+            md.stdout
+        );
+    }
+    eprintln!("{}", md.stdout);
+    eprintln!("recovery time {recovery} ms; {report_load}");
+}
