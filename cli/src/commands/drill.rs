@@ -84,6 +84,11 @@ pub struct PlanArgs {
     /// Output format
     #[arg(short = 'o', long, value_name = "FORMAT", default_value = "table")]
     pub output: ShowFormat,
+    /// Judge the plan for an ungraceful run: the replication lag against
+    /// the RPO as it is now (a graceful run stops writes and lets the
+    /// replica catch up first)
+    #[arg(long)]
+    pub ungraceful: bool,
 }
 
 /// Reads and checks a plan file; a mistake exits 2, naming the file.
@@ -197,7 +202,10 @@ async fn plan(ctx: &Ctx, args: PlanArgs) -> anyhow::Result<()> {
     let session = ctx.session().await?;
     let mut client = DrillServiceClient::new(session.channel());
     let report = match client
-        .check_drill_plan(CheckDrillPlanRequest { plan_toml: text })
+        .check_drill_plan(CheckDrillPlanRequest {
+            plan_toml: text,
+            ungraceful: args.ungraceful,
+        })
         .await
     {
         Ok(r) => r.into_inner(),

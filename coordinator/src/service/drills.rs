@@ -110,7 +110,7 @@ pub fn to_wire(d: &Drill) -> pb::Drill {
 }
 
 impl DrillSvc {
-    async fn prechecks(&self, plan: &DrillPlan) -> Vec<Check> {
+    async fn prechecks(&self, plan: &DrillPlan, graceful: bool) -> Vec<Check> {
         let hosts = self.ctx.registry.list(&Selector::everything());
         precheck::check(
             plan,
@@ -120,6 +120,7 @@ impl DrillSvc {
                 now_ms: now_ms(),
                 commands_dir: self.ctx.drills.commands_dir.as_deref(),
             },
+            graceful,
         )
         .await
     }
@@ -156,7 +157,7 @@ impl DrillService for DrillSvc {
                 "a fail-back needs the plan's database.fail_back command (it makes the old primary a replica and switches the roles back)",
             ));
         }
-        let mut checks = self.prechecks(&plan).await;
+        let mut checks = self.prechecks(&plan, !req.ungraceful).await;
         // A fail-back moves toward the primary: its capacity and release
         // checks are the DR plan's, read the other way; the lag check
         // still applies. An ungraceful run does not wait on the primary's
@@ -288,10 +289,11 @@ impl DrillService for DrillSvc {
     ) -> Result<Response<DrillPlanReport>, Status> {
         // It runs the plan's lag command: operators only.
         self.ctx.authz.require(&request, &[Role::Operator])?;
-        let text = request.into_inner().plan_toml;
+        let req = request.into_inner();
+        let text = req.plan_toml;
         let plan = parse_plan(&text)?;
         let now = now_ms();
-        let checks = self.prechecks(&plan).await;
+        let checks = self.prechecks(&plan, !req.ungraceful).await;
         Ok(Response::new(DrillPlanReport {
             service: plan.service.clone(),
             plan_version: plan.version.clone(),
