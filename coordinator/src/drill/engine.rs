@@ -746,6 +746,12 @@ impl Drill {
         Ok(())
     }
 
+    /// Failed after moving traffic: `drover drill abort` may still move it
+    /// back.
+    pub fn awaits_abort(&self) -> bool {
+        self.phase == Phase::Failed && self.traffic_moved
+    }
+
     /// Whether traffic of the plan's service is held by this operation
     /// (moved and not moved back), so nothing else may reset its weights.
     pub fn holds_traffic(&self) -> bool {

@@ -127,7 +127,7 @@ impl Drills {
         for (k, v) in store.scan_prefix(KEY_PREFIX).await? {
             match serde_json::from_slice::<Drill>(&v) {
                 Ok(d) => {
-                    let running = !d.phase.is_terminal();
+                    let running = !d.phase.is_terminal() || d.awaits_abort();
                     if running {
                         tracing::info!(drill = %d.id, phase = d.phase.as_str(), "resuming a drill after a coordinator restart");
                     }
@@ -376,6 +376,9 @@ impl Drills {
             }
             // What to wait for, while messages (approve, abort) may come.
             let wait_until: Option<Ms> = match action {
+                // Failed with traffic moved: kept until an abort moves it
+                // back (or an operator decides to leave it).
+                Action::Done if d.awaits_abort() => None,
                 Action::Done => break,
                 Action::WaitForInput => None,
                 Action::WaitUntil(t) => Some(t),

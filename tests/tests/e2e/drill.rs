@@ -81,6 +81,23 @@ fn drill_plan_checks_the_dr_site_and_refuses_one_too_small_with_the_numbers() {
             .contains("pre-checks failed: capacity: 1 of 2 ready"),
         "{out}"
     );
+    // And `drill run` is refused the same way, with the numbers; nothing
+    // starts.
+    let out = web
+        .fleet
+        .cli(&["drill", "run", "-f", plan_arg, "--yes", "--detach"]);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stderr
+            .contains("refused: pre-checks failed: capacity: 1 of 2 ready on site=dr")
+            && out.stderr.contains("--force REASON"),
+        "{out}"
+    );
+    let list = web.fleet.cli(&["drill", "list"]).expect_success();
+    assert!(
+        !list.stdout.contains("dr-"),
+        "a refused drill was recorded:\n{list}"
+    );
 
     // A plan asking for more than the DR site has: refused with numbers.
     let big = write(
@@ -378,4 +395,108 @@ fn a_graceful_drill_moves_all_traffic_to_dr_with_no_failed_request_and_no_lost_w
     }
     eprintln!("{}", md.stdout);
     eprintln!("recovery time {recovery} ms; {report_load}");
+}
+
+/// Done-when 5: a step that times out stops the drill with the reason,
+/// traffic stays where it was moved, and `drover drill abort` moves it
+/// back, with no failed request.
+#[test]
+fn a_step_that_times_out_stops_the_drill_and_abort_moves_traffic_back() {
+    use drover_tests::harness::process::signal;
+    use std::time::Duration;
+
+    let web = two_sites("");
+    for h in ["h3", "h4"] {
+        web.haproxy
+            .command(&format!("set server web/{h} weight 0"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = write(
+        dir.path(),
+        "dr.toml",
+        &format!(
+            "{PLAN}[approval]\nrequired = false\n[verify]\nhold = \"10s\"\ntimeout = \"15s\"\n"
+        ),
+    );
+    let load = web.start_load(drover_tests::LoadSpec {
+        max_requests: 60_000,
+        max_duration: Duration::from_secs(120),
+        ..drover_tests::LoadSpec::default()
+    });
+    web.fleet
+        .cli(&[
+            "drill",
+            "run",
+            "-f",
+            plan.to_str().expect("utf-8"),
+            "--yes",
+            "--detach",
+        ])
+        .expect_success();
+    // Traffic moved; while it is being verified, a DR host freezes (its
+    // agent stops answering), so the DR site is never seen whole.
+    web.fleet.wait(WAIT, "dr-1 verifies the DR site", || {
+        report(&web, "dr-1")["steps"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|s| s["name"] == "verify" && s["state"] == "running")
+        })
+    });
+    let h4 = web.fleet.agent("h4").pid().expect("h4 runs") as i32;
+    signal(h4, libc::SIGSTOP);
+    web.fleet
+        .wait(Duration::from_secs(60), "dr-1 fails at verify", || {
+            report(&web, "dr-1")["phase"] == "failed"
+        });
+    let r = report(&web, "dr-1");
+    assert!(
+        r["reason"].as_str().is_some_and(|s| s
+            .starts_with("verify: the site=dr site was not seen serving whole for 10s within 15s")),
+        "{r:#}"
+    );
+    let servers = web.haproxy.servers().expect("stats");
+    let weight = |h: &str| {
+        servers
+            .iter()
+            .find(|s| s.server == h)
+            .and_then(|s| s.weight)
+    };
+    assert_eq!(
+        weight("h1"),
+        Some(0),
+        "the primary kept its traffic:\n{servers:?}"
+    );
+    // Abort: the primary takes the traffic back; the frozen DR host is
+    // left to HAProxy's checks.
+    let out = web.fleet.cli(&["drill", "abort", "dr-1"]).expect_success();
+    assert!(
+        out.stdout
+            .contains("traffic is moving back to site=primary"),
+        "{out}"
+    );
+    web.fleet.wait(WAIT, "dr-1 is aborted", || {
+        report(&web, "dr-1")["phase"] == "aborted"
+    });
+    let servers = web.haproxy.servers().expect("stats");
+    for h in ["h1", "h2"] {
+        let s = servers.iter().find(|s| s.server == h).expect("server");
+        assert!(s.serving(), "{h} does not serve after the abort: {s:?}");
+    }
+    let r = report(&web, "dr-1");
+    assert!(
+        (r["events"].as_array().expect("events").iter()).any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not connected, left to HAProxy's checks: web@h4"))),
+        "{r:#}"
+    );
+    signal(h4, libc::SIGCONT);
+    let report_load = load.stop();
+    assert_eq!(report_load.failed, 0, "{report_load}");
+    let md = web.fleet.cli(&["drill", "report", "dr-1"]).expect_success();
+    assert!(
+        md.stdout.contains("# DR drill dr-1: web (aborted)")
+            && md.stdout.contains("- Step verify failed"),
+        "{}",
+        md.stdout
+    );
 }
