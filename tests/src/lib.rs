@@ -19,7 +19,9 @@ pub use harness::load::{CapacityReport, CapacitySampler, Load, LoadReport, LoadS
 pub use harness::pki::{CertPair, Pki};
 pub use harness::process::{CmdOutput, Proc, run_cmd};
 pub use harness::release::{Hostile, sample_release};
-pub use harness::rollout::{RolloutEventView, RolloutInstanceView, RolloutView, WebFleet};
+pub use harness::rollout::{
+    RolloutEventView, RolloutInstanceView, RolloutView, WebFleet, WebFleetBuilder,
+};
 pub use harness::{
     bin_path, free_port, holds_for, http_get, metrics_sum, tail, wait_until, wait_until_with,
 };

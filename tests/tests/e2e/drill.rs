@@ -9,12 +9,20 @@ use drover_tests::{WAIT, WebFleet};
 
 /// A two-site fleet: h1, h2 on the primary, h3, h4 on DR, all on v1.
 fn two_sites(extra_coordinator_toml: &str) -> WebFleet {
+    two_sites_with(extra_coordinator_toml, |b| b)
+}
+
+fn two_sites_with(
+    extra_coordinator_toml: &str,
+    f: impl FnOnce(drover_tests::WebFleetBuilder) -> drover_tests::WebFleetBuilder,
+) -> WebFleet {
     let extra = extra_coordinator_toml.to_string();
-    let web = WebFleet::builder()
+    let builder = WebFleet::builder()
         .host("h1", &[("site", "primary")])
         .host("h2", &[("site", "primary")])
         .host("h3", &[("site", "dr")])
-        .host("h4", &[("site", "dr")])
+        .host("h4", &[("site", "dr")]);
+    let web = f(builder)
         .coordinator(|c| c.extra_toml.push_str(&extra))
         .start();
     web.deploy_initial("v1");
@@ -499,4 +507,66 @@ fn a_step_that_times_out_stops_the_drill_and_abort_moves_traffic_back() {
         "{}",
         md.stdout
     );
+}
+
+/// A drill is persisted step by step: when its coordinator dies while it
+/// waits for the approval, the standby takes over, resumes it from etcd,
+/// and the approval given to the new leader carries it to the end.
+#[test]
+fn a_drill_resumes_on_the_new_leader_when_its_coordinator_dies() {
+    use drover_tests::harness::etcd::EtcdCluster;
+    use std::time::Duration;
+
+    let etcd = EtcdCluster::start(3);
+    let mut web = two_sites_with("", |b| b.ha(&etcd));
+    for h in ["h3", "h4"] {
+        web.haproxy
+            .command(&format!("set server web/{h} weight 0"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = write(
+        dir.path(),
+        "dr.toml",
+        &format!("{PLAN}[verify]\nhold = \"2s\"\ntimeout = \"60s\"\n"),
+    );
+    let load = web.start_load(drover_tests::LoadSpec {
+        max_requests: 60_000,
+        max_duration: Duration::from_secs(120),
+        ..drover_tests::LoadSpec::default()
+    });
+    web.fleet
+        .cli(&[
+            "drill",
+            "run",
+            "-f",
+            plan.to_str().expect("utf-8"),
+            "--yes",
+            "--detach",
+        ])
+        .expect_success();
+    assert_eq!(report(&web, "dr-1")["phase"], "awaiting_approval");
+    // The leader dies; c2 takes over and resumes the drill from etcd.
+    web.fleet.coordinator.kill();
+    let c2 = &web.fleet.standbys[0];
+    web.fleet.wait(Duration::from_secs(20), "c2 leads", || {
+        c2.role() == "leader"
+    });
+    let bob = web.fleet.pki.issue("operator", "bob", &[], None);
+    web.fleet
+        .cli_as(Some(bob))
+        .run(&["drill", "approve", "dr-1"])
+        .expect_success();
+    let watched = web.fleet.cli(&["drill", "watch", "dr-1"]);
+    let r = report(&web, "dr-1");
+    assert!(watched.success(), "{watched}\n{r:#}\n{}", web.diagnostics());
+    assert_eq!(r["phase"], "succeeded", "{r:#}");
+    assert!(
+        (r["events"].as_array().expect("events").iter()).any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("resumed by this coordinator"))),
+        "{r:#}"
+    );
+    let report_load = load.stop();
+    assert_eq!(report_load.failed, 0, "{report_load}");
 }
