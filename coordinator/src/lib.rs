@@ -386,6 +386,7 @@ pub async fn start(
     let drill_runs = drill::runner::Drills::load(
         store.clone(),
         registry.clone(),
+        metrics.clone(),
         config.drills.commands_dir.clone(),
         epoch,
         shutdown.clone(),

@@ -61,6 +61,17 @@ struct ResultLabel {
     result: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabel {
+    service: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DrillLabel {
+    kind: String,
+    outcome: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub agents_connected: Gauge,
@@ -96,6 +107,10 @@ pub struct Metrics {
     agent_commands_fenced: Counter,
     /// Each host's last reported count, to add only what is new.
     fenced_seen: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// When each service's last drill succeeded (unix seconds).
+    drill_last_success: Family<ServiceLabel, Gauge>,
+    /// Drills, failovers and fail-backs that ended, by outcome.
+    drills_ended: Family<DrillLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -222,6 +237,18 @@ impl Metrics {
             artifacts_refused.clone(),
         );
         // Pre-create the label sets so a scrape shows zeros, not gaps.
+        let drill_last_success = Family::<ServiceLabel, Gauge>::default();
+        registry.register(
+            "drill_last_success_timestamp_seconds",
+            "When the service's last DR drill succeeded (unix seconds); its age is time() minus this",
+            drill_last_success.clone(),
+        );
+        let drills_ended = Family::<DrillLabel, Counter>::default();
+        registry.register(
+            "drills_ended",
+            "DR drills, failovers and fail-backs that ended, by kind and outcome",
+            drills_ended.clone(),
+        );
         for r in ["ok", "refused"] {
             enrollments
                 .get_or_create(&ResultLabel { result: r.into() })
@@ -255,7 +282,30 @@ impl Metrics {
             fenced_seen: std::sync::Mutex::new(std::collections::HashMap::new()),
             artifacts_corrupt,
             artifacts_refused,
+            drill_last_success,
+            drills_ended,
         }
+    }
+
+    /// A drill of `service` succeeded at `at_secs`: kept if newer.
+    pub fn drill_succeeded(&self, service: &str, at_secs: i64) {
+        let g = self.drill_last_success.get_or_create(&ServiceLabel {
+            service: service.to_string(),
+        });
+        if at_secs > g.get() {
+            g.set(at_secs);
+        }
+    }
+
+    /// An operation ended (`kind` drill|failover|failback, `outcome` its
+    /// phase).
+    pub fn drill_ended(&self, kind: &str, outcome: &str) {
+        self.drills_ended
+            .get_or_create(&DrillLabel {
+                kind: kind.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
     }
 
     pub fn refused(&self, why: Refusal) {

@@ -82,6 +82,7 @@ struct Entry {
 pub struct Drills {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
+    metrics: Arc<crate::metrics::Metrics>,
     commands_dir: Option<PathBuf>,
     epoch: u64,
     inner: Mutex<BTreeMap<String, Entry>>,
@@ -108,6 +109,7 @@ impl Drills {
     pub async fn load(
         store: Arc<dyn Store>,
         registry: Arc<Registry>,
+        metrics: Arc<crate::metrics::Metrics>,
         commands_dir: Option<PathBuf>,
         epoch: u64,
         shutdown: CancellationToken,
@@ -116,6 +118,7 @@ impl Drills {
         let drills = Arc::new(Drills {
             store: store.clone(),
             registry,
+            metrics,
             commands_dir,
             epoch,
             inner: Mutex::new(BTreeMap::new()),
@@ -127,6 +130,11 @@ impl Drills {
         for (k, v) in store.scan_prefix(KEY_PREFIX).await? {
             match serde_json::from_slice::<Drill>(&v) {
                 Ok(d) => {
+                    if d.kind == Kind::Drill && d.phase == super::engine::Phase::Succeeded {
+                        drills
+                            .metrics
+                            .drill_succeeded(&d.plan.service, d.ended_ms.unwrap_or(0) / 1000);
+                    }
                     let running = !d.phase.is_terminal() || d.awaits_abort();
                     if running {
                         tracing::info!(drill = %d.id, phase = d.phase.as_str(), "resuming a drill after a coordinator restart");
@@ -449,6 +457,11 @@ impl Drills {
         let _ = self.persist(&d, &mut last).await;
         if let Some(e) = lock(&self.inner).get_mut(&d.id) {
             e.tx = None;
+        }
+        self.metrics.drill_ended(d.kind.as_str(), d.phase.as_str());
+        if d.kind == Kind::Drill && d.phase == super::engine::Phase::Succeeded {
+            self.metrics
+                .drill_succeeded(&d.plan.service, d.ended_ms.unwrap_or(0) / 1000);
         }
         tracing::info!(drill = %d.id, phase = d.phase.as_str(), "drill ended");
     }

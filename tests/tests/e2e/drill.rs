@@ -383,6 +383,12 @@ fn a_graceful_drill_moves_all_traffic_to_dr_with_no_failed_request_and_no_lost_w
     assert_eq!(r["approved_by"], "bob", "{r:#}");
     assert_eq!(r["data_loss"]["bytes"], 0, "{r:#}");
     let recovery = r["recovery_ms"].as_i64().expect("recovery measured");
+    // The age of the last good drill is on /metrics.
+    web.fleet.wait(WAIT, "the drill's metrics", || {
+        let metrics = web.fleet.coordinator.metrics();
+        metrics.contains("drover_drill_last_success_timestamp_seconds{service=\"web\"}")
+            && metrics.contains("drover_drills_ended_total{kind=\"drill\",outcome=\"succeeded\"} 1")
+    });
     assert!(recovery > 0, "{r:#}");
     let md = web.fleet.cli(&["drill", "report", "dr-1"]).expect_success();
     for want in [
