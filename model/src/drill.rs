@@ -113,10 +113,6 @@ pub struct Checks {
     #[serde(with = "humantime_serde")]
     pub peak_window: Duration,
     pub release: ReleaseRule,
-    /// Re-check the plan this often and warn when a check stops passing
-    /// (`drover drill plan --watch`, and the coordinator's metrics).
-    #[serde(with = "humantime_serde::option")]
-    pub recheck_every: Option<Duration>,
 }
 
 impl Default for Checks {
@@ -125,7 +121,6 @@ impl Default for Checks {
             capacity: 100,
             peak_window: Duration::from_secs(24 * 3600),
             release: ReleaseRule::Same,
-            recheck_every: None,
         }
     }
 }
@@ -317,11 +312,6 @@ impl DrillPlan {
                 "checks.peak_window",
                 "a duration above 0, like \"24h\"",
             ));
-        }
-        if let Some(every) = self.checks.recheck_every
-            && every < Duration::from_secs(10)
-        {
-            return Err(invalid("checks.recheck_every", "at least 10s"));
         }
         match self.traffic.via {
             TrafficVia::Haproxy => {
@@ -516,10 +506,6 @@ hold = "10s"
             ),
             ("service = \"web\"\nrto = \"0s\"", "rto"),
             ("service = \"web\"\nfoo = 1", "unknown field `foo`"),
-            (
-                "service = \"web\"\n[checks]\nrecheck_every = \"1s\"",
-                "recheck_every",
-            ),
         ];
         for (text, want) in cases {
             let e = DrillPlan::from_toml(text).expect_err(text).to_string();
