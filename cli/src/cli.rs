@@ -106,9 +106,11 @@ pub enum Command {
     Failover(drill_run::RunArgs),
     /// Move a service back from its DR site to its primary
     ///
-    /// Runs the plan the other way: the plan's database.fail_back command
-    /// (the old primary becomes a replica, then the roles switch back),
-    /// then the traffic returns to the primary at its configured weights.
+    /// Runs the plan the other way, once the old primary's database runs as
+    /// a replica of the DR one: the plan's [database.failback] commands
+    /// (stop writes on DR, wait for the old primary to catch up, promote
+    /// it), then the traffic returns to the primary and every weight to its
+    /// configured value (0 for a DR site on standby).
     Failback(drill_run::RunArgs),
 }
 

@@ -176,16 +176,30 @@ pub struct Database {
     pub stop_writes: Vec<String>,
     /// Promotes the DR replica to primary.
     pub promote: Vec<String>,
-    /// Fail-back: makes the old primary a replica of the new one and
-    /// switches the roles back (run once it has caught up).
+    /// `drover failback`: the same steps the other way, once the old
+    /// primary runs again as a replica of the DR database.
     #[serde(default)]
-    pub fail_back: Vec<String>,
+    pub failback: Option<FailbackSteps>,
     /// Each command's timeout.
     #[serde(with = "humantime_serde", default = "default_step_timeout")]
     pub timeout: Duration,
     /// Graceful runs: how long to wait for the replica to catch up.
     #[serde(with = "humantime_serde", default = "default_step_timeout")]
     pub catch_up_timeout: Duration,
+}
+
+/// The database steps of a fail-back: the DR database (now the primary)
+/// stops writes, the old primary (now its replica) catches up and is
+/// promoted back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailbackSteps {
+    /// The old primary's lag behind the DR database.
+    pub lag: Vec<String>,
+    #[serde(default)]
+    pub stop_writes: Vec<String>,
+    /// Promotes the old primary back.
+    pub promote: Vec<String>,
 }
 
 fn default_step_timeout() -> Duration {
@@ -333,8 +347,12 @@ impl DrillPlan {
             if !db.stop_writes.is_empty() {
                 check_command("database.stop_writes", &db.stop_writes)?;
             }
-            if !db.fail_back.is_empty() {
-                check_command("database.fail_back", &db.fail_back)?;
+            if let Some(fb) = &db.failback {
+                check_command("database.failback.lag", &fb.lag)?;
+                check_command("database.failback.promote", &fb.promote)?;
+                if !fb.stop_writes.is_empty() {
+                    check_command("database.failback.stop_writes", &fb.stop_writes)?;
+                }
             }
             for (field, d) in [
                 ("database.timeout", db.timeout),
@@ -370,12 +388,45 @@ impl DrillPlan {
             if !db.stop_writes.is_empty() {
                 out.push(("database.stop_writes", &db.stop_writes));
             }
-            if !db.fail_back.is_empty() {
-                out.push(("database.fail_back", &db.fail_back));
+            if let Some(fb) = &db.failback {
+                out.push(("database.failback.lag", &fb.lag));
+                out.push(("database.failback.promote", &fb.promote));
+                if !fb.stop_writes.is_empty() {
+                    out.push(("database.failback.stop_writes", &fb.stop_writes));
+                }
             }
         }
         out
     }
+
+    /// The database commands a run uses: the failover's, or with
+    /// `failback` those of `[database.failback]` (`None` when the plan has
+    /// none). `(lag, stop_writes, promote)` with their fields.
+    pub fn db_steps(&self, failback: bool) -> Option<DbSteps<'_>> {
+        let db = self.database.as_ref()?;
+        if failback {
+            let fb = db.failback.as_ref()?;
+            Some(DbSteps {
+                lag: ("database.failback.lag", &fb.lag),
+                stop_writes: ("database.failback.stop_writes", &fb.stop_writes),
+                promote: ("database.failback.promote", &fb.promote),
+            })
+        } else {
+            Some(DbSteps {
+                lag: ("database.lag", &db.lag),
+                stop_writes: ("database.stop_writes", &db.stop_writes),
+                promote: ("database.promote", &db.promote),
+            })
+        }
+    }
+}
+
+/// One direction's database commands, each with its field name.
+#[derive(Debug, Clone, Copy)]
+pub struct DbSteps<'a> {
+    pub lag: (&'static str, &'a [String]),
+    pub stop_writes: (&'static str, &'a [String]),
+    pub promote: (&'static str, &'a [String]),
 }
 
 /// The sha256 of a plan's text, as the report names the plan it ran.

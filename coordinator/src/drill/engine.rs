@@ -271,7 +271,7 @@ impl Drill {
         forced: Option<String>,
         prechecks: Vec<CheckRecord>,
     ) -> Drill {
-        let db = plan.database.as_ref();
+        let db = plan.db_steps(kind == Kind::Failback);
         let mut steps = Vec::new();
         let approve = plan.approval.required && mode == Mode::Graceful;
         steps.push(StepRecord {
@@ -293,7 +293,7 @@ impl Drill {
         let graceful = mode == Mode::Graceful;
         steps.push(skip_unless(
             StepName::StopWrites,
-            graceful && db.is_some_and(|d| !d.stop_writes.is_empty()) && kind != Kind::Failback,
+            graceful && db.is_some_and(|d| !d.stop_writes.1.is_empty()),
         ));
         steps.push(skip_unless(StepName::CatchUp, db.is_some()));
         steps.push(skip_unless(StepName::Promote, db.is_some()));
@@ -368,19 +368,14 @@ impl Drill {
 
     /// The command of the current step, if it has one.
     fn command_of(&self, name: StepName) -> Option<(&'static str, Vec<String>)> {
-        let db = self.plan.database.as_ref();
-        match name {
-            StepName::StopWrites => db.map(|d| ("database.stop_writes", d.stop_writes.clone())),
-            StepName::Promote => {
-                let d = db?;
-                if self.kind == Kind::Failback {
-                    Some(("database.fail_back", d.fail_back.clone()))
-                } else {
-                    Some(("database.promote", d.promote.clone()))
-                }
-            }
-            _ => None,
-        }
+        let db = self.plan.db_steps(self.kind == Kind::Failback)?;
+        let (field, argv) = match name {
+            StepName::StopWrites => db.stop_writes,
+            StepName::Promote => db.promote,
+            StepName::CatchUp => db.lag,
+            _ => return None,
+        };
+        Some((field, argv.to_vec()))
     }
 
     fn timeout_of(&self) -> Duration {
@@ -475,8 +470,9 @@ impl Drill {
                         ),
                     );
                 }
+                let (_, argv) = self.command_of(StepName::CatchUp).unwrap_or_default();
                 Action::MeasureLag {
-                    argv: db.lag.clone(),
+                    argv,
                     timeout: db.timeout,
                 }
             }

@@ -192,7 +192,12 @@ pub fn command_env(plan: &DrillPlan) -> Vec<(&'static str, String)> {
 }
 
 /// Every pre-check of `plan`, in order.
-pub async fn check(plan: &DrillPlan, fleet: &Fleet<'_>, graceful: bool) -> Vec<Check> {
+pub async fn check(
+    plan: &DrillPlan,
+    fleet: &Fleet<'_>,
+    graceful: bool,
+    failback: bool,
+) -> Vec<Check> {
     let label = &plan.sites.label;
     let on = |value: &str| -> Vec<Host> {
         (fleet.hosts.iter())
@@ -311,16 +316,10 @@ pub async fn check(plan: &DrillPlan, fleet: &Fleet<'_>, graceful: bool) -> Vec<C
     ));
 
     // Replication lag.
-    if let Some(db) = &plan.database {
+    if let (Some(db), Some(steps)) = (&plan.database, plan.db_steps(failback)) {
         let env = command_env(plan);
-        let ran = run_command(
-            fleet.commands_dir,
-            "database.lag",
-            &db.lag,
-            &env,
-            db.timeout,
-        )
-        .await;
+        let (field, argv) = steps.lag;
+        let ran = run_command(fleet.commands_dir, field, argv, &env, db.timeout).await;
         let rpo = plan.rpo.as_secs_f64();
         let limit = if graceful {
             plan.rpo.max(db.catch_up_timeout)

@@ -110,7 +110,7 @@ pub fn to_wire(d: &Drill) -> pb::Drill {
 }
 
 impl DrillSvc {
-    async fn prechecks(&self, plan: &DrillPlan, graceful: bool) -> Vec<Check> {
+    async fn prechecks(&self, plan: &DrillPlan, graceful: bool, failback: bool) -> Vec<Check> {
         let hosts = self.ctx.registry.list(&Selector::everything());
         precheck::check(
             plan,
@@ -121,6 +121,7 @@ impl DrillSvc {
                 commands_dir: self.ctx.drills.commands_dir.as_deref(),
             },
             graceful,
+            failback,
         )
         .await
     }
@@ -146,18 +147,14 @@ impl DrillService for DrillSvc {
             }
         };
         let plan = parse_plan(&req.plan_toml)?;
-        if kind == Kind::Failback
-            && plan.database.is_some()
-            && plan
-                .database
-                .as_ref()
-                .is_some_and(|d| d.fail_back.is_empty())
-        {
+        if kind == Kind::Failback && plan.database.as_ref().is_some_and(|d| d.failback.is_none()) {
             return Err(Status::invalid_argument(
-                "a fail-back needs the plan's database.fail_back command (it makes the old primary a replica and switches the roles back)",
+                "a fail-back needs the plan's [database.failback] (lag, stop_writes and promote for the way back, once the old primary runs as a replica of the DR database)",
             ));
         }
-        let mut checks = self.prechecks(&plan, !req.ungraceful).await;
+        let mut checks = self
+            .prechecks(&plan, !req.ungraceful, kind == Kind::Failback)
+            .await;
         // A fail-back moves toward the primary: its capacity and release
         // checks are the DR plan's, read the other way; the lag check
         // still applies. An ungraceful run does not wait on the primary's
@@ -293,7 +290,7 @@ impl DrillService for DrillSvc {
         let text = req.plan_toml;
         let plan = parse_plan(&text)?;
         let now = now_ms();
-        let checks = self.prechecks(&plan, !req.ungraceful).await;
+        let checks = self.prechecks(&plan, !req.ungraceful, false).await;
         Ok(Response::new(DrillPlanReport {
             service: plan.service.clone(),
             plan_version: plan.version.clone(),

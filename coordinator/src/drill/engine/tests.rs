@@ -381,3 +381,46 @@ fn the_simulator_holds_every_invariant_over_many_seeds() {
         simulate(seed);
     }
 }
+
+#[test]
+fn a_failback_runs_the_plans_way_back() {
+    let text = format!(
+        "{PLAN_DB}[database.failback]\nlag = [\"pg-lag\", \"--host\", \"dr-db\"]\n\
+         stop_writes = [\"pg-stop-writes\", \"--host\", \"dr-db\"]\n\
+         promote = [\"pg-promote\", \"--host\", \"primary-db\"]\n"
+    );
+    let plan = DrillPlan::from_toml(&text).expect("plan");
+    let mut d = Drill::new(
+        "dr-2".into(),
+        Kind::Failback,
+        Mode::Graceful,
+        text.clone(),
+        plan,
+        "d".into(),
+        "alice".into(),
+        0,
+        None,
+        Vec::new(),
+    );
+    assert_eq!(d.target_site(), "site=primary");
+    assert_eq!(d.source_site(), "site=dr");
+    d.approve(1, "bob").expect("approve");
+    let Action::Run { field, argv, .. } = d.next(1) else {
+        panic!("expected stop_writes");
+    };
+    assert_eq!(field, "database.failback.stop_writes");
+    assert_eq!(argv[2], "dr-db");
+    d.on_command(2, true, "ok");
+    let Action::MeasureLag { argv, .. } = d.next(2) else {
+        panic!("expected the lag");
+    };
+    assert_eq!(argv[2], "dr-db");
+    d.on_lag(3, lag(0));
+    let Action::Run { field, argv, .. } = d.next(3) else {
+        panic!("expected promote");
+    };
+    assert_eq!(
+        (field, argv[2].as_str()),
+        ("database.failback.promote", "primary-db")
+    );
+}
