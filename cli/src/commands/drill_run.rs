@@ -305,6 +305,12 @@ fn loss(d: &Drill) -> String {
     if !d.lag_measured {
         return "not measured".to_string();
     }
+    if d.lag_bytes == 0 {
+        return format!(
+            "none: the replica was 0 bytes behind at cutover (RPO {}: met)",
+            secs(d.rpo_ms)
+        );
+    }
     let met = d.lag_bytes == 0 || (d.lag_seconds * 1000.0) as i64 <= d.rpo_ms;
     format!(
         "{} bytes / {:.3} s at cutover (RPO {}: {})",

@@ -21,7 +21,7 @@ use crate::store::Store;
 
 pub const KEY: &str = "drill-peaks";
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(30);
-pub const SAVE_EVERY: Duration = Duration::from_secs(300);
+pub const SAVE_EVERY: Duration = Duration::from_secs(30);
 const HOUR_MS: i64 = 3_600_000;
 /// Hours kept: a week.
 const KEEP_HOURS: i64 = 7 * 24;

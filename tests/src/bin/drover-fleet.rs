@@ -28,6 +28,8 @@ use drover_tests::{
     WebFleet,
 };
 
+#[path = "drover-fleet/dr.rs"]
+mod dr;
 #[path = "drover-fleet/ha.rs"]
 mod ha;
 use ha::{ha_rolling_update, restart_as_standbys, start_etcd};
@@ -76,6 +78,13 @@ struct UpOpts {
     /// rolling update and the standby takes it over and finishes it.
     #[arg(long)]
     ha: bool,
+    /// A disaster-recovery drill: hosts on two sites (site=primary and
+    /// site=dr, the DR servers at weight 0 in HAProxy) and a PostgreSQL
+    /// primary streaming to a replica; under load, `drover drill run`
+    /// stops writes, waits for the replica, promotes it, moves the traffic
+    /// to DR and verifies it, then prints the after-action report.
+    #[arg(long, conflicts_with_all = ["ha", "keep"])]
+    dr: bool,
 }
 
 fn step(msg: &str) {
@@ -528,6 +537,12 @@ fn wait_for_ctrl_c() -> Result<()> {
 }
 
 fn up(opts: &UpOpts) -> Result<()> {
+    if opts.dr {
+        if opts.strategy == "canary" {
+            bail!("--dr runs a DR drill; it does not run with --strategy canary");
+        }
+        return dr::run(opts);
+    }
     if opts.ha && opts.strategy == "canary" {
         bail!(
             "--ha shows a leader killed in the middle of a rolling update; it does not run with \

@@ -219,3 +219,32 @@ fn ha_demo_shows_the_standby_taking_over_when_the_leader_is_killed_mid_rollout()
         "{out}"
     );
 }
+
+/// `scripts/demo --dr`: a graceful DR drill on a two-site local fleet with
+/// a real PostgreSQL pair, under load, and its report.
+#[test]
+fn dr_demo_runs_a_drill_end_to_end_and_prints_the_report() {
+    let mut cmd = Command::new(bin_path("drover-fleet"));
+    cmd.args(["up", "--dr"]);
+    let out = run_cmd(cmd, Duration::from_secs(240)).expect_success();
+    for want in [
+        "every pre-check passed",
+        "dr-1 drill of web started",
+        "dr-1 approved by bob",
+        "drill succeeded: recovery time",
+        "# DR drill dr-1: web (succeeded)",
+        "| Recovery time | **",
+        " served, 0 failed",
+        "0 lost",
+        "all traffic on site=dr; no request failed; no acknowledged write lost",
+    ] {
+        assert!(
+            out.stdout.contains(want),
+            "no `{want}` in the demo's output:\n{out}"
+        );
+    }
+    let mut odd = Command::new(bin_path("drover-fleet"));
+    odd.args(["up", "--dr", "--agents", "3"]);
+    let out = run_cmd(odd, Duration::from_secs(60)).expect_failure();
+    assert!(out.stderr.contains("--dr needs an even --agents"), "{out}");
+}

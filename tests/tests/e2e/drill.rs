@@ -395,7 +395,7 @@ fn a_graceful_drill_moves_all_traffic_to_dr_with_no_failed_request_and_no_lost_w
         "# DR drill dr-1: web (succeeded)",
         "| Recovery time | **",
         "against an RTO of 300.0 s: met",
-        "| Data-loss window | 0 bytes",
+        "| Data-loss window | none: the replica was 0 bytes behind at cutover",
         "## Pre-checks",
         "## Timeline",
         "| promote | done |",
