@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use drover_testkit::etcd::EtcdCluster;
 use serde_json::{Value, json};
 
@@ -78,7 +78,20 @@ impl Etcd {
             if !matches!(opts.etcd_members, 1 | 3) {
                 bail!("--etcd-members {}: expected 1 or 3", opts.etcd_members);
             }
-            let cluster = EtcdCluster::start(opts.etcd_members);
+            // The test harness's cluster panics on failure (etcd missing,
+            // not healthy in time); here that is an error of the run.
+            let members = opts.etcd_members;
+            let cluster = std::panic::catch_unwind(|| EtcdCluster::start(members))
+                .map_err(|panic| {
+                    let why = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("see above");
+                    anyhow!(
+                        "start a {members}-member etcd on loopback: {why} (or give a running one with --etcd-endpoints)"
+                    )
+                })?;
             let endpoints = cluster.endpoints();
             (Some(cluster), endpoints)
         } else {
@@ -93,12 +106,17 @@ impl Etcd {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let prefix = format!("/drover-fleetsim-{started}-{}/", std::process::id());
-        Ok(Some(Etcd {
+        let etcd = Etcd {
             cluster,
             endpoints,
             prefix,
             pids,
-        }))
+        };
+        // Before a coordinator is started on it: a wrong address is said
+        // here, not as a coordinator that exited.
+        etcd.counters()
+            .with_context(|| format!("reach etcd at {}", etcd.endpoints.join(",")))?;
+        Ok(Some(etcd))
     }
 
     /// The `[store]` section of the coordinator's config.
