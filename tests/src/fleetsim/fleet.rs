@@ -155,6 +155,8 @@ pub fn run(opts: &FleetOptions) -> Result<Value> {
 }
 
 async fn measure(env: &Env, prepared: Prepared, opts: &FleetOptions) -> Result<Value> {
+    // Its load average is the one the run started under.
+    let machine_at_start = machine();
     let n = opts.hosts;
     let instances: usize = prepared.specs.iter().map(|h| h.instances.len()).sum();
     // etcd as the coordinator left it once elected, before any host.
@@ -320,7 +322,7 @@ async fn measure(env: &Env, prepared: Prepared, opts: &FleetOptions) -> Result<V
             "list_hosts_rpc_hosts": list_hosts,
             "list_hosts_rpc_bytes": list_bytes,
             "nofile_limit": env.nofile,
-            "machine": machine(),
+            "machine": machine_at_start,
             "targets": targets,
         }),
     );
