@@ -367,7 +367,12 @@ pub async fn start(
             revoked.clone(),
             config.agents.lost_timeout,
         )
-        .await?,
+        .await?
+        // On etcd, health-only reports stay in memory (issue 12's write budget).
+        .with_health_writes(match config.store {
+            StoreConfig::Etcd(_) => registry::HealthWrites::InMemory,
+            StoreConfig::Redb => registry::HealthWrites::Batched,
+        }),
     );
     let tasks = TaskTracker::new();
     let rollouts = runner::Rollouts::load(

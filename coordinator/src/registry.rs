@@ -3,16 +3,24 @@
 //!
 //! The in-memory map is the source of truth while running; it is persisted
 //! through the [`Store`] so that after a restart the fleet is listed before
-//! any agent reconnects. Status changes are written promptly; health-only
-//! updates are batched (one transaction every few seconds) because at fleet
-//! scale they arrive thousands of times a second.
+//! any agent reconnects. Status changes are written promptly; other changes
+//! are batched (one flush every few seconds) because at fleet scale reports
+//! arrive thousands of times a second. What a health-only report changes
+//! (host metrics, check latency and counts, the load balancers' counters) is
+//! written with those batches on redb, and kept in memory only on etcd
+//! ([`HealthWrites`]): there every key written goes through the quorum and
+//! stays in etcd's history until compacted, and a fleet reporting every
+//! second would make thousands of writes a second that nobody reads back.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use drover_net::transport::PeerCert;
-use drover_proto::v1::{CoordinatorMessage, HealthReport, Hello, Host, HostStatus, host_event};
+use drover_proto::v1::{
+    CoordinatorMessage, HealthReport, Hello, Host, HostStatus, InstanceStatus, LoadBalancerView,
+    host_event,
+};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast, mpsc};
@@ -117,6 +125,24 @@ impl From<RegistryError> for tonic::Status {
     }
 }
 
+/// What the registry does with a report that changes only health figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HealthWrites {
+    /// The host is written at the next flush (every few seconds), like any
+    /// other change: the embedded redb store, where a flush is one local
+    /// transaction, and a restarted coordinator lists figures at most a few
+    /// seconds old.
+    #[default]
+    Batched,
+    /// The figures stay in memory with the session; the host is written
+    /// only when something else changes (status, labels, version, an
+    /// instance's release, state, health, drain or weights). For etcd: a
+    /// leader that takes over marks every host lost until its agent
+    /// reconnects and reports afresh, so stored figures would only ever be
+    /// read stale.
+    InMemory,
+}
+
 #[derive(Debug, Default)]
 struct State {
     hosts: HashMap<String, Entry>,
@@ -133,6 +159,7 @@ pub struct Registry {
     events: broadcast::Sender<HostChange>,
     flush_now: Notify,
     lost_timeout: Duration,
+    health_writes: HealthWrites,
 }
 
 impl std::fmt::Debug for Registry {
@@ -215,7 +242,15 @@ impl Registry {
             events,
             flush_now: Notify::new(),
             lost_timeout,
+            health_writes: HealthWrites::default(),
         })
+    }
+
+    /// Chooses what health-only reports write ([`HealthWrites::Batched`]
+    /// unless told otherwise).
+    pub fn with_health_writes(mut self, health_writes: HealthWrites) -> Registry {
+        self.health_writes = health_writes;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -393,7 +428,7 @@ impl Registry {
 
     /// A health report on session `session`. Reports from a superseded
     /// session are ignored.
-    pub fn report(&self, host_id: &str, session: u64, report: HealthReport) {
+    pub fn report(&self, host_id: &str, session: u64, mut report: HealthReport) {
         self.metrics.reports_received.inc();
         let mut st = self.lock();
         let Some(entry) = st.hosts.get_mut(host_id) else {
@@ -405,15 +440,20 @@ impl Registry {
         entry.last_seen = Some(Instant::now());
         let mut host = std::mem::take(&mut entry.host);
         host.last_seen_ms = now_ms();
+        let urgent = status_of(&host) != HostStatus::Connected;
+        let write = urgent
+            || self.health_writes == HealthWrites::Batched
+            || !same_apart_from_health(&mut host.instances, &mut report.instances);
         host.metrics = report.host;
         host.instances = report.instances;
-        let urgent = status_of(&host) != HostStatus::Connected;
         if urgent {
             self.set_status(&mut host, HostStatus::Connected, "");
         }
         self.emit(&host);
         entry.host = host;
-        st.dirty.insert(host_id.to_string());
+        if write {
+            st.dirty.insert(host_id.to_string());
+        }
         drop(st);
         if urgent {
             self.flush_now.notify_one();
@@ -684,3 +724,84 @@ impl Registry {
         }
     }
 }
+
+/// What changes in an instance's report without anything having happened
+/// to it: check latency and counts, the last check's words, the instance's
+/// own metrics, and per load balancer its counters, words and read time.
+#[derive(Default)]
+struct HealthFigures {
+    latency_ms: u32,
+    successes: u32,
+    failures: u32,
+    error: String,
+    app_metrics: Option<drover_proto::v1::AppMetrics>,
+    load_balancers: Vec<LoadBalancerView>,
+}
+
+impl HealthFigures {
+    fn take(i: &mut InstanceStatus) -> HealthFigures {
+        HealthFigures {
+            latency_ms: std::mem::take(&mut i.last_check_latency_ms),
+            successes: std::mem::take(&mut i.consecutive_successes),
+            failures: std::mem::take(&mut i.consecutive_failures),
+            error: std::mem::take(&mut i.last_check_error),
+            app_metrics: i.app_metrics.take(),
+            load_balancers: std::mem::take(&mut i.load_balancers),
+        }
+    }
+
+    fn restore(self, i: &mut InstanceStatus) {
+        i.last_check_latency_ms = self.latency_ms;
+        i.consecutive_successes = self.successes;
+        i.consecutive_failures = self.failures;
+        i.last_check_error = self.error;
+        i.app_metrics = self.app_metrics;
+        i.load_balancers = self.load_balancers;
+    }
+}
+
+/// Whether two load balancer views differ only in their counters, status
+/// words and read time (state and weights are compared).
+fn same_balancer_apart_from_health(a: &mut LoadBalancerView, b: &mut LoadBalancerView) -> bool {
+    let taken = |v: &mut LoadBalancerView| {
+        (
+            std::mem::take(&mut v.status),
+            std::mem::take(&mut v.read_at_ms),
+            v.counters.take(),
+        )
+    };
+    let (ta, tb) = (taken(a), taken(b));
+    let same = a == b;
+    (a.status, a.read_at_ms, a.counters) = ta;
+    (b.status, b.read_at_ms, b.counters) = tb;
+    same
+}
+
+/// Whether `new` reports the same instances as `old` apart from
+/// [`HealthFigures`]: nothing a restarted or newly elected coordinator
+/// would need from the store, since agents report them again within one
+/// interval of reconnecting. Compares in place (the figures are taken out
+/// and put back), so that the report path allocates nothing for it, and
+/// any field added later counts as a change until listed here.
+fn same_apart_from_health(old: &mut [InstanceStatus], new: &mut [InstanceStatus]) -> bool {
+    if old.len() != new.len() {
+        return false;
+    }
+    old.iter_mut().zip(new.iter_mut()).all(|(a, b)| {
+        let (mut fa, mut fb) = (HealthFigures::take(a), HealthFigures::take(b));
+        let mut same = a == b && fa.load_balancers.len() == fb.load_balancers.len();
+        if same {
+            same = fa
+                .load_balancers
+                .iter_mut()
+                .zip(fb.load_balancers.iter_mut())
+                .all(|(x, y)| same_balancer_apart_from_health(x, y));
+        }
+        fa.restore(a);
+        fb.restore(b);
+        same
+    })
+}
+
+#[cfg(test)]
+mod tests;

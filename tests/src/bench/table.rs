@@ -144,6 +144,11 @@ fn shown(scenario: &str) -> Option<&'static [&'static str]> {
             "coordinator_rss_mib",
             "coordinator_peak_rss_mib",
             "agents_json_secs",
+            // --store etcd only (absent on redb, so not listed there).
+            "etcd_writes_per_sec",
+            "etcd_writes_per_agent_per_sec",
+            "etcd_cpu_cores",
+            "etcd_rss_mib",
         ]),
         "footprint" => Some(&[
             "rss_peak_mib",

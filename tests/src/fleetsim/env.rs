@@ -20,6 +20,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::conn::{Dialer, source_addr};
+use super::etcd::Etcd;
 use super::host::{self, HostSpec, Shared};
 use super::probe::{self, Probe, WatchResult};
 use super::procfs;
@@ -54,6 +55,9 @@ pub struct Env {
     pub pki: Pki,
     pub operator: CertPair,
     pub coordinator: Coordinator,
+    /// The coordinator's etcd, when it runs on one; after `coordinator`,
+    /// so that it outlives it.
+    pub etcd: Option<Etcd>,
     pub nofile: u64,
     _tmp: Option<TempDir>,
 }
@@ -64,6 +68,17 @@ impl Env {
     /// intervals (at least its default of 15 s). The open-file limit is
     /// raised first so the coordinator inherits it.
     pub fn start(hosts: usize, interval: Duration, dir: Option<&Path>) -> Result<Env> {
+        Env::start_on(hosts, interval, dir, None)
+    }
+
+    /// [`Env::start`] with the coordinator's state in `etcd` (its own redb
+    /// when `None`).
+    pub fn start_on(
+        hosts: usize,
+        interval: Duration,
+        dir: Option<&Path>,
+        etcd: Option<Etcd>,
+    ) -> Result<Env> {
         let want = (hosts as u64 + 8192).max(65_536);
         let nofile = procfs::raise_nofile(want);
         // One socket per session on each side, plus a few hundred for
@@ -101,6 +116,7 @@ impl Env {
         let spec = CoordinatorSpec {
             name: "bench".to_string(),
             lost_timeout: humantime::format_duration(lost).to_string(),
+            extra_toml: etcd.as_ref().map(Etcd::store_toml).unwrap_or_default(),
             ..CoordinatorSpec::default()
         };
         let mut coordinator = Coordinator::create(&dir.join("coordinator"), &pki, spec);
@@ -111,6 +127,7 @@ impl Env {
             pki,
             operator,
             coordinator,
+            etcd,
             nofile,
             _tmp: tmp,
         })

@@ -1,7 +1,9 @@
 //! Scenario 1, fleet scale: N simulated hosts connect and report at an
 //! interval; measured are the time until all are connected, report-to-
 //! visible latency over a steady window, the coordinator's CPU and memory
-//! there, and `drover agents -o json` for the whole fleet.
+//! there, and `drover agents -o json` for the whole fleet. With `--store
+//! etcd` also etcd's writes over the steady window (from its own counters)
+//! and its CPU and memory.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -13,6 +15,7 @@ use prost::Message;
 use serde_json::{Map, Value, json};
 
 use super::env::{Common, Env, Prepared, Sim, connected_json, runtime};
+use super::etcd::{self, Etcd, StoreOptions};
 use super::host::{HostSpec, instance};
 use super::procfs::{self, CpuWindow};
 use super::stats::round3;
@@ -48,6 +51,8 @@ pub struct FleetOptions {
     /// How often `drover agents -o json` is timed (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub agents_json_runs: usize,
+    #[command(flatten)]
+    pub store: StoreOptions,
     #[command(flatten)]
     pub common: Common,
 }
@@ -128,11 +133,13 @@ pub fn labels(i: usize) -> HashMap<String, String> {
 
 /// Runs scenario 1 and returns its figures (also printed).
 pub fn run(opts: &FleetOptions) -> Result<Value> {
-    let env = Env::start(opts.hosts, opts.interval, opts.common.dir.as_deref())?;
+    let etcd = Etcd::start(&opts.store)?;
+    let env = Env::start_on(opts.hosts, opts.interval, opts.common.dir.as_deref(), etcd)?;
     eprintln!(
-        "fleetsim: coordinator pid {} on {}; signing {} agent certificates",
+        "fleetsim: coordinator pid {} on {} (store {}); signing {} agent certificates",
         env.pid(),
         env.coordinator.grpc_addr(),
+        opts.store.store,
         opts.hosts
     );
     let prepared = Prepared::new(&env, layout(opts.hosts))?;
@@ -148,8 +155,15 @@ pub fn run(opts: &FleetOptions) -> Result<Value> {
 }
 
 async fn measure(env: &Env, prepared: Prepared, opts: &FleetOptions) -> Result<Value> {
+    // Its load average is the one the run started under.
+    let machine_at_start = machine();
     let n = opts.hosts;
     let instances: usize = prepared.specs.iter().map(|h| h.instances.len()).sum();
+    // etcd as the coordinator left it once elected, before any host.
+    let etcd_at_start = match &env.etcd {
+        Some(e) => Some(etcd::check_readable(e)?),
+        None => None,
+    };
     let mut sim = Sim::launch(prepared, opts.interval, opts.common.connect_concurrency).await?;
     eprintln!(
         "fleetsim: certificates signed in {:.2}s; connecting {n} hosts",
@@ -170,9 +184,19 @@ async fn measure(env: &Env, prepared: Prepared, opts: &FleetOptions) -> Result<V
     let sent0 = c.reports_sent.load(Ordering::Relaxed);
     let skipped0 = c.reports_skipped.load(Ordering::Relaxed);
     let received0 = env.metric("drover_reports_received_total");
+    let etcd0 = env.etcd.as_ref().map(|e| (e.counters(), e.cpu_secs()));
     let cpu = CpuWindow::start(env.pid());
     tokio::time::sleep(opts.steady).await;
     let used = cpu.finish();
+    let etcd_window = env.etcd.as_ref().zip(etcd0).map(|(e, (before, cpu0))| {
+        let after = e.counters();
+        let mut w = etcd::window_json(e, &before, &after, cpu0, used.secs, n);
+        if let (Some(start), Ok(before)) = (&etcd_at_start, &before) {
+            let setup = start.rates(before, 1.0, n);
+            w["writes_while_connecting_and_warming_up"] = setup["writes"].clone();
+        }
+        w
+    });
     let sent = c.reports_sent.load(Ordering::Relaxed) - sent0;
     let skipped = c.reports_skipped.load(Ordering::Relaxed) - skipped0;
     let received = env
@@ -246,8 +270,14 @@ async fn measure(env: &Env, prepared: Prepared, opts: &FleetOptions) -> Result<V
             targets.insert(k, v);
         }
     }
+    let etcd_cores = etcd_window
+        .as_ref()
+        .and_then(|w| w["cpu_cores"].as_f64())
+        .unwrap_or(0.0);
     let mut figures = json!({
         "scenario": "fleet",
+        "subject": format!("store={}", opts.store.store),
+        "store": opts.store.store.to_string(),
         "n": n,
         "instances": instances,
         "interval_ms": interval_ms,
@@ -282,7 +312,7 @@ async fn measure(env: &Env, prepared: Prepared, opts: &FleetOptions) -> Result<V
             "simulator_cpu_cores": round3(used.simulator_cores),
             "simulator_rss_mib": sim_rss.map(round3),
             "machine_busy_cores": round3(used.machine_busy_cores),
-            "other_processes_cores": round3(used.others()),
+            "other_processes_cores": round3((used.others() - etcd_cores).max(0.0)),
             "agents_json_secs": agents.median.map(round3),
             "agents_json_runs_secs": agents.runs.iter().map(|s| round3(*s)).collect::<Vec<_>>(),
             "agents_json_hosts": agents.hosts,
@@ -292,10 +322,22 @@ async fn measure(env: &Env, prepared: Prepared, opts: &FleetOptions) -> Result<V
             "list_hosts_rpc_hosts": list_hosts,
             "list_hosts_rpc_bytes": list_bytes,
             "nofile_limit": env.nofile,
-            "machine": machine(),
+            "machine": machine_at_start,
             "targets": targets,
         }),
     );
+    if let (Some(e), Some(w)) = (&env.etcd, etcd_window) {
+        figures = merge(
+            figures,
+            json!({
+                "etcd_writes_per_sec": w["writes_per_sec"],
+                "etcd_writes_per_agent_per_sec": w["writes_per_agent_per_sec"],
+                "etcd_cpu_cores": w["cpu_cores"],
+                "etcd_rss_mib": w["rss_mib"],
+                "etcd": merge(etcd::describe_json(e), w),
+            }),
+        );
+    }
     Ok(figures)
 }
 
@@ -383,6 +425,25 @@ fn summary(f: &Value) {
         f["simulator_cpu_cores"],
         f["other_processes_cores"]
     );
+    if f["store"] == "etcd" {
+        let e = &f["etcd"];
+        eprintln!(
+            "   etcd              {} writes/s ({} per agent; {} revisions/s, {} KiB/s) over the steady window, {} while connecting; {} cores, RSS {} MiB, db {} MiB ({} members){}",
+            e["writes_per_sec"],
+            e["writes_per_agent_per_sec"],
+            e["revisions_per_sec"],
+            e["put_kib_per_sec"],
+            e["writes_while_connecting_and_warming_up"],
+            e["cpu_cores"],
+            e["rss_mib"],
+            e["db_mib"],
+            e["members"],
+            e["error"]
+                .as_str()
+                .map(|x| format!(", error: {x}"))
+                .unwrap_or_default()
+        );
+    }
     eprintln!(
         "   agents -o json    {} s (runs {}), {} hosts, {} bytes{}",
         f["agents_json_secs"],

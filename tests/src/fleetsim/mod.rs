@@ -5,7 +5,8 @@
 //!
 //! - [`fleet`]: scenario 1, fleet scale: connect N hosts, hold them at a
 //!   report interval, measure connect time, report-to-visible latency,
-//!   coordinator CPU and memory, and `drover agents -o json`.
+//!   coordinator CPU and memory, and `drover agents -o json`; on redb or,
+//!   with [`etcd`], on etcd with its write rate, CPU and memory.
 //! - [`rollout`]: scenario 2, rollout overhead: roll a service across the
 //!   simulated instances with steps answered instantly or after a delay.
 //! - [`floor`]: the floor under scenario 2: the same hosts and message
@@ -18,6 +19,7 @@
 
 pub mod conn;
 pub mod env;
+pub mod etcd;
 pub mod fleet;
 pub mod floor;
 pub mod host;

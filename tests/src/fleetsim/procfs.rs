@@ -160,3 +160,49 @@ pub fn raise_nofile(want: u64) -> u64 {
     }
     lim.rlim_cur
 }
+
+/// The process listening on TCP `port` here (IPv4 or IPv6): the socket's
+/// inode from `/proc/net/tcp{,6}`, then the process holding it among the
+/// open descriptors of every process we may read. How a run finds the
+/// etcd members it measures, whether it started them or not.
+pub fn listener_pid(port: u16) -> Option<u32> {
+    const LISTEN: &str = "0A";
+    let mut sockets = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            // sl, local_address (hex IP:PORT), rem_address, st, ..., inode (10th).
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            let local_port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if *state == LISTEN && local_port == Some(port) {
+                sockets.insert(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    if sockets.is_empty() {
+        return None;
+    }
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && sockets.contains(target.to_string_lossy().as_ref())
+            {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}

@@ -95,3 +95,67 @@ fn fanout_measures_throughput_against_the_loopback_limit() {
         "{out}"
     );
 }
+
+/// `drover-fleetsim fleet --store etcd` (issue 12): a tiny fleet whose
+/// coordinator keeps its state in a 1-member etcd started for the run
+/// reports etcd's write rate, CPU and memory beside the coordinator's
+/// figures. No speed and no rate is asserted: only that the figures are
+/// there and that etcd's counters were read (connecting writes each host).
+#[test]
+fn fleet_on_etcd_reports_etcds_write_rate() {
+    const HOSTS: u64 = 20;
+    let mut cmd = Command::new(bin_path("drover-fleetsim"));
+    cmd.args([
+        "fleet",
+        "--hosts",
+        &HOSTS.to_string(),
+        "--interval",
+        "500ms",
+        "--warmup",
+        "1s",
+        "--steady",
+        "3s",
+        "--latency-window",
+        "1s",
+        "--watch-selector",
+        "",
+        "--agents-json-runs",
+        "1",
+        "--store",
+        "etcd",
+    ]);
+    let out = run_cmd(cmd, TIMEOUT);
+    assert!(
+        out.success(),
+        "drover-fleetsim fleet --store etcd failed:\n{out}"
+    );
+    let records = table::parse(&out.stdout);
+    let r = find(&records, "scenario", "fleet");
+    assert_eq!(r["store"], "etcd", "{r}");
+    assert_eq!(r["connected"], HOSTS, "{r}");
+    assert!(num(r, "etcd_writes_per_sec") >= 0.0, "{r}");
+    assert!(num(r, "etcd_writes_per_agent_per_sec") >= 0.0, "{r}");
+    assert!(
+        num(r, "etcd_rss_mib") > 0.0,
+        "etcd's process was not found: {r}"
+    );
+    assert!(num(r, "etcd_cpu_cores") >= 0.0, "{r}");
+    let e = &r["etcd"];
+    assert!(e["error"].is_null(), "{r}");
+    assert!(
+        num(e, "writes_while_connecting_and_warming_up") >= HOSTS as f64,
+        "each host is written once when it connects: {r}"
+    );
+
+    // The table scripts/bench prints lists the write rate.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("scale-etcd.jsonl");
+    std::fs::write(&file, serde_json::to_string(r).expect("encode")).expect("write");
+    let mut cmd = Command::new(bin_path("drover-bench"));
+    cmd.arg("table").arg(&file);
+    let out = run_cmd(cmd, TIMEOUT).expect_success();
+    assert!(
+        out.stdout.contains("store=etcd") && out.stdout.contains("etcd_writes_per_sec"),
+        "{out}"
+    );
+}

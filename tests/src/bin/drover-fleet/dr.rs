@@ -43,7 +43,7 @@ fn plan_text(pair: &PgPair) -> String {
 }
 
 pub fn run(opts: &UpOpts) -> Result<()> {
-    if opts.agents < 4 || opts.agents % 2 != 0 {
+    if opts.agents < 4 || !opts.agents.is_multiple_of(2) {
         bail!("--dr needs an even --agents of 4 or more: half on each site");
     }
     step(
