@@ -639,6 +639,19 @@ impl TwoSites {
             .collect()
     }
 
+    /// Requests each site's servers have answered so far (`req_tot`
+    /// summed): where the traffic went.
+    #[track_caller]
+    pub fn requests_by_site(&self) -> BTreeMap<Site, u64> {
+        let mut out = BTreeMap::from([(Site::Primary, 0), (Site::Dr, 0)]);
+        for (id, n) in self.requests_by_server() {
+            if let Some(h) = self.hosts.iter().find(|h| h.id == id) {
+                *out.entry(h.site).or_default() += n;
+            }
+        }
+        out
+    }
+
     /// Waits until every server of `site` satisfies `pred` in HAProxy.
     #[track_caller]
     pub fn wait_servers(

@@ -79,6 +79,7 @@ fn a_two_site_fleet_serves_from_the_primary_with_dr_on_standby_and_passes_the_pl
         assert_eq!(s.weight, want, "{s:?}");
     }
     let before = sites.requests_by_server();
+    let sites_before = sites.requests_by_site();
     let frontend = sites.haproxy.frontend_addr();
     let sent = 100;
     for i in 0..sent {
@@ -104,6 +105,12 @@ fn a_two_site_fleet_serves_from_the_primary_with_dr_on_standby_and_passes_the_pl
         .map(|id| served(id))
         .sum();
     assert_eq!(primary_total, sent, "{before:?} -> {after:?}");
+    let sites_after = sites.requests_by_site();
+    assert_eq!(sites_after[&Site::Dr], sites_before[&Site::Dr]);
+    assert_eq!(
+        sites_after[&Site::Primary] - sites_before[&Site::Primary],
+        sent
+    );
 
     // The database pair streams from the primary site to the DR site.
     let pg = &sites.pg;
@@ -191,6 +198,7 @@ fn cutting_the_primary_site_leaves_dr_a_control_plane_and_restoring_brings_it_ba
     // reach the primary's database.
     let out = sites.drill_plan(&plan, &[]);
     assert_eq!(out.code, Some(1), "{out}\n{}", sites.diagnostics());
+    eprintln!("drill plan with the primary site cut off:\n{}", out.stdout);
     let primary_db = sites.db_addr(Site::Primary);
     for want in [
         "not measured",
