@@ -212,6 +212,7 @@ fn cutting_the_primary_site_leaves_dr_a_control_plane_and_restoring_brings_it_ba
     // The link back: HAProxy has the primary's servers again, c1 returns
     // as a standby, every agent is connected to the leader (c2) and the
     // replica streams from the primary again.
+    let restored = Instant::now();
     sites.restore_primary_site();
     sites.wait_servers(Site::Primary, "are back UP", Duration::from_secs(20), |s| {
         s.serving()
@@ -220,8 +221,13 @@ fn cutting_the_primary_site_leaves_dr_a_control_plane_and_restoring_brings_it_ba
     assert_eq!(sites.leader(), Some(Site::Dr));
     let all: Vec<String> = sites.hosts.iter().map(|h| h.id.clone()).collect();
     sites.wait_connected(&all, Duration::from_secs(40));
+    let reconnected = restored.elapsed();
     sites
         .pg
         .wait_streaming(WAIT)
         .unwrap_or_else(|e| panic!("{e}\n{}", sites.pg.describe(20)));
+    eprintln!(
+        "restored: every agent connected after {reconnected:?}, the replica streaming after {:?}",
+        restored.elapsed()
+    );
 }
