@@ -488,23 +488,34 @@ impl TwoSites {
     /// etcd, HAProxy's checks and the DR site, while their processes run
     /// on.
     pub fn cut_primary_site(&self) {
-        self.primary.cut();
+        self.cut_site(Site::Primary);
     }
 
-    /// Brings the primary site's link back, and its route to the DR site
-    /// (use this rather than `primary.restore()`, which leaves the site
-    /// reaching the test's namespace only). A `c1` that stopped itself
-    /// when it lost the leadership is started again, as a standby (its
-    /// supervisor would do that).
+    /// Brings the primary site back: [`TwoSites::restore_site`].
     pub fn restore_primary_site(&mut self) {
-        self.primary.restore();
-        // The link's going down took the route to the DR site with it.
-        default_route(&self.primary);
-        let c1 = &mut self.fleet.coordinator;
-        if !c1.is_running() {
-            c1.kill();
-            c1.spec.standby = true;
-            c1.start();
+        self.restore_site(Site::Primary);
+    }
+
+    /// Cuts `site` off (see [`TwoSites::cut_primary_site`]).
+    pub fn cut_site(&self, site: Site) {
+        self.ns(site).cut();
+    }
+
+    /// Brings `site`'s link back, and its route to the other site (use
+    /// this rather than `Netns::restore`, which leaves the site reaching
+    /// the test's namespace only). Its coordinator, if it stopped itself
+    /// when it lost the leadership, is started again as a standby (its
+    /// supervisor would do that).
+    pub fn restore_site(&mut self, site: Site) {
+        let ns = self.ns(site);
+        ns.restore();
+        // The link's going down took the default route with it.
+        default_route(ns);
+        let c = self.coordinator_mut(site);
+        if !c.is_running() {
+            c.kill();
+            c.spec.standby = true;
+            c.start();
         }
     }
 
