@@ -234,8 +234,12 @@ impl TwoSitesBuilder {
         .unwrap_or_else(|e| panic!("start PostgreSQL across the two sites: {e}"));
 
         // Ports: instances, and both coordinators' (fixed, so the agents
-        // know the standby's before it starts).
-        let mut taken: Vec<u16> = Vec::new();
+        // know the standby's before it starts); none a database's, which
+        // shares a namespace with them.
+        let mut taken: Vec<u16> = ["a", "b"]
+            .iter()
+            .filter_map(|n| pg.node(n).map(|n| n.port()))
+            .collect();
         let mut port = || loop {
             let p = free_port();
             if !taken.contains(&p) {

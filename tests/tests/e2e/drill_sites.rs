@@ -50,6 +50,10 @@ fn a_two_site_fleet_serves_from_the_primary_with_dr_on_standby_and_passes_the_pl
     }
     assert_eq!(sites.ids_on(Site::Primary), ["h1", "h2"]);
     assert_eq!(sites.ids_on(Site::Dr), ["h3", "h4"]);
+    // v1 runs on all four, each answering at its site's address.
+    for id in &all {
+        assert_eq!(sites.instance_version(id).as_deref(), Ok("v1"), "{id}");
+    }
 
     // Each site's processes run in its namespace: coordinator, agents and
     // their instances.
