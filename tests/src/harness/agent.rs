@@ -136,6 +136,10 @@ pub struct AgentSpec {
     pub extra_toml: String,
     /// The `drover-agent` binary to run; `None`: [`bin_path`]'s.
     pub binary: Option<PathBuf>,
+    /// Runs the agent (its enrolment too, and so its instances) under this
+    /// argv prefix, e.g. `ip netns exec SITE` for a host in a network
+    /// namespace. The prefix must exec its command.
+    pub prefix: Vec<String>,
 }
 
 impl AgentSpec {
@@ -151,6 +155,7 @@ impl AgentSpec {
             extra_top: String::new(),
             extra_toml: String::new(),
             binary: None,
+            prefix: Vec::new(),
         }
     }
 
@@ -274,7 +279,14 @@ impl Agent {
             .binary
             .clone()
             .unwrap_or_else(|| bin_path("drover-agent"));
-        let mut cmd = Command::new(binary);
+        let mut cmd = match self.spec.prefix.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(binary);
+                cmd
+            }
+            None => Command::new(binary),
+        };
         cmd.arg("--config").arg(&self.config_path);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");

@@ -23,6 +23,13 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Server {
     pub name: String,
     pub port: u16,
+    /// Where HAProxy reaches it: 127.0.0.1 unless it runs in a network
+    /// namespace.
+    pub addr: String,
+    /// The configured weight; `None`: HAProxy's default (1). A server at
+    /// weight 0 is registered and checked but takes no traffic (a DR site
+    /// on standby).
+    pub weight: Option<u32>,
 }
 
 impl Server {
@@ -30,7 +37,21 @@ impl Server {
         Server {
             name: name.to_string(),
             port,
+            addr: "127.0.0.1".to_string(),
+            weight: None,
         }
+    }
+
+    /// The same server reached at `addr`.
+    pub fn at(mut self, addr: &str) -> Server {
+        self.addr = addr.to_string();
+        self
+    }
+
+    /// The same server with configured weight `weight`.
+    pub fn weight(mut self, weight: u32) -> Server {
+        self.weight = Some(weight);
+        self
     }
 }
 
@@ -308,7 +329,11 @@ fn config(
         rise = checks.rise,
     );
     for s in servers {
-        t.push_str(&format!("    server {} 127.0.0.1:{}\n", s.name, s.port));
+        t.push_str(&format!("    server {} {}:{}", s.name, s.addr, s.port));
+        if let Some(w) = s.weight {
+            t.push_str(&format!(" weight {w}"));
+        }
+        t.push('\n');
     }
     t
 }

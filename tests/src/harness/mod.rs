@@ -12,6 +12,7 @@ pub mod pki;
 pub mod process;
 pub mod release;
 pub mod rollout;
+pub mod sites;
 pub mod traffic;
 
 use std::io::{Read, Write};

@@ -9,6 +9,7 @@ mod bench_smoke;
 mod certs;
 mod demo;
 mod drill;
+mod drill_sites;
 mod enrolling;
 mod etcd_store;
 mod first_deploy;

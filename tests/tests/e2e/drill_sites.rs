@@ -1,0 +1,237 @@
+//! The two-site fleet the disaster-recovery drills run on (issue 13): a
+//! primary and a DR site, each a network namespace with its hosts, its
+//! coordinator and its database node, behind one HAProxy where the DR
+//! site waits at weight 0 (`drover_tests::harness::sites`).
+
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+use drover_tests::harness::sites::{Site, TwoSites};
+use drover_tests::{ServerState, WAIT, http_get};
+
+/// The network namespace `pid` runs in (the inode of its ns file).
+fn netns_of_pid(pid: u32) -> u64 {
+    let path = format!("/proc/{pid}/ns/net");
+    std::fs::metadata(&path)
+        .unwrap_or_else(|e| panic!("stat {path}: {e}"))
+        .ino()
+}
+
+fn netns_named(name: &str) -> u64 {
+    let path = format!("/run/netns/{name}");
+    std::fs::metadata(&path)
+        .unwrap_or_else(|e| panic!("stat {path}: {e}"))
+        .ino()
+}
+
+#[test]
+fn a_two_site_fleet_serves_from_the_primary_with_dr_on_standby_and_passes_the_plan() {
+    let sites = TwoSites::builder().start();
+    let all: Vec<String> = sites.hosts.iter().map(|h| h.id.clone()).collect();
+
+    // c1 (primary site) leads, c2 (DR site) stands by; every host is
+    // connected to the leader with its site's label.
+    assert_eq!(
+        sites.leader(),
+        Some(Site::Primary),
+        "{}",
+        sites.diagnostics()
+    );
+    assert_eq!(sites.coordinator(Site::Dr).role(), "standby");
+    let hosts = sites.wait_connected(&all, WAIT);
+    for h in &sites.hosts {
+        let view = (hosts.iter().find(|v| v.host_id == h.id))
+            .unwrap_or_else(|| panic!("{} not listed", h.id));
+        assert_eq!(
+            view.labels.get("site").map(String::as_str),
+            Some(h.site.label()),
+            "{view:?}"
+        );
+    }
+    assert_eq!(sites.ids_on(Site::Primary), ["h1", "h2"]);
+    assert_eq!(sites.ids_on(Site::Dr), ["h3", "h4"]);
+    // v1 runs on all four, each answering at its site's address.
+    for id in &all {
+        assert_eq!(sites.instance_version(id).as_deref(), Ok("v1"), "{id}");
+    }
+
+    // Each site's processes run in its namespace: coordinator, agents and
+    // their instances.
+    for site in [Site::Primary, Site::Dr] {
+        let ns = netns_named(sites.ns(site).name());
+        let c = sites.coordinator(site);
+        assert_eq!(
+            netns_of_pid(c.pid().expect("coordinator pid")),
+            ns,
+            "{} is not in the {site} namespace",
+            c.spec.name
+        );
+        for id in sites.ids_on(site) {
+            let agent = sites.fleet.agent(&id);
+            assert_eq!(netns_of_pid(agent.pid().expect("agent pid")), ns, "{id}");
+            let instance = agent.instance_pid("web").expect("instance pid");
+            assert_eq!(netns_of_pid(instance), ns, "web@{id}");
+        }
+    }
+
+    // HAProxy sends the traffic to the primary only: the DR site's servers
+    // are up, at weight 0, and answer no request.
+    for s in sites.servers() {
+        let site = sites.host(&s.server).site;
+        assert_eq!(s.state, ServerState::Up, "{s:?}");
+        let want = if site == Site::Dr { Some(0) } else { Some(1) };
+        assert_eq!(s.weight, want, "{s:?}");
+    }
+    let before = sites.requests_by_server();
+    let sites_before = sites.requests_by_site();
+    let frontend = sites.haproxy.frontend_addr();
+    let sent = 100;
+    for i in 0..sent {
+        match http_get(&frontend, "/") {
+            Ok((200, body)) => assert_eq!(body.trim(), "drover-sample v1", "request {i}"),
+            other => panic!(
+                "request {i} through HAProxy: {other:?}\n{}",
+                sites.diagnostics()
+            ),
+        }
+    }
+    let after = sites.requests_by_server();
+    let served = |id: &str| after[id] - before.get(id).copied().unwrap_or(0);
+    for id in sites.ids_on(Site::Dr) {
+        assert_eq!(served(&id), 0, "{id} on DR answered requests: {after:?}");
+    }
+    for id in sites.ids_on(Site::Primary) {
+        assert!(served(&id) > 0, "{id} answered none: {after:?}");
+    }
+    let primary_total: u64 = sites
+        .ids_on(Site::Primary)
+        .iter()
+        .map(|id| served(id))
+        .sum();
+    assert_eq!(primary_total, sent, "{before:?} -> {after:?}");
+    let sites_after = sites.requests_by_site();
+    assert_eq!(sites_after[&Site::Dr], sites_before[&Site::Dr]);
+    assert_eq!(
+        sites_after[&Site::Primary] - sites_before[&Site::Primary],
+        sent
+    );
+
+    // The database pair streams from the primary site to the DR site.
+    let pg = &sites.pg;
+    pg.wait_streaming(WAIT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", pg.describe(20)));
+    assert_eq!(pg.primary().listen(), sites.primary.ns_ip());
+    assert_eq!(pg.replica().listen(), sites.dr.ns_ip());
+    pg.wait_caught_up(WAIT).unwrap_or_else(|e| panic!("{e}"));
+
+    // The example plan, aimed at this fleet, passes every pre-check; its
+    // lag comes from pg-lag run by c1 in the primary namespace.
+    let plan = sites.plan_toml("5s", "");
+    let out = sites.drill_plan(&plan, &[]);
+    assert!(out.success(), "{out}\n{}", sites.diagnostics());
+    for want in [
+        "site=primary -> site=dr",
+        "2 of 2 ready on site=dr = 100% of the primary's peak of 2 serving",
+        "site=primary: v1 on 2; site=dr: v1 on 2",
+        "4 of 4 instances registered with a load balancer; 0 of 2 on site=dr take traffic now",
+        "replication_lag",
+        "3 of 3 installed",
+        "every pre-check passed",
+    ] {
+        assert!(out.stdout.contains(want), "no {want:?} in:\n{out}");
+    }
+    let json = sites.drill_plan(&plan, &["-o", "json"]).expect_success();
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("json");
+    assert_eq!(v["passed"], true, "{json}");
+    let lag = (v["checks"].as_array().into_iter().flatten())
+        .find(|c| c["name"] == "replication_lag")
+        .unwrap_or_else(|| panic!("no replication_lag check: {json}"));
+    assert_eq!(lag["passed"], true, "{json}");
+}
+
+#[test]
+fn cutting_the_primary_site_leaves_dr_a_control_plane_and_restoring_brings_it_back() {
+    let mut sites = TwoSites::builder().start();
+    let ttl = sites.lease_ttl;
+    let plan = sites.plan_toml("5s", "");
+    sites
+        .pg
+        .wait_caught_up(WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    sites.drill_plan(&plan, &[]).expect_success();
+
+    // The primary site drops off the network: c1 cannot renew its lease,
+    // stops itself, and c2 on the DR site takes over.
+    sites.cut_primary_site();
+    let took = sites.wait_leader(Site::Dr, ttl + Duration::from_secs(15));
+    assert!(
+        took <= ttl + Duration::from_secs(2),
+        "c2 led {took:?} after the cut, want at most the lease ({ttl:?}) + 2 s\n{}",
+        sites.diagnostics()
+    );
+    assert!(
+        !sites.coordinator(Site::Primary).is_running(),
+        "c1 still runs, cut off\n{}",
+        sites.diagnostics()
+    );
+
+    // The DR site's agents follow c2 and stay connected to it.
+    let dr = sites.ids_on(Site::Dr);
+    sites.wait(Duration::from_secs(30), "the DR agents follow c2", || {
+        dr.iter().all(|h| sites.agent_follows(h, Site::Dr))
+    });
+    sites.wait_connected(&dr, Duration::from_secs(30));
+
+    // HAProxy (in the test's namespace) loses the primary's servers; the
+    // DR site's stay up, still at weight 0.
+    let down = Instant::now();
+    sites.wait_servers(Site::Primary, "are DOWN", Duration::from_secs(20), |s| {
+        s.state == ServerState::Down
+    });
+    eprintln!(
+        "c2 led {took:?} after the cut; HAProxy had the primary DOWN {:?} later",
+        down.elapsed()
+    );
+    for s in sites.servers() {
+        if sites.host(&s.server).site == Site::Dr {
+            assert!(s.state == ServerState::Up && s.weight == Some(0), "{s:?}");
+        }
+    }
+
+    // The plan no longer passes, from the DR site: the lag command cannot
+    // reach the primary's database.
+    let out = sites.drill_plan(&plan, &[]);
+    assert_eq!(out.code, Some(1), "{out}\n{}", sites.diagnostics());
+    eprintln!("drill plan with the primary site cut off:\n{}", out.stdout);
+    let primary_db = sites.db_addr(Site::Primary);
+    for want in [
+        "not measured",
+        "the lag command failed",
+        primary_db.as_str(),
+        "a drill would be refused",
+    ] {
+        assert!(out.stdout.contains(want), "no {want:?} in:\n{out}");
+    }
+
+    // The link back: HAProxy has the primary's servers again, c1 returns
+    // as a standby, every agent is connected to the leader (c2) and the
+    // replica streams from the primary again.
+    let restored = Instant::now();
+    sites.restore_primary_site();
+    sites.wait_servers(Site::Primary, "are back UP", Duration::from_secs(20), |s| {
+        s.serving()
+    });
+    assert_eq!(sites.coordinator(Site::Primary).role(), "standby");
+    assert_eq!(sites.leader(), Some(Site::Dr));
+    let all: Vec<String> = sites.hosts.iter().map(|h| h.id.clone()).collect();
+    sites.wait_connected(&all, Duration::from_secs(40));
+    let reconnected = restored.elapsed();
+    sites
+        .pg
+        .wait_streaming(WAIT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", sites.pg.describe(20)));
+    eprintln!(
+        "restored: every agent connected after {reconnected:?}, the replica streaming after {:?}",
+        restored.elapsed()
+    );
+}
