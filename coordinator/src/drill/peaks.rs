@@ -3,8 +3,8 @@
 //! that served at once, per hour, over the last week.
 //!
 //! Sampled every [`SAMPLE_EVERY`] from the registry and kept in the store
-//! under [`KEY`] (one small record, written at most every
-//! [`SAVE_EVERY`]), so a restarted or newly elected coordinator knows
+//! under [`KEY`] (one small record, written when a peak grows: a few times
+//! an hour at most), so a restarted or newly elected coordinator knows
 //! yesterday's peak.
 
 use std::collections::BTreeMap;
@@ -20,8 +20,7 @@ use crate::selector::Selector;
 use crate::store::Store;
 
 pub const KEY: &str = "drill-peaks";
-pub const SAMPLE_EVERY: Duration = Duration::from_secs(30);
-pub const SAVE_EVERY: Duration = Duration::from_secs(30);
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 const HOUR_MS: i64 = 3_600_000;
 /// Hours kept: a week.
 const KEEP_HOURS: i64 = 7 * 24;
@@ -162,8 +161,7 @@ impl Peaks {
         }
     }
 
-    /// Samples every [`SAMPLE_EVERY`] and saves every [`SAVE_EVERY`] (and
-    /// at shutdown) until `shutdown`.
+    /// Samples every [`SAMPLE_EVERY`], saving what grew, until `shutdown`.
     pub async fn run(
         self,
         registry: Arc<Registry>,
@@ -171,16 +169,13 @@ impl Peaks {
         shutdown: CancellationToken,
     ) {
         let mut sample = tokio::time::interval(SAMPLE_EVERY);
-        let mut save = tokio::time::interval(SAVE_EVERY);
-        save.tick().await;
         loop {
             tokio::select! {
-                () = shutdown.cancelled() => {
+                () = shutdown.cancelled() => return,
+                _ = sample.tick() => {
+                    self.sample(&registry, now_ms());
                     self.save(store.as_ref()).await;
-                    return;
                 }
-                _ = sample.tick() => self.sample(&registry, now_ms()),
-                _ = save.tick() => self.save(store.as_ref()).await,
             }
         }
     }

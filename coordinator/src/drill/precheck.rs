@@ -219,7 +219,14 @@ pub async fn check(
         plan.checks.peak_window,
         fleet.now_ms,
     );
-    let peak = recorded.max(u32::try_from(primary.serving.len()).unwrap_or(u32::MAX));
+    // A coordinator that never saw the primary serve (newly elected while
+    // the primary site is gone) sizes the DR site against the primary's
+    // registered instances instead.
+    let count = |v: &Vec<String>| u32::try_from(v.len()).unwrap_or(u32::MAX);
+    let mut peak = recorded.max(count(&primary.serving));
+    if peak == 0 {
+        peak = count(&primary.all);
+    }
     let ready = u32::try_from(dr.ready.len()).unwrap_or(u32::MAX);
     let need = (u64::from(peak) * u64::from(plan.checks.capacity)).div_ceil(100);
     let pct = if peak == 0 {
@@ -273,7 +280,16 @@ pub async fn check(
     ));
 
     // Release.
+    // Ungraceful: the primary's hosts may be out of reach, their releases
+    // unknown ("(none)"); the DR site must then run one release.
+    let primary_unknown = primary.releases.keys().all(|v| v == "(none)");
     let (passed, detail) = match primary.releases.len() {
+        _ if !graceful && primary_unknown && dr.releases.len() == 1 => (
+            true,
+            format!(
+                "the primary's releases are unknown (its hosts are out of reach); {dr_name} runs one release"
+            ),
+        ),
         0 => (
             false,
             format!("no instance of {} on {primary_name}", plan.service),

@@ -235,3 +235,97 @@ fn cutting_the_primary_site_leaves_dr_a_control_plane_and_restoring_brings_it_ba
         restored.elapsed()
     );
 }
+
+/// Done-when 2: the primary site is cut off (its hosts, its coordinator
+/// and its database drop off the network while their processes run); the
+/// coordinator on the DR site takes over, and an ungraceful drill run
+/// against it moves the traffic to DR and promotes the DR database. The
+/// report shows the recovery time; HAProxy serves every request from DR
+/// afterwards.
+#[test]
+fn an_ungraceful_drill_with_the_primary_site_cut_off_recovers_on_dr() {
+    use drover_testkit::postgres::WriterOptions;
+    use drover_tests::LoadSpec;
+
+    let mut sites = TwoSites::builder().start();
+    let ttl = sites.lease_ttl;
+    let plan = sites.plan_toml("5s", "[verify]\nhold = \"3s\"\ntimeout = \"60s\"\n");
+    let load = sites.start_load(LoadSpec {
+        max_requests: 100_000,
+        max_duration: Duration::from_secs(150),
+        ..LoadSpec::default()
+    });
+    let writer = sites.writer(WriterOptions::default());
+    writer
+        .wait_acknowledged(50, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    sites.cut_primary_site();
+    let cut = Instant::now();
+    sites.wait_leader(Site::Dr, ttl + Duration::from_secs(15));
+    let dr = sites.ids_on(Site::Dr);
+    sites.wait(Duration::from_secs(30), "the DR agents follow c2", || {
+        dr.iter().all(|h| sites.agent_follows(h, Site::Dr))
+    });
+    sites.wait_connected(&dr, Duration::from_secs(30));
+    // The emergency: no approval, nothing waits for the primary.
+    let plan_arg = plan.to_str().expect("utf-8 path");
+    let out = sites
+        .cli()
+        .run(&["drill", "run", "-f", plan_arg, "--ungraceful", "--yes"]);
+    let report = sites.cli().run(&["drill", "report", "dr-1", "-o", "json"]);
+    assert!(out.success(), "{out}\n{report}\n{}", sites.diagnostics());
+    let outage = cut.elapsed();
+    let r: serde_json::Value = serde_json::from_str(&report.stdout).expect("report json");
+    assert_eq!(r["phase"], "succeeded", "{r:#}");
+    assert_eq!(r["mode"], "ungraceful", "{r:#}");
+    assert!(r["approved_by"].is_null(), "{r:#}");
+    let recovery = r["recovery_ms"].as_i64().expect("recovery measured");
+    let steps = r["steps"].as_array().expect("steps");
+    let state = |name: &str| {
+        (steps.iter())
+            .find(|s| s["name"] == name)
+            .map(|s| s["state"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(state("stop_writes"), "skipped", "{r:#}");
+    assert_eq!(state("promote"), "done", "{r:#}");
+    // The DR database took the writes: the promoted replica accepts them.
+    sites.pg.promote().unwrap_or_else(|e| panic!("{e}"));
+    writer.retarget(sites.pg.primary().endpoint());
+    let more = writer.acknowledged() + 20;
+    writer
+        .wait_acknowledged(more, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("writes on the promoted DR database: {e}"));
+    let loss = (writer.stop())
+        .lost_after_promotion(sites.pg.primary())
+        .unwrap_or_else(|e| panic!("{e}"));
+    // From now on every request is served, by DR.
+    let (_, _, failed_before) = load.counts();
+    let by_site = sites.requests_by_site();
+    let (_, ok_now, _) = load.counts();
+    sites.wait(WAIT, "more requests flow", || {
+        load.counts().1 >= ok_now + 200
+    });
+    let (_, _, failed_after) = load.counts();
+    let later = sites.requests_by_site();
+    let report_load = load.stop();
+    assert_eq!(
+        failed_after, failed_before,
+        "requests failed after the switch\n{report_load}"
+    );
+    assert_eq!(
+        later.get(&Site::Primary),
+        by_site.get(&Site::Primary),
+        "the cut-off primary still got requests"
+    );
+    assert!(
+        later.get(&Site::Dr) > by_site.get(&Site::Dr),
+        "DR served nothing"
+    );
+    eprintln!(
+        "ungraceful drill: recovery {recovery} ms (switch start to DR serving), outage {outage:?} from the cut to the drill's end; writes: {} acknowledged, {} lost; load: {report_load}",
+        loss.acknowledged,
+        loss.lost.len()
+    );
+}
