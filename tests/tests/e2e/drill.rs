@@ -35,6 +35,32 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// The DR site waits at weight 0: registered, healthy, taking nothing.
+fn dr_on_standby(web: &WebFleet) {
+    for h in ["h3", "h4"] {
+        web.haproxy
+            .command(&format!("set server web/{h} weight 0"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// Steady load through HAProxy, bounded.
+fn bounded_load(web: &WebFleet) -> drover_tests::Load {
+    web.start_load(drover_tests::LoadSpec {
+        max_requests: 60_000,
+        max_duration: std::time::Duration::from_secs(120),
+        ..drover_tests::LoadSpec::default()
+    })
+}
+
+/// `drover drill run -f PLAN --yes --detach` as the operator.
+fn start_drill(web: &WebFleet, plan: &Path) {
+    let plan = plan.to_str().expect("utf-8 path");
+    web.fleet
+        .cli(&["drill", "run", "-f", plan, "--yes", "--detach"])
+        .expect_success();
+}
+
 const PLAN: &str = "service = \"web\"\nversion = \"7\"\nrto = \"5m\"\n";
 
 #[test]
@@ -282,11 +308,7 @@ fn a_graceful_drill_moves_all_traffic_to_dr_with_no_failed_request_and_no_lost_w
         toml::Value::String(examples.display().to_string())
     ));
     // The DR site waits at weight 0: registered, healthy, taking nothing.
-    for h in ["h3", "h4"] {
-        web.haproxy
-            .command(&format!("set server web/{h} weight 0"))
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
+    dr_on_standby(&web);
     let (a, b) = (pair.primary().endpoint(), pair.replica().endpoint());
     let plan_text = format!(
         "service = \"web\"\nversion = \"2026-12-05.1\"\nrto = \"5m\"\nrpo = \"0s\"\n\
@@ -305,11 +327,7 @@ fn a_graceful_drill_moves_all_traffic_to_dr_with_no_failed_request_and_no_lost_w
     let plan = write(dir.path(), "dr.toml", &plan_text);
     let plan_arg = plan.to_str().expect("utf-8 path");
 
-    let load = web.start_load(drover_tests::LoadSpec {
-        max_requests: 60_000,
-        max_duration: Duration::from_secs(120),
-        ..drover_tests::LoadSpec::default()
-    });
+    let load = bounded_load(&web);
     let writer = Writer::start(a.clone(), WriterOptions::default())
         .unwrap_or_else(|e| panic!("writer: {e}"));
     writer
@@ -420,11 +438,7 @@ fn a_step_that_times_out_stops_the_drill_and_abort_moves_traffic_back() {
     use std::time::Duration;
 
     let web = two_sites("");
-    for h in ["h3", "h4"] {
-        web.haproxy
-            .command(&format!("set server web/{h} weight 0"))
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
+    dr_on_standby(&web);
     let dir = tempfile::tempdir().expect("temp dir");
     let plan = write(
         dir.path(),
@@ -433,21 +447,8 @@ fn a_step_that_times_out_stops_the_drill_and_abort_moves_traffic_back() {
             "{PLAN}[approval]\nrequired = false\n[verify]\nhold = \"10s\"\ntimeout = \"15s\"\n"
         ),
     );
-    let load = web.start_load(drover_tests::LoadSpec {
-        max_requests: 60_000,
-        max_duration: Duration::from_secs(120),
-        ..drover_tests::LoadSpec::default()
-    });
-    web.fleet
-        .cli(&[
-            "drill",
-            "run",
-            "-f",
-            plan.to_str().expect("utf-8"),
-            "--yes",
-            "--detach",
-        ])
-        .expect_success();
+    let load = bounded_load(&web);
+    start_drill(&web, &plan);
     // Traffic moved; while it is being verified, a DR host freezes (its
     // agent stops answering), so the DR site is never seen whole.
     web.fleet.wait(WAIT, "dr-1 verifies the DR site", || {
@@ -525,32 +526,15 @@ fn a_drill_resumes_on_the_new_leader_when_its_coordinator_dies() {
 
     let etcd = EtcdCluster::start(3);
     let mut web = two_sites_with("", |b| b.ha(&etcd));
-    for h in ["h3", "h4"] {
-        web.haproxy
-            .command(&format!("set server web/{h} weight 0"))
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
+    dr_on_standby(&web);
     let dir = tempfile::tempdir().expect("temp dir");
     let plan = write(
         dir.path(),
         "dr.toml",
         &format!("{PLAN}[verify]\nhold = \"2s\"\ntimeout = \"60s\"\n"),
     );
-    let load = web.start_load(drover_tests::LoadSpec {
-        max_requests: 60_000,
-        max_duration: Duration::from_secs(120),
-        ..drover_tests::LoadSpec::default()
-    });
-    web.fleet
-        .cli(&[
-            "drill",
-            "run",
-            "-f",
-            plan.to_str().expect("utf-8"),
-            "--yes",
-            "--detach",
-        ])
-        .expect_success();
+    let load = bounded_load(&web);
+    start_drill(&web, &plan);
     assert_eq!(report(&web, "dr-1")["phase"], "awaiting_approval");
     // The leader dies; c2 takes over and resumes the drill from etcd.
     web.fleet.coordinator.kill();
