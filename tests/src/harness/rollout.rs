@@ -119,9 +119,15 @@ impl WebFleetBuilder {
     /// Two coordinators on `etcd` (a 3 s lease): `c1` leads, `c2` stands by
     /// (in [`Fleet::standbys`]); the agents know both, and the CLI goes to
     /// whichever leads.
-    pub fn ha(mut self, etcd: &super::etcd::EtcdCluster) -> Self {
+    pub fn ha(self, etcd: &super::etcd::EtcdCluster) -> Self {
+        self.ha_with_lease(etcd, "3s")
+    }
+
+    /// [`WebFleetBuilder::ha`] with another lease (`"10s"`, the default of
+    /// a real deployment).
+    pub fn ha_with_lease(mut self, etcd: &super::etcd::EtcdCluster, lease: &str) -> Self {
         let store = format!(
-            "{}lease_ttl = \"3s\"\n",
+            "{}lease_ttl = \"{lease}\"\n",
             super::etcd::store_toml(etcd, "/drover/")
         );
         self.ha = Some(store.clone());
