@@ -329,3 +329,109 @@ fn an_ungraceful_drill_with_the_primary_site_cut_off_recovers_on_dr() {
         loss.lost.len()
     );
 }
+
+/// Done-when 1 and 3 on the two sites: a graceful drill moves all traffic
+/// to DR with no failed request and no acknowledged write lost (RPO 0),
+/// and the fail-back returns the traffic and the database roles to the
+/// primary, again with no failed request and nothing lost.
+#[test]
+fn a_graceful_drill_and_its_fail_back_fail_no_request_and_lose_no_write() {
+    use drover_testkit::postgres::WriterOptions;
+    use drover_tests::LoadSpec;
+
+    let mut sites = TwoSites::builder().start();
+    let plan = sites.plan_toml(
+        "0s",
+        "[approval]\nrequired = false\n[verify]\nhold = \"3s\"\ntimeout = \"60s\"\n",
+    );
+    let plan_arg = plan.to_str().expect("utf-8 path").to_string();
+    sites
+        .pg
+        .wait_caught_up(WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let load = sites.start_load(LoadSpec {
+        max_requests: 150_000,
+        max_duration: Duration::from_secs(200),
+        ..LoadSpec::default()
+    });
+    let writer = sites.writer(WriterOptions {
+        max_duration: Duration::from_secs(200),
+        ..WriterOptions::default()
+    });
+    writer
+        .wait_acknowledged(50, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // To DR.
+    let out = sites.cli().run(&["drill", "run", "-f", &plan_arg, "--yes"]);
+    assert!(out.success(), "{out}\n{}", sites.diagnostics());
+    sites.pg.promote().unwrap_or_else(|e| panic!("{e}"));
+    writer.retarget(sites.pg.primary().endpoint());
+    let acked = writer.acknowledged();
+    writer
+        .wait_acknowledged(acked + 20, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("writes on the DR database: {e}"));
+    let on_dr = sites.requests_by_site();
+    let ok = load.counts().1;
+    sites.wait(WAIT, "requests flow to DR", || load.counts().1 >= ok + 200);
+    let later = sites.requests_by_site();
+    assert_eq!(
+        later.get(&Site::Primary),
+        on_dr.get(&Site::Primary),
+        "the primary still serves"
+    );
+    assert!(
+        later.get(&Site::Dr) > on_dr.get(&Site::Dr),
+        "DR serves nothing"
+    );
+
+    // Back: the old primary's database rejoins as a replica of DR, then
+    // `drover failback` runs the plan the other way.
+    sites
+        .pg
+        .rejoin_old_primary_as_replica()
+        .unwrap_or_else(|e| panic!("{e}\n{}", sites.pg.describe(40)));
+    sites
+        .pg
+        .wait_caught_up(WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = sites.cli().run(&["failback", "-f", &plan_arg, "--yes"]);
+    let report = sites.cli().run(&["drill", "report", "dr-2", "-o", "json"]);
+    assert!(out.success(), "{out}\n{report}\n{}", sites.diagnostics());
+    let r: serde_json::Value = serde_json::from_str(&report.stdout).expect("report json");
+    assert_eq!(r["kind"], "failback", "{r:#}");
+    assert_eq!(r["to"], "site=primary", "{r:#}");
+    sites.pg.promote().unwrap_or_else(|e| panic!("{e}"));
+    writer.retarget(sites.pg.primary().endpoint());
+    let acked = writer.acknowledged();
+    writer
+        .wait_acknowledged(acked + 20, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("writes on the primary database again: {e}"));
+    let log = writer.stop();
+    let loss = log
+        .lost_after_promotion(sites.pg.primary())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(loss.lost.is_empty(), "acknowledged writes lost: {loss:?}");
+    // Every weight is the configured one again: the primary serves, DR waits.
+    let back = sites.requests_by_site();
+    let ok = load.counts().1;
+    sites.wait(WAIT, "requests flow to the primary", || {
+        load.counts().1 >= ok + 200
+    });
+    let last = sites.requests_by_site();
+    let report_load = load.stop();
+    assert_eq!(report_load.failed, 0, "{report_load}");
+    assert_eq!(
+        last.get(&Site::Dr),
+        back.get(&Site::Dr),
+        "DR still serves after the fail-back"
+    );
+    assert!(
+        last.get(&Site::Primary) > back.get(&Site::Primary),
+        "the primary serves nothing"
+    );
+    eprintln!(
+        "drill and fail-back: {} writes acknowledged, none lost; {report_load}",
+        loss.acknowledged
+    );
+}

@@ -38,8 +38,17 @@ pub(super) fn for_fleet(
     let nodes = [(EXAMPLE_PRIMARY_DB, primary), (EXAMPLE_DR_DB, dr)];
     if let Some(toml::Value::Table(db)) = plan.get_mut("database") {
         for (field, value) in db.iter_mut() {
-            if let toml::Value::Array(argv) = value {
-                aim_at(field, argv, &nodes);
+            match value {
+                toml::Value::Array(argv) => aim_at(field, argv, &nodes),
+                // [database.failback]: the way back, aimed the same way.
+                toml::Value::Table(back) => {
+                    for (field, value) in back.iter_mut() {
+                        if let toml::Value::Array(argv) = value {
+                            aim_at(field, argv, &nodes);
+                        }
+                    }
+                }
+                _ => {}
             }
         }
     }
