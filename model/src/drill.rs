@@ -90,16 +90,15 @@ impl Default for Sites {
     }
 }
 
-/// Whether the DR site must already run the primary's release.
+/// Whether the DR site must already run the primary's release. Only
+/// `same` for now: bring the DR site to the primary's release with
+/// `drover rollout start` before the drill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReleaseRule {
     /// The DR site runs the primary's release, or the drill is refused.
     #[default]
     Same,
-    /// A DR site on another release is brought to the primary's first
-    /// (the artifact must be stored).
-    Deploy,
 }
 
 /// The pre-checks' thresholds.

@@ -5,8 +5,7 @@
 //!   load balancer they are registered with, at any weight: a DR site waits
 //!   at weight 0) against the primary's peak of serving instances over
 //!   `checks.peak_window`;
-//! - `release`: the DR site runs the primary's release (or, with
-//!   `release = "deploy"`, can be brought to it first);
+//! - `release`: the DR site runs the primary's release;
 //! - `replication_lag`: the plan's lag command. For an ungraceful run,
 //!   against the RPO (what is behind now is what would be lost). For a
 //!   graceful one, against `database.catch_up_timeout` (at least the RPO):
@@ -299,14 +298,11 @@ pub async fn check(
             let same = dr.releases.len() == 1 && dr.releases.contains_key(&want);
             match (same, plan.checks.release) {
                 (true, _) => (true, String::new()),
-                (false, ReleaseRule::Deploy) => (
-                    true,
-                    format!("{dr_name} will be brought to {want} before the switch"),
-                ),
                 (false, ReleaseRule::Same) => (
                     false,
                     format!(
-                        "{dr_name} must run {want} like the primary (or set checks.release = \"deploy\")"
+                        "{dr_name} must run {want} like the primary: `drover rollout start --service {} --version {want} --selector {dr_name}` first",
+                        plan.service
                     ),
                 ),
             }
@@ -326,7 +322,6 @@ pub async fn check(
         ),
         match plan.checks.release {
             ReleaseRule::Same => "the same release on both sites".to_string(),
-            ReleaseRule::Deploy => "the same release, or DR brought to it first".to_string(),
         },
         detail,
     ));
