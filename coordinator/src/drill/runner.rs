@@ -361,16 +361,19 @@ impl Drills {
         }
     }
 
-    fn handle(d: &mut Drill, msg: Msg) {
+    /// Applies an approval or abort, stores it, then answers: the caller
+    /// reads the drill back as stored.
+    async fn handle(&self, d: &mut Drill, msg: Msg, last: &mut Vec<u8>) {
         let now = now_ms();
-        match msg {
-            Msg::Approve(by, reply) => {
-                let _ = reply.send(d.approve(now, &by));
-            }
-            Msg::Abort(by, reply) => {
-                let _ = reply.send(d.abort(now, &by));
-            }
+        let (reply, result) = match msg {
+            Msg::Approve(by, reply) => (reply, d.approve(now, &by)),
+            Msg::Abort(by, reply) => (reply, d.abort(now, &by)),
+        };
+        if result.is_ok() && !self.persist(d, last).await {
+            let _ = reply.send(Err("this coordinator no longer leads".to_string()));
+            return;
         }
+        let _ = reply.send(result);
     }
 
     /// The drill's task: act, store, repeat, until it ends.
@@ -398,7 +401,7 @@ impl Drills {
                     let env = command_env(&d.plan);
                     tokio::select! {
                         () = self.shutdown.cancelled() => return,
-                        Some(msg) = rx.recv() => { Self::handle(&mut d, msg); continue; }
+                        Some(msg) = rx.recv() => { self.handle(&mut d, msg, &mut last).await; continue; }
                         ran = run_command(self.commands_dir.as_deref(), field, &argv, &env, timeout) => {
                             d.on_command(now_ms(), ran.ok, &ran.detail);
                         }
@@ -409,7 +412,7 @@ impl Drills {
                     let env = command_env(&d.plan);
                     let next = tokio::select! {
                         () = self.shutdown.cancelled() => return,
-                        Some(msg) = rx.recv() => { Self::handle(&mut d, msg); continue; }
+                        Some(msg) = rx.recv() => { self.handle(&mut d, msg, &mut last).await; continue; }
                         ran = run_command(self.commands_dir.as_deref(), "database.lag", &argv, &env, timeout) => {
                             let lag = if ran.ok { parse_lag(&ran.stdout) } else { Err(ran.detail) };
                             d.on_lag(now_ms(), lag)
@@ -450,7 +453,7 @@ impl Drills {
             };
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
-                Some(msg) = rx.recv() => Self::handle(&mut d, msg),
+                Some(msg) = rx.recv() => self.handle(&mut d, msg, &mut last).await,
                 () = tokio::time::sleep(sleep) => {}
             }
         }
