@@ -755,5 +755,28 @@ impl Drill {
     }
 }
 
+/// Whether drills of one service hold its weights now: the latest that
+/// moved traffic decides. A drill or failover that moved it holds it (on
+/// DR, until a fail-back); a fail-back that finished put every configured
+/// weight back and holds nothing; one that failed half-way still holds.
+/// Drills that failed before moving anything, or were aborted back, do not
+/// count: the one before them decides.
+pub fn holds<'a>(drills: impl Iterator<Item = &'a Drill>) -> bool {
+    let mut drills: Vec<&Drill> = drills
+        .filter(|d| d.plan.traffic.via == TrafficVia::Haproxy)
+        .collect();
+    drills.sort_by_key(|d| std::cmp::Reverse(d.started_ms));
+    for d in drills {
+        match d.kind {
+            Kind::Failback if d.phase == Phase::Succeeded => return false,
+            _ if d.traffic_moved => return true,
+            // A succeeded drill or failover moved traffic and keeps it.
+            Kind::Drill | Kind::Failover if d.phase == Phase::Succeeded => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests;

@@ -168,20 +168,17 @@ impl Drills {
     /// The services whose weights a drill holds (moved, not moved back):
     /// nothing else may put their configured weights back.
     pub fn holding(&self) -> BTreeSet<String> {
-        let inner = lock(&self.inner);
-        let mut latest: BTreeMap<String, Arc<Drill>> = BTreeMap::new();
-        for e in inner.values() {
+        let mut by_service: BTreeMap<String, Vec<Arc<Drill>>> = BTreeMap::new();
+        for e in lock(&self.inner).values() {
             let d = e.snapshot.borrow().clone();
-            match latest.get(&d.plan.service) {
-                Some(o) if o.started_ms > d.started_ms => {}
-                _ => {
-                    latest.insert(d.plan.service.clone(), d);
-                }
-            }
+            by_service
+                .entry(d.plan.service.clone())
+                .or_default()
+                .push(d);
         }
-        (latest.into_values())
-            .filter(|d| d.holds_traffic() && d.kind != Kind::Failback)
-            .map(|d| d.plan.service.clone())
+        (by_service.into_iter())
+            .filter(|(_, drills)| super::engine::holds(drills.iter().map(|d| d.as_ref())))
+            .map(|(service, _)| service)
             .collect()
     }
 
@@ -557,8 +554,9 @@ impl Drills {
             ));
         }
         // Up first, then down, so both serve in between. Toward the DR
-        // site: held weights (it is configured at 0); a fail-back and an
-        // abort put every configured weight back.
+        // site: held weights (it is configured at 0); a fail-back, and the
+        // abort of a drill, put every configured weight back; the abort of
+        // a fail-back puts the DR site's held weights back.
         let (up, down, up_weight, down_weight, up_site, down_site) = match (toward, d.kind) {
             (Toward::Target, Kind::Failback) => (
                 &target,
@@ -575,6 +573,14 @@ impl Drills {
                 Some(0),
                 d.target_site(),
                 d.source_site(),
+            ),
+            (Toward::Source, Kind::Failback) => (
+                &source,
+                &target,
+                Some(BASE_WEIGHT),
+                Some(0),
+                d.source_site(),
+                d.target_site(),
             ),
             (Toward::Source, _) => (
                 &source,

@@ -424,3 +424,30 @@ fn a_failback_runs_the_plans_way_back() {
         ("database.failback.promote", "primary-db")
     );
 }
+
+#[test]
+fn the_latest_drill_that_moved_traffic_decides_who_holds_the_weights() {
+    let at = |kind: Kind, started: Ms, phase: Phase, moved: bool| {
+        let mut d = drill(PLAN_DB, Mode::Graceful);
+        d.kind = kind;
+        d.started_ms = started;
+        d.phase = phase;
+        d.traffic_moved = moved;
+        d
+    };
+    let to_dr = at(Kind::Drill, 1, Phase::Succeeded, true);
+    assert!(holds([&to_dr].into_iter()));
+    // A fail-back that failed before moving anything: DR still holds.
+    let failed_back = at(Kind::Failback, 2, Phase::Failed, false);
+    assert!(holds([&to_dr, &failed_back].into_iter()));
+    // One that failed half-way holds too (its abort moves it back).
+    let half_back = at(Kind::Failback, 2, Phase::Failed, true);
+    assert!(holds([&to_dr, &half_back].into_iter()));
+    // A fail-back that finished put the configured weights back.
+    let back = at(Kind::Failback, 3, Phase::Succeeded, true);
+    assert!(!holds([&to_dr, &failed_back, &back].into_iter()));
+    // A drill aborted back to the primary holds nothing.
+    let aborted = at(Kind::Drill, 4, Phase::Aborted, false);
+    assert!(!holds([&aborted].into_iter()));
+    assert!(!holds(std::iter::empty()));
+}
