@@ -747,12 +747,6 @@ impl Drill {
     pub fn awaits_abort(&self) -> bool {
         self.phase == Phase::Failed && self.traffic_moved
     }
-
-    /// Whether traffic of the plan's service is held by this operation
-    /// (moved and not moved back), so nothing else may reset its weights.
-    pub fn holds_traffic(&self) -> bool {
-        self.traffic_moved && self.plan.traffic.via == TrafficVia::Haproxy
-    }
 }
 
 /// Whether drills of one service hold its weights now: the latest that

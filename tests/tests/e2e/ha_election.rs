@@ -264,6 +264,43 @@ pub(crate) fn mid_rollout(web: &WebFleet, version: &str) -> (Load, String) {
     (load, started.id)
 }
 
+/// Waits for rollout `id` to end and stops `load`; asserts it succeeded
+/// with every instance on v2, no request failed and no command ran twice
+/// (the agents' logs). Returns the rollout, the load's report and the
+/// commands of the rollout that ran.
+pub(crate) fn finish_under_load(
+    web: &WebFleet,
+    id: &str,
+    load: Load,
+) -> (
+    drover_tests::RolloutView,
+    drover_tests::LoadReport,
+    Vec<String>,
+) {
+    let rollout = web.wait_finished(id, Duration::from_secs(150));
+    let report = load.stop();
+    let diag = || {
+        format!(
+            "{}\n{report}\n{}",
+            rollout.timeline(),
+            web.diagnostics_for(id)
+        )
+    };
+    assert_eq!(rollout.phase, "succeeded", "{}", diag());
+    assert_eq!(report.failed, 0, "failed requests\n{}", diag());
+    for (iid, v) in rollout.versions() {
+        assert_eq!(v.as_deref(), Some("v2"), "{iid}\n{}", diag());
+    }
+    let ran: Vec<String> = (executions(&web.fleet).into_iter())
+        .filter(|c| c.starts_with(&format!("{id}/")))
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for c in &ran {
+        assert!(seen.insert(c), "{c} ran twice\n{}", diag());
+    }
+    (rollout, report, ran)
+}
+
 #[test]
 fn a_rolling_update_under_load_survives_its_leader_being_killed() {
     let etcd = EtcdCluster::start(3);
@@ -274,17 +311,7 @@ fn a_rolling_update_under_load_survives_its_leader_being_killed() {
     // The leader dies mid-rollout; the standby resumes it from etcd.
     web.fleet.coordinator.kill();
     let took = wait_leader(&web.fleet.standbys[0], TTL + Duration::from_secs(10));
-    let rollout = web.wait_finished(&id, Duration::from_secs(120));
-    let report = load.stop();
-    let diag = || {
-        format!(
-            "{}\n{report}\n{}",
-            rollout.timeline(),
-            web.diagnostics_for(&id)
-        )
-    };
-    assert_eq!(rollout.phase, "succeeded", "{}", diag());
-    assert_eq!(report.failed, 0, "failed requests\n{}", diag());
+    let (rollout, _, ran) = finish_under_load(&web, &id, load);
     assert!(
         took <= TTL + Duration::from_secs(2),
         "takeover took {took:?} with a {TTL:?} lease"
@@ -292,19 +319,8 @@ fn a_rolling_update_under_load_survives_its_leader_being_killed() {
     assert!(
         (rollout.events.iter()).any(|e| e.message.contains("resumed after a coordinator restart")),
         "{}",
-        diag()
+        rollout.timeline()
     );
-    for (iid, v) in rollout.versions() {
-        assert_eq!(v.as_deref(), Some("v2"), "{iid}\n{}", diag());
-    }
-    // No step ran twice: every command id of this rollout ran once.
-    let ran: Vec<String> = (executions(&web.fleet).into_iter())
-        .filter(|c| c.starts_with(&format!("{id}/")))
-        .collect();
-    let mut seen = std::collections::BTreeSet::new();
-    for c in &ran {
-        assert!(seen.insert(c), "{c} ran twice\n{}", diag());
-    }
     assert!(ran.len() >= 4 * 7, "{} executions: {ran:?}", ran.len());
     eprintln!("rollout takeover after SIGKILL: {took:?} (lease {TTL:?})");
 }
@@ -351,20 +367,7 @@ fn without_etcd_quorum_the_leader_stops_and_the_rollout_goes_on_when_quorum_is_b
     etcd.restart(1);
     etcd.restart(2);
     wait_leader(c2, Duration::from_secs(60));
-    let rollout = web.wait_finished(&id, Duration::from_secs(120));
-    let report = load.stop();
-    let diag = || {
-        format!(
-            "{}\n{report}\n{}",
-            rollout.timeline(),
-            web.diagnostics_for(&id)
-        )
-    };
-    assert_eq!(rollout.phase, "succeeded", "{}", diag());
-    assert_eq!(report.failed, 0, "failed requests\n{}", diag());
-    for (iid, v) in rollout.versions() {
-        assert_eq!(v.as_deref(), Some("v2"), "{iid}\n{}", diag());
-    }
+    finish_under_load(&web, &id, load);
 }
 
 /// A benchmark, not a test (ignored by default): `HA_TRIALS=10 cargo
@@ -532,17 +535,8 @@ fn losing_etcds_leader_mid_rollout_changes_nothing_visible() {
         .and_then(|n| n.parse::<usize>().ok())
         .unwrap_or_else(|| panic!("no etcd leader in {out}"));
     etcd.kill(leader);
-    let rollout = web.wait_finished(&id, Duration::from_secs(120));
-    let report = load.stop();
-    let diag = || {
-        format!(
-            "{}\n{report}\n{}",
-            rollout.timeline(),
-            web.diagnostics_for(&id)
-        )
-    };
-    assert_eq!(rollout.phase, "succeeded", "{}", diag());
-    assert_eq!(report.failed, 0, "failed requests\n{}", diag());
+    let (rollout, report, _) = finish_under_load(&web, &id, load);
+    let diag = || format!("{}\n{report}", rollout.timeline());
     assert!(web.fleet.coordinator.is_running(), "{}", diag());
     assert_eq!(web.fleet.coordinator.role(), "leader", "{}", diag());
     assert_eq!(

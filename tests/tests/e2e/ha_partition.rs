@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use drover_testkit::netns::Netns;
 use drover_testkit::tcp_proxy::TcpProxy;
 use drover_tests::harness::etcd::EtcdCluster;
-use drover_tests::{Coordinator, Load, WebFleet, metrics_sum};
+use drover_tests::{Coordinator, WebFleet, metrics_sum};
 
-use crate::ha_election::{TTL, epoch, executions, mid_rollout, wait_leader};
+use crate::ha_election::{TTL, epoch, finish_under_load, mid_rollout, wait_leader};
 
 /// A proxy on `ns.host_ip()` to each etcd member, for the leader in `ns`.
 fn etcd_proxies(etcd: &EtcdCluster, ns: &Netns) -> Vec<TcpProxy> {
@@ -69,33 +69,6 @@ fn in_every_agent_log(web: &WebFleet, text: &str) -> bool {
         .all(|a| std::fs::read_to_string(&a.log).is_ok_and(|l| l.contains(text)))
 }
 
-/// The rollout ends well: succeeded, on v2, no failed request, no command
-/// run twice.
-fn check_finished(web: &WebFleet, id: &str, load: Load) {
-    let rollout = web.wait_finished(id, Duration::from_secs(150));
-    let report = load.stop();
-    let diag = || {
-        format!(
-            "{}\n{report}\n{}",
-            rollout.timeline(),
-            web.diagnostics_for(id)
-        )
-    };
-    assert_eq!(rollout.phase, "succeeded", "{}", diag());
-    assert_eq!(report.failed, 0, "failed requests\n{}", diag());
-    for (iid, v) in rollout.versions() {
-        assert_eq!(v.as_deref(), Some("v2"), "{iid}\n{}", diag());
-    }
-    let ran: Vec<String> = (executions(&web.fleet).into_iter())
-        .filter(|c| c.starts_with(&format!("{id}/")))
-        .collect();
-    let mut seen = std::collections::BTreeSet::new();
-    for c in &ran {
-        assert!(seen.insert(c), "{c} ran twice\n{}", diag());
-    }
-    eprintln!("{report}");
-}
-
 fn exit_code(c: &Coordinator, within: Duration) -> Option<i32> {
     (c.process())
         .and_then(|p| p.wait_exit(within))
@@ -142,7 +115,7 @@ fn a_partitioned_leader_stops_itself_and_the_standby_finishes_the_rollout() {
             in_every_agent_log(&web, &format!("coordinator c2 leads (epoch {e2})"))
         });
     ns.restore();
-    check_finished(&web, &id, load);
+    finish_under_load(&web, &id, load);
     eprintln!(
         "partitioned leader stopped itself {stopped:?} after the cut; c2 led {took:?} after it (lease {TTL:?})"
     );
@@ -218,7 +191,7 @@ fn a_deposed_leader_that_does_not_stop_is_refused_by_etcd_and_by_the_agents() {
     wait_leader(c2, TTL + Duration::from_secs(10));
     let e3 = epoch(c2);
     assert!(e3 > e2, "epochs grow: {e2} then {e3}");
-    check_finished(&web, &id, load);
+    finish_under_load(&web, &id, load);
     // The agents report their refusals; the leader counts them.
     let fenced = metrics_sum(
         &web.fleet.standbys[0].metrics(),
