@@ -239,6 +239,7 @@ pub enum Action {
     },
     /// Run the lag command and answer [`Drill::on_lag`].
     MeasureLag {
+        field: &'static str,
         argv: Vec<String>,
         timeout: Duration,
     },
@@ -470,8 +471,11 @@ impl Drill {
                         ),
                     );
                 }
-                let (_, argv) = self.command_of(StepName::CatchUp).unwrap_or_default();
+                let (field, argv) = self
+                    .command_of(StepName::CatchUp)
+                    .unwrap_or(("database.lag", Vec::new()));
                 Action::MeasureLag {
+                    field,
                     argv,
                     timeout: db.timeout,
                 }

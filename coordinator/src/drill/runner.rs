@@ -405,12 +405,16 @@ impl Drills {
                     }
                     continue;
                 }
-                Action::MeasureLag { argv, timeout } => {
+                Action::MeasureLag {
+                    field,
+                    argv,
+                    timeout,
+                } => {
                     let env = command_env(&d.plan);
                     let next = tokio::select! {
                         () = self.shutdown.cancelled() => return,
                         Some(msg) = rx.recv() => { self.handle(&mut d, msg, &mut last).await; continue; }
-                        ran = run_command(self.commands_dir.as_deref(), "database.lag", &argv, &env, timeout) => {
+                        ran = run_command(self.commands_dir.as_deref(), field, &argv, &env, timeout) => {
                             let lag = if ran.ok { parse_lag(&ran.stdout) } else { Err(ran.detail) };
                             d.on_lag(now_ms(), lag)
                         }

@@ -191,6 +191,11 @@ fn random_plan(r: &mut Rng) -> String {
         if r.chance(70) {
             text.push_str("stop_writes = [\"pg-stop-writes\"]\n");
         }
+        // The way back, for the fail-backs among the seeds.
+        text.push_str("[database.failback]\nlag = [\"pg-lag\"]\npromote = [\"pg-promote\"]\n");
+        if r.chance(70) {
+            text.push_str("stop_writes = [\"pg-stop-writes\"]\n");
+        }
     }
     text.push_str("[verify]\nhold = \"1s\"\ntimeout = \"8s\"\n");
     text
@@ -205,7 +210,24 @@ fn simulate(seed: u64) {
     } else {
         Mode::Graceful
     };
-    let mut d = drill(&text, mode);
+    let kind = match r.below(4) {
+        0 => Kind::Failback,
+        1 => Kind::Failover,
+        _ => Kind::Drill,
+    };
+    let plan = DrillPlan::from_toml(&text).expect("plan");
+    let mut d = Drill::new(
+        "dr-1".into(),
+        kind,
+        mode,
+        text.clone(),
+        plan,
+        "d".into(),
+        "alice".into(),
+        1_000,
+        None,
+        Vec::new(),
+    );
     let mut now: Ms = 1_000;
     let mut trace: Vec<String> = Vec::new();
     let abort_at = r
@@ -238,6 +260,19 @@ fn simulate(seed: u64) {
             );
         };
         match &action {
+            // A fail-back runs the plan's way back, the others its way out.
+            Action::Run { field, argv, .. } | Action::MeasureLag { field, argv, .. } => {
+                check(
+                    field.starts_with("database.failback.") == (d.kind == Kind::Failback),
+                    &format!("a {} ran {field}", d.kind.as_str()),
+                    &trace,
+                );
+                check(
+                    !argv.is_empty(),
+                    &format!("{field} ran with no command"),
+                    &trace,
+                );
+            }
             Action::Switch(Toward::Target) => {
                 // Never before the approval, the catch-up and the promotion.
                 check(
