@@ -25,20 +25,13 @@ use drover_proto::v1::{self as pb, Host, LoadBalancerState};
 use super::peaks::Peaks;
 use crate::runner::wire::{connected, observe};
 
-/// One pre-check's verdict, with its numbers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
-    pub name: &'static str,
-    pub passed: bool,
-    pub value: String,
-    pub want: String,
-    pub detail: String,
-}
+/// One pre-check's verdict, with its numbers: what a drill stores too.
+pub type Check = super::engine::CheckRecord;
 
 impl Check {
-    fn new(name: &'static str, passed: bool, value: String, want: String, detail: String) -> Check {
+    fn new(name: &str, passed: bool, value: String, want: String, detail: String) -> Check {
         Check {
-            name,
+            name: name.to_string(),
             passed,
             value,
             want,
@@ -48,7 +41,7 @@ impl Check {
 
     pub fn to_wire(&self) -> pb::DrillCheck {
         pb::DrillCheck {
-            name: self.name.to_string(),
+            name: self.name.clone(),
             passed: self.passed,
             value: self.value.clone(),
             want: self.want.clone(),

@@ -226,13 +226,11 @@ impl Drills {
     /// its service runs (`busy` names the rollout, if one runs).
     pub async fn start(
         self: &Arc<Self>,
+        service: &str,
         make: impl FnOnce(String) -> Drill,
         rollout_busy: bool,
     ) -> Result<Arc<Drill>, DrillError> {
         let _one = self.starting.lock().await;
-        let n = self.next_seq().await?;
-        let d = make(format!("dr-{n}"));
-        let service = d.plan.service.clone();
         if rollout_busy {
             return Err(DrillError::Refused(format!(
                 "a rollout of {service} is running: let it finish (or abort it) first"
@@ -250,6 +248,9 @@ impl Drills {
                 other.phase.as_str()
             )));
         }
+        // An id only once nothing refuses it.
+        let n = self.next_seq().await?;
+        let d = make(format!("dr-{n}"));
         self.save(&d).await?;
         self.add(d, true, false);
         self.get(&format!("dr-{n}"))

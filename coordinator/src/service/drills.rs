@@ -12,7 +12,7 @@ use drover_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::Ctx;
-use crate::drill::engine::{CheckRecord, Drill, Kind, Mode, StepState};
+use crate::drill::engine::{Drill, Kind, Mode, StepState};
 use crate::drill::{Check, Fleet, precheck};
 use crate::registry::now_ms;
 use crate::selector::Selector;
@@ -60,15 +60,7 @@ pub fn to_wire(d: &Drill) -> pb::Drill {
         forced_reason: d.forced.clone().unwrap_or_default(),
         approved_by: d.approved_by.clone().unwrap_or_default(),
         approved_ms: d.approved_ms.unwrap_or(0),
-        prechecks: (d.prechecks.iter())
-            .map(|c| pb::DrillCheck {
-                name: c.name.clone(),
-                passed: c.passed,
-                value: c.value.clone(),
-                want: c.want.clone(),
-                detail: c.detail.clone(),
-            })
-            .collect(),
+        prechecks: d.prechecks.iter().map(Check::to_wire).collect(),
         steps: (d.steps.iter())
             .map(|s| pb::DrillStep {
                 name: s.name.as_str().to_string(),
@@ -188,15 +180,6 @@ impl DrillService for DrillSvc {
                 failed.join("; ")
             )));
         }
-        let records: Vec<CheckRecord> = (checks.iter())
-            .map(|c| CheckRecord {
-                name: c.name.to_string(),
-                passed: c.passed,
-                value: c.value.clone(),
-                want: c.want.clone(),
-                detail: c.detail.clone(),
-            })
-            .collect();
         let mode = if req.ungraceful {
             Mode::Ungraceful
         } else {
@@ -204,12 +187,14 @@ impl DrillService for DrillSvc {
         };
         let digest = plan_digest(&req.plan_toml);
         let text = req.plan_toml.clone();
-        let busy = self.ctx.rollouts.running_services().contains(&plan.service);
+        let service = plan.service.clone();
+        let busy = self.ctx.rollouts.running_services().contains(&service);
         let forced = (!force.is_empty()).then_some(force);
         let d = self
             .ctx
             .drill_runs
             .start(
+                &service,
                 |id| {
                     Drill::new(
                         id,
@@ -221,7 +206,7 @@ impl DrillService for DrillSvc {
                         by,
                         now_ms(),
                         forced,
-                        records,
+                        checks,
                     )
                 },
                 busy,

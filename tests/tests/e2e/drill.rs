@@ -61,6 +61,13 @@ fn start_drill(web: &WebFleet, plan: &Path) {
         .expect_success();
 }
 
+/// `drover drill plan -f PLAN [ARGS]` as the operator.
+fn drill_plan(web: &WebFleet, plan: &Path, args: &[&str]) -> drover_tests::CmdOutput {
+    let mut all = vec!["drill", "plan", "-f", plan.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    web.fleet.cli(&all)
+}
+
 const PLAN: &str = "service = \"web\"\nversion = \"7\"\nrto = \"5m\"\n";
 
 #[test]
@@ -70,10 +77,7 @@ fn drill_plan_checks_the_dr_site_and_refuses_one_too_small_with_the_numbers() {
     let plan = write(dir.path(), "dr.toml", PLAN);
     let plan_arg = plan.to_str().expect("utf-8 path");
 
-    let out = web
-        .fleet
-        .cli(&["drill", "plan", "-f", plan_arg])
-        .expect_success();
+    let out = drill_plan(&web, &plan, &[]).expect_success();
     for want in [
         "DR plan for web version 7",
         "site=primary -> site=dr",
@@ -88,10 +92,7 @@ fn drill_plan_checks_the_dr_site_and_refuses_one_too_small_with_the_numbers() {
     ] {
         assert!(out.stdout.contains(want), "no {want:?} in:\n{out}");
     }
-    let json = web
-        .fleet
-        .cli(&["drill", "plan", "-f", plan_arg, "-o", "json"])
-        .expect_success();
+    let json = drill_plan(&web, &plan, &["-o", "json"]).expect_success();
     let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("json");
     assert_eq!(v["passed"], true, "{json}");
     assert_eq!(v["checks"][0]["name"], "capacity", "{json}");
@@ -100,7 +101,7 @@ fn drill_plan_checks_the_dr_site_and_refuses_one_too_small_with_the_numbers() {
     // Half the DR site goes: 1 of 2 ready is 50% of the primary's peak.
     web.fleet.agent_mut("h4").kill();
     web.fleet.wait_status("h4", "lost", WAIT);
-    let out = web.fleet.cli(&["drill", "plan", "-f", plan_arg]);
+    let out = drill_plan(&web, &plan, &[]);
     assert_eq!(out.code, Some(1), "{out}");
     for want in [
         "FAILED",
@@ -139,9 +140,7 @@ fn drill_plan_checks_the_dr_site_and_refuses_one_too_small_with_the_numbers() {
         "big.toml",
         &format!("{PLAN}[checks]\ncapacity = \"150%\"\n"),
     );
-    let out = web
-        .fleet
-        .cli(&["drill", "plan", "-f", big.to_str().expect("utf-8")]);
+    let out = drill_plan(&web, &big, &[]);
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.stdout.contains("at least 150% (3 instances)"), "{out}");
 }
@@ -156,9 +155,7 @@ fn drill_plan_refuses_a_malformed_plan_and_commands_it_cannot_run() {
         "bad.toml",
         "service = \"web\"\n[sites]\ndr = \"primary\"\n",
     );
-    let out = web
-        .fleet
-        .cli(&["drill", "plan", "-f", bad.to_str().expect("utf-8")]);
+    let out = drill_plan(&web, &bad, &[]);
     assert_eq!(out.code, Some(2), "{out}");
     assert!(
         out.stderr.contains("bad.toml") && out.stderr.contains("sites.dr: must differ"),
@@ -169,9 +166,7 @@ fn drill_plan_refuses_a_malformed_plan_and_commands_it_cannot_run() {
         "path.toml",
         "service = \"web\"\n[database]\nlag = [\"/bin/sh\", \"-c\", \"echo\"]\npromote = [\"p\"]\n",
     );
-    let out = web
-        .fleet
-        .cli(&["drill", "plan", "-f", path_cmd.to_str().expect("utf-8")]);
+    let out = drill_plan(&web, &path_cmd, &[]);
     assert_eq!(out.code, Some(2), "{out}");
     assert!(out.stderr.contains("must be a bare name"), "{out}");
 
@@ -181,9 +176,7 @@ fn drill_plan_refuses_a_malformed_plan_and_commands_it_cannot_run() {
         "db.toml",
         "service = \"web\"\nrpo = \"5s\"\n[database]\nlag = [\"pg-lag\"]\npromote = [\"pg-promote\"]\n",
     );
-    let out = web
-        .fleet
-        .cli(&["drill", "plan", "-f", db.to_str().expect("utf-8")]);
+    let out = drill_plan(&web, &db, &[]);
     assert_eq!(out.code, Some(1), "{out}");
     assert!(
         out.stdout
@@ -226,13 +219,9 @@ fn drill_plan_measures_the_real_replication_lag_against_the_rpo() {
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let plan = write(dir.path(), "dr.toml", &plan_text("0s"));
-    let plan_arg = plan.to_str().expect("utf-8 path");
     pair.wait_caught_up(std::time::Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{e}"));
-    let out = web
-        .fleet
-        .cli(&["drill", "plan", "-f", plan_arg])
-        .expect_success();
+    let out = drill_plan(&web, &plan, &[]).expect_success();
     for want in [
         "replication_lag",
         "caught up (0 bytes behind)",
@@ -250,9 +239,7 @@ fn drill_plan_measures_the_real_replication_lag_against_the_rpo() {
     pair.primary()
         .query("CREATE TABLE drill_lag AS SELECT g AS n, repeat('x', 100) AS pad FROM generate_series(1, 20000) g")
         .unwrap_or_else(|e| panic!("{e}"));
-    let out = web
-        .fleet
-        .cli(&["drill", "plan", "-f", plan_arg, "--ungraceful"]);
+    let out = drill_plan(&web, &plan, &["--ungraceful"]);
     assert_eq!(out.code, Some(1), "{out}");
     assert!(
         out.stdout.contains("replication_lag   FAILED")
@@ -264,9 +251,7 @@ fn drill_plan_measures_the_real_replication_lag_against_the_rpo() {
     // A replica that does not stream at all: not measured, and why.
     pair.pause_replication().unwrap_or_else(|e| panic!("{e}"));
     let relaxed = write(dir.path(), "relaxed.toml", &plan_text("5s"));
-    let out = web
-        .fleet
-        .cli(&["drill", "plan", "-f", relaxed.to_str().expect("utf-8")]);
+    let out = drill_plan(&web, &relaxed, &[]);
     assert_eq!(out.code, Some(1), "{out}");
     assert!(
         out.stdout.contains("not measured")
