@@ -175,6 +175,13 @@ pub struct Database {
     pub stop_writes: Vec<String>,
     /// Promotes the DR replica to primary.
     pub promote: Vec<String>,
+    /// Ungraceful runs whose lag command cannot reach the primary: asked
+    /// of the DR replica, prints `replayed_at=S` (Unix seconds: the commit
+    /// time of the last transaction it replayed) and, while it still
+    /// streams, `heard_at=S` (when it last heard from the primary). The
+    /// data-loss window is measured from it. Optional.
+    #[serde(default)]
+    pub replayed: Vec<String>,
     /// `drover failback`: the same steps the other way, once the old
     /// primary runs again as a replica of the DR database.
     #[serde(default)]
@@ -199,6 +206,9 @@ pub struct FailbackSteps {
     pub stop_writes: Vec<String>,
     /// Promotes the old primary back.
     pub promote: Vec<String>,
+    /// Asked of the old primary (the replica now), as `database.replayed`.
+    #[serde(default)]
+    pub replayed: Vec<String>,
 }
 
 fn default_step_timeout() -> Duration {
@@ -346,11 +356,17 @@ impl DrillPlan {
             if !db.stop_writes.is_empty() {
                 check_command("database.stop_writes", &db.stop_writes)?;
             }
+            if !db.replayed.is_empty() {
+                check_command("database.replayed", &db.replayed)?;
+            }
             if let Some(fb) = &db.failback {
                 check_command("database.failback.lag", &fb.lag)?;
                 check_command("database.failback.promote", &fb.promote)?;
                 if !fb.stop_writes.is_empty() {
                     check_command("database.failback.stop_writes", &fb.stop_writes)?;
+                }
+                if !fb.replayed.is_empty() {
+                    check_command("database.failback.replayed", &fb.replayed)?;
                 }
             }
             for (field, d) in [
@@ -387,11 +403,17 @@ impl DrillPlan {
             if !db.stop_writes.is_empty() {
                 out.push(("database.stop_writes", &db.stop_writes));
             }
+            if !db.replayed.is_empty() {
+                out.push(("database.replayed", &db.replayed));
+            }
             if let Some(fb) = &db.failback {
                 out.push(("database.failback.lag", &fb.lag));
                 out.push(("database.failback.promote", &fb.promote));
                 if !fb.stop_writes.is_empty() {
                     out.push(("database.failback.stop_writes", &fb.stop_writes));
+                }
+                if !fb.replayed.is_empty() {
+                    out.push(("database.failback.replayed", &fb.replayed));
                 }
             }
         }
@@ -409,12 +431,14 @@ impl DrillPlan {
                 lag: ("database.failback.lag", &fb.lag),
                 stop_writes: ("database.failback.stop_writes", &fb.stop_writes),
                 promote: ("database.failback.promote", &fb.promote),
+                replayed: ("database.failback.replayed", &fb.replayed),
             })
         } else {
             Some(DbSteps {
                 lag: ("database.lag", &db.lag),
                 stop_writes: ("database.stop_writes", &db.stop_writes),
                 promote: ("database.promote", &db.promote),
+                replayed: ("database.replayed", &db.replayed),
             })
         }
     }
@@ -426,6 +450,49 @@ pub struct DbSteps<'a> {
     pub lag: (&'static str, &'a [String]),
     pub stop_writes: (&'static str, &'a [String]),
     pub promote: (&'static str, &'a [String]),
+    /// Empty when the plan has none.
+    pub replayed: (&'static str, &'a [String]),
+}
+
+/// What the DR replica says of itself when the primary cannot be asked
+/// (`database.replayed`): the commit time of the last transaction it
+/// replayed and, while it still streams, when it last heard from the
+/// primary. Unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Replayed {
+    pub replayed_at: f64,
+    pub heard_at: Option<f64>,
+}
+
+/// Reads `replayed_at=S [heard_at=S]` from a replayed command's output
+/// (the last line that has `replayed_at`).
+pub fn parse_replayed(output: &str) -> Result<Replayed, String> {
+    let secs = |v: &str| v.parse::<f64>().ok().filter(|s| s.is_finite() && *s > 0.0);
+    for line in output.lines().rev() {
+        let mut replayed_at = None;
+        let mut heard_at = None;
+        for field in line.split_whitespace() {
+            if let Some(v) = field.strip_prefix("replayed_at=") {
+                replayed_at = Some(secs(v));
+            } else if let Some(v) = field.strip_prefix("heard_at=") {
+                heard_at = secs(v);
+            }
+        }
+        match replayed_at {
+            Some(Some(replayed_at)) => {
+                return Ok(Replayed {
+                    replayed_at,
+                    heard_at,
+                });
+            }
+            Some(None) => break,
+            None => {}
+        }
+    }
+    let shown: String = output.trim().chars().take(200).collect();
+    Err(format!(
+        "expected a line `replayed_at=UNIX_SECONDS [heard_at=UNIX_SECONDS]` from the replayed command, got {shown:?}"
+    ))
 }
 
 /// The sha256 of a plan's text, as the report names the plan it ran.
@@ -589,5 +656,61 @@ hold = "10s"
             let e = parse_lag(bad).expect_err(bad);
             assert!(e.contains("lag_bytes=N lag_seconds=F"), "{e}");
         }
+    }
+
+    #[test]
+    fn replayed_lines_are_read_and_garbage_is_refused() {
+        assert_eq!(
+            parse_replayed(
+                "replica 10.0.2.10:5432\nreplayed_at=1764900000.250 heard_at=1764900003.5\n"
+            ),
+            Ok(Replayed {
+                replayed_at: 1_764_900_000.25,
+                heard_at: Some(1_764_900_003.5),
+            })
+        );
+        assert_eq!(
+            parse_replayed("replayed_at=1764900000"),
+            Ok(Replayed {
+                replayed_at: 1_764_900_000.0,
+                heard_at: None,
+            })
+        );
+        for bad in [
+            "",
+            "heard_at=5",
+            "replayed_at=",
+            "replayed_at=-3",
+            "replayed_at=NaN",
+        ] {
+            let e = parse_replayed(bad).expect_err(bad);
+            assert!(e.contains("replayed_at=UNIX_SECONDS"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_replayed_command_is_checked_and_listed() {
+        let text = PLAN.replace(
+            "promote = [\"pg-promote\"",
+            "replayed = [\"/bin/sh\", \"-c\", \"x\"]\npromote = [\"pg-promote\"",
+        );
+        let e = DrillPlan::from_toml(&text).expect_err("a path is refused");
+        assert!(e.to_string().contains("database.replayed"), "{e}");
+        let text = PLAN.replace(
+            "promote = [\"pg-promote\"",
+            "replayed = [\"pg-replayed\", \"--port\", \"5433\"]\npromote = [\"pg-promote\"",
+        );
+        let plan = DrillPlan::from_toml(&text).expect("valid");
+        assert!(
+            plan.commands()
+                .iter()
+                .any(|(f, argv)| *f == "database.replayed" && argv[0] == "pg-replayed"),
+            "{:?}",
+            plan.commands()
+        );
+        assert_eq!(
+            plan.db_steps(false).map(|s| s.replayed.0),
+            Some("database.replayed")
+        );
     }
 }

@@ -15,7 +15,9 @@
 //! 3. `catch_up` (graceful): the lag command until the replica is 0 bytes
 //!    behind, within `catch_up_timeout`. Ungraceful: one measurement,
 //!    which may fail (the primary is gone); the lag at cutover is what it
-//!    said, or unknown.
+//!    said. When it fails and the plan has a `replayed` command, the DR
+//!    replica is asked instead what it last replayed: the data-loss
+//!    window is measured from there ([`LossWindow`]).
 //! 4. `promote`: the DR replica becomes the primary.
 //! 5. `switch`: traffic moves to the DR site (HAProxy weights, or the
 //!    plan's switch command).
@@ -31,7 +33,7 @@
 
 use std::time::Duration;
 
-use drover_model::drill::{DrillPlan, Lag, TrafficVia};
+use drover_model::drill::{DrillPlan, Lag, Replayed, TrafficVia};
 use serde::{Deserialize, Serialize};
 
 /// Unix milliseconds.
@@ -215,6 +217,13 @@ pub struct Drill {
     pub serving_ms: Option<Ms>,
     pub verified_ms: Option<Ms>,
     pub lag_at_cutover: Option<Lag>,
+    /// Ungraceful: why the primary's lag could not be read, while the
+    /// replica is asked instead.
+    #[serde(default)]
+    pub primary_unreachable: Option<String>,
+    /// Ungraceful, the primary gone: the window measured on the replica.
+    #[serde(default)]
+    pub loss: Option<LossWindow>,
     /// Traffic was sent toward the target (an abort sends it back).
     pub traffic_moved: bool,
     pub ended_ms: Option<Ms>,
@@ -222,6 +231,61 @@ pub struct Drill {
     pub reason: String,
     pub aborted_by: Option<String>,
     pub events: Vec<Event>,
+}
+
+/// Where an ungraceful run's data-loss window ends: writes the primary
+/// committed after the replica's last replayed transaction and before
+/// this moment may be lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossEnd {
+    /// When the replica last heard from the primary (it still streamed
+    /// when asked): the primary went silent then.
+    HeardFromPrimary,
+    /// When the run started (the replica no longer streamed, so when the
+    /// primary went silent is not known): the operator declared it gone
+    /// then. An upper bound.
+    RunStarted,
+}
+
+impl LossEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LossEnd::HeardFromPrimary => "heard_from_primary",
+            LossEnd::RunStarted => "run_started",
+        }
+    }
+}
+
+/// The data-loss window of an ungraceful run whose primary could not be
+/// asked, measured on the DR replica: from the commit time of the last
+/// transaction it replayed to [`LossEnd`]. Writes inside it may be lost
+/// (whether any were depends on whether the primary took any then).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LossWindow {
+    pub from_ms: Ms,
+    pub to_ms: Ms,
+    pub end: LossEnd,
+}
+
+impl LossWindow {
+    /// From what the replica said, for a run that started at `started_ms`.
+    pub fn measure(r: Replayed, started_ms: Ms) -> LossWindow {
+        let from_ms = (r.replayed_at * 1000.0).round() as Ms;
+        let (to_ms, end) = match r.heard_at {
+            Some(h) => ((h * 1000.0).round() as Ms, LossEnd::HeardFromPrimary),
+            None => (started_ms, LossEnd::RunStarted),
+        };
+        LossWindow {
+            from_ms,
+            to_ms: to_ms.max(from_ms),
+            end,
+        }
+    }
+
+    pub fn len_ms(&self) -> Ms {
+        self.to_ms - self.from_ms
+    }
 }
 
 /// What the runner is to do next.
@@ -239,6 +303,13 @@ pub enum Action {
     },
     /// Run the lag command and answer [`Drill::on_lag`].
     MeasureLag {
+        field: &'static str,
+        argv: Vec<String>,
+        timeout: Duration,
+    },
+    /// Run the replayed command (on the DR replica) and answer
+    /// [`Drill::on_replayed`].
+    MeasureReplayed {
         field: &'static str,
         argv: Vec<String>,
         timeout: Duration,
@@ -324,6 +395,8 @@ impl Drill {
             serving_ms: None,
             verified_ms: None,
             lag_at_cutover: None,
+            primary_unreachable: None,
+            loss: None,
             traffic_moved: false,
             ended_ms: None,
             reason: String::new(),
@@ -377,6 +450,12 @@ impl Drill {
             _ => return None,
         };
         Some((field, argv.to_vec()))
+    }
+
+    /// This direction's `replayed` command, when the plan has one.
+    fn replayed_command(&self) -> Option<(&'static str, Vec<String>)> {
+        let (field, argv) = self.plan.db_steps(self.kind == Kind::Failback)?.replayed;
+        (!argv.is_empty()).then(|| (field, argv.to_vec()))
     }
 
     fn timeout_of(&self) -> Duration {
@@ -470,6 +549,16 @@ impl Drill {
                             humantime::format_duration(db.catch_up_timeout)
                         ),
                     );
+                }
+                if self.mode == Mode::Ungraceful && self.primary_unreachable.is_some() {
+                    let (field, argv) = self
+                        .replayed_command()
+                        .unwrap_or(("database.replayed", Vec::new()));
+                    return Action::MeasureReplayed {
+                        field,
+                        argv,
+                        timeout: db.timeout,
+                    };
                 }
                 let (field, argv) = self
                     .command_of(StepName::CatchUp)
@@ -573,6 +662,7 @@ impl Drill {
         if self.phase != Phase::Running {
             return None;
         }
+        let can_ask_replica = self.replayed_command().is_some();
         let s = &mut self.steps[self.current];
         s.attempts += 1;
         match (self.mode, lag) {
@@ -594,6 +684,13 @@ impl Drill {
                 self.complete(now, format!("{lag} behind at cutover"));
                 None
             }
+            (Mode::Ungraceful, Err(e)) if can_ask_replica => {
+                s.output = format!(
+                    "the primary did not answer ({e}); asking the replica what it replayed"
+                );
+                self.primary_unreachable = Some(e);
+                Some(now)
+            }
             (Mode::Ungraceful, Err(e)) => {
                 self.complete(
                     now,
@@ -601,6 +698,39 @@ impl Drill {
                 );
                 None
             }
+        }
+    }
+
+    /// The answer to [`Action::MeasureReplayed`]. Either way the run goes
+    /// on: an emergency does not wait for a measurement.
+    pub fn on_replayed(&mut self, now: Ms, replayed: Result<Replayed, String>) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        self.steps[self.current].attempts += 1;
+        let unreachable = self.primary_unreachable.clone().unwrap_or_default();
+        match replayed {
+            Ok(r) => {
+                let w = LossWindow::measure(r, self.started_ms);
+                self.loss = Some(w);
+                let end = match w.end {
+                    LossEnd::HeardFromPrimary => "the replica last heard from the primary",
+                    LossEnd::RunStarted => "this run started (the replica no longer streamed)",
+                };
+                self.complete(
+                    now,
+                    format!(
+                        "the primary did not answer ({unreachable}); the replica's last replayed transaction committed {:.3} s before {end}: writes in between may be lost",
+                        w.len_ms() as f64 / 1000.0
+                    ),
+                );
+            }
+            Err(e) => self.complete(
+                now,
+                format!(
+                    "lag not measured (the primary is assumed gone): {unreachable}; the replica did not say what it replayed either: {e}"
+                ),
+            ),
         }
     }
 

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use drover_model::drill::{TrafficVia, parse_lag};
+use drover_model::drill::{TrafficVia, parse_lag, parse_replayed};
 use drover_proto::v1::{
     Command, CoordinatorMessage, SetWeightCommand, command, coordinator_message,
 };
@@ -424,6 +424,22 @@ impl Drills {
                         Some(t) => Some(t),
                         None => continue,
                     }
+                }
+                Action::MeasureReplayed {
+                    field,
+                    argv,
+                    timeout,
+                } => {
+                    let env = command_env(&d.plan);
+                    tokio::select! {
+                        () = self.shutdown.cancelled() => return,
+                        Some(msg) = rx.recv() => { self.handle(&mut d, msg, &mut last).await; continue; }
+                        ran = run_command(self.commands_dir.as_deref(), field, &argv, &env, timeout) => {
+                            let r = if ran.ok { parse_replayed(&ran.stdout) } else { Err(ran.detail) };
+                            d.on_replayed(now_ms(), r);
+                        }
+                    }
+                    continue;
                 }
                 Action::Switch(toward) => {
                     let result = tokio::select! {

@@ -104,6 +104,115 @@ fn a_graceful_drill_runs_its_steps_in_order_and_measures_the_recovery() {
     );
 }
 
+/// Ungraceful, the primary gone: its lag cannot be read, so the DR
+/// replica is asked what it replayed, and the window runs from its last
+/// replayed transaction to when it last heard from the primary, or else
+/// to the run's start.
+#[test]
+fn an_ungraceful_run_measures_the_loss_window_on_the_replica() {
+    let plan = PLAN_DB.replace(
+        "promote = [\"pg-promote\"]",
+        "promote = [\"pg-promote\"]\nreplayed = [\"pg-replayed\", \"--port\", \"5433\"]",
+    );
+    // The replica no longer streams: the window ends at the run's start.
+    let mut d = drill(&plan, Mode::Ungraceful);
+    assert!(matches!(d.next(1_000), Action::MeasureLag { .. }));
+    let again = d.on_lag(1_010, Err("exit 1: connection refused".into()));
+    assert_eq!(again, Some(1_010), "asks the replica at once");
+    let Action::MeasureReplayed { field, argv, .. } = d.next(1_010) else {
+        panic!("the replica is asked")
+    };
+    assert_eq!(field, "database.replayed");
+    assert_eq!(argv, ["pg-replayed", "--port", "5433"]);
+    // Survives a crash between the two.
+    let mut d: Drill =
+        serde_json::from_str(&serde_json::to_string(&d).expect("encode")).expect("decode");
+    assert!(matches!(d.next(1_020), Action::MeasureReplayed { .. }));
+    d.on_replayed(
+        1_030,
+        Ok(Replayed {
+            replayed_at: 0.250,
+            heard_at: None,
+        }),
+    );
+    assert_eq!(
+        d.loss,
+        Some(LossWindow {
+            from_ms: 250,
+            to_ms: 1_000,
+            end: LossEnd::RunStarted,
+        })
+    );
+    assert!(d.lag_at_cutover.is_none());
+    let out = &d.step(StepName::CatchUp).expect("step").output;
+    assert!(
+        out.contains("0.750 s") && out.contains("connection refused"),
+        "{out}"
+    );
+    assert!(matches!(
+        d.next(1_030),
+        Action::Run {
+            field: "database.promote",
+            ..
+        }
+    ));
+
+    // Still streaming: the window ends when it last heard from the primary.
+    let mut d = drill(&plan, Mode::Ungraceful);
+    d.next(1_000);
+    d.on_lag(1_010, Err("timeout".into()));
+    d.next(1_010);
+    d.on_replayed(
+        1_020,
+        Ok(Replayed {
+            replayed_at: 0.5,
+            heard_at: Some(0.8),
+        }),
+    );
+    assert_eq!(
+        d.loss.map(|w| (w.len_ms(), w.end)),
+        Some((300, LossEnd::HeardFromPrimary))
+    );
+
+    // The replica cannot say: noted, and the run goes on.
+    let mut d = drill(&plan, Mode::Ungraceful);
+    d.next(1_000);
+    d.on_lag(1_010, Err("timeout".into()));
+    d.next(1_010);
+    d.on_replayed(1_020, Err("exit 1: not in recovery".into()));
+    assert!(d.loss.is_none());
+    assert!(
+        d.step(StepName::CatchUp)
+            .expect("step")
+            .output
+            .contains("not measured")
+    );
+    assert!(matches!(
+        d.next(1_020),
+        Action::Run {
+            field: "database.promote",
+            ..
+        }
+    ));
+
+    // A graceful run never asks the replica: it waits for the primary.
+    let mut d = drill(&plan, Mode::Graceful);
+    d.approve(1_000, "bob").expect("approve");
+    let mut t = 1_000;
+    loop {
+        match d.next(t) {
+            Action::Run { .. } => d.on_command(t, true, "ok"),
+            Action::MeasureLag { .. } => {
+                assert_eq!(d.on_lag(t, Err("exit 1".into())), Some(t + 500));
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        t += 10;
+    }
+    assert!(matches!(d.next(t + 500), Action::MeasureLag { .. }));
+}
+
 #[test]
 fn a_failed_step_stops_and_abort_moves_traffic_back() {
     let mut d = drill(PLAN_DB, Mode::Ungraceful);
@@ -191,10 +300,17 @@ fn random_plan(r: &mut Rng) -> String {
         if r.chance(70) {
             text.push_str("stop_writes = [\"pg-stop-writes\"]\n");
         }
+        let replayed = r.chance(50);
+        if replayed {
+            text.push_str("replayed = [\"pg-replayed\"]\n");
+        }
         // The way back, for the fail-backs among the seeds.
         text.push_str("[database.failback]\nlag = [\"pg-lag\"]\npromote = [\"pg-promote\"]\n");
         if r.chance(70) {
             text.push_str("stop_writes = [\"pg-stop-writes\"]\n");
+        }
+        if replayed {
+            text.push_str("replayed = [\"pg-replayed\"]\n");
         }
     }
     text.push_str("[verify]\nhold = \"1s\"\ntimeout = \"8s\"\n");
@@ -261,7 +377,9 @@ fn simulate(seed: u64) {
         };
         match &action {
             // A fail-back runs the plan's way back, the others its way out.
-            Action::Run { field, argv, .. } | Action::MeasureLag { field, argv, .. } => {
+            Action::Run { field, argv, .. }
+            | Action::MeasureLag { field, argv, .. }
+            | Action::MeasureReplayed { field, argv, .. } => {
                 check(
                     field.starts_with("database.failback.") == (d.kind == Kind::Failback),
                     &format!("a {} ran {field}", d.kind.as_str()),
@@ -273,6 +391,17 @@ fn simulate(seed: u64) {
                     &trace,
                 );
             }
+            _ => {}
+        }
+        if let Action::MeasureReplayed { .. } = &action {
+            // The replica is asked only when the primary could not be.
+            check(
+                mode == Mode::Ungraceful && d.primary_unreachable.is_some(),
+                "asked the replica while the primary's lag was readable or the run graceful",
+                &trace,
+            );
+        }
+        match &action {
             Action::Switch(Toward::Target) => {
                 // Never before the approval, the catch-up and the promotion.
                 check(
@@ -293,6 +422,15 @@ fn simulate(seed: u64) {
                     check(
                         d.lag_at_cutover.is_some_and(|l| l.bytes == 0),
                         "graceful switch with the replica behind",
+                        &trace,
+                    );
+                }
+                // A window measured on the replica never runs backwards,
+                // and only stands in for a lag that was not read.
+                if let Some(w) = d.loss {
+                    check(
+                        w.to_ms >= w.from_ms && d.lag_at_cutover.is_none(),
+                        "a loss window backwards or beside a measured lag",
                         &trace,
                     );
                 }
@@ -333,7 +471,9 @@ fn simulate(seed: u64) {
             }
             Action::MeasureLag { .. } => {
                 now += 50;
-                let answer = if r.chance(10) {
+                // An ungraceful run's primary is often gone.
+                let gone = if mode == Mode::Ungraceful { 50 } else { 10 };
+                let answer = if r.chance(gone) {
                     Err("exit 1".to_string())
                 } else if r.chance(40) {
                     lag(0)
@@ -343,6 +483,23 @@ fn simulate(seed: u64) {
                 if let Some(t) = d.on_lag(now, answer) {
                     now = t;
                 }
+            }
+            Action::MeasureReplayed { .. } => {
+                now += 50;
+                let answer = if r.chance(15) {
+                    Err("exit 1: the replica is not in recovery".to_string())
+                } else {
+                    let replayed_at =
+                        (now - i64::try_from(r.below(5_000)).unwrap_or(0)) as f64 / 1000.0;
+                    let heard_at = r
+                        .chance(50)
+                        .then(|| replayed_at + r.below(3_000) as f64 / 1000.0);
+                    Ok(Replayed {
+                        replayed_at,
+                        heard_at,
+                    })
+                };
+                d.on_replayed(now, answer);
             }
             Action::Switch(toward) => {
                 now += i64::try_from(r.below(200)).unwrap_or(0);
