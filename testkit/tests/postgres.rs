@@ -303,10 +303,27 @@ fn writes_the_replica_never_received_are_reported_lost() {
         w.wait_acknowledged(unreplicated_from + 200, WAIT),
     );
     pair.kill_primary();
+    // What the DR plan's pg-replayed tells of b before its promotion: the
+    // commit time of its last replayed write, and no heard_at (it no
+    // longer streams). Every lost write came after it.
+    let (ok_, out, err) = helper("pg-replayed", &pair.replica().endpoint(), &[]);
+    assert!(ok_, "{err}");
+    assert!(!out.contains("heard_at="), "b does not stream: {out}");
+    let replayed_at: f64 = field(&out, "replayed_at")
+        .parse()
+        .expect("replayed_at is a number");
     ok!(&pair, "promote b", pair.promote());
     let log = w.stop();
     let loss = ok!(&pair, "measure", log.lost_after_promotion(pair.primary()));
     assert_consistent(&log, &loss);
+    let first_lost = (loss.first_lost_at)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .expect("writes were lost")
+        .as_secs_f64();
+    assert!(
+        replayed_at <= first_lost,
+        "pg-replayed says b replayed up to {replayed_at}, after the first lost write ({first_lost}): {out}"
+    );
     let surely_lost: Vec<u64> = log.acked[unreplicated_from..]
         .iter()
         .map(|a| a.id)
@@ -458,6 +475,18 @@ fn the_dr_plan_helpers_measure_stop_writes_and_promote() {
     assert_eq!(field(&out, "lag_bytes"), "0", "{out}");
     let (ok_, _, err) = helper("pg-lag", &b, &[]);
     assert!(!ok_ && err.contains("is a replica"), "{err}");
+    // What the replica replayed, while it streams: both times, the last
+    // replayed commit no later than when it last heard from a.
+    let (ok_, out, err) = helper("pg-replayed", &b, &[]);
+    assert!(ok_, "{err}");
+    let at = |key: &str| -> f64 {
+        field(&out, key)
+            .parse()
+            .unwrap_or_else(|_| panic!("{key} is a number: {out}"))
+    };
+    assert!(at("replayed_at") <= at("heard_at") + 0.001, "{out}");
+    let (ok_, _, err) = helper("pg-replayed", &a, &[]);
+    assert!(!ok_ && err.contains("is not in recovery"), "{err}");
     let (ok_, _, err) = helper("pg-lag", &a, &["--standby", "nobody"]);
     assert!(!ok_ && err.contains("no replica named nobody"), "{err}");
 

@@ -301,7 +301,31 @@ fn summary(d: &Drill) -> String {
     )
 }
 
+/// An ungraceful run's window measured on the replica, in seconds.
+fn replica_window(d: &Drill) -> Option<f64> {
+    (!d.lag_measured && !d.loss_end.is_empty())
+        .then(|| (d.loss_to_ms - d.loss_from_ms) as f64 / 1000.0)
+}
+
 fn loss(d: &Drill) -> String {
+    if let Some(window) = replica_window(d) {
+        let end = if d.loss_end == "heard_from_primary" {
+            "when the DR replica last heard from the primary"
+        } else {
+            "when this run started; when the primary went silent is not known, so this bounds it"
+        };
+        return format!(
+            "{window:.3} s: writes the primary committed from {} (the last transaction the DR replica replayed) to {} ({end}) may be lost (RPO {}: {})",
+            clock(d.loss_from_ms),
+            clock(d.loss_to_ms),
+            secs(d.rpo_ms),
+            if window * 1000.0 <= d.rpo_ms as f64 {
+                "within"
+            } else {
+                "OVER"
+            }
+        );
+    }
     if !d.lag_measured {
         return "not measured".to_string();
     }
@@ -402,7 +426,19 @@ fn report_json(d: &Drill) -> serde_json::Value {
         "steps": steps,
         "recovery_ms": (d.serving_ms > 0 && d.switch_started_ms > 0).then(|| d.serving_ms - d.switch_started_ms),
         "rto_ms": d.rto_ms,
-        "data_loss": d.lag_measured.then(|| serde_json::json!({"bytes": d.lag_bytes, "seconds": d.lag_seconds})),
+        "data_loss": if d.lag_measured {
+            Some(serde_json::json!({"bytes": d.lag_bytes, "seconds": d.lag_seconds, "measured_on": "primary"}))
+        } else {
+            replica_window(d).map(|seconds| serde_json::json!({
+                "seconds": seconds,
+                "from": rfc3339_ms(d.loss_from_ms),
+                "to": rfc3339_ms(d.loss_to_ms),
+                "from_ms": d.loss_from_ms,
+                "to_ms": d.loss_to_ms,
+                "until": d.loss_end,
+                "measured_on": "replica",
+            }))
+        },
         "rpo_ms": d.rpo_ms,
         "verified": rfc3339_ms(d.verified_ms),
         "ended": rfc3339_ms(d.ended_ms),
@@ -550,6 +586,19 @@ pub fn report_md(d: &Drill) -> String {
             "The data-loss window ({:.3} s) is over the RPO.",
             d.lag_seconds
         ));
+    }
+    if let Some(window) = replica_window(d)
+        && window * 1000.0 > d.rpo_ms as f64
+    {
+        findings.push(format!(
+            "Writes from the last {window:.3} s before the primary was lost may be lost: over the RPO of {}. Compare the old primary's data with the new one's once it is back.",
+            secs(d.rpo_ms)
+        ));
+    }
+    if d.kind != "failback" && d.mode == "ungraceful" && !d.lag_measured && d.loss_end.is_empty() {
+        findings.push(
+            "The data-loss window was not measured: the primary did not answer and the plan has no database.replayed command for the DR replica (see examples/dr/pg-replayed).".to_string(),
+        );
     }
     if findings.is_empty() {
         o.push_str("None: every check passed and every step finished in time.\n");

@@ -88,6 +88,12 @@ pub fn to_wire(d: &Drill) -> pb::Drill {
         lag_measured: lag.is_some(),
         lag_bytes: lag.map_or(0, |l| l.bytes),
         lag_seconds: lag.map_or(0.0, |l| l.seconds),
+        loss_from_ms: d.loss.map_or(0, |w| w.from_ms),
+        loss_to_ms: d.loss.map_or(0, |w| w.to_ms),
+        loss_end: d
+            .loss
+            .map(|w| w.end.as_str().to_string())
+            .unwrap_or_default(),
         traffic_moved: d.traffic_moved,
         ended_ms: d.ended_ms.unwrap_or(0),
         reason: d.reason.clone(),

@@ -259,6 +259,17 @@ fn an_ungraceful_drill_with_the_primary_site_cut_off_recovers_on_dr() {
     writer
         .wait_acknowledged(50, Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{e}"));
+    // The replica falls behind before the disaster (its stream stops),
+    // so the primary takes writes the DR site never gets: a real loss
+    // the report's window must cover.
+    sites
+        .pg
+        .pause_replication()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let unreplicated = writer.acknowledged() + 100;
+    writer
+        .wait_acknowledged(unreplicated, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
 
     sites.cut_primary_site();
     let cut = Instant::now();
@@ -300,6 +311,38 @@ fn an_ungraceful_drill_with_the_primary_site_cut_off_recovers_on_dr() {
     let loss = (writer.stop())
         .lost_after_promotion(sites.pg.primary())
         .unwrap_or_else(|e| panic!("{e}"));
+    // Done-when 2's data-loss window: measured on the DR replica (the
+    // primary could not be asked), it holds every acknowledged write that
+    // was really lost.
+    let window = &r["data_loss"];
+    assert_eq!(window["measured_on"], "replica", "{r:#}");
+    assert_eq!(window["until"], "run_started", "{r:#}");
+    let at = |key: &str| -> std::time::SystemTime {
+        let ms = window[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key} in {r:#}"));
+        std::time::UNIX_EPOCH + Duration::from_millis(ms)
+    };
+    let (from, to) = (at("from_ms"), at("to_ms"));
+    assert!(
+        !loss.lost.is_empty(),
+        "the paused stream lost writes: {loss:?}"
+    );
+    let (first, last) = (
+        loss.first_lost_at.expect("first lost"),
+        loss.last_lost_at.expect("last lost"),
+    );
+    assert!(
+        from <= first && last <= to,
+        "the window {from:?}..{to:?} does not hold the lost writes {first:?}..{last:?}\n{r:#}"
+    );
+    let md = sites.cli().run(&["drill", "report", "dr-1", "-o", "md"]);
+    assert!(
+        md.stdout
+            .contains("the last transaction the DR replica replayed"),
+        "{}",
+        md.stdout
+    );
     // From now on every request is served, by DR.
     let (_, _, failed_before) = load.counts();
     let by_site = sites.requests_by_site();
@@ -324,9 +367,11 @@ fn an_ungraceful_drill_with_the_primary_site_cut_off_recovers_on_dr() {
         "DR served nothing"
     );
     eprintln!(
-        "ungraceful drill: recovery {recovery} ms (switch start to DR serving), outage {outage:?} from the cut to the drill's end; writes: {} acknowledged, {} lost; load: {report_load}",
+        "ungraceful drill: recovery {recovery} ms (switch start to DR serving), outage {outage:?} from the cut to the drill's end; writes: {} acknowledged, {} lost over {:?}; window reported {}; load: {report_load}",
         loss.acknowledged,
-        loss.lost.len()
+        loss.lost.len(),
+        loss.window(),
+        r["data_loss"]
     );
 }
 
