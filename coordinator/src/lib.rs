@@ -406,6 +406,17 @@ pub async fn start(
             .clone()
             .run(registry.clone(), store.clone(), shutdown.clone()),
     );
+    let kept_plans = drill::kept::KeptPlans::load(
+        store.clone(),
+        drill::Checker {
+            registry: registry.clone(),
+            peaks: peaks.clone(),
+            commands_dir: config.drills.commands_dir.clone(),
+        },
+        metrics.clone(),
+    )
+    .await?;
+    tasks.spawn(kept_plans.clone().run(shutdown.clone()));
 
     let ctx = Arc::new(Ctx {
         name: config.name.clone(),
@@ -432,6 +443,7 @@ pub async fn start(
         ),
         peaks,
         drill_runs,
+        kept_plans,
         drills: config.drills.clone(),
     });
     Ok(Some(Started {

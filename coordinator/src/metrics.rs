@@ -67,6 +67,12 @@ struct ServiceLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlanCheckLabel {
+    service: String,
+    check: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DrillLabel {
     kind: String,
     outcome: String,
@@ -111,6 +117,9 @@ pub struct Metrics {
     drill_last_success: Family<ServiceLabel, Gauge>,
     /// Drills, failovers and fail-backs that ended, by outcome.
     drills_ended: Family<DrillLabel, Counter>,
+    /// Kept DR plans: 1 while the check passes, 0 when it fails.
+    drill_plan_check_passing: Family<PlanCheckLabel, Gauge>,
+    drill_plan_checked: Family<ServiceLabel, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -249,6 +258,18 @@ impl Metrics {
             "DR drills, failovers and fail-backs that ended, by kind and outcome",
             drills_ended.clone(),
         );
+        let drill_plan_check_passing = Family::<PlanCheckLabel, Gauge>::default();
+        registry.register(
+            "drill_plan_check_passing",
+            "Kept DR plans (drover drill plan --keep): 1 while the pre-check passes, 0 when it fails",
+            drill_plan_check_passing.clone(),
+        );
+        let drill_plan_checked = Family::<ServiceLabel, Gauge>::default();
+        registry.register(
+            "drill_plan_last_check_timestamp_seconds",
+            "When the service's kept DR plan was last checked (unix seconds)",
+            drill_plan_checked.clone(),
+        );
         for r in ["ok", "refused"] {
             enrollments
                 .get_or_create(&ResultLabel { result: r.into() })
@@ -282,6 +303,8 @@ impl Metrics {
             fenced_seen: std::sync::Mutex::new(std::collections::HashMap::new()),
             artifacts_corrupt,
             artifacts_refused,
+            drill_plan_check_passing,
+            drill_plan_checked,
             drill_last_success,
             drills_ended,
         }
@@ -306,6 +329,47 @@ impl Metrics {
                 outcome: outcome.to_string(),
             })
             .inc();
+    }
+
+    /// A kept plan of `service` was checked at `at_secs`: each check by
+    /// name, passed or not; `gone` are checks it no longer has.
+    pub fn drill_plan_checked(
+        &self,
+        service: &str,
+        at_secs: i64,
+        checks: &[(&str, bool)],
+        gone: &[&str],
+    ) {
+        let label = |check: &str| PlanCheckLabel {
+            service: service.to_string(),
+            check: check.to_string(),
+        };
+        for check in gone {
+            self.drill_plan_check_passing.remove(&label(check));
+        }
+        for (check, passed) in checks {
+            self.drill_plan_check_passing
+                .get_or_create(&label(check))
+                .set(i64::from(*passed));
+        }
+        self.drill_plan_checked
+            .get_or_create(&ServiceLabel {
+                service: service.to_string(),
+            })
+            .set(at_secs);
+    }
+
+    /// A kept plan was forgotten: its series go.
+    pub fn drill_plan_forgotten(&self, service: &str, checks: &[&str]) {
+        for check in checks {
+            self.drill_plan_check_passing.remove(&PlanCheckLabel {
+                service: service.to_string(),
+                check: check.to_string(),
+            });
+        }
+        self.drill_plan_checked.remove(&ServiceLabel {
+            service: service.to_string(),
+        });
     }
 
     pub fn refused(&self, why: Refusal) {

@@ -112,7 +112,15 @@ pub struct Checks {
     #[serde(with = "humantime_serde")]
     pub peak_window: Duration,
     pub release: ReleaseRule,
+    /// A plan kept on the coordinator (`drover drill plan --keep`) is
+    /// checked again this often; a check that stops passing is a warning.
+    /// Default [`DEFAULT_RECHECK`].
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub recheck_every: Option<Duration>,
 }
+
+/// How often a kept plan is checked again when it does not say.
+pub const DEFAULT_RECHECK: Duration = Duration::from_secs(30 * 60);
 
 impl Default for Checks {
     fn default() -> Self {
@@ -120,6 +128,7 @@ impl Default for Checks {
             capacity: 100,
             peak_window: Duration::from_secs(24 * 3600),
             release: ReleaseRule::Same,
+            recheck_every: None,
         }
     }
 }
@@ -336,6 +345,17 @@ impl DrillPlan {
                 "a duration above 0, like \"24h\"",
             ));
         }
+        if let Some(every) = self.checks.recheck_every
+            && every < Duration::from_secs(1)
+        {
+            return Err(invalid(
+                "checks.recheck_every",
+                format!(
+                    "at least 1s (like \"30m\"), got {}",
+                    humantime::format_duration(every)
+                ),
+            ));
+        }
         match self.traffic.via {
             TrafficVia::Haproxy => {
                 if !self.traffic.switch.is_empty() || !self.traffic.switch_back.is_empty() {
@@ -388,6 +408,11 @@ impl DrillPlan {
             ));
         }
         Ok(())
+    }
+
+    /// How often a kept plan is checked again.
+    pub fn recheck_every(&self) -> Duration {
+        self.checks.recheck_every.unwrap_or(DEFAULT_RECHECK)
     }
 
     /// Every command the plan names, with the field naming it.

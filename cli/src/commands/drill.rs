@@ -7,7 +7,10 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use drover_model::drill::DrillPlan;
 use drover_proto::v1::drill_service_client::DrillServiceClient;
-use drover_proto::v1::{CheckDrillPlanRequest, DrillPlanReport};
+use drover_proto::v1::{
+    CheckDrillPlanRequest, DrillPlanReport, ForgetDrillPlanRequest, KeptDrillPlan,
+    ListKeptDrillPlansRequest,
+};
 use serde::Serialize;
 
 use crate::commands::{Ctx, drill_run};
@@ -47,7 +50,22 @@ pub enum DrillCommand {
     /// possible, and whether the plan's commands are installed. Exits 0
     /// when every check passes, 1 when one fails (a run would be refused),
     /// 2 when the plan itself is malformed.
+    ///
+    /// With --keep the coordinator also keeps the plan (one per service; a
+    /// new one replaces it) and checks it again every
+    /// `checks.recheck_every` (default 30m): a check that stops passing is
+    /// logged as a warning and shows on /metrics as
+    /// drover_drill_plan_check_passing{service,check} 0. `drover drill
+    /// plans` lists kept plans; `drover drill forget SERVICE` stops it.
     Plan(PlanArgs),
+    /// List the plans kept with `drill plan --keep` and their latest checks
+    ///
+    /// For each: the service, how it is checked (graceful or ungraceful)
+    /// and how often, when it was last checked, which checks fail and since
+    /// when. Exits 1 when some kept plan fails a check.
+    Plans(drill_run::ListArgs),
+    /// Stop checking a service's kept plan
+    Forget(ForgetArgs),
     /// Run a drill: move the service to its DR site, measured and reported
     ///
     /// Checks the plan (refused when a pre-check fails, unless --force
@@ -89,6 +107,18 @@ pub struct PlanArgs {
     /// replica catch up first)
     #[arg(long)]
     pub ungraceful: bool,
+    /// Keep the plan on the coordinator and check it again on a schedule
+    /// (`checks.recheck_every`, default 30m), warning when a check stops
+    /// passing
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// The service whose kept plan is no longer checked
+    #[arg(value_name = "SERVICE")]
+    pub service: String,
 }
 
 /// Reads and checks a plan file; a mistake exits 2, naming the file.
@@ -188,6 +218,8 @@ fn render(r: &DrillPlanReport) -> String {
 pub async fn run(ctx: &Ctx, cmd: DrillCommand) -> anyhow::Result<()> {
     match cmd {
         DrillCommand::Plan(args) => plan(ctx, args).await,
+        DrillCommand::Plans(args) => plans(ctx, args).await,
+        DrillCommand::Forget(args) => forget(ctx, args).await,
         DrillCommand::Run(args) => drill_run::start(ctx, args, "drill").await,
         DrillCommand::Approve(args) => drill_run::act(ctx, args, "approve").await,
         DrillCommand::Abort(args) => drill_run::act(ctx, args, "abort").await,
@@ -198,25 +230,42 @@ pub async fn run(ctx: &Ctx, cmd: DrillCommand) -> anyhow::Result<()> {
 }
 
 async fn plan(ctx: &Ctx, args: PlanArgs) -> anyhow::Result<()> {
-    let (text, _plan) = read_plan(&args.file)?;
+    let (text, plan) = read_plan(&args.file)?;
     let session = ctx.session().await?;
     let mut client = DrillServiceClient::new(session.channel());
-    let report = match client
-        .check_drill_plan(CheckDrillPlanRequest {
-            plan_toml: text,
-            ungraceful: args.ungraceful,
-        })
-        .await
-    {
-        Ok(r) => r.into_inner(),
-        Err(status) => return Err(session.rpc_error(status)),
+    let request = CheckDrillPlanRequest {
+        plan_toml: text,
+        ungraceful: args.ungraceful,
+    };
+    let (report, kept) = if args.keep {
+        match client.keep_drill_plan(request).await {
+            Ok(r) => {
+                let kept = r.into_inner();
+                (kept.last.clone().unwrap_or_default(), Some(kept))
+            }
+            Err(status) => return Err(session.rpc_error(status)),
+        }
+    } else {
+        match client.check_drill_plan(request).await {
+            Ok(r) => (r.into_inner(), None),
+            Err(status) => return Err(session.rpc_error(status)),
+        }
     };
     match args.output {
         ShowFormat::Json => print(&format!(
             "{}\n",
             serde_json::to_string_pretty(&to_json(&report)).context("encode the report")?
         ))?,
-        ShowFormat::Table => print(&render(&report))?,
+        ShowFormat::Table => {
+            let mut out = render(&report);
+            if kept.is_some() {
+                out.push_str(&format!(
+                    "kept: the coordinator checks it again every {} and warns when a check stops passing (`drover drill plans`)\n",
+                    humantime::format_duration(plan.recheck_every())
+                ));
+            }
+            print(&out)?;
+        }
     }
     if report.passed {
         Ok(())
@@ -226,5 +275,128 @@ async fn plan(ctx: &Ctx, args: PlanArgs) -> anyhow::Result<()> {
             .map(|c| format!("{}: {} (wanted {})", c.name, c.value, c.want))
             .collect();
         anyhow::bail!("pre-checks failed: {}", failed.join("; "))
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct KeptJson<'a> {
+    service: &'a str,
+    mode: &'static str,
+    every_ms: i64,
+    kept_by: &'a str,
+    kept: Option<String>,
+    next_check: Option<String>,
+    failing_since: Option<String>,
+    last: Option<ReportJson<'a>>,
+}
+
+fn failing(k: &KeptDrillPlan) -> Vec<&str> {
+    (k.last.iter())
+        .flat_map(|r| r.checks.iter())
+        .filter(|c| !c.passed)
+        .map(|c| c.name.as_str())
+        .collect()
+}
+
+async fn plans(ctx: &Ctx, args: drill_run::ListArgs) -> anyhow::Result<()> {
+    let session = ctx.session().await?;
+    let mut client = DrillServiceClient::new(session.channel());
+    let plans = match client
+        .list_kept_drill_plans(ListKeptDrillPlansRequest {})
+        .await
+    {
+        Ok(r) => r.into_inner().plans,
+        Err(status) => return Err(session.rpc_error(status)),
+    };
+    match args.output {
+        ShowFormat::Json => {
+            let all: Vec<KeptJson<'_>> = (plans.iter())
+                .map(|k| KeptJson {
+                    service: &k.service,
+                    mode: if k.ungraceful {
+                        "ungraceful"
+                    } else {
+                        "graceful"
+                    },
+                    every_ms: k.every_ms,
+                    kept_by: &k.kept_by,
+                    kept: rfc3339_ms(k.kept_ms),
+                    next_check: rfc3339_ms(k.next_check_ms),
+                    failing_since: rfc3339_ms(k.failing_since_ms),
+                    last: k.last.as_ref().map(to_json),
+                })
+                .collect();
+            print(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(&all).context("encode the plans")?
+            ))?;
+        }
+        ShowFormat::Table => {
+            if plans.is_empty() {
+                print("no DR plan is kept (`drover drill plan -f dr.toml --keep` keeps one)\n")?;
+            } else {
+                let rows: Vec<Vec<String>> = (plans.iter())
+                    .map(|k| {
+                        let failed = failing(k);
+                        vec![
+                            k.service.clone(),
+                            if k.ungraceful {
+                                "ungraceful"
+                            } else {
+                                "graceful"
+                            }
+                            .to_string(),
+                            humantime::format_duration(std::time::Duration::from_millis(
+                                u64::try_from(k.every_ms).unwrap_or(0),
+                            ))
+                            .to_string(),
+                            k.last
+                                .as_ref()
+                                .and_then(|r| rfc3339_ms(r.checked_at_ms))
+                                .unwrap_or_else(|| "-".into()),
+                            if failed.is_empty() {
+                                "passing".to_string()
+                            } else {
+                                format!(
+                                    "FAILING: {} (since {})",
+                                    failed.join(", "),
+                                    rfc3339_ms(k.failing_since_ms).unwrap_or_else(|| "-".into())
+                                )
+                            },
+                        ]
+                    })
+                    .collect();
+                print(&table(
+                    &["SERVICE", "MODE", "EVERY", "CHECKED", "RESULT"],
+                    &rows,
+                ))?;
+            }
+        }
+    }
+    let failing: Vec<String> = (plans.iter())
+        .filter(|k| !failing(k).is_empty())
+        .map(|k| format!("{}: {}", k.service, failing(k).join(", ")))
+        .collect();
+    if failing.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("kept DR plans fail pre-checks: {}", failing.join("; "))
+    }
+}
+
+async fn forget(ctx: &Ctx, args: ForgetArgs) -> anyhow::Result<()> {
+    let session = ctx.session().await?;
+    let mut client = DrillServiceClient::new(session.channel());
+    match client
+        .forget_drill_plan(ForgetDrillPlanRequest {
+            service: args.service.clone(),
+        })
+        .await
+    {
+        Ok(_) => print(&format!(
+            "the DR plan of {} is no longer kept or checked\n",
+            args.service
+        )),
+        Err(status) => Err(session.rpc_error(status)),
     }
 }

@@ -3,9 +3,10 @@
 //! check sizes the DR site against ([`peaks`]).
 
 pub mod engine;
+pub mod kept;
 pub mod peaks;
 pub mod precheck;
 pub mod runner;
 
 pub use peaks::Peaks;
-pub use precheck::{Check, Fleet};
+pub use precheck::{Check, Checker, Fleet};

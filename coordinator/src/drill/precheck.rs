@@ -28,6 +28,33 @@ use crate::runner::wire::{connected, observe};
 /// One pre-check's verdict, with its numbers: what a drill stores too.
 pub type Check = super::engine::CheckRecord;
 
+/// What the pre-checks read, to check a plan against the fleet as it is
+/// now: for `drover drill plan`, a run, and a kept plan's schedule.
+#[derive(Clone)]
+pub struct Checker {
+    pub registry: std::sync::Arc<crate::registry::Registry>,
+    pub peaks: Peaks,
+    pub commands_dir: Option<PathBuf>,
+}
+
+impl Checker {
+    pub async fn check(&self, plan: &DrillPlan, graceful: bool, failback: bool) -> Vec<Check> {
+        let hosts = self.registry.list(&crate::selector::Selector::everything());
+        check(
+            plan,
+            &Fleet {
+                hosts: &hosts,
+                peaks: &self.peaks,
+                now_ms: crate::registry::now_ms(),
+                commands_dir: self.commands_dir.as_deref(),
+            },
+            graceful,
+            failback,
+        )
+        .await
+    }
+}
+
 impl Check {
     fn new(name: &str, passed: bool, value: String, want: String, detail: String) -> Check {
         Check {

@@ -12,10 +12,10 @@ use drover_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::Ctx;
+use crate::drill::Check;
 use crate::drill::engine::{Drill, Kind, Mode, StepState};
-use crate::drill::{Check, Fleet, precheck};
+use crate::drill::kept::Kept;
 use crate::registry::now_ms;
-use crate::selector::Selector;
 
 /// The largest plan text accepted.
 const MAX_PLAN_BYTES: usize = 64 * 1024;
@@ -109,20 +109,38 @@ pub fn to_wire(d: &Drill) -> pb::Drill {
 
 impl DrillSvc {
     async fn prechecks(&self, plan: &DrillPlan, graceful: bool, failback: bool) -> Vec<Check> {
-        let hosts = self.ctx.registry.list(&Selector::everything());
-        precheck::check(
-            plan,
-            &Fleet {
-                hosts: &hosts,
-                peaks: &self.ctx.peaks,
-                now_ms: now_ms(),
-                commands_dir: self.ctx.drills.commands_dir.as_deref(),
-            },
-            graceful,
-            failback,
-        )
-        .await
+        (self.ctx.kept_plans.checker())
+            .check(plan, graceful, failback)
+            .await
     }
+}
+
+/// A plan's check as the wire has it.
+fn plan_report(plan: &DrillPlan, text: &str, checks: &[Check], at_ms: i64) -> DrillPlanReport {
+    DrillPlanReport {
+        service: plan.service.clone(),
+        plan_version: plan.version.clone(),
+        plan_digest: plan_digest(text),
+        passed: checks.iter().all(|c| c.passed),
+        checks: checks.iter().map(|c| c.to_wire()).collect(),
+        checked_at_ms: at_ms,
+        primary: format!("{}={}", plan.sites.label, plan.sites.primary),
+        dr: format!("{}={}", plan.sites.label, plan.sites.dr),
+    }
+}
+
+fn kept_to_wire(k: &Kept) -> Result<pb::KeptDrillPlan, Status> {
+    let plan = parse_plan(&k.plan_text)?;
+    Ok(pb::KeptDrillPlan {
+        service: plan.service.clone(),
+        ungraceful: k.ungraceful,
+        every_ms: ms(plan.recheck_every()),
+        kept_by: k.kept_by.clone(),
+        kept_ms: k.kept_ms,
+        last: Some(plan_report(&plan, &k.plan_text, &k.checks, k.checked_ms)),
+        failing_since_ms: k.failing_since_ms.unwrap_or(0),
+        next_check_ms: k.next_check_ms(),
+    })
 }
 
 #[tonic::async_trait]
@@ -282,15 +300,50 @@ impl DrillService for DrillSvc {
         let plan = parse_plan(&text)?;
         let now = now_ms();
         let checks = self.prechecks(&plan, !req.ungraceful, false).await;
-        Ok(Response::new(DrillPlanReport {
-            service: plan.service.clone(),
-            plan_version: plan.version.clone(),
-            plan_digest: plan_digest(&text),
-            passed: checks.iter().all(|c| c.passed),
-            checks: checks.iter().map(|c| c.to_wire()).collect(),
-            checked_at_ms: now,
-            primary: format!("{}={}", plan.sites.label, plan.sites.primary),
-            dr: format!("{}={}", plan.sites.label, plan.sites.dr),
-        }))
+        Ok(Response::new(plan_report(&plan, &text, &checks, now)))
+    }
+
+    async fn keep_drill_plan(
+        &self,
+        request: Request<CheckDrillPlanRequest>,
+    ) -> Result<Response<pb::KeptDrillPlan>, Status> {
+        // It runs the plan's lag command, now and on its schedule.
+        let caller = self.ctx.authz.require(&request, &[Role::Operator])?;
+        let by = caller.cert.identity.name.clone();
+        let req = request.into_inner();
+        let plan = parse_plan(&req.plan_toml)?;
+        let kept = (self.ctx.kept_plans)
+            .keep(&plan, &req.plan_toml, req.ungraceful, &by)
+            .await
+            .map_err(|e| Status::unavailable(format!("keep the plan: {e}")))?;
+        Ok(Response::new(kept_to_wire(&kept)?))
+    }
+
+    async fn list_kept_drill_plans(
+        &self,
+        request: Request<pb::ListKeptDrillPlansRequest>,
+    ) -> Result<Response<pb::ListKeptDrillPlansResponse>, Status> {
+        self.ctx
+            .authz
+            .require(&request, &[Role::Operator, Role::Viewer])?;
+        let plans = (self.ctx.kept_plans.list().iter())
+            .map(kept_to_wire)
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::ListKeptDrillPlansResponse { plans }))
+    }
+
+    async fn forget_drill_plan(
+        &self,
+        request: Request<pb::ForgetDrillPlanRequest>,
+    ) -> Result<Response<pb::KeptDrillPlan>, Status> {
+        self.ctx.authz.require(&request, &[Role::Operator])?;
+        let service = request.into_inner().service;
+        match self.ctx.kept_plans.forget(&service).await {
+            Ok(Some(kept)) => Ok(Response::new(kept_to_wire(&kept)?)),
+            Ok(None) => Err(Status::not_found(format!(
+                "no DR plan is kept for service {service:?} (`drover drill plans` lists them)"
+            ))),
+            Err(e) => Err(Status::unavailable(format!("forget the plan: {e}"))),
+        }
     }
 }

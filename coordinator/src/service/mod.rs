@@ -47,5 +47,7 @@ pub struct Ctx {
     /// DR drills: the serving peaks, and where plan commands come from.
     pub peaks: crate::drill::Peaks,
     pub drill_runs: Arc<crate::drill::runner::Drills>,
+    /// Plans kept with `drover drill plan --keep`, and the pre-checks.
+    pub kept_plans: Arc<crate::drill::kept::KeptPlans>,
     pub drills: crate::config::DrillsConfig,
 }

@@ -545,3 +545,135 @@ fn a_drill_resumes_on_the_new_leader_when_its_coordinator_dies() {
     let report_load = load.stop();
     assert_eq!(report_load.failed, 0, "{report_load}");
 }
+
+/// `drill plans -o json` as the operator: the kept plans.
+fn kept_plans(web: &WebFleet) -> Vec<serde_json::Value> {
+    let out = web.fleet.cli(&["drill", "plans", "-o", "json"]);
+    serde_json::from_str::<Vec<serde_json::Value>>(&out.stdout)
+        .unwrap_or_else(|e| panic!("drill plans -o json: {e}\n{out}"))
+}
+
+/// Whether the kept plan of `web` last failed `check`.
+fn kept_check_fails(web: &WebFleet, check: &str) -> bool {
+    kept_plans(web).first().is_some_and(|k| {
+        (k["last"]["checks"].as_array().into_iter().flatten())
+            .any(|c| c["name"] == check && c["passed"] == false)
+    })
+}
+
+/// A plan kept with `--keep` is checked again on its schedule: when the DR
+/// site shrinks, the leader warns (log, /metrics, `drill plans` exits 1),
+/// and says so again when it is whole; the kept plan survives a restart.
+/// A drill forced past the failed check records the reason in its report.
+#[test]
+fn a_kept_plan_is_checked_on_its_schedule_and_warns_when_the_dr_site_shrinks() {
+    let mut web = two_sites("");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = write(
+        dir.path(),
+        "dr.toml",
+        &format!("{PLAN}[checks]\nrecheck_every = \"1s\"\n"),
+    );
+    let plan_arg = plan.to_str().expect("utf-8 path");
+    let out = drill_plan(&web, &plan, &["--keep"]).expect_success();
+    assert!(
+        out.stdout.contains("every pre-check passed")
+            && out
+                .stdout
+                .contains("kept: the coordinator checks it again every 1s"),
+        "{out}"
+    );
+    let kept = kept_plans(&web);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0]["service"], "web");
+    assert_eq!(kept[0]["every_ms"], 1000);
+    assert_eq!(kept[0]["last"]["passed"], true, "{kept:?}");
+    assert!(kept[0]["failing_since"].is_null(), "{kept:?}");
+
+    // Half the DR site goes: nobody asks, the schedule notices.
+    web.fleet.agent_mut("h4").kill();
+    web.fleet.wait_status("h4", "lost", WAIT);
+    web.fleet
+        .wait(WAIT, "the kept plan's capacity check fails", || {
+            kept_check_fails(&web, "capacity")
+        });
+    let kept = kept_plans(&web);
+    assert!(kept[0]["failing_since"].is_string(), "{kept:?}");
+    let out = web.fleet.cli(&["drill", "plans"]);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stdout.contains("FAILING: capacity")
+            && out
+                .stderr
+                .contains("kept DR plans fail pre-checks: web: capacity"),
+        "{out}"
+    );
+    let log = web.fleet.coordinator.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("DR plan pre-check stopped passing")
+                && l.contains("capacity")
+                && l.contains("1 of 2 ready")),
+        "no warning in the coordinator's log:\n{log}"
+    );
+    let metrics = web.fleet.coordinator.metrics();
+    assert!(
+        metrics.contains("drover_drill_plan_check_passing{service=\"web\",check=\"capacity\"} 0")
+            && metrics
+                .contains("drover_drill_plan_check_passing{service=\"web\",check=\"release\"} 1"),
+        "{metrics}"
+    );
+
+    // An operator who knows better forces a drill past it: the reason is
+    // in the report. Nothing moves before its approval; abort ends it.
+    let reason = "game day: DR runs half size on purpose";
+    web.fleet
+        .cli(&[
+            "drill", "run", "-f", plan_arg, "--yes", "--detach", "--force", reason,
+        ])
+        .expect_success();
+    let r = report(&web, "dr-1");
+    assert_eq!(r["forced_reason"], reason, "{r:#}");
+    assert_eq!(r["phase"], "awaiting_approval", "{r:#}");
+    let md = web.fleet.cli(&["drill", "report", "dr-1"]).expect_success();
+    assert!(md.stdout.contains(reason), "{md}");
+    web.fleet.cli(&["drill", "abort", "dr-1"]).expect_success();
+
+    // Whole again: the next check passes and says so.
+    web.fleet.agent_mut("h4").start();
+    web.fleet.wait(WAIT, "the kept plan passes again", || {
+        kept_plans(&web)
+            .first()
+            .is_some_and(|k| k["last"]["passed"] == true && k["failing_since"].is_null())
+    });
+    assert!(
+        web.fleet
+            .coordinator
+            .log_text()
+            .lines()
+            .any(|l| l.contains("DR plan pre-check passes again") && l.contains("capacity")),
+        "no recovery line in the coordinator's log"
+    );
+
+    // Kept across a coordinator restart, then forgotten.
+    web.fleet.coordinator.restart();
+    let kept = kept_plans(&web);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0]["service"], "web");
+    web.fleet.cli(&["drill", "forget", "web"]).expect_success();
+    assert!(kept_plans(&web).is_empty());
+    assert!(
+        !web.fleet
+            .coordinator
+            .metrics()
+            .contains("drover_drill_plan_check_passing{service=\"web\""),
+        "a forgotten plan's series stay"
+    );
+    let out = web.fleet.cli(&["drill", "forget", "web"]);
+    assert_ne!(out.code, Some(0), "{out}");
+    assert!(
+        out.stderr
+            .contains("no DR plan is kept for service \"web\""),
+        "{out}"
+    );
+}
