@@ -43,6 +43,9 @@ pub const SEQ_KEY: &str = "drill-seq";
 pub const COMMAND_OWNER: &str = "drill@";
 /// How long one weight command may take.
 const WEIGHT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A weight command not answered in this long is sent again (see
+/// `Drills::set_weights`).
+const RESEND_EVERY: Duration = Duration::from_secs(2);
 
 fn key(id: &str) -> String {
     format!("{KEY_PREFIX}{id}")
@@ -653,7 +656,12 @@ impl Drills {
         }
     }
 
-    /// Sends a weight command to each instance and waits for every answer.
+    /// Sends a weight command to each instance and waits for every answer,
+    /// within [`WEIGHT_TIMEOUT`] for all. An instance whose answer has not
+    /// come is sent the same command again every [`RESEND_EVERY`] on its
+    /// host's session as it is then: an agent that reconnected (or was
+    /// not connected yet) gets it on its new session, and answers an id
+    /// it has seen from its journal without setting the weight twice.
     async fn set_weights(
         &self,
         d: &Drill,
@@ -685,32 +693,52 @@ impl Drills {
                     })),
                 })),
             };
-            let sent = match self.registry.session_sender(host) {
-                Some(tx) => tx.send(Ok(msg)).await.is_ok(),
-                None => false,
-            };
-            waits.push((id.clone(), cmd_id, sent, rx));
+            let sent = self.send(host, &msg).await;
+            waits.push((host, id, cmd_id, msg, sent, rx));
         }
+        let deadline = tokio::time::Instant::now() + WEIGHT_TIMEOUT;
         let mut out = Vec::new();
-        for (id, cmd_id, sent, rx) in waits {
-            if !sent {
-                lock(&self.pending).remove(&cmd_id);
-                out.push(Err(format!("{id}: its host is not connected")));
-                continue;
-            }
-            match tokio::time::timeout(WEIGHT_TIMEOUT, rx).await {
-                Ok(Ok(CommandOutcome::Ok)) => out.push(Ok(())),
-                Ok(Ok(CommandOutcome::Failed(why))) => out.push(Err(format!("{id}: {why}"))),
-                Ok(Ok(CommandOutcome::TimedOut)) => out.push(Err(format!("{id}: timed out"))),
-                Ok(Err(_)) | Err(_) => {
-                    lock(&self.pending).remove(&cmd_id);
-                    out.push(Err(format!(
-                        "{id}: no answer within {}",
-                        humantime::format_duration(WEIGHT_TIMEOUT)
-                    )));
+        for (host, id, cmd_id, msg, mut sent, mut rx) in waits {
+            let answer = loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    break None;
                 }
-            }
+                match tokio::time::timeout(left.min(RESEND_EVERY), &mut rx).await {
+                    Ok(Ok(outcome)) => break Some(outcome),
+                    Ok(Err(_)) => break None,
+                    Err(_) => sent |= self.send(host, &msg).await,
+                }
+            };
+            out.push(match answer {
+                Some(CommandOutcome::Ok) => Ok(()),
+                Some(CommandOutcome::Failed(why)) => Err(format!("{id}: {why}")),
+                Some(CommandOutcome::TimedOut) => Err(format!("{id}: timed out")),
+                None => {
+                    lock(&self.pending).remove(&cmd_id);
+                    Err(if sent {
+                        format!(
+                            "{id}: no answer within {}",
+                            humantime::format_duration(WEIGHT_TIMEOUT)
+                        )
+                    } else {
+                        format!(
+                            "{id}: its host was not connected within {}",
+                            humantime::format_duration(WEIGHT_TIMEOUT)
+                        )
+                    })
+                }
+            });
         }
         out
+    }
+
+    /// Sends a message on the host's session as it is now; false when it
+    /// has none (or it just closed).
+    async fn send(&self, host: &str, msg: &CoordinatorMessage) -> bool {
+        match self.registry.session_sender(host) {
+            Some(tx) => tx.send(Ok(msg.clone())).await.is_ok(),
+            None => false,
+        }
     }
 }

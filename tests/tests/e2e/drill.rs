@@ -677,3 +677,57 @@ fn a_kept_plan_is_checked_on_its_schedule_and_warns_when_the_dr_site_shrinks() {
         "{out}"
     );
 }
+
+/// A DR host whose agent dies while the switch waits for its weight
+/// command, and comes back: the command is sent again on its new session
+/// and the drill finishes, with no failed request (the other DR host and
+/// the primary serve meanwhile).
+#[test]
+fn a_dr_agent_that_restarts_mid_switch_gets_its_weight_command_again() {
+    use drover_tests::harness::process::signal;
+
+    let mut web = two_sites("");
+    dr_on_standby(&web);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = write(
+        dir.path(),
+        "dr.toml",
+        &format!("{PLAN}[approval]\nrequired = true\n[verify]\nhold = \"2s\"\ntimeout = \"60s\"\n"),
+    );
+    let load = bounded_load(&web);
+    start_drill(&web, &plan);
+    // h3's agent freezes with its session open: the switch's command to
+    // raise it goes into a connection nobody reads...
+    let h3 = web.fleet.agent("h3").pid().expect("h3 runs") as i32;
+    signal(h3, libc::SIGSTOP);
+    let bob = web.fleet.pki.issue("operator", "bob", &[], None);
+    web.fleet
+        .cli_as(Some(bob))
+        .run(&["drill", "approve", "dr-1"])
+        .expect_success();
+    web.fleet.wait(WAIT, "dr-1 switches", || {
+        report(&web, "dr-1")["steps"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|s| s["name"] == "switch" && s["state"] == "running")
+        })
+    });
+    // ...and dies there; a new agent process connects a new session.
+    web.fleet.agent_mut("h3").kill();
+    web.fleet.agent_mut("h3").start();
+    web.fleet.wait(WAIT * 2, "dr-1 ends", || {
+        let r = report(&web, "dr-1");
+        r["phase"] == "succeeded" || r["phase"] == "failed"
+    });
+    let r = report(&web, "dr-1");
+    assert_eq!(r["phase"], "succeeded", "{r:#}");
+    let servers = web.haproxy.servers().expect("stats");
+    for h in ["h3", "h4"] {
+        let s = servers.iter().find(|s| s.server == h).expect("server");
+        assert!(
+            s.serving() && s.weight > Some(0),
+            "{h} does not serve: {s:?}"
+        );
+    }
+    let report_load = load.stop();
+    assert_eq!(report_load.failed, 0, "{report_load}");
+}
