@@ -440,6 +440,16 @@ fn report_json(d: &Drill) -> serde_json::Value {
             }))
         },
         "rpo_ms": d.rpo_ms,
+        "traffic": d.traffic.as_ref().map(|t| serde_json::json!({
+            "from": rfc3339_ms(t.from_ms), "to": rfc3339_ms(t.to_ms),
+            "requests": t.target_requests + t.source_requests,
+            "failed": t.target_failed + t.source_failed,
+            "target": {"site": d.target_site, "requests": t.target_requests, "failed": t.target_failed},
+            "source": {"site": d.source_site, "requests": t.source_requests, "failed": t.source_failed},
+            "serving_before": t.serving_before,
+            "floor": t.floor,
+            "lowest_serving": t.lowest_serving,
+        })),
         "verified": rfc3339_ms(d.verified_ms),
         "ended": rfc3339_ms(d.ended_ms),
         "reason": (!d.reason.is_empty()).then_some(&d.reason),
@@ -448,7 +458,7 @@ fn report_json(d: &Drill) -> serde_json::Value {
 }
 
 /// The after-action report, in Markdown.
-pub fn report_md(d: &Drill) -> String {
+pub fn report_md(d: &Drill, fail_back: Option<&Drill>) -> String {
     let mut o = String::new();
     let title = match d.kind.as_str() {
         "failover" => "Failover (incident)",
@@ -522,6 +532,45 @@ pub fn report_md(d: &Drill) -> String {
         },
     );
     row(&mut o, "Data-loss window", loss(d));
+    if let Some(t) = &d.traffic {
+        let failed = t.target_failed + t.source_failed;
+        row(
+            &mut o,
+            "Requests during the switch",
+            format!(
+                "{} served, {} failed, from {} to {}: {} on {} ({} failed), {} on {} ({} failed), by HAProxy's counters",
+                t.target_requests + t.source_requests,
+                if failed == 0 {
+                    "0".to_string()
+                } else {
+                    format!("**{failed}**")
+                },
+                clock(t.from_ms),
+                clock(t.to_ms),
+                t.target_requests,
+                d.target_site,
+                t.target_failed,
+                t.source_requests,
+                d.source_site,
+                t.source_failed,
+            ),
+        );
+        row(
+            &mut o,
+            "Capacity during the switch",
+            format!(
+                "at least {} instance(s) serving against a floor of {} ({} served before the switch): {}",
+                t.lowest_serving,
+                t.floor,
+                t.serving_before,
+                if t.lowest_serving >= t.floor {
+                    "held"
+                } else {
+                    "**below the floor**"
+                }
+            ),
+        );
+    }
     row(
         &mut o,
         "Ended",
@@ -540,27 +589,8 @@ pub fn report_md(d: &Drill) -> String {
             c.want
         ));
     }
-    o.push_str("\n## Timeline\n\n| step | state | started | took | attempts | output |\n|---|---|---|---|---|---|\n");
-    for s in &d.steps {
-        let took = if s.started_ms > 0 && s.ended_ms > 0 {
-            secs(s.ended_ms - s.started_ms)
-        } else {
-            "-".into()
-        };
-        o.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
-            s.name,
-            s.state,
-            if s.started_ms > 0 {
-                clock(s.started_ms)
-            } else {
-                "-".into()
-            },
-            took,
-            s.attempts,
-            s.output.replace('|', "\\|")
-        ));
-    }
+    o.push_str("\n## Timeline\n\n");
+    timeline(&mut o, d);
     o.push_str("\n## Findings\n\n");
     let mut findings = Vec::new();
     for c in d.prechecks.iter().filter(|c| !c.passed) {
@@ -587,6 +617,21 @@ pub fn report_md(d: &Drill) -> String {
             d.lag_seconds
         ));
     }
+    if let Some(t) = &d.traffic {
+        let failed = t.target_failed + t.source_failed;
+        if failed > 0 {
+            findings.push(format!(
+                "{failed} request(s) failed during the switch ({} on {}, {} on {}).",
+                t.target_failed, d.target_site, t.source_failed, d.source_site
+            ));
+        }
+        if t.lowest_serving < t.floor {
+            findings.push(format!(
+                "Serving capacity fell to {} instance(s), below the floor of {}.",
+                t.lowest_serving, t.floor
+            ));
+        }
+    }
     if let Some(window) = replica_window(d)
         && window * 1000.0 > d.rpo_ms as f64
     {
@@ -607,6 +652,33 @@ pub fn report_md(d: &Drill) -> String {
             o.push_str(&format!("- {f}\n"));
         }
     }
+    if let Some(b) = fail_back {
+        o.push_str(&format!(
+            "\n## Fail-back\n\n{} ({}), {} → {}, started {} by {}{}.\n\n",
+            b.id,
+            b.phase,
+            b.source_site,
+            b.target_site,
+            rfc3339_ms(b.started_ms).unwrap_or_default(),
+            b.started_by,
+            match (b.serving_ms > 0 && b.switch_started_ms > 0)
+                .then(|| b.serving_ms - b.switch_started_ms)
+            {
+                Some(ms) => format!("; recovery time {}", secs(ms)),
+                None => String::new(),
+            }
+        ));
+        timeline(&mut o, b);
+        if let Some(t) = &b.traffic {
+            o.push_str(&format!(
+                "\nRequests during its switch: {} served, {} failed; at least {} serving against a floor of {}.\n",
+                t.target_requests + t.source_requests,
+                t.target_failed + t.source_failed,
+                t.lowest_serving,
+                t.floor
+            ));
+        }
+    }
     o.push_str("\n## Events\n\n");
     for e in &d.events {
         o.push_str(&format!("- {} {}\n", clock(e.at_ms), e.message));
@@ -614,13 +686,64 @@ pub fn report_md(d: &Drill) -> String {
     o
 }
 
+/// The step table.
+fn timeline(o: &mut String, d: &Drill) {
+    o.push_str(
+        "| step | state | started | took | attempts | output |\n|---|---|---|---|---|---|\n",
+    );
+    for s in &d.steps {
+        let took = if s.started_ms > 0 && s.ended_ms > 0 {
+            secs(s.ended_ms - s.started_ms)
+        } else {
+            "-".into()
+        };
+        o.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            s.name,
+            s.state,
+            if s.started_ms > 0 {
+                clock(s.started_ms)
+            } else {
+                "-".into()
+            },
+            took,
+            s.attempts,
+            s.output.replace('|', "\\|")
+        ));
+    }
+}
+
+/// The fail-back that followed a drill or failover: the first one of the
+/// same service started after it.
+fn fail_back_of<'a>(d: &Drill, all: &'a [Drill]) -> Option<&'a Drill> {
+    if d.kind == "failback" {
+        return None;
+    }
+    (all.iter())
+        .filter(|b| b.kind == "failback" && b.service == d.service && b.started_ms > d.started_ms)
+        .min_by_key(|b| b.started_ms)
+}
+
 pub async fn report(ctx: &Ctx, args: ReportArgs) -> anyhow::Result<()> {
     let d = get(ctx, &args.id).await?;
+    let all = if d.kind == "failback" {
+        Vec::new()
+    } else {
+        let session = ctx.session().await?;
+        match client(&session).list_drills(ListDrillsRequest {}).await {
+            Ok(r) => r.into_inner().drills,
+            Err(status) => return Err(session.rpc_error(status)),
+        }
+    };
+    let fail_back = fail_back_of(&d, &all);
     match args.output {
-        ReportFormat::Md => print(&report_md(&d)),
-        ReportFormat::Json => print(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&report_json(&d))?
-        )),
+        ReportFormat::Md => print(&report_md(&d, fail_back)),
+        ReportFormat::Json => {
+            let mut v = report_json(&d);
+            if let Some(b) = fail_back {
+                v["fail_back"] = report_json(b);
+            }
+            print(&format!("{}\n", serde_json::to_string_pretty(&v)?))
+        }
     }
 }

@@ -31,6 +31,7 @@
 //! which moves it back (the database's promotion cannot be undone by
 //! drover: the report says so).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use drover_model::drill::{DrillPlan, Lag, Replayed, TrafficVia};
@@ -224,6 +225,10 @@ pub struct Drill {
     /// Ungraceful, the primary gone: the window measured on the replica.
     #[serde(default)]
     pub loss: Option<LossWindow>,
+    /// What both sites served from the switch's start to the end of
+    /// verify, and the serving instances against the floor.
+    #[serde(default)]
+    pub traffic: Option<SwitchTraffic>,
     /// Traffic was sent toward the target (an abort sends it back).
     pub traffic_moved: bool,
     pub ended_ms: Option<Ms>,
@@ -285,6 +290,107 @@ impl LossWindow {
 
     pub fn len_ms(&self) -> Ms {
         self.to_ms - self.from_ms
+    }
+}
+
+/// One server's HAProxy counters as an agent last reported them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reading {
+    /// `instance-id|balancer`.
+    pub key: String,
+    /// On the site traffic moves to.
+    pub on_target: bool,
+    /// Requests tried: answered, or failed by HAProxy.
+    pub attempts: u64,
+    /// 5xx answers and HAProxy's own failures.
+    pub errors: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteMeter {
+    pub on_target: bool,
+    pub attempts: drover_analysis::Counter,
+    pub errors: drover_analysis::Counter,
+}
+
+/// What both sites served from the start of the switch to the end of
+/// verify, by HAProxy's counters as the agents report them (every
+/// `traffic_interval`), and the fewest instances serving meanwhile
+/// against the floor: as many as served before the switch, times the
+/// plan's `checks.capacity`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchTraffic {
+    pub from_ms: Ms,
+    pub to_ms: Ms,
+    pub serving_before: u32,
+    pub floor: u32,
+    pub lowest_serving: u32,
+    pub meters: BTreeMap<String, SiteMeter>,
+}
+
+/// Requests and failures on one side of the switch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Served {
+    pub requests: u64,
+    pub failed: u64,
+}
+
+impl SwitchTraffic {
+    pub fn start(now: Ms, serving: u32, capacity_pct: u32, readings: &[Reading]) -> SwitchTraffic {
+        let mut t = SwitchTraffic {
+            from_ms: now,
+            to_ms: now,
+            serving_before: serving,
+            floor: (u64::from(serving) * u64::from(capacity_pct))
+                .div_ceil(100)
+                .try_into()
+                .unwrap_or(u32::MAX),
+            lowest_serving: serving,
+            meters: BTreeMap::new(),
+        };
+        t.observe(now, serving, readings);
+        t
+    }
+
+    /// A later look: counters advance (a reset counts from 0, a server
+    /// first seen now starts counting now), the lowest serving is kept.
+    pub fn observe(&mut self, now: Ms, serving: u32, readings: &[Reading]) {
+        self.to_ms = self.to_ms.max(now);
+        self.lowest_serving = self.lowest_serving.min(serving);
+        for r in readings {
+            match self.meters.get_mut(&r.key) {
+                Some(m) => {
+                    m.attempts.advance(r.attempts);
+                    m.errors.advance(r.errors);
+                }
+                None => {
+                    self.meters.insert(
+                        r.key.clone(),
+                        SiteMeter {
+                            on_target: r.on_target,
+                            attempts: drover_analysis::Counter::new(r.attempts),
+                            errors: drover_analysis::Counter::new(r.errors),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// `(target site, source site)`.
+    pub fn served(&self) -> (Served, Served) {
+        let mut target = Served::default();
+        let mut source = Served::default();
+        for m in self.meters.values() {
+            let side = if m.on_target {
+                &mut target
+            } else {
+                &mut source
+            };
+            side.requests += m.attempts.total();
+            side.failed += m.errors.total();
+        }
+        (target, source)
     }
 }
 
@@ -397,6 +503,7 @@ impl Drill {
             lag_at_cutover: None,
             primary_unreachable: None,
             loss: None,
+            traffic: None,
             traffic_moved: false,
             ended_ms: None,
             reason: String::new(),

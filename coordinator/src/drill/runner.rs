@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::engine::{Action, Drill, Kind, Ms, Toward};
+use super::engine::{Action, Drill, Kind, Ms, Reading, SwitchTraffic, Toward};
 use super::precheck::{command_env, run_command};
 use crate::registry::{Registry, now_ms};
 use crate::rollout::CommandOutcome;
@@ -445,11 +445,26 @@ impl Drills {
                     continue;
                 }
                 Action::Switch(toward) => {
+                    if toward == Toward::Target && d.traffic.is_none() {
+                        let (serving, readings) = self.traffic_look(&d);
+                        d.traffic = Some(SwitchTraffic::start(
+                            now_ms(),
+                            serving,
+                            d.plan.checks.capacity,
+                            &readings,
+                        ));
+                    }
                     let result = tokio::select! {
                         () = self.shutdown.cancelled() => return,
                         r = self.switch(&d, toward) => r,
                     };
                     d.on_switched(now_ms(), toward, result);
+                    if toward == Toward::Target && d.traffic.is_some() {
+                        let (serving, readings) = self.traffic_look(&d);
+                        if let Some(t) = d.traffic.as_mut() {
+                            t.observe(now_ms(), serving, &readings);
+                        }
+                    }
                     if d.phase == super::engine::Phase::Aborting && d.traffic_moved {
                         // Moving back failed: try again shortly.
                         Some(now_ms() + 1_000)
@@ -458,6 +473,12 @@ impl Drills {
                     }
                 }
                 Action::CheckServing => {
+                    if d.traffic.is_some() {
+                        let (serving, readings) = self.traffic_look(&d);
+                        if let Some(t) = d.traffic.as_mut() {
+                            t.observe(now_ms(), serving, &readings);
+                        }
+                    }
                     let (whole, seen) = self.serving(&d);
                     match d.on_serving(now_ms(), whole, &seen) {
                         Some(t) => Some(t),
@@ -505,6 +526,43 @@ impl Drills {
             }
         }
         out
+    }
+
+    /// Instances of the service serving on either site (connected,
+    /// healthy, routed to), and every server's HAProxy counters.
+    fn traffic_look(&self, d: &Drill) -> (u32, Vec<Reading>) {
+        let site_of = |h: &drover_proto::v1::Host, site: &str| {
+            let (label, value) = site.split_once('=').unwrap_or((site, ""));
+            h.labels.get(label).is_some_and(|v| v == value)
+        };
+        let (target, source) = (d.target_site(), d.source_site());
+        let mut serving = 0u32;
+        let mut readings = Vec::new();
+        for h in self.registry.list(&Selector::everything()) {
+            let on_target = site_of(&h, &target);
+            if !on_target && !site_of(&h, &source) {
+                continue;
+            }
+            let up = connected(&h);
+            for i in h.instances.iter().filter(|i| i.service == d.plan.service) {
+                let seen = observe(i);
+                if up && seen.healthy && seen.in_service() {
+                    serving += 1;
+                }
+                for lb in &i.load_balancers {
+                    if let Some(c) = &lb.counters {
+                        let failures = c.response_errors.saturating_add(c.connection_errors);
+                        readings.push(Reading {
+                            key: format!("{}|{}", i.id, lb.balancer),
+                            on_target,
+                            attempts: c.requests.saturating_add(failures),
+                            errors: c.responses_5xx.saturating_add(failures),
+                        });
+                    }
+                }
+            }
+        }
+        (serving, readings)
     }
 
     /// Every target instance healthy and routed to.

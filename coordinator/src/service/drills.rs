@@ -94,6 +94,20 @@ pub fn to_wire(d: &Drill) -> pb::Drill {
             .loss
             .map(|w| w.end.as_str().to_string())
             .unwrap_or_default(),
+        traffic: d.traffic.as_ref().map(|t| {
+            let (target, source) = t.served();
+            pb::DrillTraffic {
+                from_ms: t.from_ms,
+                to_ms: t.to_ms,
+                target_requests: target.requests,
+                target_failed: target.failed,
+                source_requests: source.requests,
+                source_failed: source.failed,
+                serving_before: t.serving_before,
+                floor: t.floor,
+                lowest_serving: t.lowest_serving,
+            }
+        }),
         traffic_moved: d.traffic_moved,
         ended_ms: d.ended_ms.unwrap_or(0),
         reason: d.reason.clone(),

@@ -385,6 +385,17 @@ fn a_graceful_drill_moves_all_traffic_to_dr_with_no_failed_request_and_no_lost_w
     assert_eq!(r["phase"], "succeeded", "{r:#}");
     assert_eq!(r["approved_by"], "bob", "{r:#}");
     assert_eq!(r["data_loss"]["bytes"], 0, "{r:#}");
+    // The report's own count, by HAProxy's counters: requests served on
+    // both sites during the switch, none failed, capacity held.
+    let t = &r["traffic"];
+    assert_eq!(t["failed"], 0, "{r:#}");
+    assert!(
+        t["target"]["requests"].as_u64().is_some_and(|n| n > 0),
+        "{r:#}"
+    );
+    assert_eq!(t["serving_before"], 2, "{r:#}");
+    assert_eq!(t["floor"], 2, "{r:#}");
+    assert!(t["lowest_serving"].as_u64() >= Some(2), "{r:#}");
     let recovery = r["recovery_ms"].as_i64().expect("recovery measured");
     // The age of the last good drill is on /metrics.
     web.fleet.wait(WAIT, "the drill's metrics", || {
@@ -399,6 +410,8 @@ fn a_graceful_drill_moves_all_traffic_to_dr_with_no_failed_request_and_no_lost_w
         "| Recovery time | **",
         "against an RTO of 300.0 s: met",
         "| Data-loss window | none: the replica was 0 bytes behind at cutover",
+        "| Requests during the switch | ",
+        "against a floor of 2 (2 served before the switch): held",
         "## Pre-checks",
         "## Timeline",
         "| promote | done |",

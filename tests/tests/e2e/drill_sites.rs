@@ -478,8 +478,29 @@ fn a_graceful_drill_and_its_fail_back_fail_no_request_and_lose_no_write() {
         last.get(&Site::Primary) > back.get(&Site::Primary),
         "the primary serves nothing"
     );
+    // The drill's report carries its fail-back's timeline.
+    let drill = sites.cli().run(&["drill", "report", "dr-1", "-o", "json"]);
+    let d: serde_json::Value = serde_json::from_str(&drill.stdout).expect("report json");
+    assert_eq!(d["fail_back"]["id"], "dr-2", "{d:#}");
+    assert_eq!(d["fail_back"]["phase"], "succeeded", "{d:#}");
+    let md = sites.cli().run(&["drill", "report", "dr-1"]);
+    assert!(
+        md.stdout.contains("## Fail-back")
+            && md
+                .stdout
+                .contains("dr-2 (succeeded), site=dr → site=primary"),
+        "{}",
+        md.stdout
+    );
+    // Each switch's own count of what HAProxy served: none failed.
+    for r in [&d, &r] {
+        let t = &r["traffic"];
+        assert_eq!(t["failed"], 0, "{r:#}");
+        assert!(t["requests"].as_u64().is_some_and(|n| n > 0), "{r:#}");
+        assert!(t["lowest_serving"].as_u64() >= t["floor"].as_u64(), "{r:#}");
+    }
     eprintln!(
-        "drill and fail-back: {} writes acknowledged, none lost; {report_load}",
-        loss.acknowledged
+        "drill and fail-back: {} writes acknowledged, none lost; {report_load}; drill traffic {}, fail-back traffic {}",
+        loss.acknowledged, d["traffic"], r["traffic"]
     );
 }
