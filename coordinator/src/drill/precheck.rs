@@ -321,7 +321,7 @@ pub async fn check(
                 (false, ReleaseRule::Same) => (
                     false,
                     format!(
-                        "{dr_name} must run {want} like the primary: `drover rollout start --service {} --version {want} --selector {dr_name}` first",
+                        "{dr_name} must run {want} like the primary: `drover rollout start --service {} --version {want} --selector {dr_name} --min-healthy 0` first (its instances serve nothing while it waits)",
                         plan.service
                     ),
                 ),

@@ -744,3 +744,36 @@ fn a_dr_agent_that_restarts_mid_switch_gets_its_weight_command_again() {
     let report_load = load.stop();
     assert_eq!(report_load.failed, 0, "{report_load}");
 }
+
+/// A DR site left on an older release is refused with the command that
+/// brings it to the primary's, and that command works on a site waiting
+/// at weight 0: afterwards the plan passes and DR still waits at 0.
+#[test]
+fn a_dr_site_on_another_release_is_refused_with_the_command_that_fixes_it() {
+    let web = two_sites("");
+    dr_on_standby(&web);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = write(dir.path(), "dr.toml", PLAN);
+    web.push_release("v2", &[]);
+    let out = web.start_rollout("v2", &["--selector", "site=primary", "--min-healthy", "1"]);
+    assert!(out.success(), "{out}");
+    let out = drill_plan(&web, &plan, &[]);
+    assert_eq!(out.code, Some(1), "{out}");
+    let advice =
+        "`drover rollout start --service web --version v2 --selector site=dr --min-healthy 0`";
+    assert!(
+        out.stdout
+            .contains("site=primary: v2 on 2; site=dr: v1 on 2")
+            && out.stdout.contains(advice),
+        "{out}"
+    );
+    // Do as it says.
+    let out = web.start_rollout("v2", &["--selector", "site=dr", "--min-healthy", "0"]);
+    assert!(out.success(), "{out}\n{}", web.diagnostics());
+    drill_plan(&web, &plan, &[]).expect_success();
+    let servers = web.haproxy.servers().expect("stats");
+    for h in ["h3", "h4"] {
+        let s = servers.iter().find(|s| s.server == h).expect("server");
+        assert_eq!(s.weight, Some(0), "{h} left standby: {s:?}");
+    }
+}
