@@ -135,7 +135,7 @@ fn a_two_site_fleet_serves_from_the_primary_with_dr_on_standby_and_passes_the_pl
         "site=primary: v1 on 2; site=dr: v1 on 2",
         "4 of 4 instances registered with a load balancer; 0 of 2 on site=dr take traffic now",
         "replication_lag",
-        "6 of 6 installed",
+        "8 of 8 installed",
         "every pre-check passed",
     ] {
         assert!(out.stdout.contains(want), "no {want:?} in:\n{out}");
