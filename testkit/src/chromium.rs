@@ -290,12 +290,17 @@ impl Browser {
         };
         let stream = TcpStream::connect(("127.0.0.1", port))
             .map_err(io(format!("connect to Chromium's DevTools on port {port}")))?;
+        // The handshake blocks (bounded); later reads wake up often, so a
+        // call notices its own deadline.
         stream
-            .set_read_timeout(Some(Duration::from_millis(200)))
+            .set_read_timeout(Some(CALL_TIMEOUT))
             .map_err(io("set a read timeout"))?;
         let url = format!("ws://127.0.0.1:{port}{path}");
         let (ws, _) = tungstenite::client::client(url.as_str(), stream)
             .map_err(|e| ChromiumError::Protocol(format!("websocket handshake with {url}: {e}")))?;
+        ws.get_ref()
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .map_err(io("set a read timeout"))?;
         let mut b = Browser {
             ws,
             session: String::new(),
