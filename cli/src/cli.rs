@@ -168,6 +168,7 @@ mod tests {
             ("token", "join tokens"),
             ("agents", "List hosts"),
             ("agent", "Show one host"),
+            ("ui", "read-only web view"),
         ] {
             let line = h
                 .lines()
@@ -240,6 +241,17 @@ mod tests {
                 ],
             ),
             (&["agent", "show"], &["HOST", "--output", "json"]),
+            (
+                &["ui"],
+                &[
+                    "--listen",
+                    "127.0.0.1:8088",
+                    "--open",
+                    "--allow-remote",
+                    "YOUR certificate",
+                    "Ctrl-C",
+                ],
+            ),
             (
                 &["agent", "revoke"],
                 &[

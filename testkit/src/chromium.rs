@@ -183,7 +183,8 @@ fn drain(r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
 
 /// The DOM of `url` after its scripts ran (`--dump-dom` with a virtual
 /// time budget of `budget`), within `timeout`. A page that keeps a
-/// connection open (server-sent events) shows its state at load.
+/// connection open (server-sent events) never lets the budget run out:
+/// read such a page with a [`Browser`].
 pub fn dump_dom(url: &str, budget: Duration, timeout: Duration) -> Result<String, ChromiumError> {
     let mut p = Proc::spawn(
         &[
@@ -475,8 +476,15 @@ impl Browser {
     }
 
     /// A PNG of the whole page (as wide as the window, as tall as the
-    /// content up to `max_height`), written to `path`.
-    pub fn screenshot(&mut self, path: &Path, max_height: u32) -> Result<(), ChromiumError> {
+    /// content up to `max_height` CSS pixels), drawn at `scale` (1.0: one
+    /// image pixel per CSS pixel; 0.75 makes a smaller file), written to
+    /// `path`.
+    pub fn screenshot(
+        &mut self,
+        path: &Path,
+        max_height: u32,
+        scale: f64,
+    ) -> Result<(), ChromiumError> {
         let height = self
             .eval("Math.ceil(document.documentElement.scrollHeight)")?
             .as_f64()
@@ -487,7 +495,7 @@ impl Browser {
             json!({
                 "format": "png",
                 "captureBeyondViewport": true,
-                "clip": { "x": 0, "y": 0, "width": WINDOW.0, "height": height, "scale": 1 },
+                "clip": { "x": 0, "y": 0, "width": WINDOW.0, "height": height, "scale": scale },
             }),
         )?;
         let data = shot["data"]
@@ -610,7 +618,7 @@ mod tests {
         );
         let dir = tempfile::tempdir().expect("tempdir");
         let png = dir.path().join("shot.png");
-        b.screenshot(&png, 2000).expect("screenshot");
+        b.screenshot(&png, 2000, 1.0).expect("screenshot");
         assert!(std::fs::read(&png).expect("read").starts_with(b"\x89PNG"));
     }
 }

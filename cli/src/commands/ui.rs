@@ -204,6 +204,8 @@ fn router(app: Shared) -> Router {
         .route("/drills/{id}/events", get(drill_events))
         .route("/assets/ui.css", get(css))
         .route("/assets/ui.js", get(js))
+        // Browsers ask for it; there is none, and a 404 would be logged.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), guard))
         .with_state(app)

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use drover_proto::json::{stage_word, strategy_word};
-use drover_proto::v1::{AnalysisArm, Rollout, RolloutAnalysis, RolloutEvent};
+use drover_proto::v1::{AnalysisArm, Rollout, RolloutAnalysis, RolloutEvent, RolloutPhase};
 
 use super::html::Html;
 use crate::output::rollout::traffic::{errors_of, share, traffic_line};
@@ -170,7 +170,7 @@ pub fn rollout_live(r: &Rollout, analysis: Option<&RolloutAnalysis>, now_ms: i64
         ),
         ("Waiting", dash(&r.wait_reason).to_string()),
     ];
-    if let Some(t) = &r.traffic {
+    if let Some(t) = r.traffic.as_ref().filter(|_| !is_terminal(r.phase_kind())) {
         facts.push(("Traffic", traffic_line(t, now_ms)));
     }
     if !r.reason.is_empty() {
@@ -310,16 +310,22 @@ fn batches(h: &mut Html, r: &Rollout) {
 }
 
 /// A canary's (or blue-green's) traffic steps: how each ended, where the
-/// rollout is, and those to come.
+/// rollout is, and those to come. The last step records no verdict: once
+/// the rollout succeeded it is `done`; a rollout that ended otherwise
+/// leaves its step `stopped` and the rest `not_reached`.
 fn traffic_steps(h: &mut Html, r: &Rollout) {
     let Some(t) = &r.traffic else { return };
+    let phase = r.phase_kind();
     h.open("ol", &[("class", "steps")]);
     for (i, bp) in t.steps_basis_points.iter().enumerate() {
         let number = u32::try_from(i + 1).unwrap_or(u32::MAX);
         let result = t.results.iter().rfind(|x| x.step == number);
         let state = match result {
             Some(x) => dash(&x.verdict).to_string(),
+            None if phase == RolloutPhase::Succeeded => "done".to_string(),
+            None if number == t.step && is_terminal(phase) => "stopped".to_string(),
             None if number == t.step => stage_word(t.stage).unwrap_or("current").to_string(),
+            None if is_terminal(phase) => "not_reached".to_string(),
             None => "pending".to_string(),
         };
         let current = if number == t.step { "true" } else { "false" };
@@ -603,7 +609,7 @@ fn looks(h: &mut Html, a: &RolloutAnalysis) {
         h.open(
             "tr",
             &[
-                ("class", &format!("look v-{verdict}")),
+                ("class", "look"),
                 ("data-step", &l.step.to_string()),
                 ("data-look", &l.look.to_string()),
                 ("data-at", &l.at_ms.to_string()),
@@ -723,7 +729,7 @@ mod tests {
             "data-step=\"2\" data-share=\"25%\" data-state=\"baking\" data-current=\"true\""
         ));
         assert!(page.contains("data-step=\"3\" data-share=\"50%\" data-state=\"pending\""));
-        assert_eq!(page.matches("class=\"look ").count(), 3, "{page}");
+        assert_eq!(page.matches("<tr class=\"look\"").count(), 3, "{page}");
         assert!(page.contains("data-verdict=\"fail\" data-canary-error-rate=\"0.060000\" data-baseline-error-rate=\"0.000588\""), "{page}");
         assert!(page.contains("data-baseline-latency-ms=\"\""), "{page}");
     }
@@ -736,6 +742,24 @@ mod tests {
         let page = rollout_page(&r, None, NOW).into_string();
         assert!(page.contains("data-live=\"\""), "{page}");
         assert!(page.contains("data-phase=\"succeeded\""), "{page}");
+        let mut c = fixtures::canary();
+        c.phase = drover_proto::v1::RolloutPhase::Succeeded as i32;
+        let done = rollout_page(&c, None, NOW).into_string();
+        assert!(
+            done.contains("data-step=\"2\" data-share=\"25%\" data-state=\"done\""),
+            "{done}"
+        );
+        assert!(!done.contains("<dt>Traffic</dt>"), "{done}");
+        c.phase = drover_proto::v1::RolloutPhase::RolledBack as i32;
+        let back = rollout_page(&c, None, NOW).into_string();
+        assert!(
+            back.contains("data-step=\"2\" data-share=\"25%\" data-state=\"stopped\""),
+            "{back}"
+        );
+        assert!(
+            back.contains("data-step=\"3\" data-share=\"50%\" data-state=\"not_reached\""),
+            "{back}"
+        );
         let list = rollouts_page(&[r, fixtures::rollout()], NOW).into_string();
         assert!(list.contains("class=\"rollouts running\""), "{list}");
         assert!(list.contains("class=\"rollouts past\""), "{list}");
