@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use drover_testkit::chromium::Browser;
 use drover_tests::harness::traffic::load_spec;
-use drover_tests::{AgentSpec, Fleet, Proc, WAIT, WebFleet, http_get, wait_until_with};
+use drover_tests::{AgentSpec, Cli, Fleet, Proc, WAIT, WebFleet, http_get, wait_until_with};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -32,8 +32,13 @@ impl Ui {
     /// Starts `drover ui --listen 127.0.0.1:0` as the fleet's operator and
     /// waits for the URL it prints.
     fn start(fleet: &Fleet) -> Ui {
-        let cmd = fleet.operator().command(&["ui", "--listen", "127.0.0.1:0"]);
-        let log = fleet.dir.join("ui.log");
+        Ui::start_as(&fleet.operator(), &fleet.dir)
+    }
+
+    /// [`Ui::start`] with `cli`'s certificate, logging into `dir`.
+    fn start_as(cli: &Cli, dir: &Path) -> Ui {
+        let cmd = cli.command(&["ui", "--listen", "127.0.0.1:0"]);
+        let log = dir.join("ui.log");
         let proc = Proc::spawn("drover ui", cmd, &log);
         let url = wait_until_with(
             WAIT,
@@ -254,6 +259,8 @@ struct RolloutPage {
     cells: Vec<(String, String, String)>,
     /// (number, share, state, current)
     steps: Vec<(String, String, String, String)>,
+    /// (batch, state); batch 0 holds the instances not started
+    batches: Vec<(u32, String)>,
     /// (at_ms, capacity, floor)
     points: Vec<(i64, u32, u32)>,
     looks: Vec<Look>,
@@ -279,6 +286,7 @@ const ROLLOUT: &str = "(() => { const d = document.getElementById('rollout');
     phase: d.dataset.phase,
     cells: [...d.querySelectorAll('.cell')].map(c => [c.dataset.instance, c.dataset.step, c.dataset.release]),
     steps: [...d.querySelectorAll('ol.steps li')].map(s => [s.dataset.step, s.dataset.share, s.dataset.state, s.dataset.current]),
+    batches: [...d.querySelectorAll('ol.batches li')].map(b => [Number(b.dataset.batch), b.dataset.state]),
     points: [...d.querySelectorAll('#capacity-plot circle.pt')].map(p => [Number(p.dataset.at), Number(p.dataset.capacity), Number(p.dataset.floor)]),
     looks: [...d.querySelectorAll('tr.look')].map(l => ({
       step: Number(l.dataset.step), verdict: l.dataset.verdict,
@@ -437,6 +445,111 @@ fn a_live_canary_shows_its_grid_steps_plot_and_arms_and_then_its_end_without_a_r
     assert!(end.points.len() > page.points.len(), "{}", diag());
     assert_eq!(report.failed, 0, "{}", diag());
     shot(&mut b, "rollout-done.png");
+    assert!(b.errors().is_empty(), "page errors: {:#?}", b.errors());
+}
+
+/// (instance, step, release) of each instance, as `drover rollout status`
+/// says, sorted.
+fn cli_cells(r: &drover_tests::RolloutView) -> Vec<(String, String, String)> {
+    let mut cells: Vec<(String, String, String)> = (r.instances.iter())
+        .map(|i| {
+            (
+                i.id.clone(),
+                i.step.clone(),
+                i.version().unwrap_or("-").to_string(),
+            )
+        })
+        .collect();
+    cells.sort();
+    cells
+}
+
+/// The page's cells, sorted.
+fn page_cells(page: &RolloutPage) -> Vec<(String, String, String)> {
+    let mut cells = page.cells.clone();
+    cells.sort();
+    cells
+}
+
+#[test]
+fn a_paused_rolling_update_shows_what_the_cli_shows_and_resumes_live_for_a_viewer() {
+    let web = WebFleet::builder().hosts(4).start();
+    web.deploy_initial("v1");
+    web.push_release("v2", &[]);
+    // One at a time: a floor of 3 of 4.
+    let id = web
+        .start_detached("v2", &["--min-healthy", "75%", "--min-healthy-time", "1s"])
+        .id;
+    web.wait_rollout(&id, "works on its first instance", WAIT, |r| {
+        r.counts.in_progress + r.counts.done > 0
+    });
+    web.act("pause", &id);
+    let paused = web.wait_rollout(&id, "is paused with nothing in flight", WAIT, |r| {
+        r.phase == "paused" && r.counts.in_progress == 0
+    });
+
+    // A viewer's certificate is enough to look.
+    let ui = Ui::start_as(&web.fleet.viewer(), &web.fleet.dir);
+    let mut b = browser();
+    open(&mut b, &ui, &format!("/rollouts/{id}"));
+    let page: RolloutPage = read(&mut b, ROLLOUT);
+    let diag = || format!("{page:#?}\n{}", web.diagnostics_for(&id));
+    assert_eq!(page.phase, "paused", "{}", diag());
+    assert_eq!(page_cells(&page), cli_cells(&paused), "{}", diag());
+    let done = steps_of(&page, "done");
+    assert!((1..4).contains(&done), "{}", diag());
+    assert_eq!(steps_of(&page, "pending"), 4 - done, "{}", diag());
+    // Started batches are done; the rest wait, not started.
+    assert!(
+        page.batches
+            .iter()
+            .all(|(n, state)| (*n == 0 && state == "waiting") || (*n > 0 && state == "done")),
+        "{}",
+        diag()
+    );
+    assert_eq!(
+        page.batches.iter().filter(|(n, _)| *n > 0).count(),
+        done,
+        "one instance per batch\n{}",
+        diag()
+    );
+    assert!(
+        page.steps.is_empty(),
+        "a rolling update has no traffic steps"
+    );
+    // One instance out at a time: down to the floor of 3, never under.
+    assert!(
+        page.points.iter().all(|(_, c, f)| *f == 3 && c >= f),
+        "{}",
+        diag()
+    );
+    assert_eq!(page.points.iter().map(|p| p.1).min(), Some(3), "{}", diag());
+    shot(&mut b, "rolling-paused.png");
+
+    b.eval("window.__drover_marker = 7; true")
+        .unwrap_or_else(|e| panic!("{e}"));
+    web.act("resume", &id);
+    b.wait_for(
+        "document.getElementById('rollout').dataset.phase === 'succeeded'",
+        Duration::from_secs(90),
+    )
+    .unwrap_or_else(|e| panic!("the page never showed the end: {e}\n{}", diag()));
+    let end: RolloutPage = read(&mut b, ROLLOUT);
+    let finished = web.status(&id);
+    let diag = || format!("{end:#?}\n{}", web.diagnostics_for(&id));
+    assert_eq!(
+        b.eval("window.__drover_marker")
+            .unwrap_or_else(|e| panic!("{e}")),
+        Value::from(7),
+        "the page was reloaded\n{}",
+        diag()
+    );
+    assert_eq!(page_cells(&end), cli_cells(&finished), "{}", diag());
+    assert_eq!(steps_of(&end, "done"), 4, "{}", diag());
+    assert_eq!(end.batches.len(), 4, "{}", diag());
+    assert!(end.batches.iter().all(|(_, s)| s == "done"), "{}", diag());
+    assert!(end.points.iter().all(|(_, c, f)| c >= f), "{}", diag());
+    shot(&mut b, "rolling-done.png");
     assert!(b.errors().is_empty(), "page errors: {:#?}", b.errors());
 }
 

@@ -10,7 +10,10 @@
 use std::collections::BTreeMap;
 
 use drover_proto::json::{stage_word, strategy_word};
-use drover_proto::v1::{AnalysisArm, Rollout, RolloutAnalysis, RolloutEvent, RolloutPhase};
+use drover_proto::v1::{
+    AnalysisArm, InstanceStep, Rollout, RolloutAnalysis, RolloutEvent, RolloutInstance,
+    RolloutPhase,
+};
 
 use super::html::Html;
 use crate::output::rollout::traffic::{errors_of, share, traffic_line};
@@ -265,20 +268,22 @@ fn grid(h: &mut Html, r: &Rollout) {
 /// A rolling update's batches: the instances each took, and how far they
 /// are. Instances not started yet have no batch.
 fn batches(h: &mut Html, r: &Rollout) {
-    let mut by_batch: BTreeMap<u32, Vec<&drover_proto::v1::RolloutInstance>> = BTreeMap::new();
+    let mut by_batch: BTreeMap<u32, Vec<&RolloutInstance>> = BTreeMap::new();
     for i in &r.instances {
         by_batch.entry(i.batch).or_default().push(i);
     }
+    // Those not started (batch 0) last, after the batches.
+    let mut groups: Vec<(u32, Vec<&RolloutInstance>)> = by_batch.into_iter().collect();
+    groups.sort_by_key(|(b, _)| (*b == 0, *b));
     h.open("ol", &[("class", "batches")]);
-    for (b, list) in &by_batch {
-        let steps: Vec<_> = list.iter().map(|i| i.step_kind()).collect();
+    for (b, list) in &groups {
+        let steps: Vec<InstanceStep> = list.iter().map(|i| i.step_kind()).collect();
         let state = if *b == 0 {
             "waiting"
         } else if steps.iter().any(|s| s.in_chain()) {
             "running"
-        } else if steps
-            .iter()
-            .any(|s| s.as_text() == "failed" || s.as_text() == "rolled_back")
+        } else if (steps.iter())
+            .any(|s| matches!(s, InstanceStep::Failed | InstanceStep::RolledBack))
         {
             "failed"
         } else {
@@ -497,19 +502,20 @@ fn plot(h: &mut Html, r: &Rollout, now_ms: i64) {
         ],
         &clock(end),
     );
+    // The floor over capacity, so it shows where capacity touches it.
     h.void(
         "path",
         &[
-            ("class", "floor"),
-            ("d", &step_path(&|p: &RolloutEvent| p.floor)),
+            ("class", "capacity"),
+            ("d", &step_path(&|p: &RolloutEvent| p.capacity)),
             ("fill", "none"),
         ],
     )
     .void(
         "path",
         &[
-            ("class", "capacity"),
-            ("d", &step_path(&|p: &RolloutEvent| p.capacity)),
+            ("class", "floor"),
+            ("d", &step_path(&|p: &RolloutEvent| p.floor)),
             ("fill", "none"),
         ],
     );
@@ -714,6 +720,11 @@ mod tests {
         assert!(page.contains("data-batch=\"1\" data-state=\"done\" data-current=\"false\""));
         assert!(page.contains("data-batch=\"2\" data-state=\"running\" data-current=\"true\""));
         assert!(page.contains("data-batch=\"0\" data-state=\"waiting\""));
+        let (first, last) = (
+            page.find("data-batch=\"1\" data-state"),
+            page.find("data-batch=\"0\" data-state"),
+        );
+        assert!(first < last, "not started comes last: {page}");
     }
 
     #[test]
