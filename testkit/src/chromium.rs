@@ -255,7 +255,6 @@ impl Browser {
         let mut proc = Proc::spawn(
             &[
                 "--remote-debugging-port=0".to_string(),
-                "--remote-allow-origins=*".to_string(),
                 format!("--window-size={},{}", WINDOW.0, WINDOW.1),
                 "about:blank".to_string(),
             ],
