@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::commands::{agents, artifact, ca, cert, coordinators, drill, drill_run, rollout, token};
+use crate::commands::{
+    agents, artifact, ca, cert, coordinators, drill, drill_run, rollout, token, ui,
+};
 
 const ABOUT: &str = "drover: rolling deployments for fleets of hosts.\n\n\
 This CLI creates the drover CA and certificates, enrols hosts (join tokens), \
@@ -112,6 +114,14 @@ pub enum Command {
     /// it), then the traffic returns to the primary and every weight to its
     /// configured value (0 for a DR site on standby).
     Failback(drill_run::RunArgs),
+    /// A read-only web view of the fleet, rollouts and drills, on 127.0.0.1
+    ///
+    /// Serves pages that ask the coordinator with your certificate, as
+    /// every command does: the fleet (filter with a selector), the
+    /// rollouts, one rollout live (instances by step, batches or traffic
+    /// steps, capacity against the floor over time, a canary against its
+    /// baseline), and the drills with their reports. Runs until Ctrl-C.
+    Ui(ui::UiArgs),
 }
 
 /// clap value parser for durations such as `90s`, `1h`, `8760h`, `30d`.
@@ -158,6 +168,7 @@ mod tests {
             ("token", "join tokens"),
             ("agents", "List hosts"),
             ("agent", "Show one host"),
+            ("ui", "read-only web view"),
         ] {
             let line = h
                 .lines()
@@ -230,6 +241,17 @@ mod tests {
                 ],
             ),
             (&["agent", "show"], &["HOST", "--output", "json"]),
+            (
+                &["ui"],
+                &[
+                    "--listen",
+                    "127.0.0.1:8088",
+                    "--open",
+                    "--allow-remote",
+                    "YOUR certificate",
+                    "Ctrl-C",
+                ],
+            ),
             (
                 &["agent", "revoke"],
                 &[

@@ -7,9 +7,11 @@
 //! diagnostics) at the deadline. [`etcd`] starts a real etcd cluster on
 //! loopback for the etcd store's tests; [`postgres`] a real PostgreSQL primary
 //! with a streaming replica for the disaster-recovery drills; [`netns`] puts
-//! processes in a network namespace whose link a test can cut, and
-//! [`tcp_proxy`] cuts a single peer.
+//! processes in a network namespace whose link a test can cut,
+//! [`tcp_proxy`] cuts a single peer, and [`chromium`] runs headless
+//! Chromium to check web pages through their DOM.
 
+pub mod chromium;
 pub mod etcd;
 pub mod netns;
 pub mod postgres;

@@ -78,7 +78,7 @@ fn client(session: &crate::conn::Session) -> DrillServiceClient<crate::leader::L
     DrillServiceClient::new(session.channel())
 }
 
-fn secs(ms: i64) -> String {
+pub fn secs(ms: i64) -> String {
     format!("{:.1} s", ms as f64 / 1000.0)
 }
 
@@ -280,7 +280,7 @@ pub async fn follow(ctx: &Ctx, id: &str) -> anyhow::Result<()> {
     }
 }
 
-fn summary(d: &Drill) -> String {
+pub fn summary(d: &Drill) -> String {
     let recovery = if d.serving_ms > 0 && d.switch_started_ms > 0 {
         let took = d.serving_ms - d.switch_started_ms;
         format!(

@@ -10,6 +10,7 @@ pub mod drill;
 pub mod drill_run;
 pub mod rollout;
 pub mod token;
+pub mod ui;
 
 use crate::cli::{Cli, Command, ConnFlags};
 use crate::config::{self, Env};
@@ -46,5 +47,6 @@ pub async fn run(cli: Cli, env: Env) -> anyhow::Result<()> {
         Command::Drill(cmd) => drill::run(&ctx, cmd).await,
         Command::Failover(args) => drill_run::start(&ctx, args, "failover").await,
         Command::Failback(args) => drill_run::start(&ctx, args, "failback").await,
+        Command::Ui(args) => ui::run(&ctx, args).await,
     }
 }

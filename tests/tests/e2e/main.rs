@@ -36,6 +36,7 @@ mod rollout_reconnect;
 mod sample;
 mod shutdown;
 mod traffic;
+mod ui;
 
 use std::collections::BTreeSet;
 
