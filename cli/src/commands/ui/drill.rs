@@ -119,7 +119,7 @@ pub fn drill_live(d: &Drill) -> Html {
     .text(&summary(d))
     .close("p")
     .elem("h2", &[], "Report")
-    .elem("pre", &[("class", "report")], &report_md(d))
+    .elem("pre", &[("class", "report")], &report_md(d, None))
     .close("div");
     h
 }
