@@ -630,12 +630,44 @@ impl drover_proto::v1::agent_service_server::AgentService for StandbyAgent {
     }
 }
 
+/// Keeps `revoked` up to date from etcd until `stop` (a read that fails is
+/// logged and tried again at the next turn).
+async fn follow_revocations(
+    etcd: Arc<crate::store::EtcdStore>,
+    revoked: Arc<crate::tls::RevocationList>,
+    stop: CancellationToken,
+) {
+    let mut warned = false;
+    loop {
+        match crate::registry::load_revoked(etcd.as_ref(), &revoked).await {
+            Ok(_) => warned = false,
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(error = %e, "standby: could not read the revoked certificates; trying again");
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(REVOCATIONS_EVERY) => {}
+        }
+    }
+}
+
+/// How often a standby reads the revoked certificate serials from etcd.
+const REVOCATIONS_EVERY: Duration = Duration::from_secs(5);
+
 /// A standby's gRPC server until `stop`: other coordinators may copy
 /// artifacts from it; every other call of every service is answered with
-/// [`standby_status`] for the role `role` says now.
+/// [`standby_status`] for the role `role` says now. `revoked` is the list
+/// its TLS verifier consults: it is read from etcd at once and every
+/// [`REVOCATIONS_EVERY`], so a certificate revoked at the leader is refused
+/// by the standbys too (the handshake and every call).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_standby(
     listener: tokio::net::TcpListener,
     tls_config: Arc<rustls::ServerConfig>,
+    revoked: Arc<crate::tls::RevocationList>,
     role: watch::Receiver<Role>,
     me: String,
     artifacts: Arc<crate::artifacts::Artifacts>,
@@ -644,12 +676,17 @@ pub async fn serve_standby(
 ) {
     use crate::metrics::Metrics;
     let metrics = Arc::new(Metrics::new());
+    tokio::spawn(follow_revocations(
+        etcd.clone(),
+        revoked.clone(),
+        stop.clone(),
+    ));
     let coordinators = crate::service::coordinators::CoordinatorsSvc {
         name: me.clone(),
         etcd: Some(etcd),
         authz: crate::auth::Authorizer {
             metrics: metrics.clone(),
-            revoked: Arc::new(crate::tls::RevocationList::default()),
+            revoked: revoked.clone(),
         },
     };
     let agent = StandbyAgent {
@@ -658,7 +695,7 @@ pub async fn serve_standby(
         artifacts,
         authz: crate::auth::Authorizer {
             metrics: metrics.clone(),
-            revoked: Arc::new(crate::tls::RevocationList::default()),
+            revoked,
         },
         stop: stop.clone(),
     };

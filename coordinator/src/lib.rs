@@ -200,6 +200,7 @@ async fn stand_by(
     etcd: &Arc<store::EtcdStore>,
     listener: TcpListener,
     tls_config: Arc<rustls::ServerConfig>,
+    revoked: Arc<RevocationList>,
     artifacts: Arc<artifacts::Artifacts>,
     shutdown: &CancellationToken,
     on_standby: impl FnOnce(),
@@ -232,6 +233,7 @@ async fn stand_by(
     let mut standby = tokio::spawn(ha::serve_standby(
         standby_listener,
         tls_config,
+        revoked,
         role_rx,
         config.name.clone(),
         artifacts,
@@ -333,6 +335,7 @@ pub async fn start(
                     &etcd,
                     grpc,
                     tls_config.clone(),
+                    revoked.clone(),
                     shared.clone(),
                     &shutdown,
                     on_standby,

@@ -35,6 +35,27 @@ use crate::tls::RevocationList;
 const HOSTS: &str = "hosts/";
 const HOSTMETA: &str = "hostmeta/";
 const SERIALS: &str = "serials/";
+
+/// Adds every serial the store records as revoked to `revoked`; how many
+/// it holds.
+pub async fn load_revoked(
+    store: &dyn Store,
+    revoked: &RevocationList,
+) -> Result<usize, RegistryError> {
+    let mut n = 0;
+    for (key, bytes) in store.scan_prefix(SERIALS).await? {
+        let rec: SerialRecord =
+            serde_json::from_slice(&bytes).map_err(|e| RegistryError::Corrupt {
+                key: key.clone(),
+                reason: e.to_string(),
+            })?;
+        if rec.revoked {
+            revoked.insert(key[SERIALS.len()..].to_string());
+            n += 1;
+        }
+    }
+    Ok(n)
+}
 /// How often health-only changes are written.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 /// Hosts encoded per hold of the lock when flushing.
@@ -214,16 +235,7 @@ impl Registry {
                 entry.meta = meta;
             }
         }
-        for (key, bytes) in store.scan_prefix(SERIALS).await? {
-            let rec: SerialRecord =
-                serde_json::from_slice(&bytes).map_err(|e| RegistryError::Corrupt {
-                    key: key.clone(),
-                    reason: e.to_string(),
-                })?;
-            if rec.revoked {
-                revoked.insert(key[SERIALS.len()..].to_string());
-            }
-        }
+        load_revoked(store.as_ref(), &revoked).await?;
         let lost = hosts
             .values()
             .filter(|e| status_of(&e.host) == HostStatus::Lost)

@@ -453,6 +453,30 @@ fn certificates_renew_and_revocations_hold_across_a_failover() {
     let fleet = &web.fleet;
     fleet.cli(&["agent", "revoke", "h3"]).expect_success();
     fleet.wait_status("h3", "revoked", WAIT);
+    // The standby refuses the revoked certificate too, at the handshake
+    // (it reads the revocations from etcd): h3's key opens nothing there.
+    // (curl, since the CLI itself will not present an agent certificate.)
+    let c2 = &web.fleet.standbys[0];
+    let h3 = fleet.agent("h3").tls();
+    fleet.wait(WAIT, "the standby refuses h3's revoked certificate", || {
+        let out = Command::new("curl")
+            .args([
+                "-sk",
+                "--http2",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "5",
+                "--cert",
+            ])
+            .arg(&h3.cert)
+            .arg("--key")
+            .arg(&h3.key)
+            .arg(format!("https://{}/", c2.grpc_addr()))
+            .output()
+            .expect("run curl");
+        !out.status.success() && c2.log_text().contains("has been revoked")
+    });
     let pid = fleet.agent("h1").pid().expect("h1 runs");
     let cert_path = fleet.agent("h1").tls().cert;
 
