@@ -8,11 +8,13 @@
 //! loopback for the etcd store's tests; [`postgres`] a real PostgreSQL primary
 //! with a streaming replica for the disaster-recovery drills; [`netns`] puts
 //! processes in a network namespace whose link a test can cut, and
-//! [`tcp_proxy`] cuts a single peer.
+//! [`tcp_proxy`] cuts a single peer. [`prometheus`] runs a real Prometheus
+//! that scrapes given targets and answers PromQL.
 
 pub mod etcd;
 pub mod netns;
 pub mod postgres;
+pub mod prometheus;
 pub mod tcp_proxy;
 
 use std::time::{Duration, Instant};
