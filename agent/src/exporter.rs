@@ -76,7 +76,8 @@ struct ResultLabel {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InstanceLabels {
-    instance: String,
+    /// `web@h1`; not `instance`, which Prometheus gives every target.
+    id: String,
     service: String,
 }
 
@@ -274,7 +275,7 @@ impl AgentMetrics {
         self.last_report.set(now);
         for i in instances {
             let labels = InstanceLabels {
-                instance: i.id.clone(),
+                id: i.id.clone(),
                 service: i.service.clone(),
             };
             let running = i.state == RuntimeState::Running as i32;
@@ -492,11 +493,11 @@ mod tests {
         ]);
         let text = m.encode();
         for line in [
-            "drover_agent_instance_healthy{instance=\"web@h1\",service=\"web\"} 1",
-            "drover_agent_instance_healthy{instance=\"api@h1\",service=\"web\"} 0",
-            "drover_agent_instance_running{instance=\"api@h1\",service=\"web\"} 1",
-            "drover_agent_instance_healthy{instance=\"db@h1\",service=\"web\"} 0",
-            "drover_agent_instance_running{instance=\"db@h1\",service=\"web\"} 0",
+            "drover_agent_instance_healthy{id=\"web@h1\",service=\"web\"} 1",
+            "drover_agent_instance_healthy{id=\"api@h1\",service=\"web\"} 0",
+            "drover_agent_instance_running{id=\"api@h1\",service=\"web\"} 1",
+            "drover_agent_instance_healthy{id=\"db@h1\",service=\"web\"} 0",
+            "drover_agent_instance_running{id=\"db@h1\",service=\"web\"} 0",
             "drover_agent_reports_sent_total 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
