@@ -490,3 +490,82 @@ fn prometheus_sees_a_rolling_update_dip_to_the_floor_and_the_dashboard_queries_p
         .expect_err("a malformed query");
     assert!(bad.is_bad_data(), "{bad}");
 }
+
+/// A canary whose new release fails 5% of its requests: while it is
+/// judged, Prometheus sees the analysis's numbers per arm (the canary's
+/// errors, the baseline's none) and the verdict that rolls it back.
+#[test]
+fn prometheus_sees_a_bad_canary_judged_against_its_baseline() {
+    let web = WebFleet::builder().hosts(5).start();
+    web.deploy_initial("v1");
+    web.push_release("v2", &["--error-rate", "0.05"]);
+    let prom = Prometheus::start(
+        &[Target::new(
+            "drover-coordinator",
+            &web.fleet.coordinator.http_addr(),
+        )],
+        SCRAPE,
+    );
+    prom.wait_up("drover-coordinator", WAIT);
+    let load = web.start_load(drover_tests::harness::traffic::load_spec());
+    let before = unix_now();
+    let spec = web.root.join("canary.toml");
+    std::fs::write(
+        &spec,
+        "strategy = \"canary\"\nsteps = \"10%,50%,100%\"\nbake = \"30s\"\nmin_healthy = \"60%\"\n\
+         [analysis]\ninterval = \"1s\"\nwarmup = \"2s\"\nmin_requests = 100\n",
+    )
+    .expect("write the rollout spec");
+    let started = web.start_detached("v2", &["-f", &spec.display().to_string()]);
+    let rollout = web.wait_finished(&started.id, Duration::from_secs(120));
+    let report = load.stop();
+    let diag = || format!("{report}\n{}\n{}", rollout.timeline(), prom.describe(20));
+    assert_eq!(rollout.phase, "rolled_back", "{}", diag());
+    wait_value(
+        &prom,
+        "drover_rollouts_ended_total{strategy=\"canary\",outcome=\"rolled_back\"}",
+        1.0,
+    );
+    let span = (unix_now() - before).ceil() as u64 + 1;
+    let max = |metric: &str, labels: &str| -> Option<f64> {
+        let q = format!(
+            "max_over_time({metric}{{rollout=\"{}\",service=\"{SERVICE}\",{labels}}}[{span}s])",
+            started.id
+        );
+        let got = prom
+            .query(&q)
+            .unwrap_or_else(|e| panic!("{q}: {e}\n{}", diag()));
+        assert!(got.len() <= 1, "{q}: {got:?}");
+        got.first().and_then(|s| s.values().next())
+    };
+    let canary = max("drover_canary_error_ratio", "arm=\"canary\"");
+    let baseline = max("drover_canary_error_ratio", "arm=\"baseline\"");
+    assert!(
+        canary.is_some_and(|c| c > 0.0) && baseline == Some(0.0),
+        "error ratio: canary {canary:?}, baseline {baseline:?}\n{}",
+        diag()
+    );
+    for arm in ["canary", "baseline"] {
+        let requests = max("drover_canary_requests", &format!("arm=\"{arm}\""));
+        assert!(
+            requests.is_some_and(|n| n > 0.0),
+            "{arm} requests {requests:?}\n{}",
+            diag()
+        );
+    }
+    assert_eq!(
+        max("drover_canary_verdict", "verdict=\"fail\""),
+        Some(1.0),
+        "the failing verdict was seen\n{}",
+        diag()
+    );
+    assert_eq!(
+        max(
+            "drover_canary_traffic_share_ratio",
+            "job=\"drover-coordinator\""
+        ),
+        Some(0.1),
+        "caught in the 10% step\n{}",
+        diag()
+    );
+}
