@@ -983,6 +983,31 @@ mod tests {
     }
 
     #[test]
+    fn a_drills_recovery_shows_against_its_rto() {
+        let m = Metrics::new();
+        m.drill_recovered(
+            "db",
+            "failover",
+            Duration::from_millis(12_500),
+            Duration::from_secs(60),
+        );
+        let text = m.encode();
+        assert_eq!(
+            value(
+                &text,
+                "drover_drill_recovery_seconds{service=\"db\",kind=\"failover\"}"
+            ),
+            Some(12.5),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "drover_drill_rto_seconds{service=\"db\"}"),
+            Some(60.0),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn fenced_commands_count_what_each_report_adds() {
         let m = Metrics::new();
         let count = |m: &Metrics| {
