@@ -110,15 +110,26 @@ fn family(name: &str) -> &str {
 /// `name` (registered without the registry's prefix).
 fn registered(name: &str) -> bool {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let (file, prefix) =
+    let (files, prefix): (&[&str], &str) =
         if name.starts_with("drover_agent_") && !name.starts_with("drover_agent_commands_fenced") {
-            ("agent/src/exporter.rs", "drover_agent_")
+            (&["agent/src/exporter.rs"], "drover_agent_")
         } else {
-            ("coordinator/src/metrics.rs", "drover_")
+            (
+                &[
+                    "coordinator/src/metrics.rs",
+                    "coordinator/src/metrics/rollouts.rs",
+                ],
+                "drover_",
+            )
         };
-    let source = std::fs::read_to_string(root.join(file)).unwrap_or_default();
-    name.strip_prefix(prefix)
-        .is_some_and(|rest| source.contains(&format!("\"{rest}\",")))
+    let Some(rest) = name.strip_prefix(prefix) else {
+        return false;
+    };
+    files.iter().any(|f| {
+        std::fs::read_to_string(root.join(f))
+            .unwrap_or_default()
+            .contains(&format!("\"{rest}\","))
+    })
 }
 
 #[test]
