@@ -15,6 +15,7 @@ use drover_net::transport;
 use drover_proto::identity::valid_name;
 use serde::Deserialize;
 
+mod exporter;
 mod health;
 mod steps;
 mod traffic;
@@ -73,6 +74,9 @@ pub struct Config {
     pub traffic_interval: Duration,
     pub labels: BTreeMap<String, String>,
     pub instances: Vec<InstanceConfig>,
+    /// `[metrics] listen`: where the agent serves its own `/metrics`
+    /// (plain HTTP); `None`: nowhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -284,6 +288,7 @@ struct RawConfig {
     labels: BTreeMap<String, String>,
     #[serde(default, rename = "instance")]
     instances: Vec<RawInstance>,
+    metrics: Option<exporter::RawExporter>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -491,6 +496,7 @@ impl Config {
             instances.push(inst);
         }
         traffic::validate_colors(&instances, path)?;
+        let metrics_listen = exporter::validate_exporter(raw.metrics, &top)?;
 
         Ok(Config {
             path: path.to_path_buf(),
@@ -501,6 +507,7 @@ impl Config {
             traffic_interval,
             labels: raw.labels,
             instances,
+            metrics_listen,
         })
     }
 

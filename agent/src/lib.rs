@@ -12,6 +12,7 @@ pub mod config;
 pub mod deploy;
 pub mod drain;
 pub mod enroll;
+pub mod exporter;
 pub mod fencing;
 pub mod fsutil;
 pub mod health;
@@ -79,6 +80,8 @@ pub enum AgentError {
         name: String,
         source: runtime::RuntimeError,
     },
+    #[error(transparent)]
+    MetricsListen(#[from] exporter::ListenError),
 }
 
 impl AgentError {
@@ -88,7 +91,8 @@ impl AgentError {
         match self {
             AgentError::NotEnrolled { .. }
             | AgentError::HostMismatch { .. }
-            | AgentError::Fencing(fencing::FencingError::Corrupt { .. }) => 2,
+            | AgentError::Fencing(fencing::FencingError::Corrupt { .. })
+            | AgentError::MetricsListen(_) => 2,
             _ => 1,
         }
     }
@@ -114,6 +118,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             host_id: config.host_id.clone(),
         });
     }
+    // Bound before any work: a taken address stops the agent at once.
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(exporter::bind(addr).await?),
+        None => None,
+    };
     fsutil::create_dir(&config.data_dir.join("instances"), 0o755)?;
     // What an agent killed mid-deploy left behind goes before anything
     // starts: `current` always leads to a complete release.
@@ -210,6 +219,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         source: std::io::Error::other(format!("journal recovery task failed: {e}")),
     })?;
     let command_tasks = executor.tasks().clone();
+    let own_metrics = executor.metrics().clone();
     let session_cfg = session::SessionConfig {
         host_id: config.host_id.clone(),
         agent_version: AGENT_VERSION.to_string(),
@@ -239,6 +249,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
                 lb_stop.clone(),
             ));
         }
+    }
+    if let Some(listener) = metrics_listener {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "serving the agent's /metrics");
+        }
+        tasks.spawn(exporter::serve(listener, own_metrics, lb_stop.clone()));
     }
     let session_stop = shutdown.child_token();
     tasks.spawn(session::run(

@@ -365,11 +365,13 @@ impl Session {
     }
 
     fn report(&mut self) -> AgentMessage {
+        let instances = self.snapshot();
+        self.commands.metrics().report_sent(&instances);
         AgentMessage {
             msg: Some(agent_message::Msg::Health(HealthReport {
                 sent_at_ms: unix_ms(SystemTime::now()),
                 host: self.host_metrics(),
-                instances: self.snapshot(),
+                instances,
                 epoch: self.commands.fencing().highest(),
                 commands_fenced: self.commands.fencing().commands_fenced(),
             })),
@@ -395,6 +397,11 @@ impl Session {
         let started = Instant::now();
         let mut established = false;
         let result = self.connect_and_serve(addr, &mut established).await;
+        let metrics = self.commands.metrics();
+        if !established {
+            metrics.session_attempt(false);
+        }
+        metrics.session_down();
         match result {
             Ok(()) => Outcome::Renewed,
             Err(error) => Outcome::Ended {
@@ -461,6 +468,7 @@ impl Session {
             fencing.save_async().await.map_err(SessionError::Epoch)?;
         }
         *established = true;
+        self.commands.metrics().session_attempt(true);
         if welcome.epoch > 0 && self.leader.as_deref() != Some(addr) {
             tracing::info!(
                 coordinator = %addr,

@@ -653,3 +653,41 @@ fn refuses_bad_metrics() {
     let e = err(&format!("{BASE}traffic_interval = \"0s\"\n"));
     assert!(e.contains("field `traffic_interval`"), "{e}");
 }
+
+#[test]
+fn the_agents_own_metrics_are_off_unless_metrics_listen_names_an_address() {
+    assert_eq!(parse(BASE).expect("base").metrics_listen, None);
+    let on = parse(&format!("{BASE}[metrics]\nlisten = \"127.0.0.1:9464\"\n")).expect("on");
+    assert_eq!(
+        on.metrics_listen,
+        Some("127.0.0.1:9464".parse().expect("addr"))
+    );
+    let v6 = parse(&format!("{BASE}[metrics]\nlisten = \"[::1]:9464\"\n")).expect("v6");
+    assert_eq!(v6.metrics_listen, Some("[::1]:9464".parse().expect("addr")));
+    for (toml, expected) in [
+        (
+            "[metrics]\n",
+            "field `metrics.listen`: required in [metrics]",
+        ),
+        (
+            "[metrics]\nlisten = \"localhost:9464\"\n",
+            "field `metrics.listen`: expected IP:PORT",
+        ),
+        (
+            "[metrics]\nlisten = \"127.0.0.1\"\n",
+            "field `metrics.listen`: expected IP:PORT",
+        ),
+        (
+            "[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            "field `metrics.listen`: expected a port from 1 to 65535",
+        ),
+    ] {
+        let e = err(&format!("{BASE}{toml}"));
+        assert!(e.starts_with(PATH), "{e}");
+        assert!(e.contains(expected), "{toml}: {e}");
+    }
+    let e = err(&format!(
+        "{BASE}[metrics]\nlisten = \"127.0.0.1:9464\"\npath = \"/m\"\n"
+    ));
+    assert!(e.contains("unknown field `path`"), "{e}");
+}

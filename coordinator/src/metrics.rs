@@ -1,10 +1,24 @@
 //! Prometheus metrics, served in text exposition format on the side HTTP port.
 
+mod rollouts;
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use drover_model::Strategy;
+use drover_proto::v1::HostStatus;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::rollout::traffic::StepJudgement;
+use crate::rollout::{CommandKind, CommandOutcome, Outcome};
+use rollouts::RolloutMetrics;
+
+/// A gauge that holds a fraction or a duration.
+type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Why the coordinator refused a peer or a request. Kept as an enum so the
 /// label values stay a closed set.
@@ -78,6 +92,33 @@ struct DrillLabel {
     outcome: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DrillRecoveryLabels {
+    service: String,
+    kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+const HOST_STATUSES: [HostStatus; 4] = [
+    HostStatus::Enrolled,
+    HostStatus::Connected,
+    HostStatus::Lost,
+    HostStatus::Revoked,
+];
+fn host_status_label(s: HostStatus) -> Option<&'static str> {
+    match s {
+        HostStatus::Enrolled => Some("enrolled"),
+        HostStatus::Connected => Some("connected"),
+        HostStatus::Lost => Some("lost"),
+        HostStatus::Revoked => Some("revoked"),
+        HostStatus::Unspecified => None,
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub agents_connected: Gauge,
@@ -120,6 +161,13 @@ pub struct Metrics {
     /// Kept DR plans: 1 while the check passes, 0 when it fails.
     drill_plan_check_passing: Family<PlanCheckLabel, Gauge>,
     drill_plan_checked: Family<ServiceLabel, Gauge>,
+    /// The recovery time of each service's last successful drill or
+    /// failover, and the RTO it was held to.
+    drill_recovery: Family<DrillRecoveryLabels, FloatGauge>,
+    drill_rto: Family<ServiceLabel, FloatGauge>,
+    /// Known hosts by status.
+    hosts: Family<StatusLabel, Gauge>,
+    rollouts: RolloutMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -270,6 +318,34 @@ impl Metrics {
             "When the service's kept DR plan was last checked (unix seconds)",
             drill_plan_checked.clone(),
         );
+        let drill_recovery = Family::<DrillRecoveryLabels, FloatGauge>::default();
+        registry.register(
+            "drill_recovery_seconds",
+            "Recovery time of the service's last successful drill or failover (kind), from the first step after the approval to the target site serving and verified",
+            drill_recovery.clone(),
+        );
+        let drill_rto = Family::<ServiceLabel, FloatGauge>::default();
+        registry.register(
+            "drill_rto_seconds",
+            "The RTO the service's last successful drill or failover was held to",
+            drill_rto.clone(),
+        );
+        let hosts = Family::<StatusLabel, Gauge>::default();
+        registry.register(
+            "hosts",
+            "Known hosts by status (enrolled, connected, lost, revoked)",
+            hosts.clone(),
+        );
+        for s in HOST_STATUSES {
+            if let Some(status) = host_status_label(s) {
+                hosts
+                    .get_or_create(&StatusLabel {
+                        status: status.into(),
+                    })
+                    .get();
+            }
+        }
+        let rollouts = RolloutMetrics::register(&mut registry);
         for r in ["ok", "refused"] {
             enrollments
                 .get_or_create(&ResultLabel { result: r.into() })
@@ -307,7 +383,82 @@ impl Metrics {
             drill_plan_checked,
             drill_last_success,
             drills_ended,
+            drill_recovery,
+            drill_rto,
+            hosts,
+            rollouts,
         }
+    }
+
+    /// A host moved from `from` to `to` (either may be `Unspecified`: a
+    /// host not yet counted, or no longer).
+    pub fn host_status(&self, from: HostStatus, to: HostStatus) {
+        if from == to {
+            return;
+        }
+        if let Some(status) = host_status_label(from) {
+            self.hosts
+                .get_or_create(&StatusLabel {
+                    status: status.into(),
+                })
+                .dec();
+        }
+        if let Some(status) = host_status_label(to) {
+            self.hosts
+                .get_or_create(&StatusLabel {
+                    status: status.into(),
+                })
+                .inc();
+        }
+    }
+
+    /// A rollout of `strategy` runs (started, or resumed after a restart).
+    pub fn rollout_running(&self, strategy: Strategy) {
+        self.rollouts.running(strategy);
+    }
+
+    /// A rollout's task ended (finished, halted, or the coordinator is
+    /// stopping): it no longer runs here, and its own series go.
+    pub fn rollout_stopped(&self, strategy: Strategy, rollout: &str, service: &str) {
+        self.rollouts.stopped(strategy, rollout, service);
+    }
+
+    /// A rollout reached its end with `outcome` (`None`: halted, counted
+    /// as failed).
+    pub fn rollout_ended(&self, strategy: Strategy, outcome: Option<&Outcome>) {
+        self.rollouts.ended(strategy, outcome);
+    }
+
+    /// A running rollout's capacity and floor, as its status says now.
+    pub fn rollout_capacity(&self, rollout: &str, service: &str, capacity: u32, floor: u32) {
+        self.rollouts.capacity(rollout, service, capacity, floor);
+    }
+
+    /// An agent answered a command of `kind` that was first sent `took` ago.
+    pub fn rollout_step(&self, kind: &CommandKind, outcome: &CommandOutcome, took: Duration) {
+        self.rollouts.step(kind, outcome, took);
+    }
+
+    /// A canary's (or blue-green's) analysis looked: its numbers per arm
+    /// and its verdict replace the last look's.
+    pub fn canary_look(&self, rollout: &str, service: &str, j: &StepJudgement) {
+        self.rollouts.canary_look(rollout, service, j);
+    }
+
+    /// A drill or failover of `service` succeeded, recovering in
+    /// `recovery` against an RTO of `rto`.
+    pub fn drill_recovered(&self, service: &str, kind: &str, recovery: Duration, rto: Duration) {
+        self.drill_recovery
+            .get_or_create(&DrillRecoveryLabels {
+                service: service.to_string(),
+                kind: kind.to_string(),
+            })
+            .set(recovery.as_secs_f64());
+        self.drill_rto
+            .get_or_create(&ServiceLabel {
+                service: service.to_string(),
+            })
+            .set(rto.as_secs_f64());
     }
 
     /// A drill of `service` succeeded at `at_secs`: kept if newer.
@@ -434,6 +585,56 @@ mod tests {
         assert!(text.contains("drover_reports_received_total 1"), "{text}");
         assert!(
             text.contains("drover_enrollments_total{result=\"ok\"} 0"),
+            "{text}"
+        );
+    }
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    #[test]
+    fn hosts_are_counted_by_status_as_they_move() {
+        let m = Metrics::new();
+        m.host_status(HostStatus::Unspecified, HostStatus::Enrolled);
+        m.host_status(HostStatus::Unspecified, HostStatus::Enrolled);
+        m.host_status(HostStatus::Enrolled, HostStatus::Connected);
+        m.host_status(HostStatus::Connected, HostStatus::Connected);
+        m.host_status(HostStatus::Enrolled, HostStatus::Connected);
+        m.host_status(HostStatus::Connected, HostStatus::Lost);
+        let text = m.encode();
+        assert_eq!(value(&text, "drover_hosts{status=\"enrolled\"}"), Some(0.0));
+        assert_eq!(
+            value(&text, "drover_hosts{status=\"connected\"}"),
+            Some(1.0)
+        );
+        assert_eq!(value(&text, "drover_hosts{status=\"lost\"}"), Some(1.0));
+        assert_eq!(value(&text, "drover_hosts{status=\"revoked\"}"), Some(0.0));
+    }
+
+    #[test]
+    fn a_drills_recovery_shows_against_its_rto() {
+        let m = Metrics::new();
+        m.drill_recovered(
+            "db",
+            "failover",
+            Duration::from_millis(12_500),
+            Duration::from_secs(60),
+        );
+        let text = m.encode();
+        assert_eq!(
+            value(
+                &text,
+                "drover_drill_recovery_seconds{service=\"db\",kind=\"failover\"}"
+            ),
+            Some(12.5),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "drover_drill_rto_seconds{service=\"db\"}"),
+            Some(60.0),
             "{text}"
         );
     }

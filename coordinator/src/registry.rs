@@ -242,6 +242,9 @@ impl Registry {
             .count();
         metrics.agents_lost.set(lost as i64);
         metrics.agents_connected.set(0);
+        for e in hosts.values() {
+            metrics.host_status(HostStatus::Unspecified, status_of(&e.host));
+        }
         let (events, _) = broadcast::channel(CHANGES_BUFFER);
         Ok(Registry {
             state: Mutex::new(State {
@@ -303,6 +306,7 @@ impl Registry {
                 _ => 0,
             };
             host.status = status as i32;
+            self.metrics.host_status(old, status);
         }
         host.status_reason = reason.into();
     }
@@ -342,9 +346,9 @@ impl Registry {
                 .hosts
                 .entry(host_id.to_string())
                 .or_insert_with(|| Entry {
+                    // Unspecified until set_status below counts it enrolled.
                     host: Host {
                         host_id: host_id.to_string(),
-                        status: HostStatus::Enrolled as i32,
                         ..Host::default()
                     },
                     meta: HostMeta::default(),

@@ -314,7 +314,7 @@ fn health(port: u16) -> Option<String> {
 
 /// `n` distinct ports that were free a moment ago, below the kernel's ephemeral range (where
 /// only another explicit bind can take them before etcd does).
-fn free_ports(n: usize) -> Vec<u16> {
+pub(crate) fn free_ports(n: usize) -> Vec<u16> {
     use std::hash::{BuildHasher, Hasher};
     let mut ports = Vec::with_capacity(n);
     let mut attempt = 0u64;
@@ -334,7 +334,7 @@ fn free_ports(n: usize) -> Vec<u16> {
 
 /// Own process group (a terminal's Ctrl-C reaches the test only), and SIGKILL when the
 /// spawning thread dies, so a test killed by its runner leaves no etcd running.
-fn die_with_parent(cmd: &mut Command) {
+pub(crate) fn die_with_parent(cmd: &mut Command) {
     cmd.process_group(0);
     // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
     // which is async-signal-safe.

@@ -8,13 +8,15 @@
 //! loopback for the etcd store's tests; [`postgres`] a real PostgreSQL primary
 //! with a streaming replica for the disaster-recovery drills; [`netns`] puts
 //! processes in a network namespace whose link a test can cut,
-//! [`tcp_proxy`] cuts a single peer, and [`chromium`] runs headless
-//! Chromium to check web pages through their DOM.
+//! [`tcp_proxy`] cuts a single peer, [`chromium`] runs headless Chromium to
+//! check web pages through their DOM, and [`prometheus`] runs a real
+//! Prometheus that scrapes given targets and answers PromQL.
 
 pub mod chromium;
 pub mod etcd;
 pub mod netns;
 pub mod postgres;
+pub mod prometheus;
 pub mod tcp_proxy;
 
 use std::time::{Duration, Instant};

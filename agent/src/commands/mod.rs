@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::InstanceConfig;
 use crate::deploy::fetch::{ArtifactSource, Cache};
+use crate::exporter::{AgentMetrics, Refusal};
 use crate::fencing::Fencing;
 use crate::journal::{Journal, JournalError, Outcome, Phase, RecordKind};
 use crate::state::StateFile;
@@ -95,6 +96,8 @@ struct Shared {
     shutdown: CancellationToken,
     /// Owns every command task; the agent joins it on shutdown.
     tasks: tokio_util::task::TaskTracker,
+    /// The agent's own metrics (served when `[metrics] listen` is set).
+    metrics: Arc<AgentMetrics>,
 }
 
 struct Busy {
@@ -184,6 +187,7 @@ impl Executor {
                 cache: Cache::new(data_dir),
                 source,
                 outbox: Outbox::default(),
+                metrics: Arc::new(AgentMetrics::new(fencing.clone())),
                 fencing,
                 running: Mutex::new(HashMap::new()),
                 freed: tokio::sync::Notify::new(),
@@ -210,6 +214,11 @@ impl Executor {
 
     pub fn fencing(&self) -> &Fencing {
         &self.shared.fencing
+    }
+
+    /// The agent's own metrics, which commands and the session feed.
+    pub fn metrics(&self) -> &Arc<AgentMetrics> {
+        &self.shared.metrics
     }
 
     /// Commands started by an earlier run of the agent that never
@@ -267,6 +276,7 @@ impl Executor {
         let shared = &self.shared;
         let id = cmd.id.clone();
         let refuse = |why: String| {
+            shared.metrics.command_refused(Refusal::Invalid);
             tracing::warn!(command = %id, "refused: {why}");
             shared.outbox.push(update(&id, WirePhase::Failed, why));
         };
@@ -276,6 +286,7 @@ impl Executor {
         // Before the journal: a command from a deposed coordinator is
         // neither run nor recorded, so the same id from the leader runs.
         if let Some(why) = shared.fencing.admit(cmd.epoch).refusal() {
+            shared.metrics.command_refused(Refusal::Fenced);
             tracing::warn!(
                 command = %id,
                 instance = %cmd.instance,
@@ -339,7 +350,14 @@ impl Executor {
                 let (other, until) = (other.id.clone(), other.until);
                 drop(running);
                 if tokio::time::Instant::now() >= until {
-                    return refuse(format!("busy with {other}"));
+                    shared.metrics.command_refused(Refusal::Busy);
+                    tracing::warn!(command = %id, "refused: busy with {other}");
+                    shared.outbox.push(update(
+                        &id,
+                        WirePhase::Failed,
+                        format!("busy with {other}"),
+                    ));
+                    return;
                 }
                 tracing::info!(command = %id, "{name} is busy with {other}; waiting for it to end");
                 let exec = self.clone();
@@ -392,6 +410,7 @@ impl Executor {
                 _ = shared.shutdown.cancelled() => return,
                 _ = &mut freed => {}
                 _ = tokio::time::sleep_until(until) => {
+                    shared.metrics.command_refused(Refusal::Busy);
                     let why = format!("busy with {other}");
                     tracing::warn!(command = %cmd.id, "refused: {why}");
                     shared.outbox.push(update(&cmd.id, WirePhase::Failed, why));
@@ -470,6 +489,7 @@ impl Executor {
             all_instances: &shared.instances,
             deadline: tokio::time::Instant::now() + timeout,
         };
+        let began = tokio::time::Instant::now();
         let result = tokio::select! {
             _ = shared.shutdown.cancelled() => {
                 // No outcome is recorded: the next agent settles it.
@@ -489,6 +509,7 @@ impl Executor {
                 ),
             ),
         };
+        (shared.metrics).command_ended(&kname, phase, began.elapsed());
         let release = instance.handle.meta().release;
         let outcome = Outcome {
             phase,

@@ -504,6 +504,10 @@ impl Drills {
             e.tx = None;
         }
         self.metrics.drill_ended(d.kind.as_str(), d.phase.as_str());
+        if let (super::engine::Phase::Succeeded, Some(ms)) = (d.phase, d.recovery_ms()) {
+            let took = std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+            (self.metrics).drill_recovered(&d.plan.service, d.kind.as_str(), took, d.plan.rto);
+        }
         if d.kind == Kind::Drill && d.phase == super::engine::Phase::Succeeded {
             self.metrics
                 .drill_succeeded(&d.plan.service, d.ended_ms.unwrap_or(0) / 1000);

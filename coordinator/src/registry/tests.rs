@@ -275,3 +275,79 @@ async fn health_only_reports_are_batched_on_redb() {
     let stored = <pb::Host as prost::Message>::decode(stored.as_slice()).expect("decode");
     assert_eq!(stored.metrics.map(|m| m.uptime_secs), Some(5));
 }
+
+/// `drover_hosts{status}` follows every host through enrolment, sessions,
+/// revocation and a coordinator restart, which brings connected hosts back
+/// as lost.
+#[tokio::test]
+async fn hosts_are_counted_by_status_through_their_lives() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let load = async |metrics: Arc<Metrics>| {
+        Registry::load(
+            store.clone(),
+            metrics,
+            Arc::new(RevocationList::default()),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("load registry")
+    };
+    let count = |m: &Metrics, status: &str| {
+        let series = format!("drover_hosts{{status=\"{status}\"}} ");
+        (m.encode().lines())
+            .find_map(|l| l.strip_prefix(&series)?.parse::<i64>().ok())
+            .unwrap_or(-1)
+    };
+    let metrics = Arc::new(Metrics::new());
+    let registry = load(metrics.clone()).await;
+    for id in ["h1", "h2", "h3"] {
+        registry
+            .enrolled(id, Default::default())
+            .await
+            .expect("enrol");
+    }
+    assert_eq!(count(&metrics, "enrolled"), 3);
+    let mut rx = Vec::new();
+    let mut sessions = Vec::new();
+    for id in ["h1", "h2"] {
+        let cert = PeerCert {
+            identity: Identity {
+                role: Role::Agent,
+                name: id.to_string(),
+            },
+            serial: format!("s-{id}"),
+            not_before: SystemTime::now(),
+            not_after: SystemTime::now() + Duration::from_secs(3600),
+        };
+        let hello = pb::Hello {
+            host_id: id.to_string(),
+            ..Default::default()
+        };
+        let (tx, r) = super::mpsc::channel(1);
+        sessions.push(registry.connect(&cert, None, hello, tx).0);
+        rx.push(r);
+    }
+    registry.disconnected("h2", sessions[1], "test");
+    registry.revoke("h3").await.expect("revoke");
+    registry.flush().await.expect("flush");
+    for (status, n) in [
+        ("enrolled", 0),
+        ("connected", 1),
+        ("lost", 1),
+        ("revoked", 1),
+    ] {
+        assert_eq!(count(&metrics, status), n, "{status}\n{}", metrics.encode());
+    }
+    // A restarted coordinator: h1 was connected, so it is lost until its
+    // agent is back.
+    let metrics = Arc::new(Metrics::new());
+    let _restarted = load(metrics.clone()).await;
+    for (status, n) in [
+        ("enrolled", 0),
+        ("connected", 0),
+        ("lost", 2),
+        ("revoked", 1),
+    ] {
+        assert_eq!(count(&metrics, status), n, "{status}\n{}", metrics.encode());
+    }
+}

@@ -174,6 +174,8 @@ pub struct Pass {
     pub halt: Option<String>,
     /// Agent updates ignored since the last pass (see [`Event::Update`]).
     pub ignored: usize,
+    /// The latest look of the analysis in this pass, for the metrics.
+    pub judgement: Option<Box<crate::rollout::traffic::StepJudgement>>,
     /// The inputs the engine was given, in order, and what it answered
     /// (simulator builds only).
     #[cfg(any(test, feature = "sim"))]
@@ -530,6 +532,7 @@ impl Driver {
             pass.events.clear();
             pass.sends.clear();
             pass.hooks.clear();
+            pass.judgement = None;
             pass.publish = true;
             return pass;
         }
@@ -576,6 +579,7 @@ impl Driver {
                         serde_json::to_vec(&j).map_err(|e| format!("encoding a judgement: {e}"))?;
                     let key = judgement_key(self.engine.id(), j.step, j.look);
                     judgements.push((key, bytes));
+                    pass.judgement = Some(j);
                 }
                 Output::RunHook {
                     name,

@@ -485,12 +485,16 @@ impl Rollouts {
                 tx: Some(tx),
             },
         );
+        let strategy = driver.engine().state().spec().strategy;
+        let service = driver.service().to_string();
+        self.metrics.rollout_running(strategy);
         let mut task = task::Task::new(self.clone(), driver, meta, events, snap_tx);
         task.open(!restored).await;
         let snapshot = task.snapshot();
         let this = self.clone();
         self.tasks.spawn(async move {
             task.run(rx, changes).await;
+            this.metrics.rollout_stopped(strategy, &id, &service);
             this.finished(&id);
         });
         snapshot

@@ -4,15 +4,16 @@
 //! and publishes its status. It decides nothing the simulator would need
 //! to see.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{broadcast, mpsc, watch};
 
-use super::driver::{Driver, Event, Outgoing, Pass};
+use super::driver::{Driver, Event, Outgoing, Pass, UpdateKind};
 use super::{Meta, Msg, Reply, Rollouts, RunnerError, Snapshot, lock, wire};
 use crate::registry::HostChange;
-use crate::rollout::{Millis, Outcome, Phase, RolloutEvent, StopReason};
+use crate::rollout::{CommandId, CommandKind, Millis, Outcome, Phase, RolloutEvent, StopReason};
 
 /// Inputs taken together before one pass (one write and the sends after it).
 const MAX_BATCH: usize = 512;
@@ -48,6 +49,9 @@ pub(super) struct Task {
     snap_tx: watch::Sender<Arc<Snapshot>>,
     /// Pre-traffic hooks running: `(attempt, ok, detail)` when done.
     hooks: tokio::task::JoinSet<(u32, bool, String)>,
+    /// Commands sent and not answered yet: what and when first sent, for
+    /// the step durations.
+    sent: HashMap<CommandId, (CommandKind, Millis)>,
 }
 
 impl Task {
@@ -65,6 +69,7 @@ impl Task {
             events,
             snap_tx,
             hooks: tokio::task::JoinSet::new(),
+            sent: HashMap::new(),
         }
     }
 
@@ -110,7 +115,10 @@ impl Task {
 
     fn take(&mut self, msg: Msg, replies: &mut Vec<Reply>) {
         match msg {
-            Msg::Event(e) => self.driver.push(e),
+            Msg::Event(e) => {
+                self.observe_step(&e);
+                self.driver.push(e);
+            }
             Msg::Action(a, reply) => {
                 self.driver.push(Event::Operator(a));
                 replies.push(reply);
@@ -177,6 +185,8 @@ impl Task {
                 return;
             }
         }
+        let strategy = self.driver.engine().state().spec().strategy;
+        (self.rollouts.metrics).rollout_ended(strategy, self.driver.engine().outcome());
         match self.driver.halted() {
             Some(why) => tracing::error!(rollout = %id, reason = %why, "rollout halted"),
             None => {
@@ -213,6 +223,10 @@ impl Task {
                     return true;
                 }
             }
+        }
+        if let Some(j) = &pass.judgement {
+            let (id, service) = (self.driver.engine().id(), self.driver.service());
+            self.rollouts.metrics.canary_look(id, service, j);
         }
         lock(&self.events).extend(pass.events);
         for send in &pass.sends {
@@ -274,6 +288,8 @@ impl Task {
     /// a full session queue is not waited for (a slow agent must not stall
     /// the rollout): the driver asks again shortly.
     fn send(&mut self, send: &Outgoing) {
+        let now = self.now();
+        (self.sent.entry(send.id.clone())).or_insert_with(|| (send.kind.clone(), now));
         let Some(tx) = self.rollouts.registry.session_sender(&send.host) else {
             tracing::debug!(command = %send.id, host = %send.host, "host not connected; the command goes out when it is back");
             return;
@@ -310,7 +326,31 @@ impl Task {
             spec_toml: self.meta.spec_toml.clone(),
             selector: self.driver.engine().state().spec().selector.clone(),
         };
+        (self.rollouts.metrics).rollout_capacity(
+            &snap.status.id,
+            &snap.status.service,
+            snap.status.capacity,
+            snap.status.floor,
+        );
         self.snap_tx.send_replace(Arc::new(snap));
+    }
+
+    /// A result from the host that runs the instance ends a step sent
+    /// from here: its duration goes to the metrics.
+    fn observe_step(&mut self, e: &Event) {
+        let Event::Update { from, update } = e else {
+            return;
+        };
+        let UpdateKind::Result(outcome) = &update.kind else {
+            return;
+        };
+        if update.id.host() != Some(from.as_str()) {
+            return;
+        }
+        if let Some((kind, at)) = self.sent.remove(&update.id) {
+            let took = self.now().since(at);
+            self.rollouts.metrics.rollout_step(&kind, outcome, took);
+        }
     }
 }
 

@@ -281,3 +281,90 @@ async fn a_store_that_refuses_for_good_fails_the_rollout_visibly() {
     .await
     .expect("the halted rollout's task ends");
 }
+
+/// The value of the one sample line `series` (name and labels as
+/// exposed), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A rollout shows in /metrics while it runs (running by strategy, its
+/// capacity against its floor) and, once it ended, as an outcome and the
+/// durations of its steps; its own series are gone.
+#[tokio::test]
+async fn a_rollout_is_seen_in_the_metrics_while_it_runs_and_counted_when_it_ends() {
+    let mut s = setup().await;
+    let snap = s
+        .rollouts
+        .start(spec(), "operator/test".to_string())
+        .await
+        .expect("start");
+    let id = snap.status.id.clone();
+    let text = s.metrics.encode();
+    let capacity = format!("drover_rollout_capacity_instances{{rollout=\"{id}\",service=\"web\"}}");
+    let floor = format!("drover_rollout_floor_instances{{rollout=\"{id}\",service=\"web\"}}");
+    assert_eq!(
+        sample(&text, "drover_rollouts_running{strategy=\"rolling\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(sample(&text, &capacity).is_some(), "{text}");
+    assert_eq!(sample(&text, &floor), Some(0.0), "{text}");
+    let mut steps = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let cmd = next_command(&mut s.session).await;
+            steps.push(cmd.id.rsplit('/').nth(1).unwrap_or_default().to_string());
+            s.rollouts
+                .command_update(
+                    "h1",
+                    pb::CommandUpdate {
+                        command_id: cmd.id.clone(),
+                        phase: pb::command_update::Phase::Succeeded as i32,
+                        ..Default::default()
+                    },
+                )
+                .await;
+            if cmd.id.ends_with("/undrain/1") {
+                break;
+            }
+        }
+        loop {
+            let snap = s.rollouts.get(&id).expect("rollout");
+            if snap.status.phase.is_terminal() && s.rollouts.sender(&id).is_none() {
+                return snap;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the rollout ends once every step succeeded");
+    assert_eq!(ended.status.phase, Phase::Succeeded);
+    let text = s.metrics.encode();
+    assert_eq!(
+        sample(&text, "drover_rollouts_running{strategy=\"rolling\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "drover_rollouts_ended_total{strategy=\"rolling\",outcome=\"succeeded\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, &capacity), None, "gone once ended\n{text}");
+    assert_eq!(sample(&text, &floor), None, "gone once ended\n{text}");
+    for step in [
+        "stage", "drain", "stop", "deploy", "start", "verify", "undrain",
+    ] {
+        assert!(steps.iter().any(|s| s == step), "{steps:?}");
+        let count = format!(
+            "drover_rollout_step_duration_seconds_count{{step=\"{step}\",outcome=\"succeeded\"}}"
+        );
+        assert_eq!(sample(&text, &count), Some(1.0), "{step}\n{text}");
+    }
+}

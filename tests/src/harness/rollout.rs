@@ -61,6 +61,8 @@ pub struct WebFleetBuilder {
     ha: Option<String>,
     /// HA with `c1` in a network namespace: where the standby listens.
     standby_ip: String,
+    /// Host -> tables appended to its agent's config.
+    agent_toml: BTreeMap<String, String>,
 }
 
 impl Default for WebFleetBuilder {
@@ -79,6 +81,7 @@ impl Default for WebFleetBuilder {
             haproxy_checks: Checks::default(),
             ha: None,
             standby_ip: "127.0.0.1".to_string(),
+            agent_toml: BTreeMap::new(),
         }
     }
 }
@@ -213,6 +216,12 @@ impl WebFleetBuilder {
         self
     }
 
+    /// Tables appended to `host`'s agent config (e.g. its `[metrics]`).
+    pub fn agent_toml(mut self, host: &str, toml: &str) -> Self {
+        self.agent_toml.insert(host.to_string(), toml.to_string());
+        self
+    }
+
     /// Keep the fleet's files in `dir` (which must exist) instead of a temp
     /// dir removed on drop.
     pub fn dir(mut self, dir: &Path) -> Self {
@@ -245,6 +254,9 @@ impl WebFleetBuilder {
             // Traffic counters and instance metrics every second: a canary's
             // looks in these tests come every second.
             spec.extra_top.push_str("traffic_interval = \"1s\"\n");
+            if let Some(toml) = self.agent_toml.get(host) {
+                spec.extra_toml.push_str(toml);
+            }
             spec.instances.clear();
             let colors: &[Option<&str>] = if self.colors {
                 &[Some("blue"), Some("green")]

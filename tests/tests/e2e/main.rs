@@ -21,6 +21,7 @@ mod ha_election;
 mod ha_partition;
 mod hostile;
 mod lifecycle;
+mod prometheus;
 mod restart;
 mod rollout;
 mod rollout_artifacts;
