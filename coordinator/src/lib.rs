@@ -195,6 +195,7 @@ fn advertised(config: &CoordinatorConfig, grpc: SocketAddr) -> String {
 /// and campaigns until elected (`Some`) or shut down (`None`).
 /// `on_standby` runs once the standby serves: the coordinator is ready, as
 /// a standby.
+#[allow(clippy::too_many_arguments)]
 async fn stand_by(
     config: &CoordinatorConfig,
     etcd: &Arc<store::EtcdStore>,

@@ -429,6 +429,30 @@ pub enum Action {
     Done,
 }
 
+impl Action {
+    /// The plan command a `Run`, `MeasureLag` or `MeasureReplayed` runs.
+    pub fn command(&self) -> Option<(&'static str, &[String], Duration)> {
+        match self {
+            Action::Run {
+                field,
+                argv,
+                timeout,
+            }
+            | Action::MeasureLag {
+                field,
+                argv,
+                timeout,
+            }
+            | Action::MeasureReplayed {
+                field,
+                argv,
+                timeout,
+            } => Some((field, argv, *timeout)),
+            _ => None,
+        }
+    }
+}
+
 /// How often catch_up measures the lag, and verify looks.
 pub const LOOK_EVERY: Duration = Duration::from_millis(500);
 /// A weight switch that has not answered in this long fails its step.

@@ -394,55 +394,43 @@ impl Drills {
                 Action::Done => break,
                 Action::WaitForInput => None,
                 Action::WaitUntil(t) => Some(t),
-                Action::Run {
-                    field,
-                    argv,
-                    timeout,
-                } => {
-                    let env = command_env(&d.plan);
-                    tokio::select! {
-                        () = self.shutdown.cancelled() => return,
-                        Some(msg) = rx.recv() => { self.handle(&mut d, msg, &mut last).await; continue; }
-                        ran = run_command(self.commands_dir.as_deref(), field, &argv, &env, timeout) => {
-                            d.on_command(now_ms(), ran.ok, &ran.detail);
-                        }
-                    }
-                    continue;
-                }
-                Action::MeasureLag {
-                    field,
-                    argv,
-                    timeout,
-                } => {
-                    let env = command_env(&d.plan);
-                    let next = tokio::select! {
-                        () = self.shutdown.cancelled() => return,
-                        Some(msg) = rx.recv() => { self.handle(&mut d, msg, &mut last).await; continue; }
-                        ran = run_command(self.commands_dir.as_deref(), field, &argv, &env, timeout) => {
-                            let lag = if ran.ok { parse_lag(&ran.stdout) } else { Err(ran.detail) };
-                            d.on_lag(now_ms(), lag)
-                        }
+                Action::Run { .. } | Action::MeasureLag { .. } | Action::MeasureReplayed { .. } => {
+                    let Some((field, argv, timeout)) = action.command() else {
+                        continue;
                     };
-                    match next {
-                        Some(t) => Some(t),
-                        None => continue,
-                    }
-                }
-                Action::MeasureReplayed {
-                    field,
-                    argv,
-                    timeout,
-                } => {
                     let env = command_env(&d.plan);
-                    tokio::select! {
+                    let ran = tokio::select! {
                         () = self.shutdown.cancelled() => return,
                         Some(msg) = rx.recv() => { self.handle(&mut d, msg, &mut last).await; continue; }
-                        ran = run_command(self.commands_dir.as_deref(), field, &argv, &env, timeout) => {
-                            let r = if ran.ok { parse_replayed(&ran.stdout) } else { Err(ran.detail) };
-                            d.on_replayed(now_ms(), r);
+                        ran = run_command(self.commands_dir.as_deref(), field, argv, &env, timeout) => ran,
+                    };
+                    let now = now_ms();
+                    match action {
+                        Action::MeasureLag { .. } => {
+                            let lag = if ran.ok {
+                                parse_lag(&ran.stdout)
+                            } else {
+                                Err(ran.detail)
+                            };
+                            match d.on_lag(now, lag) {
+                                Some(t) => Some(t),
+                                None => continue,
+                            }
+                        }
+                        Action::MeasureReplayed { .. } => {
+                            let r = if ran.ok {
+                                parse_replayed(&ran.stdout)
+                            } else {
+                                Err(ran.detail)
+                            };
+                            d.on_replayed(now, r);
+                            continue;
+                        }
+                        _ => {
+                            d.on_command(now, ran.ok, &ran.detail);
+                            continue;
                         }
                     }
-                    continue;
                 }
                 Action::Switch(toward) => {
                     if toward == Toward::Target && d.traffic.is_none() {

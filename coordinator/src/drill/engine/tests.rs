@@ -375,23 +375,18 @@ fn simulate(seed: u64) {
                 trace.join("\n")
             );
         };
-        match &action {
-            // A fail-back runs the plan's way back, the others its way out.
-            Action::Run { field, argv, .. }
-            | Action::MeasureLag { field, argv, .. }
-            | Action::MeasureReplayed { field, argv, .. } => {
-                check(
-                    field.starts_with("database.failback.") == (d.kind == Kind::Failback),
-                    &format!("a {} ran {field}", d.kind.as_str()),
-                    &trace,
-                );
-                check(
-                    !argv.is_empty(),
-                    &format!("{field} ran with no command"),
-                    &trace,
-                );
-            }
-            _ => {}
+        // A fail-back runs the plan's way back, the others its way out.
+        if let Some((field, argv, _)) = action.command() {
+            check(
+                field.starts_with("database.failback.") == (d.kind == Kind::Failback),
+                &format!("a {} ran {field}", d.kind.as_str()),
+                &trace,
+            );
+            check(
+                !argv.is_empty(),
+                &format!("{field} ran with no command"),
+                &trace,
+            );
         }
         if let Action::MeasureReplayed { .. } = &action {
             // The replica is asked only when the primary could not be.
