@@ -73,6 +73,8 @@ pub struct Config {
     pub traffic_interval: Duration,
     pub labels: BTreeMap<String, String>,
     pub instances: Vec<InstanceConfig>,
+    /// `[tracing]`: OpenTelemetry export, off unless an endpoint is set.
+    pub tracing: drover_telemetry::TracingConfig,
 }
 
 impl Config {
@@ -284,6 +286,8 @@ struct RawConfig {
     labels: BTreeMap<String, String>,
     #[serde(default, rename = "instance")]
     instances: Vec<RawInstance>,
+    #[serde(default)]
+    tracing: drover_telemetry::TracingConfig,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -491,6 +495,9 @@ impl Config {
             instances.push(inst);
         }
         traffic::validate_colors(&instances, path)?;
+        if let Err(e) = raw.tracing.validate() {
+            return Err(top.err(e.field, e.expected));
+        }
 
         Ok(Config {
             path: path.to_path_buf(),
@@ -501,6 +508,7 @@ impl Config {
             traffic_interval,
             labels: raw.labels,
             instances,
+            tracing: raw.tracing,
         })
     }
 

@@ -663,6 +663,7 @@ impl Drills {
                     instance: name.clone(),
                     timeout_ms: u32::try_from(WEIGHT_TIMEOUT.as_millis()).unwrap_or(u32::MAX),
                     epoch: self.epoch,
+                    traceparent: String::new(),
                     kind: Some(command::Kind::SetWeight(SetWeightCommand {
                         weight: weight.unwrap_or(0),
                         restore: weight.is_none(),

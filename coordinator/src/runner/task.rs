@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use super::driver::{Driver, Event, Outgoing, Pass};
+use super::trace::RolloutTrace;
 use super::{Meta, Msg, Reply, Rollouts, RunnerError, Snapshot, lock, wire};
 use crate::registry::HostChange;
 use crate::rollout::{Millis, Outcome, Phase, RolloutEvent, StopReason};
@@ -48,6 +49,7 @@ pub(super) struct Task {
     snap_tx: watch::Sender<Arc<Snapshot>>,
     /// Pre-traffic hooks running: `(attempt, ok, detail)` when done.
     hooks: tokio::task::JoinSet<(u32, bool, String)>,
+    trace: RolloutTrace,
 }
 
 impl Task {
@@ -57,6 +59,7 @@ impl Task {
         meta: Meta,
         events: Arc<Mutex<Vec<RolloutEvent>>>,
         snap_tx: watch::Sender<Arc<Snapshot>>,
+        trace: RolloutTrace,
     ) -> Task {
         Task {
             rollouts,
@@ -65,6 +68,7 @@ impl Task {
             events,
             snap_tx,
             hooks: tokio::task::JoinSet::new(),
+            trace,
         }
     }
 
@@ -110,7 +114,12 @@ impl Task {
 
     fn take(&mut self, msg: Msg, replies: &mut Vec<Reply>) {
         match msg {
-            Msg::Event(e) => self.driver.push(e),
+            Msg::Event(e) => {
+                if let Event::Update { from, update } = &e {
+                    self.trace.update(from, update);
+                }
+                self.driver.push(e)
+            }
             Msg::Action(a, reply) => {
                 self.driver.push(Event::Operator(a));
                 replies.push(reply);
@@ -177,6 +186,9 @@ impl Task {
                 return;
             }
         }
+        let outcome = self.driver.engine().outcome().cloned();
+        let outcome = outcome.filter(|_| self.driver.halted().is_none());
+        self.trace.finish(self.driver.engine(), outcome.as_ref());
         match self.driver.halted() {
             Some(why) => tracing::error!(rollout = %id, reason = %why, "rollout halted"),
             None => {
@@ -194,6 +206,7 @@ impl Task {
         if pass.halt.is_some() {
             self.halted();
         }
+        self.trace.pass(self.driver.engine(), &pass);
         if !pass.writes.is_empty() {
             match self.write(pass.writes).await {
                 Ok(()) => {}
@@ -279,7 +292,8 @@ impl Task {
             return;
         };
         tracing::debug!(command = %send.id, host = %send.host, "sending command");
-        match tx.try_send(Ok(wire::command(send, self.rollouts.epoch))) {
+        let traceparent = self.trace.send(send);
+        match tx.try_send(Ok(wire::command(send, self.rollouts.epoch, traceparent))) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.rollouts.metrics.commands_undelivered.inc();
@@ -309,6 +323,7 @@ impl Task {
             started_by: self.meta.started_by.clone(),
             spec_toml: self.meta.spec_toml.clone(),
             selector: self.driver.engine().state().spec().selector.clone(),
+            trace_id: self.meta.trace_id(),
         };
         self.snap_tx.send_replace(Arc::new(snap));
     }
