@@ -282,6 +282,7 @@ pub fn init(resolved: Option<Resolved>) -> Result<Telemetry, TelemetryError> {
         .with_location(false)
         .with_threads(false)
         .with_target(false)
+        .with_tracked_inactivity(false)
         .with_filter(
             tracing_subscriber::filter::Targets::new().with_target(TARGET, tracing::Level::TRACE),
         );

@@ -8,10 +8,12 @@
 //! loopback for the etcd store's tests; [`postgres`] a real PostgreSQL primary
 //! with a streaming replica for the disaster-recovery drills; [`netns`] puts
 //! processes in a network namespace whose link a test can cut, and
-//! [`tcp_proxy`] cuts a single peer.
+//! [`tcp_proxy`] cuts a single peer. [`otlp`] receives OpenTelemetry
+//! traces over OTLP/gRPC and keeps them for a test to check.
 
 pub mod etcd;
 pub mod netns;
+pub mod otlp;
 pub mod postgres;
 pub mod tcp_proxy;
 

@@ -92,7 +92,7 @@ impl RolloutTrace {
         let UpdateKind::Result(outcome) = &update.kind else {
             return;
         };
-        if !(self.steps.get(&update.id)).is_some_and(|(host, _)| host == from) {
+        if (self.steps.get(&update.id)).is_none_or(|(host, _)| host != from) {
             return;
         }
         if let Some((_, span)) = self.steps.remove(&update.id) {

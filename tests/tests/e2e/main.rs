@@ -35,6 +35,7 @@ mod rollout_lb;
 mod rollout_reconnect;
 mod sample;
 mod shutdown;
+mod tracing;
 mod traffic;
 
 use std::collections::BTreeSet;
