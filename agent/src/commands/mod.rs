@@ -451,7 +451,12 @@ impl Executor {
     ) {
         let shared = &self.shared;
         let kname = kind_name(&kind);
-        let span = command_span(&shared.host_id, &id, &instance, &kind, &kname);
+        // Only a traced command (one sent from a traced step) gets a span.
+        let span = if traceparent.is_empty() {
+            tracing::Span::none()
+        } else {
+            command_span(&shared.host_id, &id, &instance, &kind, &kname)
+        };
         drover_telemetry::set_parent(&span, traceparent);
         let journal = shared.journal.clone();
         let (jid, jinst, jkind) = (id.clone(), instance.cfg.name.clone(), kname.clone());

@@ -20,7 +20,7 @@ pub mod driver;
 pub mod hooks;
 pub mod strays;
 mod task;
-mod trace;
+pub(crate) mod trace;
 pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -262,3 +262,115 @@ impl Drop for RolloutTrace {
         }
     }
 }
+
+/// A DR drill's, failover's or failback's trace: a root span named after
+/// its kind (`drill`, `failover`, `failback`) and a span per step
+/// (`approval`, `stop_writes`, `catch_up`, `promote`, `switch`, `verify`)
+/// while it runs. The drill's weight commands carry the `switch` span's
+/// context, so the agents' `set_weight` spans sit under it.
+pub(crate) struct DrillTrace {
+    root: Span,
+    /// The running step: its index in the drill's steps, and its span.
+    step: Option<(usize, Span)>,
+    service: String,
+    finished: bool,
+}
+
+impl DrillTrace {
+    /// A drill resumed by another coordinator (or after a restart) gets a
+    /// trace of its own from there on.
+    pub(crate) fn open(d: &crate::drill::engine::Drill) -> DrillTrace {
+        let kind = d.kind.as_str();
+        let root = tracing::info_span!(
+            target: TARGET,
+            parent: None,
+            "drill",
+            otel.name = kind,
+            "drover.drill" = %d.id,
+            "drover.kind" = kind,
+            "drover.service" = %d.plan.service,
+            "drover.outcome" = Empty,
+        );
+        DrillTrace {
+            root,
+            step: None,
+            service: d.plan.service.clone(),
+            finished: false,
+        }
+    }
+
+    /// Follows the drill's running step: ends the span of one that
+    /// stopped running, opens one for a step that started.
+    pub(crate) fn observe(&mut self, d: &crate::drill::engine::Drill) {
+        use crate::drill::engine::StepState;
+        if self.root.is_disabled() {
+            return;
+        }
+        let running = (d.steps.iter()).position(|s| s.state == StepState::Running);
+        if self.step.as_ref().map(|(i, _)| *i) == running {
+            return;
+        }
+        self.end_step(d);
+        if let Some(i) = running {
+            let name = d.steps[i].name.as_str();
+            let span = tracing::info_span!(
+                target: TARGET,
+                parent: &self.root,
+                "drill_step",
+                otel.name = name,
+                "drover.service" = %self.service,
+                "drover.step" = name,
+                "drover.outcome" = Empty,
+            );
+            self.step = Some((i, span));
+        }
+    }
+
+    fn end_step(&mut self, d: &crate::drill::engine::Drill) {
+        use crate::drill::engine::StepState;
+        let Some((i, span)) = self.step.take() else {
+            return;
+        };
+        let Some(step) = d.steps.get(i) else {
+            return;
+        };
+        let word = match step.state {
+            StepState::Done => "succeeded",
+            StepState::Failed => "failed",
+            StepState::Skipped => "skipped",
+            StepState::Pending | StepState::Running => "interrupted",
+        };
+        span.record(keys::OUTCOME, word);
+        if step.state == StepState::Failed {
+            drover_telemetry::set_error(&span, &step.output);
+        }
+    }
+
+    /// The running step's span (the root between steps), to run its work in.
+    pub(crate) fn span(&self) -> Span {
+        self.step
+            .as_ref()
+            .map_or_else(|| self.root.clone(), |(_, s)| s.clone())
+    }
+
+    /// The drill ended as `d` says.
+    pub(crate) fn finish(&mut self, d: &crate::drill::engine::Drill) {
+        self.finished = true;
+        if self.root.is_disabled() {
+            return;
+        }
+        self.end_step(d);
+        self.root.record(keys::OUTCOME, d.phase.as_str());
+        if !d.reason.is_empty() {
+            drover_telemetry::set_error(&self.root, &d.reason);
+        }
+    }
+}
+
+impl Drop for DrillTrace {
+    fn drop(&mut self) {
+        if !self.finished && !self.root.is_disabled() {
+            self.root.record(keys::OUTCOME, "interrupted");
+        }
+    }
+}
