@@ -301,3 +301,91 @@ fn with_tracing_off_nothing_is_exported_and_no_exporter_runs() {
         summary(&collector.spans())
     );
 }
+
+#[test]
+fn a_rollout_resumed_after_a_coordinator_crash_continues_its_trace() {
+    let rt = runtime();
+    let collector = rt
+        .block_on(Collector::start())
+        .expect("start the OTLP collector");
+    let endpoint = collector.endpoint();
+    let mut web = WebFleet::builder()
+        .hosts(3)
+        .fixed_ports()
+        .coordinator(|c| {
+            c.extra_toml.push_str(&tracing_toml(&endpoint));
+            c.env
+                .push(("OTEL_BSP_SCHEDULE_DELAY".to_string(), "100".to_string()));
+        })
+        .instance_toml(&tracing_toml(&endpoint))
+        .start();
+    web.deploy_initial("v1");
+    web.push_release("v2", &[]);
+    // One instance per batch, each holding a while in verify: the crash
+    // comes in batch 2.
+    let started = web.start_detached(
+        "v2",
+        &[
+            "--batch",
+            "1",
+            "--min-healthy",
+            "1",
+            "--min-healthy-time",
+            "1500ms",
+        ],
+    );
+    let id = started.id.clone();
+    let before = json_trace_id(&web, &id).expect("a trace id with tracing on");
+    // Batch 1's span has ended (batch 2 began) and was exported.
+    let batch1 = rt.block_on(
+        collector.wait_for(SPANS, &format!("batch 1 of {id} arrives"), |s| {
+            s.iter()
+                .any(|s| s.name == "batch" && s.trace_id == before && s.attr("drover.batch") == "1")
+        }),
+    );
+    let original_root = one(&batch1, "batch 1", |s| {
+        s.name == "batch" && s.trace_id == before && s.attr("drover.batch") == "1"
+    })
+    .parent_span_id
+    .clone();
+
+    web.fleet.coordinator.restart();
+    let done = web.wait_finished(&id, Duration::from_secs(60));
+    assert_eq!(done.phase, "succeeded", "{}", web.diagnostics_for(&id));
+    assert_eq!(
+        json_trace_id(&web, &id).as_deref(),
+        Some(before.as_str()),
+        "the resumed rollout shows the trace id it started with"
+    );
+
+    let spans =
+        rt.block_on(
+            collector.wait_for(SPANS, &format!("the resumed root of {id} arrives"), |s| {
+                s.iter().any(|s| {
+                    s.name == "rollout"
+                        && s.attr("drover.rollout") == id
+                        && s.attr("drover.resumed") == "true"
+                })
+            }),
+        );
+    let resumed = one(&spans, "the resumed root", |s| {
+        s.name == "rollout" && s.attr("drover.rollout") == id && s.attr("drover.resumed") == "true"
+    });
+    assert_eq!(resumed.trace_id, before, "same trace after the crash");
+    assert_eq!(
+        resumed.parent_span_id, original_root,
+        "the resumed root continues the original root"
+    );
+    assert_eq!(resumed.attr("drover.outcome"), "succeeded");
+    // The steps after the restart are in the same trace, under the
+    // resumed root's batches.
+    let after: Vec<&Span> = (spans.iter())
+        .filter(|s| s.name == "batch" && s.parent_span_id == resumed.span_id)
+        .collect();
+    assert!(
+        !after.is_empty(),
+        "batches under the resumed root\n{}",
+        summary(&spans)
+    );
+    assert!(after.iter().all(|s| s.trace_id == before));
+}
