@@ -145,7 +145,13 @@ impl std::fmt::Debug for Collector {
 impl Collector {
     /// Binds 127.0.0.1:0 and serves on the current tokio runtime.
     pub async fn start() -> std::io::Result<Collector> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Collector::start_on("127.0.0.1:0".parse().expect("a socket address")).await
+    }
+
+    /// Binds `addr` (loopback, for tests and benchmarks) and serves on the
+    /// current tokio runtime.
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Collector> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let received = Arc::new(Mutex::new(Received::default()));
         let stop = CancellationToken::new();

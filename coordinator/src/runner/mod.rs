@@ -446,7 +446,9 @@ impl Rollouts {
         // The meta goes first so a crash before the state write leaves no
         // half rollout behind (a meta without a state is ignored).
         self.store.put(&format!("{META}{id}"), meta_bytes).await?;
-        let snapshot = (self.spawn(engine, meta, Vec::new(), outputs, false, trace)).await;
+        let snapshot = self
+            .spawn(engine, meta, Vec::new(), outputs, false, trace)
+            .await;
         tracing::info!(rollout = %id, "rollout started");
         Ok(snapshot)
     }
