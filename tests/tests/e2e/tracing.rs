@@ -389,3 +389,59 @@ fn a_rollout_resumed_after_a_coordinator_crash_continues_its_trace() {
     );
     assert!(after.iter().all(|s| s.trace_id == before));
 }
+
+#[test]
+fn a_bad_tracing_setting_exits_2_naming_the_field_or_the_variable() {
+    use drover_tests::{bin_path, run_cmd};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = |name: &str, tracing: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        let text = format!(
+            "host_id = \"h1\"\ndata_dir = \"{}\"\ncoordinators = [\"127.0.0.1:1\"]\n\n{tracing}",
+            dir.path().join("data").display()
+        );
+        std::fs::write(&path, text).expect("write the agent config");
+        path
+    };
+    let agent = |path: &std::path::Path, env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(bin_path("drover-agent"));
+        cmd.arg("--config").arg(path);
+        cmd.envs(env.iter().copied());
+        run_cmd(cmd, Duration::from_secs(20))
+    };
+
+    let ratio = config(
+        "ratio",
+        "[tracing]\notlp_endpoint = \"http://127.0.0.1:4317\"\nsampling_ratio = 1.5\n",
+    );
+    let out = agent(&ratio, &[]);
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(out.stderr.contains("ratio.toml"), "names the file: {out}");
+    assert!(
+        out.stderr.contains("tracing.sampling_ratio"),
+        "names the field: {out}"
+    );
+
+    let url = config("url", "[tracing]\notlp_endpoint = \"127.0.0.1:4317\"\n");
+    let out = agent(&url, &[]);
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(
+        out.stderr.contains("tracing.otlp_endpoint"),
+        "names the field: {out}"
+    );
+
+    // Only gRPC export is built in: an HTTP protocol is refused at start.
+    let plain = config("plain", "");
+    let out = agent(
+        &plain,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ],
+    );
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(
+        out.stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL"),
+        "names the variable: {out}"
+    );
+}
