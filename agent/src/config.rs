@@ -77,6 +77,8 @@ pub struct Config {
     /// `[metrics] listen`: where the agent serves its own `/metrics`
     /// (plain HTTP); `None`: nowhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[tracing]`: OpenTelemetry export, off unless an endpoint is set.
+    pub tracing: drover_telemetry::TracingConfig,
 }
 
 impl Config {
@@ -289,6 +291,8 @@ struct RawConfig {
     #[serde(default, rename = "instance")]
     instances: Vec<RawInstance>,
     metrics: Option<exporter::RawExporter>,
+    #[serde(default)]
+    tracing: drover_telemetry::TracingConfig,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -497,6 +501,9 @@ impl Config {
         }
         traffic::validate_colors(&instances, path)?;
         let metrics_listen = exporter::validate_exporter(raw.metrics, &top)?;
+        if let Err(e) = raw.tracing.validate() {
+            return Err(top.err(e.field, e.expected));
+        }
 
         Ok(Config {
             path: path.to_path_buf(),
@@ -508,6 +515,7 @@ impl Config {
             labels: raw.labels,
             instances,
             metrics_listen,
+            tracing: raw.tracing,
         })
     }
 

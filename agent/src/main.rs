@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand};
 use drover_agent::config::{Config, DEFAULT_CONFIG_PATH};
 use drover_agent::enroll::{self, EnrollOptions};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 /// drover agent: supervises this host's instances and reports to a coordinator.
 #[derive(Parser)]
@@ -32,15 +31,23 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter)
-        .init();
 
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => return fail(&e, 2),
+    };
+    let command = cli.command.unwrap_or(Command::Run);
+    // Only a running agent exports spans; enrolling makes none.
+    let tracing = match &command {
+        Command::Run => {
+            match drover_telemetry::resolve(&config.tracing, "drover-agent", |k| {
+                std::env::var(k).ok()
+            }) {
+                Ok(t) => t,
+                Err(e) => return fail(&format!("{}: {e}", cli.config.display()), 2),
+            }
+        }
+        Command::Enroll(_) => None,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -49,14 +56,22 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::Error::new(e).context("start the tokio runtime"), 1),
     };
+    // The OTLP channel's worker runs on this runtime.
+    let telemetry = match runtime.block_on(async { drover_telemetry::init(tracing) }) {
+        Ok(t) => t,
+        Err(e) => return fail(&e, 2),
+    };
     runtime.block_on(async move {
-        match cli.command.unwrap_or(Command::Run) {
+        match command {
             Command::Run => {
                 let shutdown = CancellationToken::new();
                 if let Err(e) = drover_agent::cancel_on_signals(shutdown.clone()) {
                     return fail(&anyhow::Error::new(e).context("install signal handlers"), 1);
                 }
-                match drover_agent::run(config, shutdown).await {
+                let result = drover_agent::run(config, shutdown).await;
+                // After the command tasks ended, so their spans are sent.
+                telemetry.shutdown().await;
+                match result {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => fail(&e, e.exit_code()),
                 }

@@ -56,6 +56,9 @@ pub struct CoordinatorConfig {
     /// coordinator exits anyway.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// `[tracing]`: OpenTelemetry export, off unless an endpoint is set.
+    #[serde(default)]
+    pub tracing: drover_telemetry::TracingConfig,
 }
 
 /// One pre-traffic hook: a program run without a shell, whose exit code
@@ -555,6 +558,9 @@ impl CoordinatorConfig {
                     "must be at least 1s",
                 ));
             }
+        }
+        if let Err(e) = self.tracing.validate() {
+            return Err(ConfigError::field(path, e.field, e.expected));
         }
         if let StoreConfig::Etcd(etcd) = &self.store {
             etcd.validate(path)?;

@@ -32,17 +32,19 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let config = match CoordinatorConfig::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let tracing = match drover_telemetry::resolve(&config.tracing, "drover-coordinator", |k| {
+        std::env::var(k).ok()
+    }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {}: {e}", args.config.display());
             return ExitCode::from(2);
         }
     };
@@ -54,7 +56,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, args.ready_file)) {
+    // The OTLP channel's worker runs on this runtime.
+    let telemetry = match runtime.block_on(async { drover_telemetry::init(tracing) }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        let result = serve(config, args.ready_file).await;
+        // After every span has ended, so the last ones reach the collector.
+        telemetry.shutdown().await;
+        result
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

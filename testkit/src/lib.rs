@@ -9,12 +9,14 @@
 //! with a streaming replica for the disaster-recovery drills; [`netns`] puts
 //! processes in a network namespace whose link a test can cut,
 //! [`tcp_proxy`] cuts a single peer, [`chromium`] runs headless Chromium to
-//! check web pages through their DOM, and [`prometheus`] runs a real
-//! Prometheus that scrapes given targets and answers PromQL.
+//! check web pages through their DOM, [`prometheus`] runs a real
+//! Prometheus that scrapes given targets and answers PromQL, and [`otlp`]
+//! receives OpenTelemetry traces over OTLP/gRPC for a test to check.
 
 pub mod chromium;
 pub mod etcd;
 pub mod netns;
+pub mod otlp;
 pub mod postgres;
 pub mod prometheus;
 pub mod tcp_proxy;

@@ -26,6 +26,7 @@ use drover_proto::v1::command::Kind;
 use drover_proto::v1::command_update::Phase as WirePhase;
 use drover_proto::v1::{Command, CommandUpdate, Release};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::InstanceConfig;
 use crate::deploy::fetch::{ArtifactSource, Cache};
@@ -58,6 +59,44 @@ pub fn kind_name(kind: &Kind) -> RecordKind {
         Kind::Verify(_) => RecordKind::Verify,
         Kind::Undrain(_) => RecordKind::Undrain,
         Kind::SetWeight(_) => RecordKind::SetWeight,
+    }
+}
+
+/// The agent's span for one command, under the coordinator's step span
+/// once its `traceparent` is set; disabled (free) when tracing is off.
+fn command_span(
+    host: &str,
+    id: &str,
+    instance: &Instance,
+    kind: &Kind,
+    kname: &RecordKind,
+) -> tracing::Span {
+    let release = match kind {
+        Kind::Stage(s) => s.release.as_ref(),
+        Kind::Deploy(d) => d.release.as_ref(),
+        _ => None,
+    };
+    tracing::info_span!(
+        target: drover_telemetry::TARGET,
+        "command",
+        otel.name = %kname,
+        otel.kind = "server",
+        "drover.service" = %instance.cfg.service,
+        "drover.host" = %host,
+        "drover.instance" = %instance.cfg.id(host),
+        "drover.step" = %kname,
+        "drover.release" = release.map(|r| r.version.as_str()),
+        "drover.command" = %id,
+        "drover.outcome" = tracing::field::Empty,
+    )
+}
+
+/// `drover.outcome` of a command span.
+fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Succeeded => "succeeded",
+        Phase::Failed => "failed",
+        Phase::TimedOut => "timed_out",
     }
 }
 
@@ -380,9 +419,10 @@ impl Executor {
             }
         };
         let exec = self.clone();
+        let traceparent = cmd.traceparent;
         self.shared.tasks.spawn(async move {
             let _guard = guard;
-            exec.run(id, instance, kind, timeout).await;
+            exec.run(id, instance, kind, timeout, &traceparent).await;
         });
     }
 
@@ -420,9 +460,23 @@ impl Executor {
         }
     }
 
-    async fn run(&self, id: String, instance: Instance, kind: Kind, timeout: Duration) {
+    async fn run(
+        &self,
+        id: String,
+        instance: Instance,
+        kind: Kind,
+        timeout: Duration,
+        traceparent: &str,
+    ) {
         let shared = &self.shared;
         let kname = kind_name(&kind);
+        // Only a traced command (one sent from a traced step) gets a span.
+        let span = if traceparent.is_empty() {
+            tracing::Span::none()
+        } else {
+            command_span(&shared.host_id, &id, &instance, &kind, &kname)
+        };
+        drover_telemetry::set_parent(&span, traceparent);
         let journal = shared.journal.clone();
         let (jid, jinst, jkind) = (id.clone(), instance.cfg.name.clone(), kname.clone());
         // The epoch this command raised is on disk before it acts, so a
@@ -496,7 +550,7 @@ impl Executor {
                 tracing::warn!(command = %id, "agent shutting down; command interrupted");
                 return;
             }
-            r = tokio::time::timeout(timeout, steps::run(&ctx, &kind)) => r,
+            r = tokio::time::timeout(timeout, steps::run(&ctx, &kind)).instrument(span.clone()) => r,
         };
         let (phase, message) = match result {
             Ok(Ok(msg)) => (Phase::Succeeded, msg),
@@ -520,6 +574,10 @@ impl Executor {
         match phase {
             Phase::Succeeded => tracing::info!(command = %id, "succeeded: {}", outcome.message),
             _ => tracing::warn!(command = %id, ?phase, "{}", outcome.message),
+        }
+        span.record(drover_telemetry::keys::OUTCOME, phase_name(phase));
+        if phase != Phase::Succeeded {
+            drover_telemetry::set_error(&span, &outcome.message);
         }
         let journal = shared.journal.clone();
         let (jid, o) = (id.clone(), outcome.clone());

@@ -24,6 +24,7 @@ use std::time::SystemTime;
 use drover_proto::identity::valid_name;
 use drover_proto::v1::Release;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::config::DeployConfig;
 use fetch::{ArtifactSource, Cache, FetchError, FetchProgress, valid_digest};
@@ -236,7 +237,14 @@ pub async fn stage(
         unpack::remove_tree(&target);
     }
     let fetch_progress = |p: FetchProgress| progress(Progress::Fetching(p));
-    let (artifact, fetched) = cache.get(&release.digest, source, &fetch_progress).await?;
+    let (artifact, fetched) = cache
+        .get(&release.digest, source, &fetch_progress)
+        .instrument(tracing::info_span!(
+            target: drover_telemetry::TARGET,
+            "fetch",
+            "drover.release" = %release.version,
+        ))
+        .await?;
     progress(Progress::Unpacking);
     let tmp = releases.join(format!(
         "{TMP_PREFIX}{name}-{}-{}",
@@ -284,6 +292,11 @@ pub async fn stage(
         }
         result
     })
+    .instrument(tracing::info_span!(
+        target: drover_telemetry::TARGET,
+        "unpack",
+        "drover.release" = %release.version,
+    ))
     .await;
     match joined {
         Ok(Ok(_)) => {}

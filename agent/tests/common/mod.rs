@@ -586,6 +586,7 @@ pub fn command(id: &str, instance: &str, kind: drover_proto::v1::command::Kind) 
         instance: instance.to_string(),
         timeout_ms: 20_000,
         epoch: 0,
+        traceparent: String::new(),
         kind: Some(kind),
     }
 }

@@ -380,9 +380,11 @@ impl Drills {
     /// The drill's task: act, store, repeat, until it ends.
     async fn drive(self: Arc<Self>, mut d: Drill, mut rx: mpsc::Receiver<Msg>) {
         let mut last = Vec::new();
+        let mut trace = crate::runner::trace::DrillTrace::open(&d);
         loop {
             let now = now_ms();
             let action = d.next(now);
+            trace.observe(&d);
             if !self.persist(&d, &mut last).await {
                 return;
             }
@@ -444,7 +446,7 @@ impl Drills {
                     }
                     let result = tokio::select! {
                         () = self.shutdown.cancelled() => return,
-                        r = self.switch(&d, toward) => r,
+                        r = tracing::Instrument::instrument(self.switch(&d, toward), trace.span()) => r,
                     };
                     d.on_switched(now_ms(), toward, result);
                     if toward == Toward::Target && d.traffic.is_some() {
@@ -488,6 +490,7 @@ impl Drills {
             }
         }
         let _ = self.persist(&d, &mut last).await;
+        trace.finish(&d);
         if let Some(e) = lock(&self.inner).get_mut(&d.id) {
             e.tx = None;
         }
@@ -737,6 +740,8 @@ impl Drills {
                     instance: name.clone(),
                     timeout_ms: u32::try_from(WEIGHT_TIMEOUT.as_millis()).unwrap_or(u32::MAX),
                     epoch: self.epoch,
+                    traceparent: drover_telemetry::traceparent(&tracing::Span::current())
+                        .unwrap_or_default(),
                     kind: Some(command::Kind::SetWeight(SetWeightCommand {
                         weight: weight.unwrap_or(0),
                         restore: weight.is_none(),

@@ -69,6 +69,7 @@ fn write_rollout(
     let meta = Meta {
         started_by: "operator/fixture".to_string(),
         spec_toml: spec.to_toml(),
+        traceparent: String::new(),
     };
     out.insert(
         format!("{META}{id}"),

@@ -20,6 +20,7 @@ pub mod driver;
 pub mod hooks;
 pub mod strays;
 mod task;
+pub(crate) mod trace;
 pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -113,6 +114,18 @@ struct Meta {
     started_by: String,
     /// The spec as TOML, digest resolved.
     spec_toml: String,
+    /// W3C context of the rollout's root span when it started, so a
+    /// coordinator that resumes it continues the same trace. Empty when
+    /// tracing was off.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    traceparent: String,
+}
+
+impl Meta {
+    /// The rollout's trace id, or empty.
+    fn trace_id(&self) -> String {
+        drover_telemetry::trace_id_of(&self.traceparent).unwrap_or_default()
+    }
 }
 
 /// What readers see of one rollout; replaced on every change.
@@ -126,6 +139,8 @@ pub struct Snapshot {
     pub started_by: String,
     pub spec_toml: String,
     pub selector: String,
+    /// The rollout's OpenTelemetry trace id; empty when tracing is off.
+    pub trace_id: String,
 }
 
 type Reply = oneshot::Sender<Result<Arc<Snapshot>, RunnerError>>;
@@ -320,6 +335,7 @@ impl Rollouts {
                 None => Meta {
                     started_by: String::new(),
                     spec_toml: state.spec().to_toml(),
+                    traceparent: String::new(),
                 },
             };
             let mut events = Vec::new();
@@ -341,20 +357,24 @@ impl Rollouts {
                 this.insert_finished(engine, meta, events);
             } else {
                 tracing::info!(rollout = %id, "resuming rollout after a coordinator restart");
-                this.spawn(engine, meta, events, outputs, true).await;
+                let stored = Some(meta.traceparent.as_str()).filter(|t| !t.is_empty());
+                let trace = trace::RolloutTrace::open(&engine, stored);
+                this.spawn(engine, meta, events, outputs, true, trace).await;
             }
         }
         Ok(this)
     }
 
     fn insert_finished(&self, engine: Engine, meta: Meta, events: Vec<RolloutEvent>) {
+        let trace_id = meta.trace_id();
         let snapshot = Snapshot {
             status: engine.status(),
             progress: BTreeMap::new(),
             events: events.len(),
             started_by: meta.started_by,
-            spec_toml: meta.spec_toml,
             selector: engine.state().spec().selector.clone(),
+            trace_id,
+            spec_toml: meta.spec_toml,
         };
         let (_tx, rx) = watch::channel(Arc::new(snapshot));
         lock(&self.inner).rollouts.insert(
@@ -416,15 +436,19 @@ impl Rollouts {
             let (engine, outputs) = Engine::start(&id, spec, instances, self.clock.now())?;
             (engine, outputs, id)
         };
+        let trace = trace::RolloutTrace::open(&engine, None);
         let meta = Meta {
             started_by,
             spec_toml,
+            traceparent: trace.traceparent().unwrap_or_default(),
         };
         let meta_bytes = serde_json::to_vec(&meta).map_err(|e| corrupt(&id, e))?;
         // The meta goes first so a crash before the state write leaves no
         // half rollout behind (a meta without a state is ignored).
         self.store.put(&format!("{META}{id}"), meta_bytes).await?;
-        let snapshot = self.spawn(engine, meta, Vec::new(), outputs, false).await;
+        let snapshot = self
+            .spawn(engine, meta, Vec::new(), outputs, false, trace)
+            .await;
         tracing::info!(rollout = %id, "rollout started");
         Ok(snapshot)
     }
@@ -439,7 +463,27 @@ impl Rollouts {
         events: Vec<RolloutEvent>,
         outputs: Vec<crate::rollout::Output>,
         restored: bool,
+        trace: trace::RolloutTrace,
     ) -> Arc<Snapshot> {
+        let mut meta = meta;
+        if meta.traceparent.is_empty()
+            && let Some(tp) = trace.traceparent()
+        {
+            // Started while tracing was off: the trace begins here, and a
+            // later resume continues this one.
+            meta.traceparent = tp;
+            match serde_json::to_vec(&meta) {
+                Ok(bytes) => {
+                    let key = format!("{META}{}", engine.id());
+                    if let Err(e) = self.store.put(&key, bytes).await {
+                        tracing::warn!(rollout = %engine.id(), error = %e, "storing the rollout's trace context failed; a resume starts a new trace");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(rollout = %engine.id(), error = %e, "encoding the rollout's meta")
+                }
+            }
+        }
         let hosts: BTreeSet<String> = engine
             .state()
             .hosts()
@@ -469,6 +513,7 @@ impl Rollouts {
             started_by: meta.started_by.clone(),
             spec_toml: meta.spec_toml.clone(),
             selector,
+            trace_id: meta.trace_id(),
         });
         let (snap_tx, snap_rx) = watch::channel(snapshot);
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -488,7 +533,7 @@ impl Rollouts {
         let strategy = driver.engine().state().spec().strategy;
         let service = driver.service().to_string();
         self.metrics.rollout_running(strategy);
-        let mut task = task::Task::new(self.clone(), driver, meta, events, snap_tx);
+        let mut task = task::Task::new(self.clone(), driver, meta, events, snap_tx, trace);
         task.open(!restored).await;
         let snapshot = task.snapshot();
         let this = self.clone();

@@ -49,6 +49,7 @@ fn restore(id: String, instance: String, epoch: u64) -> CoordinatorMessage {
             instance,
             timeout_ms: u32::try_from(TIMEOUT.as_millis()).unwrap_or(u32::MAX),
             epoch,
+            traceparent: String::new(),
             kind: Some(command::Kind::SetWeight(SetWeightCommand {
                 weight: 0,
                 restore: true,

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use super::driver::{Driver, Event, Outgoing, Pass, UpdateKind};
+use super::trace::RolloutTrace;
 use super::{Meta, Msg, Reply, Rollouts, RunnerError, Snapshot, lock, wire};
 use crate::registry::HostChange;
 use crate::rollout::{CommandId, CommandKind, Millis, Outcome, Phase, RolloutEvent, StopReason};
@@ -52,6 +53,7 @@ pub(super) struct Task {
     /// Commands sent and not answered yet: what and when first sent, for
     /// the step durations.
     sent: HashMap<CommandId, (CommandKind, Millis)>,
+    trace: RolloutTrace,
 }
 
 impl Task {
@@ -61,6 +63,7 @@ impl Task {
         meta: Meta,
         events: Arc<Mutex<Vec<RolloutEvent>>>,
         snap_tx: watch::Sender<Arc<Snapshot>>,
+        trace: RolloutTrace,
     ) -> Task {
         Task {
             rollouts,
@@ -70,6 +73,7 @@ impl Task {
             snap_tx,
             hooks: tokio::task::JoinSet::new(),
             sent: HashMap::new(),
+            trace,
         }
     }
 
@@ -117,6 +121,9 @@ impl Task {
         match msg {
             Msg::Event(e) => {
                 self.observe_step(&e);
+                if let Event::Update { from, update } = &e {
+                    self.trace.update(from, update);
+                }
                 self.driver.push(e);
             }
             Msg::Action(a, reply) => {
@@ -187,6 +194,9 @@ impl Task {
         }
         let strategy = self.driver.engine().state().spec().strategy;
         (self.rollouts.metrics).rollout_ended(strategy, self.driver.engine().outcome());
+        let outcome = self.driver.engine().outcome().cloned();
+        let outcome = outcome.filter(|_| self.driver.halted().is_none());
+        self.trace.finish(self.driver.engine(), outcome.as_ref());
         match self.driver.halted() {
             Some(why) => tracing::error!(rollout = %id, reason = %why, "rollout halted"),
             None => {
@@ -204,6 +214,7 @@ impl Task {
         if pass.halt.is_some() {
             self.halted();
         }
+        self.trace.pass(self.driver.engine(), &pass);
         if !pass.writes.is_empty() {
             match self.write(pass.writes).await {
                 Ok(()) => {}
@@ -295,7 +306,8 @@ impl Task {
             return;
         };
         tracing::debug!(command = %send.id, host = %send.host, "sending command");
-        match tx.try_send(Ok(wire::command(send, self.rollouts.epoch))) {
+        let traceparent = self.trace.send(send);
+        match tx.try_send(Ok(wire::command(send, self.rollouts.epoch, traceparent))) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.rollouts.metrics.commands_undelivered.inc();
@@ -325,6 +337,7 @@ impl Task {
             started_by: self.meta.started_by.clone(),
             spec_toml: self.meta.spec_toml.clone(),
             selector: self.driver.engine().state().spec().selector.clone(),
+            trace_id: self.meta.trace_id(),
         };
         (self.rollouts.metrics).rollout_capacity(
             &snap.status.id,

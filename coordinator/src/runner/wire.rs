@@ -133,8 +133,9 @@ fn ms(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
-/// The command as the agent receives it.
-pub fn command(send: &Outgoing, epoch: u64) -> CoordinatorMessage {
+/// The command as the agent receives it; `traceparent` is its step span's
+/// context (empty when tracing is off).
+pub fn command(send: &Outgoing, epoch: u64, traceparent: String) -> CoordinatorMessage {
     let release = |r: &crate::rollout::Release| pb::Release {
         version: r.version.clone(),
         digest: r.digest.clone(),
@@ -168,6 +169,7 @@ pub fn command(send: &Outgoing, epoch: u64) -> CoordinatorMessage {
             instance: send.instance.clone(),
             timeout_ms: ms(send.timeout).max(1),
             epoch,
+            traceparent,
             kind: Some(kind),
         })),
     }

@@ -302,6 +302,7 @@ pub fn to_proto(s: &Snapshot, events: &[RolloutEvent], listed: Listed) -> pb::Ro
         })
     });
     pb::Rollout {
+        trace_id: s.trace_id.clone(),
         id: st.id.clone(),
         service: st.service.clone(),
         selector: s.selector.clone(),
@@ -570,6 +571,7 @@ mod tests {
             started_by: String::new(),
             spec_toml: String::new(),
             selector: String::new(),
+            trace_id: String::new(),
         }
     }
 

@@ -198,6 +198,8 @@ pub struct RolloutJson {
     pub instances: Vec<RolloutInstanceJson>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<EventJson>,
+    /// The rollout's OpenTelemetry trace id; `null` when tracing is off.
+    pub trace_id: Option<String>,
 }
 
 impl From<&Rollout> for RolloutJson {
@@ -228,6 +230,7 @@ impl From<&Rollout> for RolloutJson {
             wait,
             stop,
             traffic,
+            trace_id,
         } = r;
         let reason = non_empty(reason);
         let wait_reason = non_empty(wait_reason);
@@ -265,6 +268,7 @@ impl From<&Rollout> for RolloutJson {
             started_by: started_by.clone(),
             instances: instances.iter().map(RolloutInstanceJson::from).collect(),
             events: events.iter().map(EventJson::from).collect(),
+            trace_id: non_empty(trace_id),
         }
     }
 }
@@ -476,6 +480,7 @@ mod tests {
                 "wait_reason": "waiting: 3 healthy, floor 4",
                 "wait": {"kind": "floor", "capacity": 3, "floor": 4},
                 "traffic": null,
+                "trace_id": null,
                 "started_at": "2026-09-21T14:12:20Z",
                 "started_at_ms": NOW - 60_000,
                 "finished_at": "2026-09-21T14:13:20Z",

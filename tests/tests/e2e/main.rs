@@ -36,6 +36,7 @@ mod rollout_lb;
 mod rollout_reconnect;
 mod sample;
 mod shutdown;
+mod tracing;
 mod traffic;
 mod ui;
 

@@ -84,6 +84,7 @@ pub fn rollout() -> Rollout {
         wait: None,
         stop: None,
         traffic: None,
+        trace_id: String::new(),
     }
 }
 

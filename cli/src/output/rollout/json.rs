@@ -57,6 +57,7 @@ mod tests {
                 "finished_at_ms",
                 "started_by",
                 "instances",
+                "trace_id",
             ])
         );
         assert_eq!(

@@ -269,6 +269,10 @@ pub fn rollout_detail(r: &Rollout, now_ms: i64) -> String {
         },
     );
     field("Started by", dash(&r.started_by));
+    // Only with tracing on, so the view stays as it was without it.
+    if !r.trace_id.is_empty() {
+        field("Trace", r.trace_id.clone());
+    }
     let mut out = align(&fields).join("\n");
     out.push_str("\n\n");
 

@@ -301,6 +301,7 @@ fn command(id: String, host: &str, step: usize, release: &Release) -> Coordinato
             instance: format!("web@{host}"),
             timeout_ms: STEP_TIMEOUT_MS,
             epoch: 0,
+            traceparent: String::new(),
             kind: Some(kind),
         })),
     }
