@@ -777,3 +777,93 @@ fn a_dr_site_on_another_release_is_refused_with_the_command_that_fixes_it() {
         assert_eq!(s.weight, Some(0), "{h} left standby: {s:?}");
     }
 }
+
+/// Issue 14: a drill is one trace too. Its root (named after its kind)
+/// holds a span per step, and the agents' weight commands sit under the
+/// switch step's span, on the same trace.
+#[test]
+fn a_drill_is_one_trace_with_its_steps_and_the_agents_weight_commands() {
+    use drover_testkit::otlp::{Collector, summary};
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime for the collector");
+    let collector = rt
+        .block_on(Collector::start())
+        .expect("start the OTLP collector");
+    let tracing_toml = format!("[tracing]\notlp_endpoint = \"{}\"\n", collector.endpoint());
+    let coordinator_toml = tracing_toml.clone();
+    let web = two_sites_with("", |b| {
+        b.coordinator(|c| {
+            c.extra_toml.push_str(&coordinator_toml);
+            c.env
+                .push(("OTEL_BSP_SCHEDULE_DELAY".to_string(), "200".to_string()));
+        })
+        .instance_toml(&tracing_toml)
+    });
+    dr_on_standby(&web);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = write(
+        dir.path(),
+        "dr.toml",
+        &format!(
+            "{PLAN}[approval]\nrequired = false\n[verify]\nhold = \"1s\"\ntimeout = \"30s\"\n"
+        ),
+    );
+    let plan_arg = plan.to_str().expect("utf-8 path");
+    web.fleet
+        .cli(&["drill", "run", "-f", plan_arg, "--yes"])
+        .expect_success();
+
+    // The root ends with the drill; the agents' weight spans come in their
+    // own batches (every 5 s by default).
+    let spans = rt.block_on(collector.wait_for(
+        std::time::Duration::from_secs(60),
+        "the drill's trace with the agents' weight commands",
+        |s| {
+            s.iter()
+                .any(|s| s.name == "drill" && s.attr("drover.drill") == "dr-1")
+                && s.iter()
+                    .filter(|s| s.service == "drover-agent" && s.name == "set_weight")
+                    .count()
+                    >= 4
+        },
+    ));
+    let root = (spans.iter())
+        .find(|s| s.name == "drill" && s.attr("drover.drill") == "dr-1")
+        .expect("the root");
+    assert_eq!(root.parent_span_id, "", "{}", summary(&spans));
+    assert_eq!(root.attr("drover.service"), "web");
+    assert_eq!(
+        root.attr("drover.outcome"),
+        "succeeded",
+        "{}",
+        summary(&spans)
+    );
+    let trace: Vec<_> = spans
+        .iter()
+        .filter(|s| s.trace_id == root.trace_id)
+        .collect();
+    let step = |name: &str| {
+        (trace.iter())
+            .find(|s| s.name == name && s.parent_span_id == root.span_id)
+            .unwrap_or_else(|| panic!("no {name} step under the root\n{}", summary(&spans)))
+    };
+    let switch = step("switch");
+    step("verify");
+    assert_eq!(switch.attr("drover.outcome"), "succeeded");
+    // Both sites' weights: DR up, then the primary down, each set by its
+    // agent under the switch.
+    let weights: Vec<_> = (trace.iter())
+        .filter(|s| s.service == "drover-agent" && s.name == "set_weight")
+        .collect();
+    assert_eq!(weights.len(), 4, "{}", summary(&spans));
+    for w in &weights {
+        assert_eq!(w.parent_span_id, switch.span_id, "{}", summary(&spans));
+    }
+    let hosts: std::collections::BTreeSet<&str> =
+        weights.iter().map(|w| w.attr("drover.host")).collect();
+    assert_eq!(hosts, ["h1", "h2", "h3", "h4"].into_iter().collect());
+}

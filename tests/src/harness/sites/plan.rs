@@ -151,8 +151,8 @@ mod tests {
         let plan = drover_model::drill::DrillPlan::from_toml(&text)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let commands = plan.commands();
-        // To DR: lag, promote, stop writes; and the same three back.
-        assert_eq!(commands.len(), 6, "{commands:?}");
+        // To DR: lag, promote, stop writes, replayed; and the same four back.
+        assert_eq!(commands.len(), 8, "{commands:?}");
         for (field, argv) in commands {
             let exe = examples_dr().join(&argv[0]);
             assert!(exe.is_file(), "{field}: {} is not in examples/dr", argv[0]);
