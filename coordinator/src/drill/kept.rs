@@ -249,6 +249,13 @@ impl KeptPlans {
                 service,
                 "the kept DR plan no longer parses; forget it and keep it again"
             );
+            // Not again at once: at the default interval, like any plan.
+            let mut plans = lock(&self.plans);
+            if let Some(k) = plans.get_mut(service)
+                && *k == before
+            {
+                k.checked_ms = now_ms();
+            }
             return;
         };
         let checks = self.checker.check(&plan, !before.ungraceful, false).await;
