@@ -371,22 +371,9 @@ impl DrillPlan {
             }
         }
         if let Some(db) = &self.database {
-            check_command("database.lag", &db.lag)?;
-            check_command("database.promote", &db.promote)?;
-            if !db.stop_writes.is_empty() {
-                check_command("database.stop_writes", &db.stop_writes)?;
-            }
-            if !db.replayed.is_empty() {
-                check_command("database.replayed", &db.replayed)?;
-            }
-            if let Some(fb) = &db.failback {
-                check_command("database.failback.lag", &fb.lag)?;
-                check_command("database.failback.promote", &fb.promote)?;
-                if !fb.stop_writes.is_empty() {
-                    check_command("database.failback.stop_writes", &fb.stop_writes)?;
-                }
-                if !fb.replayed.is_empty() {
-                    check_command("database.failback.replayed", &fb.replayed)?;
+            for steps in [false, true].into_iter().filter_map(|fb| self.db_steps(fb)) {
+                for (field, argv) in steps.named() {
+                    check_command(field, argv)?;
                 }
             }
             for (field, d) in [
@@ -422,32 +409,15 @@ impl DrillPlan {
             out.push(("traffic.switch", &self.traffic.switch));
             out.push(("traffic.switch_back", &self.traffic.switch_back));
         }
-        if let Some(db) = &self.database {
-            out.push(("database.lag", &db.lag));
-            out.push(("database.promote", &db.promote));
-            if !db.stop_writes.is_empty() {
-                out.push(("database.stop_writes", &db.stop_writes));
-            }
-            if !db.replayed.is_empty() {
-                out.push(("database.replayed", &db.replayed));
-            }
-            if let Some(fb) = &db.failback {
-                out.push(("database.failback.lag", &fb.lag));
-                out.push(("database.failback.promote", &fb.promote));
-                if !fb.stop_writes.is_empty() {
-                    out.push(("database.failback.stop_writes", &fb.stop_writes));
-                }
-                if !fb.replayed.is_empty() {
-                    out.push(("database.failback.replayed", &fb.replayed));
-                }
-            }
+        for steps in [false, true].into_iter().filter_map(|fb| self.db_steps(fb)) {
+            out.extend(steps.named());
         }
         out
     }
 
     /// The database commands a run uses: the failover's, or with
     /// `failback` those of `[database.failback]` (`None` when the plan has
-    /// none). `(lag, stop_writes, promote)` with their fields.
+    /// none), each with its field.
     pub fn db_steps(&self, failback: bool) -> Option<DbSteps<'_>> {
         let db = self.database.as_ref()?;
         if failback {
@@ -477,6 +447,17 @@ pub struct DbSteps<'a> {
     pub promote: (&'static str, &'a [String]),
     /// Empty when the plan has none.
     pub replayed: (&'static str, &'a [String]),
+}
+
+impl<'a> DbSteps<'a> {
+    /// The commands the plan names, with their fields: lag and promote,
+    /// then the optional ones it sets.
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, &'a [String])> {
+        let optional = [self.stop_writes, self.replayed];
+        [self.lag, self.promote]
+            .into_iter()
+            .chain(optional.into_iter().filter(|(_, argv)| !argv.is_empty()))
+    }
 }
 
 /// What the DR replica says of itself when the primary cannot be asked
