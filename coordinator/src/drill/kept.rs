@@ -52,10 +52,6 @@ impl Kept {
         DrillPlan::from_toml(&self.plan_text).ok()
     }
 
-    pub fn service(&self) -> String {
-        self.plan().map(|p| p.service).unwrap_or_default()
-    }
-
     pub fn every(&self) -> Duration {
         self.plan()
             .map_or(drover_model::drill::DEFAULT_RECHECK, |p| p.recheck_every())
@@ -64,10 +60,6 @@ impl Kept {
     pub fn next_check_ms(&self) -> Ms {
         self.checked_ms
             .saturating_add(i64::try_from(self.every().as_millis()).unwrap_or(i64::MAX))
-    }
-
-    pub fn passed(&self) -> bool {
-        self.checks.iter().all(|c| c.passed)
     }
 }
 

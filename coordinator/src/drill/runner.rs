@@ -103,6 +103,16 @@ impl std::fmt::Debug for Drills {
     }
 }
 
+/// What one walk of the registry saw of a drill's service.
+#[derive(Debug, Default)]
+struct Look {
+    /// Serving on either site.
+    serving: u32,
+    target_serving: u32,
+    target_total: u32,
+    readings: Vec<Reading>,
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -436,12 +446,12 @@ impl Drills {
                 }
                 Action::Switch(toward) => {
                     if toward == Toward::Target && d.traffic.is_none() {
-                        let (serving, readings) = self.traffic_look(&d);
+                        let look = self.look(&d);
                         d.traffic = Some(SwitchTraffic::start(
                             now_ms(),
-                            serving,
+                            look.serving,
                             d.plan.checks.capacity,
-                            &readings,
+                            &look.readings,
                         ));
                     }
                     let result = tokio::select! {
@@ -449,11 +459,8 @@ impl Drills {
                         r = tracing::Instrument::instrument(self.switch(&d, toward), trace.span()) => r,
                     };
                     d.on_switched(now_ms(), toward, result);
-                    if toward == Toward::Target && d.traffic.is_some() {
-                        let (serving, readings) = self.traffic_look(&d);
-                        if let Some(t) = d.traffic.as_mut() {
-                            t.observe(now_ms(), serving, &readings);
-                        }
+                    if toward == Toward::Target {
+                        self.observe_traffic(&mut d);
                     }
                     if d.phase == super::engine::Phase::Aborting && d.traffic_moved {
                         // Moving back failed: try again shortly.
@@ -463,13 +470,14 @@ impl Drills {
                     }
                 }
                 Action::CheckServing => {
-                    if d.traffic.is_some() {
-                        let (serving, readings) = self.traffic_look(&d);
-                        if let Some(t) = d.traffic.as_mut() {
-                            t.observe(now_ms(), serving, &readings);
-                        }
-                    }
-                    let (whole, seen) = self.serving(&d);
+                    let look = self.observe_traffic(&mut d);
+                    let whole = look.target_total > 0 && look.target_serving == look.target_total;
+                    let seen = format!(
+                        "{} of {} serving on {}",
+                        look.target_serving,
+                        look.target_total,
+                        d.target_site()
+                    );
                     match d.on_serving(now_ms(), whole, &seen) {
                         Some(t) => Some(t),
                         None => continue,
@@ -523,16 +531,16 @@ impl Drills {
         out
     }
 
-    /// Instances of the service serving on either site (connected,
-    /// healthy, routed to), and every server's HAProxy counters.
-    fn traffic_look(&self, d: &Drill) -> (u32, Vec<Reading>) {
+    /// One walk of the registry: the service's instances serving
+    /// (connected, healthy, routed to) on either site and on the target,
+    /// and every server's HAProxy counters.
+    fn look(&self, d: &Drill) -> Look {
         let site_of = |h: &drover_proto::v1::Host, site: &str| {
             let (label, value) = site.split_once('=').unwrap_or((site, ""));
             h.labels.get(label).is_some_and(|v| v == value)
         };
         let (target, source) = (d.target_site(), d.source_site());
-        let mut serving = 0u32;
-        let mut readings = Vec::new();
+        let mut look = Look::default();
         for h in self.registry.list(&Selector::everything()) {
             let on_target = site_of(&h, &target);
             if !on_target && !site_of(&h, &source) {
@@ -541,13 +549,16 @@ impl Drills {
             let up = connected(&h);
             for i in h.instances.iter().filter(|i| i.service == d.plan.service) {
                 let seen = observe(i);
-                if up && seen.healthy && seen.in_service() {
-                    serving += 1;
+                let serving = up && seen.healthy && seen.in_service();
+                look.serving += u32::from(serving);
+                if on_target {
+                    look.target_total += 1;
+                    look.target_serving += u32::from(serving);
                 }
                 for lb in &i.load_balancers {
                     if let Some(c) = &lb.counters {
                         let failures = c.response_errors.saturating_add(c.connection_errors);
-                        readings.push(Reading {
+                        look.readings.push(Reading {
                             key: format!("{}|{}", i.id, lb.balancer),
                             on_target,
                             attempts: c.requests.saturating_add(failures),
@@ -557,32 +568,16 @@ impl Drills {
                 }
             }
         }
-        (serving, readings)
+        look
     }
 
-    /// Every target instance healthy and routed to.
-    fn serving(&self, d: &Drill) -> (bool, String) {
-        let target = d.target_site();
-        let (label, value) = target.split_once('=').unwrap_or((&target, ""));
-        let mut total = 0;
-        let mut serving = 0;
-        for h in self.registry.list(&Selector::everything()) {
-            if h.labels.get(label).is_none_or(|v| v != value) {
-                continue;
-            }
-            let up = connected(&h);
-            for i in h.instances.iter().filter(|i| i.service == d.plan.service) {
-                total += 1;
-                let seen = observe(i);
-                if up && seen.healthy && seen.in_service() {
-                    serving += 1;
-                }
-            }
+    /// A look while traffic moves: the switch's count goes on.
+    fn observe_traffic(&self, d: &mut Drill) -> Look {
+        let look = self.look(d);
+        if let Some(t) = d.traffic.as_mut() {
+            t.observe(now_ms(), look.serving, &look.readings);
         }
-        (
-            total > 0 && serving == total,
-            format!("{serving} of {total} serving on {target}"),
-        )
+        look
     }
 
     /// Moves traffic `toward` the target or back to the source.
